@@ -1,0 +1,104 @@
+package dag
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"time"
+)
+
+// RunInfo identifies the task try a Context belongs to.
+type RunInfo struct {
+	DAGID         string
+	RunID         string
+	TaskID        string
+	TryNumber     int
+	LogicalDate   time.Time
+	IntervalStart time.Time
+	IntervalEnd   time.Time
+	Params        map[string]any
+}
+
+// OutputIO stores and reads task outputs (XCom values) as JSON. The
+// executor supplies one backed by the store; tests and `dags test` use an
+// in-memory one.
+type OutputIO interface {
+	// SetOutput records the JSON output of the current task try.
+	SetOutput(json []byte) error
+	// Output returns the JSON output of taskID in the same run, or
+	// ErrNoOutput when it has none.
+	Output(taskID string) ([]byte, error)
+}
+
+// ErrNoOutput is returned by Context.Output when the task recorded no output.
+var ErrNoOutput = errors.New("task has no output")
+
+// Context is passed to Func and Branch tasks. It is a context.Context that
+// is cancelled on timeout, run cancellation and shutdown.
+type Context struct {
+	context.Context
+	info   RunInfo
+	logger *slog.Logger
+	io     OutputIO
+}
+
+// NewContext returns a Context for one task try. The executor and the
+// `dags test` runner call it; DAG authors receive one.
+func NewContext(ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO) *Context {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Context{Context: ctx, info: info, logger: logger, io: io}
+}
+
+// DAGID returns the DAG id.
+func (c *Context) DAGID() string { return c.info.DAGID }
+
+// RunID returns the run id.
+func (c *Context) RunID() string { return c.info.RunID }
+
+// TaskID returns the task id.
+func (c *Context) TaskID() string { return c.info.TaskID }
+
+// TryNumber returns the try, 1 on the first.
+func (c *Context) TryNumber() int { return c.info.TryNumber }
+
+// LogicalDate returns the run's logical date (the start of its interval).
+func (c *Context) LogicalDate() time.Time { return c.info.LogicalDate }
+
+// DataInterval returns the run's data interval [start, end).
+func (c *Context) DataInterval() (start, end time.Time) {
+	return c.info.IntervalStart, c.info.IntervalEnd
+}
+
+// Params returns a copy of the run's params: the DAG's Params overlaid by
+// the run's conf.
+func (c *Context) Params() map[string]any { return maps.Clone(c.info.Params) }
+
+// Logger returns a logger that writes into the task's log.
+func (c *Context) Logger() *slog.Logger { return c.logger }
+
+// SetOutput records v, encoded as JSON, as the task's output.
+func (c *Context) SetOutput(v any) error {
+	b, err := marshalOutput(v)
+	if err != nil {
+		return err
+	}
+	if c.io == nil {
+		return errors.New("set output: no output store in this context")
+	}
+	return c.io.SetOutput(b)
+}
+
+// Output decodes the output of taskID in this run into into.
+func (c *Context) Output(taskID string, into any) error {
+	if c.io == nil {
+		return errors.New("read output: no output store in this context")
+	}
+	b, err := c.io.Output(taskID)
+	if err != nil {
+		return err
+	}
+	return unmarshalOutput(taskID, b, into)
+}

@@ -1,0 +1,153 @@
+package dag
+
+import (
+	"maps"
+	"slices"
+	"time"
+)
+
+// Kind is what a task runs.
+type Kind string
+
+// Task kinds.
+const (
+	KindFunc   Kind = "func"
+	KindShell  Kind = "shell"
+	KindHTTP   Kind = "http"
+	KindBranch Kind = "branch"
+)
+
+// Task is one node of a DAG. Create tasks with the DAG's Func, Shell, HTTP
+// and Branch methods.
+type Task struct {
+	dag        *DAG
+	id         string
+	kind       Kind
+	fn         func(*Context) error
+	branch     func(*Context) ([]string, error)
+	command    string
+	http       HTTPRequest
+	retries    int
+	retryDelay time.Duration
+	maxBackoff time.Duration
+	timeout    time.Duration
+	trigger    TriggerRule
+	priority   int
+	upstream   []*Task
+	downstream []*Task
+}
+
+// TaskOption configures a task.
+type TaskOption func(*Task)
+
+// Retries sets how many times a failed task is tried again (default 0).
+func Retries(n int) TaskOption { return func(t *Task) { t.retries = n } }
+
+// RetryDelay sets the wait before a retry (default 10s).
+func RetryDelay(d time.Duration) TaskOption { return func(t *Task) { t.retryDelay = d } }
+
+// ExponentialBackoff doubles the retry delay on every try, with jitter, up
+// to max.
+func ExponentialBackoff(max time.Duration) TaskOption {
+	return func(t *Task) { t.maxBackoff = max }
+}
+
+// Timeout bounds one try of the task; 0 means no timeout.
+func Timeout(d time.Duration) TaskOption { return func(t *Task) { t.timeout = d } }
+
+// Trigger sets the trigger rule (default AllSuccess).
+func Trigger(r TriggerRule) TaskOption { return func(t *Task) { t.trigger = r } }
+
+// Priority orders ready tasks: higher runs first (default 0).
+func Priority(p int) TaskOption { return func(t *Task) { t.priority = p } }
+
+// SetDownstream makes every task in ts run after t and returns t.
+func (t *Task) SetDownstream(ts ...*Task) *Task {
+	for _, d := range ts {
+		t.link(t, d)
+	}
+	return t
+}
+
+// SetUpstream makes t run after every task in ts and returns t.
+func (t *Task) SetUpstream(ts ...*Task) *Task {
+	for _, u := range ts {
+		t.link(u, t)
+	}
+	return t
+}
+
+func (t *Task) link(up, down *Task) {
+	if up == nil || down == nil {
+		t.dag.issues = append(t.dag.issues, "task "+quote(t.id)+": edge to a nil task")
+		return
+	}
+	if slices.Contains(up.downstream, down) {
+		return
+	}
+	up.downstream = append(up.downstream, down)
+	down.upstream = append(down.upstream, up)
+}
+
+// DAG returns the DAG the task belongs to.
+func (t *Task) DAG() *DAG { return t.dag }
+
+// ID returns the task id.
+func (t *Task) ID() string { return t.id }
+
+// Kind returns what the task runs.
+func (t *Task) Kind() Kind { return t.kind }
+
+// Fn returns the function of a Func task (nil otherwise).
+func (t *Task) Fn() func(*Context) error { return t.fn }
+
+// BranchFn returns the function of a Branch task (nil otherwise).
+func (t *Task) BranchFn() func(*Context) ([]string, error) { return t.branch }
+
+// Command returns the command of a Shell task.
+func (t *Task) Command() string { return t.command }
+
+// HTTPRequest returns a copy of the request of an HTTP task.
+func (t *Task) HTTPRequest() HTTPRequest {
+	r := t.http
+	r.Header = maps.Clone(r.Header)
+	return r
+}
+
+// Retries returns how many retries a failed task gets.
+func (t *Task) Retries() int { return t.retries }
+
+// RetryDelay returns the base delay between tries.
+func (t *Task) RetryDelay() time.Duration { return t.retryDelay }
+
+// MaxBackoff returns the cap of exponential backoff, 0 when backoff is off.
+func (t *Task) MaxBackoff() time.Duration { return t.maxBackoff }
+
+// Timeout returns the per-try timeout (0 = none).
+func (t *Task) Timeout() time.Duration { return t.timeout }
+
+// TriggerRule returns the task's trigger rule.
+func (t *Task) TriggerRule() TriggerRule { return t.trigger }
+
+// Priority returns the task's priority weight.
+func (t *Task) Priority() int { return t.priority }
+
+// Upstream returns the tasks t directly depends on, in the order added.
+func (t *Task) Upstream() []*Task { return slices.Clone(t.upstream) }
+
+// Downstream returns the tasks directly depending on t, in the order added.
+func (t *Task) Downstream() []*Task { return slices.Clone(t.downstream) }
+
+// UpstreamIDs returns the ids of Upstream.
+func (t *Task) UpstreamIDs() []string { return ids(t.upstream) }
+
+// DownstreamIDs returns the ids of Downstream.
+func (t *Task) DownstreamIDs() []string { return ids(t.downstream) }
+
+func ids(ts []*Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.id
+	}
+	return out
+}

@@ -1,0 +1,339 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+)
+
+// Errors callers can test with errors.Is. Backend errors never leak as
+// driver types.
+var (
+	// ErrNotFound: the DAG, run, task instance or log does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the row exists already (e.g. a run id taken by another run).
+	ErrConflict = errors.New("conflict")
+	// ErrStale: a compare-and-set found another state or try than expected.
+	ErrStale = errors.New("stale state")
+)
+
+// RunType says who created a run.
+type RunType string
+
+// Run types.
+const (
+	RunScheduled RunType = "scheduled"
+	RunManual    RunType = "manual"
+	RunBackfill  RunType = "backfill"
+)
+
+// TaskSpec is one task of a DAG structure as the store keeps it: enough to
+// create task instances and release downstream tasks without the Go code.
+type TaskSpec struct {
+	TaskID      string
+	Kind        dag.Kind
+	TriggerRule dag.TriggerRule
+	Priority    int
+	Retries     int
+	RetryDelay  time.Duration
+	MaxBackoff  time.Duration // 0 = no exponential backoff
+	Timeout     time.Duration
+	Upstream    []string // direct upstream task ids
+}
+
+// DAGSpec is what SyncDAGs records for one DAG of the binary.
+type DAGSpec struct {
+	DAGID          string
+	Fingerprint    string // hash of the structure; changes when tasks or edges change
+	Schedule       string
+	Description    string
+	Tags           []string
+	MaxActiveRuns  int
+	MaxActiveTasks int
+	Tasks          []TaskSpec
+}
+
+// DAG is the stored record of a DAG.
+type DAG struct {
+	DAGID          string
+	Fingerprint    string
+	Schedule       string
+	Description    string
+	Tags           []string
+	MaxActiveRuns  int
+	MaxActiveTasks int
+	Paused         bool
+	Active         bool // false once the DAG is gone from the binary
+	// LastIntervalEnd is the end of the latest data interval the scheduler
+	// created a run for (nil before the first).
+	LastIntervalEnd *time.Time
+	// NextDueAt is when the scheduler next has to create a run (nil = none).
+	NextDueAt *time.Time
+	UpdatedAt time.Time
+}
+
+// NewRun describes a run to create. The store creates one task instance per
+// task of the structure recorded for Fingerprint by SyncDAGs.
+type NewRun struct {
+	DAGID         string
+	RunID         string
+	RunType       RunType
+	LogicalDate   time.Time
+	IntervalStart time.Time
+	IntervalEnd   time.Time
+	Conf          json.RawMessage // nil = {}
+	Fingerprint   string
+	Note          string
+	QueuedAt      time.Time
+}
+
+// Run is a stored DAG run.
+type Run struct {
+	ID            int64
+	DAGID         string
+	RunID         string
+	RunType       RunType
+	LogicalDate   time.Time
+	IntervalStart time.Time
+	IntervalEnd   time.Time
+	State         state.RunState
+	Conf          json.RawMessage
+	Fingerprint   string
+	Note          string
+	QueuedAt      time.Time
+	StartedAt     *time.Time
+	EndedAt       *time.Time
+}
+
+// TaskInstance is a stored task instance: the current try of one task in
+// one run.
+type TaskInstance struct {
+	ID          int64
+	RunID       int64 // Run.ID
+	DAGID       string
+	DAGRunID    string // Run.RunID
+	TaskID      string
+	State       state.TaskState
+	TryNumber   int // tries started so far; 0 before the first
+	MaxTries    int // 1 + retries
+	Priority    int
+	TriggerRule dag.TriggerRule
+	QueuedAt    *time.Time
+	StartedAt   *time.Time
+	EndedAt     *time.Time
+	NextRetryAt *time.Time
+	WorkerID    string
+	Hostname    string
+	PID         int
+	HeartbeatAt *time.Time
+	Output      json.RawMessage // nil = none
+	Error       string
+}
+
+// Duration returns EndedAt − StartedAt, or 0 when either is unset.
+func (ti TaskInstance) Duration() time.Duration {
+	if ti.StartedAt == nil || ti.EndedAt == nil {
+		return 0
+	}
+	return ti.EndedAt.Sub(*ti.StartedAt)
+}
+
+// Worker identifies a worker process.
+type Worker struct {
+	ID          string
+	Hostname    string
+	PID         int
+	Slots       int
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+}
+
+// Claimed is a task instance handed to a worker, with what it needs to run
+// it.
+type Claimed struct {
+	TaskInstance
+	LogicalDate   time.Time
+	IntervalStart time.Time
+	IntervalEnd   time.Time
+	Conf          json.RawMessage
+	Timeout       time.Duration
+}
+
+// Attempt names one try of a task instance, the key of every
+// compare-and-set from a worker.
+type Attempt struct {
+	ID        int64 // TaskInstance.ID
+	TryNumber int
+}
+
+// Result is the outcome of one try, reported by a worker.
+type Result struct {
+	Attempt
+	// State is success, failed or skipped. A failed try with tries left
+	// and Permanent false becomes up_for_retry.
+	State     state.TaskState
+	Permanent bool
+	Error     string
+	Output    json.RawMessage // nil = none
+	// Follow, for Branch tasks, lists the direct downstream tasks to
+	// follow; the other direct downstream tasks are skipped. nil for other
+	// kinds.
+	Follow  []string
+	EndedAt time.Time
+}
+
+// FinishOutcome reports what FinishTasks did with one Result.
+type FinishOutcome struct {
+	Attempt
+	// Applied is false when the compare-and-set failed: the task was no
+	// longer running that try (e.g. declared a zombie); nothing changed.
+	Applied bool
+	// State is the state written (up_for_retry for a retried failure).
+	State state.TaskState
+}
+
+// RunQuery filters ListRuns. Zero fields do not filter.
+type RunQuery struct {
+	DAGIDs         []string
+	States         []state.RunState
+	LogicalDateGTE *time.Time
+	LogicalDateLTE *time.Time
+	StartDateGTE   *time.Time
+	StartDateLTE   *time.Time
+	EndDateGTE     *time.Time
+	EndDateLTE     *time.Time
+	OrderBy        string // field name, "-" prefix for descending; default "-logical_date"
+	Limit, Offset  int
+}
+
+// TaskQuery filters ListTaskInstances. Zero fields do not filter.
+type TaskQuery struct {
+	DAGIDs        []string
+	DAGRunIDs     []string
+	TaskIDs       []string
+	States        []state.TaskState
+	StartDateGTE  *time.Time
+	StartDateLTE  *time.Time
+	EndDateGTE    *time.Time
+	EndDateLTE    *time.Time
+	OrderBy       string
+	Limit, Offset int
+}
+
+// Topic is a kind of wake-up.
+type Topic string
+
+// Wake-up topics.
+const (
+	// TopicTasksReady: task instances became queued.
+	TopicTasksReady Topic = "trellis_tasks_ready"
+	// TopicRunsChanged: a run was created or changed state, or retries or
+	// schedules changed.
+	TopicRunsChanged Topic = "trellis_runs_changed"
+)
+
+// Subscription delivers wake-ups. Several notifications may be coalesced
+// into one; a receiver re-reads the store after each.
+type Subscription interface {
+	C() <-chan Topic
+	Close() error
+}
+
+// Store is the durable state of Trellis. Every method is safe for
+// concurrent use from many goroutines and processes.
+type Store interface {
+	// Backend returns "postgres" or "sqlite".
+	Backend() string
+	// Migrate applies pending migrations (safe to call from many processes at once).
+	Migrate(ctx context.Context) error
+	// Ping checks the database answers.
+	Ping(ctx context.Context) error
+	// Close releases connections.
+	Close() error
+
+	// SyncDAGs records the DAGs of the binary: new ones are added (not
+	// paused), changed ones get their new fingerprint and structure, and
+	// DAGs missing from specs are marked inactive; history is kept.
+	SyncDAGs(ctx context.Context, specs []DAGSpec) error
+	GetDAG(ctx context.Context, dagID string) (DAG, error)
+	// ListDAGs returns DAGs ordered by id, and the total count.
+	ListDAGs(ctx context.Context, onlyActive bool, limit, offset int) ([]DAG, int, error)
+	SetPaused(ctx context.Context, dagID string, paused bool) error
+	// AdvanceSchedule moves a DAG's LastIntervalEnd from prev (nil = none)
+	// to last and sets NextDueAt, as a compare-and-set: ErrStale when
+	// another scheduler moved it first.
+	AdvanceSchedule(ctx context.Context, dagID string, prev *time.Time, last time.Time, nextDue *time.Time) error
+
+	// CreateRun creates a run in state queued with all its task instances
+	// in one transaction. Creating the same (dag, logical date) or (dag,
+	// run id) again returns the existing run and created=false; a run id
+	// taken with another logical date is ErrConflict.
+	CreateRun(ctx context.Context, r NewRun) (run Run, created bool, err error)
+	// StartRuns moves the oldest queued runs of dagID to running while
+	// fewer than its MaxActiveRuns are running, queueing their root tasks;
+	// safe against concurrent schedulers. Returns the runs started.
+	StartRuns(ctx context.Context, dagID string, now time.Time) ([]Run, error)
+	GetRun(ctx context.Context, dagID, runID string) (Run, error)
+	ListRuns(ctx context.Context, q RunQuery) ([]Run, int, error)
+	// SetRunState marks a run. failed cancels it: running tasks become
+	// failed (their workers stop them), unstarted tasks skipped. success
+	// marks every unfinished task success.
+	SetRunState(ctx context.Context, dagID, runID string, s state.RunState, now time.Time) (Run, error)
+	// DeleteRun removes a finished run with its task instances and logs.
+	DeleteRun(ctx context.Context, dagID, runID string) error
+	// PurgeRuns deletes finished runs that ended before olderThan.
+	PurgeRuns(ctx context.Context, olderThan time.Time) (int, error)
+
+	GetTaskInstance(ctx context.Context, dagID, runID, taskID string) (TaskInstance, error)
+	ListTaskInstances(ctx context.Context, q TaskQuery) ([]TaskInstance, int, error)
+	// ClearTasks resets the named task instances of a run (and, with
+	// downstream, every task downstream of them) to be run again, and puts
+	// the run back to running. Returns the instances cleared.
+	ClearTasks(ctx context.Context, dagID, runID string, taskIDs []string, downstream bool, now time.Time) ([]TaskInstance, error)
+	// SetTaskState marks one task instance success or failed by hand and
+	// releases its downstream tasks as a finish would.
+	SetTaskState(ctx context.Context, dagID, runID, taskID string, s state.TaskState, now time.Time) (TaskInstance, error)
+
+	// ClaimTasks moves up to max queued task instances to running for
+	// worker w, highest priority first then oldest, starting a new try.
+	ClaimTasks(ctx context.Context, w Worker, max int, now time.Time) ([]Claimed, error)
+	// FinishTasks records outcomes and, in the same transaction per batch,
+	// releases downstream tasks by their trigger rules and settles runs.
+	FinishTasks(ctx context.Context, results []Result) ([]FinishOutcome, error)
+	// HeartbeatTasks refreshes the heartbeat of running attempts and
+	// returns those that are no longer running under that try (taken away:
+	// the worker must stop them).
+	HeartbeatTasks(ctx context.Context, workerID string, attempts []Attempt, now time.Time) (lost []Attempt, err error)
+	// RequeueRetries queues up_for_retry instances due at or before now.
+	RequeueRetries(ctx context.Context, now time.Time) (int, error)
+	// NextRetryAt returns the earliest pending retry time (ok=false: none).
+	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
+	// FailZombies fails (or puts up for retry) running instances whose
+	// heartbeat is older than staleBefore, releasing downstream as a finish
+	// would. Returns the attempts it took away.
+	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Attempt, error)
+	// RequeueAttempts puts running attempts back to queued without using
+	// up a try (graceful shutdown). Stale attempts are ignored.
+	RequeueAttempts(ctx context.Context, attempts []Attempt) error
+	// GetOutput returns the output of taskID in the run with internal id
+	// runID, or ErrNotFound.
+	GetOutput(ctx context.Context, runID int64, taskID string) (json.RawMessage, error)
+
+	// AppendLog appends to the log of one try, keeping at most the
+	// configured cap and marking truncation.
+	AppendLog(ctx context.Context, a Attempt, chunk []byte) error
+	// ReadLog returns the log of one try.
+	ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error)
+
+	RegisterWorker(ctx context.Context, w Worker) error
+	HeartbeatWorker(ctx context.Context, workerID string, now time.Time) error
+	DeregisterWorker(ctx context.Context, workerID string) error
+	ListWorkers(ctx context.Context) ([]Worker, error)
+
+	// Listen subscribes to wake-ups on topics.
+	Listen(ctx context.Context, topics ...Topic) (Subscription, error)
+}
