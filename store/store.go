@@ -316,6 +316,9 @@ type Store interface {
 	// heartbeat is older than staleBefore, releasing downstream as a finish
 	// would. Returns the attempts it took away.
 	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Attempt, error)
+	// FailWorkerTasks treats the running attempts of a worker known to be
+	// dead (its process exited) like zombies, at once. Returns them.
+	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Attempt, error)
 	// RequeueAttempts puts running attempts back to queued without using
 	// up a try (graceful shutdown). Stale attempts are ignored.
 	RequeueAttempts(ctx context.Context, attempts []Attempt) error

@@ -1,0 +1,30 @@
+package store
+
+import "github.com/trellis-dag/trellis/dag"
+
+// SpecFromDAG turns a DAG of the binary into the spec SyncDAGs records.
+func SpecFromDAG(d *dag.DAG) DAGSpec {
+	s := DAGSpec{
+		DAGID:          d.ID(),
+		Fingerprint:    d.Fingerprint(),
+		Schedule:       d.ScheduleExpr(),
+		Description:    d.Description(),
+		Tags:           d.Tags(),
+		MaxActiveRuns:  d.MaxActiveRuns(),
+		MaxActiveTasks: d.MaxActiveTasks(),
+	}
+	for _, t := range d.Tasks() {
+		s.Tasks = append(s.Tasks, TaskSpec{
+			TaskID:      t.ID(),
+			Kind:        t.Kind(),
+			TriggerRule: t.TriggerRule(),
+			Priority:    t.Priority(),
+			Retries:     t.Retries(),
+			RetryDelay:  t.RetryDelay(),
+			MaxBackoff:  t.MaxBackoff(),
+			Timeout:     t.Timeout(),
+			Upstream:    t.UpstreamIDs(),
+		})
+	}
+	return s
+}
