@@ -1,0 +1,159 @@
+package taskrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+)
+
+// ShellSkipExitCode is the exit code with which a Shell task ends skipped.
+const ShellSkipExitCode = 99
+
+// runShell runs a Shell task:
+//
+//   - `/bin/sh -c <command>` in its own process group, in the worker's
+//     working directory, stdin from /dev/null;
+//   - environment: the process's own plus TRELLIS_DAG_ID, TRELLIS_RUN_ID,
+//     TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER, TRELLIS_LOGICAL_DATE and
+//     TRELLIS_DATA_INTERVAL_START/END (RFC 3339);
+//   - stdout and stderr share one pipe that is copied into the log as the
+//     command writes (never buffered whole);
+//   - exit 0 is success, 99 skipped, anything else (or death by a signal)
+//     failed;
+//   - on the task's timeout or the cancellation of ctx the whole group gets
+//     SIGTERM, then SIGKILL after the grace period;
+//   - when the shell has exited, whatever is left of its process group
+//     (background children) is killed, so no process outlives its task.
+//     The shell is only reaped after that, so its group id cannot be
+//     reused by an unrelated process in between. A process that left the
+//     group (setsid) and keeps the pipe open delays Run by at most the
+//     grace period, after which the pipe is closed.
+func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
+	cmd := exec.Command("/bin/sh", "-c", t.Task.Command())
+	cmd.Env = append(os.Environ(), shellEnv(t.Info)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return failed(fmt.Errorf("shell: create output pipe: %w", err), false)
+	}
+	// Giving exec an *os.File means no copying goroutine of its own, so
+	// Wait returns when the shell exits even if a child holds the pipe.
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		pr.Close()
+		return failed(fmt.Errorf("shell: start /bin/sh: %w", err), false)
+	}
+	pw.Close() // the children hold their own copies
+	pid := cmd.Process.Pid
+
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(logw, pr)
+	}()
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		waitExited(pid)
+	}()
+
+	var stopErr error
+	stoppedByTimeout := false
+	select {
+	case <-exited:
+	case <-tctx.Done():
+		stopErr, stoppedByTimeout = stopCause(tctx)
+		logger.Warn("stopping the command's process group", "signal", "SIGTERM", "reason", stopErr.Error())
+		_ = syscall.Kill(-pid, syscall.SIGTERM)
+		timer := time.NewTimer(grace)
+		select {
+		case <-exited:
+		case <-timer.C:
+			logger.Warn("the command ignored SIGTERM", "signal", "SIGKILL", "grace", grace.String())
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			<-exited
+		}
+		timer.Stop()
+	}
+	// The shell has exited but is not reaped yet: its pid, and so the
+	// group id, cannot have been reused. Kill whatever is left of it.
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	waitErr := cmd.Wait()
+
+	drain := time.NewTimer(grace)
+	select {
+	case <-copied:
+	case <-drain.C:
+		logger.Warn("a process outside the task's process group keeps its output open; closing it")
+	}
+	drain.Stop()
+	pr.Close()
+	<-copied
+
+	if stopErr != nil {
+		return Outcome{State: state.Failed, TimedOut: stoppedByTimeout, Err: stopErr}
+	}
+	code := cmd.ProcessState.ExitCode()
+	switch {
+	case code == 0:
+		return Outcome{State: state.Success}
+	case code == ShellSkipExitCode:
+		return Outcome{State: state.Skipped, Err: dag.Skip(fmt.Sprintf("command exited with code %d", code))}
+	case code > 0:
+		return failed(fmt.Errorf("command exited with code %d", code), false)
+	}
+	var ee *exec.ExitError
+	if errors.As(waitErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return failed(fmt.Errorf("command killed by signal %v", ws.Signal()), false)
+		}
+	}
+	return failed(fmt.Errorf("command did not exit normally: %v", waitErr), false)
+}
+
+// waitExited blocks until process pid has exited, without reaping it.
+func waitExited(pid int) {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return
+		}
+	}
+}
+
+func shellEnv(info dag.RunInfo) []string {
+	env := []string{
+		"TRELLIS_DAG_ID=" + info.DAGID,
+		"TRELLIS_RUN_ID=" + info.RunID,
+		"TRELLIS_TASK_ID=" + info.TaskID,
+		"TRELLIS_TRY_NUMBER=" + strconv.Itoa(info.TryNumber),
+		"TRELLIS_LOGICAL_DATE=" + rfc3339(info.LogicalDate),
+	}
+	if !info.IntervalStart.IsZero() || !info.IntervalEnd.IsZero() {
+		env = append(env,
+			"TRELLIS_DATA_INTERVAL_START="+rfc3339(info.IntervalStart),
+			"TRELLIS_DATA_INTERVAL_END="+rfc3339(info.IntervalEnd))
+	}
+	return env
+}
+
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
+}
