@@ -1,8 +1,10 @@
 package dag
 
 import (
+	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -33,7 +35,21 @@ type DAG struct {
 
 	tasks  []*Task
 	byID   map[string]*Task
-	issues []string // problems found while building, reported by Validate
+	issues []buildIssue // problems found while building, reported by Validate
+
+	parseOnce sync.Once
+	parsed    *Timetable
+	parseErr  error
+}
+
+// buildIssue is a problem noticed while the DAG was built.
+type buildIssue struct {
+	taskID  string // "" for a problem of the DAG itself
+	message string
+}
+
+func (d *DAG) addIssue(taskID, message string) {
+	d.issues = append(d.issues, buildIssue{taskID: taskID, message: message})
 }
 
 // Option configures a DAG in New.
@@ -129,7 +145,7 @@ func (d *DAG) Tasks() []*Task { return slices.Clone(d.tasks) }
 func (d *DAG) Task(id string) *Task { return d.byID[id] }
 
 func (d *DAG) addTask(id string, kind Kind, opts []TaskOption) *Task {
-	t := &Task{dag: d, id: id, kind: kind, retryDelay: DefaultRetryDelay, trigger: AllSuccess}
+	t := &Task{dag: d, index: len(d.tasks), id: id, kind: kind, retryDelay: DefaultRetryDelay, trigger: AllSuccess}
 	for _, o := range d.defaultTaskOpts {
 		if o != nil {
 			o(t)
@@ -152,7 +168,7 @@ func (d *DAG) Func(id string, fn func(*Context) error, opts ...TaskOption) *Task
 	t := d.addTask(id, KindFunc, opts)
 	t.fn = fn
 	if fn == nil {
-		d.issues = append(d.issues, "task "+quote(id)+": Func has a nil function")
+		d.addIssue(id, "Func has a nil function")
 	}
 	return t
 }
@@ -163,7 +179,7 @@ func (d *DAG) Shell(id, command string, opts ...TaskOption) *Task {
 	t := d.addTask(id, KindShell, opts)
 	t.command = command
 	if command == "" {
-		d.issues = append(d.issues, "task "+quote(id)+": Shell has an empty command")
+		d.addIssue(id, "Shell has an empty command")
 	}
 	return t
 }
@@ -183,7 +199,7 @@ func (d *DAG) HTTP(id string, req HTTPRequest, opts ...TaskOption) *Task {
 	req.Header = maps.Clone(req.Header)
 	t.http = req
 	if req.URL == "" {
-		d.issues = append(d.issues, "task "+quote(id)+": HTTP has an empty URL")
+		d.addIssue(id, "HTTP has an empty URL")
 	}
 	return t
 }
@@ -194,14 +210,26 @@ func (d *DAG) Branch(id string, fn func(*Context) ([]string, error), opts ...Tas
 	t := d.addTask(id, KindBranch, opts)
 	t.branch = fn
 	if fn == nil {
-		d.issues = append(d.issues, "task "+quote(id)+": Branch has a nil function")
+		d.addIssue(id, "Branch has a nil function")
 	}
 	return t
 }
 
 // BuildIssues returns the problems recorded while the DAG was built (nil
-// functions, empty commands, nil tasks passed to SetDownstream). Validate
-// reports them together with the structural checks.
-func (d *DAG) BuildIssues() []string { return slices.Clone(d.issues) }
-
-func quote(s string) string { return "\"" + s + "\"" }
+// functions, empty commands and URLs, edges to nil tasks, to tasks not made
+// by a DAG or to tasks of another DAG), each as `task "<id>": <message>`.
+// Validate reports them together with the structural checks.
+func (d *DAG) BuildIssues() []string {
+	if len(d.issues) == 0 {
+		return nil
+	}
+	out := make([]string, len(d.issues))
+	for i, is := range d.issues {
+		if is.taskID == "" {
+			out[i] = is.message
+			continue
+		}
+		out[i] = fmt.Sprintf("task %q: %s", is.taskID, is.message)
+	}
+	return out
+}

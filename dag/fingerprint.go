@@ -1,70 +1,110 @@
 package dag
 
 import (
+	"bytes"
+	"cmp"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"slices"
 )
 
-// Fingerprint returns a hex SHA-256 of the DAG's structure: its schedule,
-// the tasks with every option that changes how they run, and the edges.
-// It is independent of map order and changes whenever any of them change,
-// so the store can tell one version of a DAG from the next.
+// fingerprintVersion changes whenever the encoding below changes, so old
+// and new fingerprints of the same DAG never collide by accident.
+const fingerprintVersion = "trellis-dag-fingerprint/1"
+
+// Fingerprint returns the hex SHA-256 of the DAG's structure: its schedule
+// and, for every task, its id, kind, trigger rule, retries, retry delay,
+// backoff cap, timeout, priority, shell command, HTTP request and edges.
+// Functions cannot be hashed and are left out, as are the settings that do
+// not shape a run (description, tags, dates, limits, params). The result
+// does not depend on the order tasks, edges or map entries were added in,
+// and changes whenever any of the fields above changes, so the store can
+// tell one version of a DAG from the next.
 func (d *DAG) Fingerprint() string {
-	type taskFP struct {
-		ID         string
-		Kind       Kind
-		Trigger    TriggerRule
-		Retries    int
-		RetryDelay int64
-		MaxBackoff int64
-		Timeout    int64
-		Priority   int
-		Command    string
-		Method     string
-		URL        string
-		Header     [][2]string
-		Body       string
-		Upstream   []string
-	}
-	fp := struct {
-		Schedule string
-		Tasks    []taskFP
-	}{Schedule: d.schedule}
-	for _, t := range d.tasks {
-		var hdr [][2]string
-		for k, v := range t.http.Header {
-			hdr = append(hdr, [2]string{k, v})
+	h := sha256.New()
+	var e fpEncoder
+	e.str(fingerprintVersion)
+	e.str(d.schedule)
+	e.int(int64(len(d.tasks)))
+	h.Write(e.buf)
+
+	// Tasks in id order. Tasks sharing an id (an invalid DAG) are ordered
+	// by their encoding, so the result never depends on insertion order.
+	order := make([]*Task, len(d.tasks))
+	copy(order, d.tasks)
+	slices.SortFunc(order, func(a, b *Task) int { return cmp.Compare(a.id, b.id) })
+	var scratch []string
+	for i := 0; i < len(order); {
+		j := i + 1
+		for j < len(order) && order[j].id == order[i].id {
+			j++
 		}
-		slices.SortFunc(hdr, func(a, b [2]string) int {
-			if a[0] != b[0] {
-				if a[0] < b[0] {
-					return -1
-				}
-				return 1
+		if j == i+1 {
+			e.buf = e.buf[:0]
+			scratch = e.task(order[i], scratch)
+			h.Write(e.buf)
+		} else {
+			encs := make([][]byte, 0, j-i)
+			for _, t := range order[i:j] {
+				var te fpEncoder
+				scratch = te.task(t, scratch)
+				encs = append(encs, te.buf)
 			}
-			return 0
-		})
-		up := t.UpstreamIDs()
-		slices.Sort(up)
-		fp.Tasks = append(fp.Tasks, taskFP{
-			ID: t.id, Kind: t.kind, Trigger: t.trigger, Retries: t.retries,
-			RetryDelay: int64(t.retryDelay), MaxBackoff: int64(t.maxBackoff), Timeout: int64(t.timeout),
-			Priority: t.priority, Command: t.command, Method: t.http.Method, URL: t.http.URL,
-			Header: hdr, Body: t.http.Body, Upstream: up,
-		})
-	}
-	slices.SortStableFunc(fp.Tasks, func(a, b taskFP) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
+			slices.SortFunc(encs, bytes.Compare)
+			for _, b := range encs {
+				h.Write(b)
+			}
 		}
-		return 0
-	})
-	b, _ := json.Marshal(fp) // plain strings and numbers: cannot fail
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+		i = j
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// fpEncoder appends length-prefixed fields to buf, so that no two
+// different field sequences encode alike.
+type fpEncoder struct{ buf []byte }
+
+func (e *fpEncoder) str(s string) {
+	e.int(int64(len(s)))
+	e.buf = append(e.buf, s...)
+}
+
+func (e *fpEncoder) int(n int64) { e.buf = binary.BigEndian.AppendUint64(e.buf, uint64(n)) }
+
+// task encodes one task, its downstream edges sorted by id. scratch is
+// reused between calls and returned.
+func (e *fpEncoder) task(t *Task, scratch []string) []string {
+	e.str(t.id)
+	e.str(string(t.kind))
+	e.str(string(t.trigger))
+	e.int(int64(t.retries))
+	e.int(int64(t.retryDelay))
+	e.int(int64(t.maxBackoff))
+	e.int(int64(t.timeout))
+	e.int(int64(t.priority))
+	e.str(t.command)
+	e.str(t.http.Method)
+	e.str(t.http.URL)
+	e.str(t.http.Body)
+	scratch = scratch[:0]
+	for k := range t.http.Header {
+		scratch = append(scratch, k)
+	}
+	slices.Sort(scratch)
+	e.int(int64(len(scratch)))
+	for _, k := range scratch {
+		e.str(k)
+		e.str(t.http.Header[k])
+	}
+	scratch = scratch[:0]
+	for _, w := range t.downstream {
+		scratch = append(scratch, w.id)
+	}
+	slices.Sort(scratch)
+	e.int(int64(len(scratch)))
+	for _, id := range scratch {
+		e.str(id)
+	}
+	return scratch
 }

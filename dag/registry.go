@@ -8,41 +8,56 @@ import (
 // Registry holds DAGs by id. The package-level functions use a default
 // registry that the files of package dags fill from init().
 type Registry struct {
-	mu   sync.Mutex
-	dags []*DAG
+	mu sync.Mutex
+	// regs is every registration in order, nil ones included, so that
+	// Validate can report them.
+	regs []*DAG
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry { return &Registry{} }
 
-// Register records d. It never panics: duplicate ids and bad DAGs are kept
-// and reported by Validate.
+// Register records d. It never panics: a nil DAG, duplicate ids and bad
+// DAGs are kept and reported by Validate.
 func (r *Registry) Register(d *DAG) {
-	if d == nil {
-		return
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.dags = append(r.dags, d)
+	r.regs = append(r.regs, d)
 }
 
-// DAGs returns the registered DAGs in registration order.
+// DAGs returns the registered DAGs in registration order, without nil
+// registrations.
 func (r *Registry) DAGs() []*DAG {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return slices.Clone(r.dags)
+	out := make([]*DAG, 0, len(r.regs))
+	for _, d := range r.regs {
+		if d != nil {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Lookup returns the first DAG registered with id, or nil.
 func (r *Registry) Lookup(id string) *DAG {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, d := range r.dags {
-		if d.id == id {
+	for _, d := range r.regs {
+		if d != nil && d.id == id {
 			return d
 		}
 	}
 	return nil
+}
+
+// Validate checks every registration, nil ones included, and returns every
+// problem found, as the package-level Validate does.
+func (r *Registry) Validate() []Problem {
+	r.mu.Lock()
+	regs := slices.Clone(r.regs)
+	r.mu.Unlock()
+	return Validate(regs)
 }
 
 var defaultRegistry = NewRegistry()

@@ -1,6 +1,7 @@
 package dag
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -21,6 +22,7 @@ const (
 // and Branch methods.
 type Task struct {
 	dag        *DAG
+	index      int // position in dag.tasks
 	id         string
 	kind       Kind
 	fn         func(*Context) error
@@ -62,27 +64,68 @@ func Trigger(r TriggerRule) TaskOption { return func(t *Task) { t.trigger = r } 
 func Priority(p int) TaskOption { return func(t *Task) { t.priority = p } }
 
 // SetDownstream makes every task in ts run after t and returns t.
+//
+// It never panics: a nil task, a task not created by a DAG's methods, or a
+// task of another DAG is not linked and the problem is recorded on the DAGs
+// involved, for Validate to report.
 func (t *Task) SetDownstream(ts ...*Task) *Task {
 	for _, d := range ts {
-		t.link(t, d)
+		link(t, t, d)
 	}
 	return t
 }
 
-// SetUpstream makes t run after every task in ts and returns t.
+// SetUpstream makes t run after every task in ts and returns t. Bad tasks
+// are handled as in SetDownstream.
 func (t *Task) SetUpstream(ts ...*Task) *Task {
 	for _, u := range ts {
-		t.link(u, t)
+		link(t, u, t)
 	}
 	return t
 }
 
-func (t *Task) link(up, down *Task) {
-	if up == nil || down == nil {
-		t.dag.issues = append(t.dag.issues, "task "+quote(t.id)+": edge to a nil task")
+// link adds the edge up -> down on behalf of self (the receiver of
+// SetDownstream/SetUpstream), or records why it cannot.
+func link(self, up, down *Task) {
+	other := up
+	if other == self {
+		other = down
+	}
+	switch {
+	case self == nil && other == nil:
+		return // no DAG to record the problem on
+	case self == nil:
+		if other.dag != nil {
+			other.dag.addIssue(other.id, "edge from a nil task")
+		}
+		return
+	case other == nil:
+		if self.dag != nil {
+			self.dag.addIssue(self.id, "edge to a nil task")
+		}
+		return
+	case up.dag == nil || down.dag == nil:
+		for _, x := range []*Task{up, down} {
+			if x.dag != nil {
+				y := up
+				if x == up {
+					y = down
+				}
+				x.dag.addIssue(x.id, fmt.Sprintf("edge to task %q that was not created by a DAG (use DAG.Func, Shell, HTTP or Branch)", y.id))
+			}
+		}
+		return
+	case up.dag != down.dag:
+		up.dag.addIssue(up.id, fmt.Sprintf("edge to task %q of another DAG %q", down.id, down.dag.id))
+		down.dag.addIssue(down.id, fmt.Sprintf("edge from task %q of another DAG %q", up.id, up.dag.id))
 		return
 	}
-	if slices.Contains(up.downstream, down) {
+	// Search the shorter list: fan-out and fan-in stay linear.
+	if len(up.downstream) <= len(down.upstream) {
+		if slices.Contains(up.downstream, down) {
+			return
+		}
+	} else if slices.Contains(down.upstream, up) {
 		return
 	}
 	up.downstream = append(up.downstream, down)
