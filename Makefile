@@ -1,0 +1,53 @@
+# Trellis build, test and lint targets. `make test` is what CI runs.
+
+GO          ?= go
+GOBIN       := $(shell $(GO) env GOPATH)/bin
+STATICCHECK := $(GOBIN)/staticcheck
+PKGS        ?= ./...
+# The machine the project is developed on has 2 cores: test 2 packages at
+# a time so the database-backed packages do not starve each other.
+TEST_FLAGS  ?= -race -p 2 -timeout 15m
+BENCH       ?= .
+BENCH_FLAGS ?= -run '^$$' -bench '$(BENCH)' -benchmem -p 1 -timeout 30m
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X main.version=$(VERSION)
+
+.PHONY: all test lint fmt-check vet staticcheck build run bench clean
+
+all: test build
+
+## test: gofmt check, go vet, staticcheck, then the race-enabled test suite
+test: lint
+	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+## lint: gofmt check, go vet and staticcheck
+lint: fmt-check vet staticcheck
+
+fmt-check:
+	@out="$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) $(PKGS)
+
+# Installs staticcheck into $(go env GOPATH)/bin when it is missing.
+$(STATICCHECK):
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@latest
+
+## build: a static trellis binary in bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/trellis ./cmd/trellis
+
+## run: the server (scheduler, workers and API) with the default SQLite database
+run:
+	$(GO) run ./cmd/trellis serve
+
+## bench: every Go benchmark, one package at a time
+bench:
+	$(GO) test $(BENCH_FLAGS) $(PKGS)
+
+clean:
+	rm -rf bin trellis
