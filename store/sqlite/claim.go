@@ -1,0 +1,338 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// claimSet is what a claim writes on each claimed instance.
+const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = ?1,
+	ended_at = NULL, heartbeat_at = ?1, worker_id = ?2, hostname = ?3, pid = ?4, next_retry_at = NULL,
+	output = NULL, error = ''`
+
+const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
+	queued_at, timeout_ns`
+
+// claimFast picks the best queued instances; used when no DAG with a
+// MaxActiveTasks cap has queued work.
+const claimFast = claimSet + ` WHERE id IN (SELECT id FROM task_instances WHERE state = 'queued'
+	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
+
+// claimCapped also keeps every DAG under its MaxActiveTasks: the rank of
+// a queued instance within its DAG plus the DAG's running instances must
+// stay within the cap.
+const claimCapped = claimSet + ` WHERE id IN (
+	WITH busy AS (
+		SELECT dag_id, count(*) AS n FROM task_instances
+		WHERE state IN ('queued', 'running', 'restarting') AND state IN ('running', 'restarting')
+			AND dag_id IN (SELECT dag_id FROM dags WHERE max_active_tasks > 0)
+		GROUP BY dag_id
+	), ranked AS (
+		SELECT t.id, t.priority, t.queued_at, d.max_active_tasks AS cap,
+			row_number() OVER (PARTITION BY t.dag_id ORDER BY t.priority DESC, t.queued_at, t.id)
+				+ coalesce(b.n, 0) AS slot
+		FROM task_instances t
+		JOIN dags d ON d.dag_id = t.dag_id
+		LEFT JOIN busy b ON b.dag_id = t.dag_id
+		WHERE t.state = 'queued'
+	)
+	SELECT id FROM ranked WHERE cap <= 0 OR slot <= cap
+	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
+
+// ClaimTasks moves up to max queued task instances to running for worker
+// w, highest priority first then oldest, starting a new try, in one
+// UPDATE … RETURNING. DAGs with MaxActiveTasks never get more instances
+// running than their cap.
+func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	if wk.ID == "" {
+		return nil, errors.New("claim tasks: empty worker id")
+	}
+	var out []store.Claimed
+	err := s.write(ctx, fmt.Sprintf("claim tasks for worker %q", wk.ID), func(w *txn) error {
+		out = nil
+		var capped bool
+		if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
+			AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
+				AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued'))`).Scan(&capped); err != nil {
+			return err
+		}
+		q := claimFast
+		if capped {
+			q = claimCapped
+		}
+		rows, err := w.query(q, us(now), wk.ID, wk.Hostname, wk.PID, max)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var (
+				c       store.Claimed
+				rule    string
+				queued  sql.NullInt64
+				timeout int64
+			)
+			if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
+				&rule, &queued, &timeout); err != nil {
+				rows.Close()
+				return err
+			}
+			c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
+			c.QueuedAt = ptrUS(queued)
+			t := fromUS(us(now))
+			c.StartedAt, c.HeartbeatAt = &t, &t
+			c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
+			c.Timeout = time.Duration(timeout)
+			out = append(out, c)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		runs := map[int64]runRec{}
+		for i := range out {
+			c := &out[i]
+			r, ok := runs[c.RunID]
+			if !ok {
+				if r, err = getRunByID(w.ctx, w, c.RunID); err != nil {
+					return err
+				}
+				runs[c.RunID] = r
+			}
+			c.DAGRunID = r.RunID
+			c.LogicalDate, c.IntervalStart, c.IntervalEnd = r.LogicalDate, r.IntervalStart, r.IntervalEnd
+			c.Conf = r.Conf
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b store.Claimed) int {
+		if a.Priority != b.Priority {
+			return b.Priority - a.Priority
+		}
+		if qa, qb := a.QueuedAt, b.QueuedAt; qa != nil && qb != nil && !qa.Equal(*qb) {
+			return qa.Compare(*qb)
+		}
+		return int(a.ID - b.ID)
+	})
+	return out, nil
+}
+
+// checkResults validates a batch of results before any of it is written.
+func checkResults(results []store.Result) error {
+	for i, r := range results {
+		switch r.State {
+		case state.Success, state.Failed, state.Skipped:
+		default:
+			return fmt.Errorf("result %d (task instance #%d try %d): state %q is not success, failed or skipped",
+				i, r.ID, r.TryNumber, r.State)
+		}
+		if r.Output != nil && !json.Valid(r.Output) {
+			return fmt.Errorf("result %d (task instance #%d try %d): output is not valid JSON", i, r.ID, r.TryNumber)
+		}
+	}
+	return nil
+}
+
+// FinishTasks records the outcomes of a batch of tries in one
+// transaction: each is a compare-and-set on (running, try number); a
+// failure with tries left and not Permanent becomes up_for_retry after
+// its retry delay; final states release the downstream instances by their
+// trigger rules (Branch: unfollowed direct downstream tasks are skipped)
+// and the runs they belong to are settled.
+func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]store.FinishOutcome, error) {
+	if len(results) == 0 {
+		return nil, nil
+	}
+	if err := checkResults(results); err != nil {
+		return nil, fmt.Errorf("finish tasks: %w", err)
+	}
+	var out []store.FinishOutcome
+	err := s.write(ctx, fmt.Sprintf("finish %d tasks", len(results)), func(w *txn) error {
+		var err error
+		out, err = newEngine(w, time.Time{}).finishBatch(results)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// attemptList encodes attempts for json_each as [[id, try], …].
+func attemptList(attempts []store.Attempt) string {
+	pairs := make([][2]int64, len(attempts))
+	for i, a := range attempts {
+		pairs[i] = [2]int64{a.ID, int64(a.TryNumber)}
+	}
+	return idList(pairs)
+}
+
+const attemptIn = `(id, try_number) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))`
+
+// HeartbeatTasks refreshes the heartbeat of the worker's running attempts
+// and returns the attempts it no longer holds (finished, failed as
+// zombies, cleared, cancelled or claimed again): the worker must stop
+// them.
+func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []store.Attempt, now time.Time) ([]store.Attempt, error) {
+	if len(attempts) == 0 {
+		return nil, nil
+	}
+	var lost []store.Attempt
+	err := s.write(ctx, fmt.Sprintf("heartbeat tasks of worker %q", workerID), func(w *txn) error {
+		lost = nil
+		rows, err := w.query(`UPDATE task_instances SET heartbeat_at = ?
+			WHERE state = 'running' AND worker_id = ? AND `+attemptIn+` RETURNING id, try_number`,
+			us(now), workerID, attemptList(attempts))
+		if err != nil {
+			return err
+		}
+		held := map[store.Attempt]bool{}
+		for rows.Next() {
+			var a store.Attempt
+			if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+				rows.Close()
+				return err
+			}
+			held[a] = true
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		for _, a := range attempts {
+			if !held[a] {
+				lost = append(lost, a)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lost, nil
+}
+
+// RequeueRetries queues the up_for_retry instances due at or before now.
+func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) {
+	var n int64
+	err := s.write(ctx, "requeue retries", func(w *txn) error {
+		res, err := w.exec(`UPDATE task_instances SET state = 'queued', queued_at = ?, next_retry_at = NULL
+			WHERE state = 'up_for_retry' AND next_retry_at <= ?`, us(now), us(now))
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		if n > 0 {
+			w.wake(store.TopicTasksReady)
+		}
+		return nil
+	})
+	return int(n), err
+}
+
+// NextRetryAt returns the earliest pending retry time.
+func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
+	var t sql.NullInt64
+	if err := s.rdb.QueryRowContext(ctx, `SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'`).Scan(&t); err != nil {
+		return time.Time{}, false, fmt.Errorf("next retry: %w", mapErr(err))
+	}
+	if !t.Valid {
+		return time.Time{}, false, nil
+	}
+	return fromUS(t.Int64), true, nil
+}
+
+// failAttempts fails the running (or restarting) attempts selected by
+// where/args as a finish with an error would: retried when tries remain.
+func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now time.Time, args ...any) ([]store.Attempt, error) {
+	var out []store.Attempt
+	err := s.write(ctx, op, func(w *txn) error {
+		out = nil
+		// The partial index holds only the running rows: scanning it is
+		// cheap however large the table is.
+		rows, err := w.query(`SELECT id, try_number FROM task_instances INDEXED BY task_instances_running
+			WHERE state IN ('running', 'restarting') AND `+where+` ORDER BY id`, args...)
+		if err != nil {
+			return err
+		}
+		var found []store.Attempt
+		for rows.Next() {
+			var a store.Attempt
+			if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+				rows.Close()
+				return err
+			}
+			found = append(found, a)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		rs := make([]store.Result, len(found))
+		for i, a := range found {
+			rs[i] = store.Result{Attempt: a, State: state.Failed, Error: reason, EndedAt: now}
+		}
+		outcomes, err := newEngine(w, now).finishBatch(rs)
+		if err != nil {
+			return err
+		}
+		for _, o := range outcomes {
+			if o.Applied {
+				out = append(out, o.Attempt)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FailZombies fails (or puts up for retry) the running instances whose
+// heartbeat is older than staleBefore, releasing downstream instances as
+// a finish would, and returns the attempts it took away.
+func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Attempt, error) {
+	reason := fmt.Sprintf("zombie: no heartbeat since before %s", staleBefore.UTC().Format(time.RFC3339Nano))
+	return s.failAttempts(ctx, "fail zombies", reason,
+		`coalesce(heartbeat_at, started_at, 0) < ?`, now, us(staleBefore))
+}
+
+// FailWorkerTasks treats the running attempts of a dead worker like
+// zombies, at once.
+func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Attempt, error) {
+	return s.failAttempts(ctx, fmt.Sprintf("fail tasks of worker %q", workerID),
+		fmt.Sprintf("worker %s died", workerID), `worker_id = ?`, now, workerID)
+}
+
+// RequeueAttempts puts running attempts back to queued without using up a
+// try (graceful shutdown); stale attempts are ignored.
+func (s *Store) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {
+	if len(attempts) == 0 {
+		return nil
+	}
+	return s.write(ctx, "requeue attempts", func(w *txn) error {
+		res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+				started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
+				queued_at = coalesce(queued_at, ?)
+			WHERE state IN ('running', 'restarting') AND `+attemptIn, us(s.clk.Now()), attemptList(attempts))
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			w.wake(store.TopicTasksReady)
+		}
+		return nil
+	})
+}

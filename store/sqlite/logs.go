@@ -1,0 +1,106 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/trellis-dag/trellis/store"
+)
+
+// AppendLog appends chunk to the log of one try. The log keeps at most the
+// store's LogCap bytes; what goes beyond is counted as dropped and
+// ReadLog ends the log with a truncation line.
+func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) error {
+	if a.TryNumber < 1 {
+		return fmt.Errorf("append log of task instance #%d: try number %d (tries start at 1)", a.ID, a.TryNumber)
+	}
+	if len(chunk) == 0 {
+		return nil
+	}
+	return s.write(ctx, fmt.Sprintf("append log of task instance #%d try %d", a.ID, a.TryNumber), func(w *txn) error {
+		var tries int
+		err := w.queryRow(`SELECT try_number FROM task_instances WHERE id = ?`, a.ID).Scan(&tries)
+		if errors.Is(err, sql.ErrNoRows) {
+			return store.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if a.TryNumber > tries {
+			return fmt.Errorf("try %d has not started (the instance is at try %d): %w", a.TryNumber, tries, store.ErrNotFound)
+		}
+		var size, dropped int64
+		var chunks int
+		err = w.queryRow(`INSERT INTO task_logs (ti_id, try_number) VALUES (?, ?)
+			ON CONFLICT (ti_id, try_number) DO UPDATE SET size = size
+			RETURNING size, dropped, chunks`, a.ID, a.TryNumber).Scan(&size, &dropped, &chunks)
+		if err != nil {
+			return err
+		}
+		keep := min(int64(len(chunk)), max(int64(s.logCap)-size, 0))
+		if keep > 0 {
+			if _, err := w.exec(`INSERT INTO task_log_chunks (ti_id, try_number, seq, data) VALUES (?, ?, ?, ?)`,
+				a.ID, a.TryNumber, chunks, chunk[:keep]); err != nil {
+				return err
+			}
+			chunks++
+		}
+		_, err = w.exec(`UPDATE task_logs SET size = ?, dropped = ?, chunks = ? WHERE ti_id = ? AND try_number = ?`,
+			size+keep, dropped+int64(len(chunk))-keep, chunks, a.ID, a.TryNumber)
+		return err
+	})
+}
+
+// TruncationMarker is appended by ReadLog to a log that reached the cap,
+// with the bytes kept and the bytes dropped (the same text as the
+// PostgreSQL backend's).
+const TruncationMarker = "\n[trellis: log truncated: %d bytes kept, %d bytes dropped]\n"
+
+// ReadLog returns the log of one try (empty when the try logged nothing).
+// ErrNotFound when the task instance or the try does not exist.
+func (s *Store) ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error) {
+	op := fmt.Sprintf("read log of task %q of run %q of dag %q try %d", taskID, runID, dagID, try)
+	out := []byte{}
+	err := s.read(ctx, op, func(tx *sql.Tx) error {
+		ti, err := getTI(ctx, tx, dagID, runID, taskID)
+		if err != nil {
+			return err
+		}
+		if try < 1 || try > ti.TryNumber {
+			return fmt.Errorf("the instance has %d tries: %w", ti.TryNumber, store.ErrNotFound)
+		}
+		var size, dropped int64
+		err = tx.QueryRowContext(ctx, `SELECT size, dropped FROM task_logs WHERE ti_id = ? AND try_number = ?`, ti.ID, try).Scan(&size, &dropped)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT data FROM task_log_chunks WHERE ti_id = ? AND try_number = ? ORDER BY seq`, ti.ID, try)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var b []byte
+			if err := rows.Scan(&b); err != nil {
+				return err
+			}
+			out = append(out, b...)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if dropped > 0 {
+			out = fmt.Appendf(out, TruncationMarker, size, dropped)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

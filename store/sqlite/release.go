@@ -1,0 +1,493 @@
+package sqlite
+
+import (
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// engine applies state changes to task instances inside one writing
+// transaction: it records outcomes, bumps the upstream counters of the
+// downstream instances, decides them by their trigger rules (cascading
+// skips and upstream failures until nothing changes) and finally settles
+// the runs it touched.
+type engine struct {
+	w       *txn
+	now     time.Time
+	runs    map[int64]*runInfo
+	touched []int64 // runs to settle, in first-touch order
+	seen    map[int64]bool
+}
+
+// runInfo is what the engine knows of one run.
+type runInfo struct {
+	id    int64
+	dagID string
+	state state.RunState
+	st    *structure
+}
+
+func newEngine(w *txn, now time.Time) *engine {
+	return &engine{w: w, now: now, runs: map[int64]*runInfo{}, seen: map[int64]bool{}}
+}
+
+// run loads (once per transaction) the state and structure of a run.
+func (e *engine) run(id int64) (*runInfo, error) {
+	if ri, ok := e.runs[id]; ok {
+		return ri, nil
+	}
+	var (
+		ri        = &runInfo{id: id}
+		st        string
+		versionID int64
+	)
+	err := e.w.queryRow(`SELECT dag_id, state, version_id FROM dag_runs WHERE id = ?`, id).Scan(&ri.dagID, &st, &versionID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("run #%d: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load run #%d: %w", id, err)
+	}
+	ri.state = state.RunState(st)
+	if ri.st, err = e.w.s.structs.load(e.w.ctx, e.w, versionID); err != nil {
+		return nil, err
+	}
+	e.runs[id] = ri
+	return ri, nil
+}
+
+// touch marks a run for settling.
+func (e *engine) touch(runID int64) {
+	if !e.seen[runID] {
+		e.seen[runID] = true
+		e.touched = append(e.touched, runID)
+	}
+}
+
+// finished is one instance that reached a final state, to be propagated.
+type finished struct {
+	taskID string
+	state  state.TaskState
+	// was is the final state the instance had before (its counter is
+	// taken back from the downstream instances), "" when it had none.
+	was state.TaskState
+	// skip lists direct downstream tasks to skip (an unfollowed branch).
+	skip map[string]bool
+}
+
+// release propagates the final states in done through run ri: for each
+// direct downstream instance it moves the counters, and an instance still
+// waiting (state none) is decided by its trigger rule; the skips and
+// upstream failures that decides are propagated in turn.
+func (e *engine) release(ri *runInfo, done ...finished) error {
+	queue := done
+	for len(queue) > 0 {
+		f := queue[0]
+		queue = queue[1:]
+		def := ri.st.tasks[f.taskID]
+		if def == nil {
+			continue
+		}
+		inc, dec := counterColumn(f.state), counterColumn(f.was)
+		if inc == dec {
+			continue
+		}
+		set := ""
+		switch {
+		case inc != "" && dec != "":
+			set = inc + ` = ` + inc + ` + 1, ` + dec + ` = ` + dec + ` - 1`
+		case inc != "":
+			set = inc + ` = ` + inc + ` + 1`
+		default:
+			set = dec + ` = ` + dec + ` - 1`
+		}
+		if len(def.downstream) == 0 {
+			continue
+		}
+		// One statement moves the counters of every direct downstream
+		// instance and returns what deciding them needs.
+		const returning = ` RETURNING id, task_id, state, trigger_rule, n_upstream, up_success, up_failed,
+			up_skipped, up_upstream_failed, up_removed`
+		var (
+			rows *sql.Rows
+			err  error
+		)
+		if len(def.downstream) == 1 {
+			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
+				WHERE run_id = ? AND call_key = '' AND task_id = ?`+returning, ri.id, def.downstream[0])
+		} else {
+			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
+				WHERE run_id = ? AND call_key = '' AND task_id IN (SELECT value FROM json_each(?))`+returning,
+				ri.id, idList(def.downstream))
+		}
+		if err != nil {
+			return fmt.Errorf("count upstream of the tasks after %q: %w", f.taskID, err)
+		}
+		decided := map[state.TaskState][]int64{}
+		for rows.Next() {
+			var (
+				id   int64
+				task string
+				cur  string
+				rule string
+				u    state.Upstream
+			)
+			if err := rows.Scan(&id, &task, &cur, &rule, &u.Total, &u.Success, &u.Failed, &u.Skipped,
+				&u.UpstreamFailed, &u.Removed); err != nil {
+				rows.Close()
+				return fmt.Errorf("count upstream of the tasks after %q: %w", f.taskID, err)
+			}
+			if state.TaskState(cur) != state.None || inc == "" {
+				continue
+			}
+			next := e.decide(ri, dag.TriggerRule(rule), u)
+			if f.skip[task] {
+				next = state.Skipped
+			}
+			if next == state.None {
+				continue
+			}
+			decided[next] = append(decided[next], id)
+			if next.Terminal() {
+				queue = append(queue, finished{taskID: task, state: next})
+			}
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("count upstream of the tasks after %q: %w", f.taskID, err)
+		}
+		for _, next := range []state.TaskState{state.Queued, state.Skipped, state.UpstreamFailed} {
+			if err := e.apply(ri, decided[next], next); err != nil {
+				return fmt.Errorf("release the tasks after %q: %w", f.taskID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// decide returns the state a waiting instance moves to: queued when its
+// rule is met (and the run is running; otherwise it keeps waiting),
+// skipped, upstream_failed, or none to keep waiting.
+func (e *engine) decide(ri *runInfo, rule dag.TriggerRule, u state.Upstream) state.TaskState {
+	switch state.Decide(rule, u) {
+	case state.Run:
+		if ri.state == state.RunRunning {
+			return state.Queued
+		}
+	case state.Skip:
+		return state.Skipped
+	case state.FailUpstream:
+		return state.UpstreamFailed
+	}
+	return state.None
+}
+
+// apply writes a decision for instances in state none.
+func (e *engine) apply(ri *runInfo, ids []int64, next state.TaskState) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	var err error
+	switch {
+	case next == state.Queued && len(ids) == 1:
+		_, err = e.w.exec(`UPDATE task_instances SET state = 'queued', queued_at = ? WHERE id = ?`, us(e.now), ids[0])
+	case next == state.Queued:
+		_, err = e.w.exec(`UPDATE task_instances SET state = 'queued', queued_at = ?
+			WHERE id IN (SELECT value FROM json_each(?))`, us(e.now), idList(ids))
+	case len(ids) == 1:
+		_, err = e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ? WHERE id = ?`, string(next), us(e.now), ids[0])
+	default:
+		_, err = e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ?
+			WHERE id IN (SELECT value FROM json_each(?))`, string(next), us(e.now), idList(ids))
+	}
+	if err != nil {
+		return err
+	}
+	if next == state.Queued {
+		e.w.wake(store.TopicTasksReady)
+	} else {
+		e.touch(ri.id)
+	}
+	return nil
+}
+
+// evaluate decides a waiting instance of run ri from its current
+// counters (after a clear) and propagates the result.
+func (e *engine) evaluate(ri *runInfo, taskID string) error {
+	var (
+		id   int64
+		cur  string
+		rule string
+		u    state.Upstream
+	)
+	err := e.w.queryRow(`SELECT id, state, trigger_rule, n_upstream, up_success, up_failed, up_skipped,
+			up_upstream_failed, up_removed FROM task_instances WHERE run_id = ? AND task_id = ? AND call_key = ''`, ri.id, taskID).
+		Scan(&id, &cur, &rule, &u.Total, &u.Success, &u.Failed, &u.Skipped, &u.UpstreamFailed, &u.Removed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("evaluate %q: %w", taskID, err)
+	}
+	if state.TaskState(cur) != state.None {
+		return nil
+	}
+	next := e.decide(ri, dag.TriggerRule(rule), u)
+	if next == state.None {
+		return nil
+	}
+	if err := e.apply(ri, []int64{id}, next); err != nil {
+		return fmt.Errorf("evaluate %q: %w", taskID, err)
+	}
+	if next.Terminal() {
+		return e.release(ri, finished{taskID: taskID, state: next})
+	}
+	return nil
+}
+
+// settle brings the state of every touched run in line with its
+// instances: a run with no unfinished instance ends with the outcome of
+// its leaves (state.RunOutcome); a finished run with unfinished instances
+// (after a clear or a change by hand) runs again. Queued runs are left to
+// StartRuns. Only an index probe per run when it is not done.
+func (e *engine) settle() error {
+	for _, id := range e.touched {
+		ri, err := e.run(id)
+		if err != nil {
+			return err
+		}
+		var cur string
+		var ended sql.NullInt64
+		if err := e.w.queryRow(`SELECT state, ended_at FROM dag_runs WHERE id = ?`, id).Scan(&cur, &ended); err != nil {
+			return fmt.Errorf("settle run #%d: %w", id, err)
+		}
+		if state.RunState(cur) == state.RunQueued {
+			continue
+		}
+		var unfinished bool
+		if err := e.w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances WHERE run_id = ? AND state IN (`+nonTerminalSQL+`))`, id).Scan(&unfinished); err != nil {
+			return fmt.Errorf("settle run #%d: %w", id, err)
+		}
+		if unfinished {
+			if state.RunState(cur).Terminal() {
+				if _, err := e.w.exec(`UPDATE dag_runs SET state = 'running', ended_at = NULL WHERE id = ?`, id); err != nil {
+					return fmt.Errorf("settle run #%d: %w", id, err)
+				}
+				ri.state = state.RunRunning
+				e.w.wake(store.TopicRunsChanged)
+			}
+			continue
+		}
+		leaves, err := e.leafStates(ri)
+		if err != nil {
+			return err
+		}
+		outcome := state.RunOutcome(leaves)
+		if state.RunState(cur) != outcome || !ended.Valid {
+			if _, err := e.w.exec(`UPDATE dag_runs SET state = ?, ended_at = ? WHERE id = ?`, string(outcome), us(e.now), id); err != nil {
+				return fmt.Errorf("settle run #%d: %w", id, err)
+			}
+			ri.state = outcome
+			e.w.wake(store.TopicRunsChanged)
+		}
+	}
+	e.touched, e.seen = nil, map[int64]bool{}
+	return nil
+}
+
+func (e *engine) leafStates(ri *runInfo) ([]state.TaskState, error) {
+	rows, err := e.w.query(`SELECT state FROM task_instances WHERE run_id = ? AND call_key = ''
+		AND task_id IN (SELECT value FROM json_each(?))`, ri.id, idList(ri.st.leaves))
+	if err != nil {
+		return nil, fmt.Errorf("leaves of run #%d: %w", ri.id, err)
+	}
+	defer rows.Close()
+	var out []state.TaskState
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, fmt.Errorf("leaves of run #%d: %w", ri.id, err)
+		}
+		out = append(out, state.TaskState(s))
+	}
+	return out, rows.Err()
+}
+
+// attemptRow is a running attempt as finish reads it.
+type attemptRow struct {
+	runID      int64
+	taskID     string
+	state      state.TaskState
+	tryNumber  int
+	maxTries   int
+	retryDelay time.Duration
+	maxBackoff time.Duration
+}
+
+// pendingRelease is what recording a result leaves to release.
+type pendingRelease struct {
+	ri *runInfo
+	// restarted: the try of an instance cleared while running ended; the
+	// instance waits again and is evaluated, nothing is released.
+	restarted bool
+	f         finished
+	index     int // of the outcome to update with the final state
+}
+
+// record applies one result as a compare-and-set on (running or
+// restarting, try number) and returns what is left to release (nil when
+// nothing changed). A failure with tries left and not Permanent becomes
+// up_for_retry after its retry delay. The try of an instance cleared
+// while running (restarting) is not recorded: the instance waits again.
+func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, error) {
+	out := store.FinishOutcome{Attempt: r.Attempt}
+	var a attemptRow
+	var rd, mb int64
+	var cur string
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb)
+	if errors.Is(err, sql.ErrNoRows) {
+		return out, nil, nil
+	}
+	if err != nil {
+		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
+	}
+	a.state, a.retryDelay, a.maxBackoff = state.TaskState(cur), time.Duration(rd), time.Duration(mb)
+	out.State = a.state
+	if a.tryNumber != r.TryNumber || (a.state != state.Running && a.state != state.Restarting) {
+		return out, nil, nil
+	}
+	ri, err := e.run(a.runID)
+	if err != nil {
+		return out, nil, err
+	}
+	ended := r.EndedAt
+	if ended.IsZero() {
+		ended = e.now
+	}
+	if a.state == state.Restarting {
+		if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
+				ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
+				output = NULL, error = '' WHERE id = ?`, r.ID); err != nil {
+			return out, nil, fmt.Errorf("finish restarting task instance #%d: %w", r.ID, err)
+		}
+		out.Applied, out.State = true, state.None
+		return out, &pendingRelease{ri: ri, restarted: true, f: finished{taskID: a.taskID}}, nil
+	}
+
+	next, errText := r.State, r.Error
+	var skip map[string]bool
+	if def := ri.st.tasks[a.taskID]; def != nil && next == state.Success && r.Follow != nil {
+		var bad string
+		skip, bad = branchSkips(ri.st, def, r.Follow)
+		if bad != "" {
+			next, skip = state.Failed, nil
+			errText = fmt.Sprintf("branch %q chose %q, which is not one of its direct downstream tasks %q",
+				a.taskID, bad, def.downstream)
+		}
+	}
+	var nextRetry any
+	if next == state.Failed && !r.Permanent && a.tryNumber < a.maxTries {
+		next = state.UpForRetry
+		nextRetry = us(ended.Add(state.RetryDelay(a.retryDelay, a.maxBackoff, a.tryNumber, rand.Float64())))
+	}
+	if _, err := e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ?, output = ?, error = ?,
+			next_retry_at = ? WHERE id = ?`,
+		string(next), us(ended), jsonText(r.Output), errText, nextRetry, r.ID); err != nil {
+		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
+	}
+	out.Applied, out.State = true, next
+	if next == state.UpForRetry {
+		e.w.wake(store.TopicRunsChanged)
+		return out, nil, nil
+	}
+	return out, &pendingRelease{ri: ri, f: finished{taskID: a.taskID, state: next, skip: skip}}, nil
+}
+
+// finishBatch records results, then releases downstream instances, then
+// settles the runs, calling the fault hook between the phases. The
+// engine's time (queue and skip times, run end) is the latest EndedAt of
+// the batch.
+func (e *engine) finishBatch(results []store.Result) ([]store.FinishOutcome, error) {
+	for _, r := range results {
+		if r.EndedAt.After(e.now) {
+			e.now = r.EndedAt
+		}
+	}
+	if e.now.IsZero() {
+		e.now = e.w.s.clk.Now()
+	}
+	out := make([]store.FinishOutcome, len(results))
+	var pending []pendingRelease
+	for i, r := range results {
+		o, p, err := e.record(r)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = o
+		if p != nil {
+			p.index = i
+			pending = append(pending, *p)
+		}
+	}
+	if err := e.w.s.fault(FaultFinishRecorded); err != nil {
+		return nil, err
+	}
+	for _, p := range pending {
+		e.touch(p.ri.id)
+		if p.restarted {
+			if err := e.evaluate(p.ri, p.f.taskID); err != nil {
+				return nil, err
+			}
+			var cur string
+			if err := e.w.queryRow(`SELECT state FROM task_instances WHERE id = ?`, out[p.index].ID).Scan(&cur); err != nil {
+				return nil, err
+			}
+			out[p.index].State = state.TaskState(cur)
+			continue
+		}
+		if err := e.release(p.ri, p.f); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.w.s.fault(FaultFinishReleased); err != nil {
+		return nil, err
+	}
+	if err := e.settle(); err != nil {
+		return nil, err
+	}
+	if err := e.w.s.fault(FaultFinishSettled); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// branchSkips returns the direct downstream tasks of a Branch task to skip
+// when it follows follow: every direct downstream task that is neither
+// followed nor downstream of a followed one (Airflow's
+// skip_all_except). bad names a followed id that is not a direct
+// downstream task.
+func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]bool, bad string) {
+	for _, f := range follow {
+		if !slices.Contains(def.downstream, f) {
+			return nil, f
+		}
+	}
+	keep := map[string]bool{}
+	for _, id := range st.downstreamClosure(follow) {
+		keep[id] = true
+	}
+	skip = map[string]bool{}
+	for _, d := range def.downstream {
+		if !keep[d] {
+			skip[d] = true
+		}
+	}
+	return skip, ""
+}

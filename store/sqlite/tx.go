@@ -1,0 +1,300 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	sqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/trellis-dag/trellis/store"
+)
+
+// maxBusyRetries bounds how often a transaction that ran out of
+// busy_timeout waiting for another process's lock is tried again.
+const maxBusyRetries = 5
+
+// isBusy reports whether err is SQLite's "database is locked" (another
+// connection holds a conflicting lock).
+func isBusy(err error) bool {
+	if errors.Is(err, errLockTimeout) {
+		return true
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return true
+		}
+	}
+	return false
+}
+
+// mapErr turns driver errors into the store's errors: unique violations
+// into store.ErrConflict, foreign-key violations into store.ErrNotFound,
+// sql.ErrNoRows into store.ErrNotFound. Other driver errors keep their
+// message but not their type; context errors stay testable.
+//
+// The message of err (with the context its callers wrapped around the
+// driver error) is kept in full.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrStale) {
+		return err
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w (%s)", store.ErrNotFound, err.Error())
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return fmt.Errorf("%w: %s", store.ErrConflict, err.Error())
+		case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+			return fmt.Errorf("%w: %s", store.ErrNotFound, err.Error())
+		}
+		if se.Code()&0xff == sqlite3.SQLITE_INTERRUPT {
+			return fmt.Errorf("sqlite: %s: %w", err.Error(), context.Canceled)
+		}
+		return fmt.Errorf("sqlite: %s", err.Error())
+	}
+	return err
+}
+
+// retryBusy runs fn again, with a short growing pause, while it fails with
+// SQLITE_BUSY, up to maxBusyRetries times or until ctx ends.
+func retryBusy(ctx context.Context, fn func() error) error {
+	pause := 5 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if err == nil || !isBusy(err) || attempt >= maxBusyRetries {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause *= 2
+	}
+}
+
+// txn is one writing transaction.
+type txn struct {
+	s      *Store
+	ctx    context.Context
+	tx     *sql.Tx
+	topics map[store.Topic]bool
+	stmts  map[string]*sql.Stmt // statements bound to this transaction
+}
+
+// wake records that listeners of topic must be woken once the transaction
+// commits.
+func (w *txn) wake(topics ...store.Topic) {
+	for _, t := range topics {
+		w.topics[t] = true
+	}
+}
+
+// stmt returns query prepared for this transaction: from the Store's
+// cache when it is there, else prepared in the transaction (and asked for
+// in the cache), so a query run many times in one transaction is parsed
+// once.
+func (w *txn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := w.stmts[query]; ok {
+		return st, nil
+	}
+	var st *sql.Stmt
+	if cached := w.s.stmts.get(query); cached != nil {
+		st = w.tx.StmtContext(ctx, cached)
+	} else {
+		var err error
+		if st, err = w.tx.PrepareContext(ctx, query); err != nil {
+			return nil, err
+		}
+	}
+	w.stmts[query] = st
+	return st, nil
+}
+
+func (w *txn) exec(query string, args ...any) (sql.Result, error) {
+	st, err := w.stmt(w.ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(w.ctx, args...)
+}
+
+// QueryContext runs a query in the transaction (w is a querier).
+func (w *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// QueryRowContext runs a one-row query in the transaction.
+func (w *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		// A *sql.Row carrying err: the query fails again the same way.
+		return w.tx.QueryRowContext(ctx, query, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+func (w *txn) query(query string, args ...any) (*sql.Rows, error) {
+	return w.QueryContext(w.ctx, query, args...)
+}
+
+func (w *txn) queryRow(query string, args ...any) *sql.Row {
+	return w.QueryRowContext(w.ctx, query, args...)
+}
+
+// write runs fn in a BEGIN IMMEDIATE transaction on the writer connection
+// and commits it, bumping the wake-up sequence of every topic fn asked
+// for; after the commit the topics are published to this process's
+// subscribers. A transaction that fails with SQLITE_BUSY is run again from
+// the start, so fn must only change state through w.
+func (s *Store) write(ctx context.Context, op string, fn func(w *txn) error) error {
+	s.stmts.prepareWanted(ctx, s.wdb)
+	var seqs map[store.Topic]int64
+	err := retryBusy(ctx, func() error {
+		if err := s.wlock.acquire(ctx, s.busyTimeout); err != nil {
+			return err
+		}
+		defer s.wlock.release()
+		tx, err := s.wdb.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		w := &txn{s: s, ctx: ctx, tx: tx, topics: map[store.Topic]bool{}, stmts: map[string]*sql.Stmt{}}
+		if err := fn(w); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		bumped := make(map[store.Topic]int64, len(w.topics))
+		for t := range w.topics {
+			var seq int64
+			if err := w.queryRow(`UPDATE wakeups SET seq = seq + 1 WHERE topic = ? RETURNING seq`, string(t)).Scan(&seq); err != nil {
+				_ = tx.Rollback()
+				return fmt.Errorf("bump wake-up %s: %w", t, err)
+			}
+			bumped[t] = seq
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+		seqs = bumped
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, mapErr(err))
+	}
+	if len(seqs) > 0 {
+		s.hub.publishLocal(seqs)
+	}
+	return nil
+}
+
+// read runs fn in a read transaction on the read-only pool, so several
+// queries see one snapshot.
+func (s *Store) read(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	err := retryBusy(ctx, func() error {
+		tx, err := s.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback() //nolint:errcheck // read-only: nothing to lose
+		return fn(tx)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, mapErr(err))
+	}
+	return nil
+}
+
+// stmtCache keeps prepared statements of the writer connection for the
+// queries transactions run. A query seen for the first time runs
+// unprepared and is prepared before the next transaction begins (the
+// writer pool has one connection, which a transaction holds).
+type stmtCache struct {
+	mu     sync.Mutex
+	stmts  map[string]*sql.Stmt
+	wanted map[string]bool
+}
+
+// maxCachedStmts bounds the cache; queries beyond it run unprepared.
+const maxCachedStmts = 256
+
+func (c *stmtCache) init() {
+	c.stmts = map[string]*sql.Stmt{}
+	c.wanted = map[string]bool{}
+}
+
+func (c *stmtCache) get(query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.stmts[query]; ok {
+		return st
+	}
+	if len(c.stmts)+len(c.wanted) < maxCachedStmts {
+		c.wanted[query] = true
+	}
+	return nil
+}
+
+// prepareWanted prepares the queries seen since the last call. A query
+// that fails to prepare (e.g. its table does not exist yet) is forgotten
+// and prepared again when seen again.
+//
+// The lock is not held while preparing: preparing waits for the writer
+// connection, which a running transaction may hold while it calls get.
+func (c *stmtCache) prepareWanted(ctx context.Context, db *sql.DB) {
+	c.mu.Lock()
+	if len(c.wanted) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	var qs []string
+	for q := range c.wanted {
+		qs = append(qs, q)
+		delete(c.wanted, q)
+	}
+	c.mu.Unlock()
+	for _, q := range qs {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			continue
+		}
+		c.mu.Lock()
+		if _, dup := c.stmts[q]; dup || c.stmts == nil {
+			_ = st.Close()
+		} else {
+			c.stmts[q] = st
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.stmts {
+		_ = st.Close()
+	}
+	c.stmts = nil
+	c.wanted = map[string]bool{}
+}
