@@ -1,0 +1,242 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/trellis-dag/trellis/clock"
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// Environment variables through which a Pool configures its children. The
+// database URL travels in TRELLIS_DATABASE_URL, the variable the command
+// line reads anyway.
+const (
+	// EnvChild holds the worker id; its presence marks a worker child.
+	EnvChild             = "TRELLIS_WORKER_CHILD"
+	EnvDatabaseURL       = "TRELLIS_DATABASE_URL"
+	EnvSlots             = "TRELLIS_WORKER_SLOTS"
+	EnvHostname          = "TRELLIS_WORKER_HOSTNAME"
+	EnvHeartbeatInterval = "TRELLIS_WORKER_HEARTBEAT_INTERVAL"
+	EnvGrace             = "TRELLIS_WORKER_GRACE"
+	EnvKillGrace         = "TRELLIS_WORKER_KILL_GRACE"
+	EnvMaxLeaks          = "TRELLIS_WORKER_MAX_LEAKS"
+	EnvPollInterval      = "TRELLIS_WORKER_POLL_INTERVAL"
+	// EnvParentPID is the supervisor's pid; a child whose parent changed
+	// knows the supervisor died.
+	EnvParentPID = "TRELLIS_WORKER_PARENT_PID"
+	// EnvPool marks every process a pool starts, and every process those
+	// start, so the supervisor recognises orphans it may kill.
+	EnvPool = "TRELLIS_WORKER_POOL"
+)
+
+// Exit codes of a worker child.
+const (
+	// ExitOK: the child was asked to stop and stopped.
+	ExitOK = 0
+	// ExitError: the child could not start (bad configuration, store
+	// unreachable).
+	ExitError = 1
+	// ExitRecycle: the child drained after abandoning MaxLeaks task
+	// goroutines and wants to be replaced; the supervisor restarts it at
+	// once.
+	ExitRecycle = 75
+)
+
+// ChildConfig is what a Pool tells a worker child.
+type ChildConfig struct {
+	WorkerID          string
+	DatabaseURL       string
+	Slots             int
+	Hostname          string
+	HeartbeatInterval time.Duration
+	Grace             time.Duration
+	KillGrace         time.Duration
+	PollInterval      time.Duration
+	MaxLeaks          int
+	ParentPID         int
+	Pool              string
+}
+
+// IsChild reports whether this process was started by a Pool as a worker
+// child (EnvChild is set).
+func IsChild() bool {
+	v, ok := os.LookupEnv(EnvChild)
+	return ok && v != ""
+}
+
+// Env returns the environment variables that carry c.
+func (c ChildConfig) Env() []string {
+	return []string{
+		EnvChild + "=" + c.WorkerID,
+		EnvDatabaseURL + "=" + c.DatabaseURL,
+		EnvSlots + "=" + strconv.Itoa(c.Slots),
+		EnvHostname + "=" + c.Hostname,
+		EnvHeartbeatInterval + "=" + c.HeartbeatInterval.String(),
+		EnvGrace + "=" + c.Grace.String(),
+		EnvKillGrace + "=" + c.KillGrace.String(),
+		EnvPollInterval + "=" + c.PollInterval.String(),
+		EnvMaxLeaks + "=" + strconv.Itoa(c.MaxLeaks),
+		EnvParentPID + "=" + strconv.Itoa(c.ParentPID),
+		EnvPool + "=" + c.Pool,
+	}
+}
+
+// ChildConfigFromEnv reads the configuration a Pool passed to this child
+// through lookup (os.LookupEnv). Unset optional values are zero (the
+// Worker defaults); malformed ones are errors naming the variable.
+func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error) {
+	var c ChildConfig
+	var problems []error
+	str := func(name string, required bool) string {
+		v, ok := lookup(name)
+		if required && (!ok || v == "") {
+			problems = append(problems, fmt.Errorf("%s is not set", name))
+		}
+		return v
+	}
+	num := func(name string) int {
+		v, ok := lookup(name)
+		if !ok || v == "" {
+			return 0
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("%s=%q is not an integer", name, v))
+		}
+		return n
+	}
+	dur := func(name string) time.Duration {
+		v, ok := lookup(name)
+		if !ok || v == "" {
+			return 0
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			problems = append(problems, fmt.Errorf("%s=%q is not a non-negative duration such as 5s", name, v))
+		}
+		return d
+	}
+	c.WorkerID = str(EnvChild, true)
+	c.DatabaseURL = str(EnvDatabaseURL, true)
+	c.Hostname = str(EnvHostname, false)
+	c.Pool = str(EnvPool, false)
+	c.Slots = num(EnvSlots)
+	c.MaxLeaks = num(EnvMaxLeaks)
+	c.ParentPID = num(EnvParentPID)
+	c.HeartbeatInterval = dur(EnvHeartbeatInterval)
+	c.Grace = dur(EnvGrace)
+	c.KillGrace = dur(EnvKillGrace)
+	c.PollInterval = dur(EnvPollInterval)
+	if c.Slots < 0 {
+		problems = append(problems, fmt.Errorf("%s=%d, want at least 1", EnvSlots, c.Slots))
+	}
+	if len(problems) > 0 {
+		return ChildConfig{}, fmt.Errorf("worker child environment: %w", errors.Join(problems...))
+	}
+	return c, nil
+}
+
+// ChildOptions are what the worker-child role needs besides its
+// ChildConfig: the store opened on Config.DatabaseURL and the DAGs of the
+// binary.
+type ChildOptions struct {
+	Config   ChildConfig
+	Store    store.Store
+	Registry *dag.Registry
+	Logger   *slog.Logger
+	Clock    clock.Clock
+}
+
+// RunChild runs the worker-child role: one Worker until the process is
+// told to stop. The first SIGTERM or SIGINT stops it gracefully, a second
+// one halts it; if the supervisor died (Pdeathsig, or the parent pid
+// changed) it halts at once. It returns the process exit code: ExitOK,
+// ExitError when the worker cannot start, ExitRecycle after draining for
+// leaked goroutines. The caller should exit with it promptly so leaked
+// goroutines die.
+func RunChild(ctx context.Context, opts ChildOptions) int {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	c := opts.Config
+	w, err := NewWorker(WorkerConfig{
+		Store:             opts.Store,
+		Registry:          opts.Registry,
+		Clock:             opts.Clock,
+		Logger:            log,
+		ID:                c.WorkerID,
+		Hostname:          c.Hostname,
+		Slots:             c.Slots,
+		HeartbeatInterval: c.HeartbeatInterval,
+		Grace:             c.Grace,
+		KillGrace:         c.KillGrace,
+		PollInterval:      c.PollInterval,
+		MaxLeaks:          c.MaxLeaks,
+	})
+	if err != nil {
+		log.Error("worker child", "err", err)
+		return ExitError
+	}
+	if err := w.Start(ctx); err != nil {
+		log.Error("worker child", "err", err)
+		return ExitError
+	}
+
+	parentCheck := time.NewTicker(time.Second)
+	defer parentCheck.Stop()
+	parentGone := func() bool { return c.ParentPID > 0 && os.Getppid() != c.ParentPID }
+	code := ExitOK
+	stopping := false
+	leakLimit := w.LeakLimit()
+	stop := func(halt bool) {
+		if halt {
+			w.Halt()
+		}
+		if !stopping {
+			stopping = true
+			go w.Stop()
+		}
+	}
+	for {
+		select {
+		case s := <-sigs:
+			switch {
+			case parentGone():
+				log.Warn("supervisor is gone; halting", "signal", s.String())
+				stop(true)
+			case stopping:
+				log.Info("second signal; halting", "signal", s.String())
+				stop(true)
+			default:
+				log.Info("signal; stopping gracefully", "signal", s.String())
+				stop(false)
+			}
+		case <-parentCheck.C:
+			if parentGone() {
+				log.Warn("supervisor is gone; halting")
+				stop(true)
+			}
+		case <-leakLimit:
+			leakLimit = nil
+			code = ExitRecycle
+			log.Warn("draining to be replaced: too many abandoned task goroutines")
+			stop(false)
+		case <-w.Done():
+			return code
+		}
+	}
+}

@@ -1,0 +1,281 @@
+// Package testdags defines the DAGs the executor's process tests and
+// benchmarks run. The test binary (executor/internal/testbin) and the
+// tests both build them, so the structure the tests record in the store is
+// the one the worker processes execute.
+//
+// Tasks that leave traces write files into the directory named by the
+// environment variable EnvDir, which the tests set on the processes they
+// start.
+package testdags
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+)
+
+// EnvDir names the directory tasks write their traces to.
+const EnvDir = "TESTDAGS_DIR"
+
+// DAG ids.
+const (
+	Isolation  = "isolation"
+	Orphans    = "orphans"
+	Chaos      = "chaos"
+	Spread     = "spread"
+	Graceful   = "graceful"
+	FuncChain  = "func_chain"
+	ShellChain = "shell_chain"
+	ShellFan   = "shell_fan"
+)
+
+// Sizes of the generated DAGs.
+const (
+	ChaosLayers      = 10
+	ChaosWidth       = 20
+	SpreadTasks      = 40
+	FuncChainLength  = 200
+	ShellChainLength = 100
+	ShellFanTasks    = 1000
+)
+
+// IsolationOK lists the isolation DAG's tasks that must succeed.
+var IsolationOK = []string{"ok_1", "ok_2", "ok_3", "ok_4", "ok_5", "ok_6", "after"}
+
+// IsolationFailing lists the isolation DAG's tasks that must fail.
+var IsolationFailing = []string{"exit3", "panics", "hang", "shell_bg"}
+
+// Registry returns a registry with every test DAG.
+func Registry() *dag.Registry {
+	r := dag.NewRegistry()
+	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan()} {
+		r.Register(d)
+	}
+	return r
+}
+
+// Dir returns the trace directory, or "" when EnvDir is unset.
+func Dir() string { return os.Getenv(EnvDir) }
+
+// touch creates an empty trace file name in Dir.
+func touch(name string) error { return write(name, "") }
+
+// write creates the trace file name in Dir with content.
+func write(name, content string) error {
+	dir := Dir()
+	if dir == "" {
+		return errors.New(EnvDir + " is not set")
+	}
+	return os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
+}
+
+// MarkerName is the trace file a chaos task writes when a try completes:
+// when its function started and ended, in Unix nanoseconds.
+func MarkerName(taskID string, try int) string {
+	return taskID + ".done." + strconv.Itoa(try)
+}
+
+// StartedName is the trace file the graceful DAG's task writes when a try
+// starts.
+func StartedName(try int) string { return "long.started." + strconv.Itoa(try) }
+
+// TimesName is the file where a func_chain task records its start and
+// end.
+func TimesName(taskID, runID string) string { return runID + "." + taskID + ".times" }
+
+// ReleaseName is the file that makes the graceful DAG's task finish at
+// once.
+const ReleaseName = "release"
+
+// BackgroundPIDName is where the isolation DAG's shell_bg task writes the
+// pid of the background process it starts.
+const BackgroundPIDName = "bg.pid"
+
+// isolation runs, side by side, tasks that misbehave in every way a
+// worker process must survive, and ordinary tasks that must succeed. hang
+// goes first so that its worker process recycles for the abandoned
+// goroutine before exit3 kills a worker process; ok_4..ok_6 run next to
+// exit3 and may have to be retried.
+func isolation() *dag.DAG {
+	d := dag.New(Isolation)
+	retry := []dag.TaskOption{dag.Retries(3), dag.RetryDelay(10 * time.Millisecond)}
+	ok := func(c *dag.Context) error {
+		select {
+		case <-time.After(150 * time.Millisecond):
+			return nil
+		case <-c.Done():
+			return c.Err()
+		}
+	}
+	hang := d.Func("hang", func(c *dag.Context) error {
+		time.Sleep(time.Hour) // ignores its context on purpose
+		return nil
+	}, dag.Timeout(300*time.Millisecond))
+	panics := d.Func("panics", func(c *dag.Context) error { panic("boom from the panics task") })
+	bg := d.Shell("shell_bg", `sleep 300 & echo $! > "$`+EnvDir+`/`+BackgroundPIDName+`"; sleep 300`,
+		dag.Timeout(500*time.Millisecond))
+	exit3 := d.Func("exit3", func(c *dag.Context) error {
+		time.Sleep(100 * time.Millisecond) // let ok_4..ok_6 start first
+		os.Exit(3)
+		return nil
+	}, dag.Trigger(dag.AllDone))
+	exit3.SetUpstream(hang)
+	after := d.Func("after", func(c *dag.Context) error { return nil }, append(retry, dag.Trigger(dag.AllDone))...)
+	after.SetUpstream(exit3, panics, hang, bg)
+	for i := 1; i <= 6; i++ {
+		if i <= 3 {
+			after.SetUpstream(d.Func(fmt.Sprintf("ok_%d", i), ok, retry...))
+			continue
+		}
+		t := d.Func(fmt.Sprintf("ok_%d", i), ok, append(retry, dag.Trigger(dag.AllDone))...)
+		after.SetUpstream(t.SetUpstream(hang))
+	}
+	return d
+}
+
+// Trace files of the orphans DAG.
+const (
+	DaemonPIDName  = "daemon.pid"
+	StuckBGPIDName = "stuck_bg.pid"
+	StuckPIDName   = "stuck.pid"
+)
+
+// orphans leaves processes behind in both ways a supervisor must clean
+// up: daemon starts a process in a new session and succeeds (the process
+// escapes its task's process group); then crash kills its worker process
+// while stuck_shell, in the same process (the test runs one), has a shell
+// and a background child running.
+func orphans() *dag.DAG {
+	d := dag.New(Orphans)
+	daemon := d.Shell("daemon", `setsid sleep 300 & echo $! > "$`+EnvDir+`/`+DaemonPIDName+`"`)
+	d.Shell("stuck_shell", `echo $$ > "$`+EnvDir+`/`+StuckPIDName+`"; sleep 300 & echo $! > "$`+EnvDir+`/`+StuckBGPIDName+`"; sleep 300`,
+		dag.Timeout(time.Minute))
+	d.Func("crash", func(c *dag.Context) error {
+		for {
+			if _, err := os.Stat(filepath.Join(Dir(), StuckBGPIDName)); err == nil {
+				os.Exit(4)
+			}
+			select {
+			case <-c.Done():
+				return c.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}, dag.Timeout(30*time.Second)).SetUpstream(daemon)
+	return d
+}
+
+// chaos is ChaosLayers layers of ChaosWidth tasks; each task depends on
+// two tasks of the previous layer. Every task works 50-150 ms and leaves a
+// marker per completed try (see MarkerName).
+func chaos() *dag.DAG {
+	d := dag.New(Chaos)
+	var prev []*dag.Task
+	for l := range ChaosLayers {
+		layer := make([]*dag.Task, ChaosWidth)
+		for i := range ChaosWidth {
+			id := fmt.Sprintf("t%02d_%02d", l, i)
+			layer[i] = d.Func(id, func(c *dag.Context) error {
+				start := time.Now()
+				select {
+				case <-time.After(time.Duration(50+rand.IntN(100)) * time.Millisecond):
+				case <-c.Done():
+					return c.Err()
+				}
+				return write(MarkerName(c.TaskID(), c.TryNumber()), fmt.Sprintf("%d %d", start.UnixNano(), time.Now().UnixNano()))
+			}, dag.Retries(10), dag.RetryDelay(10*time.Millisecond))
+			if prev != nil {
+				layer[i].SetUpstream(prev[i], prev[(i+1)%ChaosWidth])
+			}
+		}
+		prev = layer
+	}
+	return d
+}
+
+// spread is SpreadTasks independent tasks of 100 ms each.
+func spread() *dag.DAG {
+	d := dag.New(Spread)
+	for i := range SpreadTasks {
+		d.Func(fmt.Sprintf("s%02d", i), func(c *dag.Context) error {
+			select {
+			case <-time.After(100 * time.Millisecond):
+				return nil
+			case <-c.Done():
+				return c.Err()
+			}
+		})
+	}
+	return d
+}
+
+// graceful has one long task that records each try's start and runs until
+// cancelled, unless the release file exists.
+func graceful() *dag.DAG {
+	d := dag.New(Graceful)
+	d.Func("long", func(c *dag.Context) error {
+		if _, err := os.Stat(filepath.Join(Dir(), ReleaseName)); err == nil {
+			return nil
+		}
+		if err := touch(StartedName(c.TryNumber())); err != nil {
+			return err
+		}
+		select {
+		case <-time.After(time.Minute):
+			return nil
+		case <-c.Done():
+			return c.Err()
+		}
+	})
+	return d
+}
+
+// funcChain is a chain of Func tasks; with EnvDir set, each records when
+// it started and ended (Unix nanoseconds) in TimesName(task, run).
+func funcChain() *dag.DAG {
+	d := dag.New(FuncChain)
+	var prev *dag.Task
+	for i := range FuncChainLength {
+		t := d.Func(fmt.Sprintf("f%03d", i), func(c *dag.Context) error {
+			start := time.Now()
+			dir := Dir()
+			if dir == "" {
+				return nil
+			}
+			line := fmt.Sprintf("%d %d", start.UnixNano(), time.Now().UnixNano())
+			return os.WriteFile(filepath.Join(dir, TimesName(c.TaskID(), c.RunID())), []byte(line), 0o644)
+		})
+		if prev != nil {
+			t.SetUpstream(prev)
+		}
+		prev = t
+	}
+	return d
+}
+
+func shellChain() *dag.DAG {
+	d := dag.New(ShellChain)
+	var prev *dag.Task
+	for i := range ShellChainLength {
+		t := d.Shell(fmt.Sprintf("s%03d", i), "true")
+		if prev != nil {
+			t.SetUpstream(prev)
+		}
+		prev = t
+	}
+	return d
+}
+
+func shellFan() *dag.DAG {
+	d := dag.New(ShellFan)
+	for i := range ShellFanTasks {
+		d.Shell(fmt.Sprintf("s%04d", i), "true")
+	}
+	return d
+}

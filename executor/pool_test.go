@@ -1,0 +1,506 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/executor/internal/testdags"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// buildTestbin builds executor/internal/testbin into a temporary folder.
+func buildTestbin(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "testbin")
+	cmd := exec.Command("go", "build", "-o", bin, "./internal/testbin")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build testbin: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// syncBuffer is a goroutine-safe bytes.Buffer.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// procEnv is the environment a process test gives everything it starts:
+// the trace folder of package testdags and a tag that marks every
+// descendant, to find processes left behind.
+type procEnv struct {
+	dir, tag string
+}
+
+func newProcEnv(t testing.TB) procEnv {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return procEnv{dir: t.TempDir(), tag: "EXECUTOR_TEST_TAG=" + hex.EncodeToString(b[:])}
+}
+
+func (e procEnv) vars() []string { return []string{testdags.EnvDir + "=" + e.dir, e.tag} }
+
+// tagged lists the live processes carrying the tag (zombies, whose
+// environment is gone, are not listed).
+func (e procEnv) tagged() []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, en := range entries {
+		pid, err := strconv.Atoi(en.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if processEnvironHas(pid, e.tag) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// assertNothingLeft fails if a tagged process is still alive (after a
+// short wait for processes being killed right now).
+func (e procEnv) assertNothingLeft(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := e.tagged()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var desc []string
+			for _, pid := range left {
+				cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				desc = append(desc, fmt.Sprintf("%d:%s", pid, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '})))
+			}
+			t.Fatalf("processes left behind: %v", desc)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newTestPool starts an in-process Pool of testbin children.
+func newTestPool(t testing.TB, bin, url string, st store.Store, env procEnv, logs *syncBuffer, tweak func(*PoolConfig)) *Pool {
+	t.Helper()
+	cfg := PoolConfig{
+		Store: st, DatabaseURL: url,
+		Logger:     slog.New(slog.NewTextHandler(logs, nil)),
+		Executable: bin, Args: []string{"child"}, Env: env.vars(),
+		Stdout: logs, Stderr: logs,
+		Processes: 2, Slots: 4,
+		HeartbeatInterval: 100 * time.Millisecond, Grace: 2 * time.Second, KillGrace: 300 * time.Millisecond,
+		RestartBackoff: 20 * time.Millisecond, ReapInterval: 200 * time.Millisecond,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p, err := NewPool(cfg)
+	if err != nil {
+		t.Fatalf("new pool: %v", err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatalf("start pool: %v", err)
+	}
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("pool and worker logs:\n%s", logs.String())
+		}
+	})
+	return p
+}
+
+// poolProcess is a separately started `testbin pool`.
+type poolProcess struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+func startPoolProcess(t testing.TB, bin, url string, env procEnv, args ...string) *poolProcess {
+	t.Helper()
+	pp := &poolProcess{out: &syncBuffer{}, done: make(chan struct{})}
+	pp.cmd = exec.Command(bin, append([]string{"pool"}, args...)...)
+	pp.cmd.Env = append(append(os.Environ(), env.vars()...), EnvDatabaseURL+"="+url)
+	pp.cmd.Stdout, pp.cmd.Stderr = pp.out, pp.out
+	if err := pp.cmd.Start(); err != nil {
+		t.Fatalf("start testbin pool: %v", err)
+	}
+	go func() { pp.err = pp.cmd.Wait(); close(pp.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-pp.done:
+		default:
+			_ = pp.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-pp.done:
+			case <-time.After(20 * time.Second):
+				_ = pp.cmd.Process.Kill()
+				<-pp.done
+			}
+		}
+		if t.Failed() {
+			t.Logf("testbin pool %v output:\n%s", pp.cmd.Args, pp.out.String())
+		}
+	})
+	return pp
+}
+
+func (pp *poolProcess) stop(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if err := pp.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal pool process: %v", err)
+	}
+	waitFor(t, pp.done, 30*time.Second, "the pool process to exit")
+}
+
+// markerTimes reads the start and end a chaos task recorded for try.
+func markerTimes(dir, taskID string, try int) (start, end int64, ok bool) {
+	b, err := os.ReadFile(filepath.Join(dir, testdags.MarkerName(taskID, try)))
+	if err != nil {
+		return 0, 0, false
+	}
+	_, err = fmt.Sscanf(string(b), "%d %d", &start, &end)
+	return start, end, err == nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	p, err := parseStat(b)
+	return err == nil && p.State != 'Z'
+}
+
+// TestPool runs the process tests: real worker processes of testbin
+// (built once here) against PostgreSQL.
+func TestPool(t *testing.T) {
+	bin := buildTestbin(t)
+	t.Run("Isolation", func(t *testing.T) { testPoolIsolation(t, bin) })
+	t.Run("Orphans", func(t *testing.T) { testPoolOrphans(t, bin) })
+	t.Run("Chaos", func(t *testing.T) { testPoolChaos(t, bin) })
+	t.Run("RemoteWorkerTakesShare", func(t *testing.T) { testPoolRemoteWorkerTakesShare(t, bin) })
+	t.Run("GracefulShutdownRequeues", func(t *testing.T) { testPoolGracefulShutdownRequeues(t, bin) })
+	t.Run("SecondSignalHalts", func(t *testing.T) { testPoolSecondSignalHalts(t, bin) })
+	t.Run("SupervisorKilled", func(t *testing.T) { testPoolSupervisorKilled(t, bin) })
+}
+
+func testPoolIsolation(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.MaxLeaks = 1 })
+	defer retrier(t, st)()
+
+	d := testdags.Registry().Lookup(testdags.Isolation)
+	startRun(t, st, d, "r1", nil)
+	waitRun(t, st, d.ID(), "r1", 60*time.Second)
+	tis := tasksOf(t, st, d.ID(), "r1")
+	for _, id := range testdags.IsolationOK {
+		if ti := tis[id]; ti.State != state.Success {
+			t.Errorf("%s = %s (try %d, error %q), want success", id, ti.State, ti.TryNumber, ti.Error)
+		}
+	}
+	for _, id := range testdags.IsolationFailing {
+		if ti := tis[id]; ti.State != state.Failed {
+			t.Errorf("%s = %s (try %d, error %q), want failed", id, ti.State, ti.TryNumber, ti.Error)
+		}
+	}
+	waitLog(t, st, d.ID(), "r1", "panics", 1, "panic: boom from the panics task", "goroutine ") // with its stack trace
+	if e := tis["hang"].Error; !strings.Contains(e, "abandoned") {
+		t.Errorf("hang error = %q, want the abandoned function reported", e)
+	}
+	if e := tis["exit3"].Error; e == "" {
+		t.Error("exit3 has no error; want its dead worker reported")
+	}
+	// The background process of shell_bg died with its task.
+	b, err := os.ReadFile(filepath.Join(env.dir, testdags.BackgroundPIDName))
+	if err != nil {
+		t.Fatalf("shell_bg did not record its background pid: %v", err)
+	}
+	bgPID, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	waitCond(t, 5*time.Second, fmt.Sprintf("background process %d to be gone", bgPID), func() bool { return !alive(bgPID) })
+
+	// One child was recycled for the abandoned goroutine, one died of
+	// os.Exit(3); both were replaced.
+	waitCond(t, 10*time.Second, "two restarts", func() bool { return p.Restarts() >= 2 })
+	for _, want := range []string{"worker process recycled after abandoning task goroutines", "worker process died"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("pool log lacks %q", want)
+		}
+	}
+	waitCond(t, 10*time.Second, "two live worker processes (the replacements)", func() bool { return p.Workers() == 2 })
+	p.Stop()
+	env.assertNothingLeft(t)
+	if ws, err := st.ListWorkers(context.Background()); err != nil || len(ws) != 0 {
+		t.Errorf("workers registered after Stop: %v (err %v), want none", ws, err)
+	}
+}
+
+// readPID reads a pid a task wrote into the trace folder.
+func readPID(t *testing.T, dir, name string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatalf("read %s: %v", name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s = %q: %v", name, b, err)
+	}
+	return pid
+}
+
+func testPoolOrphans(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 1 })
+
+	d := testdags.Registry().Lookup(testdags.Orphans)
+	startRun(t, st, d, "r1", nil)
+	waitRun(t, st, d.ID(), "r1", 60*time.Second)
+	tis := tasksOf(t, st, d.ID(), "r1")
+	for id, want := range map[string]state.TaskState{"daemon": state.Success, "stuck_shell": state.Failed, "crash": state.Failed} {
+		if ti := tis[id]; ti.State != want {
+			t.Errorf("%s = %s (%q), want %s", id, ti.State, ti.Error, want)
+		}
+	}
+	// The shell of stuck_shell and its background child were orphaned
+	// when crash killed their worker process; the daemon left its task's
+	// process group. The supervisor killed them all.
+	for _, name := range []string{testdags.StuckPIDName, testdags.StuckBGPIDName, testdags.DaemonPIDName} {
+		pid := readPID(t, env.dir, name)
+		waitCond(t, 10*time.Second, fmt.Sprintf("process %d (%s) to be killed", pid, name), func() bool { return !alive(pid) })
+	}
+	waitCond(t, 10*time.Second, "the pool to log the processes it killed", func() bool {
+		return strings.Contains(logs.String(), "killed processes left behind")
+	})
+	waitCond(t, 10*time.Second, "the crashed worker process to be replaced", func() bool { return p.Restarts() >= 1 })
+	p.Stop()
+	env.assertNothingLeft(t)
+}
+
+func testPoolChaos(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 3 })
+	defer retrier(t, st)()
+
+	d := testdags.Registry().Lookup(testdags.Chaos)
+	startRun(t, st, d, "r1", nil)
+	for k := range 3 {
+		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond) // a random moment, on purpose
+		run, err := st.GetRun(context.Background(), d.ID(), "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run.State.Terminal() {
+			t.Fatalf("the run ended before kill %d; the chaos DAG is too short", k+1)
+		}
+		pids := p.PIDs()
+		if len(pids) == 0 {
+			t.Fatalf("kill %d: no live worker process", k+1)
+		}
+		victim := pids[mrand.IntN(len(pids))]
+		if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %d: %v", k+1, err)
+		}
+		t.Logf("kill %d: SIGKILLed worker process %d", k+1, victim)
+	}
+	run := waitRun(t, st, d.ID(), "r1", 120*time.Second)
+	if run.State != state.RunSuccess {
+		t.Errorf("run = %s, want success", run.State)
+	}
+	tis := tasksOf(t, st, d.ID(), "r1")
+	if len(tis) != testdags.ChaosLayers*testdags.ChaosWidth {
+		t.Fatalf("run has %d task instances, want %d", len(tis), testdags.ChaosLayers*testdags.ChaosWidth)
+	}
+	retried := 0
+	for id, ti := range tis {
+		if ti.State != state.Success {
+			t.Errorf("%s = %s, want success (no task lost)", id, ti.State)
+			continue
+		}
+		if ti.TryNumber > 1 {
+			retried++
+		}
+		// The recorded success is the last try that ran: its marker is
+		// there and no later try ever started.
+		if _, _, ok := markerTimes(env.dir, id, ti.TryNumber); !ok {
+			t.Errorf("%s: recorded success of try %d, but that try never completed", id, ti.TryNumber)
+		}
+		for try := ti.TryNumber + 1; try <= ti.TryNumber+10; try++ {
+			if fileExists(filepath.Join(env.dir, testdags.MarkerName(id, try))) {
+				t.Errorf("%s: try %d ran after the recorded success of try %d (succeeded twice)", id, try, ti.TryNumber)
+			}
+		}
+	}
+	// Downstream never started before its upstream ended (by the tasks'
+	// own clock readings).
+	for id, ti := range tis {
+		start, _, ok := markerTimes(env.dir, id, ti.TryNumber)
+		for _, up := range d.Task(id).UpstreamIDs() {
+			_, upEnd, upOK := markerTimes(env.dir, up, tis[up].TryNumber)
+			if ok && upOK && start < upEnd {
+				t.Errorf("%s started %v before its upstream %s ended", id, time.Duration(upEnd-start), up)
+			}
+		}
+	}
+	waitCond(t, 10*time.Second, "three restarts (one per kill)", func() bool { return p.Restarts() >= 3 })
+	t.Logf("%d of %d tasks needed more than one try; %d restarts", retried, len(tis), p.Restarts())
+	p.Stop()
+	env.assertNothingLeft(t)
+}
+
+func testPoolRemoteWorkerTakesShare(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes, c.Slots, c.Hostname = 1, 2, "host-a" })
+	remote := startPoolProcess(t, bin, url, env, "--processes", "1", "--slots", "2", "--hostname", "host-b")
+
+	d := testdags.Registry().Lookup(testdags.Spread)
+	startRun(t, st, d, "r1", nil)
+	if run := waitRun(t, st, d.ID(), "r1", 60*time.Second); run.State != state.RunSuccess {
+		t.Fatalf("run = %s, want success", run.State)
+	}
+	byHost := map[string]int{}
+	for _, ti := range tasksOf(t, st, d.ID(), "r1") {
+		byHost[ti.Hostname]++
+	}
+	t.Logf("tasks by host: %v", byHost)
+	if byHost["host-a"] < 5 || byHost["host-b"] < 5 {
+		t.Errorf("tasks by host = %v; want both hosts to take a share (at least 5 of %d each)", byHost, testdags.SpreadTasks)
+	}
+	remote.stop(t, syscall.SIGTERM)
+	if remote.err != nil {
+		t.Errorf("remote pool exited with %v, want 0", remote.err)
+	}
+}
+
+func testPoolGracefulShutdownRequeues(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	d := testdags.Registry().Lookup(testdags.Graceful)
+	startRun(t, st, d, "r1", nil)
+
+	pp := startPoolProcess(t, bin, url, env, "--processes", "1", "--grace", "300ms", "--kill-grace", "300ms")
+	waitCond(t, 30*time.Second, "the long task to start", func() bool {
+		return fileExists(filepath.Join(env.dir, testdags.StartedName(1)))
+	})
+	pp.stop(t, syscall.SIGTERM)
+	if pp.err != nil {
+		t.Fatalf("pool exited with %v after SIGTERM, want 0", pp.err)
+	}
+	env.assertNothingLeft(t)
+	ti := tasksOf(t, st, d.ID(), "r1")["long"]
+	if ti.State != state.Queued || ti.TryNumber != 0 {
+		t.Fatalf("long = %s try %d after SIGTERM, want queued try 0 (requeued without using a try)", ti.State, ti.TryNumber)
+	}
+
+	// Another pool picks it up; its first try is still try 1.
+	if err := os.WriteFile(filepath.Join(env.dir, testdags.ReleaseName), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pp2 := startPoolProcess(t, bin, url, env, "--processes", "1")
+	if run := waitRun(t, st, d.ID(), "r1", 30*time.Second); run.State != state.RunSuccess {
+		t.Fatalf("run = %s, want success", run.State)
+	}
+	if ti := tasksOf(t, st, d.ID(), "r1")["long"]; ti.TryNumber != 1 {
+		t.Errorf("long succeeded on try %d, want 1", ti.TryNumber)
+	}
+	pp2.stop(t, syscall.SIGTERM)
+	env.assertNothingLeft(t)
+}
+
+func testPoolSecondSignalHalts(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	d := testdags.Registry().Lookup(testdags.Graceful)
+	startRun(t, st, d, "r1", nil)
+	pp := startPoolProcess(t, bin, url, env, "--processes", "1", "--grace", "1h", "--kill-grace", "300ms")
+	waitCond(t, 30*time.Second, "the long task to start", func() bool {
+		return fileExists(filepath.Join(env.dir, testdags.StartedName(1)))
+	})
+	if err := pp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the worker has stopped claiming, then send the second
+	// signal: the hour of grace is skipped.
+	waitCond(t, 10*time.Second, "the worker to begin stopping", func() bool {
+		return strings.Contains(pp.out.String(), "worker stopping")
+	})
+	pp.stop(t, syscall.SIGTERM)
+	env.assertNothingLeft(t)
+	if ti := tasksOf(t, st, d.ID(), "r1")["long"]; ti.State != state.Queued || ti.TryNumber != 0 {
+		t.Errorf("long = %s try %d, want queued try 0", ti.State, ti.TryNumber)
+	}
+}
+
+func testPoolSupervisorKilled(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	d := testdags.Registry().Lookup(testdags.Graceful)
+	startRun(t, st, d, "r1", nil)
+	pp := startPoolProcess(t, bin, url, env, "--processes", "2", "--grace", "1h", "--kill-grace", "300ms")
+	waitCond(t, 30*time.Second, "the long task to start", func() bool {
+		return fileExists(filepath.Join(env.dir, testdags.StartedName(1)))
+	})
+	// SIGKILL the supervisor: Pdeathsig makes each child halt, requeue
+	// its tries and exit.
+	pp.stop(t, syscall.SIGKILL)
+	env.assertNothingLeft(t)
+	if ti := tasksOf(t, st, d.ID(), "r1")["long"]; ti.State != state.Queued || ti.TryNumber != 0 {
+		t.Errorf("long = %s try %d, want queued try 0 (the orphaned child requeued it)", ti.State, ti.TryNumber)
+	}
+}

@@ -1,0 +1,91 @@
+//go:build linux
+
+package executor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// childSysProcAttr puts a worker child in its own process group (so a
+// terminal's Ctrl-C reaches only the supervisor, which then stops the
+// children in order) and has the kernel send it SIGTERM when the thread
+// that started it dies, which the child takes as "supervisor gone: halt".
+func childSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+}
+
+// becomeSubreaper makes orphaned descendants of this process its children
+// instead of init's, so the supervisor can kill what dead workers and
+// finished tasks left behind.
+func becomeSubreaper() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_CHILD_SUBREAPER): %w", err)
+	}
+	return nil
+}
+
+// childrenOf lists the processes whose parent is ppid.
+func childrenOf(ppid int) ([]procInfo, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	var out []procInfo
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		p, err := parseStat(b)
+		if err != nil || p.PID != pid || p.PPID != ppid {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// processEnvironHas reports whether process pid was started with the
+// environment entry kv.
+func processEnvironHas(pid int, kv string) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+	return err == nil && environHas(b, kv)
+}
+
+// killAndReap SIGKILLs process p and its process group (unless that is
+// the caller's own group) and reaps p, which must be a child of the
+// caller. It waits at most 200 ms for p to exit: one stuck in the kernel
+// stays a zombie until the next scan reaps it.
+func killAndReap(p procInfo) {
+	if p.State != 'Z' {
+		if p.PGID > 0 && p.PGID != syscall.Getpgrp() {
+			_ = syscall.Kill(-p.PGID, syscall.SIGKILL)
+		}
+		_ = syscall.Kill(p.PID, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(p.PID, &ws, syscall.WNOHANG, nil)
+		if pid == p.PID || (err != nil && err != syscall.EINTR) || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// killProcessGroup sends sig to the process group pgid.
+func killProcessGroup(pgid int, sig syscall.Signal) error {
+	return syscall.Kill(-pgid, sig)
+}

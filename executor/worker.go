@@ -1,0 +1,602 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/taskrun"
+)
+
+// Worker is the loop of one worker process: it claims queued tries from
+// the store up to its free slots, runs each in a goroutine with taskrun,
+// reports results in batches, and heartbeats itself and its tries. Create
+// it with NewWorker, then Start and Stop it.
+type Worker struct {
+	cfg  WorkerConfig
+	self store.Worker
+
+	// ctx carries every store call and is the parent of every try's
+	// context. Stop does not cancel it until the very end, so a stopping
+	// worker can still report and requeue; cancelling Start's context
+	// halts the worker.
+	ctx    context.Context
+	cancel context.CancelFunc
+	sub    store.Subscription
+	fin    *finisher
+
+	mu        sync.Mutex
+	active    map[int64]*attempt // claimed and not yet settled, by task instance id
+	executing int                // tries whose goroutine has not returned
+	requeue   []store.Attempt    // interrupted by shutdown, to put back
+	leaks     int
+	draining  bool
+
+	kick      chan struct{} // queued work may exist
+	slotFreed chan struct{} // a try returned
+	stopping  chan struct{} // closed when Stop begins
+	halted    chan struct{} // closed by Halt
+	leakLimit chan struct{} // closed when MaxLeaks abandoned goroutines are reached
+	done      chan struct{} // closed when Stop has finished
+
+	startOnce sync.Once
+	started   bool
+	stopOnce  sync.Once
+	haltOnce  sync.Once
+	leakOnce  sync.Once
+	claimWG   sync.WaitGroup
+	tryWG     sync.WaitGroup
+	logWG     sync.WaitGroup // final log flushes
+	logSem    chan struct{}  // bounds concurrent log sends
+	loopsWG   sync.WaitGroup
+	loopsStop chan struct{}
+}
+
+// maxLogFlushes bounds the log sends in flight, so that they never take
+// every store connection from claims and finishes (measured: the shell
+// throughput benchmark went from ~600 to ~1000 tasks/s).
+const maxLogFlushes = 2
+
+// attempt is one claimed try. Its flags are guarded by Worker.mu.
+type attempt struct {
+	claim   store.Claimed
+	key     store.Attempt
+	ctx     context.Context
+	cancel  context.CancelFunc
+	log     *taskLog
+	outputs storeOutputs
+
+	running     bool // its goroutine has not returned
+	lost        bool // the store took it away: drop the result
+	interrupted bool // shutdown cancelled it: requeue unless it succeeded
+	abandoned   bool // shutdown requeued it while it still ran
+}
+
+// NewWorker checks cfg, fills in defaults and returns a worker ready to
+// Start.
+func NewWorker(cfg WorkerConfig) (*Worker, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{
+		cfg: c,
+		self: store.Worker{
+			ID:       c.ID,
+			Hostname: c.Hostname,
+			PID:      c.PID,
+			Slots:    c.Slots,
+		},
+		active:    map[int64]*attempt{},
+		kick:      make(chan struct{}, 1),
+		slotFreed: make(chan struct{}, 1),
+		stopping:  make(chan struct{}),
+		halted:    make(chan struct{}),
+		leakLimit: make(chan struct{}),
+		done:      make(chan struct{}),
+		loopsStop: make(chan struct{}),
+		logSem:    make(chan struct{}, maxLogFlushes),
+	}, nil
+}
+
+// ID returns the worker's id in the store.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Slots returns how many tries the worker runs at once.
+func (w *Worker) Slots() int { return w.cfg.Slots }
+
+// Running returns how many tries are executing now.
+func (w *Worker) Running() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.executing
+}
+
+// Leaks returns how many task goroutines were abandoned so far.
+func (w *Worker) Leaks() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.leaks
+}
+
+// LeakLimit is closed when MaxLeaks task goroutines have been abandoned;
+// the worker has stopped claiming by then. The owner should Stop the
+// worker and end the process so that the goroutines die with it.
+func (w *Worker) LeakLimit() <-chan struct{} { return w.leakLimit }
+
+// Done is closed when the worker has stopped.
+func (w *Worker) Done() <-chan struct{} { return w.done }
+
+// Start registers the worker, subscribes to task wake-ups and starts
+// claiming. Cancelling ctx later halts the worker (as Halt then Stop);
+// call Stop to wait for it.
+func (w *Worker) Start(ctx context.Context) error {
+	err := errors.New("worker already started")
+	w.startOnce.Do(func() { err = w.start(ctx) })
+	return err
+}
+
+func (w *Worker) start(ctx context.Context) error {
+	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	now := w.cfg.Clock.Now()
+	w.self.StartedAt, w.self.HeartbeatAt = now, now
+	sub, err := w.cfg.Store.Listen(w.ctx, store.TopicTasksReady)
+	if err != nil {
+		w.cancel()
+		return fmt.Errorf("start worker %s: listen for ready tasks: %w", w.cfg.ID, err)
+	}
+	w.sub = sub
+	if err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RegisterWorker(ctx, w.self) }); err != nil {
+		_ = sub.Close()
+		w.cancel()
+		return fmt.Errorf("start worker %s: register: %w", w.cfg.ID, err)
+	}
+	w.started = true
+	w.fin = newFinisher(w)
+	w.loopsWG.Add(3)
+	go func() { defer w.loopsWG.Done(); w.fin.loop() }()
+	go func() { defer w.loopsWG.Done(); w.heartbeatLoop() }()
+	go func() { defer w.loopsWG.Done(); w.logFlushLoop() }()
+	w.claimWG.Add(1)
+	go func() { defer w.claimWG.Done(); w.claimLoop() }()
+	go func() {
+		select {
+		case <-ctx.Done():
+			w.Halt()
+			w.Stop()
+		case <-w.stopping:
+		}
+	}()
+	notify(w.kick)
+	w.cfg.Logger.Info("worker started", "hostname", w.cfg.Hostname, "pid", w.cfg.PID, "slots", w.cfg.Slots)
+	return nil
+}
+
+// Stop shuts the worker down gracefully and waits: it stops claiming, lets
+// running tries finish within Grace, cancels the rest and requeues them
+// without using up a try, records pending results and deregisters.
+// Calling it again, or on a worker never started, is safe.
+func (w *Worker) Stop() {
+	w.stopOnce.Do(func() {
+		close(w.stopping)
+		if !w.started {
+			close(w.done)
+			return
+		}
+		w.shutdown()
+	})
+	<-w.done
+}
+
+// Halt makes a Stop in progress (or the next one) skip what is left of
+// the grace period: running tries are cancelled and requeued at once.
+func (w *Worker) Halt() {
+	w.haltOnce.Do(func() { close(w.halted) })
+}
+
+func (w *Worker) shutdown() {
+	log := w.cfg.Logger
+	w.claimWG.Wait()
+	w.mu.Lock()
+	n := w.executing
+	w.mu.Unlock()
+	log.Info("worker stopping", "running", n, "grace", w.cfg.Grace)
+
+	allReturned := make(chan struct{})
+	go func() { w.tryWG.Wait(); close(allReturned) }()
+	grace := w.cfg.Clock.NewTimer(w.cfg.Grace)
+	select {
+	case <-allReturned:
+	case <-grace.C():
+	case <-w.halted:
+	}
+	grace.Stop()
+
+	if w.interruptAll() > 0 {
+		// Give cancelled tries the time taskrun needs to stop them
+		// (SIGTERM, KillGrace, SIGKILL), then requeue whatever is left.
+		wait := w.cfg.Clock.NewTimer(w.cfg.KillGrace + time.Second)
+		select {
+		case <-allReturned:
+		case <-wait.C():
+		}
+		wait.Stop()
+	}
+	if put := w.takeRequeue(); len(put) > 0 {
+		err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueAttempts(ctx, put) })
+		if err != nil {
+			log.Error("requeue interrupted tries; the zombie sweep will recover them", "tries", len(put), "err", err)
+		} else {
+			log.Info("requeued interrupted tries without using a try", "tries", len(put))
+		}
+	}
+
+	w.fin.close()
+	w.logWG.Wait()
+	close(w.loopsStop)
+	w.loopsWG.Wait()
+	if err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.DeregisterWorker(ctx, w.cfg.ID) }); err != nil {
+		log.Warn("deregister worker", "err", err)
+	}
+	if err := w.sub.Close(); err != nil {
+		log.Warn("close wake-up subscription", "err", err)
+	}
+	w.cancel()
+	log.Info("worker stopped")
+	close(w.done)
+}
+
+// interruptAll cancels every running try, marking it for requeueing, and
+// returns how many there were.
+func (w *Worker) interruptAll() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, a := range w.active {
+		if a.running && !a.lost {
+			a.interrupted = true
+			a.cancel()
+			n++
+		}
+	}
+	return n
+}
+
+// takeRequeue returns the tries to put back: those whose goroutine
+// returned after being interrupted, and those interrupted that still run.
+// Every try still running is marked abandoned: its late result and log
+// are dropped.
+func (w *Worker) takeRequeue() []store.Attempt {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	put := w.requeue
+	w.requeue = nil
+	for id, a := range w.active {
+		if a.running {
+			a.abandoned = true
+			if a.interrupted {
+				put = append(put, a.key)
+			}
+			delete(w.active, id)
+		}
+	}
+	return put
+}
+
+// storeCall runs f with the worker's store context bounded by
+// StoreTimeout.
+func (w *Worker) storeCall(f func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.StoreTimeout)
+	defer cancel()
+	return f(ctx)
+}
+
+// claimLoop claims tries while slots are free and work may be queued, and
+// otherwise waits for a wake-up. It never polls faster than PollInterval.
+func (w *Worker) claimLoop() {
+	poll := w.cfg.Clock.NewTimer(w.cfg.PollInterval)
+	defer poll.Stop()
+	maybeWork := true
+	for {
+		select {
+		case <-w.stopping:
+			return
+		default:
+		}
+		if free := w.freeSlots(); maybeWork && free > 0 {
+			n, err := w.claim(free)
+			switch {
+			case err != nil:
+				w.cfg.Logger.Warn("claim tasks", "err", err)
+				maybeWork = false // retried on the next wake-up or poll
+			case n < free:
+				maybeWork = false
+			}
+			continue
+		}
+		select {
+		case <-w.stopping:
+			return
+		case _, ok := <-w.sub.C():
+			if !ok {
+				w.cfg.Logger.Warn("wake-up subscription closed; relying on the safety poll")
+				w.sub = closedSubscription{w.sub}
+			}
+			maybeWork = true
+		case <-w.kick:
+			maybeWork = true
+		case <-w.slotFreed:
+		case <-poll.C():
+			poll.Reset(w.cfg.PollInterval)
+			maybeWork = true
+		}
+	}
+}
+
+// closedSubscription replaces a subscription whose channel was closed, so
+// the claim loop stops selecting on it.
+type closedSubscription struct{ store.Subscription }
+
+func (closedSubscription) C() <-chan store.Topic { return nil }
+
+func (w *Worker) freeSlots() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.draining {
+		return 0
+	}
+	return w.cfg.Slots - w.executing
+}
+
+// claim claims up to max tries and starts them; it returns how many.
+func (w *Worker) claim(max int) (int, error) {
+	var claimed []store.Claimed
+	err := w.storeCall(func(ctx context.Context) error {
+		var e error
+		claimed, e = w.cfg.Store.ClaimTasks(ctx, w.self, max, w.cfg.Clock.Now())
+		return e
+	})
+	if err != nil {
+		return 0, fmt.Errorf("claim up to %d tasks: %w", max, err)
+	}
+	for _, c := range claimed {
+		w.launch(c)
+	}
+	return len(claimed), nil
+}
+
+// launch starts the goroutine of one claimed try.
+func (w *Worker) launch(c store.Claimed) {
+	key := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+	ctx, cancel := context.WithCancel(w.ctx)
+	a := &attempt{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
+	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, w.cfg.MaxLogBytes, func(err error) {
+		w.cfg.Logger.Warn("task log lost", "dag_id", c.DAGID, "run_id", c.DAGRunID, "task_id", c.TaskID, "try", c.TryNumber, "err", err)
+	})
+	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
+	w.mu.Lock()
+	w.active[c.ID] = a
+	w.executing++
+	w.mu.Unlock()
+	w.tryWG.Add(1)
+	go w.runTry(a)
+}
+
+// runTry executes one try and hands its result on.
+func (w *Worker) runTry(a *attempt) {
+	defer w.tryWG.Done()
+	res, abandonedGoroutine := w.execute(a)
+	a.cancel()
+
+	w.mu.Lock()
+	a.running = false
+	w.executing--
+	if abandonedGoroutine {
+		w.leaks++
+		if w.cfg.MaxLeaks > 0 && w.leaks >= w.cfg.MaxLeaks {
+			w.draining = true
+			w.leakOnce.Do(func() {
+				w.cfg.Logger.Warn("worker drains: too many abandoned task goroutines", "leaks", w.leaks, "max_leaks", w.cfg.MaxLeaks)
+				close(w.leakLimit)
+			})
+		}
+	}
+	switch {
+	case a.abandoned:
+		// Shutdown gave up waiting for it (and requeued it if it was
+		// interrupted); the store may be closing.
+		w.cfg.Logger.Debug("dropping the result of an abandoned try", "task_instance", a.key.ID, "try", a.key.TryNumber)
+	case a.lost:
+		delete(w.active, a.key.ID)
+		w.cfg.Logger.Debug("dropping the result of a try taken away", "task_instance", a.key.ID, "try", a.key.TryNumber)
+	case a.interrupted && res.State == state.Failed:
+		w.requeue = append(w.requeue, a.key)
+		delete(w.active, a.key.ID)
+	default:
+		// Submitted under w.mu: shutdown marks tries abandoned under
+		// w.mu before it closes the finisher, so nothing is submitted
+		// after that.
+		w.fin.submit(res)
+	}
+	if !a.abandoned {
+		// The rest of the log is sent alongside the result, not before
+		// it: one store round trip less between this task's end and the
+		// start of the tasks it releases. The log is complete a moment
+		// after the try's state changes. Stop waits for these flushes.
+		w.logWG.Add(1)
+		go func() { defer w.logWG.Done(); a.log.close() }()
+	}
+	w.mu.Unlock()
+	notify(w.slotFreed)
+}
+
+// execute runs the try with taskrun and returns its result, and whether
+// taskrun left the task's goroutine running.
+func (w *Worker) execute(a *attempt) (store.Result, bool) {
+	c := a.claim
+	res := store.Result{Attempt: a.key}
+	fail := func(msg string) (store.Result, bool) {
+		_, _ = fmt.Fprintf(a.log, "trellis: %s\n", msg)
+		res.State, res.Permanent, res.Error, res.EndedAt = state.Failed, true, msg, w.cfg.Clock.Now()
+		return res, false
+	}
+	d := w.cfg.Registry.Lookup(c.DAGID)
+	var t *dag.Task
+	if d != nil {
+		t = d.Task(c.TaskID)
+	}
+	if t == nil {
+		return fail(fmt.Sprintf("task %q of DAG %q is not defined in this binary (worker %s on %s); was it renamed or removed?",
+			c.TaskID, c.DAGID, w.cfg.ID, w.cfg.Hostname))
+	}
+	params, err := runParams(d.Params(), c.Conf)
+	if err != nil {
+		return fail(fmt.Sprintf("run %q of DAG %q: %v", c.DAGRunID, c.DAGID, err))
+	}
+	out := taskrun.Run(a.ctx, taskrun.Try{
+		Task: t,
+		Info: dag.RunInfo{
+			DAGID:         c.DAGID,
+			RunID:         c.DAGRunID,
+			TaskID:        c.TaskID,
+			TryNumber:     c.TryNumber,
+			LogicalDate:   c.LogicalDate,
+			IntervalStart: c.IntervalStart,
+			IntervalEnd:   c.IntervalEnd,
+			Params:        params,
+		},
+		Log:       a.log,
+		Outputs:   a.outputs,
+		KillGrace: w.cfg.KillGrace,
+	})
+	res.EndedAt = w.cfg.Clock.Now()
+	res.State, res.Permanent, res.Follow = out.State, out.Permanent, out.Follow
+	if out.Err != nil {
+		res.Error = out.Err.Error()
+	}
+	res.Output = out.Output
+	switch {
+	case res.State != state.Success && res.State != state.Skipped && res.State != state.Failed:
+		res.State, res.Permanent, res.Output, res.Follow = state.Failed, false, nil, nil
+		res.Error = fmt.Sprintf("task runner returned state %q, want success, failed or skipped (error: %s)", out.State, res.Error)
+	case len(res.Output) > w.cfg.MaxOutputBytes:
+		msg := fmt.Sprintf("task output is %d bytes of JSON, over the limit of %d", len(res.Output), w.cfg.MaxOutputBytes)
+		_, _ = fmt.Fprintf(a.log, "trellis: %s\n", msg)
+		res.State, res.Permanent, res.Output, res.Follow, res.Error = state.Failed, true, nil, nil, msg
+	}
+	return res, out.Abandoned
+}
+
+// settled is called by the finisher once results are recorded (or given
+// up): their tries stop heart-beating, and since a finish may have
+// released downstream tasks the claim loop looks for work.
+func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome) {
+	w.mu.Lock()
+	for _, r := range batch {
+		if a, ok := w.active[r.ID]; ok && a.key == r.Attempt {
+			delete(w.active, r.ID)
+		}
+	}
+	w.mu.Unlock()
+	for _, o := range outcomes {
+		if !o.Applied {
+			w.cfg.Logger.Info("result not recorded: the try was taken away (zombie, cancelled run or cleared)",
+				"task_instance", o.ID, "try", o.TryNumber)
+		}
+	}
+	notify(w.kick)
+}
+
+// heartbeatLoop refreshes the worker's heartbeat and its tries', and
+// cancels tries the store reports lost.
+func (w *Worker) heartbeatLoop() {
+	t := w.cfg.Clock.NewTimer(w.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.loopsStop:
+			return
+		case <-t.C():
+			w.heartbeat()
+			t.Reset(w.cfg.HeartbeatInterval)
+		}
+	}
+}
+
+func (w *Worker) heartbeat() {
+	now := w.cfg.Clock.Now()
+	err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.HeartbeatWorker(ctx, w.cfg.ID, now) })
+	if errors.Is(err, store.ErrNotFound) {
+		w.cfg.Logger.Warn("worker row was removed; registering again")
+		self := w.self
+		self.HeartbeatAt = now
+		err = w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RegisterWorker(ctx, self) })
+	}
+	if err != nil {
+		w.cfg.Logger.Warn("heartbeat worker", "err", err)
+	}
+
+	w.mu.Lock()
+	attempts := make([]store.Attempt, 0, len(w.active))
+	for _, a := range w.active {
+		if !a.lost {
+			attempts = append(attempts, a.key)
+		}
+	}
+	w.mu.Unlock()
+	if len(attempts) == 0 {
+		return
+	}
+	var lost []store.Attempt
+	err = w.storeCall(func(ctx context.Context) error {
+		var e error
+		lost, e = w.cfg.Store.HeartbeatTasks(ctx, w.cfg.ID, attempts, now)
+		return e
+	})
+	if err != nil {
+		w.cfg.Logger.Warn("heartbeat tasks", "tries", len(attempts), "err", err)
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range lost {
+		a, ok := w.active[l.ID]
+		if !ok || a.key != l || !a.running {
+			continue // already finished; its result decides (compare-and-set)
+		}
+		a.lost = true
+		a.cancel()
+		w.cfg.Logger.Info("try taken away by the store; stopping it",
+			"dag_id", a.claim.DAGID, "run_id", a.claim.DAGRunID, "task_id", a.claim.TaskID, "try", l.TryNumber)
+	}
+}
+
+// logFlushLoop sends buffered task log output every LogFlushInterval.
+func (w *Worker) logFlushLoop() {
+	t := w.cfg.Clock.NewTimer(w.cfg.LogFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.loopsStop:
+			return
+		case <-t.C():
+			w.mu.Lock()
+			logs := make([]*taskLog, 0, len(w.active))
+			for _, a := range w.active {
+				if a.running && a.log.pending() {
+					logs = append(logs, a.log)
+				}
+			}
+			w.mu.Unlock()
+			for _, l := range logs {
+				l.flush()
+			}
+			t.Reset(w.cfg.LogFlushInterval)
+		}
+	}
+}
