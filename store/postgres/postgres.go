@@ -1,0 +1,389 @@
+// Package postgres is the PostgreSQL backend of store.Store, built on
+// pgx/v5 and pgxpool. It is the production store and the coordination
+// engine when many schedulers and workers share one database: every state
+// change is a compare-and-set inside a transaction, workers claim tasks
+// with FOR UPDATE SKIP LOCKED, and wake-ups travel by LISTEN/NOTIFY.
+//
+// The schema lives in migrations/postgres and is applied by Migrate with
+// pressly/goose under a PostgreSQL advisory lock. All tables are created in
+// the connection's current schema (set search_path in the URL to keep
+// several installations, or tests, in one database).
+//
+// Lock order, to keep deadlocks away: task instances before runs, task
+// instances in id order within a statement, runs in id order. Transactions
+// that still deadlock or hit a serialization failure are retried.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc64"
+	"io/fs"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/trellis-dag/trellis/clock"
+	"github.com/trellis-dag/trellis/migrations"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// Defaults of Options.
+const (
+	DefaultLogCap         = 1 << 20
+	DefaultConnectTimeout = 30 * time.Second
+)
+
+// versionTable is goose's table of applied migrations, in the schema.
+const versionTable = "trellis_schema_version"
+
+// AcceptedURLForms describes the connection strings Open accepts.
+const AcceptedURLForms = "postgres://user:password@host:port/database?sslmode=disable " +
+	"(or postgresql://…; add search_path=SCHEMA to use a schema other than public), " +
+	"or key=value pairs such as \"host=localhost user=postgres dbname=trellis\""
+
+// Options configure a Store.
+type Options struct {
+	// Logger receives connection retries and migration progress (default:
+	// slog.Default()).
+	Logger *slog.Logger
+	// LogCap is the most bytes kept per try's log (default 1 MiB); the
+	// rest is dropped and ReadLog ends with a truncation marker.
+	LogCap int
+	// MaxConns caps the pool (default: pgxpool's, max(4, CPUs)).
+	MaxConns int32
+	// ConnectTimeout is how long Open keeps retrying an unreachable
+	// database before giving up (default 30 s).
+	ConnectTimeout time.Duration
+	// Clock tells the time where a method has no time argument (default
+	// the wall clock).
+	Clock clock.Clock
+}
+
+// Store is a store.Store on PostgreSQL. It is safe for concurrent use.
+type Store struct {
+	pool   *pgxpool.Pool
+	cfg    *pgxpool.Config
+	log    *slog.Logger
+	logCap int
+	clock  clock.Clock
+	hook   atomic.Pointer[func(point string) error]
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the PostgreSQL database at url, retrying with backoff
+// while it does not answer, for up to opts.ConnectTimeout. It does not
+// migrate; call Migrate.
+func Open(ctx context.Context, url string, opts Options) (*Store, error) {
+	cfg, err := parseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.LogCap <= 0 {
+		opts.LogCap = DefaultLogCap
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	s := &Store{cfg: cfg, log: opts.Logger, logCap: opts.LogCap, clock: opts.Clock}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	if err := s.waitReachable(ctx, pool, opts.ConnectTimeout); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.pool = pool
+	return s, nil
+}
+
+// parseURL checks the form of url and parses it.
+func parseURL(url string) (*pgxpool.Config, error) {
+	trimmed := strings.TrimSpace(url)
+	isURL := strings.HasPrefix(trimmed, "postgres://") || strings.HasPrefix(trimmed, "postgresql://")
+	isDSN := !strings.Contains(trimmed, "://") && strings.Contains(trimmed, "=")
+	if !isURL && !isDSN {
+		return nil, fmt.Errorf("open postgres: malformed database URL %q; accepted forms: %s", redactURL(url), AcceptedURLForms)
+	}
+	cfg, err := pgxpool.ParseConfig(trimmed)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: malformed database URL: %v; accepted forms: %s", err, AcceptedURLForms)
+	}
+	return cfg, nil
+}
+
+// redactURL hides what follows "user:" in a URL's user info.
+func redactURL(u string) string {
+	at := strings.Index(u, "@")
+	sch := strings.Index(u, "://")
+	if at < 0 || sch < 0 || at < sch {
+		return u
+	}
+	userinfo := u[sch+3 : at]
+	if i := strings.Index(userinfo, ":"); i >= 0 {
+		return u[:sch+3] + userinfo[:i] + ":xxxxx" + u[at:]
+	}
+	return u
+}
+
+// waitReachable pings until the database answers, backing off from 100 ms
+// to 2 s, and gives up after timeout.
+func (s *Store) waitReachable(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) error {
+	where := fmt.Sprintf("%s:%d/%s", s.cfg.ConnConfig.Host, s.cfg.ConnConfig.Port, s.cfg.ConnConfig.Database)
+	deadline := time.Now().Add(timeout)
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		pctx, cancel := context.WithTimeout(ctx, min(5*time.Second, timeout))
+		err := pool.Ping(pctx)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				s.log.Info("database reachable", "database", where, "attempts", attempt)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("open postgres at %s: %w", where, ctx.Err())
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("open postgres at %s: database unreachable, gave up after %s (%d attempts): %s",
+				where, timeout, attempt, errText(err))
+		}
+		wait := min(delay, left)
+		s.log.Warn("database unreachable, retrying", "database", where, "attempt", attempt,
+			"retry_in", wait.Round(time.Millisecond), "err", errText(err))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("open postgres at %s: %w", where, ctx.Err())
+		case <-time.After(wait):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// Backend returns "postgres".
+func (s *Store) Backend() string { return "postgres" }
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return mapErr("ping", s.pool.Ping(ctx))
+}
+
+// Close releases the pool's connections.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// Migrate applies the pending migrations of migrations.Postgres to the
+// current schema with goose. A session-level advisory lock whose id is
+// derived from the schema name serialises processes migrating the same
+// schema; the applied versions are in the table trellis_schema_version.
+func (s *Store) Migrate(ctx context.Context) error {
+	var schema *string
+	if err := s.pool.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		return mapErr("migrate", err)
+	}
+	if schema == nil {
+		return errors.New("migrate: no current schema: the search_path names no existing schema (create it first)")
+	}
+	fsys, err := fs.Sub(migrations.Postgres, "postgres")
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	lockID := int64(crc64.Checksum([]byte("trellis migrate "+*schema), crc64.MakeTable(crc64.ISO)) & (1<<63 - 1))
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(lockID), lock.WithLockTimeout(1, 600))
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	db := stdlib.OpenDBFromPool(s.pool)
+	defer db.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys,
+		goose.WithSessionLocker(locker), goose.WithTableName(versionTable))
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate schema %s: %s", *schema, errText(err))
+	}
+	for _, r := range res {
+		s.log.Info("migration applied", "schema", *schema, "version", r.Source.Version,
+			"file", r.Source.Path, "duration", r.Duration)
+	}
+	return nil
+}
+
+// SetFaultHook installs a failure-injection hook for tests: write
+// transactions call it at named points (see the Fault* constants) and
+// roll back with its error when it returns one. nil removes it.
+func (s *Store) SetFaultHook(hook func(point string) error) {
+	if hook == nil {
+		s.hook.Store(nil)
+		return
+	}
+	s.hook.Store(&hook)
+}
+
+// Failure-injection points passed to the fault hook.
+const (
+	// FaultFinishRecorded: FinishTasks wrote the outcomes, before
+	// releasing downstream tasks.
+	FaultFinishRecorded = "finish:recorded"
+	// FaultFinishReleased: downstream tasks released, before settling runs.
+	FaultFinishReleased = "finish:released"
+	// FaultFinishSettled: runs settled, before commit.
+	FaultFinishSettled = "finish:settled"
+	// FaultCreateRunInserted: CreateRun inserted the run and its task
+	// instances, before commit.
+	FaultCreateRunInserted = "create-run:inserted"
+)
+
+func (s *Store) fault(point string) error {
+	if h := s.hook.Load(); h != nil {
+		if err := (*h)(point); err != nil {
+			return fmt.Errorf("injected fault at %s: %w", point, err)
+		}
+	}
+	return nil
+}
+
+// inTx runs fn in a transaction and commits it, retrying the whole
+// transaction on deadlocks and serialization failures. fn must not keep
+// state across calls.
+func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := pgx.BeginFunc(ctx, s.pool, fn)
+		if err == nil {
+			return nil
+		}
+		if attempt < 10 && retryable(err) {
+			s.log.Debug("transaction retried", "op", op, "attempt", attempt, "err", errText(err))
+			select {
+			case <-ctx.Done():
+				return mapErr(op, ctx.Err())
+			case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(5*time.Millisecond)))):
+			}
+			continue
+		}
+		return mapErr(op, err)
+	}
+}
+
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "40P01" || pe.Code == "40001"
+	}
+	return false
+}
+
+// storeError marks errors this package made, which mapErr passes on.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+// errorf makes an error callers see as is (with %w for store sentinels).
+func errorf(format string, args ...any) error {
+	return &storeError{fmt.Errorf(format, args...)}
+}
+
+// mapErr turns a driver error into one callers can handle without pgx:
+// no rows → store.ErrNotFound, unique violation → store.ErrConflict,
+// foreign-key violation → store.ErrNotFound, context errors kept; any
+// other error keeps its message but not its type.
+func mapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *storeError
+	if errors.As(err, &se) {
+		return fmt.Errorf("%s: %w", op, se.err)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%s: %w", op, store.ErrNotFound)
+	}
+	for _, ce := range []error{context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, ce) {
+			return fmt.Errorf("%s: %w", op, ce)
+		}
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "23505":
+			return fmt.Errorf("%s: %w: %s", op, store.ErrConflict, pe.Detail)
+		case "23503":
+			return fmt.Errorf("%s: %w: %s", op, store.ErrNotFound, pe.Detail)
+		}
+	}
+	return fmt.Errorf("%s: %w", op, errors.New(errText(err)))
+}
+
+// errText is an error's message, with a PostgreSQL error's code and
+// detail spelled out.
+func errText(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		msg := fmt.Sprintf("postgres error %s: %s", pe.Code, pe.Message)
+		if pe.Detail != "" {
+			msg += " (" + pe.Detail + ")"
+		}
+		return msg
+	}
+	return err.Error()
+}
+
+// notify queues a wake-up on topic, delivered when the transaction
+// commits (PostgreSQL folds duplicates within one transaction).
+func notify(ctx context.Context, tx pgx.Tx, topics ...store.Topic) error {
+	for _, t := range topics {
+		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", string(t)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// utc converts a time read from the database to UTC.
+func utc(t time.Time) time.Time { return t.UTC() }
+
+// utcp converts an optional time to UTC.
+func utcp(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// tsp is an optional time as a parameter (nil → NULL).
+func tsp(t *time.Time) any {
+	if t == nil {
+		return nil
+	}
+	return *t
+}

@@ -1,0 +1,385 @@
+package postgres
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// unfinishedList is the SQL list of the states of an instance that has not
+// finished (the complement of state.TaskState.Terminal).
+const unfinishedList = `('none', 'scheduled', 'queued', 'running', 'up_for_retry', 'deferred', 'restarting')`
+
+// runTask names a task instance by run and task id.
+type runTask struct {
+	run  int64
+	task string
+}
+
+// change is a task instance entering (delta +1) or leaving (delta −1) a
+// terminal state, as its downstream instances count it.
+type change struct {
+	run   int64
+	task  string
+	st    state.TaskState
+	delta int
+}
+
+// waiting is a locked task instance with its upstream counters.
+type waiting struct {
+	id       int64
+	run      int64
+	task     string
+	st       state.TaskState
+	rule     dag.TriggerRule
+	runState state.RunState
+	up       state.Upstream
+}
+
+// releaser applies the consequences of task instances finishing inside
+// one transaction: it adds the outcomes to the counters of the downstream
+// instances, decides those still waiting by their trigger rules (queued,
+// skipped, upstream_failed), follows new skips and upstream failures
+// further, and finally settles the runs that have nothing left to do.
+//
+// Each round writes the increments in one statement (queueing at once
+// the instances whose upstream tasks all succeeded), decides the others
+// in Go with state.Decide from the counters it returns, and writes those
+// decisions in a second statement.
+type releaser struct {
+	tx     pgx.Tx
+	now    time.Time
+	runs   map[int64]int             // runs touched → instances that finished (negative: unfinished again)
+	forced map[runTask]bool          // branch choices: skip if still waiting
+	final  map[int64]state.TaskState // states written by decisions
+	queued int                       // instances queued
+	ended  map[int64]state.RunState  // runs settled
+}
+
+func newReleaser(tx pgx.Tx, now time.Time) *releaser {
+	return &releaser{tx: tx, now: now, runs: map[int64]int{}, forced: map[runTask]bool{},
+		final: map[int64]state.TaskState{}, ended: map[int64]state.RunState{}}
+}
+
+// touch records that n instances of run entered a terminal state (n < 0:
+// left one), so settle updates the run's count of unfinished instances.
+func (rl *releaser) touch(run int64, n int) { rl.runs[run] += n }
+
+// release propagates changes until nothing more changes.
+func (rl *releaser) release(ctx context.Context, changes []change) error {
+	for len(changes) > 0 {
+		ws, err := rl.increment(ctx, changes)
+		if err != nil {
+			return err
+		}
+		changes, err = rl.decide(ctx, ws)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconsider decides the waiting instances ids (e.g. just cleared) from
+// their counters as they are, and propagates what follows.
+func (rl *releaser) reconsider(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	rows, err := rl.tx.Query(ctx, `
+		SELECT t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state, t.n_upstream,
+			t.up_success, t.up_failed, t.up_skipped, t.up_upstream_failed, t.up_removed
+		FROM task_instances t JOIN dag_runs r ON r.id = t.run_id
+		WHERE t.id = ANY($1) ORDER BY t.id FOR NO KEY UPDATE OF t`, ids)
+	if err != nil {
+		return err
+	}
+	ws, err := collectWaiting(rows)
+	if err != nil {
+		return err
+	}
+	changes, err := rl.decide(ctx, ws)
+	if err != nil {
+		return err
+	}
+	return rl.release(ctx, changes)
+}
+
+// collectWaiting reads rows of id, run, task, state, rule, run state,
+// n_upstream and the five counters.
+func collectWaiting(rows pgx.Rows) ([]waiting, error) {
+	defer rows.Close()
+	var out []waiting
+	for rows.Next() {
+		var w waiting
+		if err := rows.Scan(&w.id, &w.run, &w.task, &w.st, &w.rule, &w.runState, &w.up.Total,
+			&w.up.Success, &w.up.Failed, &w.up.Skipped, &w.up.UpstreamFailed, &w.up.Removed); err != nil {
+			return nil, err
+		}
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// queueWhenAllSucceeded lists the trigger rules that run a task once all
+// its upstream tasks have succeeded, as state.Decide says; increment
+// queues such tasks in the same write that completes their counters.
+var queueWhenAllSucceeded = func() []string {
+	var rules []string
+	for _, r := range dag.TriggerRules {
+		run := true
+		for n := 1; n <= 8; n++ {
+			if state.Decide(r, state.Upstream{Total: n, Success: n}) != state.Run {
+				run = false
+			}
+		}
+		if run {
+			rules = append(rules, string(r))
+		}
+	}
+	return rules
+}()
+
+// queueNow is the condition, on a task instance t before its increments
+// tgt are added (run r), for increment to queue it in the same write.
+const queueNow = `($5::bool AND t.state = 'none' AND r.state = 'running' AND tgt.s > 0
+	AND t.up_success + tgt.s = t.n_upstream AND t.trigger_rule = ANY($6::text[]))`
+
+// increment adds changes to the counters of the direct downstream
+// instances in one UPDATE: the increments are aggregated per instance and
+// the rows written in id order (so concurrent releases lock them in the
+// same order). An instance of a running run whose upstream tasks have now
+// all succeeded, with a rule that runs it then (queueWhenAllSucceeded), is
+// queued in the same write — the common case costs one row write. The
+// rows come back with their new counters and state, for decide.
+func (rl *releaser) increment(ctx context.Context, changes []change) ([]waiting, error) {
+	n := len(changes)
+	runs, tasks, states, deltas := make([]int64, n), make([]string, n), make([]string, n), make([]int32, n)
+	for i, c := range changes {
+		runs[i], tasks[i], states[i], deltas[i] = c.run, c.task, string(c.st), int32(c.delta)
+		rl.touch(c.run, 0)
+	}
+	// Branch choices must be applied by decide, so no fast path then.
+	fast := len(rl.forced) == 0
+	rows, err := rl.tx.Query(ctx, `
+		WITH fin AS (
+			SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[]) AS f(run_id, task_id, state, delta)
+		), inc AS MATERIALIZED (
+			SELECT f.run_id, d.task_id,
+				coalesce(sum(f.delta) FILTER (WHERE f.state = 'success'), 0) AS s,
+				coalesce(sum(f.delta) FILTER (WHERE f.state = 'failed'), 0) AS fl,
+				coalesce(sum(f.delta) FILTER (WHERE f.state = 'skipped'), 0) AS sk,
+				coalesce(sum(f.delta) FILTER (WHERE f.state = 'upstream_failed'), 0) AS uf,
+				coalesce(sum(f.delta) FILTER (WHERE f.state = 'removed'), 0) AS rm
+			FROM fin f
+			JOIN dag_runs r ON r.id = f.run_id
+			JOIN dag_version_tasks v ON v.version_id = r.version_id AND v.task_id = f.task_id
+			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
+			GROUP BY f.run_id, d.task_id
+		), tgt AS MATERIALIZED (
+			SELECT t.id, inc.run_id, inc.s, inc.fl, inc.sk, inc.uf, inc.rm
+			FROM inc JOIN task_instances t ON t.run_id = inc.run_id AND t.task_id = inc.task_id AND t.call_key = ''
+			ORDER BY t.id
+		)
+		UPDATE task_instances t SET
+			up_success = t.up_success + tgt.s, up_failed = t.up_failed + tgt.fl,
+			up_skipped = t.up_skipped + tgt.sk, up_upstream_failed = t.up_upstream_failed + tgt.uf,
+			up_removed = t.up_removed + tgt.rm,
+			state = CASE WHEN `+queueNow+` THEN 'queued' ELSE t.state END,
+			queued_at = CASE WHEN `+queueNow+` THEN $7 ELSE t.queued_at END
+		FROM tgt JOIN dag_runs r ON r.id = tgt.run_id
+		WHERE t.id = tgt.id
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state, t.n_upstream,
+			t.up_success, t.up_failed, t.up_skipped, t.up_upstream_failed, t.up_removed,
+			$5::bool AND t.state = 'queued' AND t.queued_at = $7 AND tgt.s > 0
+				AND t.up_success = t.n_upstream AND t.trigger_rule = ANY($6::text[])`,
+		runs, tasks, states, deltas, fast, queueWhenAllSucceeded, rl.now)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []waiting
+	for rows.Next() {
+		var w waiting
+		var queued bool
+		if err := rows.Scan(&w.id, &w.run, &w.task, &w.st, &w.rule, &w.runState, &w.up.Total,
+			&w.up.Success, &w.up.Failed, &w.up.Skipped, &w.up.UpstreamFailed, &w.up.Removed, &queued); err != nil {
+			return nil, err
+		}
+		if queued {
+			// Queued by this write (or, rarely, earlier in this
+			// transaction: counted twice, which only repeats a wake-up).
+			rl.final[w.id] = state.Queued
+			rl.queued++
+			continue
+		}
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}
+
+// decide applies the trigger rules (and branch choices) to the locked
+// instances that wait in running runs, writes the decisions (queued,
+// skipped, upstream_failed) in one statement, and returns the instances
+// that became terminal as changes to propagate.
+func (rl *releaser) decide(ctx context.Context, ws []waiting) ([]change, error) {
+	var (
+		ids    []int64
+		states []string
+		next   []change
+	)
+	for _, w := range ws {
+		if w.st != state.None || w.runState != state.RunRunning {
+			continue
+		}
+		var to state.TaskState
+		if rl.forced[runTask{w.run, w.task}] {
+			to = state.Skipped
+		} else {
+			switch state.Decide(w.rule, w.up) {
+			case state.Run:
+				to = state.Queued
+			case state.Skip:
+				to = state.Skipped
+			case state.FailUpstream:
+				to = state.UpstreamFailed
+			default:
+				continue
+			}
+		}
+		rl.final[w.id] = to
+		if to == state.Queued {
+			rl.queued++
+		} else {
+			rl.touch(w.run, 1)
+			next = append(next, change{run: w.run, task: w.task, st: to, delta: 1})
+		}
+		ids = append(ids, w.id)
+		states = append(states, string(to))
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	_, err := rl.tx.Exec(ctx, `
+		UPDATE task_instances t SET state = u.state,
+			queued_at = CASE WHEN u.state = 'queued' THEN $3 ELSE t.queued_at END,
+			ended_at = CASE WHEN u.state = 'queued' THEN t.ended_at ELSE $3 END
+		FROM unnest($1::bigint[], $2::text[]) AS u(id, state)
+		WHERE t.id = u.id AND t.state = 'none'`, ids, states, rl.now)
+	if err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// settle updates the count of unfinished instances of every run touched
+// and finishes the running runs that have none left, with the outcome of
+// their leaf instances. The runs are locked in id order (FOR NO KEY
+// UPDATE: their keys do not change) after every instance lock of the
+// transaction, so concurrent transactions serialise on them without
+// deadlocking, and the counts stay exact.
+func (rl *releaser) settle(ctx context.Context) error {
+	if len(rl.runs) == 0 {
+		return nil
+	}
+	ids := make([]int64, 0, len(rl.runs))
+	for id := range rl.runs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	deltas := make([]int32, len(ids))
+	for i, id := range ids {
+		deltas[i] = int32(rl.runs[id])
+	}
+	rows, err := rl.tx.Query(ctx, `
+		WITH l AS MATERIALIZED (
+			SELECT id FROM dag_runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
+		)
+		UPDATE dag_runs r SET unfinished = r.unfinished - u.d
+		FROM l, unnest($1::bigint[], $2::int[]) AS u(id, d)
+		WHERE r.id = l.id AND u.id = r.id
+		RETURNING r.id, r.unfinished, r.state`, ids, deltas)
+	if err != nil {
+		return err
+	}
+	var done []int64
+	for rows.Next() {
+		var id int64
+		var left int
+		var st state.RunState
+		if err := rows.Scan(&id, &left, &st); err != nil {
+			rows.Close()
+			return err
+		}
+		if left == 0 && st == state.RunRunning {
+			done = append(done, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(done) == 0 {
+		return nil
+	}
+	rows, err = rl.tx.Query(ctx, `
+		SELECT r.id, ARRAY(
+			SELECT t.state FROM task_instances t
+			JOIN dag_version_tasks v ON v.version_id = r.version_id AND v.task_id = t.task_id AND v.is_leaf
+			WHERE t.run_id = r.id AND t.call_key = '')
+		FROM dag_runs r WHERE r.id = ANY($1)`, done)
+	if err != nil {
+		return err
+	}
+	var outcomes []string
+	done = done[:0]
+	for rows.Next() {
+		var id int64
+		var leaves []string
+		if err := rows.Scan(&id, &leaves); err != nil {
+			rows.Close()
+			return err
+		}
+		ls := make([]state.TaskState, len(leaves))
+		for i, l := range leaves {
+			ls[i] = state.TaskState(l)
+		}
+		out := state.RunOutcome(ls)
+		done = append(done, id)
+		outcomes = append(outcomes, string(out))
+		rl.ended[id] = out
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	_, err = rl.tx.Exec(ctx, `UPDATE dag_runs r SET state = u.state, ended_at = $3
+		FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE r.id = u.id AND r.state = 'running'`,
+		done, outcomes, rl.now)
+	return err
+}
+
+// finish settles the touched runs and queues the wake-ups.
+func (rl *releaser) finish(ctx context.Context) error {
+	if err := rl.settle(ctx); err != nil {
+		return err
+	}
+	return rl.notify(ctx)
+}
+
+func (rl *releaser) notify(ctx context.Context) error {
+	var topics []store.Topic
+	if rl.queued > 0 {
+		topics = append(topics, store.TopicTasksReady)
+	}
+	if len(rl.ended) > 0 {
+		topics = append(topics, store.TopicRunsChanged)
+	}
+	return notify(ctx, rl.tx, topics...)
+}

@@ -1,0 +1,783 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// tiCols are the columns of store.TaskInstance, from task_instances t
+// joined with dag_runs r.
+const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
+	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
+	t.heartbeat_at, t.output, t.error`
+
+func tiDest(ti *store.TaskInstance, output *[]byte) []any {
+	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
+		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error}
+}
+
+func fixTI(ti *store.TaskInstance, output []byte) {
+	if output != nil {
+		ti.Output = json.RawMessage(output)
+	}
+	ti.QueuedAt, ti.StartedAt, ti.EndedAt = utcp(ti.QueuedAt), utcp(ti.StartedAt), utcp(ti.EndedAt)
+	ti.NextRetryAt, ti.HeartbeatAt = utcp(ti.NextRetryAt), utcp(ti.HeartbeatAt)
+}
+
+func scanTI(row pgx.Row) (store.TaskInstance, error) {
+	var ti store.TaskInstance
+	var out []byte
+	if err := row.Scan(tiDest(&ti, &out)...); err != nil {
+		return ti, err
+	}
+	fixTI(&ti, out)
+	return ti, nil
+}
+
+func collectTIs(rows pgx.Rows) ([]store.TaskInstance, error) {
+	defer rows.Close()
+	out := []store.TaskInstance{}
+	for rows.Next() {
+		ti, err := scanTI(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ti)
+	}
+	return out, rows.Err()
+}
+
+// claimSet is what a claim writes on each claimed instance: $2 now, $3
+// worker id, $4 host, $5 pid.
+const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.try_number + 1,
+	started_at = $2, ended_at = NULL, heartbeat_at = $2, next_retry_at = NULL,
+	worker_id = $3, hostname = $4, pid = $5, output = NULL, error = ''`
+
+// claimSelect wraps a claiming UPDATE … RETURNING t.* (as CTE u, after
+// the CTEs ctes) and reads the claimed instances with their runs. A run's
+// conf, which may be large, is sent once, with the first instance of that
+// run.
+func claimSelect(ctes, update string) string {
+	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*)
+		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
+			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns
+		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`
+}
+
+// ClaimTasks moves up to max queued instances to running for worker w,
+// highest priority first then oldest. The candidates are picked through
+// the claim index with FOR NO KEY UPDATE SKIP LOCKED, so concurrent
+// claimers never wait for each other nor get the same instance; when no
+// DAG has a MaxActiveTasks cap this is one statement.
+//
+// With capped DAGs the claim is a transaction: the candidates are
+// locked, then the capped DAGs among them (in id order, serialising the
+// claimers of one capped DAG), their running instances counted, and only
+// as many of their candidates claimed as the cap leaves room for. DAGs at
+// their cap are left out of the candidates.
+func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	if max <= 0 {
+		return []store.Claimed{}, nil
+	}
+	op := fmt.Sprintf("claim tasks for worker %q", w.ID)
+	rows, err := s.pool.Query(ctx, `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
+			WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
+		FROM dags d WHERE d.max_active_tasks > 0`)
+	if err != nil {
+		return nil, mapErr(op, err)
+	}
+	var saturated []string
+	capped := 0
+	for rows.Next() {
+		var dagID string
+		var limit, running int
+		if err := rows.Scan(&dagID, &limit, &running); err != nil {
+			rows.Close()
+			return nil, mapErr(op, err)
+		}
+		capped++
+		if running >= limit {
+			saturated = append(saturated, dagID)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, mapErr(op, err)
+	}
+	var out []store.Claimed
+	if capped == 0 {
+		// The candidates are a materialized CTE: locked once, never
+		// re-scanned (a re-scan would lock other rows).
+		rows, err := s.pool.Query(ctx, claimSelect(`c AS MATERIALIZED (
+				SELECT id FROM task_instances WHERE state = 'queued'
+				ORDER BY priority DESC, queued_at, id
+				LIMIT $1
+				FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`),
+			max, now, w.ID, w.Hostname, w.PID)
+		if err != nil {
+			return nil, mapErr(op, err)
+		}
+		if out, err = collectClaimed(rows); err != nil {
+			return nil, mapErr(op, err)
+		}
+	} else {
+		err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+			var err error
+			out, err = claimCapped(ctx, tx, w, max, now, saturated)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Claimed) int {
+		if a.Priority != b.Priority {
+			return cmp.Compare(b.Priority, a.Priority)
+		}
+		if a.QueuedAt != nil && b.QueuedAt != nil {
+			if c := a.QueuedAt.Compare(*b.QueuedAt); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// claimCapped is the claim when some DAGs have a MaxActiveTasks cap.
+func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now time.Time, saturated []string) ([]store.Claimed, error) {
+	if saturated == nil {
+		saturated = []string{}
+	}
+	rows, err := tx.Query(ctx, `SELECT id, dag_id FROM task_instances
+		WHERE state = 'queued' AND NOT (dag_id = ANY($2))
+		ORDER BY priority DESC, queued_at, id
+		LIMIT $1
+		FOR NO KEY UPDATE SKIP LOCKED`, max, saturated)
+	if err != nil {
+		return nil, err
+	}
+	type cand struct {
+		id  int64
+		dag string
+	}
+	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
+		var c cand
+		err := row.Scan(&c.id, &c.dag)
+		return c, err
+	})
+	if err != nil || len(cands) == 0 {
+		return []store.Claimed{}, err
+	}
+	var dagIDs []string
+	for _, c := range cands {
+		if !slices.Contains(dagIDs, c.dag) {
+			dagIDs = append(dagIDs, c.dag)
+		}
+	}
+	slices.Sort(dagIDs)
+	// Lock the capped DAGs among the candidates, then count their running
+	// instances with a fresh snapshot: claimers that held the lock before
+	// have committed.
+	rows, err = tx.Query(ctx, `SELECT dag_id, max_active_tasks FROM dags
+		WHERE dag_id = ANY($1) AND max_active_tasks > 0 ORDER BY dag_id FOR NO KEY UPDATE`, dagIDs)
+	if err != nil {
+		return nil, err
+	}
+	room := map[string]int{}
+	for rows.Next() {
+		var d string
+		var limit int
+		if err := rows.Scan(&d, &limit); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		room[d] = limit
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(room) > 0 {
+		cappedIDs := make([]string, 0, len(room))
+		for d := range room {
+			cappedIDs = append(cappedIDs, d)
+		}
+		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_instances
+			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var d string
+			var n int
+			if err := rows.Scan(&d, &n); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			room[d] -= n
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var keep []int64
+	for _, c := range cands {
+		if left, ok := room[c.dag]; ok {
+			if left <= 0 {
+				continue
+			}
+			room[c.dag] = left - 1
+		}
+		keep = append(keep, c.id)
+	}
+	if len(keep) == 0 {
+		return []store.Claimed{}, nil
+	}
+	rows, err = tx.Query(ctx, claimSelect("", claimSet+` WHERE t.id = ANY($1)`), keep, now, w.ID, w.Hostname, w.PID)
+	if err != nil {
+		return nil, err
+	}
+	return collectClaimed(rows)
+}
+
+func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
+	defer rows.Close()
+	out := []store.Claimed{}
+	confs := map[int64]json.RawMessage{}
+	for rows.Next() {
+		var c store.Claimed
+		var output, conf []byte
+		var timeout int64
+		dest := append(tiDest(&c.TaskInstance, &output), &c.LogicalDate, &c.IntervalStart, &c.IntervalEnd, &conf, &timeout)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		fixTI(&c.TaskInstance, output)
+		c.LogicalDate, c.IntervalStart, c.IntervalEnd = utc(c.LogicalDate), utc(c.IntervalStart), utc(c.IntervalEnd)
+		if conf != nil {
+			confs[c.RunID] = json.RawMessage(conf)
+		}
+		c.Timeout = time.Duration(timeout)
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].Conf = confs[out[i].RunID]
+	}
+	return out, nil
+}
+
+// validateResults checks what workers report.
+func validateResults(results []store.Result) error {
+	for i, r := range results {
+		switch r.State {
+		case state.Success, state.Failed, state.Skipped:
+		default:
+			return fmt.Errorf("result %d (instance %d try %d): state %q is not an outcome (want success, failed or skipped)",
+				i, r.ID, r.TryNumber, r.State)
+		}
+		if r.Output != nil && !json.Valid(r.Output) {
+			return fmt.Errorf("result %d (instance %d try %d): output is not valid JSON", i, r.ID, r.TryNumber)
+		}
+	}
+	return nil
+}
+
+// FinishTasks records the outcomes of a batch of tries and, in the same
+// transaction, releases their downstream instances and settles their runs.
+// Each result is a compare-and-set on (running, try number): a late or
+// duplicate report changes nothing and comes back with Applied=false.
+func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]store.FinishOutcome, error) {
+	if len(results) == 0 {
+		return []store.FinishOutcome{}, nil
+	}
+	if err := validateResults(results); err != nil {
+		return nil, fmt.Errorf("finish tasks: %w", err)
+	}
+	var out []store.FinishOutcome
+	err := s.inTx(ctx, "finish tasks", func(tx pgx.Tx) error {
+		var err error
+		out, err = s.finishIn(ctx, tx, results)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// policy is the retry policy of an instance whose try failed.
+type policy struct {
+	try        int
+	maxTries   int
+	retryDelay time.Duration
+	maxBackoff time.Duration
+}
+
+// finishIn is FinishTasks inside a transaction (also used for zombies).
+//
+// The outcomes are written by one compare-and-set UPDATE on (state
+// running or restarting, try number); the retry policy is read (and the
+// rows locked) first only for failed tries, so a batch of successes costs
+// one statement before the release.
+func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result) ([]store.FinishOutcome, error) {
+	var now time.Time
+	for _, r := range results {
+		if r.EndedAt.After(now) {
+			now = r.EndedAt
+		}
+	}
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
+	out := make([]store.FinishOutcome, len(results))
+	// The first result per instance counts; later ones in the batch are
+	// duplicates (not applied). Rows are written in id order.
+	order := make([]int, 0, len(results))
+	first := make(map[int64]int, len(results))
+	var failedIDs []int64
+	for i, r := range results {
+		out[i] = store.FinishOutcome{Attempt: r.Attempt}
+		if _, dup := first[r.ID]; dup {
+			continue
+		}
+		first[r.ID] = i
+		order = append(order, i)
+		if r.State == state.Failed && !r.Permanent {
+			failedIDs = append(failedIDs, r.ID)
+		}
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+	policies := map[int64]policy{}
+	if len(failedIDs) > 0 {
+		slices.Sort(failedIDs)
+		rows, err := tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
+			FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, failedIDs)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id, rd, mb int64
+			var p policy
+			if err := rows.Scan(&id, &p.try, &p.maxTries, &rd, &mb); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
+			policies[id] = p
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	n := len(order)
+	var (
+		ids     = make([]int64, n)
+		tries   = make([]int32, n)
+		states  = make([]string, n)
+		ended   = make([]time.Time, n)
+		outputs = make([]*string, n)
+		errs    = make([]string, n)
+		retry   = make([]*time.Time, n)
+	)
+	for k, i := range order {
+		r := results[i]
+		to := r.State
+		e := r.EndedAt
+		if e.IsZero() {
+			e = now
+		}
+		if p, ok := policies[r.ID]; ok && to == state.Failed && p.try == r.TryNumber && r.TryNumber < p.maxTries {
+			to = state.UpForRetry
+			at := e.Add(state.RetryDelay(p.retryDelay, p.maxBackoff, r.TryNumber, rand.Float64()))
+			retry[k] = &at
+		}
+		if r.Output != nil {
+			o := string(r.Output)
+			outputs[k] = &o
+		}
+		ids[k], tries[k], states[k], ended[k], errs[k] = r.ID, int32(r.TryNumber), string(to), e, r.Error
+	}
+	// A restarting instance (cleared while running) drops the outcome of
+	// its try and goes back to waiting (none), to be decided again.
+	rows, err := tx.Query(ctx, `
+		UPDATE task_instances t SET
+			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
+			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
+			output = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.output::jsonb END,
+			error = CASE WHEN t.state = 'restarting' THEN '' ELSE u.error END,
+			next_retry_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.next_retry_at END,
+			queued_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.queued_at END,
+			started_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.started_at END,
+			heartbeat_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.heartbeat_at END,
+			worker_id = CASE WHEN t.state = 'restarting' THEN '' ELSE t.worker_id END,
+			hostname = CASE WHEN t.state = 'restarting' THEN '' ELSE t.hostname END,
+			pid = CASE WHEN t.state = 'restarting' THEN 0 ELSE t.pid END
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
+			AS u(id, try, state, ended_at, output, error, next_retry_at)
+		WHERE t.id = u.id AND t.try_number = u.try AND t.state IN ('running', 'restarting')
+		RETURNING t.id, t.run_id, t.task_id, t.state`, ids, tries, states, ended, outputs, errs, retry)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		changes  []change
+		restarts []int64
+		branches []int // indexes of successful branch results
+		runOf    = map[int64]int64{}
+		taskOf   = map[int64]string{}
+		applied  = map[int64]state.TaskState{}
+		finished []int64 // run of each instance that reached a terminal state
+	)
+	for rows.Next() {
+		var id, run int64
+		var task string
+		var st state.TaskState
+		if err := rows.Scan(&id, &run, &task, &st); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		applied[id], runOf[id], taskOf[id] = st, run, task
+		switch {
+		case st == state.None:
+			restarts = append(restarts, id)
+		case st.Terminal():
+			changes = append(changes, change{run: run, task: task, st: st, delta: 1})
+			finished = append(finished, run)
+			if r := results[first[id]]; st == state.Success && r.Follow != nil {
+				branches = append(branches, first[id])
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var missed []int64
+	for i, r := range results {
+		if st, ok := applied[r.ID]; ok && first[r.ID] == i {
+			out[i].Applied, out[i].State = true, st
+		} else {
+			missed = append(missed, r.ID)
+		}
+	}
+	if len(missed) > 0 {
+		// Report the current state of instances whose report was refused.
+		rows, err := tx.Query(ctx, "SELECT id, state FROM task_instances WHERE id = ANY($1)", missed)
+		if err != nil {
+			return nil, err
+		}
+		cur := map[int64]state.TaskState{}
+		for rows.Next() {
+			var id int64
+			var st state.TaskState
+			if err := rows.Scan(&id, &st); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			cur[id] = st
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		for i := range out {
+			if !out[i].Applied {
+				out[i].State = cur[out[i].ID]
+			}
+		}
+	}
+	if err := s.fault(FaultFinishRecorded); err != nil {
+		return nil, err
+	}
+	rl := newReleaser(tx, now)
+	for _, run := range finished {
+		rl.touch(run, 1)
+	}
+	for _, i := range branches {
+		r := results[i]
+		skip, err := branchSkips(ctx, tx, runOf[r.ID], taskOf[r.ID], r.Follow)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range skip {
+			rl.forced[runTask{runOf[r.ID], t}] = true
+		}
+	}
+	if err := rl.release(ctx, changes); err != nil {
+		return nil, err
+	}
+	if err := rl.reconsider(ctx, restarts); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if st, ok := rl.final[out[i].ID]; ok && out[i].Applied {
+			out[i].State = st
+		}
+	}
+	if err := s.fault(FaultFinishReleased); err != nil {
+		return nil, err
+	}
+	if err := rl.settle(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.fault(FaultFinishSettled); err != nil {
+		return nil, err
+	}
+	return out, rl.notify(ctx)
+}
+
+// resetRestarting puts instances whose cleared try ended back to waiting
+// (state none); the try is spent, the instance is decided again.
+func resetRestarting(ctx context.Context, tx pgx.Tx, ids []int64) error {
+	_, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
+			ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
+			output = NULL, error = ''
+		WHERE id = ANY($1) AND state = 'restarting'`, ids)
+	return err
+}
+
+// branchSkips returns the direct downstream tasks of a branch task that
+// its choice follow does not keep: as in Airflow (and state.BranchSkips),
+// a direct downstream task reachable from a followed one is kept.
+func branchSkips(ctx context.Context, tx pgx.Tx, run int64, task string, follow []string) ([]string, error) {
+	if follow == nil {
+		follow = []string{}
+	}
+	rows, err := tx.Query(ctx, `
+		WITH RECURSIVE ver AS (
+			SELECT version_id FROM dag_runs WHERE id = $1
+		), direct AS (
+			SELECT d.task_id FROM dag_version_tasks v, ver, unnest(v.downstream) AS d(task_id)
+			WHERE v.version_id = ver.version_id AND v.task_id = $2
+		), keep(task_id) AS (
+			SELECT task_id FROM direct WHERE task_id = ANY($3)
+			UNION
+			SELECT d.task_id FROM keep k
+			JOIN dag_version_tasks v ON v.version_id = (SELECT version_id FROM ver) AND v.task_id = k.task_id
+			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
+		)
+		SELECT task_id FROM direct WHERE task_id NOT IN (SELECT task_id FROM keep)`, run, task, follow)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// HeartbeatTasks refreshes the heartbeat of the running attempts of a
+// worker and returns those that are no longer running under that try and
+// worker (finished elsewhere, declared zombies, cleared, cancelled).
+func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []store.Attempt, now time.Time) ([]store.Attempt, error) {
+	lost := []store.Attempt{}
+	if len(attempts) == 0 {
+		return lost, nil
+	}
+	as := slices.Clone(attempts)
+	slices.SortFunc(as, byAttempt)
+	ids, tries := attemptArrays(as)
+	rows, err := s.pool.Query(ctx, `
+		UPDATE task_instances t SET heartbeat_at = $3
+		FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
+		WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running' AND t.worker_id = $4
+		RETURNING t.id, t.try_number`, ids, tries, now, workerID)
+	if err != nil {
+		return nil, mapErr("heartbeat tasks", err)
+	}
+	alive := map[store.Attempt]bool{}
+	for rows.Next() {
+		var a store.Attempt
+		if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+			rows.Close()
+			return nil, mapErr("heartbeat tasks", err)
+		}
+		alive[a] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, mapErr("heartbeat tasks", err)
+	}
+	for _, a := range attempts {
+		if !alive[a] {
+			lost = append(lost, a)
+		}
+	}
+	return lost, nil
+}
+
+func byAttempt(a, b store.Attempt) int {
+	if c := cmp.Compare(a.ID, b.ID); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.TryNumber, b.TryNumber)
+}
+
+func attemptArrays(as []store.Attempt) ([]int64, []int32) {
+	ids, tries := make([]int64, len(as)), make([]int32, len(as))
+	for i, a := range as {
+		ids[i], tries[i] = a.ID, int32(a.TryNumber)
+	}
+	return ids, tries
+}
+
+// RequeueRetries queues the up_for_retry instances due at or before now
+// and returns how many. Rows locked by another transaction are left for
+// the next call.
+func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) {
+	var n int
+	err := s.inTx(ctx, "requeue retries", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			WITH due AS MATERIALIZED (
+				SELECT id FROM task_instances WHERE state = 'up_for_retry' AND next_retry_at <= $1
+				ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+			)
+			UPDATE task_instances t SET state = 'queued', queued_at = $1, next_retry_at = NULL
+			FROM due WHERE t.id = due.id`, now)
+		if err != nil {
+			return err
+		}
+		n = int(tag.RowsAffected())
+		if n > 0 {
+			return notify(ctx, tx, store.TopicTasksReady)
+		}
+		return nil
+	})
+	return n, err
+}
+
+// NextRetryAt returns the earliest pending retry time.
+func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
+	var t *time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'").Scan(&t); err != nil {
+		return time.Time{}, false, mapErr("next retry time", err)
+	}
+	if t == nil {
+		return time.Time{}, false, nil
+	}
+	return t.UTC(), true, nil
+}
+
+// FailZombies fails (or puts up for retry) the running attempts whose
+// heartbeat is older than staleBefore, releasing downstream tasks as a
+// finish would, and returns them. Cleared (restarting) attempts that went
+// silent are put back to wait instead.
+func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Attempt, error) {
+	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
+	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
+}
+
+// FailWorkerTasks treats the running attempts of a dead worker like
+// zombies, at once, and returns them.
+func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Attempt, error) {
+	return s.failWhere(ctx, fmt.Sprintf("fail tasks of worker %q", workerID), "worker_id = $1", workerID, now,
+		fmt.Sprintf("worker %s died", workerID))
+}
+
+func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now time.Time, msg string) ([]store.Attempt, error) {
+	var taken []store.Attempt
+	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances
+			WHERE state IN ('running', 'restarting') AND `+cond+`
+			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, arg)
+		if err != nil {
+			return err
+		}
+		taken, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Attempt, error) {
+			var a store.Attempt
+			err := row.Scan(&a.ID, &a.TryNumber)
+			return a, err
+		})
+		if err != nil || len(taken) == 0 {
+			return err
+		}
+		results := make([]store.Result, len(taken))
+		for i, a := range taken {
+			results[i] = store.Result{Attempt: a, State: state.Failed, Error: msg, EndedAt: now}
+		}
+		_, err = s.finishIn(ctx, tx, results)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if taken == nil {
+		taken = []store.Attempt{}
+	}
+	return taken, nil
+}
+
+// RequeueAttempts puts running attempts back to queued without using up
+// a try (graceful shutdown); stale attempts are ignored. A cleared
+// (restarting) attempt goes back to waiting instead.
+func (s *Store) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {
+	if len(attempts) == 0 {
+		return nil
+	}
+	as := slices.Clone(attempts)
+	slices.SortFunc(as, byAttempt)
+	ids, tries := attemptArrays(as)
+	return s.inTx(ctx, "requeue attempts", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
+				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
+			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, tries)
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
+			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
+			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, tries)
+		if err != nil {
+			return err
+		}
+		restarts, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return err
+		}
+		if len(restarts) > 0 {
+			if err := resetRestarting(ctx, tx, restarts); err != nil {
+				return err
+			}
+			rl := newReleaser(tx, s.clock.Now())
+			if err := rl.reconsider(ctx, restarts); err != nil {
+				return err
+			}
+			if err := rl.finish(ctx); err != nil {
+				return err
+			}
+		}
+		if tag.RowsAffected() > 0 {
+			return notify(ctx, tx, store.TopicTasksReady)
+		}
+		return nil
+	})
+}
+
+// GetOutput returns the output of taskID in the run with internal id
+// runID, or ErrNotFound when it has none.
+func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json.RawMessage, error) {
+	op := fmt.Sprintf("get output of task %q in run %d", taskID, runID)
+	var out []byte
+	err := s.pool.QueryRow(ctx, "SELECT output FROM task_instances WHERE run_id = $1 AND task_id = $2 AND call_key = ''",
+		runID, taskID).Scan(&out)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%s: %w: no such task instance", op, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, mapErr(op, err)
+	}
+	if out == nil {
+		return nil, fmt.Errorf("%s: %w: the task has no output", op, store.ErrNotFound)
+	}
+	return json.RawMessage(out), nil
+}
