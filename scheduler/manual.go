@@ -216,7 +216,9 @@ func (s *Scheduler) SetPaused(ctx context.Context, dagID string, paused bool) er
 	return nil
 }
 
-// admit starts queued runs of dagID unless it is paused.
+// admit starts queued runs of dagID unless it is paused. The runs it
+// starts may include scheduled ones (a fire's runs admitted here first):
+// their schedule delay is reported as the loop's would be.
 func (s *Scheduler) admit(ctx context.Context, dagID string) ([]store.Run, error) {
 	row, err := s.st.GetDAG(ctx, dagID)
 	if err != nil {
@@ -225,7 +227,9 @@ func (s *Scheduler) admit(ctx context.Context, dagID string) ([]store.Run, error
 	if row.Paused {
 		return nil, nil
 	}
-	return s.st.StartRuns(ctx, dagID, s.clk.Now())
+	started, err := s.st.StartRuns(ctx, dagID, s.clk.Now())
+	s.runsStarted(started)
+	return started, err
 }
 
 // lookup returns the DAG dagID of the registry, checked.

@@ -1,0 +1,6 @@
+// Package e2e holds Trellis's end-to-end tests: they build the trellis
+// binary, run `trellis serve` and `trellis api` as real processes on
+// PostgreSQL and on SQLite, and drive them over HTTP the way users and
+// Airflow clients do, validating every response against Airflow's
+// specification. The package has no code besides its tests.
+package e2e
