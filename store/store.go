@@ -142,6 +142,10 @@ func (ti TaskInstance) Duration() time.Duration {
 	return ti.EndedAt.Sub(*ti.StartedAt)
 }
 
+// SchedulerRetention is how long the row of a scheduler that stopped
+// heart-beating is kept: HeartbeatScheduler removes older ones.
+const SchedulerRetention = 24 * time.Hour
+
 // Worker identifies a worker process.
 type Worker struct {
 	ID          string
@@ -184,6 +188,11 @@ type Result struct {
 	// kinds.
 	Follow  []string
 	EndedAt time.Time
+	// Log, when not empty, is the try's last log chunk: FinishTasks
+	// appends it to the try's log (as AppendLog would, within the same
+	// cap) in the transaction that records the result, when the result is
+	// applied, so a try needs no separate AppendLog commit.
+	Log []byte
 }
 
 // FinishOutcome reports what FinishTasks did with one Result.
@@ -337,6 +346,60 @@ type Store interface {
 	DeregisterWorker(ctx context.Context, workerID string) error
 	ListWorkers(ctx context.Context) ([]Worker, error)
 
+	// HeartbeatScheduler records that the scheduler schedulerID is alive
+	// at now (creating its row on the first beat), and forgets schedulers
+	// whose latest beat is older than now − SchedulerRetention.
+	HeartbeatScheduler(ctx context.Context, schedulerID string, now time.Time) error
+	// LatestSchedulerHeartbeat returns the newest heartbeat of any
+	// scheduler; ok is false when none was recorded. GET /api/v1/health
+	// reports it, so an API process apart from the scheduler sees it.
+	LatestSchedulerHeartbeat(ctx context.Context) (t time.Time, ok bool, err error)
+
 	// Listen subscribes to wake-ups on topics.
 	Listen(ctx context.Context, topics ...Topic) (Subscription, error)
+}
+
+// Fire asks FireRuns to create the due runs of one DAG and move its
+// schedule forward, as one step.
+type Fire struct {
+	DAGID string
+	// Prev is the LastIntervalEnd the caller computed Runs from (nil =
+	// none): the compare-and-set key of the schedule.
+	Prev *time.Time
+	// Last becomes the DAG's LastIntervalEnd and NextDue its NextDueAt.
+	Last    time.Time
+	NextDue *time.Time
+	// Runs are the runs to create (each with DAGID equal to Fire.DAGID);
+	// runs that exist already are left as they are.
+	Runs []NewRun
+}
+
+// FireResult reports what FireRuns did for one Fire.
+type FireResult struct {
+	DAGID string
+	// Created lists the runs created (not those that existed already).
+	Created []Run
+	// Started lists the runs of the DAG moved to running by admission.
+	Started []Run
+	// Paused: the DAG is paused or inactive; nothing was done for it.
+	Paused bool
+	// LastIntervalEnd is the DAG's LastIntervalEnd after the call; with
+	// ErrStale, the value another scheduler wrote.
+	LastIntervalEnd *time.Time
+	// Err is ErrStale (another scheduler moved the schedule first),
+	// ErrNotFound (no such DAG or structure) or ErrConflict (a run id
+	// taken by another logical date); nothing was done for the DAG then.
+	Err error
+}
+
+// Firer is implemented by stores that fire many DAGs in one transaction.
+type Firer interface {
+	// FireRuns, for each Fire in one transaction, creates its runs (with
+	// their task instances) and moves the DAG's schedule from Prev to Last
+	// as a compare-and-set, then admits queued runs of the fired DAGs as
+	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
+	// returns one FireResult per Fire, in the order of fires. DAG ids must
+	// be distinct. A failed Fire does not undo the others; the returned
+	// error is for the whole call (nothing done).
+	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 }

@@ -16,7 +16,7 @@ var databaseName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
 // CreateDatabase creates the empty database name on the server of
 // serverURL (a postgres:// URL whose user may create databases) and
-// returns serverURL pointed at it. Throwaway installations use it: `trellis
+// returns serverURL pointed at it (without search_path). Throwaway installations use it: `trellis
 // bench` gives every scenario a database of its own, so that neither rows
 // nor LISTEN/NOTIFY wake-ups (which are per database) of other users of the
 // server reach it. Drop it with DropDatabase.
@@ -72,7 +72,8 @@ func adminConn(ctx context.Context, serverURL string) (*pgx.Conn, error) {
 }
 
 // withDatabase returns the postgres:// URL u with its database replaced
-// by name.
+// by name and without a search_path parameter (the schema it names is not
+// in the new database, whose tables go to its public schema).
 func withDatabase(u, name string) (string, error) {
 	t := strings.TrimSpace(u)
 	if !strings.HasPrefix(t, "postgres://") && !strings.HasPrefix(t, "postgresql://") {
@@ -84,5 +85,39 @@ func withDatabase(u, name string) (string, error) {
 	}
 	p.Path = "/" + name
 	p.RawPath = ""
+	q := p.Query()
+	q.Del("search_path")
+	p.RawQuery = q.Encode()
 	return p.String(), nil
+}
+
+// Activity is what PostgreSQL's statistics count for one database.
+type Activity struct {
+	// Commits and Rollbacks count transactions, read-only ones included
+	// (every statement outside a transaction is one).
+	Commits, Rollbacks int64
+	// RowsWritten counts rows inserted, updated and deleted.
+	RowsWritten int64
+	// Backends is the number of connections to the database now.
+	Backends int
+}
+
+// DatabaseActivity reads the statistics of database name on the server
+// of serverURL (pg_stat_database). A backend reports its counts when its
+// transaction ends, at most once a second, and always when it exits: for
+// exact counts, read them once every connection to the database is
+// closed (Backends = 0).
+func DatabaseActivity(ctx context.Context, serverURL, name string) (Activity, error) {
+	conn, err := adminConn(ctx, serverURL)
+	if err != nil {
+		return Activity{}, fmt.Errorf("activity of database %s: %w", name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var a Activity
+	err = conn.QueryRow(ctx, `SELECT xact_commit, xact_rollback, tup_inserted + tup_updated + tup_deleted, numbackends
+		FROM pg_stat_database WHERE datname = $1`, name).Scan(&a.Commits, &a.Rollbacks, &a.RowsWritten, &a.Backends)
+	if err != nil {
+		return Activity{}, fmt.Errorf("activity of database %s: %s", name, errText(err))
+	}
+	return a, nil
 }

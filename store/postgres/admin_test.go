@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/store/postgres"
@@ -13,7 +14,7 @@ import (
 
 func TestCreateAndDropDatabase(t *testing.T) {
 	ctx := context.Background()
-	server := strings.Split(testdb.Postgres(t), "?")[0] // the server, without the test schema
+	server := testdb.Postgres(t) // its search_path names a schema the new database lacks
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := "t_admin_" + hex.EncodeToString(b[:])
@@ -22,8 +23,8 @@ func TestCreateAndDropDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateDatabase: %v", err)
 	}
-	if !strings.HasSuffix(dbURL, "/"+name) {
-		t.Errorf("CreateDatabase URL = %s, want one ending in /%s", dbURL, name)
+	if !strings.Contains(dbURL, "/"+name) || strings.Contains(dbURL, "search_path") {
+		t.Errorf("CreateDatabase URL = %s, want one naming database %s, without search_path", dbURL, name)
 	}
 	s, err := postgres.Open(ctx, dbURL, postgres.Options{Logger: testLogger(t)})
 	if err != nil {
@@ -32,6 +33,28 @@ func TestCreateAndDropDatabase(t *testing.T) {
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatalf("Migrate the new database: %v", err)
 	}
+	a, err := postgres.DatabaseActivity(ctx, server, name)
+	if err != nil {
+		t.Fatalf("DatabaseActivity: %v", err)
+	}
+	if a.Backends < 1 {
+		t.Errorf("activity of a database with an open store = %+v, want a backend", a)
+	}
+	// Once every backend has exited, their counts are in.
+	_ = s.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for a.Backends > 0 && time.Now().Before(deadline) {
+		if a, err = postgres.DatabaseActivity(ctx, server, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Backends != 0 || a.Commits < 10 || a.RowsWritten < 1 {
+		t.Errorf("activity after migrating and closing = %+v, want no backend and the migrations' commits and rows", a)
+	}
+	s, err = postgres.Open(ctx, dbURL, postgres.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Dropping closes the connections still open (the store's pool).
 	if err := postgres.DropDatabase(ctx, server, name); err != nil {
 		t.Fatalf("DropDatabase: %v", err)
@@ -39,6 +62,9 @@ func TestCreateAndDropDatabase(t *testing.T) {
 	_ = s.Close()
 	if _, err := postgres.Open(ctx, dbURL, postgres.Options{Logger: testLogger(t), ConnectTimeout: 1}); err == nil {
 		t.Fatalf("Open after DropDatabase succeeded; the database should be gone")
+	}
+	if _, err := postgres.DatabaseActivity(ctx, server, name); err == nil {
+		t.Errorf("DatabaseActivity of a dropped database succeeded")
 	}
 	if err := postgres.DropDatabase(ctx, server, name); err != nil {
 		t.Errorf("DropDatabase of a missing database = %v, want nil", err)

@@ -26,29 +26,57 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 	if len(chunk) == 0 {
 		return nil
 	}
-	return s.inTx(ctx, op, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO task_logs (ti_id, try_number) VALUES ($1, $2)
-			ON CONFLICT DO NOTHING`, a.ID, a.TryNumber); err != nil {
-			return err
+	// The batch runs as one implicit transaction: one round trip.
+	b := &pgx.Batch{}
+	queueAppendLogs(b, []store.Attempt{a}, [][]byte{chunk}, s.logCap)
+	for attempt := 1; ; attempt++ {
+		err := s.pool.SendBatch(ctx, b).Close()
+		if err == nil {
+			return nil
 		}
-		var size, chunks int64
-		if err := tx.QueryRow(ctx, `SELECT size, chunks FROM task_logs WHERE ti_id = $1 AND try_number = $2 FOR NO KEY UPDATE`,
-			a.ID, a.TryNumber).Scan(&size, &chunks); err != nil {
-			return err
+		if attempt >= 10 || !retryable(err) {
+			return mapErr(op, err)
 		}
-		take := min(int64(len(chunk)), max(int64(s.logCap)-size, 0))
-		dropped := int64(len(chunk)) - take
-		if take > 0 {
-			if _, err := tx.Exec(ctx, `INSERT INTO task_log_chunks (ti_id, try_number, seq, data) VALUES ($1, $2, $3, $4)`,
-				a.ID, a.TryNumber, chunks, chunk[:take]); err != nil {
-				return err
-			}
-			chunks++
-		}
-		_, err := tx.Exec(ctx, `UPDATE task_logs SET size = size + $3, dropped = dropped + $4, chunks = $5
-			WHERE ti_id = $1 AND try_number = $2`, a.ID, a.TryNumber, take, dropped, chunks)
-		return err
-	})
+	}
+}
+
+// queueAppendLogs queues on b the statements that append chunks[i] to the
+// log of try as[i] (distinct tries), keeping at most logCap bytes per try
+// and counting the rest as dropped. The log rows are locked in
+// (instance, try) order, so concurrent appends serialise on each try.
+func queueAppendLogs(b *pgx.Batch, as []store.Attempt, chunks [][]byte, logCap int) {
+	ids, tries := attemptArrays(as)
+	b.Queue(`INSERT INTO task_logs (ti_id, try_number)
+		SELECT id, try FROM unnest($1::bigint[], $2::int[]) AS u(id, try) ORDER BY id, try
+		ON CONFLICT DO NOTHING`, ids, tries)
+	b.Queue(`
+		WITH u AS (
+			SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[]) AS u(id, try, data)
+		), cur AS MATERIALIZED (
+			SELECT l.ti_id, l.try_number, l.size, l.chunks, u.data,
+				least(octet_length(u.data), greatest($4::bigint - l.size, 0)) AS take
+			FROM task_logs l JOIN u ON l.ti_id = u.id AND l.try_number = u.try
+			ORDER BY l.ti_id, l.try_number
+			FOR NO KEY UPDATE OF l
+		), ins AS (
+			INSERT INTO task_log_chunks (ti_id, try_number, seq, data)
+			SELECT ti_id, try_number, chunks, substring(data FROM 1 FOR take::int) FROM cur WHERE take > 0
+		)
+		UPDATE task_logs l SET size = cur.size + cur.take,
+			dropped = l.dropped + octet_length(cur.data) - cur.take,
+			chunks = cur.chunks + CASE WHEN cur.take > 0 THEN 1 ELSE 0 END
+		FROM cur WHERE l.ti_id = cur.ti_id AND l.try_number = cur.try_number`, ids, tries, chunks, int64(logCap))
+}
+
+// appendLogsIn appends the chunks inside tx (on a pipeTx, with its next
+// statement).
+func appendLogsIn(ctx context.Context, tx dbtx, as []store.Attempt, chunks [][]byte, logCap int) error {
+	if len(as) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	queueAppendLogs(b, as, chunks, logCap)
+	return runBatch(ctx, tx, b)
 }
 
 // ReadLog returns the log of try try of a task instance, ending with

@@ -358,8 +358,13 @@ func errText(err error) string {
 }
 
 // notify queues a wake-up on topic, delivered when the transaction
-// commits (PostgreSQL folds duplicates within one transaction).
-func notify(ctx context.Context, tx pgx.Tx, topics ...store.Topic) error {
+// commits (PostgreSQL folds duplicates within one transaction). On a
+// pipeTx it is sent right after the commit, in the same round trip.
+func notify(ctx context.Context, tx dbtx, topics ...store.Topic) error {
+	if p, ok := tx.(*pipeTx); ok {
+		p.after = append(p.after, topics...)
+		return nil
+	}
 	for _, t := range topics {
 		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", string(t)); err != nil {
 			return err

@@ -53,16 +53,19 @@ type waiting struct {
 // in Go with state.Decide from the counters it returns, and writes those
 // decisions in a second statement.
 type releaser struct {
-	tx     pgx.Tx
+	tx     dbtx
 	now    time.Time
 	runs   map[int64]int             // runs touched → instances that finished (negative: unfinished again)
 	forced map[runTask]bool          // branch choices: skip if still waiting
 	final  map[int64]state.TaskState // states written by decisions
 	queued int                       // instances queued
 	ended  map[int64]state.RunState  // runs settled
+	// runsChanged: notify TopicRunsChanged even if no run settled (a try
+	// went up_for_retry, so the scheduler's retry timer must be re-armed).
+	runsChanged bool
 }
 
-func newReleaser(tx pgx.Tx, now time.Time) *releaser {
+func newReleaser(tx dbtx, now time.Time) *releaser {
 	return &releaser{tx: tx, now: now, runs: map[int64]int{}, forced: map[runTask]bool{},
 		final: map[int64]state.TaskState{}, ended: map[int64]state.RunState{}}
 }
@@ -378,7 +381,7 @@ func (rl *releaser) notify(ctx context.Context) error {
 	if rl.queued > 0 {
 		topics = append(topics, store.TopicTasksReady)
 	}
-	if len(rl.ended) > 0 {
+	if len(rl.ended) > 0 || rl.runsChanged {
 		topics = append(topics, store.TopicRunsChanged)
 	}
 	return notify(ctx, rl.tx, topics...)

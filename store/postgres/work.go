@@ -92,46 +92,61 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 		return []store.Claimed{}, nil
 	}
 	op := fmt.Sprintf("claim tasks for worker %q", w.ID)
-	rows, err := s.pool.Query(ctx, `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
+	// One round trip: the caps, and the claim for when no DAG is capped
+	// (guarded in SQL, so it claims nothing when one is).
+	b := &pgx.Batch{}
+	b.Queue(`SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
 			WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
 		FROM dags d WHERE d.max_active_tasks > 0`)
+	// The candidates are a materialized CTE: locked once, never re-scanned
+	// (a re-scan would lock other rows).
+	b.Queue(claimSelect(`c AS MATERIALIZED (
+			SELECT id FROM task_instances WHERE state = 'queued'
+				AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			ORDER BY priority DESC, queued_at, id
+			LIMIT $1
+			FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`),
+		max, now, w.ID, w.Hostname, w.PID)
+	var saturated []string
+	capped := 0
+	var out []store.Claimed
+	err := func() error {
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var dagID string
+			var limit, running int
+			if err := rows.Scan(&dagID, &limit, &running); err != nil {
+				rows.Close()
+				return err
+			}
+			capped++
+			if running >= limit {
+				saturated = append(saturated, dagID)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = br.Query()
+		if err != nil {
+			return err
+		}
+		if out, err = collectClaimed(rows); err != nil {
+			return err
+		}
+		return br.Close()
+	}()
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
-	var saturated []string
-	capped := 0
-	for rows.Next() {
-		var dagID string
-		var limit, running int
-		if err := rows.Scan(&dagID, &limit, &running); err != nil {
-			rows.Close()
-			return nil, mapErr(op, err)
-		}
-		capped++
-		if running >= limit {
-			saturated = append(saturated, dagID)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, mapErr(op, err)
-	}
-	var out []store.Claimed
-	if capped == 0 {
-		// The candidates are a materialized CTE: locked once, never
-		// re-scanned (a re-scan would lock other rows).
-		rows, err := s.pool.Query(ctx, claimSelect(`c AS MATERIALIZED (
-				SELECT id FROM task_instances WHERE state = 'queued'
-				ORDER BY priority DESC, queued_at, id
-				LIMIT $1
-				FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`),
-			max, now, w.ID, w.Hostname, w.PID)
-		if err != nil {
-			return nil, mapErr(op, err)
-		}
-		if out, err = collectClaimed(rows); err != nil {
-			return nil, mapErr(op, err)
-		}
-	} else {
+	// Caps seen but the guarded claim ran after they were all removed:
+	// its claim stands.
+	if capped > 0 && len(out) == 0 {
 		err := s.inTx(ctx, op, func(tx pgx.Tx) error {
 			var err error
 			out, err = claimCapped(ctx, tx, w, max, now, saturated)
@@ -308,7 +323,7 @@ func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]stor
 		return nil, fmt.Errorf("finish tasks: %w", err)
 	}
 	var out []store.FinishOutcome
-	err := s.inTx(ctx, "finish tasks", func(tx pgx.Tx) error {
+	err := s.inPipe(ctx, "finish tasks", func(tx *pipeTx) error {
 		var err error
 		out, err = s.finishIn(ctx, tx, results)
 		return err
@@ -333,7 +348,7 @@ type policy struct {
 // running or restarting, try number); the retry policy is read (and the
 // rows locked) first only for failed tries, so a batch of successes costs
 // one statement before the release.
-func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result) ([]store.FinishOutcome, error) {
+func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) ([]store.FinishOutcome, error) {
 	var now time.Time
 	for _, r := range results {
 		if r.EndedAt.After(now) {
@@ -441,6 +456,7 @@ func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result)
 		taskOf   = map[int64]string{}
 		applied  = map[int64]state.TaskState{}
 		finished []int64 // run of each instance that reached a terminal state
+		retried  bool    // some try went up_for_retry
 	)
 	for rows.Next() {
 		var id, run int64
@@ -454,6 +470,9 @@ func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result)
 		switch {
 		case st == state.None:
 			restarts = append(restarts, id)
+		case st == state.UpForRetry:
+			// The scheduler keeps a timer on the earliest retry: tell it.
+			retried = true
 		case st.Terminal():
 			changes = append(changes, change{run: run, task: task, st: st, delta: 1})
 			finished = append(finished, run)
@@ -463,6 +482,23 @@ func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result)
 		}
 	}
 	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// The final log chunks of the tries recorded (cleared ones too: the
+	// try ran), in instance order.
+	var (
+		logAs   []store.Attempt
+		logData [][]byte
+	)
+	for _, i := range order {
+		if r := results[i]; len(r.Log) > 0 {
+			if _, ok := applied[r.ID]; ok {
+				logAs = append(logAs, r.Attempt)
+				logData = append(logData, r.Log)
+			}
+		}
+	}
+	if err := appendLogsIn(ctx, tx, logAs, logData, s.logCap); err != nil {
 		return nil, err
 	}
 	var missed []int64
@@ -502,6 +538,7 @@ func (s *Store) finishIn(ctx context.Context, tx pgx.Tx, results []store.Result)
 		return nil, err
 	}
 	rl := newReleaser(tx, now)
+	rl.runsChanged = retried
 	for _, run := range finished {
 		rl.touch(run, 1)
 	}
@@ -551,7 +588,7 @@ func resetRestarting(ctx context.Context, tx pgx.Tx, ids []int64) error {
 // branchSkips returns the direct downstream tasks of a branch task that
 // its choice follow does not keep: as in Airflow (and state.BranchSkips),
 // a direct downstream task reachable from a followed one is kept.
-func branchSkips(ctx context.Context, tx pgx.Tx, run int64, task string, follow []string) ([]string, error) {
+func branchSkips(ctx context.Context, tx dbtx, run int64, task string, follow []string) ([]string, error) {
 	if follow == nil {
 		follow = []string{}
 	}

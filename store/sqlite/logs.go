@@ -31,26 +31,32 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 		if a.TryNumber > tries {
 			return fmt.Errorf("try %d has not started (the instance is at try %d): %w", a.TryNumber, tries, store.ErrNotFound)
 		}
-		var size, dropped int64
-		var chunks int
-		err = w.queryRow(`INSERT INTO task_logs (ti_id, try_number) VALUES (?, ?)
-			ON CONFLICT (ti_id, try_number) DO UPDATE SET size = size
-			RETURNING size, dropped, chunks`, a.ID, a.TryNumber).Scan(&size, &dropped, &chunks)
-		if err != nil {
+		return s.appendLogIn(w, a, chunk)
+	})
+}
+
+// appendLogIn appends chunk to the log of try a inside transaction w,
+// keeping at most the store's LogCap bytes and counting the rest.
+func (s *Store) appendLogIn(w *txn, a store.Attempt, chunk []byte) error {
+	var size, dropped int64
+	var chunks int
+	err := w.queryRow(`INSERT INTO task_logs (ti_id, try_number) VALUES (?, ?)
+		ON CONFLICT (ti_id, try_number) DO UPDATE SET size = size
+		RETURNING size, dropped, chunks`, a.ID, a.TryNumber).Scan(&size, &dropped, &chunks)
+	if err != nil {
+		return err
+	}
+	keep := min(int64(len(chunk)), max(int64(s.logCap)-size, 0))
+	if keep > 0 {
+		if _, err := w.exec(`INSERT INTO task_log_chunks (ti_id, try_number, seq, data) VALUES (?, ?, ?, ?)`,
+			a.ID, a.TryNumber, chunks, chunk[:keep]); err != nil {
 			return err
 		}
-		keep := min(int64(len(chunk)), max(int64(s.logCap)-size, 0))
-		if keep > 0 {
-			if _, err := w.exec(`INSERT INTO task_log_chunks (ti_id, try_number, seq, data) VALUES (?, ?, ?, ?)`,
-				a.ID, a.TryNumber, chunks, chunk[:keep]); err != nil {
-				return err
-			}
-			chunks++
-		}
-		_, err = w.exec(`UPDATE task_logs SET size = ?, dropped = ?, chunks = ? WHERE ti_id = ? AND try_number = ?`,
-			size+keep, dropped+int64(len(chunk))-keep, chunks, a.ID, a.TryNumber)
-		return err
-	})
+		chunks++
+	}
+	_, err = w.exec(`UPDATE task_logs SET size = ?, dropped = ?, chunks = ? WHERE ti_id = ? AND try_number = ?`,
+		size+keep, dropped+int64(len(chunk))-keep, chunks, a.ID, a.TryNumber)
+	return err
 }
 
 // TruncationMarker is appended by ReadLog to a log that reached the cap,

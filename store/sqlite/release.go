@@ -371,6 +371,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	if ended.IsZero() {
 		ended = e.now
 	}
+	if len(r.Log) > 0 {
+		if err := e.w.s.appendLogIn(e.w, r.Attempt, r.Log); err != nil {
+			return out, nil, fmt.Errorf("append final log chunk of task instance #%d try %d: %w", r.ID, r.TryNumber, err)
+		}
+	}
 	if a.state == state.Restarting {
 		if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 				ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,

@@ -109,85 +109,89 @@ func (s *Store) CreateRun(ctx context.Context, r store.NewRun) (store.Run, bool,
 		created bool
 	)
 	err = s.write(ctx, op, func(w *txn) error {
-		created = false
-		rows, err := w.query(`SELECT `+runCols+` FROM dag_runs WHERE dag_id = ? AND (run_id = ? OR logical_date = ?)`,
-			r.DAGID, r.RunID, us(r.LogicalDate))
-		if err != nil {
-			return err
-		}
-		var byRunID, byDate *runRec
-		for rows.Next() {
-			rec, err := scanRun(rows)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			if rec.RunID == r.RunID {
-				byRunID = &rec
-			} else {
-				byDate = &rec
-			}
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return err
-		}
-		switch {
-		case byRunID != nil && byRunID.LogicalDate.Equal(fromUS(us(r.LogicalDate))):
-			out = byRunID.Run
-			return nil
-		case byRunID != nil:
-			return fmt.Errorf("%w: run id %q is taken by the run of logical date %s",
-				store.ErrConflict, r.RunID, byRunID.LogicalDate.Format(time.RFC3339Nano))
-		case byDate != nil:
-			out = byDate.Run
-			return nil
-		}
-
-		var versionID int64
-		fp := r.Fingerprint
-		err = w.queryRow(`SELECT v.id, v.fingerprint FROM dags d JOIN dag_versions v ON v.dag_id = d.dag_id
-			AND v.fingerprint = CASE WHEN ? = '' THEN d.fingerprint ELSE ? END
-			WHERE d.dag_id = ?`, fp, fp, r.DAGID).Scan(&versionID, &fp)
-		if errors.Is(err, sql.ErrNoRows) {
-			var one int
-			if err := w.queryRow(`SELECT 1 FROM dags WHERE dag_id = ?`, r.DAGID).Scan(&one); errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("dag %q: %w", r.DAGID, store.ErrNotFound)
-			}
-			return fmt.Errorf("structure %q of dag %q (not recorded by SyncDAGs): %w", r.Fingerprint, r.DAGID, store.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		var id int64
-		if err := w.queryRow(`INSERT INTO dag_runs (dag_id, run_id, run_type, logical_date, interval_start,
-				interval_end, state, conf, version_id, fingerprint, note, queued_at)
-			VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id`,
-			r.DAGID, r.RunID, string(r.RunType), us(r.LogicalDate), us(r.IntervalStart), us(r.IntervalEnd),
-			conf, versionID, fp, r.Note, us(queuedAt)).Scan(&id); err != nil {
-			return fmt.Errorf("insert run: %w", err)
-		}
-		if _, err := w.exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, max_tries, retries,
-				priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
-			SELECT ?, ?, task_id, 'none', retries + 1, retries, priority, trigger_rule, retry_delay_ns,
-				max_backoff_ns, timeout_ns, n_upstream
-			FROM dag_version_tasks WHERE version_id = ? ORDER BY ord`, id, r.DAGID, versionID); err != nil {
-			return fmt.Errorf("insert task instances: %w", err)
-		}
-		if err := w.s.fault(FaultCreateRunInserted); err != nil {
-			return err
-		}
-		rec, err := getRunByID(w.ctx, w, id)
-		if err != nil {
-			return err
-		}
-		out, created = rec.Run, true
-		w.wake(store.TopicRunsChanged)
-		return nil
+		var err error
+		out, created, err = createRunTx(w, r, conf, queuedAt)
+		return err
 	})
 	if err != nil {
 		return store.Run{}, false, err
 	}
 	return out, created, nil
+}
+
+// createRunTx is CreateRun inside the write transaction w, with conf
+// checked and queuedAt set.
+func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store.Run, bool, error) {
+	rows, err := w.query(`SELECT `+runCols+` FROM dag_runs WHERE dag_id = ? AND (run_id = ? OR logical_date = ?)`,
+		r.DAGID, r.RunID, us(r.LogicalDate))
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	var byRunID, byDate *runRec
+	for rows.Next() {
+		rec, err := scanRun(rows)
+		if err != nil {
+			rows.Close()
+			return store.Run{}, false, err
+		}
+		if rec.RunID == r.RunID {
+			byRunID = &rec
+		} else {
+			byDate = &rec
+		}
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return store.Run{}, false, err
+	}
+	switch {
+	case byRunID != nil && byRunID.LogicalDate.Equal(fromUS(us(r.LogicalDate))):
+		return byRunID.Run, false, nil
+	case byRunID != nil:
+		return store.Run{}, false, fmt.Errorf("%w: run id %q is taken by the run of logical date %s",
+			store.ErrConflict, r.RunID, byRunID.LogicalDate.Format(time.RFC3339Nano))
+	case byDate != nil:
+		return byDate.Run, false, nil
+	}
+
+	var versionID int64
+	fp := r.Fingerprint
+	err = w.queryRow(`SELECT v.id, v.fingerprint FROM dags d JOIN dag_versions v ON v.dag_id = d.dag_id
+		AND v.fingerprint = CASE WHEN ? = '' THEN d.fingerprint ELSE ? END
+		WHERE d.dag_id = ?`, fp, fp, r.DAGID).Scan(&versionID, &fp)
+	if errors.Is(err, sql.ErrNoRows) {
+		var one int
+		if err := w.queryRow(`SELECT 1 FROM dags WHERE dag_id = ?`, r.DAGID).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+			return store.Run{}, false, fmt.Errorf("dag %q: %w", r.DAGID, store.ErrNotFound)
+		}
+		return store.Run{}, false, fmt.Errorf("structure %q of dag %q (not recorded by SyncDAGs): %w", r.Fingerprint, r.DAGID, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	var id int64
+	if err := w.queryRow(`INSERT INTO dag_runs (dag_id, run_id, run_type, logical_date, interval_start,
+			interval_end, state, conf, version_id, fingerprint, note, queued_at)
+		VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id`,
+		r.DAGID, r.RunID, string(r.RunType), us(r.LogicalDate), us(r.IntervalStart), us(r.IntervalEnd),
+		conf, versionID, fp, r.Note, us(queuedAt)).Scan(&id); err != nil {
+		return store.Run{}, false, fmt.Errorf("insert run: %w", err)
+	}
+	if _, err := w.exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, max_tries, retries,
+			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
+		SELECT ?, ?, task_id, 'none', retries + 1, retries, priority, trigger_rule, retry_delay_ns,
+			max_backoff_ns, timeout_ns, n_upstream
+		FROM dag_version_tasks WHERE version_id = ? ORDER BY ord`, id, r.DAGID, versionID); err != nil {
+		return store.Run{}, false, fmt.Errorf("insert task instances: %w", err)
+	}
+	if err := w.s.fault(FaultCreateRunInserted); err != nil {
+		return store.Run{}, false, err
+	}
+	rec, err := getRunByID(w.ctx, w, id)
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	w.wake(store.TopicRunsChanged)
+	return rec.Run, true, nil
 }
 
 // StartRuns moves the oldest queued runs (by logical date) of dagID to
@@ -199,59 +203,66 @@ func (s *Store) CreateRun(ctx context.Context, r store.NewRun) (store.Run, bool,
 func (s *Store) StartRuns(ctx context.Context, dagID string, now time.Time) ([]store.Run, error) {
 	var out []store.Run
 	err := s.write(ctx, fmt.Sprintf("start runs of dag %q", dagID), func(w *txn) error {
-		out = nil
-		var maxActive int
-		err := w.queryRow(`SELECT max_active_runs FROM dags WHERE dag_id = ?`, dagID).Scan(&maxActive)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("dag %q: %w", dagID, store.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		limit := -1
-		if maxActive > 0 {
-			var running int
-			if err := w.queryRow(`SELECT count(*) FROM dag_runs WHERE dag_id = ? AND state = 'running'`, dagID).Scan(&running); err != nil {
-				return err
-			}
-			limit = maxActive - running
-			if limit <= 0 {
-				return nil
-			}
-		}
-		rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ?`, dagID, limit)
-		if err != nil {
-			return err
-		}
-		var ids []int64
-		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return err
-		}
-		if err := activate(w, ids, now); err != nil {
-			return err
-		}
-		for _, id := range ids {
-			rec, err := getRunByID(w.ctx, w, id)
-			if err != nil {
-				return err
-			}
-			out = append(out, rec.Run)
-		}
-		if len(ids) > 0 {
-			w.wake(store.TopicRunsChanged)
-		}
-		return nil
+		var err error
+		out, err = startRunsTx(w, dagID, now)
+		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// startRunsTx is StartRuns inside the write transaction w.
+func startRunsTx(w *txn, dagID string, now time.Time) ([]store.Run, error) {
+	var out []store.Run
+	var maxActive int
+	err := w.queryRow(`SELECT max_active_runs FROM dags WHERE dag_id = ?`, dagID).Scan(&maxActive)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("dag %q: %w", dagID, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	limit := -1
+	if maxActive > 0 {
+		var running int
+		if err := w.queryRow(`SELECT count(*) FROM dag_runs WHERE dag_id = ? AND state = 'running'`, dagID).Scan(&running); err != nil {
+			return nil, err
+		}
+		limit = maxActive - running
+		if limit <= 0 {
+			return out, nil
+		}
+	}
+	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ?`, dagID, limit)
+	if err != nil {
+		return nil, err
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	if err := activate(w, ids, now); err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		rec, err := getRunByID(w.ctx, w, id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec.Run)
+	}
+	if len(ids) > 0 {
+		w.wake(store.TopicRunsChanged)
 	}
 	return out, nil
 }

@@ -549,6 +549,19 @@ func testListen(t *testing.T, e *env) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("subscription channel not closed after Close")
 	}
+
+	// A try going up_for_retry wakes the scheduler (TopicRunsChanged) so it
+	// can arm its retry timer, although no run settled.
+	rs := newSpec("lr", tk("a", retries(1, time.Minute, 0)))
+	e.started(rs, "r")
+	a := e.claimNamed("lr", "a")
+	sub2, err := e.s.Listen(e.ctx, store.TopicRunsChanged)
+	must(t, "Listen", err)
+	defer sub2.Close()
+	if out := e.finish(result(a, state.Failed)); out[0].State != state.UpForRetry {
+		t.Fatalf("failed try with a retry left = %s, want up_for_retry", out[0].State)
+	}
+	waitTopic(t, sub2, store.TopicRunsChanged)
 }
 
 // waitTopic waits for topic on sub, ignoring others.

@@ -1,0 +1,83 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// chainSpec is a DAG of n tasks in a line.
+func chainSpec(id string, n int) store.DAGSpec {
+	sp := store.DAGSpec{DAGID: id, Fingerprint: fmt.Sprintf("%s-%d", id, n), MaxActiveRuns: 10}
+	for i := range n {
+		ts := store.TaskSpec{TaskID: fmt.Sprintf("t%05d", i), Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, RetryDelay: time.Second}
+		if i > 0 {
+			ts.Upstream = []string{fmt.Sprintf("t%05d", i-1)}
+		}
+		sp.Tasks = append(sp.Tasks, ts)
+	}
+	return sp
+}
+
+// benchChainStep walks a chain of b.N tasks the way one worker does: claim
+// the ready task, finish it with a log line (which releases the next).
+// With separateLog the log goes by AppendLog before the finish (the old
+// executor); otherwise it travels in Result.Log. One op is one edge of
+// the chain as the store sees it: ns/op is the store's share of the
+// end → next start latency with no contention.
+func benchChainStep(b *testing.B, separateLog bool) {
+	s := benchStore(b)
+	ctx := context.Background()
+	sp := chainSpec("chain", b.N)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		b.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
+		LogicalDate: bt0, IntervalStart: bt0, IntervalEnd: bt0, Fingerprint: sp.Fingerprint, QueuedAt: bt0}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, bt0); err != nil {
+		b.Fatal(err)
+	}
+	wk := store.Worker{ID: "w", Hostname: "bench", PID: 1}
+	line := []byte("task ran\n")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cs, err := s.ClaimTasks(ctx, wk, 4, bt0)
+		if err != nil || len(cs) != 1 {
+			b.Fatalf("step %d: claimed %d, %v; want 1", i, len(cs), err)
+		}
+		a := store.Attempt{ID: cs[0].ID, TryNumber: cs[0].TryNumber}
+		r := store.Result{Attempt: a, State: state.Success, EndedAt: bt0}
+		if separateLog {
+			if err := s.AppendLog(ctx, a, line); err != nil {
+				b.Fatal(err)
+			}
+		} else {
+			r.Log = line
+		}
+		out, err := s.FinishTasks(ctx, []store.Result{r})
+		if err != nil || !out[0].Applied {
+			b.Fatalf("step %d: finish: %v %+v", i, err, out)
+		}
+	}
+	b.StopTimer()
+	run, err := s.GetRun(ctx, sp.DAGID, "r")
+	if err != nil || run.State != state.RunSuccess {
+		b.Fatalf("run after the chain: %+v, %v; want success", run, err)
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/edge")
+}
+
+// BenchmarkChainStep: one claim + one finish (with the try's log) per
+// chain edge, the store's part of the Func chain latency (target for the
+// whole edge: p50 ≤ 2 ms).
+func BenchmarkChainStep(b *testing.B) {
+	b.Run("log=result", func(b *testing.B) { benchChainStep(b, false) })
+	b.Run("log=append", func(b *testing.B) { benchChainStep(b, true) })
+}

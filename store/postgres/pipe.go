@@ -1,0 +1,249 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/trellis-dag/trellis/store"
+)
+
+// dbtx runs statements inside a transaction: a pgx.Tx or a pipeTx.
+type dbtx interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// queuedStmt is a statement whose result is not needed in Go, waiting to
+// be sent with the next one.
+type queuedStmt struct {
+	sql  string
+	args []any
+}
+
+// pipeTx is a transaction on one connection that saves round trips: BEGIN
+// and statements queued with queue travel in one pipeline with the next
+// statement that needs an answer, and COMMIT travels with what is still
+// queued; wake-ups (notify) are sent right after COMMIT in the same round
+// trip, so they do not hold PostgreSQL's notification lock through the
+// commit's WAL flush (which serialises concurrent committers).
+type pipeTx struct {
+	conn   *pgxpool.Conn
+	queued []queuedStmt
+	begun  bool          // BEGIN was sent
+	after  []store.Topic // wake-ups to send once committed
+}
+
+// queue adds a statement to send with the next one.
+func (p *pipeTx) queue(sql string, args ...any) {
+	p.queued = append(p.queued, queuedStmt{sql: sql, args: args})
+}
+
+// send sends the queued statements and sql in one pipeline and checks
+// the queued ones; the caller reads sql's result from br and closes it.
+func (p *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	for _, q := range p.queued {
+		b.Queue(q.sql, q.args...)
+	}
+	b.Queue(sql, args...)
+	n := len(p.queued)
+	p.queued, p.begun = nil, true
+	br := p.conn.SendBatch(ctx, b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return nil, err
+		}
+	}
+	return br, nil
+}
+
+// Query runs sql after the queued statements, in the same round trip.
+func (p *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if len(p.queued) == 0 {
+		return p.conn.Query(ctx, sql, args...)
+	}
+	br, err := p.send(ctx, sql, args)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	return &batchRows{Rows: rows, br: br}, nil
+}
+
+// Exec runs sql after the queued statements, in the same round trip.
+func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if len(p.queued) == 0 {
+		return p.conn.Exec(ctx, sql, args...)
+	}
+	br, err := p.send(ctx, sql, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
+}
+
+// commit sends what is queued, COMMIT and the wake-ups in one round trip.
+// A wake-up that fails after the commit is logged, not returned: the
+// transaction is durable, and receivers also poll.
+func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
+	if !p.begun && len(p.queued) == 1 && len(p.after) == 0 {
+		return nil // only BEGIN queued: nothing was done
+	}
+	b := &pgx.Batch{}
+	for _, q := range p.queued {
+		b.Queue(q.sql, q.args...)
+	}
+	b.Queue("COMMIT")
+	for _, t := range p.after {
+		b.Queue("SELECT pg_notify($1, '')", string(t))
+	}
+	n := len(p.queued)
+	p.queued = nil
+	br := p.conn.SendBatch(ctx, b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	tag, err := br.Exec()
+	if err != nil {
+		_ = br.Close()
+		return err
+	}
+	if tag.String() != "COMMIT" {
+		_ = br.Close()
+		return fmt.Errorf("commit: the transaction was rolled back (%s)", tag.String())
+	}
+	for _, t := range p.after {
+		if _, err := br.Exec(); err != nil {
+			log.Warn("wake-up not sent after commit; receivers will poll", "topic", string(t), "err", errText(err))
+			break
+		}
+	}
+	_ = br.Close()
+	return nil
+}
+
+// rollback ends a failed transaction. When it cannot, the pool drops the
+// connection on release (it is not idle).
+func (p *pipeTx) rollback() {
+	if !p.begun {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = p.conn.Exec(ctx, "ROLLBACK")
+}
+
+// batchRows are the rows of the last statement of a pipeline; closing
+// them (or reading past the end) ends the pipeline, freeing the
+// connection.
+type batchRows struct {
+	pgx.Rows
+	br     pgx.BatchResults
+	closed bool
+	err    error
+}
+
+// Next advances to the next row, ending the pipeline after the last.
+func (r *batchRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.end()
+	return false
+}
+
+// Close closes the rows and ends the pipeline.
+func (r *batchRows) Close() { r.end() }
+
+// Err is the error of the rows or else of ending the pipeline.
+func (r *batchRows) Err() error {
+	if err := r.Rows.Err(); err != nil {
+		return err
+	}
+	return r.err
+}
+
+func (r *batchRows) end() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	r.Rows.Close()
+	r.err = r.br.Close()
+}
+
+// inPipe runs fn in a pipeTx and commits it, retrying the whole
+// transaction on deadlocks and serialization failures, like inTx.
+func (s *Store) inPipe(ctx context.Context, op string, fn func(p *pipeTx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.pipeOnce(ctx, fn)
+		if err == nil {
+			return nil
+		}
+		if attempt < 10 && retryable(err) {
+			s.log.Debug("transaction retried", "op", op, "attempt", attempt, "err", errText(err))
+			select {
+			case <-ctx.Done():
+				return mapErr(op, ctx.Err())
+			case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(5*time.Millisecond)))):
+			}
+			continue
+		}
+		return mapErr(op, err)
+	}
+}
+
+func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipeTx) error) error {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	p := &pipeTx{conn: conn}
+	p.queue("BEGIN")
+	if err := fn(p); err != nil {
+		p.rollback()
+		return err
+	}
+	if err := p.commit(ctx, s.log); err != nil {
+		p.rollback()
+		return err
+	}
+	return nil
+}
+
+// runBatch runs b inside tx: queued on a pipeTx (sent with the next
+// statement), sent at once on a pgx.Tx.
+func runBatch(ctx context.Context, tx dbtx, b *pgx.Batch) error {
+	switch t := tx.(type) {
+	case *pipeTx:
+		for _, q := range b.QueuedQueries {
+			t.queue(q.SQL, q.Arguments...)
+		}
+		return nil
+	case pgx.Tx:
+		return t.SendBatch(ctx, b).Close()
+	default:
+		return errors.New("run batch: unsupported transaction type")
+	}
+}
