@@ -152,9 +152,14 @@ type ChildOptions struct {
 	Config   ChildConfig
 	Store    store.Store
 	Registry *dag.Registry
-	Logger   *slog.Logger
-	Clock    clock.Clock
+	// Logger receives the child's log. RunChild and the Worker label their
+	// lines with worker=<Config.WorkerID>; Logger should not carry it too.
+	Logger *slog.Logger
+	Clock  clock.Clock
 }
+
+// childSignals are the signals that stop a worker child.
+var childSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
 
 // RunChild runs the worker-child role: one Worker until the process is
 // told to stop. The first SIGTERM or SIGINT stops it gracefully, a second
@@ -163,21 +168,31 @@ type ChildOptions struct {
 // ExitError when the worker cannot start, ExitRecycle after draining for
 // leaked goroutines. The caller should exit with it promptly so leaked
 // goroutines die.
+//
+// ctx ending counts as the first signal: the command's context (from
+// signal.NotifyContext) takes a signal that arrives before RunChild
+// installs its own handler, so such a signal still stops the worker
+// gracefully and the next one halts it. The Worker itself runs on a
+// context that does not end with ctx.
 func RunChild(ctx context.Context, opts ChildOptions) int {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-
 	c := opts.Config
+	base := opts.Logger
+	if base == nil {
+		base = slog.New(slog.DiscardHandler)
+	}
+	log := base.With("worker", c.WorkerID)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, childSignals...)
+	defer signal.Stop(sigs)
+	stopCtx := ctx
+	ctxDone := stopCtx.Done()
+	ctx = context.WithoutCancel(ctx)
+
 	w, err := NewWorker(WorkerConfig{
 		Store:             opts.Store,
 		Registry:          opts.Registry,
 		Clock:             opts.Clock,
-		Logger:            log,
+		Logger:            base, // the Worker adds worker=<id>
 		ID:                c.WorkerID,
 		Hostname:          c.Hostname,
 		Slots:             c.Slots,
@@ -213,6 +228,24 @@ func RunChild(ctx context.Context, opts ChildOptions) int {
 	}
 	for {
 		select {
+		case <-ctxDone:
+			ctxDone = nil
+			if stopping {
+				// Already stopping: a signal that reached sigs too ended
+				// ctx (or the worker drains for leaks).
+				continue
+			}
+			// The first signal. When it was delivered after Notify above,
+			// sigs gets it too: Notify takes the lock signal delivery
+			// holds, so once it returns that copy is in sigs; drop it, it
+			// is not a second signal.
+			signal.Notify(sigs, childSignals...)
+			select {
+			case <-sigs:
+			default:
+			}
+			log.Info("stop requested; stopping gracefully", "cause", context.Cause(stopCtx))
+			stop(false)
 		case s := <-sigs:
 			switch {
 			case parentGone():

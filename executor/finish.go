@@ -109,6 +109,12 @@ func (f *finisher) commit(batch []store.Result) {
 		r := batch[0]
 		f.w.cfg.Logger.Error("cannot record task result; the zombie sweep will recover the try",
 			"task_instance", r.ID, "try", r.TryNumber, "state", r.State, "err", err)
+		if len(r.Log) > 0 {
+			// Keep the try's last output for whoever looks into it.
+			if lerr := f.w.storeCall(func(ctx context.Context) error { return f.w.cfg.Store.AppendLog(ctx, r.Attempt, r.Log) }); lerr != nil {
+				f.w.cfg.Logger.Warn("task log lost", "task_instance", r.ID, "try", r.TryNumber, "err", lerr)
+			}
+		}
 	}
 	f.w.settled(batch, outcomes)
 }

@@ -117,13 +117,29 @@ func (l *taskLog) send(chunk []byte) {
 func (l *taskLog) close() {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
+	l.send(l.closeLocked())
+}
+
+// finish closes the log like close but returns what is left (with the
+// note on dropped output) instead of sending it, so it can travel with
+// the try's result (store.Result.Log) in the commit that records it. It
+// waits for a send in flight, so the chunk comes after everything sent.
+func (l *taskLog) finish() []byte {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	return l.closeLocked()
+}
+
+// closeLocked marks the log closed and takes what is left; the caller
+// holds flushMu.
+func (l *taskLog) closeLocked() []byte {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	chunk := l.buf
 	l.buf = nil
 	l.closed = true
 	if l.dropped > 0 {
 		chunk = fmt.Appendf(chunk, "\n[trellis: %d bytes of log output over the worker's limit of %d bytes were dropped]\n", l.dropped, l.maxBytes)
 	}
-	l.mu.Unlock()
-	l.send(chunk)
+	return chunk
 }

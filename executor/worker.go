@@ -392,6 +392,10 @@ func (w *Worker) runTry(a *attempt) {
 	defer w.tryWG.Done()
 	res, abandonedGoroutine := w.execute(a)
 	a.cancel()
+	// The rest of the log normally travels with the result and is written
+	// in the commit that records it: no store round trip of its own
+	// between this task's end and the start of the tasks it releases.
+	final := a.log.finish()
 
 	w.mu.Lock()
 	a.running = false
@@ -421,15 +425,15 @@ func (w *Worker) runTry(a *attempt) {
 		// Submitted under w.mu: shutdown marks tries abandoned under
 		// w.mu before it closes the finisher, so nothing is submitted
 		// after that.
+		res.Log = final
 		w.fin.submit(res)
+		final = nil
 	}
-	if !a.abandoned {
-		// The rest of the log is sent alongside the result, not before
-		// it: one store round trip less between this task's end and the
-		// start of the tasks it releases. The log is complete a moment
-		// after the try's state changes. Stop waits for these flushes.
+	if !a.abandoned && len(final) > 0 {
+		// No result carries it (taken away or put back): append it on its
+		// own. Stop waits for these sends.
 		w.logWG.Add(1)
-		go func() { defer w.logWG.Done(); a.log.close() }()
+		go func() { defer w.logWG.Done(); a.log.send(final) }()
 	}
 	w.mu.Unlock()
 	notify(w.slotFreed)

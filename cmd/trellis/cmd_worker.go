@@ -191,21 +191,30 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	if err != nil {
 		return usagef("worker --child is started by `trellis worker` and `trellis serve`: %v", err)
 	}
+	// RunChild and the Worker label their own lines with worker=<id>; the
+	// lines logged here get it from this logger.
 	logger := a.logger.With("worker", cfg.WorkerID)
-	// The child handles its own signals (graceful, then halt); the
-	// command's context would end on the first one.
-	ctx = context.WithoutCancel(ctx)
+	// A stop signal while the database is being opened ends the child at
+	// once: nothing has started, nothing is to drain.
 	st, err := dial.Open(ctx, cfg.DatabaseURL, dial.Options{Logger: logger})
 	if err != nil {
+		if ctx.Err() != nil {
+			logger.Info("worker process stopped before it started", "cause", context.Cause(ctx))
+			return nil
+		}
 		return &exitError{code: executor.ExitError, err: fmt.Errorf("worker process %s: %w", cfg.WorkerID, err)}
 	}
 	st = relayTaskEvents(st, a.lookupEnv, logger) // task metrics of `trellis serve` (cmd_serve_relay.go)
 	defer st.Close()
+	// The command's context ends on the first signal, even one that
+	// arrives before RunChild installs its own handler: RunChild takes
+	// that as the graceful stop and runs the worker on a context of its
+	// own, so a second signal halts.
 	code := executor.RunChild(ctx, executor.ChildOptions{
 		Config:   cfg,
 		Store:    st,
 		Registry: a.registry,
-		Logger:   logger,
+		Logger:   a.logger,
 	})
 	if code != executor.ExitOK {
 		return &exitError{code: code}
