@@ -14,6 +14,9 @@ type entry struct {
 	inFlight bool      // a worker is firing it
 	rearm    bool      // unpaused while in flight: fire again when it returns
 	failures int       // consecutive failed fires, for backoff
+	// last is the DAG's last interval end as last learned from the store
+	// (the compare-and-set key of the next fire; a stale one costs a retry).
+	last *time.Time
 }
 
 // dueHeap is a min-heap of entries by due instant (container/heap).

@@ -55,6 +55,10 @@ func newKeeper(s *Scheduler, sub store.Subscription, rows []store.DAG, pending m
 }
 
 func (k *keeper) run(ctx context.Context) {
+	// The durable heartbeat (store) runs beside the chores and ends with them.
+	beating := make(chan struct{})
+	go func() { defer close(beating); k.s.beatStore(ctx) }()
+	defer func() { <-beating }()
 	k.timer = k.s.clk.NewTimer(time.Hour)
 	k.timer.Stop()
 	defer k.timer.Stop()

@@ -6,11 +6,14 @@
 // Scheduler keeps the next due instant of every active, unpaused schedule
 // in a heap and sleeps on one clock timer until the earliest; it does not
 // poll. When a DAG falls due it creates the runs of every due interval
-// (CreateRun is idempotent), moves the DAG's schedule forward with a
-// compare-and-set (AdvanceSchedule) and admits queued runs (StartRuns,
-// which respects MaxActiveRuns under a lock on the DAG row). Because every
-// step is idempotent or a compare-and-set, several schedulers may share one
-// PostgreSQL database: each run is created once and each task queued once.
+// (idempotently), moves the DAG's schedule forward with a compare-and-set
+// and admits queued runs (respecting MaxActiveRuns under a lock on the DAG
+// row). DAGs falling due together are fired in batches of FireBatchSize,
+// each in one store transaction (store.Firer.FireRuns); a store without
+// FireRuns is driven DAG by DAG with CreateRun, AdvanceSchedule and
+// StartRuns. Because every step is idempotent or a compare-and-set, several
+// schedulers may share one PostgreSQL database: each run is created once
+// and each task queued once.
 //
 // Besides firing, a Scheduler listens for store wake-ups to admit queued
 // runs when running ones finish and to notice paused and unpaused DAGs,
@@ -40,6 +43,7 @@ const (
 	DefaultZombieThreshold     = time.Minute
 	DefaultZombieCheckInterval = 10 * time.Second
 	DefaultFireConcurrency     = 8
+	DefaultFireBatchSize       = 250
 	DefaultMaxRunsPerFire      = 1000
 	DefaultWakeupInterval      = 20 * time.Millisecond
 	DefaultRefreshInterval     = time.Second
@@ -72,8 +76,12 @@ type Config struct {
 	ZombieThreshold time.Duration
 	// ZombieCheckInterval is how often zombies are swept.
 	ZombieCheckInterval time.Duration
-	// FireConcurrency is how many DAGs are fired at once.
+	// FireConcurrency is how many fires (each of up to FireBatchSize
+	// DAGs) run at once.
 	FireConcurrency int
+	// FireBatchSize caps how many DAGs due together are fired in one store
+	// transaction (when the store implements store.Firer).
+	FireBatchSize int
 	// MaxRunsPerFire caps the runs one fire of a DAG creates; a longer
 	// catch-up continues at once in further batches.
 	MaxRunsPerFire int
@@ -170,8 +178,8 @@ type Scheduler struct {
 	wg      sync.WaitGroup
 
 	// Channels between the goroutines of a started scheduler.
-	work        chan *entry
-	results     chan fireResult
+	work        chan []*entry
+	results     chan []fireResult
 	rows        chan []store.DAG
 	pokeRefresh chan struct{}
 
@@ -205,6 +213,7 @@ func New(cfg Config) *Scheduler {
 	setDefault(&cfg.ZombieThreshold, DefaultZombieThreshold)
 	setDefault(&cfg.ZombieCheckInterval, DefaultZombieCheckInterval)
 	setDefault(&cfg.FireConcurrency, DefaultFireConcurrency)
+	setDefault(&cfg.FireBatchSize, DefaultFireBatchSize)
 	setDefault(&cfg.MaxRunsPerFire, DefaultMaxRunsPerFire)
 	// A negative wake-up or refresh interval means no throttling at all.
 	if cfg.WakeupInterval == 0 {
@@ -222,8 +231,8 @@ func New(cfg Config) *Scheduler {
 		reg:         cfg.Registry,
 		clk:         cfg.Clock,
 		log:         cfg.Logger,
-		work:        make(chan *entry),
-		results:     make(chan fireResult),
+		work:        make(chan []*entry),
+		results:     make(chan []fireResult),
 		rows:        make(chan []store.DAG),
 		pokeRefresh: make(chan struct{}, 1),
 		firing:      map[string]int{},
@@ -427,10 +436,12 @@ type loop struct {
 
 // fireResult is what a fire worker reports back to the loop.
 type fireResult struct {
-	e      *entry
-	next   time.Time // next due instant; zero = schedule ended
-	paused bool      // the DAG is paused (or inactive): nothing scheduled
-	err    error
+	e       *entry
+	next    time.Time  // next due instant; zero = schedule ended
+	paused  bool       // the DAG is paused (or inactive): nothing scheduled
+	last    *time.Time // the DAG's last interval end as the store reported it
+	hasLast bool       // last was reported
+	err     error
 }
 
 func (l *loop) run(ctx context.Context) {
@@ -439,10 +450,11 @@ func (l *loop) run(ctx context.Context) {
 	defer l.timer.Stop()
 	for {
 		l.arm()
-		var send chan<- *entry
-		var head *entry
+		var send chan<- []*entry
+		var head []*entry
 		if len(l.ready) > 0 {
-			send, head = l.s.work, l.ready[0]
+			n := min(len(l.ready), l.s.cfg.FireBatchSize)
+			send, head = l.s.work, l.ready[:n:n]
 		}
 		select {
 		case <-ctx.Done():
@@ -457,12 +469,16 @@ func (l *loop) run(ctx context.Context) {
 				l.ready = append(l.ready, e)
 			}
 		case send <- head:
-			l.ready[0] = nil
-			l.ready = l.ready[1:]
-		case res := <-l.s.results:
-			l.done(res)
-			if l.s.hookFired != nil {
-				l.s.hookFired(res.e.info.id, res)
+			l.ready = l.ready[len(head):]
+			if len(l.ready) == 0 {
+				l.ready = nil
+			}
+		case results := <-l.s.results:
+			for _, res := range results {
+				l.done(res)
+				if l.s.hookFired != nil {
+					l.s.hookFired(res.e.info.id, res)
+				}
 			}
 		case rows := <-l.s.rows:
 			l.apply(rows)
@@ -498,6 +514,9 @@ func (l *loop) arm() {
 func (l *loop) done(res fireResult) {
 	e := res.e
 	e.inFlight = false
+	if res.hasLast {
+		e.last = res.last
+	}
 	rearm := e.rearm
 	e.rearm = false
 	now := l.s.clk.Now()
@@ -546,6 +565,9 @@ func (l *loop) apply(rows []store.DAG) {
 			}
 			continue
 		}
+		if r.LastIntervalEnd != nil && (e.last == nil || r.LastIntervalEnd.After(*e.last)) {
+			e.last = r.LastIntervalEnd
+		}
 		if e.index >= 0 {
 			continue
 		}
@@ -555,24 +577,21 @@ func (l *loop) apply(rows []store.DAG) {
 	}
 }
 
-// fireWorker fires the DAGs the loop hands it.
+// fireWorker fires the batches of DAGs the loop hands it.
 func (s *Scheduler) fireWorker(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e := <-s.work:
+		case batch := <-s.work:
 			// A fire under way completes even when Stop comes meanwhile,
 			// so that the runs it created are also admitted; fireTimeout
 			// bounds it.
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fireTimeout)
-			next, paused, err := s.fire(fctx, e.info)
+			results := s.fireBatch(fctx, batch)
 			cancel()
-			if err != nil {
-				s.log.Error("scheduler: fire DAG", "dag_id", e.info.id, "err", err)
-			}
 			select {
-			case s.results <- fireResult{e: e, next: next, paused: paused, err: err}:
+			case s.results <- results:
 			case <-ctx.Done():
 				return
 			}
@@ -609,16 +628,7 @@ func (s *Scheduler) fire(ctx context.Context, info *dagInfo) (next time.Time, pa
 		}
 		created := 0
 		for _, iv := range ivs {
-			run, isNew, err := s.st.CreateRun(ctx, store.NewRun{
-				DAGID:         info.id,
-				RunID:         RunID(store.RunScheduled, iv.Start),
-				RunType:       store.RunScheduled,
-				LogicalDate:   iv.Start,
-				IntervalStart: iv.Start,
-				IntervalEnd:   iv.End,
-				Fingerprint:   info.fingerprint,
-				QueuedAt:      now,
-			})
+			run, isNew, err := s.st.CreateRun(ctx, scheduledRun(info, iv, now))
 			if err != nil {
 				return time.Time{}, false, fmt.Errorf("create run for interval [%s, %s): %w",
 					iv.Start.UTC().Format(time.RFC3339), iv.End.UTC().Format(time.RFC3339), err)

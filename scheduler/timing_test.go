@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -62,4 +63,13 @@ func (t *timingStore) AdvanceSchedule(ctx context.Context, id string, prev *time
 func (t *timingStore) StartRuns(ctx context.Context, id string, now time.Time) ([]store.Run, error) {
 	defer t.record("StartRuns", time.Now())
 	return t.Store.StartRuns(ctx, id, now)
+}
+
+func (t *timingStore) FireRuns(ctx context.Context, fires []store.Fire, now time.Time) ([]store.FireResult, error) {
+	defer t.record("FireRuns", time.Now())
+	f, ok := t.Store.(store.Firer)
+	if !ok {
+		return nil, fmt.Errorf("fire runs: %s store does not implement store.Firer", t.Store.Backend())
+	}
+	return f.FireRuns(ctx, fires, now)
 }
