@@ -69,7 +69,8 @@ type Config struct {
 	// Store.
 	Pauser Pauser
 	// Heartbeats reports the scheduler's latest heartbeat for /health; nil
-	// means Store when it implements SchedulerHeartbeats, else Metrics.
+	// means the newer of Store's (durable, written by every scheduler) and
+	// Metrics' (a scheduler in this process).
 	Heartbeats SchedulerHeartbeats
 	// Logger receives request errors; nil discards them.
 	Logger *slog.Logger
@@ -171,11 +172,7 @@ func New(cfg Config) (http.Handler, error) {
 	}
 	a.heartbeats = cfg.Heartbeats
 	if a.heartbeats == nil {
-		if hb, ok := cfg.Store.(SchedulerHeartbeats); ok {
-			a.heartbeats = hb
-		} else {
-			a.heartbeats = a.metrics
-		}
+		a.heartbeats = newestHeartbeat{cfg.Store, a.metrics}
 	}
 	if a.version == "" {
 		a.version = "dev"

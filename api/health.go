@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 )
@@ -81,4 +82,30 @@ type versionJSON struct {
 
 func (a *api) getVersion(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, versionJSON{Version: a.version, GitVersion: a.gitVersion})
+}
+
+// newestHeartbeat reports the newest heartbeat of several sources. A
+// source that fails is passed over; the error is returned only when no
+// source had a heartbeat.
+type newestHeartbeat []SchedulerHeartbeats
+
+func (n newestHeartbeat) LatestSchedulerHeartbeat(ctx context.Context) (time.Time, bool, error) {
+	var (
+		best  time.Time
+		found bool
+		errs  []error
+	)
+	for _, src := range n {
+		t, ok, err := src.LatestSchedulerHeartbeat(ctx)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case ok && (!found || t.After(best)):
+			best, found = t, true
+		}
+	}
+	if !found && len(errs) > 0 {
+		return time.Time{}, false, errors.Join(errs...)
+	}
+	return best, found, nil
 }
