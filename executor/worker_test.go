@@ -343,6 +343,9 @@ func TestWorkerBatchesAndRetriesFinishes(t *testing.T) {
 	if run := waitRun(t, real, "batch", "r1", 30*time.Second); run.State != state.RunSuccess {
 		t.Fatalf("run = %s, want success despite two failed finish calls", run.State)
 	}
+	// The run is visible as success as soon as the last finish commits,
+	// a moment before that FinishTasks call returns and is counted.
+	waitCond(t, 10*time.Second, "the last finish call to return", func() bool { return st.results.Load() >= n })
 	if got := st.results.Load(); got != n {
 		t.Errorf("recorded %d results, want %d (calls %d, ok %d)", got, n, st.calls.Load(), st.okCalls.Load())
 	}
