@@ -9,10 +9,12 @@ PKGS        ?= ./...
 TEST_FLAGS  ?= -race -p 2 -timeout 15m
 BENCH       ?= .
 BENCH_FLAGS ?= -run '^$$' -bench '$(BENCH)' -benchmem -p 1 -timeout 30m
+# Flags of `trellis bench` for `make bench`, e.g. BENCH_ARGS='--db postgres --json bench.json'.
+BENCH_ARGS  ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 
-.PHONY: all test lint fmt-check vet staticcheck build run bench clean
+.PHONY: all test lint fmt-check vet staticcheck build run bench bench-e2e bench-go clean
 
 all: test build
 
@@ -45,8 +47,15 @@ build:
 run:
 	$(GO) run ./cmd/trellis serve
 
-## bench: every Go benchmark, one package at a time
-bench:
+## bench: the end-to-end scenarios (trellis bench, SQLite and PostgreSQL), then every Go benchmark
+bench: bench-e2e bench-go
+
+## bench-e2e: `trellis bench`: every scenario on SQLite and on PostgreSQL (see docs/benchmarks.md)
+bench-e2e:
+	$(GO) run ./cmd/trellis bench $(BENCH_ARGS)
+
+## bench-go: every Go benchmark (go test -bench), one package at a time
+bench-go:
 	$(GO) test $(BENCH_FLAGS) $(PKGS)
 
 clean:

@@ -25,7 +25,8 @@ func init() {
 // setUpBenchChild prepares a worker child that `trellis bench` started:
 // it registers the benchmark DAGs the bench asked for (nothing happens in
 // any other process, so they never show up elsewhere) and starts the CPU
-// profile asked for by --cpuprofile, stopped when the command ends.
+// profile and trace asked for by --cpuprofile and --trace, stopped when
+// the command ends.
 func setUpBenchChild() {
 	if _, err := bench.RegisterFromEnv(dag.Default(), os.LookupEnv); err != nil {
 		fmt.Fprintf(os.Stderr, "trellis: benchmark DAGs: %v\n", err)
@@ -37,7 +38,7 @@ func setUpBenchChild() {
 	if stop != nil {
 		cobra.OnFinalize(func() {
 			if err := stop(); err != nil {
-				fmt.Fprintf(os.Stderr, "trellis: worker CPU profile: %v\n", err)
+				fmt.Fprintf(os.Stderr, "trellis: worker profile: %v\n", err)
 			}
 		})
 	}
@@ -53,6 +54,7 @@ type benchFlags struct {
 	slots        int
 	timeout      time.Duration
 	cpuProfile   string
+	trace        string
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -81,7 +83,10 @@ a fresh database — a new PostgreSQL database (the user needs CREATEDB) or a
 new SQLite file — with a scheduler and --workers worker processes of its
 own; the database is dropped afterwards. The results are printed as a table,
 with the targets of the project where they apply, and with --json written
-as rows of {"scenario", "store", "metric", "value", "unit", "cpus"}.
+as rows of {"scenario", "store", "metric", "value", "unit", "cpus"}. On
+PostgreSQL the rows also count the transactions and row writes per task
+(from pg_stat_database). --cpuprofile and --trace record where the time
+goes (docs/benchmarks.md shows how to read them).
 
 The benchmark DAGs (ids starting with "bench_") exist only in the worker
 processes bench starts. It exits 1 when a scenario fails; a missed target
@@ -112,6 +117,7 @@ is reported, not an error.`,
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once")
 	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write CPU profiles of this process and of every worker process, per scenario and store, into this directory")
+	fs.StringVar(&f.trace, "trace", "", "write execution traces (runtime/trace) of this process and of every worker process, per scenario and store, into this directory")
 	return cmd
 }
 
@@ -166,6 +172,7 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 		Slots:         f.slots,
 		ChildEnv:      []string{"TRELLIS_LOG_LEVEL=" + level.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
 		CPUProfileDir: f.cpuProfile,
+		TraceDir:      f.trace,
 		Timeout:       f.timeout,
 		Logger:        logCfg.Logger(a.stderr),
 		Progress:      a.stderr,

@@ -1,0 +1,292 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/trellis-dag/trellis/executor"
+)
+
+// Scenario names, in the order Run runs them.
+const (
+	ScenarioWide  = "wide"
+	ScenarioChain = "chain"
+	ScenarioShell = "shell"
+	ScenarioCron  = "cron"
+	ScenarioBig   = "big"
+)
+
+// Scenarios lists every scenario in the order Run runs them.
+var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig}
+
+// ScenarioShellChain is the scenario name of the rows of the shell
+// scenario's second part, the Shell chain.
+const ScenarioShellChain = "shell_chain"
+
+// Sizes are the sizes of the scenarios' DAGs.
+type Sizes struct {
+	Wide       int // tasks between root and join
+	Chain      int // tasks in the Func chain
+	Shell      int // independent Shell tasks
+	ShellChain int // tasks in the Shell chain
+	Cron       int // DAGs on @every 1s
+	Big        int // tasks of the big DAG, root and join included
+}
+
+// DefaultSizes are the sizes of issue 7.
+func DefaultSizes() Sizes {
+	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000}
+}
+
+// QuickSizes are small sizes that run every scenario in seconds, to check
+// that the benchmark works (`trellis bench --quick`).
+func QuickSizes() Sizes {
+	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000}
+}
+
+// DefaultCronDuration is how long the cron scenario measures.
+const DefaultCronDuration = 30 * time.Second
+
+// QuickCronDuration is the cron duration of --quick.
+const QuickCronDuration = 3 * time.Second
+
+// DefaultTimeout bounds one scenario on one store.
+const DefaultTimeout = 5 * time.Minute
+
+// sets returns the DAG sets scenario needs.
+func (s Sizes) sets(scenario string) ([]DAGSet, error) {
+	switch scenario {
+	case ScenarioWide:
+		return []DAGSet{{ShapeWide, s.Wide}}, nil
+	case ScenarioChain:
+		return []DAGSet{{ShapeChain, s.Chain}}, nil
+	case ScenarioShell:
+		return []DAGSet{{ShapeShell, s.Shell}, {ShapeShellChain, s.ShellChain}}, nil
+	case ScenarioCron:
+		return []DAGSet{{ShapeCron, s.Cron}}, nil
+	case ScenarioBig:
+		return []DAGSet{{ShapeBig, s.Big}}, nil
+	}
+	return nil, fmt.Errorf("unknown scenario %q (want one of %s)", scenario, strings.Join(Scenarios, ", "))
+}
+
+// ParseScenarios checks scenario names (each value may hold several,
+// separated by commas) and returns them in Run's order without
+// duplicates; none means every scenario.
+func ParseScenarios(values []string) ([]string, error) {
+	want := map[string]bool{}
+	for _, v := range values {
+		for name := range strings.SplitSeq(v, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" {
+				continue
+			}
+			if !slices.Contains(Scenarios, name) {
+				return nil, fmt.Errorf("unknown scenario %q (want one of %s)", name, strings.Join(Scenarios, ", "))
+			}
+			want[name] = true
+		}
+	}
+	if len(want) == 0 {
+		return slices.Clone(Scenarios), nil
+	}
+	var out []string
+	for _, s := range Scenarios {
+		if want[s] {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// Backends of DB.
+const (
+	BackendPostgres = "postgres"
+	BackendSQLite   = "sqlite"
+)
+
+// DefaultPostgresURL is the PostgreSQL server `--db postgres` means.
+const DefaultPostgresURL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+// DB is a database server or place the scenarios run on. Every scenario
+// gets a fresh database there, removed when it ends.
+type DB struct {
+	// Backend is BackendPostgres or BackendSQLite.
+	Backend string
+	// Location is, for PostgreSQL, the URL of the server (Trellis
+	// connects to the database it names to create and drop the scenario
+	// databases, so the user needs the CREATEDB privilege); for SQLite,
+	// the directory the scenario files are made in ("" = a temporary
+	// directory).
+	Location string
+}
+
+// String names the database for messages, without a password.
+func (d DB) String() string {
+	if d.Backend == BackendSQLite {
+		if d.Location == "" {
+			return "sqlite (temporary directory)"
+		}
+		return "sqlite:" + d.Location
+	}
+	return redact(d.Location)
+}
+
+// ParseDB reads a --db value: "sqlite" (files in a temporary directory),
+// "sqlite:DIR" (files in directory DIR), "postgres" (DefaultPostgresURL)
+// or a postgres:// or postgresql:// server URL.
+func ParseDB(v string) (DB, error) {
+	s := strings.TrimSpace(v)
+	lower := strings.ToLower(s)
+	switch {
+	case lower == "sqlite":
+		return DB{Backend: BackendSQLite}, nil
+	case strings.HasPrefix(lower, "sqlite:"):
+		dir := strings.TrimPrefix(s[len("sqlite:"):], "//")
+		if dir == "" {
+			return DB{}, fmt.Errorf("--db %q: want sqlite:DIR, a directory for the benchmark's database files", v)
+		}
+		if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+			return DB{}, fmt.Errorf("--db %q: %s is a file; give a directory, where every scenario gets a fresh database file", v, dir)
+		}
+		return DB{Backend: BackendSQLite, Location: filepath.Clean(dir)}, nil
+	case lower == "postgres" || lower == "postgresql":
+		return DB{Backend: BackendPostgres, Location: DefaultPostgresURL}, nil
+	case strings.HasPrefix(lower, "postgres://"), strings.HasPrefix(lower, "postgresql://"):
+		return DB{Backend: BackendPostgres, Location: s}, nil
+	}
+	return DB{}, fmt.Errorf("--db %q: want sqlite, sqlite:DIR, postgres or postgres://USER@HOST:PORT/DATABASE", redact(v))
+}
+
+// DefaultDBs are the databases used when none is given: SQLite in a
+// temporary directory and PostgreSQL at DefaultPostgresURL.
+func DefaultDBs() []DB {
+	return []DB{{Backend: BackendSQLite}, {Backend: BackendPostgres, Location: DefaultPostgresURL}}
+}
+
+// Config configures Run. DBs and Scenarios are required; zero fields of
+// the others take their defaults.
+type Config struct {
+	DBs       []DB
+	Scenarios []string
+	// Sizes default to DefaultSizes.
+	Sizes Sizes
+	// CronDuration is how many seconds of schedule firings the cron
+	// scenario counts (whole seconds, at least 1 s; default
+	// DefaultCronDuration).
+	CronDuration time.Duration
+	// Workers is the number of worker processes (default the CPU count)
+	// and Slots the tasks each runs at once (default
+	// executor.DefaultSlots).
+	Workers, Slots int
+	// Executable and ChildArgs start a worker child (defaults: this
+	// binary, executor.ChildArgs): it must register the benchmark DAGs
+	// with RegisterFromEnv.
+	Executable string
+	ChildArgs  []string
+	// ChildEnv is added to the worker children's environment (log level
+	// and format).
+	ChildEnv []string
+	// CPUProfileDir, when set, receives a CPU profile of this process and
+	// of every worker child for each scenario and store.
+	CPUProfileDir string
+	// TraceDir, when set, receives execution traces (runtime/trace) in
+	// the same way: `go tool trace -pprof=net FILE` then shows where the
+	// processes wait on the database.
+	TraceDir string
+	// Timeout bounds one scenario on one store (default DefaultTimeout).
+	Timeout time.Duration
+	// Logger receives the log of the scheduler and the pool (default:
+	// discard).
+	Logger *slog.Logger
+	// Progress receives a line per step (default: discard).
+	Progress io.Writer
+	// ChildOutput receives the worker children's output (default
+	// os.Stderr).
+	ChildOutput io.Writer
+}
+
+func (c Config) withDefaults() (Config, error) {
+	var problems []error
+	if len(c.DBs) == 0 {
+		problems = append(problems, errors.New("no databases"))
+	}
+	if len(c.Scenarios) == 0 {
+		problems = append(problems, errors.New("no scenarios"))
+	}
+	if c.CronDuration < 0 || c.CronDuration%time.Second != 0 {
+		problems = append(problems, fmt.Errorf("cron duration %v: want whole seconds", c.CronDuration))
+	}
+	if c.Workers < 0 || c.Slots < 0 || c.Timeout < 0 {
+		problems = append(problems, errors.New("workers, slots and timeout must not be negative"))
+	}
+	if len(problems) > 0 {
+		return c, fmt.Errorf("benchmark config: %w", errors.Join(problems...))
+	}
+	if c.Sizes == (Sizes{}) {
+		c.Sizes = DefaultSizes()
+	}
+	for _, s := range c.Scenarios {
+		sets, err := c.Sizes.sets(s)
+		if err != nil {
+			return c, fmt.Errorf("benchmark config: %w", err)
+		}
+		for _, set := range sets {
+			if err := set.check(); err != nil {
+				return c, fmt.Errorf("benchmark config: scenario %s: %w", s, err)
+			}
+		}
+	}
+	if c.CronDuration == 0 {
+		c.CronDuration = DefaultCronDuration
+	}
+	if c.Workers == 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	if c.Slots == 0 {
+		c.Slots = executor.DefaultSlots
+	}
+	if c.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return c, fmt.Errorf("benchmark config: find own executable: %w", err)
+		}
+		c.Executable = exe
+	}
+	if c.ChildArgs == nil {
+		c.ChildArgs = executor.ChildArgs
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.ChildOutput == nil {
+		c.ChildOutput = os.Stderr
+	}
+	return c, nil
+}
+
+// redact hides the password of a URL for messages.
+func redact(s string) string {
+	at, sch := strings.LastIndex(s, "@"), strings.Index(s, "://")
+	if sch < 0 || at < sch {
+		return s
+	}
+	if i := strings.Index(s[sch+3:at], ":"); i >= 0 {
+		return s[:sch+3+i] + ":xxxxx" + s[at:]
+	}
+	return s
+}
