@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trellis-dag/trellis/executor"
+	"github.com/trellis-dag/trellis/store"
 )
 
 // Scenario names, in the order Run runs them.
@@ -137,7 +138,7 @@ func (d DB) String() string {
 		}
 		return "sqlite:" + d.Location
 	}
-	return redact(d.Location)
+	return store.RedactURL(d.Location)
 }
 
 // ParseDB reads a --db value: "sqlite" (files in a temporary directory),
@@ -163,7 +164,7 @@ func ParseDB(v string) (DB, error) {
 	case strings.HasPrefix(lower, "postgres://"), strings.HasPrefix(lower, "postgresql://"):
 		return DB{Backend: BackendPostgres, Location: s}, nil
 	}
-	return DB{}, fmt.Errorf("--db %q: want sqlite, sqlite:DIR, postgres or postgres://USER@HOST:PORT/DATABASE", redact(v))
+	return DB{}, fmt.Errorf("--db %q: want sqlite, sqlite:DIR, postgres or postgres://USER@HOST:PORT/DATABASE", store.RedactURL(v))
 }
 
 // DefaultDBs are the databases used when none is given: SQLite in a
@@ -277,16 +278,4 @@ func (c Config) withDefaults() (Config, error) {
 		c.ChildOutput = os.Stderr
 	}
 	return c, nil
-}
-
-// redact hides the password of a URL for messages.
-func redact(s string) string {
-	at, sch := strings.LastIndex(s, "@"), strings.Index(s, "://")
-	if sch < 0 || at < sch {
-		return s
-	}
-	if i := strings.Index(s[sch+3:at], ":"); i >= 0 {
-		return s[:sch+3+i] + ":xxxxx" + s[at:]
-	}
-	return s
 }

@@ -116,7 +116,7 @@ func (a *app) runAPI(ctx context.Context, f apiFlags) error {
 	if err := srv.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("api: %w", err)
 	}
-	fmt.Fprintf(a.stdout, "trellis: API serving on %s (store %s)\n", srv.URL(), redactURL(a.config.DatabaseURL))
+	fmt.Fprintf(a.stdout, "trellis: API serving on %s (store %s)\n", srv.URL(), store.RedactURL(a.config.DatabaseURL))
 	a.printEndpoints(srv.URL())
 	<-ctx.Done()
 	a.logger.Info("api: shutting down", "reason", context.Cause(ctx))
@@ -132,7 +132,7 @@ func (a *app) openServingStore(ctx context.Context, f apiFlags) (store.Store, er
 	st, err := dial.Open(ctx, a.config.DatabaseURL, dial.Options{
 		Logger: a.logger, Migrate: true, ConnectTimeout: f.connectTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w", redactURL(a.config.DatabaseURL), err)
+		return nil, fmt.Errorf("open database %s: %w", store.RedactURL(a.config.DatabaseURL), err)
 	}
 	return st, nil
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 func init() {
@@ -32,9 +34,9 @@ use the database, and from several processes at once. "trellis serve",
 			}
 			defer st.Close()
 			if err := st.Migrate(cmd.Context()); err != nil {
-				return fmt.Errorf("migrate %s: %w", redactURL(a.config.DatabaseURL), err)
+				return fmt.Errorf("migrate %s: %w", store.RedactURL(a.config.DatabaseURL), err)
 			}
-			fmt.Fprintf(a.stdout, "database %s (%s) is up to date\n", redactURL(a.config.DatabaseURL), st.Backend())
+			fmt.Fprintf(a.stdout, "database %s (%s) is up to date\n", store.RedactURL(a.config.DatabaseURL), st.Backend())
 			return nil
 		},
 	}

@@ -102,7 +102,7 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 func (a *app) openStore(ctx context.Context, migrate bool) (store.Store, error) {
 	st, err := dial.Open(ctx, a.config.DatabaseURL, dial.Options{Logger: a.logger, Migrate: migrate})
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w", redactURL(a.config.DatabaseURL), err)
+		return nil, fmt.Errorf("open database %s: %w", store.RedactURL(a.config.DatabaseURL), err)
 	}
 	return st, nil
 }

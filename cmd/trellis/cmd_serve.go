@@ -148,7 +148,7 @@ func (a *app) runServe(ctx context.Context, f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stdout, "trellis: serving on %s (store %s, %s)\n", srv.api.URL(), redactURL(a.config.DatabaseURL),
+	fmt.Fprintf(a.stdout, "trellis: serving on %s (store %s, %s)\n", srv.api.URL(), store.RedactURL(a.config.DatabaseURL),
 		plural(a.config.Workers, "worker"))
 	a.printEndpoints(srv.api.URL())
 

@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"runtime"
 	"strconv"
 
 	"github.com/spf13/pflag"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 // Config is the configuration every command shares, from the root's
@@ -142,17 +143,5 @@ func (c Config) String() string {
 		token = "set"
 	}
 	return fmt.Sprintf("database-url=%s addr=%s workers=%s api-token=%s log-level=%s log-format=%s",
-		redactURL(c.DatabaseURL), c.Addr, strconv.Itoa(c.Workers), token, c.LogLevel, c.LogFormat)
-}
-
-// redactURL hides the password of a database URL.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable URL)" // it might hold a password
-	}
-	if u.User == nil {
-		return s
-	}
-	return u.Redacted()
+		store.RedactURL(c.DatabaseURL), c.Addr, strconv.Itoa(c.Workers), token, c.LogLevel, c.LogFormat)
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 // debianLibGlob is where Debian and Ubuntu install the server binaries,
@@ -47,7 +49,7 @@ func findServer(ctx context.Context, c searchConfig) (*server, error) {
 		pctx, cancel := context.WithTimeout(ctx, c.envWait)
 		defer cancel()
 		if err := pingRetry(pctx, c.envURL); err != nil {
-			return nil, fmt.Errorf("%s=%s does not answer: %v", EnvURL, redact(c.envURL), err)
+			return nil, fmt.Errorf("%s=%s does not answer: %v", EnvURL, store.RedactURL(c.envURL), err)
 		}
 		return &server{url: c.envURL, stop: func() error { return nil }}, nil
 	}
@@ -62,7 +64,7 @@ func findServer(ctx context.Context, c searchConfig) (*server, error) {
 	bin, err := findBinaries(c.path, c.libGlob)
 	if err != nil {
 		return nil, fmt.Errorf("%w: nothing answers at %s, %s is not set, and %v; %s",
-			errNoServer, redact(DefaultURL), EnvURL, err, installHint)
+			errNoServer, store.RedactURL(DefaultURL), EnvURL, err, installHint)
 	}
 	return startCluster(ctx, bin)
 }

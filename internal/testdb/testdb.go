@@ -35,6 +35,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 // Environment variables read by this package.
@@ -119,7 +121,7 @@ func base(t testing.TB) string {
 		u = DefaultURL
 	}
 	if err := ping(ctx, u); err != nil {
-		t.Fatalf("testdb: PostgreSQL at %s does not answer (%v); call testdb.Main(m) from TestMain so a server can be found or started", redact(u), err)
+		t.Fatalf("testdb: PostgreSQL at %s does not answer (%v); call testdb.Main(m) from TestMain so a server can be found or started", store.RedactURL(u), err)
 	}
 	baseURL = u
 	return u
@@ -218,12 +220,12 @@ func adminPool(u string) (*pgxpool.Pool, error) {
 	}
 	cfg, err := pgxpool.ParseConfig(u)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", redact(u), err)
+		return nil, fmt.Errorf("parse %s: %w", store.RedactURL(u), err)
 	}
 	cfg.MaxConns = 4
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", redact(u), err)
+		return nil, fmt.Errorf("connect %s: %w", store.RedactURL(u), err)
 	}
 	admin = p
 	return p, nil
@@ -259,7 +261,7 @@ func WithSearchPath(u, schema string) (string, error) {
 	if strings.Contains(u, "=") {
 		return u + " search_path=" + schema, nil
 	}
-	return "", fmt.Errorf("database URL %q: want postgres://user@host:port/db or key=value pairs", redact(u))
+	return "", fmt.Errorf("database URL %q: want postgres://user@host:port/db or key=value pairs", store.RedactURL(u))
 }
 
 func ping(ctx context.Context, u string) error {
@@ -276,18 +278,6 @@ func ping(ctx context.Context, u string) error {
 	}
 	defer c.Close(context.Background())
 	return c.Ping(ctx)
-}
-
-// redact hides a password in a URL for messages.
-func redact(u string) string {
-	p, err := url.Parse(u)
-	if err != nil || p.User == nil {
-		return u
-	}
-	if _, ok := p.User.Password(); ok {
-		p.User = url.UserPassword(p.User.Username(), "xxxxx")
-	}
-	return p.String()
 }
 
 var errNoServer = errors.New("no PostgreSQL server")

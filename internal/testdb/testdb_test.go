@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -23,7 +25,7 @@ func connect(t *testing.T, u string) *pgx.Conn {
 	t.Helper()
 	c, err := pgx.Connect(context.Background(), u)
 	if err != nil {
-		t.Fatalf("connect %s: %v", redact(u), err)
+		t.Fatalf("connect %s: %v", store.RedactURL(u), err)
 	}
 	t.Cleanup(func() { c.Close(context.Background()) })
 	return c
@@ -301,7 +303,7 @@ func TestServerInUse(t *testing.T) {
 	u := base(t)
 	var one int
 	if err := connect(t, u).QueryRow(context.Background(), "SELECT 1").Scan(&one); err != nil || one != 1 {
-		t.Fatalf("server %s: %v", redact(u), err)
+		t.Fatalf("server %s: %v", store.RedactURL(u), err)
 	}
 	if os.Getenv(envSelfTest) == "1" {
 		t.Logf("forced cluster in use")

@@ -60,10 +60,10 @@ func ParseURL(raw string) (backend, target string, err error) {
 	case strings.HasPrefix(lower, "postgres://"), strings.HasPrefix(lower, "postgresql://"):
 		p, err := url.Parse(u)
 		if err != nil {
-			return "", "", fmt.Errorf("malformed database URL %q: %v; accepted forms: %s", redact(u), unwrapURLError(err), AcceptedForms)
+			return "", "", fmt.Errorf("malformed database URL %q: %v; accepted forms: %s", store.RedactURL(u), unwrapURLError(err), AcceptedForms)
 		}
 		if p.Opaque != "" {
-			return "", "", fmt.Errorf("malformed database URL %q: want %s://HOST…; accepted forms: %s", redact(u), p.Scheme, AcceptedForms)
+			return "", "", fmt.Errorf("malformed database URL %q: want %s://HOST…; accepted forms: %s", store.RedactURL(u), p.Scheme, AcceptedForms)
 		}
 		return Postgres, u, nil
 	case strings.HasPrefix(lower, "sqlite:"):
@@ -80,7 +80,7 @@ func ParseURL(raw string) (backend, target string, err error) {
 		}
 		return SQLite, path, nil
 	}
-	return "", "", fmt.Errorf("unknown database URL %q; accepted forms: %s", redact(u), AcceptedForms)
+	return "", "", fmt.Errorf("unknown database URL %q; accepted forms: %s", store.RedactURL(u), AcceptedForms)
 }
 
 func isMemory(path string) bool {
@@ -96,19 +96,6 @@ func unwrapURLError(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// redact hides the password of a URL for messages.
-func redact(raw string) string {
-	if p, err := url.Parse(raw); err == nil && p.User != nil {
-		return p.Redacted()
-	}
-	if at, sch := strings.LastIndex(raw, "@"), strings.Index(raw, "://"); at > sch && sch >= 0 {
-		if i := strings.Index(raw[sch+3:at], ":"); i >= 0 {
-			return raw[:sch+3+i] + ":xxxxx" + raw[at:]
-		}
-	}
-	return raw
 }
 
 // Open opens the store named by url and, with opts.Migrate, applies its

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/store"
 )
 
 // databaseName is what CreateDatabase and DropDatabase accept: a plain
@@ -77,11 +79,11 @@ func adminConn(ctx context.Context, serverURL string) (*pgx.Conn, error) {
 func withDatabase(u, name string) (string, error) {
 	t := strings.TrimSpace(u)
 	if !strings.HasPrefix(t, "postgres://") && !strings.HasPrefix(t, "postgresql://") {
-		return "", fmt.Errorf("database URL %q: want postgres://USER@HOST[:PORT]/DATABASE", redactURL(u))
+		return "", fmt.Errorf("database URL %q: want postgres://USER@HOST[:PORT]/DATABASE", store.RedactURL(u))
 	}
 	p, err := url.Parse(t)
 	if err != nil {
-		return "", fmt.Errorf("malformed database URL %q", redactURL(u))
+		return "", fmt.Errorf("malformed database URL %q", store.RedactURL(u))
 	}
 	p.Path = "/" + name
 	p.RawPath = ""

@@ -124,7 +124,7 @@ func parseURL(url string) (*pgxpool.Config, error) {
 	isURL := strings.HasPrefix(trimmed, "postgres://") || strings.HasPrefix(trimmed, "postgresql://")
 	isDSN := !strings.Contains(trimmed, "://") && strings.Contains(trimmed, "=")
 	if !isURL && !isDSN {
-		return nil, fmt.Errorf("open postgres: malformed database URL %q; accepted forms: %s", redactURL(url), AcceptedURLForms)
+		return nil, fmt.Errorf("open postgres: malformed database URL %q; accepted forms: %s", store.RedactURL(url), AcceptedURLForms)
 	}
 	cfg, err := pgxpool.ParseConfig(trimmed)
 	if err != nil {
@@ -139,20 +139,6 @@ func parseURL(url string) (*pgxpool.Config, error) {
 		cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	}
 	return cfg, nil
-}
-
-// redactURL hides what follows "user:" in a URL's user info.
-func redactURL(u string) string {
-	at := strings.Index(u, "@")
-	sch := strings.Index(u, "://")
-	if at < 0 || sch < 0 || at < sch {
-		return u
-	}
-	userinfo := u[sch+3 : at]
-	if i := strings.Index(userinfo, ":"); i >= 0 {
-		return u[:sch+3] + userinfo[:i] + ":xxxxx" + u[at:]
-	}
-	return u
 }
 
 // waitReachable pings until the database answers, backing off from 100 ms
