@@ -623,10 +623,18 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []
 	as := slices.Clone(attempts)
 	slices.SortFunc(as, byAttempt)
 	ids, tries := attemptArrays(as)
+	// Lock the rows in id order, as FinishTasks does, so a heartbeat and a
+	// finish touching the same instances cannot deadlock.
 	rows, err := s.pool.Query(ctx, `
+		WITH mine AS MATERIALIZED (
+			SELECT t.id FROM task_instances t
+			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
+			WHERE t.state = 'running' AND t.worker_id = $4
+			ORDER BY t.id
+			FOR NO KEY UPDATE OF t
+		)
 		UPDATE task_instances t SET heartbeat_at = $3
-		FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-		WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running' AND t.worker_id = $4
+		FROM mine WHERE t.id = mine.id
 		RETURNING t.id, t.try_number`, ids, tries, now, workerID)
 	if err != nil {
 		return nil, mapErr("heartbeat tasks", err)
