@@ -501,3 +501,17 @@ func validRunID(id string) bool { return checkText("", id) == nil && id != "" }
 
 // validDAGID and validTaskID report whether an id can exist (dag.ValidID).
 func validDAGID(id string) bool { return dag.ValidID(id) }
+
+// bodyPage reads and checks page_limit and page_offset of a batch list
+// form (Airflow's ListDagRunsForm and ListTaskInstanceForm).
+func (a *api) bodyPage(b body) (page, error) {
+	var p page
+	var err error
+	if p.limit, err = b.intField("page_limit", min(a.defLimit, a.maxLimit)); err != nil {
+		return p, err
+	}
+	if p.offset, err = b.intField("page_offset", 0); err != nil {
+		return p, err
+	}
+	return p, checkPage(p, "page_limit", "page_offset", a.maxLimit)
+}

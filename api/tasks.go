@@ -342,14 +342,8 @@ func (a *api) postListTaskInstances(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
-	var p page
-	if p.limit, err = b.intField("page_limit", min(a.defLimit, a.maxLimit)); err != nil {
-		return err
-	}
-	if p.offset, err = b.intField("page_offset", 0); err != nil {
-		return err
-	}
-	if err := checkPage(p, "page_limit", "page_offset", a.maxLimit); err != nil {
+	p, err := a.bodyPage(b)
+	if err != nil {
 		return err
 	}
 	var f taskFilter
