@@ -14,11 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/legacy"
-
 	"github.com/trellis-dag/trellis/api/openapi"
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/internal/testdb"
@@ -62,43 +57,6 @@ func openStore(t testing.TB, backend string) store.Store {
 		t.Fatalf("migrate %s: %v", backend, err)
 	}
 	return st
-}
-
-// spec is Airflow's OpenAPI document and a router over it, loaded once.
-var spec = sync.OnceValues(func() (*specRouter, error) {
-	doc, err := openapi.Load()
-	if err != nil {
-		return nil, err
-	}
-	// Requests carry the /api/v1 prefix of the spec's relative server URL;
-	// validateResponse strips it and the router matches bare paths.
-	doc.Servers = nil
-	r, err := legacy.NewRouter(doc)
-	if err != nil {
-		return nil, err
-	}
-	return &specRouter{doc: doc, router: r}, nil
-})
-
-type specRouter struct {
-	doc    *openapi3.T
-	router routers.Router
-}
-
-// extensionPaths are Trellis's endpoints that Airflow's specification does
-// not have; their error bodies are still checked.
-var extensionPaths = []string{"/metrics"}
-
-func isExtension(path string) bool {
-	if strings.HasPrefix(path, "/api/v1/dags/") && strings.HasSuffix(path, "/graph") {
-		return true
-	}
-	for _, p := range extensionPaths {
-		if path == p {
-			return true
-		}
-	}
-	return false
 }
 
 // validatingTransport checks every response against Airflow's
@@ -145,71 +103,13 @@ func (vt *validatingTransport) count(op string) {
 	vt.calls[op]++
 }
 
-// validateResponse returns what is wrong with a response to req; validated
-// is called with the operation id of each response checked against an
-// operation of the specification.
+// validateResponse returns what is wrong with a response to req (see
+// openapi.ValidateResponse); validated, when not nil, is called with the
+// operation id of each response checked against an operation.
 func validateResponse(req *http.Request, status int, header http.Header, body []byte, validated func(string)) []string {
-	sr, err := spec()
-	if err != nil {
-		return []string{"loading the specification: " + err.Error()}
-	}
-	var problems []string
-	if status >= 500 {
-		problems = append(problems, fmt.Sprintf("server error %d", status))
-	}
-	if status >= 400 {
-		problems = append(problems, checkProblem(sr, status, header, body)...)
-	}
-	if isExtension(req.URL.Path) || req.Method == http.MethodHead {
-		return problems
-	}
-	bare := req.Clone(context.Background())
-	bare.URL.Path = strings.TrimPrefix(req.URL.Path, "/api/v1")
-	bare.URL.RawPath = strings.TrimPrefix(req.URL.RawPath, "/api/v1")
-	route, params, err := sr.router.FindRoute(bare)
-	if err != nil {
-		if status < 400 {
-			problems = append(problems, "answered "+fmt.Sprint(status)+" but the path is not in the specification: "+err.Error())
-		}
-		return problems
-	}
-	input := &openapi3filter.ResponseValidationInput{
-		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
-		Status:                 status,
-		Header:                 header,
-		Options:                &openapi3filter.Options{MultiError: true},
-	}
-	input.SetBodyBytes(body)
-	if err := openapi3filter.ValidateResponse(context.Background(), input); err != nil {
-		problems = append(problems, err.Error())
-	}
-	if validated != nil {
-		validated(route.Operation.OperationID)
-	}
-	return problems
-}
-
-// checkProblem checks an error response: JSON matching the Error schema,
-// with status equal to the HTTP status, and a detail.
-func checkProblem(sr *specRouter, status int, header http.Header, body []byte) []string {
-	if ct := header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		return []string{"error response Content-Type is " + ct + ", want application/json"}
-	}
-	var v any
-	if err := json.Unmarshal(body, &v); err != nil {
-		return []string{"error body is not JSON: " + err.Error()}
-	}
-	var problems []string
-	if err := sr.doc.Components.Schemas["Error"].Value.VisitJSON(v, openapi3.VisitAsResponse()); err != nil {
-		problems = append(problems, "error body does not match the Error schema: "+err.Error())
-	}
-	var p Problem
-	_ = json.Unmarshal(body, &p)
-	if p.Status != status {
-		problems = append(problems, fmt.Sprintf("problem status %d, HTTP status %d", p.Status, status))
-	}
-	if p.Detail == "" || p.Title == "" || p.Type == "" {
-		problems = append(problems, "problem without type, title or detail")
+	op, problems := openapi.ValidateResponse(req, status, header, body)
+	if op != "" && validated != nil {
+		validated(op)
 	}
 	return problems
 }

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,11 +19,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/getkin/kin-openapi/openapi3"
-	"github.com/getkin/kin-openapi/openapi3filter"
-	"github.com/getkin/kin-openapi/routers"
-	"github.com/getkin/kin-openapi/routers/legacy"
 
 	"github.com/trellis-dag/trellis/api/openapi"
 	"github.com/trellis-dag/trellis/internal/testdb"
@@ -307,99 +301,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	}
 }
 
-// spec is Airflow's OpenAPI document and a router over it, loaded once.
-var spec = sync.OnceValues(func() (*specRouter, error) {
-	doc, err := openapi.Load()
-	if err != nil {
-		return nil, err
-	}
-	doc.Servers = nil // match bare paths; validate strips /api/v1
-	r, err := legacy.NewRouter(doc)
-	if err != nil {
-		return nil, err
-	}
-	return &specRouter{doc: doc, router: r}, nil
-})
-
-type specRouter struct {
-	doc    *openapi3.T
-	router routers.Router
-}
-
-// isExtension reports Trellis's endpoints that Airflow's specification
-// does not have; only their error bodies are checked.
-func isExtension(path string) bool {
-	return path == "/metrics" || (strings.HasPrefix(path, "/api/v1/dags/") && strings.HasSuffix(path, "/graph"))
-}
-
-// validateResponse returns what is wrong with a response: an error
-// response must be an RFC 7807 problem matching the Error schema with the
-// HTTP status; any response of an endpoint of the specification must
-// match its schema for the status. op is the operation id validated
-// against ("" for none).
-func validateResponse(req *http.Request, status int, header http.Header, body []byte) (op string, problems []string) {
-	sr, err := spec()
-	if err != nil {
-		return "", []string{"load the specification: " + err.Error()}
-	}
-	if status >= 500 {
-		problems = append(problems, fmt.Sprintf("server error %d", status))
-	}
-	if status >= 400 {
-		problems = append(problems, checkProblem(sr, status, header, body)...)
-	}
-	if isExtension(req.URL.Path) || req.Method == http.MethodHead {
-		return "", problems
-	}
-	bare := req.Clone(context.Background())
-	bare.URL.Path = strings.TrimPrefix(req.URL.Path, "/api/v1")
-	bare.URL.RawPath = strings.TrimPrefix(req.URL.RawPath, "/api/v1")
-	route, params, err := sr.router.FindRoute(bare)
-	if err != nil {
-		if status < 400 {
-			problems = append(problems, fmt.Sprintf("answered %d but the path is not in the specification: %v", status, err))
-		}
-		return "", problems
-	}
-	input := &openapi3filter.ResponseValidationInput{
-		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
-		Status:                 status,
-		Header:                 header,
-		Options:                &openapi3filter.Options{MultiError: true},
-	}
-	input.SetBodyBytes(body)
-	if err := openapi3filter.ValidateResponse(context.Background(), input); err != nil {
-		problems = append(problems, err.Error())
-	}
-	return route.Operation.OperationID, problems
-}
-
-func checkProblem(sr *specRouter, status int, header http.Header, body []byte) []string {
-	if ct := header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		return []string{"error response Content-Type is " + ct + ", want application/json"}
-	}
-	var v any
-	if err := json.Unmarshal(body, &v); err != nil {
-		return []string{"error body is not JSON: " + err.Error()}
-	}
-	var problems []string
-	if err := sr.doc.Components.Schemas["Error"].Value.VisitJSON(v, openapi3.VisitAsResponse()); err != nil {
-		problems = append(problems, "error body does not match the Error schema: "+err.Error())
-	}
-	var p struct {
-		Type, Title, Detail string
-		Status              int
-	}
-	_ = json.Unmarshal(body, &p)
-	if p.Status != status {
-		problems = append(problems, fmt.Sprintf("problem status %d, HTTP status %d", p.Status, status))
-	}
-	if p.Type == "" || p.Title == "" || p.Detail == "" {
-		problems = append(problems, "problem without type, title or detail")
-	}
-	return problems
-}
-
 // client talks to a trellis server; every response is validated against
 // Airflow's specification, failures reported on the test.
 type client struct {
@@ -470,7 +371,7 @@ func (c *client) do(method, path string, body any, headers ...string) response {
 	if err != nil {
 		c.t.Fatalf("%s %s: read body: %v", method, path, err)
 	}
-	op, problems := validateResponse(req, resp.StatusCode, resp.Header, data)
+	op, problems := openapi.ValidateResponse(req, resp.StatusCode, resp.Header, data)
 	if len(problems) > 0 {
 		c.t.Errorf("%s %s → %d: the response does not follow Airflow's specification:\n  %s\n  body: %.600s",
 			method, path, resp.StatusCode, strings.Join(problems, "\n  "), data)
