@@ -97,7 +97,7 @@ func (f *finisher) take() ([]store.Result, bool) {
 // commit records batch, retrying and splitting on errors, then tells the
 // worker which results are settled.
 func (f *finisher) commit(batch []store.Result) {
-	outcomes, err := f.finish(batch)
+	outcomes, drained, err := f.finish(batch)
 	if err != nil && len(batch) > 1 {
 		f.w.cfg.Logger.Warn("finish batch failed; recording results one by one", "results", len(batch), "err", err)
 		for _, r := range batch {
@@ -116,21 +116,31 @@ func (f *finisher) commit(batch []store.Result) {
 			}
 		}
 	}
-	f.w.settled(batch, outcomes)
+	f.w.settled(batch, outcomes, drained)
 }
 
-func (f *finisher) finish(batch []store.Result) ([]store.FinishOutcome, error) {
+// finish records batch and, in the same store transaction, claims tries
+// for the worker's free slots and launches them (FinishAndClaim): a task
+// released by the batch starts without a claim transaction of its own.
+// drained reports that the claim took fewer tries than it asked for, so
+// nothing claimable was left queued.
+func (f *finisher) finish(batch []store.Result) (outcomes []store.FinishOutcome, drained bool, err error) {
 	backoff := finishFirstBackoff
-	var err error
 	for i := range finishAttempts {
-		var out []store.FinishOutcome
+		var (
+			out     []store.FinishOutcome
+			claimed []store.Claimed
+		)
+		slots := f.w.reserveSlots()
 		err = f.w.storeCall(func(ctx context.Context) error {
 			var e error
-			out, e = f.w.cfg.Store.FinishTasks(ctx, batch)
+			out, claimed, e = f.w.cfg.Store.FinishAndClaim(ctx, batch, f.w.self, slots, f.w.cfg.Clock.Now())
 			return e
 		})
+		f.w.launchAll(claimed)
+		f.w.unreserveSlots(slots)
 		if err == nil {
-			return out, nil
+			return out, slots > 0 && len(claimed) < slots, nil
 		}
 		if i == finishAttempts-1 {
 			break
@@ -140,7 +150,7 @@ func (f *finisher) finish(batch []store.Result) ([]store.FinishOutcome, error) {
 		<-t.C()
 		backoff = min(2*backoff, finishMaxBackoff)
 	}
-	return nil, err
+	return nil, false, err
 }
 
 // notify does a non-blocking send on a capacity-1 channel.

@@ -33,9 +33,11 @@ type Worker struct {
 	mu        sync.Mutex
 	active    map[int64]*attempt // claimed and not yet settled, by task instance id
 	executing int                // tries whose goroutine has not returned
+	reserved  int                // slots the finisher claims for (FinishAndClaim in flight)
 	requeue   []store.Attempt    // interrupted by shutdown, to put back
 	leaks     int
 	draining  bool
+	closing   bool // shutdown began: no try is launched any more
 
 	kick      chan struct{} // queued work may exist
 	slotFreed chan struct{} // a try returned
@@ -201,6 +203,9 @@ func (w *Worker) Halt() {
 
 func (w *Worker) shutdown() {
 	log := w.cfg.Logger
+	w.mu.Lock()
+	w.closing = true
+	w.mu.Unlock()
 	w.claimWG.Wait()
 	w.mu.Lock()
 	n := w.executing
@@ -350,7 +355,39 @@ func (w *Worker) freeSlots() int {
 	if w.draining {
 		return 0
 	}
-	return w.cfg.Slots - w.executing
+	return w.cfg.Slots - w.executing - w.reserved
+}
+
+// reserveSlots reserves the free slots for a claim made by the finisher,
+// which the claim loop then leaves alone; none while the worker stops or
+// drains. Release them with unreserveSlots once the claimed tries are
+// launched.
+func (w *Worker) reserveSlots() int {
+	select {
+	case <-w.stopping:
+		return 0
+	default:
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.draining {
+		return 0
+	}
+	n := max(w.cfg.Slots-w.executing-w.reserved, 0)
+	w.reserved += n
+	return n
+}
+
+// unreserveSlots releases n reserved slots and lets the claim loop look
+// at them again.
+func (w *Worker) unreserveSlots(n int) {
+	if n == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.reserved -= n
+	w.mu.Unlock()
+	notify(w.slotFreed)
 }
 
 // claim claims up to max tries and starts them; it returns how many.
@@ -364,14 +401,31 @@ func (w *Worker) claim(max int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("claim up to %d tasks: %w", max, err)
 	}
-	for _, c := range claimed {
-		w.launch(c)
-	}
+	w.launchAll(claimed)
 	return len(claimed), nil
 }
 
-// launch starts the goroutine of one claimed try.
-func (w *Worker) launch(c store.Claimed) {
+// launchAll starts the claimed tries. Tries claimed while the worker
+// began to shut down (by a finish in flight) are put back at once,
+// without using up a try.
+func (w *Worker) launchAll(claimed []store.Claimed) {
+	var back []store.Attempt
+	for _, c := range claimed {
+		if !w.launch(c) {
+			back = append(back, store.Attempt{ID: c.ID, TryNumber: c.TryNumber})
+		}
+	}
+	if len(back) == 0 {
+		return
+	}
+	if err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueAttempts(ctx, back) }); err != nil {
+		w.cfg.Logger.Error("requeue tries claimed during shutdown; the zombie sweep will recover them", "tries", len(back), "err", err)
+	}
+}
+
+// launch starts the goroutine of one claimed try; false when the worker
+// is shutting down (nothing started).
+func (w *Worker) launch(c store.Claimed) bool {
 	key := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
 	ctx, cancel := context.WithCancel(w.ctx)
 	a := &attempt{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
@@ -380,11 +434,19 @@ func (w *Worker) launch(c store.Claimed) {
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
 	w.mu.Lock()
+	if w.closing {
+		w.mu.Unlock()
+		cancel()
+		return false
+	}
 	w.active[c.ID] = a
 	w.executing++
-	w.mu.Unlock()
+	// Added under w.mu, before shutdown (which sets closing under w.mu)
+	// can wait for the tries.
 	w.tryWG.Add(1)
+	w.mu.Unlock()
 	go w.runTry(a)
+	return true
 }
 
 // runTry executes one try and hands its result on.
@@ -462,6 +524,7 @@ func (w *Worker) execute(a *attempt) (store.Result, bool) {
 	if err != nil {
 		return fail(fmt.Sprintf("run %q of DAG %q: %v", c.DAGRunID, c.DAGID, err))
 	}
+	res.StartedAt = w.cfg.Clock.Now()
 	out := taskrun.Run(a.ctx, taskrun.Try{
 		Task: t,
 		Info: dag.RunInfo{
@@ -497,9 +560,10 @@ func (w *Worker) execute(a *attempt) (store.Result, bool) {
 }
 
 // settled is called by the finisher once results are recorded (or given
-// up): their tries stop heart-beating, and since a finish may have
-// released downstream tasks the claim loop looks for work.
-func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome) {
+// up): their tries stop heart-beating. A finish may have released
+// downstream tasks, so unless it claimed them itself (drained, when it
+// claimed fewer than it asked for) the claim loop looks for work.
+func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, drained bool) {
 	w.mu.Lock()
 	for _, r := range batch {
 		if a, ok := w.active[r.ID]; ok && a.key == r.Attempt {
@@ -513,7 +577,9 @@ func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome) {
 				"task_instance", o.ID, "try", o.TryNumber)
 		}
 	}
-	notify(w.kick)
+	if !drained {
+		notify(w.kick)
+	}
 }
 
 // heartbeatLoop refreshes the worker's heartbeat and its tries', and

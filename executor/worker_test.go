@@ -297,7 +297,8 @@ func TestWorkerWakesWithoutPolling(t *testing.T) {
 	}
 }
 
-// countingStore counts FinishTasks calls and fails the first failFirst.
+// countingStore counts the finishing calls of the worker
+// (FinishAndClaim) and fails the first failFirst.
 type countingStore struct {
 	store.Store
 	failFirst int32
@@ -306,16 +307,16 @@ type countingStore struct {
 	results   atomic.Int32
 }
 
-func (s *countingStore) FinishTasks(ctx context.Context, rs []store.Result) ([]store.FinishOutcome, error) {
+func (s *countingStore) FinishAndClaim(ctx context.Context, rs []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
 	if n := s.calls.Add(1); n <= s.failFirst {
-		return nil, errors.New("injected finish failure")
+		return nil, nil, errors.New("injected finish failure")
 	}
-	out, err := s.Store.FinishTasks(ctx, rs)
+	out, claimed, err := s.Store.FinishAndClaim(ctx, rs, w, max, now)
 	if err == nil {
 		s.okCalls.Add(1)
 		s.results.Add(int32(len(rs)))
 	}
-	return out, err
+	return out, claimed, err
 }
 
 func TestWorkerBatchesAndRetriesFinishes(t *testing.T) {
@@ -344,7 +345,7 @@ func TestWorkerBatchesAndRetriesFinishes(t *testing.T) {
 		t.Fatalf("run = %s, want success despite two failed finish calls", run.State)
 	}
 	// The run is visible as success as soon as the last finish commits,
-	// a moment before that FinishTasks call returns and is counted.
+	// a moment before that FinishAndClaim call returns and is counted.
 	waitCond(t, 10*time.Second, "the last finish call to return", func() bool { return st.results.Load() >= n })
 	if got := st.results.Load(); got != n {
 		t.Errorf("recorded %d results, want %d (calls %d, ok %d)", got, n, st.calls.Load(), st.okCalls.Load())
@@ -353,7 +354,7 @@ func TestWorkerBatchesAndRetriesFinishes(t *testing.T) {
 		t.Errorf("%d results took %d commits; want them batched into fewer than %d", n, ok, n/2)
 	}
 	if c := st.calls.Load(); c < 3 {
-		t.Errorf("FinishTasks called %d times, want the 2 failures retried", c)
+		t.Errorf("FinishAndClaim called %d times, want the 2 failures retried", c)
 	}
 }
 
@@ -407,4 +408,67 @@ func TestWorkerHeartbeatsOnItsClock(t *testing.T) {
 		t.Errorf("block = %s ended %v, want success at the fake %v", ti.State, ti.EndedAt, t0.Add(time.Hour))
 	}
 	w.Stop()
+}
+
+// pausingStore holds FinishAndClaim calls that claimed something until
+// release is closed, after signalling claimed once.
+type pausingStore struct {
+	store.Store
+	once    sync.Once
+	claimed chan struct{}
+	release chan struct{}
+}
+
+func (s *pausingStore) FinishAndClaim(ctx context.Context, rs []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
+	out, cs, err := s.Store.FinishAndClaim(ctx, rs, w, max, now)
+	if len(cs) > 0 {
+		s.once.Do(func() { close(s.claimed) })
+		<-s.release
+	}
+	return out, cs, err
+}
+
+// TestWorkerFinishClaimDuringStop: a finish that claimed the next task
+// while the worker began to stop does not start it; it is put back
+// without using up a try.
+func TestWorkerFinishClaimDuringStop(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			real := openStore(t, be.url(t))
+			st := &pausingStore{Store: real, claimed: make(chan struct{}), release: make(chan struct{})}
+			var ranB atomic.Bool
+			d := dag.New("stop_claim")
+			a := d.Func("a", func(*dag.Context) error { return nil })
+			b := d.Func("b", func(*dag.Context) error { ranB.Store(true); return nil })
+			a.SetDownstream(b)
+			reg := dag.NewRegistry()
+			reg.Register(d)
+			syncDAGs(t, real, d)
+			w := newTestWorker(t, st, reg, nil)
+			startRun(t, real, d, "r1", nil)
+			waitFor(t, st.claimed, 30*time.Second, "a's finish to claim b")
+			if c := tasksOf(t, real, "stop_claim", "r1")["b"]; c.State != state.Running || c.WorkerID != w.ID() {
+				t.Fatalf("b = %s by %q, want running by this worker (claimed with a's finish)", c.State, c.WorkerID)
+			}
+			stopped := make(chan struct{})
+			go func() { w.Stop(); close(stopped) }()
+			waitCond(t, 10*time.Second, "Stop to begin", func() bool {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				return w.closing
+			})
+			close(st.release)
+			waitFor(t, stopped, 30*time.Second, "Stop")
+			if ranB.Load() {
+				t.Error("b ran although the worker was stopping when it was claimed")
+			}
+			tis := tasksOf(t, real, "stop_claim", "r1")
+			if tis["a"].State != state.Success {
+				t.Errorf("a = %s, want success", tis["a"].State)
+			}
+			if c := tis["b"]; c.State != state.Queued || c.TryNumber != 0 {
+				t.Errorf("b = %s try %d, want queued try 0 (put back without using a try)", c.State, c.TryNumber)
+			}
+		})
+	}
 }

@@ -186,8 +186,13 @@ type Result struct {
 	// Follow, for Branch tasks, lists the direct downstream tasks to
 	// follow; the other direct downstream tasks are skipped. nil for other
 	// kinds.
-	Follow  []string
-	EndedAt time.Time
+	Follow []string
+	// StartedAt, when set, is when the try began to execute in the
+	// worker; it replaces the claim time as the instance's start, so a
+	// try's start and duration are its own and not those of the claim
+	// (which FinishAndClaim makes before the previous task's commit).
+	StartedAt time.Time
+	EndedAt   time.Time
 	// Log, when not empty, is the try's last log chunk: FinishTasks
 	// appends it to the try's log (as AppendLog would, within the same
 	// cap) in the transaction that records the result, when the result is
@@ -313,6 +318,14 @@ type Store interface {
 	// FinishTasks records outcomes and, in the same transaction per batch,
 	// releases downstream tasks by their trigger rules and settles runs.
 	FinishTasks(ctx context.Context, results []Result) ([]FinishOutcome, error)
+	// FinishAndClaim records results as FinishTasks does and then, in the
+	// same transaction, claims up to max queued task instances for worker
+	// w as ClaimTasks does (highest priority first, then oldest; within
+	// MaxActiveTasks caps), the instances the results released included.
+	// A worker that finishes a task and takes the next so pays for one
+	// transaction, not two. max 0 claims nothing. An error means nothing
+	// was recorded and nothing claimed.
+	FinishAndClaim(ctx context.Context, results []Result, w Worker, max int, now time.Time) ([]FinishOutcome, []Claimed, error)
 	// HeartbeatTasks refreshes the heartbeat of running attempts and
 	// returns those that are no longer running under that try (taken away:
 	// the worker must stop them).

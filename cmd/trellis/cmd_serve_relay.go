@@ -74,6 +74,25 @@ func (s *relayStore) FinishTasks(ctx context.Context, results []store.Result) ([
 	return outcomes, err
 }
 
+// FinishAndClaim records outcomes and claims tries in one transaction,
+// and relays both: the finishes first, then the claims.
+func (s *relayStore) FinishAndClaim(ctx context.Context, results []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
+	outcomes, claimed, err := s.Store.FinishAndClaim(ctx, results, w, max, now)
+	if err == nil {
+		var events []taskEvent
+		if len(outcomes) > 0 {
+			events = finishEvents(results, outcomes)
+		}
+		if len(claimed) > 0 {
+			events = append(events, claimEvents(claimed)...)
+		}
+		if len(events) > 0 {
+			s.sender.send(events)
+		}
+	}
+	return outcomes, claimed, err
+}
+
 // RequeueAttempts puts tries back and relays that the worker gave them
 // up (it does so whether or not the store call succeeded).
 func (s *relayStore) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {

@@ -405,12 +405,13 @@ func TestRelayOverSocket(t *testing.T) {
 	a := claimOne(t, ws, w)
 	waitUntil(t, changed, "a runs", func() bool { return ledger.runningTries() == 1 })
 	aAttempt := store.Attempt{ID: a.ID, TryNumber: a.TryNumber}
-	if _, err := ws.FinishTasks(ctx, []store.Result{{Attempt: aAttempt, State: state.Success, EndedAt: time.Now()}}); err != nil {
-		t.Fatal(err)
+	// a's finish claims b in the same transaction: both are relayed.
+	_, next, err := ws.FinishAndClaim(ctx, []store.Result{{Attempt: aAttempt, State: state.Success, EndedAt: time.Now()}}, w, 4, time.Now())
+	if err != nil || len(next) != 1 || next[0].TaskID != "b" {
+		t.Fatalf("finish a and claim: %+v, %v; want b claimed", next, err)
 	}
-	waitUntil(t, changed, "a finished", func() bool { return finished("a", "success") == 1 && ledger.runningTries() == 0 })
-	b := claimOne(t, ws, w)
-	waitUntil(t, changed, "b runs", func() bool { return ledger.runningTries() == 1 })
+	b := next[0]
+	waitUntil(t, changed, "a finished and b runs", func() bool { return finished("a", "success") == 1 && ledger.runningTries() == 1 })
 	if _, err := st.SetRunState(ctx, "pair", "r1", state.RunFailed, time.Now()); err != nil {
 		t.Fatal(err)
 	}

@@ -37,8 +37,27 @@ type queuedStmt struct {
 type pipeTx struct {
 	conn   *pgxpool.Conn
 	queued []queuedStmt
+	finals []finalQuery  // sent with COMMIT, before it
 	begun  bool          // BEGIN was sent
 	after  []store.Topic // wake-ups to send once committed
+	// readyIfLeft sends the TopicTasksReady wake-up only when instances
+	// are still queued once committed (the transaction claimed what it
+	// queued itself, maybe all of it).
+	readyIfLeft bool
+}
+
+// finalQuery is a statement of the transaction sent in the same round
+// trip as COMMIT, whose rows read consumes.
+type finalQuery struct {
+	sql  string
+	args []any
+	read func(pgx.Rows) error
+}
+
+// beforeCommit adds a statement to send with COMMIT, its rows read by
+// read (which must not close them).
+func (p *pipeTx) beforeCommit(sql string, args []any, read func(pgx.Rows) error) {
+	p.finals = append(p.finals, finalQuery{sql: sql, args: args, read: read})
 }
 
 // queue adds a statement to send with the next one.
@@ -103,22 +122,44 @@ func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 // A wake-up that fails after the commit is logged, not returned: the
 // transaction is durable, and receivers also poll.
 func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
-	if !p.begun && len(p.queued) == 1 && len(p.after) == 0 {
-		return nil // only BEGIN queued: nothing was done
+	if !p.begun && len(p.queued) == 2 && len(p.after) == 0 && len(p.finals) == 0 {
+		return nil // only BEGIN and the plan settings queued: nothing was done
 	}
 	b := &pgx.Batch{}
 	for _, q := range p.queued {
 		b.Queue(q.sql, q.args...)
 	}
+	for _, f := range p.finals {
+		b.Queue(f.sql, f.args...)
+	}
 	b.Queue("COMMIT")
 	for _, t := range p.after {
+		if t == store.TopicTasksReady && p.readyIfLeft {
+			b.Queue("SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')", string(t))
+			continue
+		}
 		b.Queue("SELECT pg_notify($1, '')", string(t))
 	}
 	n := len(p.queued)
-	p.queued = nil
+	finals := p.finals
+	p.queued, p.finals = nil, nil
 	br := p.conn.SendBatch(ctx, b)
 	for range n {
 		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	for _, f := range finals {
+		rows, err := br.Query()
+		if err == nil {
+			err = f.read(rows)
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+		if err != nil {
 			_ = br.Close()
 			return err
 		}
@@ -221,6 +262,7 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipeTx) error) error {
 	defer conn.Release()
 	p := &pipeTx{conn: conn}
 	p.queue("BEGIN")
+	p.queue(hotPlanSQL)
 	if err := fn(p); err != nil {
 		p.rollback()
 		return err

@@ -68,6 +68,9 @@ type Options struct {
 	// Clock tells the time where a method has no time argument (default
 	// the wall clock).
 	Clock clock.Clock
+
+	// tracer, set by this package's tests, sees every statement sent.
+	tracer pgx.QueryTracer
 }
 
 // Store is a store.Store on PostgreSQL. It is safe for concurrent use.
@@ -92,6 +95,9 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
+	}
+	if opts.tracer != nil {
+		cfg.ConnConfig.Tracer = opts.tracer
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -263,6 +269,20 @@ func (s *Store) fault(point string) error {
 	}
 	return nil
 }
+
+// hotPlanSQL pins, for the rest of its transaction, the plans of the
+// statements of the workers' hot path (claims, finishes with their
+// releases, log appends): generic plans, so a prepared statement is not
+// planned again on every execution (PostgreSQL keeps custom plans for
+// statements over arrays, whose generic cost estimate looks high: a
+// chain's finish spent more time planning than executing), made of
+// nested loops over index scans, so a plan made while the tables were
+// empty or not yet analysed stays an index lookup when they have grown.
+// TestHotPlans checks every hot statement's generic plan on an empty
+// schema.
+const hotPlanSQL = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+	set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
+	set_config('enable_mergejoin', 'off', true)`
 
 // inTx runs fn in a transaction and commits it, retrying the whole
 // transaction on deadlocks and serialization failures. fn must not keep

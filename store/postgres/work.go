@@ -94,62 +94,98 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	op := fmt.Sprintf("claim tasks for worker %q", w.ID)
 	// One round trip: the caps, and the claim for when no DAG is capped
 	// (guarded in SQL, so it claims nothing when one is).
+	var cl claimRead
 	b := &pgx.Batch{}
-	b.Queue(`SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
-			WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
-		FROM dags d WHERE d.max_active_tasks > 0`)
-	// The candidates are a materialized CTE: locked once, never re-scanned
-	// (a re-scan would lock other rows).
-	b.Queue(claimSelect(`c AS MATERIALIZED (
-			SELECT id FROM task_instances WHERE state = 'queued'
-				AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-			ORDER BY priority DESC, queued_at, id
-			LIMIT $1
-			FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`),
-		max, now, w.ID, w.Hostname, w.PID)
-	var saturated []string
-	capped := 0
-	var out []store.Claimed
+	b.Queue(hotPlanSQL)
+	b.Queue(capsSQL)
+	b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
 	err := func() error {
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		rows, err := br.Query()
-		if err != nil {
+		if _, err := br.Exec(); err != nil {
 			return err
 		}
-		for rows.Next() {
-			var dagID string
-			var limit, running int
-			if err := rows.Scan(&dagID, &limit, &running); err != nil {
-				rows.Close()
+		for _, read := range []func(pgx.Rows) error{cl.readCaps, cl.readClaimed} {
+			rows, err := br.Query()
+			if err != nil {
 				return err
 			}
-			capped++
-			if running >= limit {
-				saturated = append(saturated, dagID)
+			err = read(rows)
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
 			}
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		rows, err = br.Query()
-		if err != nil {
-			return err
-		}
-		if out, err = collectClaimed(rows); err != nil {
-			return err
+			if err != nil {
+				return err
+			}
 		}
 		return br.Close()
 	}()
 	if err != nil {
 		return nil, mapErr(op, err)
 	}
+	return s.completeClaim(ctx, op, &cl, w, max, now)
+}
+
+// capsSQL reads the DAGs with a MaxActiveTasks cap and their running
+// instances.
+const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
+		WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
+	FROM dags d WHERE d.max_active_tasks > 0`
+
+// fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
+// otherwise. The candidates are a materialized CTE: locked once, never
+// re-scanned (a re-scan would lock other rows).
+var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE state = 'queued'
+			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, id
+		LIMIT $1
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+
+// claimRead collects the answers to capsSQL and fastClaimSQL.
+type claimRead struct {
+	capped    int      // DAGs with a cap
+	saturated []string // capped DAGs at their cap
+	out       []store.Claimed
+}
+
+func (c *claimRead) readCaps(rows pgx.Rows) error {
+	for rows.Next() {
+		var dagID string
+		var limit, running int
+		if err := rows.Scan(&dagID, &limit, &running); err != nil {
+			return err
+		}
+		c.capped++
+		if running >= limit {
+			c.saturated = append(c.saturated, dagID)
+		}
+	}
+	return rows.Err()
+}
+
+func (c *claimRead) readClaimed(rows pgx.Rows) error {
+	var err error
+	c.out, err = collectClaimed(rows)
+	return err
+}
+
+// completeClaim finishes a claim whose fast part was read into cl: with
+// capped DAGs (the guarded fast claim claimed nothing) it claims within
+// the caps in a transaction of its own; then it sorts the claimed
+// instances in claim order.
+func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	out := cl.out
 	// Caps seen but the guarded claim ran after they were all removed:
 	// its claim stands.
-	if capped > 0 && len(out) == 0 {
+	if cl.capped > 0 && len(out) == 0 {
 		err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, hotPlanSQL); err != nil {
+				return err
+			}
 			var err error
-			out, err = claimCapped(ctx, tx, w, max, now, saturated)
+			out, err = claimCapped(ctx, tx, w, max, now, cl.saturated)
 			return err
 		})
 		if err != nil {
@@ -316,22 +352,61 @@ func validateResults(results []store.Result) error {
 // Each result is a compare-and-set on (running, try number): a late or
 // duplicate report changes nothing and comes back with Applied=false.
 func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]store.FinishOutcome, error) {
+	out, _, err := s.FinishAndClaim(ctx, results, store.Worker{}, 0, time.Time{})
+	return out, err
+}
+
+// FinishAndClaim records results as FinishTasks does and then, in the
+// same transaction, claims up to max queued instances for worker w as
+// ClaimTasks does, those the results released included. The claim
+// travels in the round trip of the COMMIT, so a worker that finishes a
+// task and takes the next costs one transaction and one WAL flush, not
+// two; when the claim leaves nothing queued, no other worker is woken.
+func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
 	if len(results) == 0 {
-		return []store.FinishOutcome{}, nil
+		claimed, err := s.ClaimTasks(ctx, w, max, now)
+		return []store.FinishOutcome{}, claimed, err
 	}
 	if err := validateResults(results); err != nil {
-		return nil, fmt.Errorf("finish tasks: %w", err)
+		return nil, nil, fmt.Errorf("finish tasks: %w", err)
 	}
-	var out []store.FinishOutcome
-	err := s.inPipe(ctx, "finish tasks", func(tx *pipeTx) error {
+	op := "finish tasks"
+	if max > 0 {
+		op = fmt.Sprintf("finish tasks and claim for worker %q", w.ID)
+	}
+	var (
+		out []store.FinishOutcome
+		cl  claimRead
+	)
+	err := s.inPipe(ctx, op, func(tx *pipeTx) error {
 		var err error
-		out, err = s.finishIn(ctx, tx, results)
-		return err
+		cl = claimRead{}
+		if out, err = s.finishIn(ctx, tx, results); err != nil {
+			return err
+		}
+		if max > 0 {
+			tx.beforeCommit(capsSQL, nil, cl.readCaps)
+			tx.beforeCommit(fastClaimSQL, []any{max, now, w.ID, w.Hostname, w.PID}, cl.readClaimed)
+			tx.readyIfLeft = true
+		}
+		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	if max <= 0 {
+		return out, []store.Claimed{}, nil
+	}
+	claimed, err := s.completeClaim(ctx, op, &cl, w, max, now)
+	if err != nil {
+		// The results are recorded: an error now would make the caller
+		// report them again. The claim within caps failed; what it left
+		// queued woke the workers (readyIfLeft), this one included.
+		s.log.Warn("claim within MaxActiveTasks caps after a finish failed; the queued tasks wait for the next claim",
+			"worker", w.ID, "err", errText(err))
+		return out, []store.Claimed{}, nil
+	}
+	return out, claimed, nil
 }
 
 // policy is the retry policy of an instance whose try failed.
@@ -407,6 +482,7 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 		outputs = make([]*string, n)
 		errs    = make([]string, n)
 		retry   = make([]*time.Time, n)
+		started = make([]*time.Time, n)
 	)
 	for k, i := range order {
 		r := results[i]
@@ -424,6 +500,9 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 			o := string(r.Output)
 			outputs[k] = &o
 		}
+		if !r.StartedAt.IsZero() {
+			started[k] = &r.StartedAt
+		}
 		ids[k], tries[k], states[k], ended[k], errs[k] = r.ID, int32(r.TryNumber), string(to), e, r.Error
 	}
 	// A restarting instance (cleared while running) drops the outcome of
@@ -436,15 +515,16 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 			error = CASE WHEN t.state = 'restarting' THEN '' ELSE u.error END,
 			next_retry_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.next_retry_at END,
 			queued_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.queued_at END,
-			started_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.started_at END,
+			started_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE coalesce(u.started_at, t.started_at) END,
 			heartbeat_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.heartbeat_at END,
 			worker_id = CASE WHEN t.state = 'restarting' THEN '' ELSE t.worker_id END,
 			hostname = CASE WHEN t.state = 'restarting' THEN '' ELSE t.hostname END,
 			pid = CASE WHEN t.state = 'restarting' THEN 0 ELSE t.pid END
-		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[])
-			AS u(id, try, state, ended_at, output, error, next_retry_at)
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[],
+				$8::timestamptz[])
+			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state`, ids, tries, states, ended, outputs, errs, retry)
+		RETURNING t.id, t.run_id, t.task_id, t.state`, ids, tries, states, ended, outputs, errs, retry, started)
 	if err != nil {
 		return nil, err
 	}
@@ -730,6 +810,9 @@ func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.T
 func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now time.Time, msg string) ([]store.Attempt, error) {
 	var taken []store.Attempt
 	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, hotPlanSQL); err != nil {
+			return err
+		}
 		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances
 			WHERE state IN ('running', 'restarting') AND `+cond+`
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, arg)

@@ -61,63 +61,77 @@ func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now ti
 	}
 	var out []store.Claimed
 	err := s.write(ctx, fmt.Sprintf("claim tasks for worker %q", wk.ID), func(w *txn) error {
-		out = nil
-		var capped bool
-		if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
-			AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
-				AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued'))`).Scan(&capped); err != nil {
-			return err
-		}
-		q := claimFast
-		if capped {
-			q = claimCapped
-		}
-		rows, err := w.query(q, us(now), wk.ID, wk.Hostname, wk.PID, max)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var (
-				c       store.Claimed
-				rule    string
-				queued  sql.NullInt64
-				timeout int64
-			)
-			if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-				&rule, &queued, &timeout); err != nil {
-				rows.Close()
-				return err
-			}
-			c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
-			c.QueuedAt = ptrUS(queued)
-			t := fromUS(us(now))
-			c.StartedAt, c.HeartbeatAt = &t, &t
-			c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
-			c.Timeout = time.Duration(timeout)
-			out = append(out, c)
-		}
-		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return err
-		}
-		runs := map[int64]runRec{}
-		for i := range out {
-			c := &out[i]
-			r, ok := runs[c.RunID]
-			if !ok {
-				if r, err = getRunByID(w.ctx, w, c.RunID); err != nil {
-					return err
-				}
-				runs[c.RunID] = r
-			}
-			c.DAGRunID = r.RunID
-			c.LogicalDate, c.IntervalStart, c.IntervalEnd = r.LogicalDate, r.IntervalStart, r.IntervalEnd
-			c.Conf = r.Conf
-		}
-		return nil
+		var err error
+		out, err = claimIn(w, wk, max, now)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	sortClaimed(out)
+	return out, nil
+}
+
+// claimIn is ClaimTasks inside the write transaction w.
+func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	var capped bool
+	if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
+		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
+			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued'))`).Scan(&capped); err != nil {
+		return nil, err
+	}
+	q := claimFast
+	if capped {
+		q = claimCapped
+	}
+	rows, err := w.query(q, us(now), wk.ID, wk.Hostname, wk.PID, max)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.Claimed
+	for rows.Next() {
+		var (
+			c       store.Claimed
+			rule    string
+			queued  sql.NullInt64
+			timeout int64
+		)
+		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
+			&rule, &queued, &timeout); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
+		c.QueuedAt = ptrUS(queued)
+		t := fromUS(us(now))
+		c.StartedAt, c.HeartbeatAt = &t, &t
+		c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
+		c.Timeout = time.Duration(timeout)
+		out = append(out, c)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	runs := map[int64]runRec{}
+	for i := range out {
+		c := &out[i]
+		r, ok := runs[c.RunID]
+		if !ok {
+			if r, err = getRunByID(w.ctx, w, c.RunID); err != nil {
+				return nil, err
+			}
+			runs[c.RunID] = r
+		}
+		c.DAGRunID = r.RunID
+		c.LogicalDate, c.IntervalStart, c.IntervalEnd = r.LogicalDate, r.IntervalStart, r.IntervalEnd
+		c.Conf = r.Conf
+	}
+	return out, nil
+}
+
+// sortClaimed puts claimed instances in claim order: highest priority
+// first, then oldest.
+func sortClaimed(out []store.Claimed) {
 	slices.SortFunc(out, func(a, b store.Claimed) int {
 		if a.Priority != b.Priority {
 			return b.Priority - a.Priority
@@ -127,7 +141,6 @@ func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now ti
 		}
 		return int(a.ID - b.ID)
 	})
-	return out, nil
 }
 
 // checkResults validates a batch of results before any of it is written.
@@ -153,22 +166,63 @@ func checkResults(results []store.Result) error {
 // trigger rules (Branch: unfollowed direct downstream tasks are skipped)
 // and the runs they belong to are settled.
 func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]store.FinishOutcome, error) {
-	if len(results) == 0 {
-		return nil, nil
+	out, _, err := s.FinishAndClaim(ctx, results, store.Worker{}, 0, time.Time{})
+	return out, err
+}
+
+// FinishAndClaim records results as FinishTasks does and then, in the
+// same write transaction, claims up to max queued instances for worker wk
+// as ClaimTasks does, those just released included. When the claim leaves
+// nothing queued, no other worker is woken.
+func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
+	if len(results) == 0 && max <= 0 {
+		return nil, nil, nil
 	}
 	if err := checkResults(results); err != nil {
-		return nil, fmt.Errorf("finish tasks: %w", err)
+		return nil, nil, fmt.Errorf("finish tasks: %w", err)
 	}
-	var out []store.FinishOutcome
-	err := s.write(ctx, fmt.Sprintf("finish %d tasks", len(results)), func(w *txn) error {
+	if max > 0 && wk.ID == "" {
+		return nil, nil, errors.New("finish and claim tasks: empty worker id")
+	}
+	op := fmt.Sprintf("finish %d tasks", len(results))
+	if max > 0 {
+		op = fmt.Sprintf("finish %d tasks and claim up to %d for worker %q", len(results), max, wk.ID)
+	}
+	var (
+		out     []store.FinishOutcome
+		claimed []store.Claimed
+	)
+	err := s.write(ctx, op, func(w *txn) error {
 		var err error
-		out, err = newEngine(w, time.Time{}).finishBatch(results)
-		return err
+		claimed = nil
+		if len(results) > 0 {
+			if out, err = newEngine(w, time.Time{}).finishBatch(results); err != nil {
+				return err
+			}
+		}
+		if max <= 0 {
+			return nil
+		}
+		if claimed, err = claimIn(w, wk, max, now); err != nil {
+			return err
+		}
+		if w.topics[store.TopicTasksReady] && len(claimed) < max {
+			// Wake other workers only for what this claim left queued.
+			var left bool
+			if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')`).Scan(&left); err != nil {
+				return err
+			}
+			if !left {
+				delete(w.topics, store.TopicTasksReady)
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	sortClaimed(claimed)
+	return out, claimed, nil
 }
 
 // attemptList encodes attempts for json_each as [[id, try], …].

@@ -402,9 +402,13 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 		next = state.UpForRetry
 		nextRetry = us(ended.Add(state.RetryDelay(a.retryDelay, a.maxBackoff, a.tryNumber, rand.Float64())))
 	}
+	var started any
+	if !r.StartedAt.IsZero() {
+		started = us(r.StartedAt)
+	}
 	if _, err := e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ?, output = ?, error = ?,
-			next_retry_at = ? WHERE id = ?`,
-		string(next), us(ended), jsonText(r.Output), errText, nextRetry, r.ID); err != nil {
+			next_retry_at = ?, started_at = coalesce(?, started_at) WHERE id = ?`,
+		string(next), us(ended), jsonText(r.Output), errText, nextRetry, started, r.ID); err != nil {
 		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
 	}
 	out.Applied, out.State = true, next

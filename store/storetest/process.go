@@ -155,7 +155,11 @@ func testAtomic(t *testing.T, e *env) {
 			rs[i].Output = json.RawMessage(fmt.Sprintf(`{"i": %d}`, i))
 		}
 		runBefore, tisBefore := snapshot()
-		for _, point := range []string{FaultFinishRecorded, FaultFinishReleased, FaultFinishSettled} {
+		for i, point := range []string{FaultFinishRecorded, FaultFinishReleased, FaultFinishSettled,
+			FaultFinishRecorded, FaultFinishReleased, FaultFinishSettled} {
+			// The second round finishes and claims in one transaction:
+			// neither the finish nor the claim may stay.
+			withClaim := i >= 3
 			hit := false
 			fi.SetFaultHook(func(p string) error {
 				if p == point {
@@ -164,13 +168,18 @@ func testAtomic(t *testing.T, e *env) {
 				}
 				return nil
 			})
-			_, err := e.s.FinishTasks(e.ctx, rs)
+			var err error
+			if withClaim {
+				_, _, err = e.s.FinishAndClaim(e.ctx, rs, e.w, 1000, t0.Add(2*time.Minute))
+			} else {
+				_, err = e.s.FinishTasks(e.ctx, rs)
+			}
 			fi.SetFaultHook(nil)
 			if !hit {
-				t.Fatalf("FinishTasks never reached fault point %s", point)
+				t.Fatalf("finish (with claim %v) never reached fault point %s", withClaim, point)
 			}
 			if err == nil {
-				t.Fatalf("FinishTasks succeeded although it failed at %s", point)
+				t.Fatalf("finish (with claim %v) succeeded although it failed at %s", withClaim, point)
 			}
 			runAfter, tisAfter := snapshot()
 			if !reflect.DeepEqual(runBefore, runAfter) {
@@ -183,7 +192,7 @@ func testAtomic(t *testing.T, e *env) {
 						break
 					}
 				}
-				t.Fatalf("failure at %s left partial changes", point)
+				t.Fatalf("failure at %s (with claim %v) left partial changes", point, withClaim)
 			}
 		}
 		for i, o := range e.finish(rs...) {

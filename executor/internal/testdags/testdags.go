@@ -85,8 +85,8 @@ func MarkerName(taskID string, try int) string {
 // starts.
 func StartedName(try int) string { return "long.started." + strconv.Itoa(try) }
 
-// TimesName is the file where a func_chain task records its start and
-// end.
+// TimesName is the file where a func_chain task records when its
+// function started.
 func TimesName(taskID, runID string) string { return runID + "." + taskID + ".times" }
 
 // ReleaseName is the file that makes the graceful DAG's task finish at
@@ -237,7 +237,9 @@ func graceful() *dag.DAG {
 }
 
 // funcChain is a chain of Func tasks; with EnvDir set, each records when
-// it started and ended (Unix nanoseconds) in TimesName(task, run).
+// its function started (Unix nanoseconds) in TimesName(task, run). When
+// it ended is the end the worker records in the store once the function
+// has returned (writing the file is part of the task).
 func funcChain() *dag.DAG {
 	d := dag.New(FuncChain)
 	var prev *dag.Task
@@ -248,7 +250,7 @@ func funcChain() *dag.DAG {
 			if dir == "" {
 				return nil
 			}
-			line := fmt.Sprintf("%d %d", start.UnixNano(), time.Now().UnixNano())
+			line := strconv.FormatInt(start.UnixNano(), 10)
 			return os.WriteFile(filepath.Join(dir, TimesName(c.TaskID(), c.RunID())), []byte(line), 0o644)
 		})
 		if prev != nil {

@@ -1,0 +1,219 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/testdb"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// recorder is a pgx tracer that keeps each distinct statement sent while
+// on is set.
+type recorder struct {
+	on   atomic.Bool
+	mu   sync.Mutex
+	seen map[string]bool
+	sqls []string
+}
+
+func (r *recorder) add(sql string) {
+	if !r.on.Load() {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.seen[sql] {
+		r.seen[sql] = true
+		r.sqls = append(r.sqls, sql)
+	}
+}
+
+func (r *recorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	r.add(d.SQL)
+	return ctx
+}
+func (r *recorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *recorder) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+func (r *recorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	r.add(d.SQL)
+}
+func (r *recorder) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// bigTables are the tables that grow with the work done.
+var bigTables = []string{"task_instances", "task_logs", "task_log_chunks", "dag_runs", "dag_version_tasks"}
+
+// TestHotPlans runs the workers' hot path (claims, finishes of every
+// kind of outcome with releases, log appends, zombies, requeues) and
+// checks the generic plan of every statement it sent, under the planner
+// settings of hotPlanSQL, on an empty schema, the worst case for plans
+// made before the tables are analysed: no sequential scan of a table that
+// grows and no hash or merge join. A plan that scans would make every
+// finish cost more as the tables grow (seen once: a log append whose
+// cached plan read all of task_logs).
+func TestHotPlans(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{seen: map[string]bool{}}
+	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	task := func(id string, up ...string) store.TaskSpec {
+		return store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, Retries: 1, RetryDelay: time.Second, Upstream: up}
+	}
+	br := task("br", "a")
+	br.Kind = dag.KindBranch
+	cleanup := task("cleanup", "x", "y")
+	cleanup.TriggerRule = dag.AllDone
+	sp := store.DAGSpec{DAGID: "hot", Fingerprint: "f1", MaxActiveRuns: 4, Tasks: []store.TaskSpec{
+		task("a"), br, task("x", "br"), task("y", "br"), cleanup, task("z", "a"), task("w", "z")}}
+	capped := store.DAGSpec{DAGID: "capped", Fingerprint: "c1", MaxActiveRuns: 4, MaxActiveTasks: 1,
+		Tasks: []store.TaskSpec{task("c1"), task("c2")}}
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp, capped}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []store.DAGSpec{sp, capped} {
+		if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: d.DAGID, RunID: "r", RunType: store.RunManual,
+			LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: d.Fingerprint, QueuedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.StartRuns(ctx, d.DAGID, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	rec.on.Store(true)
+	by := func(cs []store.Claimed) map[string]store.Claimed {
+		m := map[string]store.Claimed{}
+		for _, c := range cs {
+			m[c.TaskID] = c
+		}
+		return m
+	}
+	res := func(c store.Claimed, st state.TaskState) store.Result {
+		return store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0,
+			StartedAt: t0, Log: []byte("line\n"), Output: json.RawMessage(`{"k": 1}`)}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs, err := s.ClaimTasks(ctx, w, 10, t0)
+	must(err)
+	got := by(cs)
+	must(s.AppendLog(ctx, store.Attempt{ID: got["a"].ID, TryNumber: 1}, []byte("early\n")))
+	_, cs, err = s.FinishAndClaim(ctx, []store.Result{res(got["a"], state.Success), res(got["c1"], state.Failed)}, w, 10, t0)
+	must(err)
+	got = by(cs)
+	b := res(got["br"], state.Success)
+	b.Follow = []string{"x"}
+	_, cs, err = s.FinishAndClaim(ctx, []store.Result{b, res(got["z"], state.Skipped)}, w, 10, t0)
+	must(err)
+	got = by(cs)
+	_, err = s.FinishTasks(ctx, []store.Result{res(got["x"], state.Failed)})
+	must(err)
+	_, err = s.RequeueRetries(ctx, t0.Add(time.Hour))
+	must(err)
+	cs, err = s.ClaimTasks(ctx, w, 10, t0)
+	must(err)
+	must(s.RequeueAttempts(ctx, []store.Attempt{{ID: cs[0].ID, TryNumber: cs[0].TryNumber}}))
+	_, err = s.ClaimTasks(ctx, w, 10, t0)
+	must(err)
+	_, err = s.FailZombies(ctx, t0.Add(time.Hour), t0.Add(time.Hour))
+	must(err)
+	_, err = s.FailWorkerTasks(ctx, w.ID, t0.Add(time.Hour))
+	must(err)
+	rec.on.Store(false)
+
+	// The plans, on an empty schema.
+	empty, err := Open(ctx, testdb.Postgres(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = empty.Close() })
+	must(empty.Migrate(ctx))
+	conn, err := empty.pool.Acquire(ctx)
+	must(err)
+	defer conn.Release()
+	tx, err := conn.Begin(ctx)
+	must(err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, hotPlanSQL)
+	must(err)
+	plannable := regexp.MustCompile(`(?is)^\s*(SELECT|WITH|UPDATE|INSERT|DELETE)\b`)
+	scan := regexp.MustCompile(`Seq Scan on (\w+)`)
+	checked := 0
+	for _, sql := range rec.sqls {
+		if !plannable.MatchString(sql) || strings.Contains(sql, "set_config(") {
+			continue
+		}
+		sd, err := tx.Conn().Prepare(ctx, "", sql)
+		if err != nil {
+			t.Fatalf("prepare %s: %v", sql, err)
+		}
+		types := make([]string, len(sd.ParamOIDs))
+		nulls := make([]string, len(sd.ParamOIDs))
+		for i, oid := range sd.ParamOIDs {
+			must(tx.QueryRow(ctx, "SELECT format_type($1, NULL)", oid).Scan(&types[i]))
+			nulls[i] = "NULL"
+		}
+		decl := ""
+		if len(types) > 0 {
+			decl = "(" + strings.Join(types, ", ") + ")"
+		}
+		if _, err := tx.Exec(ctx, "PREPARE hot_check"+decl+" AS "+sql); err != nil {
+			t.Fatalf("PREPARE %s: %v", sql, err)
+		}
+		call := "hot_check"
+		if len(nulls) > 0 {
+			call += "(" + strings.Join(nulls, ", ") + ")"
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN EXECUTE "+call)
+		must(err)
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		must(err)
+		_, err = tx.Exec(ctx, "DEALLOCATE hot_check")
+		must(err)
+		plan := strings.Join(lines, "\n")
+		var bad []string
+		for _, m := range scan.FindAllStringSubmatch(plan, -1) {
+			for _, big := range bigTables {
+				if m[1] == big {
+					bad = append(bad, m[0])
+				}
+			}
+		}
+		for _, j := range []string{"Hash Join", "Merge Join", "Hash Right Join", "Hash Left Join", "Hash Anti Join", "Hash Semi Join"} {
+			if strings.Contains(plan, j) {
+				bad = append(bad, j)
+			}
+		}
+		if len(bad) > 0 {
+			t.Errorf("generic plan of a hot statement has %v:\n%s\n%s", bad, sql, plan)
+		}
+		checked++
+	}
+	if checked < 15 {
+		t.Errorf("checked the plans of %d hot statements; the workload should send at least 15", checked)
+	}
+	t.Logf("checked %d hot statements", checked)
+}
