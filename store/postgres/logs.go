@@ -41,32 +41,44 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 	}
 }
 
-// queueAppendLogs queues on b the statements that append chunks[i] to the
+// appendLogsSQL appends chunk $3[i] to the log of try ($1[i], $2[i]) —
+// distinct tries — in one statement: it locks the tries' log rows that
+// exist (in (instance, try) order, so concurrent appends serialise on
+// each try), keeps what fits under the cap $4 and counts the rest as
+// dropped, writes the log rows (inserting those that did not exist) and
+// inserts the kept bytes as each try's next chunk. Appends to one try come
+// one at a time from the worker running it; two first appends racing
+// would both take chunk 0, and the second fails on the chunk's key
+// without changing anything.
+const appendLogsSQL = `
+	WITH u AS (
+		SELECT id, try, data, octet_length(data)::bigint AS len
+		FROM unnest($1::bigint[], $2::int[], $3::bytea[]) AS u(id, try, data)
+	), cur AS MATERIALIZED (
+		SELECT l.ti_id, l.try_number, l.size, l.dropped, l.chunks
+		FROM u JOIN task_logs l ON l.ti_id = u.id AND l.try_number = u.try
+		ORDER BY l.ti_id, l.try_number
+		FOR NO KEY UPDATE OF l
+	), a AS MATERIALIZED (
+		SELECT u.id, u.try, u.data, u.len, coalesce(cur.size, 0) AS size0, coalesce(cur.dropped, 0) AS dropped0,
+			coalesce(cur.chunks, 0) AS chunks0, least(u.len, greatest($4::bigint - coalesce(cur.size, 0), 0)) AS take
+		FROM u LEFT JOIN cur ON cur.ti_id = u.id AND cur.try_number = u.try
+	), up AS (
+		INSERT INTO task_logs AS l (ti_id, try_number, size, dropped, chunks)
+		SELECT id, try, size0 + take, dropped0 + len - take, chunks0 + CASE WHEN take > 0 THEN 1 ELSE 0 END
+		FROM a ORDER BY id, try
+		ON CONFLICT (ti_id, try_number) DO UPDATE SET size = excluded.size, dropped = excluded.dropped,
+			chunks = excluded.chunks
+	)
+	INSERT INTO task_log_chunks (ti_id, try_number, seq, data)
+	SELECT id, try, chunks0, substring(data FROM 1 FOR take::int) FROM a WHERE take > 0`
+
+// queueAppendLogs queues on b the statement that appends chunks[i] to the
 // log of try as[i] (distinct tries), keeping at most logCap bytes per try
-// and counting the rest as dropped. The log rows are locked in
-// (instance, try) order, so concurrent appends serialise on each try.
+// and counting the rest as dropped (appendLogsSQL).
 func queueAppendLogs(b *pgx.Batch, as []store.Attempt, chunks [][]byte, logCap int) {
 	ids, tries := attemptArrays(as)
-	b.Queue(`INSERT INTO task_logs (ti_id, try_number)
-		SELECT id, try FROM unnest($1::bigint[], $2::int[]) AS u(id, try) ORDER BY id, try
-		ON CONFLICT DO NOTHING`, ids, tries)
-	b.Queue(`
-		WITH u AS (
-			SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[]) AS u(id, try, data)
-		), cur AS MATERIALIZED (
-			SELECT l.ti_id, l.try_number, l.size, l.chunks, u.data,
-				least(octet_length(u.data), greatest($4::bigint - l.size, 0)) AS take
-			FROM task_logs l JOIN u ON l.ti_id = u.id AND l.try_number = u.try
-			ORDER BY l.ti_id, l.try_number
-			FOR NO KEY UPDATE OF l
-		), ins AS (
-			INSERT INTO task_log_chunks (ti_id, try_number, seq, data)
-			SELECT ti_id, try_number, chunks, substring(data FROM 1 FOR take::int) FROM cur WHERE take > 0
-		)
-		UPDATE task_logs l SET size = cur.size + cur.take,
-			dropped = l.dropped + octet_length(cur.data) - cur.take,
-			chunks = cur.chunks + CASE WHEN cur.take > 0 THEN 1 ELSE 0 END
-		FROM cur WHERE l.ti_id = cur.ti_id AND l.try_number = cur.try_number`, ids, tries, chunks, int64(logCap))
+	b.Queue(appendLogsSQL, ids, tries, chunks, int64(logCap))
 }
 
 // appendLogsIn appends the chunks inside tx (on a pipeTx, with its next

@@ -1,6 +1,11 @@
 package postgres
 
-import "testing"
+import (
+	"slices"
+	"testing"
+
+	"github.com/trellis-dag/trellis/state"
+)
 
 func TestParseURLTurnsJITOff(t *testing.T) {
 	for _, tc := range []struct{ url, want string }{
@@ -15,5 +20,41 @@ func TestParseURLTurnsJITOff(t *testing.T) {
 		if got := cfg.ConnConfig.RuntimeParams["jit"]; got != tc.want {
 			t.Errorf("parseURL(%q): jit = %q, want %q", tc.url, got, tc.want)
 		}
+	}
+}
+
+// TestFailingLeafStates: settleSQL's rule (a run fails when any leaf is
+// in failingLeafStates) is state.RunOutcome's, over every set of up to
+// three terminal leaf states.
+func TestFailingLeafStates(t *testing.T) {
+	var terminal []state.TaskState
+	for _, st := range state.TaskStates {
+		if st.Terminal() {
+			terminal = append(terminal, st)
+		}
+	}
+	sets := [][]state.TaskState{{}}
+	for range 3 {
+		var next [][]state.TaskState
+		for _, s := range sets {
+			for _, st := range terminal {
+				next = append(next, append(slices.Clone(s), st))
+			}
+		}
+		sets = append(sets, next...)
+	}
+	for _, leaves := range sets {
+		sql := state.RunSuccess
+		for _, l := range leaves {
+			if slices.Contains(failingLeafStates, string(l)) {
+				sql = state.RunFailed
+			}
+		}
+		if got := state.RunOutcome(leaves); got != sql {
+			t.Errorf("leaves %v: RunOutcome %s, settleSQL's rule %s", leaves, got, sql)
+		}
+	}
+	if !slices.Contains(failingLeafStates, string(state.Failed)) || !slices.Contains(failingLeafStates, string(state.UpstreamFailed)) {
+		t.Errorf("failingLeafStates = %v, want failed and upstream_failed among them", failingLeafStates)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +45,16 @@ type pipeTx struct {
 	// are still queued once committed (the transaction claimed what it
 	// queued itself, maybe all of it).
 	readyIfLeft bool
+	// afterIf are wake-ups decided by what the statements sent with
+	// COMMIT returned: sent in a round trip of their own after it.
+	afterIf []conditionalTopic
+}
+
+// conditionalTopic is a wake-up to send after the commit when send says
+// so.
+type conditionalTopic struct {
+	topic store.Topic
+	send  func() bool
 }
 
 // finalQuery is a statement of the transaction sent in the same round
@@ -180,6 +191,14 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 		}
 	}
 	_ = br.Close()
+	for _, c := range p.afterIf {
+		if !c.send() || slices.Contains(p.after, c.topic) {
+			continue
+		}
+		if _, err := p.conn.Exec(ctx, "SELECT pg_notify($1, '')", string(c.topic)); err != nil {
+			log.Warn("wake-up not sent after commit; receivers will poll", "topic", string(c.topic), "err", errText(err))
+		}
+	}
 	return nil
 }
 

@@ -283,12 +283,50 @@ func (rl *releaser) decide(ctx context.Context, ws []waiting) ([]change, error) 
 	return next, nil
 }
 
+// failingLeafStates lists the leaf states that make a finished run
+// failed, as state.RunOutcome says (a run fails when any of its leaves is
+// in one of them); settleSQL applies it.
+var failingLeafStates = func() []string {
+	var out []string
+	for _, st := range state.TaskStates {
+		if st.Terminal() && state.RunOutcome([]state.TaskState{st}) == state.RunFailed {
+			out = append(out, string(st))
+		}
+	}
+	return out
+}()
+
+// settleSQL subtracts $2[i] finished instances from the unfinished count
+// of run $1[i] and ends each running run that has none left, at $3: failed
+// when one of its leaf instances is in a state of $4 (failingLeafStates),
+// else success. The runs are locked in id order; the rows returned are
+// the runs it ended, with their state.
+const settleSQL = `
+	WITH l AS MATERIALIZED (
+		SELECT r.id, r.unfinished - u.d AS left, r.state = 'running' AND r.unfinished - u.d = 0 AS ending,
+			r.version_id
+		FROM dag_runs r JOIN unnest($1::bigint[], $2::int[]) AS u(id, d) ON u.id = r.id
+		ORDER BY r.id FOR NO KEY UPDATE OF r
+	), o AS (
+		SELECT l.id, l.left, l.ending, CASE WHEN NOT l.ending THEN NULL
+			WHEN EXISTS (SELECT 1 FROM dag_version_tasks v
+				JOIN task_instances t ON t.run_id = l.id AND t.task_id = v.task_id AND t.call_key = ''
+				WHERE v.version_id = l.version_id AND v.is_leaf AND t.state = ANY($4::text[])) THEN 'failed'
+			ELSE 'success' END AS outcome
+		FROM l
+	)
+	UPDATE dag_runs r SET unfinished = o.left, state = coalesce(o.outcome, r.state),
+		ended_at = CASE WHEN o.ending THEN $3 ELSE r.ended_at END
+	FROM o WHERE r.id = o.id AND (o.ending OR o.left <> r.unfinished)
+	RETURNING r.id, o.outcome`
+
 // settle updates the count of unfinished instances of every run touched
 // and finishes the running runs that have none left, with the outcome of
-// their leaf instances. The runs are locked in id order (FOR NO KEY
-// UPDATE: their keys do not change) after every instance lock of the
-// transaction, so concurrent transactions serialise on them without
-// deadlocking, and the counts stay exact.
+// their leaf instances (settleSQL). The runs are locked in id order (FOR
+// NO KEY UPDATE: their keys do not change) after every instance lock of
+// the transaction, so concurrent transactions serialise on them without
+// deadlocking, and the counts stay exact. In a pipeTx the statement
+// travels with COMMIT: which runs it ended is known once committed.
 func (rl *releaser) settle(ctx context.Context) error {
 	if len(rl.runs) == 0 {
 		return nil
@@ -302,70 +340,30 @@ func (rl *releaser) settle(ctx context.Context) error {
 	for i, id := range ids {
 		deltas[i] = int32(rl.runs[id])
 	}
-	rows, err := rl.tx.Query(ctx, `
-		WITH l AS MATERIALIZED (
-			SELECT id FROM dag_runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
-		)
-		UPDATE dag_runs r SET unfinished = r.unfinished - u.d
-		FROM l, unnest($1::bigint[], $2::int[]) AS u(id, d)
-		WHERE r.id = l.id AND u.id = r.id
-		RETURNING r.id, r.unfinished, r.state`, ids, deltas)
-	if err != nil {
-		return err
-	}
-	var done []int64
-	for rows.Next() {
-		var id int64
-		var left int
-		var st state.RunState
-		if err := rows.Scan(&id, &left, &st); err != nil {
-			rows.Close()
-			return err
+	args := []any{ids, deltas, rl.now, failingLeafStates}
+	read := func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id int64
+			var out *string
+			if err := rows.Scan(&id, &out); err != nil {
+				return err
+			}
+			if out != nil {
+				rl.ended[id] = state.RunState(*out)
+			}
 		}
-		if left == 0 && st == state.RunRunning {
-			done = append(done, id)
-		}
+		return rows.Err()
 	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if len(done) == 0 {
+	if p, ok := rl.tx.(*pipeTx); ok {
+		p.beforeCommit(settleSQL, args, read)
 		return nil
 	}
-	rows, err = rl.tx.Query(ctx, `
-		SELECT r.id, ARRAY(
-			SELECT t.state FROM task_instances t
-			JOIN dag_version_tasks v ON v.version_id = r.version_id AND v.task_id = t.task_id AND v.is_leaf
-			WHERE t.run_id = r.id AND t.call_key = '')
-		FROM dag_runs r WHERE r.id = ANY($1)`, done)
+	rows, err := rl.tx.Query(ctx, settleSQL, args...)
 	if err != nil {
 		return err
 	}
-	var outcomes []string
-	done = done[:0]
-	for rows.Next() {
-		var id int64
-		var leaves []string
-		if err := rows.Scan(&id, &leaves); err != nil {
-			rows.Close()
-			return err
-		}
-		ls := make([]state.TaskState, len(leaves))
-		for i, l := range leaves {
-			ls[i] = state.TaskState(l)
-		}
-		out := state.RunOutcome(ls)
-		done = append(done, id)
-		outcomes = append(outcomes, string(out))
-		rl.ended[id] = out
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	_, err = rl.tx.Exec(ctx, `UPDATE dag_runs r SET state = u.state, ended_at = $3
-		FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE r.id = u.id AND r.state = 'running'`,
-		done, outcomes, rl.now)
-	return err
+	defer rows.Close()
+	return read(rows)
 }
 
 // finish settles the touched runs and queues the wake-ups.
@@ -381,7 +379,11 @@ func (rl *releaser) notify(ctx context.Context) error {
 	if rl.queued > 0 {
 		topics = append(topics, store.TopicTasksReady)
 	}
-	if len(rl.ended) > 0 || rl.runsChanged {
+	if p, ok := rl.tx.(*pipeTx); ok && !rl.runsChanged {
+		// The runs ended are known once committed (settle travels with
+		// COMMIT): the wake-up for them follows then.
+		p.afterIf = append(p.afterIf, conditionalTopic{store.TopicRunsChanged, func() bool { return len(rl.ended) > 0 }})
+	} else if len(rl.ended) > 0 || rl.runsChanged {
 		topics = append(topics, store.TopicRunsChanged)
 	}
 	return notify(ctx, rl.tx, topics...)

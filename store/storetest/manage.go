@@ -562,6 +562,18 @@ func testListen(t *testing.T, e *env) {
 		t.Fatalf("failed try with a retry left = %s, want up_for_retry", out[0].State)
 	}
 	waitTopic(t, sub2, store.TopicRunsChanged)
+
+	// A finish (with a claim) that ends a run wakes the scheduler, which
+	// may start the next run.
+	es := newSpec("le", tk("a"))
+	e.started(es, "r")
+	a = e.claimNamed("le", "a")
+	sub3, err := e.s.Listen(e.ctx, store.TopicRunsChanged)
+	must(t, "Listen", err)
+	defer sub3.Close()
+	e.finishClaim(4, result(a, state.Success))
+	e.wantRunState("le", "r", state.RunSuccess)
+	waitTopic(t, sub3, store.TopicRunsChanged)
 }
 
 // waitTopic waits for topic on sub, ignoring others.
