@@ -67,8 +67,10 @@ func BenchmarkCreateRun100k(b *testing.B) { benchCreateRun(b, 500, 200) }
 
 // benchClaimFinish runs b.N task instances through claim and finish (with
 // downstream release and run settlement), workers goroutines each
-// claiming batch instances at a time.
-func benchClaimFinish(b *testing.B, workers, batch int) {
+// claiming batch instances at a time. With combined, a worker claims its
+// next batch in the transaction that finishes the last (FinishAndClaim,
+// as the executor does); otherwise it calls ClaimTasks and FinishTasks.
+func benchClaimFinish(b *testing.B, workers, batch int, combined bool) {
 	s := benchStore(b)
 	ctx := context.Background()
 	const width, depth = 1000, 10 // 10,000 tasks per run
@@ -100,22 +102,33 @@ func benchClaimFinish(b *testing.B, workers, batch int) {
 	for w := range workers {
 		wg.Go(func() {
 			wk := store.Worker{ID: fmt.Sprintf("w%d", w), Hostname: "bench", PID: w}
+			var held []store.Claimed // claimed by the last finish
 			for done.Load() < int64(b.N) && !failed.Load() {
 				mu.Lock()
 				seen := gen
 				inflight++
 				mu.Unlock()
-				cs, err := s.ClaimTasks(ctx, wk, batch, bt0)
+				cs, err := held, error(nil)
+				if len(cs) == 0 {
+					cs, err = s.ClaimTasks(ctx, wk, batch, bt0)
+				}
+				held = nil
 				if err == nil && len(cs) > 0 {
 					rs := make([]store.Result, len(cs))
 					for i, c := range cs {
 						rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
 					}
-					_, err = s.FinishTasks(ctx, rs)
+					if combined {
+						_, held, err = s.FinishAndClaim(ctx, rs, wk, batch, bt0)
+					} else {
+						_, err = s.FinishTasks(ctx, rs)
+					}
 					done.Add(int64(len(cs)))
 				}
 				mu.Lock()
-				inflight--
+				if len(held) == 0 {
+					inflight--
+				}
 				if len(cs) > 0 {
 					gen++
 				}
@@ -130,6 +143,9 @@ func benchClaimFinish(b *testing.B, workers, batch int) {
 					finished.Wait()
 				}
 				stuck := len(cs) == 0 && gen == seen && inflight == 0
+				if len(held) > 0 {
+					inflight-- // counted again at the top of the loop
+				}
 				mu.Unlock()
 				if stuck {
 					if done.Load() < int64(b.N) {
@@ -137,6 +153,16 @@ func benchClaimFinish(b *testing.B, workers, batch int) {
 						failed.Store(true)
 					}
 					return
+				}
+			}
+			if len(held) > 0 {
+				// b.N reached with tries claimed: give them back.
+				as := make([]store.Attempt, len(held))
+				for i, c := range held {
+					as[i] = store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+				}
+				if err := s.RequeueAttempts(ctx, as); err != nil {
+					b.Error(err)
 				}
 			}
 		})
@@ -147,11 +173,19 @@ func benchClaimFinish(b *testing.B, workers, batch int) {
 }
 
 // BenchmarkClaimFinish: claim + finish with downstream release, in
-// batches (target ≥ 20,000 task instances/s).
+// batches (target ≥ 20,000 task instances/s), with the claim in the
+// finishing transaction (claim=finish, what workers do) or apart.
 func BenchmarkClaimFinish(b *testing.B) {
-	for _, c := range []struct{ workers, batch int }{{1, 1000}, {2, 1000}, {2, 2000}} {
-		b.Run(fmt.Sprintf("workers=%d/batch=%d", c.workers, c.batch), func(b *testing.B) {
-			benchClaimFinish(b, c.workers, c.batch)
+	for _, c := range []struct {
+		workers, batch int
+		combined       bool
+	}{{1, 1000, true}, {2, 1000, true}, {2, 2000, true}, {2, 1000, false}} {
+		mode := "separate"
+		if c.combined {
+			mode = "finish"
+		}
+		b.Run(fmt.Sprintf("workers=%d/batch=%d/claim=%s", c.workers, c.batch, mode), func(b *testing.B) {
+			benchClaimFinish(b, c.workers, c.batch, c.combined)
 		})
 	}
 }

@@ -379,17 +379,19 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 		cl  claimRead
 	)
 	err := s.inPipe(ctx, op, func(tx *pipeTx) error {
-		var err error
 		cl = claimRead{}
-		if out, err = s.finishIn(ctx, tx, results); err != nil {
-			return err
-		}
 		if max > 0 {
+			// Sent with COMMIT, after every statement of the finish, and
+			// before the run's settling (which finishIn adds): the run
+			// rows stay locked only from the settling to the commit, so
+			// concurrent finishes of one run wait for each other briefly.
 			tx.beforeCommit(capsSQL, nil, cl.readCaps)
 			tx.beforeCommit(fastClaimSQL, []any{max, now, w.ID, w.Hostname, w.PID}, cl.readClaimed)
 			tx.readyIfLeft = true
 		}
-		return nil
+		var err error
+		out, err = s.finishIn(ctx, tx, results)
+		return err
 	})
 	if err != nil {
 		return nil, nil, err
