@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/executor/internal/testdags"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
@@ -137,7 +138,8 @@ func newTestPool(t testing.TB, bin, url string, st store.Store, env procEnv, log
 	return p
 }
 
-// poolProcess is a separately started `testbin pool`.
+// poolProcess is a separately started testbin process (`testbin pool`,
+// or `testbin scheduler`).
 type poolProcess struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
@@ -147,12 +149,19 @@ type poolProcess struct {
 
 func startPoolProcess(t testing.TB, bin, url string, env procEnv, args ...string) *poolProcess {
 	t.Helper()
+	return startTestbin(t, bin, url, env, "pool", args...)
+}
+
+// startTestbin starts testbin in role with args; it is stopped (SIGTERM,
+// then SIGKILL) when the test ends.
+func startTestbin(t testing.TB, bin, url string, env procEnv, role string, args ...string) *poolProcess {
+	t.Helper()
 	pp := &poolProcess{out: &syncBuffer{}, done: make(chan struct{})}
-	pp.cmd = exec.Command(bin, append([]string{"pool"}, args...)...)
+	pp.cmd = exec.Command(bin, append([]string{role}, args...)...)
 	pp.cmd.Env = append(append(os.Environ(), env.vars()...), EnvDatabaseURL+"="+url)
 	pp.cmd.Stdout, pp.cmd.Stderr = pp.out, pp.out
 	if err := pp.cmd.Start(); err != nil {
-		t.Fatalf("start testbin pool: %v", err)
+		t.Fatalf("start testbin %s: %v", role, err)
 	}
 	go func() { pp.err = pp.cmd.Wait(); close(pp.done) }()
 	t.Cleanup(func() {
@@ -168,7 +177,7 @@ func startPoolProcess(t testing.TB, bin, url string, env procEnv, args ...string
 			}
 		}
 		if t.Failed() {
-			t.Logf("testbin pool %v output:\n%s", pp.cmd.Args, pp.out.String())
+			t.Logf("testbin %v output:\n%s", pp.cmd.Args, pp.out.String())
 		}
 	})
 	return pp
@@ -213,6 +222,7 @@ func TestPool(t *testing.T) {
 	t.Run("Isolation", func(t *testing.T) { testPoolIsolation(t, bin) })
 	t.Run("Orphans", func(t *testing.T) { testPoolOrphans(t, bin) })
 	t.Run("Chaos", func(t *testing.T) { testPoolChaos(t, bin) })
+	t.Run("ChaosSchedulerKilled", func(t *testing.T) { testPoolChaosScheduler(t, bin) })
 	t.Run("RemoteWorkerTakesShare", func(t *testing.T) { testPoolRemoteWorkerTakesShare(t, bin) })
 	t.Run("GracefulShutdownRequeues", func(t *testing.T) { testPoolGracefulShutdownRequeues(t, bin) })
 	t.Run("SecondSignalHalts", func(t *testing.T) { testPoolSecondSignalHalts(t, bin) })
@@ -349,11 +359,71 @@ func testPoolChaos(t *testing.T, bin string) {
 		}
 		t.Logf("kill %d: SIGKILLed worker process %d", k+1, victim)
 	}
-	run := waitRun(t, st, d.ID(), "r1", 120*time.Second)
+	retried := checkChaosRun(t, st, env, d, "r1")
+	waitCond(t, 10*time.Second, "three restarts (one per kill)", func() bool { return p.Restarts() >= 3 })
+	t.Logf("%d tasks needed more than one try; %d restarts", retried, p.Restarts())
+	p.Stop()
+	env.assertNothingLeft(t)
+}
+
+// testPoolChaosScheduler: the chaos DAG on 3 worker processes with the
+// scheduler in a process of its own, SIGKILLed three times at random
+// moments and restarted; each time a worker process is killed too while
+// the scheduler is down, so the retries of its tries wait for the next
+// scheduler. The run ends success, no task is lost or succeeds twice.
+func testPoolChaosScheduler(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 3 })
+	sched := startTestbin(t, bin, url, env, "scheduler", "--zombie-threshold", "2s", "--zombie-interval", "200ms")
+
+	d := testdags.Registry().Lookup(testdags.Chaos)
+	startRun(t, st, d, "r1", nil)
+	for k := range 3 {
+		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond) // a random moment, on purpose
+		if run, err := st.GetRun(context.Background(), d.ID(), "r1"); err != nil || run.State.Terminal() {
+			t.Fatalf("before kill %d: run %+v, %v; the chaos DAG is too short", k+1, run, err)
+		}
+		if err := sched.cmd.Process.Kill(); err != nil {
+			t.Fatalf("kill %d: scheduler: %v", k+1, err)
+		}
+		waitFor(t, sched.done, 10*time.Second, "the killed scheduler to exit")
+		pids := p.PIDs()
+		if len(pids) == 0 {
+			t.Fatalf("kill %d: no live worker process", k+1)
+		}
+		victim := pids[mrand.IntN(len(pids))]
+		if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %d: worker: %v", k+1, err)
+		}
+		t.Logf("kill %d: SIGKILLed the scheduler and worker process %d", k+1, victim)
+		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond) // retries pile up meanwhile, on purpose
+		sched = startTestbin(t, bin, url, env, "scheduler", "--zombie-threshold", "2s", "--zombie-interval", "200ms")
+	}
+	retried := checkChaosRun(t, st, env, d, "r1")
+	if retried == 0 {
+		t.Errorf("no task needed a retry; the kills did not hit running tries")
+	}
+	t.Logf("%d tasks needed more than one try; %d worker restarts", retried, p.Restarts())
+	sched.stop(t, syscall.SIGTERM)
+	p.Stop()
+	env.assertNothingLeft(t)
+}
+
+// checkChaosRun waits for run runID of the chaos DAG and checks it
+// succeeded with every task recorded once: the recorded success is the
+// last try that ran, and no downstream try started before its upstream
+// ended. It returns how many tasks needed more than one try.
+func checkChaosRun(t *testing.T, st store.Store, env procEnv, d *dag.DAG, runID string) int {
+	t.Helper()
+	run := waitRun(t, st, d.ID(), runID, 120*time.Second)
 	if run.State != state.RunSuccess {
 		t.Errorf("run = %s, want success", run.State)
 	}
-	tis := tasksOf(t, st, d.ID(), "r1")
+	tis := tasksOf(t, st, d.ID(), runID)
 	if len(tis) != testdags.ChaosLayers*testdags.ChaosWidth {
 		t.Fatalf("run has %d task instances, want %d", len(tis), testdags.ChaosLayers*testdags.ChaosWidth)
 	}
@@ -388,10 +458,7 @@ func testPoolChaos(t *testing.T, bin string) {
 			}
 		}
 	}
-	waitCond(t, 10*time.Second, "three restarts (one per kill)", func() bool { return p.Restarts() >= 3 })
-	t.Logf("%d of %d tasks needed more than one try; %d restarts", retried, len(tis), p.Restarts())
-	p.Stop()
-	env.assertNothingLeft(t)
+	return retried
 }
 
 func testPoolRemoteWorkerTakesShare(t *testing.T, bin string) {

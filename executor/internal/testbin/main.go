@@ -1,12 +1,14 @@
 // Command testbin is the binary the executor's process tests and
-// benchmarks drive. It knows the DAGs of package testdags and has two
+// benchmarks drive. It knows the DAGs of package testdags and has three
 // roles:
 //
-//	testbin pool [flags]   a worker pool (what `trellis worker` runs)
-//	testbin child          a worker child, started by the pool
+//	testbin pool [flags]       a worker pool (what `trellis worker` runs)
+//	testbin child              a worker child, started by the pool
+//	testbin scheduler [flags]  a scheduler (what `trellis scheduler` runs)
 //
-// Both read the database URL from TRELLIS_DATABASE_URL. The pool stops
-// gracefully on the first SIGTERM or SIGINT and halts on the second.
+// All read the database URL from TRELLIS_DATABASE_URL. The pool stops
+// gracefully on the first SIGTERM or SIGINT and halts on the second; the
+// scheduler stops on the first.
 package main
 
 import (
@@ -21,13 +23,14 @@ import (
 
 	"github.com/trellis-dag/trellis/executor"
 	"github.com/trellis-dag/trellis/executor/internal/testdags"
+	"github.com/trellis-dag/trellis/scheduler"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: testbin pool [flags] | testbin child")
+		fmt.Fprintln(os.Stderr, "usage: testbin pool [flags] | testbin child | testbin scheduler [flags]")
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -36,6 +39,8 @@ func main() {
 		os.Exit(child(logger))
 	case "pool":
 		os.Exit(pool(logger, os.Args[2:]))
+	case "scheduler":
+		os.Exit(runScheduler(logger, os.Args[2:]))
 	default:
 		fmt.Fprintf(os.Stderr, "testbin: unknown role %q\n", os.Args[1])
 		os.Exit(2)
@@ -121,5 +126,41 @@ func pool(logger *slog.Logger, args []string) int {
 		<-p.Done()
 	}
 	fmt.Printf("pool stopped restarts=%d\n", p.Restarts())
+	return 0
+}
+
+// runScheduler runs a scheduler over the test DAGs until SIGTERM or
+// SIGINT.
+func runScheduler(logger *slog.Logger, args []string) int {
+	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
+	zombie := fs.Duration("zombie-threshold", 0, "heartbeat age of a zombie (0 = default)")
+	sweep := fs.Duration("zombie-interval", 0, "zombie sweep interval (0 = default)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx := context.Background()
+	st, err := open(ctx, os.Getenv(executor.EnvDatabaseURL), logger)
+	if err != nil {
+		logger.Error("testbin scheduler: open store", "err", err)
+		return 1
+	}
+	defer st.Close()
+	s := scheduler.New(scheduler.Config{
+		Store:               st,
+		Registry:            testdags.Registry(),
+		Logger:              logger,
+		ZombieThreshold:     *zombie,
+		ZombieCheckInterval: *sweep,
+	})
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	if err := s.Start(ctx); err != nil {
+		logger.Error("testbin scheduler", "err", err)
+		return 1
+	}
+	fmt.Println("scheduler started")
+	<-sigs
+	s.Stop()
+	fmt.Println("scheduler stopped")
 	return 0
 }
