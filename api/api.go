@@ -118,6 +118,7 @@ type api struct {
 	maxLimit   int
 	healthAge  time.Duration
 	cache      *runCache // nil: off
+	runTIs     flights   // GET …/dagRuns/{run}/taskInstances reads in progress
 }
 
 // New returns the handler of the REST API (under /api/v1) and of

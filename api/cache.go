@@ -50,6 +50,7 @@ type cachedRun struct {
 	filled             time.Time
 	tis                []cachedTI
 	size               int
+	jsonBytes          int // of every instance's JSON, with separators
 }
 
 type cachedTI struct {
@@ -166,6 +167,7 @@ func (a *api) cachedTaskInstances(c *tiContext, run store.Run) (*cachedRun, erro
 		js := appendTaskInstance(nil, ti, run.LogicalDate, c.kind(ti.DAGID, ti.TaskID))
 		e.tis[i] = cachedTI{ti: ti, json: js}
 		e.size += len(js) + 400 // the instance itself
+		e.jsonBytes += len(js) + 1
 	}
 	a.cache.put(e, gen)
 	return e, nil
@@ -193,6 +195,9 @@ func (f taskFilter) matches(ti store.TaskInstance, residual func(store.TaskInsta
 // cached instances matching f.
 func (c *tiContext) renderCached(b []byte, e *cachedRun, f taskFilter, p page) ([]byte, error) {
 	residual := f.residual(c)
+	if need := e.jsonBytes + 64; cap(b) < need {
+		b = make([]byte, 0, need)
+	}
 	b = append(b[:0], `{"task_instances":[`...)
 	total, n := 0, 0
 	for _, ct := range e.tis {

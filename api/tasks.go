@@ -186,20 +186,35 @@ func (a *api) listTaskInstances(c *tiContext, f taskFilter, p page) ([]store.Tas
 func (c *tiContext) write(w http.ResponseWriter, tis []store.TaskInstance, total int) error {
 	buf := getBuffer()
 	defer putBuffer(buf)
-	b := append((*buf)[:0], `{"task_instances":[`...)
+	var err error
+	if *buf, err = c.render(*buf, tis, total); err != nil {
+		return err
+	}
+	return writeBody(w, *buf)
+}
+
+// render appends to b[:0] the body listing tis of total matches.
+func (c *tiContext) render(b []byte, tis []store.TaskInstance, total int) ([]byte, error) {
+	if need := len(tis)*tiJSONEstimate + 64; cap(b) < need {
+		b = make([]byte, 0, need)
+	}
+	b = append(b[:0], `{"task_instances":[`...)
 	for i, ti := range tis {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		ld, err := c.logicalDate(ti.DAGID, ti.DAGRunID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		b = appendTaskInstance(b, ti, ld, c.kind(ti.DAGID, ti.TaskID))
 	}
-	*buf = appendTotal(b, total)
-	return writeBody(w, *buf)
+	return appendTotal(b, total), nil
 }
+
+// tiJSONEstimate is about the size of one task instance's JSON (a little
+// more: most fit without growing the buffer).
+const tiJSONEstimate = 700
 
 // bodyBuffers recycles the buffers task instance lists are written into.
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
@@ -223,7 +238,11 @@ func appendTotal(b []byte, total int) []byte {
 
 // writeBody answers 200 with a JSON body.
 func writeBody(w http.ResponseWriter, b []byte) error {
-	w.Header().Set("Content-Type", "application/json")
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	// With the length known, net/http writes the body in one go instead
+	// of chunk by chunk.
+	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)
 	return nil
@@ -269,38 +288,22 @@ func (a *api) getTaskInstances(w http.ResponseWriter, r *http.Request) error {
 	}
 	f.setStatic(nilIfAbsent(q, "pool"), nilIfAbsent(q, "queue"), nilIfAbsent(q, "executor"))
 
-	c := a.newTIContext(r.Context())
-	switch {
-	case dagID != "~" && runID != "~":
-		run, err := a.getStoredRun(r.Context(), dagID, runID)
+	if dagID != "~" && runID != "~" {
+		// Clients polling one run ask the same question at once: they
+		// share one read (see flights).
+		body, err := a.runTIs.do(r.Context(), r.URL.Path+"?"+r.URL.RawQuery, func(ctx context.Context) ([]byte, error) {
+			return a.runTaskInstancesBody(ctx, dagID, runID, f, p)
+		})
 		if err != nil {
 			return err
 		}
-		c.addRun(run)
-		if !f.logical.contains(&run.LogicalDate) {
-			f.none = true
-		}
-		f.logical = timeRange{} // decided for the one run
-		if !f.none {
-			e, err := a.cachedTaskInstances(c, run)
-			if err != nil {
-				return err
-			}
-			if e != nil {
-				buf := getBuffer()
-				defer putBuffer(buf)
-				if *buf, err = c.renderCached(*buf, e, f, p); err != nil {
-					return err
-				}
-				return writeBody(w, *buf)
-			}
-		}
-	case dagID != "~":
+		return writeBody(w, body)
+	}
+	c := a.newTIContext(r.Context())
+	if dagID != "~" {
 		if _, err := a.getStoredDAG(r.Context(), dagID); err != nil {
 			return err
 		}
-	}
-	if dagID != "~" {
 		f.q.DAGIDs = []string{dagID}
 	}
 	if runID != "~" {
@@ -311,6 +314,37 @@ func (a *api) getTaskInstances(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return c.write(w, tis, total)
+}
+
+// runTaskInstancesBody renders the body answering one page of the task
+// instances of one run that match f: from the finished-run cache, or
+// read from the store.
+func (a *api) runTaskInstancesBody(ctx context.Context, dagID, runID string, f taskFilter, p page) ([]byte, error) {
+	c := a.newTIContext(ctx)
+	run, err := a.getStoredRun(ctx, dagID, runID)
+	if err != nil {
+		return nil, err
+	}
+	c.addRun(run)
+	if !f.logical.contains(&run.LogicalDate) {
+		f.none = true
+	}
+	f.logical = timeRange{} // decided for the one run
+	if !f.none {
+		e, err := a.cachedTaskInstances(c, run)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			return c.renderCached(nil, e, f, p)
+		}
+	}
+	f.q.DAGIDs, f.q.DAGRunIDs = []string{dagID}, []string{runID}
+	tis, total, err := a.listTaskInstances(c, f, p)
+	if err != nil {
+		return nil, err
+	}
+	return c.render(nil, tis, total)
 }
 
 // nilIfAbsent returns the values of an array parameter, nil when it is

@@ -23,10 +23,11 @@ const (
 	ScenarioShell = "shell"
 	ScenarioCron  = "cron"
 	ScenarioBig   = "big"
+	ScenarioAPI   = "api"
 )
 
 // Scenarios lists every scenario in the order Run runs them.
-var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig}
+var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
 // scenario's second part, the Shell chain.
@@ -40,17 +41,18 @@ type Sizes struct {
 	ShellChain int // tasks in the Shell chain
 	Cron       int // DAGs on @every 1s
 	Big        int // tasks of the big DAG, root and join included
+	Watch      int // tasks of the run the api scenario reads
 }
 
 // DefaultSizes are the sizes of issue 7.
 func DefaultSizes() Sizes {
-	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000}
+	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100}
 }
 
 // QuickSizes are small sizes that run every scenario in seconds, to check
 // that the benchmark works (`trellis bench --quick`).
 func QuickSizes() Sizes {
-	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000}
+	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20}
 }
 
 // DefaultCronDuration is how long the cron scenario measures.
@@ -58,6 +60,14 @@ const DefaultCronDuration = 30 * time.Second
 
 // QuickCronDuration is the cron duration of --quick.
 const QuickCronDuration = 3 * time.Second
+
+// DefaultAPIDuration is how long the api scenario sends requests for
+// each of its two runs; DefaultAPIClients how many clients send them.
+const (
+	DefaultAPIDuration = 10 * time.Second
+	QuickAPIDuration   = time.Second
+	DefaultAPIClients  = 16
+)
 
 // DefaultTimeout bounds one scenario on one store.
 const DefaultTimeout = 5 * time.Minute
@@ -75,6 +85,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 		return []DAGSet{{ShapeCron, s.Cron}}, nil
 	case ScenarioBig:
 		return []DAGSet{{ShapeBig, s.Big}}, nil
+	case ScenarioAPI:
+		return []DAGSet{{ShapeWide, s.Wide}, {ShapeWatch, s.Watch}}, nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q (want one of %s)", scenario, strings.Join(Scenarios, ", "))
 }
@@ -184,6 +196,11 @@ type Config struct {
 	// scenario counts (whole seconds, at least 1 s; default
 	// DefaultCronDuration).
 	CronDuration time.Duration
+	// APIDuration is how long the api scenario sends requests for each of
+	// its two runs (default DefaultAPIDuration), with APIClients clients
+	// at once (default DefaultAPIClients).
+	APIDuration time.Duration
+	APIClients  int
 	// Workers is the number of worker processes (default the CPU count)
 	// and Slots the tasks each runs at once (default
 	// executor.DefaultSlots).
@@ -226,8 +243,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.CronDuration < 0 || c.CronDuration%time.Second != 0 {
 		problems = append(problems, fmt.Errorf("cron duration %v: want whole seconds", c.CronDuration))
 	}
-	if c.Workers < 0 || c.Slots < 0 || c.Timeout < 0 {
-		problems = append(problems, errors.New("workers, slots and timeout must not be negative"))
+	if c.Workers < 0 || c.Slots < 0 || c.Timeout < 0 || c.APIDuration < 0 || c.APIClients < 0 {
+		problems = append(problems, errors.New("workers, slots, timeout, API duration and API clients must not be negative"))
 	}
 	if len(problems) > 0 {
 		return c, fmt.Errorf("benchmark config: %w", errors.Join(problems...))
@@ -248,6 +265,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CronDuration == 0 {
 		c.CronDuration = DefaultCronDuration
+	}
+	if c.APIDuration == 0 {
+		c.APIDuration = DefaultAPIDuration
+	}
+	if c.APIClients == 0 {
+		c.APIClients = DefaultAPIClients
 	}
 	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()

@@ -40,6 +40,11 @@ const (
 	// ShapeBig is bench_big: Size tasks in all, root → Size−2 no-op Func
 	// tasks → join.
 	ShapeBig Shape = "big"
+	// ShapeWatch is bench_watch: Size tasks in all, root → Size−1 no-op
+	// Func tasks. The root holds for the run's conf "hold_ms"
+	// milliseconds (default 0), or until its try is cancelled, so a run
+	// can be kept running while it is watched.
+	ShapeWatch Shape = "watch"
 )
 
 // shapes lists every shape with the least size it accepts.
@@ -47,7 +52,7 @@ var shapes = []struct {
 	shape   Shape
 	minSize int
 }{
-	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3},
+	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1},
 }
 
 // MaxSize bounds the size of a DAG set, against typing mistakes.
@@ -95,7 +100,12 @@ const (
 	ShellDAGID      = IDPrefix + "shell"
 	ShellChainDAGID = IDPrefix + "shell_chain"
 	BigDAGID        = IDPrefix + "big"
+	WatchDAGID      = IDPrefix + "watch"
 )
+
+// WatchHoldParam is the conf key of the bench_watch root's hold, in
+// milliseconds.
+const WatchHoldParam = "hold_ms"
 
 // CronDAGID returns the id of cron DAG i of a set of n.
 func CronDAGID(i, n int) string {
@@ -114,6 +124,14 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 		return []*dag.DAG{fanOut(WideDAGID, n)}, nil
 	case ShapeBig:
 		return []*dag.DAG{fanOut(BigDAGID, n-2)}, nil
+	case ShapeWatch:
+		d := dag.New(WatchDAGID, dag.Description("trellis bench: a run to watch through the API, held running by its root"),
+			dag.Params(map[string]any{WatchHoldParam: 0}))
+		root := d.Func("root", hold)
+		for i := range n - 1 {
+			root.SetDownstream(d.Func(taskID("w", i, n-1), noop))
+		}
+		return []*dag.DAG{d}, nil
 	case ShapeChain:
 		d := dag.New(ChainDAGID, dag.Description("trellis bench: no-op Func tasks in a line"))
 		line(n, func(id string) *dag.Task { return d.Func(id, noop) })
@@ -186,6 +204,22 @@ func taskID(prefix string, i, n int) string {
 func digits(n int) int { return len(strconv.Itoa(max(n, 0))) }
 
 func noop(*dag.Context) error { return nil }
+
+// hold waits for the run's hold_ms, or until the try is cancelled.
+func hold(c *dag.Context) error {
+	ms, _ := c.Params()[WatchHoldParam].(float64) // JSON numbers; an int default is 0 too
+	if ms <= 0 {
+		return nil
+	}
+	t := time.NewTimer(time.Duration(ms * float64(time.Millisecond)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-c.Done():
+		return c.Err()
+	}
+}
 
 // FormatDAGSets returns the EnvDAGs value for sets: "wide=10000,cron=1000".
 func FormatDAGSets(sets []DAGSet) string {

@@ -117,6 +117,8 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.cron(sctx)
 	case ScenarioBig:
 		err = h.big(sctx)
+	case ScenarioAPI:
+		err = h.api(sctx)
 	}
 	return nil, err
 }

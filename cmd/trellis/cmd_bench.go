@@ -51,6 +51,8 @@ type benchFlags struct {
 	jsonFile     string
 	quick        bool
 	cronDuration time.Duration
+	apiDuration  time.Duration
+	apiClients   int
 	slots        int
 	timeout      time.Duration
 	cpuProfile   string
@@ -76,6 +78,12 @@ measures them from the times the store records. Scenarios (default: all):
           created − end of its interval) p50 and p99, and runs missed
   big     one DAG of 100,000 tasks: run creation time, completion rate,
           and the peak resident memory of all Trellis processes together
+  api     GET …/taskInstances of a 100-task run (finished, then running)
+          by --api-clients clients for --api-duration each, over HTTP to
+          the API handler of "trellis api", while 10,000-task runs of the
+          wide DAG execute one after another: requests/s, latency p50 and
+          p99 (rows of scenarios api_finished and api_running), and the
+          tasks/s the load kept meanwhile
 
 Every scenario runs on every --db (default: SQLite in a temporary directory,
 then PostgreSQL at ` + bench.DefaultPostgresURL + `), each time on
@@ -114,6 +122,9 @@ is reported, not an error.`,
 	fs.BoolVar(&f.quick, "quick", false, "small sizes and a 3 s cron window: checks that everything works in seconds (numbers not comparable)")
 	fs.DurationVar(&f.cronDuration, "cron-duration", bench.DefaultCronDuration,
 		"how many seconds of schedule firings the cron scenario counts (whole seconds)")
+	fs.DurationVar(&f.apiDuration, "api-duration", bench.DefaultAPIDuration,
+		"how long the api scenario sends requests for each of its two runs")
+	fs.IntVar(&f.apiClients, "api-clients", bench.DefaultAPIClients, "how many clients the api scenario runs at once")
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once")
 	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write CPU profiles of this process and of every worker process, per scenario and store, into this directory")
@@ -138,16 +149,23 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 	if err != nil {
 		return bench.Config{}, usagef("--scenario: %v", err)
 	}
-	sizes, cron := bench.DefaultSizes(), f.cronDuration
+	sizes, cron, apiFor := bench.DefaultSizes(), f.cronDuration, f.apiDuration
 	if f.quick {
 		sizes = bench.QuickSizes()
 		if !cmd.Flags().Changed("cron-duration") {
 			cron = bench.QuickCronDuration
 		}
+		if !cmd.Flags().Changed("api-duration") {
+			apiFor = bench.QuickAPIDuration
+		}
 	}
 	switch {
 	case cron < time.Second || cron%time.Second != 0:
 		return bench.Config{}, usagef("--cron-duration %v: want whole seconds, at least 1s", cron)
+	case apiFor <= 0:
+		return bench.Config{}, usagef("--api-duration must be positive, got %v", apiFor)
+	case f.apiClients < 1:
+		return bench.Config{}, usagef("--api-clients must be at least 1, got %d", f.apiClients)
 	case f.slots < 1:
 		return bench.Config{}, usagef("--slots must be at least 1, got %d", f.slots)
 	case f.timeout <= 0:
@@ -168,6 +186,8 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 		Scenarios:     scenarios,
 		Sizes:         sizes,
 		CronDuration:  cron,
+		APIDuration:   apiFor,
+		APIClients:    f.apiClients,
 		Workers:       a.config.Workers,
 		Slots:         f.slots,
 		ChildEnv:      []string{"TRELLIS_LOG_LEVEL=" + level.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},

@@ -28,7 +28,7 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 	}
 	// The batch runs as one implicit transaction: one round trip.
 	b := &pgx.Batch{}
-	b.Queue(hotPlanSQL)
+	b.Queue(hotPlanGeneric)
 	queueAppendLogs(b, []store.Attempt{a}, [][]byte{chunk}, s.logCap)
 	for attempt := 1; ; attempt++ {
 		err := s.pool.SendBatch(ctx, b).Close()

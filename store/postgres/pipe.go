@@ -252,11 +252,12 @@ func (r *batchRows) end() {
 	r.err = r.br.Close()
 }
 
-// inPipe runs fn in a pipeTx and commits it, retrying the whole
-// transaction on deadlocks and serialization failures, like inTx.
-func (s *Store) inPipe(ctx context.Context, op string, fn func(p *pipeTx) error) error {
+// inPipe runs fn in a pipeTx with the planner settings plan (hotPlan)
+// and commits it, retrying the whole transaction on deadlocks and
+// serialization failures, like inTx.
+func (s *Store) inPipe(ctx context.Context, op, plan string, fn func(p *pipeTx) error) error {
 	for attempt := 1; ; attempt++ {
-		err := s.pipeOnce(ctx, fn)
+		err := s.pipeOnce(ctx, plan, fn)
 		if err == nil {
 			return nil
 		}
@@ -273,7 +274,7 @@ func (s *Store) inPipe(ctx context.Context, op string, fn func(p *pipeTx) error)
 	}
 }
 
-func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipeTx) error) error {
+func (s *Store) pipeOnce(ctx context.Context, plan string, fn func(p *pipeTx) error) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -281,7 +282,7 @@ func (s *Store) pipeOnce(ctx context.Context, fn func(p *pipeTx) error) error {
 	defer conn.Release()
 	p := &pipeTx{conn: conn}
 	p.queue("BEGIN")
-	p.queue(hotPlanSQL)
+	p.queue(plan)
 	if err := fn(p); err != nil {
 		p.rollback()
 		return err

@@ -270,19 +270,39 @@ func (s *Store) fault(point string) error {
 	return nil
 }
 
-// hotPlanSQL pins, for the rest of its transaction, the plans of the
-// statements of the workers' hot path (claims, finishes with their
-// releases, log appends): generic plans, so a prepared statement is not
-// planned again on every execution (PostgreSQL keeps custom plans for
-// statements over arrays, whose generic cost estimate looks high: a
-// chain's finish spent more time planning than executing), made of
-// nested loops over index scans, so a plan made while the tables were
-// empty or not yet analysed stays an index lookup when they have grown.
-// TestHotPlans checks every hot statement's generic plan on an empty
-// schema.
-const hotPlanSQL = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+// Planner settings of the workers' hot path (claims, finishes with their
+// releases, log appends), for the rest of a transaction.
+//
+// A small batch (up to smallBatch rows) runs with generic plans: a
+// prepared statement is then not planned again on every execution
+// (PostgreSQL keeps custom plans for statements over arrays, whose
+// generic cost estimate looks high: a chain's finish spent more time
+// planning than executing). A generic plan is made once, maybe while the
+// tables are empty, so the hot statements are written for it — every
+// lookup of a table that grows is an index probe driven by the batch (a
+// LATERAL subquery or an index condition on the batch's ids) — and it may
+// use neither sequential scans nor hash or merge joins. TestHotPlans
+// checks every hot statement's generic plan on an empty schema.
+//
+// A large batch is planned for its size (custom plans: planning costs
+// little beside the work of a thousand rows), still without sequential
+// scans.
+const (
+	hotPlanGeneric = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
 	set_config('enable_seqscan', 'off', true), set_config('enable_hashjoin', 'off', true),
 	set_config('enable_mergejoin', 'off', true)`
+	hotPlanCustom = `SELECT set_config('plan_cache_mode', 'force_custom_plan', true),
+	set_config('enable_seqscan', 'off', true)`
+	smallBatch = 64
+)
+
+// hotPlan returns the planner settings for a batch of n rows.
+func hotPlan(n int) string {
+	if n <= smallBatch {
+		return hotPlanGeneric
+	}
+	return hotPlanCustom
+}
 
 // inTx runs fn in a transaction and commits it, retrying the whole
 // transaction on deadlocks and serialization failures. fn must not keep

@@ -183,13 +183,21 @@ func (rl *releaser) increment(ctx context.Context, changes []change) ([]waiting,
 				coalesce(sum(f.delta) FILTER (WHERE f.state = 'upstream_failed'), 0) AS uf,
 				coalesce(sum(f.delta) FILTER (WHERE f.state = 'removed'), 0) AS rm
 			FROM fin f
-			JOIN dag_runs r ON r.id = f.run_id
-			JOIN dag_version_tasks v ON v.version_id = r.version_id AND v.task_id = f.task_id
+			CROSS JOIN LATERAL (SELECT r.version_id FROM dag_runs r WHERE r.id = f.run_id) r
+			CROSS JOIN LATERAL (
+				SELECT v.downstream FROM dag_version_tasks v
+				WHERE v.version_id = r.version_id AND v.task_id = f.task_id COLLATE "C"
+				LIMIT 1 -- unique; keeps the lookup a probe per finished task
+			) v
 			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
 			GROUP BY f.run_id, d.task_id
 		), tgt AS MATERIALIZED (
 			SELECT t.id, inc.run_id, inc.s, inc.fl, inc.sk, inc.uf, inc.rm
-			FROM inc JOIN task_instances t ON t.run_id = inc.run_id AND t.task_id = inc.task_id AND t.call_key = ''
+			FROM inc CROSS JOIN LATERAL (
+				SELECT t.id FROM task_instances t
+				WHERE t.run_id = inc.run_id AND t.task_id = inc.task_id AND t.call_key = ''
+				LIMIT 1 -- unique; keeps the lookup a probe per downstream task
+			) t
 			ORDER BY t.id
 		)
 		UPDATE task_instances t SET
@@ -276,7 +284,7 @@ func (rl *releaser) decide(ctx context.Context, ws []waiting) ([]change, error) 
 			queued_at = CASE WHEN u.state = 'queued' THEN $3 ELSE t.queued_at END,
 			ended_at = CASE WHEN u.state = 'queued' THEN t.ended_at ELSE $3 END
 		FROM unnest($1::bigint[], $2::text[]) AS u(id, state)
-		WHERE t.id = u.id AND t.state = 'none'`, ids, states, rl.now)
+		WHERE t.id = u.id AND t.id = ANY($1) AND t.state = 'none'`, ids, states, rl.now)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +318,8 @@ const settleSQL = `
 	), o AS (
 		SELECT l.id, l.left, l.ending, CASE WHEN NOT l.ending THEN NULL
 			WHEN EXISTS (SELECT 1 FROM dag_version_tasks v
-				JOIN task_instances t ON t.run_id = l.id AND t.task_id = v.task_id AND t.call_key = ''
+				CROSS JOIN LATERAL (SELECT t.state FROM task_instances t
+					WHERE t.run_id = l.id AND t.task_id = v.task_id AND t.call_key = '' LIMIT 1) t
 				WHERE v.version_id = l.version_id AND v.is_leaf AND t.state = ANY($4::text[])) THEN 'failed'
 			ELSE 'success' END AS outcome
 		FROM l

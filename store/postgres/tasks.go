@@ -63,18 +63,55 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 	timeRange(&w, "t.ended_at", q.EndDateGTE, q.EndDateLTE)
 	from := " FROM task_instances t JOIN dag_runs r ON r.id = t.run_id"
 	cond := w.sql()
-	var total int
-	if err := s.pool.QueryRow(ctx, "SELECT count(*)"+from+cond, w.args...).Scan(&total); err != nil {
-		return nil, 0, mapErr("list task instances", err)
+	count := func() (int, error) {
+		var total int
+		err := s.pool.QueryRow(ctx, "SELECT count(*)"+from+cond, w.args...).Scan(&total)
+		return total, err
 	}
-	pg := w.page(q.Limit, q.Offset)
-	rows, err := s.pool.Query(ctx, "SELECT "+tiCols+from+cond+order+pg, w.args...)
+	if len(q.DAGRunIDs) == 0 {
+		// Across runs the matches may be many: count them apart rather
+		// than have the page query gather them all.
+		total, err := count()
+		if err != nil {
+			return nil, 0, mapErr("list task instances", err)
+		}
+		rows, err := s.pool.Query(ctx, "SELECT "+tiCols+from+cond+order+w.page(q.Limit, q.Offset), w.args...)
+		if err != nil {
+			return nil, 0, mapErr("list task instances", err)
+		}
+		tis, err := collectTIs(rows)
+		if err != nil {
+			return nil, 0, mapErr("list task instances", err)
+		}
+		return tis, total, nil
+	}
+	// Within runs, one query: the page and the number of matches.
+	nargs := len(w.args)
+	rows, err := s.pool.Query(ctx, "SELECT "+tiCols+", count(*) OVER ()"+from+cond+order+w.page(q.Limit, q.Offset), w.args...)
 	if err != nil {
 		return nil, 0, mapErr("list task instances", err)
 	}
-	tis, err := collectTIs(rows)
-	if err != nil {
+	tis := []store.TaskInstance{}
+	total := 0
+	for rows.Next() {
+		var ti store.TaskInstance
+		var out []byte
+		if err := rows.Scan(append(tiDest(&ti, &out), &total)...); err != nil {
+			rows.Close()
+			return nil, 0, mapErr("list task instances", err)
+		}
+		fixTI(&ti, out)
+		tis = append(tis, ti)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, 0, mapErr("list task instances", err)
+	}
+	if len(tis) == 0 && q.Offset > 0 {
+		// A page past the end: how many there are still counts.
+		w.args = w.args[:nargs]
+		if total, err = count(); err != nil {
+			return nil, 0, mapErr("list task instances", err)
+		}
 	}
 	return tis, total, nil
 }

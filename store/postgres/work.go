@@ -96,7 +96,7 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	// (guarded in SQL, so it claims nothing when one is).
 	var cl claimRead
 	b := &pgx.Batch{}
-	b.Queue(hotPlanSQL)
+	b.Queue(hotPlan(max))
 	b.Queue(capsSQL)
 	b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
 	err := func() error {
@@ -181,7 +181,7 @@ func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w s
 	// its claim stands.
 	if cl.capped > 0 && len(out) == 0 {
 		err := s.inTx(ctx, op, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, hotPlanSQL); err != nil {
+			if _, err := tx.Exec(ctx, hotPlan(max)); err != nil {
 				return err
 			}
 			var err error
@@ -378,7 +378,11 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 		out []store.FinishOutcome
 		cl  claimRead
 	)
-	err := s.inPipe(ctx, op, func(tx *pipeTx) error {
+	batch := len(results)
+	if max > batch {
+		batch = max
+	}
+	err := s.inPipe(ctx, op, hotPlan(batch), func(tx *pipeTx) error {
 		cl = claimRead{}
 		if max > 0 {
 			// Sent with COMMIT, after every statement of the finish, and
@@ -525,7 +529,7 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[],
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
-		WHERE t.id = u.id AND t.try_number = u.try AND t.state IN ('running', 'restarting')
+		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
 		RETURNING t.id, t.run_id, t.task_id, t.state`, ids, tries, states, ended, outputs, errs, retry, started)
 	if err != nil {
 		return nil, err
@@ -678,13 +682,16 @@ func branchSkips(ctx context.Context, tx dbtx, run int64, task string, follow []
 		WITH RECURSIVE ver AS (
 			SELECT version_id FROM dag_runs WHERE id = $1
 		), direct AS (
-			SELECT d.task_id FROM dag_version_tasks v, ver, unnest(v.downstream) AS d(task_id)
-			WHERE v.version_id = ver.version_id AND v.task_id = $2
+			SELECT d.task_id FROM ver
+			CROSS JOIN LATERAL (SELECT v.downstream FROM dag_version_tasks v
+				WHERE v.version_id = ver.version_id AND v.task_id = $2 LIMIT 1) v
+			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
 		), keep(task_id) AS (
 			SELECT task_id FROM direct WHERE task_id = ANY($3)
 			UNION
-			SELECT d.task_id FROM keep k
-			JOIN dag_version_tasks v ON v.version_id = (SELECT version_id FROM ver) AND v.task_id = k.task_id
+			SELECT d.task_id FROM keep k CROSS JOIN ver
+			CROSS JOIN LATERAL (SELECT v.downstream FROM dag_version_tasks v
+				WHERE v.version_id = ver.version_id AND v.task_id = k.task_id LIMIT 1) v
 			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
 		)
 		SELECT task_id FROM direct WHERE task_id NOT IN (SELECT task_id FROM keep)`, run, task, follow)
@@ -812,7 +819,8 @@ func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.T
 func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now time.Time, msg string) ([]store.Attempt, error) {
 	var taken []store.Attempt
 	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, hotPlanSQL); err != nil {
+		// How many attempts are taken is not known: plan for many.
+		if _, err := tx.Exec(ctx, hotPlanCustom); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances

@@ -321,7 +321,7 @@ func activate(w *txn, ids []int64, now time.Time) error {
 
 // GetRun returns one run.
 func (s *Store) GetRun(ctx context.Context, dagID, runID string) (store.Run, error) {
-	r, err := getRun(ctx, s.rdb, dagID, runID)
+	r, err := getRun(ctx, s.reads, dagID, runID)
 	if err != nil {
 		return store.Run{}, fmt.Errorf("get run: %w", mapErr(err))
 	}

@@ -87,6 +87,7 @@ type Store struct {
 	clk         clock.Clock
 
 	stmts   stmtCache
+	reads   *readStmts // prepared statements of the read pool
 	structs structCache
 	hub     *hub
 
@@ -179,6 +180,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		clk:         opts.Clock,
 	}
 	s.stmts.init()
+	s.reads = newReadStmts(rdb)
 	s.structs.init()
 	s.hub = newHub(s, opts.PollInterval)
 	return s, nil
@@ -243,6 +245,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.hub.close()
 		s.stmts.close()
+		s.reads.close()
 		err1 := s.rdb.Close()
 		err2 := s.wdb.Close()
 		err3 := s.wlock.close()

@@ -113,24 +113,44 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 	w.timeRange("ti.ended_at", q.EndDateGTE, q.EndDateLTE)
 	var out []store.TaskInstance
 	var total int
-	err = s.read(ctx, "list task instances", func(tx *sql.Tx) error {
-		if err := tx.QueryRowContext(ctx, `SELECT count(*)`+tiFrom+w.sql(), w.args...).Scan(&total); err != nil {
+	// Within runs the page query counts the matches too (one statement);
+	// across runs they may be many, and are counted apart.
+	inRuns := len(q.DAGRunIDs) > 0
+	err = s.read(ctx, "list task instances", func(stx *sql.Tx) error {
+		tx := s.reads.inTx(stx)
+		count := func() error {
+			return tx.QueryRowContext(ctx, `SELECT count(*)`+tiFrom+w.sql(), w.args...).Scan(&total)
+		}
+		cols := tiCols
+		if inRuns {
+			cols += `, count(*) OVER ()`
+		} else if err := count(); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+tiCols+tiFrom+w.sql()+order+` LIMIT ? OFFSET ?`,
-			append(w.args, sqlLimit(q.Limit), q.Offset)...)
+		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? OFFSET ?`,
+			append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
+		var sc scanner = rows
+		if inRuns {
+			sc = withTotal{rows, &total}
+		}
 		for rows.Next() {
-			ti, err := scanTI(rows)
+			ti, err := scanTI(sc)
 			if err != nil {
 				return err
 			}
 			out = append(out, ti)
 		}
-		return rows.Err()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if inRuns && len(out) == 0 && q.Offset > 0 {
+			return count() // a page past the end: how many there are still counts
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, 0, err
@@ -371,3 +391,12 @@ func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json
 	}
 	return json.RawMessage(out.String), nil
 }
+
+// withTotal scans a row of tiCols followed by count(*) OVER () into the
+// columns and total.
+type withTotal struct {
+	rows  *sql.Rows
+	total *int
+}
+
+func (w withTotal) Scan(dest ...any) error { return w.rows.Scan(append(dest, w.total)...) }

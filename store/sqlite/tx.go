@@ -298,3 +298,91 @@ func (c *stmtCache) close() {
 	c.stmts = nil
 	c.wanted = map[string]bool{}
 }
+
+// readStmts is a querier on the read pool that prepares each query once:
+// database/sql then keeps it prepared on every connection that runs it,
+// so the API's frequent reads (a run, the task instances of a run) are not
+// parsed again on every call. At most maxCachedStmts queries are kept;
+// others run unprepared.
+type readStmts struct {
+	db    *sql.DB
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt
+}
+
+func newReadStmts(db *sql.DB) *readStmts {
+	return &readStmts{db: db, stmts: map[string]*sql.Stmt{}}
+}
+
+// stmt returns the prepared statement of query, or nil when it cannot be
+// kept (the cache is full, or preparing failed: running it unprepared
+// reports the error).
+func (r *readStmts) stmt(ctx context.Context, query string) *sql.Stmt {
+	r.mu.Lock()
+	st, ok := r.stmts[query]
+	full := len(r.stmts) >= maxCachedStmts
+	r.mu.Unlock()
+	if ok || full {
+		return st
+	}
+	st, err := r.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.stmts[query]; ok {
+		_ = st.Close()
+		return old
+	}
+	r.stmts[query] = st
+	return st
+}
+
+// QueryContext runs query on the read pool.
+func (r *readStmts) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := r.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return r.db.QueryContext(ctx, query, args...)
+}
+
+// QueryRowContext runs query on the read pool.
+func (r *readStmts) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := r.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return r.db.QueryRowContext(ctx, query, args...)
+}
+
+// inTx returns a querier running the prepared statements in tx.
+func (r *readStmts) inTx(tx *sql.Tx) querier { return readTx{r, tx} }
+
+func (r *readStmts) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for q, st := range r.stmts {
+		_ = st.Close()
+		delete(r.stmts, q)
+	}
+}
+
+// readTx runs readStmts' statements inside a read transaction.
+type readTx struct {
+	r  *readStmts
+	tx *sql.Tx
+}
+
+func (t readTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := t.r.stmt(ctx, query); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, query, args...)
+}
+
+func (t readTx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := t.r.stmt(ctx, query); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, query, args...)
+}

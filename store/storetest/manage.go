@@ -426,9 +426,35 @@ func testListTIs(t *testing.T, e *env) {
 	if total != 6 || len(tis) != 2 {
 		t.Errorf("page: %d of %d", len(tis), total)
 	}
+	// Within runs: pages, the count with them, and a page past the end.
+	for _, c := range []struct {
+		q         store.TaskQuery
+		n, total  int
+		firstTask string
+	}{
+		{store.TaskQuery{DAGIDs: []string{"lt"}, DAGRunIDs: []string{"r1", "r2"}, Limit: 2, Offset: 3, OrderBy: "id"}, 2, 6, "a"},
+		{store.TaskQuery{DAGRunIDs: []string{"r2"}, States: []state.TaskState{state.Queued}, Limit: 1}, 1, 2, "a"},
+		{store.TaskQuery{DAGRunIDs: []string{"r1"}, Limit: 2, Offset: 50}, 0, 3, ""},
+		{store.TaskQuery{DAGRunIDs: []string{"nope"}}, 0, 0, ""},
+	} {
+		tis, total, err := e.s.ListTaskInstances(e.ctx, c.q)
+		must(t, "ListTaskInstances in runs", err)
+		if len(tis) != c.n || total != c.total || (c.n > 0 && tis[0].TaskID != c.firstTask) {
+			t.Errorf("%+v: %d instances (first %v) of %d; want %d (first %s) of %d", c.q, len(tis), taskIDsTI(tis), total,
+				c.n, c.firstTask, c.total)
+		}
+	}
 	if _, _, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{OrderBy: "nope"}); err == nil {
 		t.Errorf("ListTaskInstances accepted an unknown order")
 	}
+}
+
+func taskIDsTI(tis []store.TaskInstance) []string {
+	out := make([]string, len(tis))
+	for i, ti := range tis {
+		out[i] = ti.TaskID
+	}
+	return out
 }
 
 func testDeleteRun(t *testing.T, e *env) {
