@@ -113,6 +113,42 @@ func (p *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 	return &batchRows{Rows: rows, br: br}, nil
 }
 
+// queryAll runs the queued statements and qs in one round trip, giving
+// each statement's rows to its read (which must not close them).
+func (p *pipeTx) queryAll(ctx context.Context, qs ...finalQuery) error {
+	b := &pgx.Batch{}
+	for _, q := range p.queued {
+		b.Queue(q.sql, q.args...)
+	}
+	for _, q := range qs {
+		b.Queue(q.sql, q.args...)
+	}
+	n := len(p.queued)
+	p.queued, p.begun = nil, true
+	br := p.conn.SendBatch(ctx, b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	for _, q := range qs {
+		rows, err := br.Query()
+		if err == nil {
+			err = q.read(rows)
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+		if err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	return br.Close()
+}
+
 // Exec runs sql after the queued statements, in the same round trip.
 func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	if len(p.queued) == 0 {

@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -153,8 +154,74 @@ var queueWhenAllSucceeded = func() []string {
 
 // queueNow is the condition, on a task instance t before its increments
 // tgt are added (run r), for increment to queue it in the same write.
-const queueNow = `($5::bool AND t.state = 'none' AND r.state = 'running' AND tgt.s > 0
-	AND t.up_success + tgt.s = t.n_upstream AND t.trigger_rule = ANY($6::text[]))`
+const queueNow = `({fast}::bool AND t.state = 'none' AND r.state = 'running' AND tgt.s > 0
+	AND t.up_success + tgt.s = t.n_upstream AND t.trigger_rule = ANY({rules}::text[]))`
+
+// incrementTail is what follows the fin CTE (the changes: run_id,
+// task_id, state, delta) in the increment statements; {fast}, {rules}
+// and {now} stand for their parameters.
+const incrementTail = `, inc AS MATERIALIZED (
+		SELECT f.run_id, d.task_id,
+			coalesce(sum(f.delta) FILTER (WHERE f.state = 'success'), 0) AS s,
+			coalesce(sum(f.delta) FILTER (WHERE f.state = 'failed'), 0) AS fl,
+			coalesce(sum(f.delta) FILTER (WHERE f.state = 'skipped'), 0) AS sk,
+			coalesce(sum(f.delta) FILTER (WHERE f.state = 'upstream_failed'), 0) AS uf,
+			coalesce(sum(f.delta) FILTER (WHERE f.state = 'removed'), 0) AS rm
+		FROM fin f
+		CROSS JOIN LATERAL (SELECT r.version_id FROM dag_runs r WHERE r.id = f.run_id) r
+		CROSS JOIN LATERAL (
+			SELECT v.downstream FROM dag_version_tasks v
+			WHERE v.version_id = r.version_id AND v.task_id = f.task_id COLLATE "C"
+			LIMIT 1 -- unique; keeps the lookup a probe per finished task
+		) v
+		CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
+		GROUP BY f.run_id, d.task_id
+	), tgt AS MATERIALIZED (
+		SELECT t.id, inc.run_id, inc.s, inc.fl, inc.sk, inc.uf, inc.rm
+		FROM inc CROSS JOIN LATERAL (
+			SELECT t.id FROM task_instances t
+			WHERE t.run_id = inc.run_id AND t.task_id = inc.task_id AND t.call_key = ''
+			LIMIT 1 -- unique; keeps the lookup a probe per downstream task
+		) t
+		ORDER BY t.id
+	)
+	UPDATE task_instances t SET
+		up_success = t.up_success + tgt.s, up_failed = t.up_failed + tgt.fl,
+		up_skipped = t.up_skipped + tgt.sk, up_upstream_failed = t.up_upstream_failed + tgt.uf,
+		up_removed = t.up_removed + tgt.rm,
+		state = CASE WHEN ` + queueNow + ` THEN 'queued' ELSE t.state END,
+		queued_at = CASE WHEN ` + queueNow + ` THEN {now} ELSE t.queued_at END
+	FROM tgt JOIN dag_runs r ON r.id = tgt.run_id
+	WHERE t.id = tgt.id
+	RETURNING t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state, t.n_upstream,
+		t.up_success, t.up_failed, t.up_skipped, t.up_upstream_failed, t.up_removed,
+		{fast}::bool AND t.state = 'queued' AND t.queued_at = {now} AND tgt.s > 0
+			AND t.up_success = t.n_upstream AND t.trigger_rule = ANY({rules}::text[])`
+
+// incrementSQL adds the changes $1–$4 (run, task, state, delta) to the
+// counters of their direct downstream instances; $5 allows queueing in the
+// same write, $6 lists the rules that queue once all upstream tasks
+// succeeded, $7 is the time.
+var incrementSQL = `
+	WITH fin AS (
+		SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[]) AS f(run_id, task_id, state, delta)
+	)` + strings.NewReplacer("{fast}", "$5", "{rules}", "$6", "{now}", "$7").Replace(incrementTail)
+
+// incrementRecordedSQL is incrementSQL for the instances of $1 that this
+// transaction has just moved to a final state of $2 — told apart from
+// those it did not change by the transaction id of their row version —
+// so that it can travel in the round trip of the statement recording
+// them; $3–$5 are $5–$7 of incrementSQL.
+var incrementRecordedSQL = `
+	WITH me AS MATERIALIZED (
+		SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text::xid AS xid
+	), fin AS (
+		SELECT t.run_id, t.task_id, t.state, 1 AS delta
+		FROM unnest($1::bigint[]) AS u(id)
+		CROSS JOIN LATERAL (SELECT t.run_id, t.task_id, t.state, t.xmin FROM task_instances t WHERE t.id = u.id LIMIT 1) t
+		CROSS JOIN me
+		WHERE t.state = ANY($2::text[]) AND t.xmin = me.xid
+	)` + strings.NewReplacer("{fast}", "$3", "{rules}", "$4", "{now}", "$5").Replace(incrementTail)
 
 // increment adds changes to the counters of the direct downstream
 // instances in one UPDATE: the increments are aggregated per instance and
@@ -172,51 +239,17 @@ func (rl *releaser) increment(ctx context.Context, changes []change) ([]waiting,
 	}
 	// Branch choices must be applied by decide, so no fast path then.
 	fast := len(rl.forced) == 0
-	rows, err := rl.tx.Query(ctx, `
-		WITH fin AS (
-			SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[]) AS f(run_id, task_id, state, delta)
-		), inc AS MATERIALIZED (
-			SELECT f.run_id, d.task_id,
-				coalesce(sum(f.delta) FILTER (WHERE f.state = 'success'), 0) AS s,
-				coalesce(sum(f.delta) FILTER (WHERE f.state = 'failed'), 0) AS fl,
-				coalesce(sum(f.delta) FILTER (WHERE f.state = 'skipped'), 0) AS sk,
-				coalesce(sum(f.delta) FILTER (WHERE f.state = 'upstream_failed'), 0) AS uf,
-				coalesce(sum(f.delta) FILTER (WHERE f.state = 'removed'), 0) AS rm
-			FROM fin f
-			CROSS JOIN LATERAL (SELECT r.version_id FROM dag_runs r WHERE r.id = f.run_id) r
-			CROSS JOIN LATERAL (
-				SELECT v.downstream FROM dag_version_tasks v
-				WHERE v.version_id = r.version_id AND v.task_id = f.task_id COLLATE "C"
-				LIMIT 1 -- unique; keeps the lookup a probe per finished task
-			) v
-			CROSS JOIN LATERAL unnest(v.downstream) AS d(task_id)
-			GROUP BY f.run_id, d.task_id
-		), tgt AS MATERIALIZED (
-			SELECT t.id, inc.run_id, inc.s, inc.fl, inc.sk, inc.uf, inc.rm
-			FROM inc CROSS JOIN LATERAL (
-				SELECT t.id FROM task_instances t
-				WHERE t.run_id = inc.run_id AND t.task_id = inc.task_id AND t.call_key = ''
-				LIMIT 1 -- unique; keeps the lookup a probe per downstream task
-			) t
-			ORDER BY t.id
-		)
-		UPDATE task_instances t SET
-			up_success = t.up_success + tgt.s, up_failed = t.up_failed + tgt.fl,
-			up_skipped = t.up_skipped + tgt.sk, up_upstream_failed = t.up_upstream_failed + tgt.uf,
-			up_removed = t.up_removed + tgt.rm,
-			state = CASE WHEN `+queueNow+` THEN 'queued' ELSE t.state END,
-			queued_at = CASE WHEN `+queueNow+` THEN $7 ELSE t.queued_at END
-		FROM tgt JOIN dag_runs r ON r.id = tgt.run_id
-		WHERE t.id = tgt.id
-		RETURNING t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state, t.n_upstream,
-			t.up_success, t.up_failed, t.up_skipped, t.up_upstream_failed, t.up_removed,
-			$5::bool AND t.state = 'queued' AND t.queued_at = $7 AND tgt.s > 0
-				AND t.up_success = t.n_upstream AND t.trigger_rule = ANY($6::text[])`,
-		runs, tasks, states, deltas, fast, queueWhenAllSucceeded, rl.now)
+	rows, err := rl.tx.Query(ctx, incrementSQL, runs, tasks, states, deltas, fast, queueWhenAllSucceeded, rl.now)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
+	return rl.readIncrement(rows)
+}
+
+// readIncrement reads the rows of an increment statement: the instances
+// it queued, and the others for decide.
+func (rl *releaser) readIncrement(rows pgx.Rows) ([]waiting, error) {
 	var out []waiting
 	for rows.Next() {
 		var w waiting

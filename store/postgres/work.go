@@ -511,29 +511,6 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 		}
 		ids[k], tries[k], states[k], ended[k], errs[k] = r.ID, int32(r.TryNumber), string(to), e, r.Error
 	}
-	// A restarting instance (cleared while running) drops the outcome of
-	// its try and goes back to waiting (none), to be decided again.
-	rows, err := tx.Query(ctx, `
-		UPDATE task_instances t SET
-			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
-			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
-			output = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.output::jsonb END,
-			error = CASE WHEN t.state = 'restarting' THEN '' ELSE u.error END,
-			next_retry_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.next_retry_at END,
-			queued_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.queued_at END,
-			started_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE coalesce(u.started_at, t.started_at) END,
-			heartbeat_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.heartbeat_at END,
-			worker_id = CASE WHEN t.state = 'restarting' THEN '' ELSE t.worker_id END,
-			hostname = CASE WHEN t.state = 'restarting' THEN '' ELSE t.hostname END,
-			pid = CASE WHEN t.state = 'restarting' THEN 0 ELSE t.pid END
-		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[],
-				$8::timestamptz[])
-			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
-		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state`, ids, tries, states, ended, outputs, errs, retry, started)
-	if err != nil {
-		return nil, err
-	}
 	var (
 		changes  []change
 		restarts []int64
@@ -544,31 +521,66 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 		finished []int64 // run of each instance that reached a terminal state
 		retried  bool    // some try went up_for_retry
 	)
-	for rows.Next() {
-		var id, run int64
-		var task string
-		var st state.TaskState
-		if err := rows.Scan(&id, &run, &task, &st); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		applied[id], runOf[id], taskOf[id] = st, run, task
-		switch {
-		case st == state.None:
-			restarts = append(restarts, id)
-		case st == state.UpForRetry:
-			// The scheduler keeps a timer on the earliest retry: tell it.
-			retried = true
-		case st.Terminal():
-			changes = append(changes, change{run: run, task: task, st: st, delta: 1})
-			finished = append(finished, run)
-			if r := results[first[id]]; st == state.Success && r.Follow != nil {
-				branches = append(branches, first[id])
+	readOutcomes := func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id, run int64
+			var task string
+			var st state.TaskState
+			if err := rows.Scan(&id, &run, &task, &st); err != nil {
+				return err
+			}
+			applied[id], runOf[id], taskOf[id] = st, run, task
+			switch {
+			case st == state.None:
+				restarts = append(restarts, id)
+			case st == state.UpForRetry:
+				// The scheduler keeps a timer on the earliest retry: tell it.
+				retried = true
+			case st.Terminal():
+				changes = append(changes, change{run: run, task: task, st: st, delta: 1})
+				finished = append(finished, run)
+				if r := results[first[id]]; st == state.Success && r.Follow != nil {
+					branches = append(branches, first[id])
+				}
 			}
 		}
+		return rows.Err()
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+	outcomeArgs := []any{ids, tries, states, ended, outputs, errs, retry, started}
+	rl := newReleaser(tx, now)
+	// In a pipeline, and unless branch choices must be read first, the
+	// first round of the release travels in the round trip of the
+	// statement recording the outcomes (incrementRecordedSQL finds what
+	// that statement recorded).
+	var waitingAfter []waiting
+	p, speculate := tx.(*pipeTx)
+	for _, r := range results {
+		if r.State == state.Success && r.Follow != nil {
+			speculate = false
+		}
+	}
+	if speculate {
+		err := p.queryAll(ctx,
+			finalQuery{sql: outcomeSQL, args: outcomeArgs, read: readOutcomes},
+			finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, now},
+				read: func(rows pgx.Rows) error {
+					var err error
+					waitingAfter, err = rl.readIncrement(rows)
+					return err
+				}})
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		rows, err := tx.Query(ctx, outcomeSQL, outcomeArgs...)
+		if err != nil {
+			return nil, err
+		}
+		err = readOutcomes(rows)
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
 	// The final log chunks of the tries recorded (cleared ones too: the
 	// try ran), in instance order.
@@ -623,7 +635,6 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 	if err := s.fault(FaultFinishRecorded); err != nil {
 		return nil, err
 	}
-	rl := newReleaser(tx, now)
 	rl.runsChanged = retried
 	for _, run := range finished {
 		rl.touch(run, 1)
@@ -638,7 +649,17 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 			rl.forced[runTask{runOf[r.ID], t}] = true
 		}
 	}
-	if err := rl.release(ctx, changes); err != nil {
+	if speculate {
+		// The first round of the release is done: decide what it left
+		// waiting, and propagate.
+		next, err := rl.decide(ctx, waitingAfter)
+		if err != nil {
+			return nil, err
+		}
+		if err := rl.release(ctx, next); err != nil {
+			return nil, err
+		}
+	} else if err := rl.release(ctx, changes); err != nil {
 		return nil, err
 	}
 	if err := rl.reconsider(ctx, restarts); err != nil {
@@ -660,6 +681,34 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 	}
 	return out, rl.notify(ctx)
 }
+
+// outcomeSQL records the outcomes of tries, each a compare-and-set on
+// (running or restarting, try number): $1 instance, $2 try, $3 state
+// (success, failed, skipped or up_for_retry), $4 end, $5 output, $6
+// error, $7 next retry, $8 start (NULL: keep the claim time). A
+// restarting instance (cleared while running) drops the outcome of its
+// try and goes back to waiting (none), to be decided again.
+const outcomeSQL = `
+		UPDATE task_instances t SET
+			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
+			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
+			output = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.output::jsonb END,
+			error = CASE WHEN t.state = 'restarting' THEN '' ELSE u.error END,
+			next_retry_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.next_retry_at END,
+			queued_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.queued_at END,
+			started_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE coalesce(u.started_at, t.started_at) END,
+			heartbeat_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE t.heartbeat_at END,
+			worker_id = CASE WHEN t.state = 'restarting' THEN '' ELSE t.worker_id END,
+			hostname = CASE WHEN t.state = 'restarting' THEN '' ELSE t.hostname END,
+			pid = CASE WHEN t.state = 'restarting' THEN 0 ELSE t.pid END
+		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[],
+				$8::timestamptz[])
+			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
+		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
+		RETURNING t.id, t.run_id, t.task_id, t.state`
+
+// recordedFinalStates are the final states outcomeSQL writes.
+var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}
 
 // resetRestarting puts instances whose cleared try ended back to waiting
 // (state none); the try is spent, the instance is decided again.

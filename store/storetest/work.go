@@ -303,6 +303,26 @@ func testCAS(t *testing.T, e *env) {
 	if cs := e.claim(10); len(cs) != 2 {
 		t.Errorf("claimed %v, want b and c once each", taskIDs(cs))
 	}
+
+	// A report sent again whole (its first sending committed but the
+	// answer was lost) changes no counter: j, which waits for x and y, is
+	// not released by x twice.
+	e.started(newSpec("cas2", tk("x"), tk("y"), tk("j", up("x", "y"))), "run")
+	x := e.claimNamed("cas2", "x")
+	rx := result(x, state.Success)
+	for i := range 3 {
+		out := e.finish(rx)
+		if out[0].Applied != (i == 0) {
+			t.Errorf("report %d of x: applied %v", i+1, out[0].Applied)
+		}
+	}
+	if ti := e.ti("cas2", "run", "j"); ti.State != state.None {
+		t.Errorf("j = %s after x's report came three times, want none (it waits for y)", ti.State)
+	}
+	y := e.claimNamed("cas2", "y")
+	if _, next := e.finishClaim(4, result(y, state.Success)); len(next) != 1 || next[0].TaskID != "j" {
+		t.Errorf("after y: claimed %v, want j", taskIDs(next))
+	}
 }
 
 func testHeartbeats(t *testing.T, e *env) {
