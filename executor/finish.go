@@ -138,6 +138,9 @@ func (f *finisher) finish(batch []store.Result) (outcomes []store.FinishOutcome,
 			return e
 		})
 		f.w.launchAll(claimed)
+		if slots > 0 && err == nil {
+			f.w.queueDrained.Store(len(claimed) < slots)
+		}
 		f.w.unreserveSlots(slots)
 		if err == nil {
 			return out, slots > 0 && len(claimed) < slots, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -38,6 +39,13 @@ type Worker struct {
 	leaks     int
 	draining  bool
 	closing   bool // shutdown began: no try is launched any more
+
+	// queueDrained: the last claim (of the claim loop or of a finish)
+	// took fewer tries than it asked for: the queue was empty. Then a
+	// finish claims in its own transaction what it releases (a chain's
+	// next task); while claims come back full, work is waiting and the
+	// claim loop keeps claiming while finishes are in flight.
+	queueDrained atomic.Bool
 
 	kick      chan struct{} // queued work may exist
 	slotFreed chan struct{} // a try returned
@@ -321,6 +329,9 @@ func (w *Worker) claimLoop() {
 				maybeWork = false // retried on the next wake-up or poll
 			case n < free:
 				maybeWork = false
+				w.queueDrained.Store(true)
+			default:
+				w.queueDrained.Store(false)
 			}
 			continue
 		}
@@ -360,9 +371,13 @@ func (w *Worker) freeSlots() int {
 
 // reserveSlots reserves the free slots for a claim made by the finisher,
 // which the claim loop then leaves alone; none while the worker stops or
-// drains. Release them with unreserveSlots once the claimed tries are
-// launched.
+// drains, or while work waits in the queue (queueDrained is false: the
+// claim loop claims it, alongside the finishes). Release them with
+// unreserveSlots once the claimed tries are launched.
 func (w *Worker) reserveSlots() int {
+	if !w.queueDrained.Load() {
+		return 0
+	}
 	select {
 	case <-w.stopping:
 		return 0

@@ -23,6 +23,42 @@ func TestParseURLTurnsJITOff(t *testing.T) {
 	}
 }
 
+// TestParseURLLoopbackPlainFirst: on loopback, without an sslmode of the
+// URL's, the first connection attempt is without TLS (TLS only as a
+// fallback); elsewhere, and when the URL says, pgx's default stands.
+func TestParseURLLoopbackPlainFirst(t *testing.T) {
+	t.Setenv("PGSSLMODE", "")
+	for _, tc := range []struct {
+		url          string
+		plainPrimary bool
+	}{
+		{"postgres://u@127.0.0.1:5432/db", true},
+		{"postgres://u@localhost/db?search_path=s", true},
+		{"host=::1 dbname=db", true},
+		{"postgres://u@127.0.0.1:5432/db?sslmode=require", false},
+		{"host=127.0.0.1 dbname=db sslmode=prefer", false},
+		{"postgres://u@db.example.com:5432/db", false},
+	} {
+		cfg, err := parseURL(tc.url)
+		if err != nil {
+			t.Fatalf("parseURL(%q): %v", tc.url, err)
+		}
+		plain := cfg.ConnConfig.TLSConfig == nil
+		if plain != tc.plainPrimary {
+			t.Errorf("parseURL(%q): first attempt without TLS = %v, want %v", tc.url, plain, tc.plainPrimary)
+		}
+		if tc.plainPrimary {
+			hasTLS := false
+			for _, f := range cfg.ConnConfig.Fallbacks {
+				hasTLS = hasTLS || f.TLSConfig != nil
+			}
+			if !hasTLS {
+				t.Errorf("parseURL(%q): no TLS fallback for a server that demands it", tc.url)
+			}
+		}
+	}
+}
+
 // TestFailingLeafStates: settleSQL's rule (a run fails when any leaf is
 // in failingLeafStates) is state.RunOutcome's, over every set of up to
 // three terminal leaf states.

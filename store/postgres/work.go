@@ -165,9 +165,10 @@ func (c *claimRead) readCaps(rows pgx.Rows) error {
 	return rows.Err()
 }
 
+// readClaimed adds the claimed instances of rows to out.
 func (c *claimRead) readClaimed(rows pgx.Rows) error {
-	var err error
-	c.out, err = collectClaimed(rows)
+	cs, err := collectClaimed(rows)
+	c.out = append(c.out, cs...)
 	return err
 }
 
@@ -384,17 +385,13 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 	}
 	err := s.inPipe(ctx, op, hotPlan(batch), func(tx *pipeTx) error {
 		cl = claimRead{}
+		var plan *claimPlan
 		if max > 0 {
-			// Sent with COMMIT, after every statement of the finish, and
-			// before the run's settling (which finishIn adds): the run
-			// rows stay locked only from the settling to the commit, so
-			// concurrent finishes of one run wait for each other briefly.
-			tx.beforeCommit(capsSQL, nil, cl.readCaps)
-			tx.beforeCommit(fastClaimSQL, []any{max, now, w.ID, w.Hostname, w.PID}, cl.readClaimed)
+			plan = &claimPlan{w: w, max: max, now: now, cl: &cl}
 			tx.readyIfLeft = true
 		}
 		var err error
-		out, err = s.finishIn(ctx, tx, results)
+		out, err = s.finishInClaim(ctx, tx, results, plan)
 		return err
 	})
 	if err != nil {
@@ -423,13 +420,39 @@ type policy struct {
 	maxBackoff time.Duration
 }
 
+// claimPlan is the claim FinishAndClaim makes in its finishing
+// transaction, read into cl.
+type claimPlan struct {
+	w   store.Worker
+	max int
+	now time.Time
+	cl  *claimRead
+}
+
+// args returns the parameters of fastClaimSQL for up to n instances.
+func (c *claimPlan) args(n int) []any { return []any{n, c.now, c.w.ID, c.w.Hostname, c.w.PID} }
+
 // finishIn is FinishTasks inside a transaction (also used for zombies).
+func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) ([]store.FinishOutcome, error) {
+	return s.finishInClaim(ctx, tx, results, nil)
+}
+
+// finishInClaim is finishIn that also claims (claim, when not nil; tx is
+// then a pipeTx).
+//
+// Where the claim goes matters when many finishes release into one hot
+// row (a fan-in's join): the transactions serialise on it from their
+// increment to their commit. So, on the path where the release travels
+// with the outcomes, the claim of what is queued already goes in that
+// round trip too, before the increment, and only the slots it left free
+// are claimed again with COMMIT, among what the release queued — as a
+// chain's next task. Otherwise both claim statements go with COMMIT.
 //
 // The outcomes are written by one compare-and-set UPDATE on (state
 // running or restarting, try number); the retry policy is read (and the
 // rows locked) first only for failed tries, so a batch of successes costs
 // one statement before the release.
-func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) ([]store.FinishOutcome, error) {
+func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
 	var now time.Time
 	for _, r := range results {
 		if r.EndedAt.After(now) {
@@ -560,18 +583,32 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 		}
 	}
 	if speculate {
-		err := p.queryAll(ctx,
-			finalQuery{sql: outcomeSQL, args: outcomeArgs, read: readOutcomes},
-			finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, now},
-				read: func(rows pgx.Rows) error {
-					var err error
-					waitingAfter, err = rl.readIncrement(rows)
-					return err
-				}})
-		if err != nil {
+		qs := []finalQuery{{sql: outcomeSQL, args: outcomeArgs, read: readOutcomes}}
+		if claim != nil {
+			qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
+				finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+		}
+		qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, now},
+			read: func(rows pgx.Rows) error {
+				var err error
+				waitingAfter, err = rl.readIncrement(rows)
+				return err
+			}})
+		if err := p.queryAll(ctx, qs...); err != nil {
 			return nil, err
 		}
+		if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
+			// Sent with COMMIT, before the run's settling.
+			p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
+		}
 	} else {
+		if claim != nil {
+			// Sent with COMMIT, after every statement of the finish, and
+			// before the run's settling (which follows): the run rows stay
+			// locked only from the settling to the commit.
+			p.beforeCommit(capsSQL, nil, claim.cl.readCaps)
+			p.beforeCommit(fastClaimSQL, claim.args(claim.max), claim.cl.readClaimed)
+		}
 		rows, err := tx.Query(ctx, outcomeSQL, outcomeArgs...)
 		if err != nil {
 			return nil, err
