@@ -330,15 +330,9 @@ func testPoolOrphans(t *testing.T, bin string) {
 }
 
 func testPoolChaos(t *testing.T, bin string) {
-	url := backends[0].url(t)
-	st := openStore(t, url)
-	syncDAGs(t, st, testdags.Registry().DAGs()...)
-	env := newProcEnv(t)
-	logs := &syncBuffer{}
-	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 3 })
+	c := startChaos(t, bin)
+	st, env, p, d := c.st, c.env, c.pool, c.dag
 	defer retrier(t, st)()
-
-	d := testdags.Registry().Lookup(testdags.Chaos)
 	startRun(t, st, d, "r1", nil)
 	for k := range 3 {
 		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond) // a random moment, on purpose
@@ -372,15 +366,9 @@ func testPoolChaos(t *testing.T, bin string) {
 // the scheduler is down, so the retries of its tries wait for the next
 // scheduler. The run ends success, no task is lost or succeeds twice.
 func testPoolChaosScheduler(t *testing.T, bin string) {
-	url := backends[0].url(t)
-	st := openStore(t, url)
-	syncDAGs(t, st, testdags.Registry().DAGs()...)
-	env := newProcEnv(t)
-	logs := &syncBuffer{}
-	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 3 })
+	c := startChaos(t, bin)
+	st, env, p, d, url := c.st, c.env, c.pool, c.dag, c.url
 	sched := startTestbin(t, bin, url, env, "scheduler", "--zombie-threshold", "2s", "--zombie-interval", "200ms")
-
-	d := testdags.Registry().Lookup(testdags.Chaos)
 	startRun(t, st, d, "r1", nil)
 	for k := range 3 {
 		time.Sleep(time.Duration(100+mrand.IntN(200)) * time.Millisecond) // a random moment, on purpose
@@ -411,6 +399,26 @@ func testPoolChaosScheduler(t *testing.T, bin string) {
 	sched.stop(t, syscall.SIGTERM)
 	p.Stop()
 	env.assertNothingLeft(t)
+}
+
+// chaosSetup is what the chaos tests run on.
+type chaosSetup struct {
+	url  string
+	st   store.Store
+	env  procEnv
+	pool *Pool
+	dag  *dag.DAG
+}
+
+// startChaos starts a pool of 3 worker processes on a fresh PostgreSQL
+// schema holding the test DAGs.
+func startChaos(t *testing.T, bin string) chaosSetup {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	p := newTestPool(t, bin, url, st, env, &syncBuffer{}, func(c *PoolConfig) { c.Processes = 3 })
+	return chaosSetup{url: url, st: st, env: env, pool: p, dag: testdags.Registry().Lookup(testdags.Chaos)}
 }
 
 // checkChaosRun waits for run runID of the chaos DAG and checks it

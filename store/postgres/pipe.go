@@ -126,9 +126,19 @@ func (p *pipeTx) queryAll(ctx context.Context, qs ...finalQuery) error {
 	n := len(p.queued)
 	p.queued, p.begun = nil, true
 	br := p.conn.SendBatch(ctx, b)
+	if err := readBatch(br, n, qs); err != nil {
+		_ = br.Close()
+		return err
+	}
+	return br.Close()
+}
+
+// readBatch reads the results of a batch in order: n statements whose
+// results are not needed, then one result per query of qs, given to its
+// read. It does not close br.
+func readBatch(br pgx.BatchResults, n int, qs []finalQuery) error {
 	for range n {
 		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
 			return err
 		}
 	}
@@ -142,11 +152,10 @@ func (p *pipeTx) queryAll(ctx context.Context, qs ...finalQuery) error {
 			}
 		}
 		if err != nil {
-			_ = br.Close()
 			return err
 		}
 	}
-	return br.Close()
+	return nil
 }
 
 // Exec runs sql after the queued statements, in the same round trip.
@@ -191,25 +200,9 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	finals := p.finals
 	p.queued, p.finals = nil, nil
 	br := p.conn.SendBatch(ctx, b)
-	for range n {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
-		}
-	}
-	for _, f := range finals {
-		rows, err := br.Query()
-		if err == nil {
-			err = f.read(rows)
-			rows.Close()
-			if err == nil {
-				err = rows.Err()
-			}
-		}
-		if err != nil {
-			_ = br.Close()
-			return err
-		}
+	if err := readBatch(br, n, finals); err != nil {
+		_ = br.Close()
+		return err
 	}
 	tag, err := br.Exec()
 	if err != nil {

@@ -102,22 +102,8 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	err := func() error {
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if _, err := br.Exec(); err != nil {
+		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
 			return err
-		}
-		for _, read := range []func(pgx.Rows) error{cl.readCaps, cl.readClaimed} {
-			rows, err := br.Query()
-			if err != nil {
-				return err
-			}
-			err = read(rows)
-			rows.Close()
-			if err == nil {
-				err = rows.Err()
-			}
-			if err != nil {
-				return err
-			}
 		}
 		return br.Close()
 	}()
