@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/trellis-dag/trellis/state"
@@ -56,6 +57,16 @@ func TestParseURLLoopbackPlainFirst(t *testing.T) {
 				t.Errorf("parseURL(%q): no TLS fallback for a server that demands it", tc.url)
 			}
 		}
+	}
+}
+
+func TestCheckServerVersion(t *testing.T) {
+	if err := checkServerVersion(150020, "15.20"); err != nil {
+		t.Errorf("15.20 refused: %v", err)
+	}
+	err := checkServerVersion(120017, "12.17")
+	if err == nil || !strings.Contains(err.Error(), "12.17") || !strings.Contains(err.Error(), "13 or newer") {
+		t.Errorf("12.17: %v, want an error naming the version and what is needed", err)
 	}
 }
 

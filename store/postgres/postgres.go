@@ -123,8 +123,31 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
+	var num int
+	var version string
+	if err := pool.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version')").Scan(&num, &version); err != nil {
+		pool.Close()
+		return nil, mapErr("open postgres: read the server version", err)
+	}
+	if err := checkServerVersion(num, version); err != nil {
+		pool.Close()
+		return nil, err
+	}
 	s.pool = pool
 	return s, nil
+}
+
+// MinServerVersion is the oldest PostgreSQL release the store works with
+// (as server_version_num): the schema and statements use features of 13
+// (pg_current_xact_id, MATERIALIZED common table expressions).
+const MinServerVersion = 130000
+
+// checkServerVersion refuses a server older than MinServerVersion.
+func checkServerVersion(num int, version string) error {
+	if num < MinServerVersion {
+		return fmt.Errorf("open postgres: the server is PostgreSQL %s; Trellis needs PostgreSQL 13 or newer", version)
+	}
+	return nil
 }
 
 // parseURL checks the form of url and parses it.
