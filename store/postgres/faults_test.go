@@ -243,8 +243,11 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 		results[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
 	}
 
-	// The finish stops after releasing the downstream tasks; its backend is
-	// terminated from another connection; then it goes on.
+	// The finish (which also claims 50 of what it releases) stops after
+	// releasing the downstream tasks; its backend is terminated from
+	// another connection; then it goes on.
+	w2 := store.Worker{ID: "w2", Hostname: "h", PID: 2}
+	const claimN = 50
 	reached, release := make(chan struct{}), make(chan struct{})
 	s.SetFaultHook(func(point string) error {
 		if point == postgres.FaultFinishReleased {
@@ -255,13 +258,13 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 	})
 	errc := make(chan error, 1)
 	go func() {
-		_, err := s.FinishTasks(ctx, results)
+		_, _, err := s.FinishAndClaim(ctx, results, w2, claimN, bt0)
 		errc <- err
 	}()
 	select {
 	case <-reached:
 	case err := <-errc:
-		t.Fatalf("FinishTasks ended before the fault point: %v", err)
+		t.Fatalf("FinishAndClaim ended before the fault point: %v", err)
 	}
 	var killed int
 	err = admin(t).QueryRow(ctx, `SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -273,7 +276,7 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 	err = <-errc
 	s.SetFaultHook(nil)
 	if err == nil {
-		t.Fatalf("FinishTasks succeeded although its connection was killed")
+		t.Fatalf("FinishAndClaim succeeded although its connection was killed")
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
@@ -282,7 +285,7 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 	if !strings.Contains(err.Error(), "finish tasks") {
 		t.Errorf("error %q does not say what failed", err)
 	}
-	// Nothing of the finish is visible.
+	// Nothing of the finish, nor of its claim, is visible.
 	tis, _, err := s.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{"kill"}})
 	if err != nil {
 		t.Fatal(err)
@@ -297,22 +300,30 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 		}
 	}
 	// The pool reconnects and the caller's retry applies everything.
-	out, err := s.FinishTasks(ctx, results)
+	out, claimed, err := s.FinishAndClaim(ctx, results, w2, claimN, bt0)
 	if err != nil {
-		t.Fatalf("retried FinishTasks: %v", err)
+		t.Fatalf("retried FinishAndClaim: %v", err)
 	}
 	for _, o := range out {
 		if !o.Applied {
 			t.Fatalf("retried finish not applied: %+v", o)
 		}
 	}
+	if len(claimed) != claimN {
+		t.Errorf("retried finish claimed %d, want %d", len(claimed), claimN)
+	}
 	queued, total, err := s.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{"kill"}, States: []state.TaskState{state.Queued}})
-	if err != nil || total != n {
-		t.Fatalf("%d queued after the retry (%v), want %d", total, err, n)
+	if err != nil || total != n-claimN {
+		t.Fatalf("%d queued after the retry (%v), want %d", total, err, n-claimN)
 	}
 	for _, ti := range queued {
 		if !strings.HasPrefix(ti.TaskID, "d") {
 			t.Errorf("queued %s", ti.TaskID)
+		}
+	}
+	for _, c := range claimed {
+		if !strings.HasPrefix(c.TaskID, "d") || c.WorkerID != w2.ID || c.TryNumber != 1 {
+			t.Errorf("claimed %+v", c.TaskInstance)
 		}
 	}
 }
