@@ -275,7 +275,7 @@ func (a *api) clearRun(ctx context.Context, run store.Run, taskIDs []string, sta
 			ids[i] = ti.TaskID
 		}
 		tis, err = a.store.ClearTasks(ctx, run.DAGID, run.RunID, ids, false, a.clock.Now().UTC())
-		a.cache.purge()
+		a.changed()
 		if err != nil {
 			if isNotFound(err) {
 				return nil, nil // the run was deleted meanwhile
@@ -440,7 +440,7 @@ func (a *api) markRun(ctx context.Context, run store.Run, taskIDs []string, s st
 		}
 		if !dry {
 			ti, err = a.store.SetTaskState(ctx, run.DAGID, run.RunID, id, s, a.clock.Now().UTC())
-			a.cache.purge()
+			a.changed()
 			if err != nil {
 				if isNotFound(err) || isConflict(err) {
 					// Deleted meanwhile, or in a state that cannot move

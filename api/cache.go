@@ -120,8 +120,15 @@ func (c *runCache) removeLocked(el *list.Element) {
 	c.bytes -= e.size
 }
 
-// purge empties the cache; the handlers that change runs or task
-// instances call it.
+// changed is called by the handlers that change runs or task instances:
+// later reads see the change, neither served from the cache nor taken
+// from a read begun before it.
+func (a *api) changed() {
+	a.cache.purge()
+	a.runTIs.forget()
+}
+
+// purge empties the cache (see api.changed).
 func (c *runCache) purge() {
 	if c == nil {
 		return

@@ -18,10 +18,18 @@ const flightTimeout = 30 * time.Second
 // kept once the read is done, so no answer is older than the request it
 // answers by more than one read in progress; it is how many clients
 // polling one running run cost about one read per read's duration, not
-// one each.
+// one each. A change made through the API calls forget, so that no
+// request after it joins a read begun before it.
 type flights struct {
 	mu    sync.Mutex
-	calls map[string]*flight
+	gen   uint64 // incremented by forget: part of every key
+	calls map[flightKey]*flight
+}
+
+// flightKey names a read: its key, in the generation it began in.
+type flightKey struct {
+	gen uint64
+	key string
 }
 
 // flight is one read in progress.
@@ -35,11 +43,12 @@ type flight struct {
 // do returns the body for key: read by fn, or by the read for key already
 // in progress. fn's context is detached from ctx; ctx only bounds the
 // wait. The body must not be changed by the caller.
-func (f *flights) do(ctx context.Context, key string, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
+func (f *flights) do(ctx context.Context, name string, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
 	f.mu.Lock()
 	if f.calls == nil {
-		f.calls = map[string]*flight{}
+		f.calls = map[flightKey]*flight{}
 	}
+	key := flightKey{f.gen, name}
 	if c, ok := f.calls[key]; ok {
 		c.shared++
 		f.mu.Unlock()
@@ -72,8 +81,16 @@ func (f *flights) do(ctx context.Context, key string, fn func(ctx context.Contex
 // panicked.
 var errFlightPanicked = errors.New("the shared read of this request failed")
 
+// forget makes later requests start reads of their own rather than join
+// those in progress (which may have read what a change replaced).
+func (f *flights) forget() {
+	f.mu.Lock()
+	f.gen++
+	f.mu.Unlock()
+}
+
 // end removes the finished read c of key and releases its waiters.
-func (f *flights) end(key string, c *flight) {
+func (f *flights) end(key flightKey, c *flight) {
 	f.mu.Lock()
 	delete(f.calls, key)
 	f.mu.Unlock()

@@ -40,7 +40,7 @@ func TestFlightsShareOneRead(t *testing.T) {
 	// Every waiter has joined the read in progress before it ends.
 	for {
 		f.mu.Lock()
-		n := f.calls["k"].shared
+		n := f.calls[flightKey{0, "k"}].shared
 		f.mu.Unlock()
 		if n == waiters {
 			break
@@ -83,7 +83,7 @@ func TestFlightsDetachAndRecover(t *testing.T) {
 			close(started)
 			for {
 				f.mu.Lock()
-				n := f.calls["p"].shared
+				n := f.calls[flightKey{0, "p"}].shared
 				f.mu.Unlock()
 				if n == 1 {
 					panic("boom")
@@ -99,5 +99,31 @@ func TestFlightsDetachAndRecover(t *testing.T) {
 	}()
 	if err := <-waiting; !errors.Is(err, errFlightPanicked) {
 		t.Errorf("waiter of a read that panicked got %v, want errFlightPanicked", err)
+	}
+}
+
+// TestFlightsForget: after forget (a change made through the API), a
+// request does not join a read begun before it.
+func TestFlightsForget(t *testing.T) {
+	var f flights
+	started, release := make(chan struct{}), make(chan struct{})
+	done := make(chan []byte, 1)
+	go func() {
+		b, _ := f.do(context.Background(), "k", func(context.Context) ([]byte, error) {
+			close(started)
+			<-release
+			return []byte("before"), nil
+		})
+		done <- b
+	}()
+	<-started
+	f.forget()
+	b, err := f.do(context.Background(), "k", func(context.Context) ([]byte, error) { return []byte("after"), nil })
+	if err != nil || string(b) != "after" {
+		t.Errorf("request after forget got %q, %v; want a read of its own", b, err)
+	}
+	close(release)
+	if b := <-done; string(b) != "before" {
+		t.Errorf("the earlier read got %q", b)
 	}
 }

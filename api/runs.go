@@ -484,7 +484,7 @@ func (a *api) patchRun(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	run, err := a.store.SetRunState(ctx, dagID, runID, target, a.clock.Now().UTC())
-	a.cache.purge()
+	a.changed()
 	if err != nil {
 		if isNotFound(err) {
 			return runNotFound(dagID, runID)
@@ -511,7 +511,7 @@ func (a *api) deleteRun(w http.ResponseWriter, r *http.Request) error {
 			runID, dagID, run.State)
 	}
 	err = a.store.DeleteRun(ctx, dagID, runID)
-	a.cache.purge()
+	a.changed()
 	if err != nil {
 		if isNotFound(err) {
 			return runNotFound(dagID, runID)

@@ -137,13 +137,14 @@ func (f *finisher) finish(batch []store.Result) (outcomes []store.FinishOutcome,
 			out, claimed, e = f.w.cfg.Store.FinishAndClaim(ctx, batch, f.w.self, slots, f.w.cfg.Clock.Now())
 			return e
 		})
-		f.w.launchAll(claimed)
+		drained := len(claimed) < slots
 		if slots > 0 && err == nil {
-			f.w.queueDrained.Store(len(claimed) < slots)
+			f.w.queueDrained.Store(drained) // before the tries start, as in Worker.claim
 		}
+		f.w.launchAll(claimed)
 		f.w.unreserveSlots(slots)
 		if err == nil {
-			return out, slots > 0 && len(claimed) < slots, nil
+			return out, drained, nil
 		}
 		if i == finishAttempts-1 {
 			break

@@ -329,9 +329,6 @@ func (w *Worker) claimLoop() {
 				maybeWork = false // retried on the next wake-up or poll
 			case n < free:
 				maybeWork = false
-				w.queueDrained.Store(true)
-			default:
-				w.queueDrained.Store(false)
 			}
 			continue
 		}
@@ -416,6 +413,9 @@ func (w *Worker) claim(max int) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("claim up to %d tasks: %w", max, err)
 	}
+	// Before the tries start: one may end, and its finish read the flag,
+	// at once.
+	w.queueDrained.Store(len(claimed) < max)
 	w.launchAll(claimed)
 	return len(claimed), nil
 }

@@ -67,10 +67,7 @@ func (s *relayStore) ClaimTasks(ctx context.Context, w store.Worker, max int, no
 
 // FinishTasks records outcomes and relays what the store did with them.
 func (s *relayStore) FinishTasks(ctx context.Context, results []store.Result) ([]store.FinishOutcome, error) {
-	outcomes, err := s.Store.FinishTasks(ctx, results)
-	if err == nil && len(outcomes) > 0 {
-		s.sender.send(finishEvents(results, outcomes))
-	}
+	outcomes, _, err := s.FinishAndClaim(ctx, results, store.Worker{}, 0, time.Time{})
 	return outcomes, err
 }
 

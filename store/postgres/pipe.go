@@ -36,11 +36,12 @@ type queuedStmt struct {
 // trip, so they do not hold PostgreSQL's notification lock through the
 // commit's WAL flush (which serialises concurrent committers).
 type pipeTx struct {
-	conn   *pgxpool.Conn
-	queued []queuedStmt
-	finals []finalQuery  // sent with COMMIT, before it
-	begun  bool          // BEGIN was sent
-	after  []store.Topic // wake-ups to send once committed
+	conn     *pgxpool.Conn
+	queued   []queuedStmt
+	preamble int           // statements inPipe queues before fn (BEGIN, planner settings)
+	finals   []finalQuery  // sent with COMMIT, before it
+	begun    bool          // BEGIN was sent
+	after    []store.Topic // wake-ups to send once committed
 	// readyIfLeft sends the TopicTasksReady wake-up only when instances
 	// are still queued once committed (the transaction claimed what it
 	// queued itself, maybe all of it).
@@ -178,8 +179,8 @@ func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 // A wake-up that fails after the commit is logged, not returned: the
 // transaction is durable, and receivers also poll.
 func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
-	if !p.begun && len(p.queued) == 2 && len(p.after) == 0 && len(p.finals) == 0 {
-		return nil // only BEGIN and the plan settings queued: nothing was done
+	if !p.begun && len(p.queued) == p.preamble && len(p.after) == 0 && len(p.finals) == 0 {
+		return nil // only the preamble queued: nothing was done
 	}
 	b := &pgx.Batch{}
 	for _, q := range p.queued {
@@ -312,6 +313,7 @@ func (s *Store) pipeOnce(ctx context.Context, plan string, fn func(p *pipeTx) er
 	p := &pipeTx{conn: conn}
 	p.queue("BEGIN")
 	p.queue(plan)
+	p.preamble = len(p.queued)
 	if err := fn(p); err != nil {
 		p.rollback()
 		return err

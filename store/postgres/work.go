@@ -345,10 +345,10 @@ func (s *Store) FinishTasks(ctx context.Context, results []store.Result) ([]stor
 
 // FinishAndClaim records results as FinishTasks does and then, in the
 // same transaction, claims up to max queued instances for worker w as
-// ClaimTasks does, those the results released included. The claim
-// travels in the round trip of the COMMIT, so a worker that finishes a
-// task and takes the next costs one transaction and one WAL flush, not
-// two; when the claim leaves nothing queued, no other worker is woken.
+// ClaimTasks does, those the results released included (finishInClaim
+// says where the claim statements travel). A worker that finishes a task
+// and takes the next so costs one transaction and one WAL flush, not two;
+// when the claim leaves nothing queued, no other worker is woken.
 func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
 	if len(results) == 0 {
 		claimed, err := s.ClaimTasks(ctx, w, max, now)
