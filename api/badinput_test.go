@@ -76,6 +76,8 @@ var badInputCases = []badCase{
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"data_interval_start": "2026-01-01T00:00:00Z"}`, 400, `"data_interval_start" is read-only`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"a": "\u0000"}}`, 400, "must not contain NUL"},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"note": "a\u0000"}`, 400, "must not contain NUL"},
+	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"n": 1e400}}`, 400, `field "conf.n": the number (5 characters) is beyond the range of a 64-bit float`},
+	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"a": [` + strings.Repeat("7", 400) + `]}}`, 400, `field "conf.a[0]": the number (400 characters)`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": []}`, 400, `"conf" must be a JSON object, got an array`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": "x"}`, 400, `"conf" must be a JSON object, got a string`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"note": 5}`, 400, `"note" must be a string`},
