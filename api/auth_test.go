@@ -11,7 +11,7 @@ import (
 )
 
 func TestAuth(t *testing.T) {
-	const token = "s3cret-token"
+	const token = "s3cret-token-0123456"
 	e := newEnv(t, "sqlite", func(c *Config) { c.Token = token })
 	e.token = "" // send headers by hand
 	protected := []struct{ method, path, body string }{
