@@ -134,6 +134,25 @@ type TaskInstance struct {
 	Error       string
 }
 
+// RunTaskInstance is a task instance with the fields of its run that
+// task instance lists show, read in the same query.
+type RunTaskInstance struct {
+	TaskInstance
+	LogicalDate time.Time // the run's
+}
+
+// Instances returns the task instances of rtis, without their runs' fields.
+func Instances(rtis []RunTaskInstance) []TaskInstance {
+	if rtis == nil {
+		return nil
+	}
+	out := make([]TaskInstance, len(rtis))
+	for i, r := range rtis {
+		out[i] = r.TaskInstance
+	}
+	return out
+}
+
 // Duration returns EndedAt − StartedAt, or 0 when either is unset.
 func (ti TaskInstance) Duration() time.Duration {
 	if ti.StartedAt == nil || ti.EndedAt == nil {
@@ -234,8 +253,11 @@ type TaskQuery struct {
 	StartDateLTE  *time.Time
 	EndDateGTE    *time.Time
 	EndDateLTE    *time.Time
-	OrderBy       string
-	Limit, Offset int
+	// LogicalDateGTE/LTE filter by the logical date of the instance's run.
+	LogicalDateGTE *time.Time
+	LogicalDateLTE *time.Time
+	OrderBy        string
+	Limit, Offset  int
 }
 
 // Topic is a kind of wake-up.
@@ -304,6 +326,10 @@ type Store interface {
 
 	GetTaskInstance(ctx context.Context, dagID, runID, taskID string) (TaskInstance, error)
 	ListTaskInstances(ctx context.Context, q TaskQuery) ([]TaskInstance, int, error)
+	// ListRunTaskInstances is ListTaskInstances with each instance's run's
+	// logical date, from the same query (lists across runs need no lookup
+	// per run).
+	ListRunTaskInstances(ctx context.Context, q TaskQuery) ([]RunTaskInstance, int, error)
 	// ClearTasks resets the named task instances of a run (and, with
 	// downstream, every task downstream of them) to be run again, and puts
 	// the run back to running. Returns the instances cleared.

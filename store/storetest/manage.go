@@ -449,6 +449,81 @@ func testListTIs(t *testing.T, e *env) {
 	}
 }
 
+// testListRunTIs: instances come with their run's logical date, and the
+// run's logical date filters across runs and within them.
+func testListRunTIs(t *testing.T, e *env) {
+	sp := newSpec("lr", tk("a"), tk("b", up("a")))
+	e.sync(sp)
+	days := []string{"d0", "d1", "d2", "d3"}
+	for i, id := range days {
+		e.newRun(sp, id, t0.Add(time.Duration(i)*24*time.Hour))
+	}
+	other := newSpec("lr2", tk("x"))
+	e.sync(other)
+	e.newRun(other, "o1", t0.Add(48*time.Hour))
+	rtis, total, err := e.s.ListRunTaskInstances(e.ctx, store.TaskQuery{OrderBy: "id"})
+	must(t, "ListRunTaskInstances", err)
+	if total != 9 || len(rtis) != 9 {
+		t.Fatalf("all: %d of %d, want 9", len(rtis), total)
+	}
+	for _, ti := range rtis {
+		want := t0
+		switch ti.DAGRunID {
+		case "d1":
+			want = t0.Add(24 * time.Hour)
+		case "d2", "o1":
+			want = t0.Add(48 * time.Hour)
+		case "d3":
+			want = t0.Add(72 * time.Hour)
+		}
+		if !ti.LogicalDate.Equal(want) || ti.LogicalDate.Location() != time.UTC {
+			t.Errorf("%s/%s/%s: logical date %v, want %v in UTC", ti.DAGID, ti.DAGRunID, ti.TaskID, ti.LogicalDate, want)
+		}
+	}
+	plain, _, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{OrderBy: "id"})
+	must(t, "ListTaskInstances", err)
+	for i := range plain {
+		if i >= len(rtis) || !equalJSON(t, plain[i], rtis[i].TaskInstance) {
+			t.Errorf("instance %d: ListTaskInstances %+v, ListRunTaskInstances %+v", i, plain[i], rtis[i].TaskInstance)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		q        store.TaskQuery
+		n, total int
+		first    string // run id of the first
+	}{
+		{"from d1", store.TaskQuery{LogicalDateGTE: ptr(t0.Add(24 * time.Hour)), OrderBy: "id"}, 7, 7, "d1"},
+		{"up to d1", store.TaskQuery{LogicalDateLTE: ptr(t0.Add(24 * time.Hour)), OrderBy: "id"}, 4, 4, "d0"},
+		{"d2 of lr, paged", store.TaskQuery{DAGIDs: []string{"lr"}, LogicalDateGTE: ptr(t0.Add(47 * time.Hour)),
+			LogicalDateLTE: ptr(t0.Add(49 * time.Hour)), Limit: 1, Offset: 1, OrderBy: "id"}, 1, 2, "d2"},
+		{"within runs", store.TaskQuery{DAGRunIDs: []string{"d0", "d3"}, LogicalDateGTE: ptr(t0.Add(time.Hour)), Limit: 1}, 1, 2, "d3"},
+		{"none", store.TaskQuery{LogicalDateGTE: ptr(t0.Add(1000 * time.Hour)), Limit: 1}, 0, 0, ""},
+	} {
+		rtis, total, err := e.s.ListRunTaskInstances(e.ctx, c.q)
+		must(t, "ListRunTaskInstances "+c.name, err)
+		if len(rtis) != c.n || total != c.total || (c.n > 0 && rtis[0].DAGRunID != c.first) {
+			t.Errorf("%s: %d instances of %d (first %v); want %d of %d (first %s)", c.name, len(rtis), total,
+				rtis, c.n, c.total, c.first)
+		}
+		tis, ptotal, err := e.s.ListTaskInstances(e.ctx, c.q)
+		must(t, "ListTaskInstances "+c.name, err)
+		if len(tis) != c.n || ptotal != c.total {
+			t.Errorf("%s: ListTaskInstances %d of %d; want %d of %d", c.name, len(tis), ptotal, c.n, c.total)
+		}
+	}
+}
+
+// equalJSON compares two values by their JSON.
+func equalJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	must(t, "marshal", err)
+	jb, err := json.Marshal(b)
+	must(t, "marshal", err)
+	return string(ja) == string(jb)
+}
+
 func taskIDsTI(tis []store.TaskInstance) []string {
 	out := make([]string, len(tis))
 	for i, ti := range tis {
