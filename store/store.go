@@ -245,14 +245,14 @@ type RunQuery struct {
 
 // TaskQuery filters ListTaskInstances. Zero fields do not filter.
 type TaskQuery struct {
-	DAGIDs        []string
-	DAGRunIDs     []string
-	TaskIDs       []string
-	States        []state.TaskState
-	StartDateGTE  *time.Time
-	StartDateLTE  *time.Time
-	EndDateGTE    *time.Time
-	EndDateLTE    *time.Time
+	DAGIDs       []string
+	DAGRunIDs    []string
+	TaskIDs      []string
+	States       []state.TaskState
+	StartDateGTE *time.Time
+	StartDateLTE *time.Time
+	EndDateGTE   *time.Time
+	EndDateLTE   *time.Time
 	// LogicalDateGTE/LTE filter by the logical date of the instance's run.
 	LogicalDateGTE *time.Time
 	LogicalDateLTE *time.Time
