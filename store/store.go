@@ -243,6 +243,33 @@ type RunQuery struct {
 	Limit, Offset  int
 }
 
+// PurgeQuery selects finished runs (success or failed) for PurgeRuns and
+// PurgeLogs.
+type PurgeQuery struct {
+	// Before: runs that ended before it. Required.
+	Before time.Time
+	// After, when set, leaves out runs that ended before it (a purger that
+	// cleaned everything before After already need not scan it again).
+	After time.Time
+	// DAGID, when set, selects the runs of this DAG only.
+	DAGID string
+	// ExceptDAGIDs leaves out the runs of these DAGs (those with a
+	// retention of their own).
+	ExceptDAGIDs []string
+	// Limit bounds what one call deletes: runs for PurgeRuns, tries' logs
+	// for PurgeLogs. 0 = no bound.
+	Limit int
+	// DryRun counts what would be deleted and deletes nothing.
+	DryRun bool
+}
+
+// Purged counts what PurgeRuns deleted (or would delete).
+type Purged struct {
+	Runs, TaskInstances int
+	// Logs counts the tries whose logs were deleted.
+	Logs int
+}
+
 // TaskQuery filters ListTaskInstances. Zero fields do not filter.
 type TaskQuery struct {
 	DAGIDs       []string
@@ -321,8 +348,16 @@ type Store interface {
 	SetRunState(ctx context.Context, dagID, runID string, s state.RunState, now time.Time) (Run, error)
 	// DeleteRun removes a finished run with its task instances and logs.
 	DeleteRun(ctx context.Context, dagID, runID string) error
-	// PurgeRuns deletes finished runs that ended before olderThan.
-	PurgeRuns(ctx context.Context, olderThan time.Time) (int, error)
+	// PurgeRuns deletes the finished runs q selects (oldest end first, at
+	// most q.Limit), with their task instances and logs, in one short
+	// transaction that skips runs locked by others; with q.DryRun it only
+	// counts them (all of them when q.Limit is 0).
+	PurgeRuns(ctx context.Context, q PurgeQuery) (Purged, error)
+	// PurgeLogs deletes the logs of the tries of the finished runs q
+	// selects (at most q.Limit tries' logs), keeping runs and task
+	// instances; with q.DryRun it only counts them. Returns how many
+	// tries' logs.
+	PurgeLogs(ctx context.Context, q PurgeQuery) (int, error)
 
 	GetTaskInstance(ctx context.Context, dagID, runID, taskID string) (TaskInstance, error)
 	ListTaskInstances(ctx context.Context, q TaskQuery) ([]TaskInstance, int, error)

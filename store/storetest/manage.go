@@ -3,6 +3,7 @@ package storetest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -550,35 +551,121 @@ func testDeleteRun(t *testing.T, e *env) {
 }
 
 func testPurge(t *testing.T, e *env) {
-	sp := newSpec("pg", tk("a"))
+	sp := newSpec("pg", tk("a"), tk("b", up("a")))
+	other := newSpec("po", tk("x"))
 	e.sync(sp)
+	e.sync(other)
 	for i := range 4 {
 		e.newRun(sp, fmt.Sprintf("r%d", i), t0.Add(time.Duration(i)*24*time.Hour))
 	}
+	e.newRun(other, "o0", t0)
 	e.start("pg")
-	// r0 ended at day 1, r1 at day 2, r2 at day 10; r3 still running.
-	for i, end := range []time.Time{t0.Add(24 * time.Hour), t0.Add(48 * time.Hour), t0.Add(240 * time.Hour)} {
-		_, err := e.s.SetRunState(e.ctx, "pg", fmt.Sprintf("r%d", i), state.RunSuccess, end)
+	e.start("po")
+	// Every root task runs one try that writes a log.
+	claimed, err := e.s.ClaimTasks(e.ctx, e.w, 100, t0)
+	must(t, "ClaimTasks", err)
+	if len(claimed) != 5 {
+		t.Fatalf("claimed %d, want the 5 roots", len(claimed))
+	}
+	for _, c := range claimed {
+		must(t, "AppendLog", e.s.AppendLog(e.ctx, att(c), []byte("log of "+c.DAGRunID)))
+	}
+	// r0 and o0 end at day 1, r1 at day 2, r2 at day 10; r3 still runs.
+	ends := map[string]time.Time{"r0": t0.Add(24 * time.Hour), "r1": t0.Add(48 * time.Hour), "r2": t0.Add(240 * time.Hour)}
+	for id, end := range ends {
+		_, err := e.s.SetRunState(e.ctx, "pg", id, state.RunSuccess, end)
 		must(t, "SetRunState", err)
 	}
-	n, err := e.s.PurgeRuns(e.ctx, t0.Add(72*time.Hour))
+	_, err = e.s.SetRunState(e.ctx, "po", "o0", state.RunFailed, t0.Add(24*time.Hour))
+	must(t, "SetRunState", err)
+	day3 := t0.Add(72 * time.Hour)
+
+	// Dry runs count and delete nothing.
+	for _, c := range []struct {
+		name string
+		q    store.PurgeQuery
+		want store.Purged
+	}{
+		{"all before day 3", store.PurgeQuery{Before: day3}, store.Purged{Runs: 3, TaskInstances: 5, Logs: 3}},
+		{"pg", store.PurgeQuery{Before: day3, DAGID: "pg"}, store.Purged{Runs: 2, TaskInstances: 4, Logs: 2}},
+		{"except pg", store.PurgeQuery{Before: day3, ExceptDAGIDs: []string{"pg"}}, store.Purged{Runs: 1, TaskInstances: 1, Logs: 1}},
+		{"limit 1", store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1}, store.Purged{Runs: 1, TaskInstances: 2, Logs: 1}},
+		{"after day 5", store.PurgeQuery{Before: t0.Add(1000 * time.Hour), After: t0.Add(120 * time.Hour)}, store.Purged{Runs: 1, TaskInstances: 2, Logs: 1}},
+		{"nothing", store.PurgeQuery{Before: t0}, store.Purged{}},
+	} {
+		c.q.DryRun = true
+		got, err := e.s.PurgeRuns(e.ctx, c.q)
+		must(t, "PurgeRuns dry "+c.name, err)
+		if got != c.want {
+			t.Errorf("dry PurgeRuns %s = %+v, want %+v", c.name, got, c.want)
+		}
+		logs, err := e.s.PurgeLogs(e.ctx, c.q)
+		must(t, "PurgeLogs dry "+c.name, err)
+		if logs != c.want.Logs {
+			t.Errorf("dry PurgeLogs %s = %d, want %d", c.name, logs, c.want.Logs)
+		}
+	}
+	if _, total, _ := e.s.ListRuns(e.ctx, store.RunQuery{}); total != 5 {
+		t.Fatalf("%d runs after dry runs, want 5", total)
+	}
+
+	// Logs first, in batches: runs and instances stay.
+	for i, want := range []int{1, 1, 0} {
+		n, err := e.s.PurgeLogs(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1})
+		must(t, "PurgeLogs", err)
+		if n != want {
+			t.Errorf("PurgeLogs batch %d = %d, want %d", i, n, want)
+		}
+	}
+	for _, id := range []string{"r0", "r1"} {
+		if b, err := e.s.ReadLog(e.ctx, "pg", id, "a", 1); err == nil && len(b) > 0 {
+			t.Errorf("log of pg/%s/a after PurgeLogs: %q", id, b)
+		}
+		if _, err := e.s.GetTaskInstance(e.ctx, "pg", id, "a"); err != nil {
+			t.Errorf("instance pg/%s/a after PurgeLogs: %v", id, err)
+		}
+	}
+	if b, err := e.s.ReadLog(e.ctx, "pg", "r2", "a", 1); err != nil || string(b) != "log of r2" {
+		t.Errorf("log of r2 (ended after the cut) = %q, %v", b, err)
+	}
+
+	// Runs in batches, oldest first; a DAG's runs alone, or all but a DAG's.
+	got, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1})
 	must(t, "PurgeRuns", err)
-	if n != 2 {
-		t.Errorf("PurgeRuns removed %d, want 2", n)
+	if got != (store.Purged{Runs: 1, TaskInstances: 2}) {
+		t.Errorf("PurgeRuns pg limit 1 = %+v, want 1 run, 2 instances, no logs (purged before)", got)
+	}
+	if _, err := e.s.GetRun(e.ctx, "pg", "r0"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("r0 (the oldest) after the purge: %v, want not found", err)
+	}
+	got, err = e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, ExceptDAGIDs: []string{"pg"}})
+	must(t, "PurgeRuns except", err)
+	if got != (store.Purged{Runs: 1, TaskInstances: 1, Logs: 1}) {
+		t.Errorf("PurgeRuns except pg = %+v, want o0", got)
+	}
+	got, err = e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: t0.Add(1000 * time.Hour)})
+	must(t, "PurgeRuns all", err)
+	if got != (store.Purged{Runs: 2, TaskInstances: 4, Logs: 1}) {
+		t.Errorf("PurgeRuns of the rest = %+v, want r1 and r2 (the running r3 stays)", got)
 	}
 	runs, _, err := e.s.ListRuns(e.ctx, store.RunQuery{OrderBy: "run_id"})
 	must(t, "ListRuns", err)
-	if !equalIDs(runs, "r2", "r3") {
-		t.Errorf("left %v, want r2 r3", runIDs(runs))
+	if !equalIDs(runs, "r3") {
+		t.Errorf("left %v, want r3", runIDs(runs))
 	}
 	tis, total, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{})
 	must(t, "ListTaskInstances", err)
 	if total != 2 {
-		t.Errorf("%d instances left (%v), want 2", total, tis)
+		t.Errorf("%d instances left (%v), want r3's 2", total, tis)
 	}
-	n, err = e.s.PurgeRuns(e.ctx, t0.Add(1000*time.Hour))
-	if err != nil || n != 1 {
-		t.Errorf("second purge = %d, %v; want 1 (the running run stays)", n, err)
+	if b, err := e.s.ReadLog(e.ctx, "pg", "r3", "a", 1); err != nil || string(b) != "log of r3" {
+		t.Errorf("log of the running r3 = %q, %v", b, err)
+	}
+	if _, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{}); err == nil {
+		t.Error("PurgeRuns without Before succeeded")
+	}
+	if _, err := e.s.PurgeLogs(e.ctx, store.PurgeQuery{Before: day3, Limit: -1}); err == nil {
+		t.Error("PurgeLogs with a negative limit succeeded")
 	}
 }
 
