@@ -487,4 +487,3 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		return notify(ctx, tx, store.TopicRunsChanged)
 	})
 }
-

@@ -538,4 +538,3 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		return nil
 	})
 }
-
