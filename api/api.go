@@ -255,6 +255,7 @@ func (a *api) routes() http.Handler {
 			r.Delete("/dags/{dag_id}/dagRuns/{dag_run_id}", a.h(a.deleteRun))
 
 			r.Post("/dags/~/dagRuns/~/taskInstances/list", a.h(a.postListTaskInstances))
+			r.Post("/dagRuns/purge", a.h(a.postPurge))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", a.h(a.getTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", a.h(a.getTaskInstance))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{task_try_number}", a.h(a.getLog))

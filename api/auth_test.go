@@ -34,6 +34,7 @@ func TestAuth(t *testing.T) {
 		{"POST", "/api/v1/dags/etl/clearTaskInstances", `{}`},
 		{"POST", "/api/v1/dags/etl/updateTaskInstancesState", `{}`},
 		{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{}`},
+		{"POST", "/api/v1/dagRuns/purge", `{"before": "2000-01-01T00:00:00Z", "dry_run": false}`},
 		{"GET", "/metrics", ""},
 	}
 	for _, p := range protected {
