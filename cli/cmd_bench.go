@@ -17,31 +17,35 @@ import (
 	"github.com/trellis-dag/trellis/executor"
 )
 
-func init() {
-	addCommand("", newBenchCmd)
-	setUpBenchChild()
-}
+func init() { addCommand("", newBenchCmd) }
 
-// setUpBenchChild prepares a worker child that `trellis bench` started:
-// it registers the benchmark DAGs the bench asked for (nothing happens in
-// any other process, so they never show up elsewhere) and starts the CPU
-// profile and trace asked for by --cpuprofile and --trace, stopped when
-// the command ends.
-func setUpBenchChild() {
-	if _, err := bench.RegisterFromEnv(dag.Default(), os.LookupEnv); err != nil {
-		fmt.Fprintf(os.Stderr, "trellis: benchmark DAGs: %v\n", err)
+// benchChildArgs select the worker-child role of a benchmark: `trellis
+// bench --child` registers the benchmark DAGs and starts the profiles the
+// bench asked for, then runs as a worker child. No other role reads the
+// TRELLIS_BENCH_* variables, so the benchmark DAGs and hooks exist only in
+// the processes bench starts.
+var benchChildArgs = []string{"bench", "--child"}
+
+// runBenchChild runs a worker child of `trellis bench`: with only the
+// benchmark DAGs the bench named, and with the CPU profile and trace asked
+// for by --cpuprofile and --trace, stopped when the child ends.
+func (a *app) runBenchChild(ctx context.Context) error {
+	reg := dag.NewRegistry()
+	if _, err := bench.RegisterFromEnv(reg, a.lookupEnv); err != nil {
+		return fmt.Errorf("benchmark DAGs: %w", err)
 	}
-	stop, err := bench.StartChildProfile(os.LookupEnv)
+	a.registry = reg
+	stop, err := bench.StartChildProfile(a.lookupEnv)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "trellis: %v\n", err)
+		return err
 	}
+	runErr := a.runWorkerChild(ctx)
 	if stop != nil {
-		cobra.OnFinalize(func() {
-			if err := stop(); err != nil {
-				fmt.Fprintf(os.Stderr, "trellis: worker profile: %v\n", err)
-			}
-		})
+		if err := stop(); err != nil {
+			return errors.Join(runErr, fmt.Errorf("worker profile: %w", err))
+		}
 	}
+	return runErr
 }
 
 // benchFlags are the flags of `trellis bench`.
@@ -57,6 +61,7 @@ type benchFlags struct {
 	timeout      time.Duration
 	cpuProfile   string
 	trace        string
+	child        bool
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -105,6 +110,9 @@ is reported, not an error.`,
   trellis bench --db postgres://bench@db:5432/postgres --cpuprofile profiles/`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.child {
+				return a.runBenchChild(cmd.Context())
+			}
 			cfg, err := f.config(cmd, a)
 			if err != nil {
 				return err
@@ -129,6 +137,8 @@ is reported, not an error.`,
 	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write CPU profiles of this process and of every worker process, per scenario and store, into this directory")
 	fs.StringVar(&f.trace, "trace", "", "write execution traces (runtime/trace) of this process and of every worker process, per scenario and store, into this directory")
+	fs.BoolVar(&f.child, "child", false, "run as one worker process of a benchmark (internal)")
+	_ = fs.MarkHidden("child")
 	return cmd
 }
 
@@ -190,6 +200,7 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 		APIClients:    f.apiClients,
 		Workers:       a.config.Workers,
 		Slots:         f.slots,
+		ChildArgs:     benchChildArgs,
 		ChildEnv:      []string{"TRELLIS_LOG_LEVEL=" + level.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
 		CPUProfileDir: f.cpuProfile,
 		TraceDir:      f.trace,

@@ -3,18 +3,23 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/trellis-dag/trellis/bench"
+	"github.com/trellis-dag/trellis/executor"
 	"github.com/trellis-dag/trellis/internal/testdb"
 )
 
@@ -185,5 +190,87 @@ func TestBenchUsage(t *testing.T) {
 		r := runCLI(t, cycleRegistry(), nil, tc.args...)
 		wantCode(t, r, 2)
 		wantContains(t, "stderr", r.stderr, tc.want)
+	}
+}
+
+// TestServeHasNoBenchDAGs starts a plain `trellis serve` process with the
+// benchmark's variables set, as if it had inherited them: it must serve
+// the example DAGs and no benchmark DAG, since only `trellis bench --child`
+// reads those variables.
+func TestServeHasNoBenchDAGs(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "trellis")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/trellis").CombinedOutput(); err != nil {
+		t.Fatalf("build trellis: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	serve := exec.Command(bin, "serve")
+	serve.Env = append(os.Environ(),
+		"TRELLIS_DATABASE_URL=sqlite:"+filepath.Join(t.TempDir(), "trellis.db"),
+		"TRELLIS_ADDR="+addr,
+		"TRELLIS_WORKERS=1",
+		bench.EnvDAGs+"=wide=3,cron=2",
+		bench.EnvCPUProfile+"="+filepath.Join(t.TempDir(), "cpu"),
+	)
+	var out lockedBuffer
+	serve.Stdout, serve.Stderr = &out, &out
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = serve.Process.Signal(syscall.SIGTERM)
+		_ = serve.Wait()
+		if t.Failed() {
+			t.Logf("serve output:\n%s", out.String())
+		}
+	}()
+
+	var body struct {
+		DAGs []struct {
+			DAGID string `json:"dag_id"`
+		} `json:"dags"`
+		TotalEntries int `json:"total_entries"`
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/api/v1/dags?limit=100")
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not answer GET /api/v1/dags: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var ids []string
+	for _, d := range body.DAGs {
+		ids = append(ids, d.DAGID)
+		if strings.HasPrefix(d.DAGID, bench.IDPrefix) {
+			t.Errorf("serve registered the benchmark DAG %q", d.DAGID)
+		}
+	}
+	if !slices.Contains(ids, "test") {
+		t.Errorf("serve's DAGs %v lack the example DAG test", ids)
+	}
+
+	// Not even a process marked as a worker child registers them, unless
+	// it runs in the bench's child role.
+	list := exec.Command(bin, "dags", "list")
+	list.Env = append(os.Environ(), bench.EnvDAGs+"=wide=3,cron=2", executor.EnvChild+"=w1")
+	lout, err := list.CombinedOutput()
+	if err != nil {
+		t.Fatalf("dags list: %v\n%s", err, lout)
+	}
+	if strings.Contains(string(lout), bench.IDPrefix) || !strings.Contains(string(lout), "etl_example") {
+		t.Errorf("dags list in a worker child's environment shows benchmark DAGs or lacks the examples:\n%s", lout)
 	}
 }
