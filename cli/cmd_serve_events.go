@@ -105,9 +105,9 @@ func claimEvents(claimed []store.Claimed) []taskEvent {
 // event with the state written for every applied outcome, a drop for
 // every refused one (the try was no longer running: it was taken away).
 func finishEvents(results []store.Result, outcomes []store.FinishOutcome) []taskEvent {
-	ended := make(map[store.Attempt]time.Time, len(results))
+	ended := make(map[store.Try]time.Time, len(results))
 	for _, r := range results {
-		ended[r.Attempt] = r.EndedAt
+		ended[r.Try] = r.EndedAt
 	}
 	out := make([]taskEvent, 0, len(outcomes))
 	for _, o := range outcomes {
@@ -115,16 +115,16 @@ func finishEvents(results []store.Result, outcomes []store.FinishOutcome) []task
 			out = append(out, taskEvent{Kind: eventDrop, ID: o.ID, Try: o.TryNumber})
 			continue
 		}
-		e := ended[o.Attempt]
+		e := ended[o.Try]
 		out = append(out, taskEvent{Kind: eventFinish, ID: o.ID, Try: o.TryNumber, State: string(o.State), Ended: unixNano(&e)})
 	}
 	return out
 }
 
 // dropEvents describes tries a worker gave back or lost.
-func dropEvents(attempts []store.Attempt) []taskEvent {
-	out := make([]taskEvent, 0, len(attempts))
-	for _, a := range attempts {
+func dropEvents(tries []store.Try) []taskEvent {
+	out := make([]taskEvent, 0, len(tries))
+	for _, a := range tries {
 		out = append(out, taskEvent{Kind: eventDrop, ID: a.ID, Try: a.TryNumber})
 	}
 	return out
@@ -143,7 +143,7 @@ type taskLedger struct {
 	metrics *api.Metrics
 
 	mu      sync.Mutex
-	byConn  map[int]map[store.Attempt]claimInfo
+	byConn  map[int]map[store.Try]claimInfo
 	running int
 	// unmatched counts finish events of tries whose claim was not seen
 	// (e.g. dropped by a relay that fell behind): counted nowhere.
@@ -151,7 +151,7 @@ type taskLedger struct {
 }
 
 func newTaskLedger(m *api.Metrics) *taskLedger {
-	return &taskLedger{metrics: m, byConn: map[int]map[store.Attempt]claimInfo{}}
+	return &taskLedger{metrics: m, byConn: map[int]map[store.Try]claimInfo{}}
 }
 
 // open starts tracking the tries of connection conn.
@@ -159,7 +159,7 @@ func (l *taskLedger) open(conn int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.byConn[conn] == nil {
-		l.byConn[conn] = map[store.Attempt]claimInfo{}
+		l.byConn[conn] = map[store.Try]claimInfo{}
 	}
 }
 
@@ -182,10 +182,10 @@ func (l *taskLedger) apply(conn int, ev taskEvent) error {
 	defer l.mu.Unlock()
 	tries := l.byConn[conn]
 	if tries == nil {
-		tries = map[store.Attempt]claimInfo{}
+		tries = map[store.Try]claimInfo{}
 		l.byConn[conn] = tries
 	}
-	key := store.Attempt{ID: ev.ID, TryNumber: ev.Try}
+	key := store.Try{ID: ev.ID, TryNumber: ev.Try}
 	switch ev.Kind {
 	case eventClaim:
 		info := claimInfo{dagID: ev.DAGID, taskID: ev.TaskID}

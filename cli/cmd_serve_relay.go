@@ -90,19 +90,19 @@ func (s *relayStore) FinishAndClaim(ctx context.Context, results []store.Result,
 	return outcomes, claimed, err
 }
 
-// RequeueAttempts puts tries back and relays that the worker gave them
+// RequeueTries puts tries back and relays that the worker gave them
 // up (it does so whether or not the store call succeeded).
-func (s *relayStore) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {
-	err := s.Store.RequeueAttempts(ctx, attempts)
-	if len(attempts) > 0 {
-		s.sender.send(dropEvents(attempts))
+func (s *relayStore) RequeueTries(ctx context.Context, tries []store.Try) error {
+	err := s.Store.RequeueTries(ctx, tries)
+	if len(tries) > 0 {
+		s.sender.send(dropEvents(tries))
 	}
 	return err
 }
 
 // HeartbeatTasks heartbeats tries and relays those taken away.
-func (s *relayStore) HeartbeatTasks(ctx context.Context, workerID string, attempts []store.Attempt, now time.Time) ([]store.Attempt, error) {
-	lost, err := s.Store.HeartbeatTasks(ctx, workerID, attempts, now)
+func (s *relayStore) HeartbeatTasks(ctx context.Context, workerID string, tries []store.Try, now time.Time) ([]store.Try, error) {
+	lost, err := s.Store.HeartbeatTasks(ctx, workerID, tries, now)
 	if err == nil && len(lost) > 0 {
 		s.sender.send(dropEvents(lost))
 	}

@@ -115,10 +115,10 @@ func TestEventsFromStoreCalls(t *testing.T) {
 	if fmt.Sprint(claims) != fmt.Sprint(want) {
 		t.Errorf("claimEvents = %+v, want %+v", claims, want)
 	}
-	a7, a8 := store.Attempt{ID: 7, TryNumber: 2}, store.Attempt{ID: 8, TryNumber: 1}
+	a7, a8 := store.Try{ID: 7, TryNumber: 2}, store.Try{ID: 8, TryNumber: 1}
 	finishes := finishEvents(
-		[]store.Result{{Attempt: a7, State: state.Failed, EndedAt: e}, {Attempt: a8, State: state.Success, EndedAt: e}},
-		[]store.FinishOutcome{{Attempt: a8, Applied: false}, {Attempt: a7, Applied: true, State: state.UpForRetry}})
+		[]store.Result{{Try: a7, State: state.Failed, EndedAt: e}, {Try: a8, State: state.Success, EndedAt: e}},
+		[]store.FinishOutcome{{Try: a8, Applied: false}, {Try: a7, Applied: true, State: state.UpForRetry}})
 	want = []taskEvent{
 		{Kind: eventDrop, ID: 8, Try: 1},
 		{Kind: eventFinish, ID: 7, Try: 2, State: "up_for_retry", Ended: e.UnixNano()},
@@ -126,7 +126,7 @@ func TestEventsFromStoreCalls(t *testing.T) {
 	if fmt.Sprint(finishes) != fmt.Sprint(want) {
 		t.Errorf("finishEvents = %+v, want %+v", finishes, want)
 	}
-	drops := dropEvents([]store.Attempt{a7})
+	drops := dropEvents([]store.Try{a7})
 	if len(drops) != 1 || drops[0] != (taskEvent{Kind: eventDrop, ID: 7, Try: 2}) {
 		t.Errorf("dropEvents = %+v", drops)
 	}
@@ -328,7 +328,7 @@ func workAll(t *testing.T, st store.Store, w store.Worker) {
 		}
 		var rs []store.Result
 		for _, c := range claimed {
-			rs = append(rs, store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()})
+			rs = append(rs, store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()})
 		}
 		if _, err := st.FinishTasks(context.Background(), rs); err != nil {
 			t.Fatal(err)
@@ -404,9 +404,9 @@ func TestRelayOverSocket(t *testing.T) {
 	trigger(t, st, reg, "pair", "r1")
 	a := claimOne(t, ws, w)
 	waitUntil(t, changed, "a runs", func() bool { return ledger.runningTries() == 1 })
-	aAttempt := store.Attempt{ID: a.ID, TryNumber: a.TryNumber}
+	aTry := store.Try{ID: a.ID, TryNumber: a.TryNumber}
 	// a's finish claims b in the same transaction: both are relayed.
-	_, next, err := ws.FinishAndClaim(ctx, []store.Result{{Attempt: aAttempt, State: state.Success, EndedAt: time.Now()}}, w, 4, time.Now())
+	_, next, err := ws.FinishAndClaim(ctx, []store.Result{{Try: aTry, State: state.Success, EndedAt: time.Now()}}, w, 4, time.Now())
 	if err != nil || len(next) != 1 || next[0].TaskID != "b" {
 		t.Fatalf("finish a and claim: %+v, %v; want b claimed", next, err)
 	}
@@ -415,7 +415,7 @@ func TestRelayOverSocket(t *testing.T) {
 	if _, err := st.SetRunState(ctx, "pair", "r1", state.RunFailed, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	out, err := ws.FinishTasks(ctx, []store.Result{{Attempt: store.Attempt{ID: b.ID, TryNumber: b.TryNumber}, State: state.Success, EndedAt: time.Now()}})
+	out, err := ws.FinishTasks(ctx, []store.Result{{Try: store.Try{ID: b.ID, TryNumber: b.TryNumber}, State: state.Success, EndedAt: time.Now()}})
 	if err != nil || len(out) != 1 || out[0].Applied {
 		t.Fatalf("finish of a cancelled try: %+v, %v; want refused", out, err)
 	}
@@ -426,7 +426,7 @@ func TestRelayOverSocket(t *testing.T) {
 	trigger(t, st, reg, "pair", "r2")
 	a2 := claimOne(t, ws, w)
 	waitUntil(t, changed, "r2 a runs", func() bool { return ledger.runningTries() == 1 })
-	if err := ws.RequeueAttempts(ctx, []store.Attempt{{ID: a2.ID, TryNumber: a2.TryNumber}}); err != nil {
+	if err := ws.RequeueTries(ctx, []store.Try{{ID: a2.ID, TryNumber: a2.TryNumber}}); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, changed, "r2 a requeued", func() bool { return ledger.runningTries() == 0 })
@@ -435,7 +435,7 @@ func TestRelayOverSocket(t *testing.T) {
 	if _, err := st.SetRunState(ctx, "pair", "r2", state.RunFailed, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	lost, err := ws.HeartbeatTasks(ctx, w.ID, []store.Attempt{{ID: a3.ID, TryNumber: a3.TryNumber}}, time.Now())
+	lost, err := ws.HeartbeatTasks(ctx, w.ID, []store.Try{{ID: a3.ID, TryNumber: a3.TryNumber}}, time.Now())
 	if err != nil || len(lost) != 1 {
 		t.Fatalf("heartbeat of a cancelled try: lost %v, %v; want it", lost, err)
 	}

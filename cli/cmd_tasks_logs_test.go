@@ -32,7 +32,7 @@ func TestTasksLogs(t *testing.T) {
 		t.Fatalf("claimed %s try %d, want first try 1", try1.TaskID, try1.TryNumber)
 	}
 	appendLog(t, st, try1, "try one: starting\n", "try one: failed\n")
-	if _, err := st.FinishTasks(ctx, []store.Result{{Attempt: attempt(try1), State: state.Failed, Error: "boom", EndedAt: time.Now()}}); err != nil {
+	if _, err := st.FinishTasks(ctx, []store.Result{{Try: tryOf(try1), State: state.Failed, Error: "boom", EndedAt: time.Now()}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.RequeueRetries(ctx, time.Now().Add(time.Hour)); err != nil {
@@ -87,13 +87,13 @@ func TestTasksLogs(t *testing.T) {
 	}
 }
 
-func attempt(c store.Claimed) store.Attempt { return store.Attempt{ID: c.ID, TryNumber: c.TryNumber} }
+func tryOf(c store.Claimed) store.Try { return store.Try{ID: c.ID, TryNumber: c.TryNumber} }
 
 // appendLog appends chunks to the log of the try c.
 func appendLog(t *testing.T, st store.Store, c store.Claimed, chunks ...string) {
 	t.Helper()
 	for _, chunk := range chunks {
-		if err := st.AppendLog(context.Background(), attempt(c), []byte(chunk)); err != nil {
+		if err := st.AppendLog(context.Background(), tryOf(c), []byte(chunk)); err != nil {
 			t.Fatal(err)
 		}
 	}
