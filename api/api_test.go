@@ -667,7 +667,7 @@ var implementedOperations = []string{
 	"get_health", "get_version", "get_dags", "get_dag", "patch_dag", "get_tasks", "get_task",
 	"get_dag_runs", "post_dag_run", "get_dag_runs_batch", "get_dag_run", "update_dag_run_state",
 	"delete_dag_run", "get_task_instances", "get_task_instance", "get_log", "get_task_instances_batch",
-	"post_clear_task_instances", "post_set_task_instances_state",
+	"post_clear_task_instances", "post_set_task_instances_state", "get_xcom_entries", "get_xcom_entry",
 }
 
 // TestEveryOperationValidated tours every endpoint with successful
@@ -684,6 +684,7 @@ func TestEveryOperationValidated(t *testing.T) {
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks", nil)
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks/load", nil)
 		e.trigger("etl", map[string]any{"dag_run_id": "tour"})
+		e.outputs = map[string]json.RawMessage{"load": json.RawMessage(`"loaded"`)}
 		e.work(nil)
 		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns", nil)
 		e.ok(200, "POST", "/api/v1/dags/~/dagRuns/list", map[string]any{})
@@ -695,6 +696,8 @@ func TestEveryOperationValidated(t *testing.T) {
 			t.Errorf("text log: %d", r.status)
 		}
 		e.ok(200, "POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", map[string]any{})
+		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/tour/taskInstances/load/xcomEntries", nil)
+		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/tour/taskInstances/load/xcomEntries/return_value", nil)
 		e.ok(200, "POST", "/api/v1/dags/etl/clearTaskInstances", map[string]any{"dag_run_id": "tour"})
 		e.ok(200, "POST", "/api/v1/dags/etl/updateTaskInstancesState", map[string]any{
 			"task_id": "load", "dag_run_id": "tour", "new_state": "failed"})
