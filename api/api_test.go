@@ -112,6 +112,15 @@ func TestDAGs(t *testing.T) {
 			t.Errorf("manual DAG schedule_interval = %v, want null", solo["schedule_interval"])
 		}
 
+		// As in Airflow, limit=0 is the default page size and a limit
+		// above the maximum is the maximum.
+		small := newEnv(t, backend, func(c *Config) { c.DefaultPageLimit, c.MaxPageLimit = 1, 2 })
+		for query, want := range map[string]int{"": 1, "?limit=0": 1, "?limit=2": 2, "?limit=1000": 2} {
+			if got := small.ok(200, "GET", "/api/v1/dags"+query, nil); len(items(t, got, "dags")) != want || num(got, "total_entries") != 3 {
+				t.Errorf("GET /dags%s with page sizes 1 (default) and 2 (maximum): %v, want %d of 3", query, got, want)
+			}
+		}
+
 		// Pagination, descending order, filters.
 		page := e.ok(200, "GET", "/api/v1/dags?limit=1&offset=1&order_by=-dag_id", nil)
 		if d := items(t, page, "dags"); len(d) != 1 || str(d[0], "dag_id") != "fan" || num(page, "total_entries") != 3 {
@@ -608,6 +617,21 @@ func TestOversizedBody(t *testing.T) {
 	}
 }
 
+// TestTriggerDataInterval: a data interval given to POST dagRuns is the
+// run's, as in Airflow 2.8+ (the StoreTriggerer of an API alone; the
+// scheduler's path is in TestTriggerThroughScheduler).
+func TestTriggerDataInterval(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend)
+		iv := e.trigger("etl", map[string]any{"dag_run_id": "iv", "logical_date": "2026-02-05T00:00:00Z",
+			"data_interval_start": "2026-02-03T00:00:00Z", "data_interval_end": "2026-02-04T00:00:00Z"})
+		if str(iv, "data_interval_start") != "2026-02-03T00:00:00+00:00" || str(iv, "data_interval_end") != "2026-02-04T00:00:00+00:00" ||
+			str(iv, "logical_date") != "2026-02-05T00:00:00+00:00" {
+			t.Errorf("run with a data interval: %v", iv)
+		}
+	})
+}
+
 // TestTriggerThroughScheduler wires the scheduler's TriggerRun as serve
 // does and checks the API's answers to it.
 func TestTriggerThroughScheduler(t *testing.T) {
@@ -624,10 +648,19 @@ func TestTriggerThroughScheduler(t *testing.T) {
 			sched = scheduler.New(scheduler.Config{Store: c.Store, Registry: reg})
 			c.Pauser = sched
 			c.Triggerer = TriggerFunc(func(ctx context.Context, dagID string, r TriggerRequest) (store.Run, error) {
-				return sched.TriggerRun(ctx, dagID, scheduler.TriggerOptions{
-					RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note})
+				opts := scheduler.TriggerOptions{RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note}
+				if r.IntervalStart != nil {
+					opts.DataInterval = &scheduler.Interval{Start: *r.IntervalStart, End: *r.IntervalEnd}
+				}
+				return sched.TriggerRun(ctx, dagID, opts)
 			})
 		})
+		// A data interval given is the run's, as in Airflow 2.8+.
+		given := e.trigger("etl", map[string]any{"dag_run_id": "iv", "logical_date": "2026-03-05T00:00:00Z",
+			"data_interval_start": "2026-03-01T00:00:00Z", "data_interval_end": "2026-03-04T06:00:00+02:00"})
+		if str(given, "data_interval_start") != "2026-03-01T00:00:00+00:00" || str(given, "data_interval_end") != "2026-03-04T04:00:00+00:00" {
+			t.Errorf("run with a data interval: %v – %v", given["data_interval_start"], given["data_interval_end"])
+		}
 		run := e.trigger("etl", map[string]any{"dag_run_id": "s1", "logical_date": "2026-02-01T12:00:00Z", "conf": map[string]any{"k": "v"}})
 		if str(run, "data_interval_start") != "2026-01-31T00:00:00+00:00" || str(run, "data_interval_end") != "2026-02-01T00:00:00+00:00" {
 			t.Errorf("manual run of @daily at noon: interval %v – %v, want the day before", run["data_interval_start"], run["data_interval_end"])

@@ -353,12 +353,12 @@ func (a *api) getRun(w http.ResponseWriter, r *http.Request) error {
 }
 
 // postRunFields are the DAGRun members a trigger may set; the others are
-// read-only. The data interval of a manual run is derived from the DAG's
-// schedule, so it cannot be set.
+// read-only. Without data_interval_start and data_interval_end the data
+// interval of a manual run is derived from the DAG's schedule.
 var (
-	postRunFields   = []string{"dag_run_id", "logical_date", "execution_date", "conf", "note"}
+	postRunFields   = []string{"dag_run_id", "logical_date", "execution_date", "conf", "note", "data_interval_start", "data_interval_end"}
 	postRunReadOnly = []string{"dag_id", "start_date", "end_date", "last_scheduling_decision", "run_type", "state",
-		"external_trigger", "data_interval_start", "data_interval_end"}
+		"external_trigger"}
 )
 
 // triggerRequest validates the body of POST …/dagRuns.
@@ -389,6 +389,19 @@ func triggerRequest(b body) (TriggerRequest, error) {
 		req.LogicalDate = logical
 	default:
 		req.LogicalDate = execution
+	}
+	if req.IntervalStart, err = b.timeField("data_interval_start", true); err != nil {
+		return req, err
+	}
+	if req.IntervalEnd, err = b.timeField("data_interval_end", true); err != nil {
+		return req, err
+	}
+	switch {
+	case (req.IntervalStart == nil) != (req.IntervalEnd == nil):
+		return req, badRequest("give both data_interval_start and data_interval_end, or neither")
+	case req.IntervalStart != nil && req.IntervalEnd.Before(*req.IntervalStart):
+		return req, badRequest("data_interval_end %s is before data_interval_start %s",
+			formatTime(*req.IntervalEnd), formatTime(*req.IntervalStart))
 	}
 	if m, ok := b["conf"]; ok && !isNull(m) {
 		var obj map[string]json.RawMessage

@@ -199,8 +199,11 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Metrics:             metrics,
 	})
 	trigger := api.TriggerFunc(func(ctx context.Context, dagID string, r api.TriggerRequest) (store.Run, error) {
-		return sched.TriggerRun(ctx, dagID, scheduler.TriggerOptions{
-			RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note})
+		opts := scheduler.TriggerOptions{RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note}
+		if r.IntervalStart != nil && r.IntervalEnd != nil {
+			opts.DataInterval = &scheduler.Interval{Start: *r.IntervalStart, End: *r.IntervalEnd}
+		}
+		return sched.TriggerRun(ctx, dagID, opts)
 	})
 	httpSrv, err := a.newAPIServer(st, metrics, trigger, sched, f.apiFlags)
 	if err != nil {
