@@ -385,12 +385,43 @@ func TestPatchRun(t *testing.T) {
 		if num(tis, "total_entries") != 3 {
 			t.Errorf("after mark success: %v success tasks, want 3", tis["total_entries"])
 		}
-		// A running run cannot be deleted.
-		e.trigger("etl", map[string]any{"dag_run_id": "r3"})
-		r := e.do("DELETE", "/api/v1/dags/etl/dagRuns/r3", nil)
-		if r.status != 409 || !strings.Contains(string(r.body), "only finished runs") {
-			t.Errorf("DELETE of a running run: %d %s", r.status, r.body)
+		// Re-queued, the cancelled run runs again what failed and what the
+		// cancellation skipped downstream of it; the successful run, with
+		// nothing failed, is left as it is.
+		run = e.ok(200, "PATCH", "/api/v1/dags/etl/dagRuns/r1", map[string]any{"state": "queued"})
+		if str(run, "state") != "running" || run["end_date"] != nil {
+			t.Errorf("PATCH queued of a failed run answered %v", run)
 		}
+		if n := e.work(nil); n != 3 {
+			t.Errorf("the re-queued run ran %d tries, want 3 (extract, transform, load)", n)
+		}
+		if s := str(e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/r1", nil), "state"); s != "success" {
+			t.Errorf("the re-queued run ended %s, want success", s)
+		}
+		if s := str(e.ok(200, "PATCH", "/api/v1/dags/etl/dagRuns/r2", map[string]any{"state": "queued"}), "state"); s != "success" {
+			t.Errorf("PATCH queued of a run without failures answered %s, want it unchanged (success)", s)
+		}
+
+		// A running run is deleted: its running try is failed first (a
+		// worker's heartbeat then loses it), the rest go with the run.
+		e.trigger("etl", map[string]any{"dag_run_id": "r3"})
+		claimed, err = e.store.ClaimTasks(ctx, e.worker, 10, time.Now())
+		if err != nil || len(claimed) != 1 {
+			t.Fatalf("claim: %v %v", claimed, err)
+		}
+		e.ok(204, "DELETE", "/api/v1/dags/etl/dagRuns/r3", nil)
+		e.ok(404, "GET", "/api/v1/dags/etl/dagRuns/r3", nil)
+		lost, err := e.store.HeartbeatTasks(ctx, e.worker.ID, []store.Try{{ID: claimed[0].ID, TryNumber: claimed[0].TryNumber}}, time.Now())
+		if err != nil || len(lost) != 1 {
+			t.Errorf("heartbeat of the deleted run's try: lost %v, %v; want it lost", lost, err)
+		}
+		// So is a queued one (the DAG paused: it waits).
+		e.ok(200, "PATCH", "/api/v1/dags/etl", map[string]any{"is_paused": true})
+		if s := str(e.trigger("etl", map[string]any{"dag_run_id": "r4"}), "state"); s != "queued" {
+			t.Fatalf("run of a paused DAG is %s", s)
+		}
+		e.ok(204, "DELETE", "/api/v1/dags/etl/dagRuns/r4", nil)
+		e.ok(404, "GET", "/api/v1/dags/etl/dagRuns/r4", nil)
 	})
 }
 
