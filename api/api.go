@@ -234,6 +234,7 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags", a.h(a.getDAGs))
 			r.Get("/dags/{dag_id}", a.h(a.getDAG))
 			r.Patch("/dags/{dag_id}", a.h(a.patchDAG))
+			r.Get("/dags/{dag_id}/details", a.h(a.getDAGDetails))
 			r.Get("/dags/{dag_id}/tasks", a.h(a.getTasks))
 			r.Get("/dags/{dag_id}/tasks/{task_id}", a.h(a.getTask))
 			r.Get("/dags/{dag_id}/graph", a.h(a.getGraph))

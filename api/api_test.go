@@ -732,6 +732,7 @@ var implementedOperations = []string{
 	"get_dag_runs", "post_dag_run", "get_dag_runs_batch", "get_dag_run", "update_dag_run_state",
 	"delete_dag_run", "get_task_instances", "get_task_instance", "get_log", "get_task_instances_batch",
 	"post_clear_task_instances", "post_set_task_instances_state", "get_xcom_entries", "get_xcom_entry",
+	"get_dag_details",
 }
 
 // TestEveryOperationValidated tours every endpoint with successful
@@ -744,6 +745,7 @@ func TestEveryOperationValidated(t *testing.T) {
 		e.ok(200, "GET", "/api/v1/version", nil)
 		e.ok(200, "GET", "/api/v1/dags", nil)
 		e.ok(200, "GET", "/api/v1/dags/etl", nil)
+		e.ok(200, "GET", "/api/v1/dags/etl/details", nil)
 		e.ok(200, "PATCH", "/api/v1/dags/etl?update_mask=is_paused", map[string]any{"is_paused": false})
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks", nil)
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks/load", nil)

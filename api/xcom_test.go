@@ -1,10 +1,15 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"reflect"
 	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/store"
 )
 
 // TestXComEntries reads task outputs as Airflow's XCom entries, on both
@@ -92,4 +97,43 @@ func TestXComEntries(t *testing.T) {
 func sameJSONText(a, b string) bool {
 	var x, y any
 	return json.Unmarshal([]byte(a), &x) == nil && json.Unmarshal([]byte(b), &y) == nil && reflect.DeepEqual(x, y)
+}
+
+// TestDAGDetails reads Airflow's DAGDetail of a DAG of the binary (with its
+// start date, catchup, params and zone) and of one only the store knows,
+// both validated against the specification.
+func TestDAGDetails(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		reg := fixtureRegistry()
+		zoned := dag.New("zoned", dag.Schedule("CRON_TZ=Europe/Paris 0 6 * * *"), dag.Catchup(true),
+			dag.StartDate(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), dag.EndDate(time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)),
+			dag.Params(map[string]any{"rows": 10.0}))
+		zoned.Shell("a", "true")
+		reg.Register(zoned)
+		e := newEnv(t, backend, func(c *Config) { c.Registry = reg })
+		var specs []store.DAGSpec
+		for _, d := range reg.DAGs() {
+			specs = append(specs, store.SpecFromDAG(d))
+		}
+		if err := e.store.SyncDAGs(context.Background(), specs); err != nil {
+			t.Fatal(err)
+		}
+		d := e.ok(200, "GET", "/api/v1/dags/zoned/details", nil)
+		if str(d, "dag_id") != "zoned" || str(d, "timezone") != "Europe/Paris" || d["catchup"] != true ||
+			str(d, "start_date") != "2026-01-01T00:00:00+00:00" || str(d, "end_date") != "2027-01-01T00:00:00+00:00" ||
+			!reflect.DeepEqual(d["params"], map[string]any{"rows": 10.0}) || d["is_paused"] != false {
+			t.Errorf("details of zoned: %v", d)
+		}
+		if d := e.ok(200, "GET", "/api/v1/dags/etl/details?fields=dag_id,catchup,timezone", nil); len(d) != 3 ||
+			d["catchup"] != false || str(d, "timezone") != "UTC" {
+			t.Errorf("details of etl with fields: %v", d)
+		}
+		e.ok(404, "GET", "/api/v1/dags/nope/details", nil)
+		// An API whose binary lacks the DAG answers what the store knows.
+		bare := newEnv(t, backend, func(c *Config) { c.Registry = dag.NewRegistry() })
+		if d := bare.ok(200, "GET", "/api/v1/dags/solo/details", nil); d["catchup"] != nil || d["start_date"] != nil || str(d, "dag_id") != "solo" {
+			t.Errorf("details of a DAG the binary lacks: %v", d)
+		}
+		e.ok(400, "GET", "/api/v1/dags/etl/details?fields=colour", nil)
+	})
 }
