@@ -63,7 +63,7 @@ func TestPurgerPolicy(t *testing.T) {
 			t.Fatalf("claimed %d, %v; want %d", len(claimed), err, len(runs))
 		}
 		for _, c := range claimed {
-			if err := st.AppendLog(ctx, store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, []byte("log")); err != nil {
+			if err := st.AppendLog(ctx, store.Try{ID: c.ID, TryNumber: c.TryNumber}, []byte("log")); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -41,9 +41,9 @@ func TestPurgeShrinksFile(t *testing.T) {
 	}
 	var results []store.Result
 	for _, c := range claimed {
-		a := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+		a := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 		must(s.AppendLog(t.Context(), a, chunk))
-		results = append(results, store.Result{Attempt: a, State: state.Success, StartedAt: t0, EndedAt: t0.Add(time.Minute)})
+		results = append(results, store.Result{Try: a, State: state.Success, StartedAt: t0, EndedAt: t0.Add(time.Minute)})
 	}
 	_, err = s.FinishTasks(t.Context(), results)
 	must(err)
