@@ -53,6 +53,8 @@ func TestConfNumbers(t *testing.T) {
 			{`{"conf": {"n": -1e400}}`, `field "conf.n"`},
 			{`{"conf": {"n": ` + digits + `}}`, `field "conf.n": the number (400 characters)`},
 			{`{"conf": {"deep": {"list": [1, ` + digits + `]}}}`, `field "conf.deep.list[1]"`},
+			{`{"conf": {"a": "\ud800"}}`, `field "conf": a string holds the escape \ud800`},
+			{`{"conf": {"\udc00": 1}}`, `field "conf": a string holds the escape \udc00`},
 		} {
 			r := e.do("POST", "/api/v1/dags/etl/dagRuns", c.body)
 			var p Problem

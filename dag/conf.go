@@ -42,11 +42,58 @@ func ParseConf(conf []byte) (map[string]any, error) {
 	if !ok {
 		return nil, fmt.Errorf("conf must be a JSON object such as {\"key\": \"value\"}, got %s", jsonKind(v))
 	}
+	if err := checkEscapes(t); err != nil {
+		return nil, err
+	}
 	out, err := toParam(obj, "conf")
 	if err != nil {
 		return nil, err
 	}
 	return out.(map[string]any), nil
+}
+
+// checkEscapes refuses the string escapes of valid JSON that a store
+// cannot keep: \u0000 (PostgreSQL's jsonb has no NUL) and a UTF-16
+// surrogate escape without its pair (Go would read it as U+FFFD, jsonb
+// refuses it). raw is valid JSON.
+func checkEscapes(raw []byte) error {
+	inString := false
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case c == '"':
+			inString = !inString
+		case c == '\\' && inString:
+			if raw[i+1] != 'u' {
+				i++
+				continue
+			}
+			r, _ := strconv.ParseUint(string(raw[i+2:i+6]), 16, 32)
+			switch {
+			case r == 0:
+				return &ConfError{Path: "conf", Problem: fmt.Sprintf("a string holds \\u0000 (at byte %d); NUL characters cannot be stored", i)}
+			case r >= 0xD800 && r <= 0xDBFF:
+				if i+12 > len(raw) || raw[i+6] != '\\' || raw[i+7] != 'u' {
+					return surrogateError(i, r)
+				}
+				lo, _ := strconv.ParseUint(string(raw[i+8:i+12]), 16, 32)
+				if lo < 0xDC00 || lo > 0xDFFF {
+					return surrogateError(i, r)
+				}
+				i += 11
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return surrogateError(i, r)
+			default:
+				i += 5
+			}
+		}
+	}
+	return nil
+}
+
+func surrogateError(at int, r uint64) error {
+	return &ConfError{Path: "conf", Problem: fmt.Sprintf(
+		"a string holds the escape \\u%04x (at byte %d), half of a UTF-16 surrogate pair without its other half", r, at)}
 }
 
 // toParam turns the json.Numbers of v into float64s, in place.
