@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"database/sql"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pressly/goose/v3"
+
+	"github.com/trellis-dag/trellis/migrations"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/sqlite"
@@ -96,4 +100,55 @@ func fileSize(t *testing.T, path string) int64 {
 		}
 	}
 	return fi.Size()
+}
+
+// TestMigrateSwitchesAutoVacuum: a file made before migration 00004 (no
+// auto_vacuum), with data, is switched to incremental auto_vacuum by
+// Migrate, keeping its data.
+func TestMigrateSwitchesAutoVacuum(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := fs.Sub(migrations.SQLite, "sqlite")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, fsys, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(t.Context(), 2); err != nil {
+		t.Fatal(err)
+	}
+	var mode int
+	if err := db.QueryRow("PRAGMA auto_vacuum").Scan(&mode); err != nil || mode != 0 {
+		t.Fatalf("old file: auto_vacuum %d, %v; want 0", mode, err)
+	}
+	db.Close()
+
+	// Data written at version 2, then the migration.
+	s, err := sqlite.Open(t.Context(), path, sqlite.Options{Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := store.DAGSpec{DAGID: "d", Fingerprint: "f1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{task("a")}}
+	syncRun(t, s, sp, "r", t0)
+	if err := s.Migrate(t.Context()); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	s.Close()
+	db, err = sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var runs int
+	if err := db.QueryRow("PRAGMA auto_vacuum").Scan(&mode); err != nil || mode != 2 {
+		t.Errorf("after Migrate: auto_vacuum %d, %v; want 2 (incremental)", mode, err)
+	}
+	if err := db.QueryRow("SELECT count(*) FROM dag_runs").Scan(&runs); err != nil || runs != 1 {
+		t.Errorf("runs after the migration: %d, %v", runs, err)
+	}
 }
