@@ -297,6 +297,12 @@ func orderClause(orderBy, def string, allowed map[string]string, tie string) (st
 		slices.Sort(names)
 		return "", fmt.Errorf("cannot order by %q (want one of %s, with an optional leading -)", orderBy, strings.Join(names, ", "))
 	}
+	if col == tie {
+		// The id is never null: ordered by it alone, the primary key's
+		// index gives the order (a NULLS clause would make PostgreSQL sort
+		// every match to find the first page).
+		return fmt.Sprintf(" ORDER BY %s %s", col, dir), nil
+	}
 	nulls := "NULLS FIRST"
 	if dir == "DESC" {
 		nulls = "NULLS LAST"

@@ -71,9 +71,15 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 	timeRange(&w, "r.logical_date", q.LogicalDateGTE, q.LogicalDateLTE)
 	from := " FROM task_instances t JOIN dag_runs r ON r.id = t.run_id"
 	cond := w.sql()
+	// Every instance has its run: the count needs the runs only to
+	// filter by their fields.
+	countFrom := from
+	if len(q.DAGRunIDs) == 0 && q.LogicalDateGTE == nil && q.LogicalDateLTE == nil {
+		countFrom = " FROM task_instances t"
+	}
 	count := func() (int, error) {
 		var total int
-		err := s.pool.QueryRow(ctx, "SELECT count(*)"+from+cond, w.args...).Scan(&total)
+		err := s.pool.QueryRow(ctx, "SELECT count(*)"+countFrom+cond, w.args...).Scan(&total)
 		return total, err
 	}
 	// Within runs, one query gives the page and the number of matches;
