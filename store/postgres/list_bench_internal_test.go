@@ -1,0 +1,89 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/testdb"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// BenchmarkListRunTaskInstances measures the store's side of task
+// instance lists across runs (issue 11): a page of 1,000 and a page of 1
+// filtered by a logical date no run has, with TRELLIS_BENCH_RUNS one-task
+// runs (default 100,000), first as filled (no planner statistics: this
+// machine runs PostgreSQL with autovacuum off) and then after ANALYZE (as
+// autovacuum would leave it).
+//
+//	go test -run XXX -bench ListRunTaskInstances -benchtime 20x ./store/postgres/
+func BenchmarkListRunTaskInstances(b *testing.B) {
+	runs := 100_000
+	if v := os.Getenv("TRELLIS_BENCH_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("TRELLIS_BENCH_RUNS=%q: want a positive integer", v)
+		}
+		runs = n
+	}
+	ctx := context.Background()
+	s, err := Open(ctx, testdb.Postgres(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	sp := store.DAGSpec{DAGID: "solo", Fingerprint: "f", MaxActiveRuns: 16,
+		Tasks: []store.TaskSpec{{TaskID: "a", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess}}}
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var prev *time.Time
+	for i := 0; i < runs; i += 2000 {
+		f := store.Fire{DAGID: "solo", Prev: prev}
+		for j := i; j < min(runs, i+2000); j++ {
+			ld := t0.Add(time.Duration(j) * time.Minute)
+			f.Runs = append(f.Runs, store.NewRun{DAGID: "solo", RunID: fmt.Sprintf("r%07d", j), RunType: store.RunScheduled,
+				LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Minute), Fingerprint: "f", QueuedAt: ld})
+			f.Last = ld.Add(time.Minute)
+		}
+		if _, err := s.FireRuns(ctx, []store.Fire{f}, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		last := f.Last
+		prev = &last
+	}
+	future := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name string
+		q    store.TaskQuery
+		n    int
+	}{
+		{"limit1000", store.TaskQuery{Limit: 1000}, 1000},
+		{"limit1_logical_date_gte", store.TaskQuery{Limit: 1, LogicalDateGTE: &future}, 0},
+	}
+	for _, stats := range []string{"no_stats", "analyzed"} {
+		if stats == "analyzed" {
+			if _, err := s.pool.Exec(ctx, "ANALYZE"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for _, c := range cases {
+			b.Run(stats+"/"+c.name, func(b *testing.B) {
+				for b.Loop() {
+					tis, _, err := s.ListRunTaskInstances(ctx, c.q)
+					if err != nil || len(tis) != c.n {
+						b.Fatalf("%d instances, %v; want %d", len(tis), err, c.n)
+					}
+				}
+			})
+		}
+	}
+}
