@@ -291,6 +291,14 @@ type Store interface {
 	// fewer than its MaxActiveRuns are running, queueing their root tasks;
 	// safe against concurrent schedulers. Returns the runs started.
 	StartRuns(ctx context.Context, dagID string, now time.Time) ([]Run, error)
+	// FireRuns, for each Fire in one transaction, creates its runs (with
+	// their task instances) and moves the DAG's schedule from Prev to Last
+	// as a compare-and-set, then admits queued runs of the fired DAGs as
+	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
+	// returns one FireResult per Fire, in the order of fires. DAG ids must
+	// be distinct. A failed Fire does not undo the others; the returned
+	// error is for the whole call (nothing done).
+	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 	GetRun(ctx context.Context, dagID, runID string) (Run, error)
 	ListRuns(ctx context.Context, q RunQuery) ([]Run, int, error)
 	// SetRunState marks a run. failed cancels it: running tasks become
@@ -403,16 +411,4 @@ type FireResult struct {
 	// ErrNotFound (no such DAG or structure) or ErrConflict (a run id
 	// taken by another logical date); nothing was done for the DAG then.
 	Err error
-}
-
-// Firer is implemented by stores that fire many DAGs in one transaction.
-type Firer interface {
-	// FireRuns, for each Fire in one transaction, creates its runs (with
-	// their task instances) and moves the DAG's schedule from Prev to Last
-	// as a compare-and-set, then admits queued runs of the fired DAGs as
-	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
-	// returns one FireResult per Fire, in the order of fires. DAG ids must
-	// be distinct. A failed Fire does not undo the others; the returned
-	// error is for the whole call (nothing done).
-	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 }
