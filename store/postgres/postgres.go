@@ -162,8 +162,8 @@ func parseURL(url string) (*pgxpool.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: malformed database URL: %v; accepted forms: %s", err, AcceptedURLForms)
 	}
-	// On loopback, TLS protects nothing and costs every round trip (about
-	// 75 µs here, a third of one): unless the URL or PGSSLMODE chooses,
+	// On loopback, TLS protects nothing and costs every round trip (a
+	// third of one; docs/benchmarks.md): unless the URL or PGSSLMODE chooses,
 	// connect in plain first and use TLS only when the server demands it
 	// (libpq's sslmode=allow) rather than the other way round (prefer, the
 	// default).
