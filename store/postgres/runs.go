@@ -460,29 +460,3 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		return notify(ctx, tx, store.TopicRunsChanged)
 	})
 }
-
-// PurgeRuns deletes finished runs that ended before olderThan, with their
-// task instances and logs, and returns how many.
-func (s *Store) PurgeRuns(ctx context.Context, olderThan time.Time) (int, error) {
-	var n int
-	err := s.inTx(ctx, "purge runs", func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `DELETE FROM dag_runs WHERE state IN ('success', 'failed') AND ended_at < $1
-			RETURNING id`, olderThan)
-		if err != nil {
-			return err
-		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return err
-		}
-		n = len(ids)
-		if n == 0 {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM task_instances WHERE run_id = ANY($1)", ids); err != nil {
-			return err
-		}
-		return notify(ctx, tx, store.TopicRunsChanged)
-	})
-	return n, err
-}

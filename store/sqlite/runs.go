@@ -512,21 +512,3 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		return nil
 	})
 }
-
-// PurgeRuns deletes finished runs that ended before olderThan, with their
-// task instances and logs.
-func (s *Store) PurgeRuns(ctx context.Context, olderThan time.Time) (int, error) {
-	var n int64
-	err := s.write(ctx, "purge runs", func(w *txn) error {
-		res, err := w.exec(`DELETE FROM dag_runs WHERE state IN ('success', 'failed') AND ended_at < ?`, us(olderThan))
-		if err != nil {
-			return err
-		}
-		n, _ = res.RowsAffected()
-		if n > 0 {
-			w.wake(store.TopicRunsChanged)
-		}
-		return nil
-	})
-	return int(n), err
-}
