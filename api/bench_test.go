@@ -157,10 +157,6 @@ func BenchmarkTaskInstancesAcrossRuns(b *testing.B) {
 func fillRuns(b *testing.B, e *env, dagID string, n int) {
 	b.Helper()
 	ctx := context.Background()
-	firer, ok := e.store.(store.Firer)
-	if !ok {
-		b.Fatalf("%s store is not a store.Firer", e.backend)
-	}
 	d, err := e.store.GetDAG(ctx, dagID)
 	if err != nil {
 		b.Fatal(err)
@@ -177,7 +173,7 @@ func fillRuns(b *testing.B, e *env, dagID string, n int) {
 				Fingerprint: d.Fingerprint, QueuedAt: ld})
 			f.Last = ld.Add(time.Minute)
 		}
-		res, err := firer.FireRuns(ctx, []store.Fire{f}, time.Now())
+		res, err := e.store.FireRuns(ctx, []store.Fire{f}, time.Now())
 		if err != nil || res[0].Err != nil {
 			b.Fatalf("fire runs %d: %v %v", i, err, res[0].Err)
 		}

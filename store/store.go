@@ -326,10 +326,6 @@ type Store interface {
 	// ListDAGs returns DAGs ordered by id, and the total count.
 	ListDAGs(ctx context.Context, onlyActive bool, limit, offset int) ([]DAG, int, error)
 	SetPaused(ctx context.Context, dagID string, paused bool) error
-	// AdvanceSchedule moves a DAG's LastIntervalEnd from prev (nil = none)
-	// to last and sets NextDueAt, as a compare-and-set: ErrStale when
-	// another scheduler moved it first.
-	AdvanceSchedule(ctx context.Context, dagID string, prev *time.Time, last time.Time, nextDue *time.Time) error
 
 	// CreateRun creates a run in state queued with all its task instances
 	// in one transaction. Creating the same (dag, logical date) or (dag,
@@ -340,6 +336,14 @@ type Store interface {
 	// fewer than its MaxActiveRuns are running, queueing their root tasks;
 	// safe against concurrent schedulers. Returns the runs started.
 	StartRuns(ctx context.Context, dagID string, now time.Time) ([]Run, error)
+	// FireRuns, for each Fire in one transaction, creates its runs (with
+	// their task instances) and moves the DAG's schedule from Prev to Last
+	// as a compare-and-set, then admits queued runs of the fired DAGs as
+	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
+	// returns one FireResult per Fire, in the order of fires. DAG ids must
+	// be distinct. A failed Fire does not undo the others; the returned
+	// error is for the whole call (nothing done).
+	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 	GetRun(ctx context.Context, dagID, runID string) (Run, error)
 	ListRuns(ctx context.Context, q RunQuery) ([]Run, int, error)
 	// SetRunState marks a run. failed cancels it: running tasks become
@@ -464,16 +468,4 @@ type FireResult struct {
 	// ErrNotFound (no such DAG or structure) or ErrConflict (a run id
 	// taken by another logical date); nothing was done for the DAG then.
 	Err error
-}
-
-// Firer is implemented by stores that fire many DAGs in one transaction.
-type Firer interface {
-	// FireRuns, for each Fire in one transaction, creates its runs (with
-	// their task instances) and moves the DAG's schedule from Prev to Last
-	// as a compare-and-set, then admits queued runs of the fired DAGs as
-	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
-	// returns one FireResult per Fire, in the order of fires. DAG ids must
-	// be distinct. A failed Fire does not undo the others; the returned
-	// error is for the whole call (nothing done).
-	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 const runCols = `r.id, r.dag_id, r.run_id, r.run_type, r.logical_date, r.interval_start, r.interval_end,
@@ -269,46 +269,13 @@ func (s *Store) GetRun(ctx context.Context, dagID, runID string) (store.Run, err
 }
 
 // runOrder maps RunQuery.OrderBy names (Airflow's and ours) to columns.
-var runOrder = map[string]string{
+var runOrder = sqlorder.Order{Default: "-logical_date", Tie: "r.id", Nulls: true, Columns: map[string]string{
 	"id": "r.id", "dag_id": "r.dag_id", "run_id": "r.run_id", "dag_run_id": "r.run_id",
 	"run_type": "r.run_type", "logical_date": "r.logical_date", "execution_date": "r.logical_date",
 	"data_interval_start": "r.interval_start", "data_interval_end": "r.interval_end",
 	"state": "r.state", "queued_at": "r.queued_at", "start_date": "r.started_at", "started_at": "r.started_at",
 	"end_date": "r.ended_at", "ended_at": "r.ended_at",
-}
-
-// orderClause turns "field" or "-field" into an ORDER BY clause through
-// the allowed names, ending with the id as tie-breaker.
-func orderClause(orderBy, def string, allowed map[string]string, tie string) (string, error) {
-	if orderBy == "" {
-		orderBy = def
-	}
-	dir := "ASC"
-	field := orderBy
-	if strings.HasPrefix(field, "-") {
-		dir, field = "DESC", field[1:]
-	}
-	col, ok := allowed[field]
-	if !ok {
-		names := make([]string, 0, len(allowed))
-		for k := range allowed {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		return "", fmt.Errorf("cannot order by %q (want one of %s, with an optional leading -)", orderBy, strings.Join(names, ", "))
-	}
-	if col == tie {
-		// The id is never null: ordered by it alone, the primary key's
-		// index gives the order (a NULLS clause would make PostgreSQL sort
-		// every match to find the first page).
-		return fmt.Sprintf(" ORDER BY %s %s", col, dir), nil
-	}
-	nulls := "NULLS FIRST"
-	if dir == "DESC" {
-		nulls = "NULLS LAST"
-	}
-	return fmt.Sprintf(" ORDER BY %s %s %s, %s %s", col, dir, nulls, tie, dir), nil
-}
+}}
 
 // where builds a WHERE clause from conditions on numbered parameters.
 type where struct {
@@ -356,7 +323,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list runs: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "-logical_date", runOrder, "r.id")
+	order, err := runOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list runs: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 // GetTaskInstance returns the instance of taskID in run runID of dagID.
@@ -24,13 +25,13 @@ func (s *Store) GetTaskInstance(ctx context.Context, dagID, runID, taskID string
 }
 
 // tiOrder maps TaskQuery.OrderBy names (Airflow's and ours) to columns.
-var tiOrder = map[string]string{
+var tiOrder = sqlorder.Order{Default: "id", Tie: "t.id", Nulls: true, Columns: map[string]string{
 	"id": "t.id", "dag_id": "t.dag_id", "run_id": "r.run_id", "dag_run_id": "r.run_id", "task_id": "t.task_id",
 	"state": "t.state", "try_number": "t.try_number", "priority": "t.priority", "priority_weight": "t.priority",
 	"queued_at": "t.queued_at", "queued_when": "t.queued_at", "start_date": "t.started_at", "started_at": "t.started_at",
 	"end_date": "t.ended_at", "ended_at": "t.ended_at", "duration": "(t.ended_at - t.started_at)",
 	"logical_date": "r.logical_date", "execution_date": "r.logical_date",
-}
+}}
 
 // ListTaskInstances returns the instances matching q (default order: id,
 // which within a run is the order of the DAG's tasks) and how many match.
@@ -45,7 +46,7 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list task instances: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "id", tiOrder, "t.id")
+	order, err := tiOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list task instances: %w", err)
 	}

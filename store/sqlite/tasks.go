@@ -11,6 +11,7 @@ import (
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
@@ -65,7 +66,7 @@ func (s *Store) GetTaskInstance(ctx context.Context, dagID, runID, taskID string
 }
 
 // taskOrder maps TaskQuery.OrderBy names to columns.
-var taskOrder = map[string]string{
+var taskOrder = sqlorder.Order{Default: "id", Tie: "ti.id", Columns: map[string]string{
 	"id":              "ti.id",
 	"dag_id":          "ti.dag_id",
 	"run_id":          "r.run_id",
@@ -84,7 +85,7 @@ var taskOrder = map[string]string{
 	"end_date":        "ti.ended_at",
 	"ended_at":        "ti.ended_at",
 	"duration":        "(ti.ended_at - ti.started_at)",
-}
+}}
 
 // ListTaskInstances returns the task instances matching q and their total
 // count (ignoring Limit and Offset). Default order: by id (creation order,
@@ -100,7 +101,7 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list task instances: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "id", "ti.id", taskOrder)
+	order, err := taskOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list task instances: %w", err)
 	}
