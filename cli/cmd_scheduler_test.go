@@ -91,6 +91,7 @@ func TestDAGsTrigger(t *testing.T) {
 		{[]string{"dags", "trigger", "hourlyy"}, `unknown DAG "hourlyy" (did you mean "hourly"?)`},
 		{[]string{"dags", "trigger", "hourly", "--conf", "[1]"}, "--conf: conf must be a JSON object"},
 		{[]string{"dags", "trigger", "hourly", "--conf", "{"}, "--conf: conf is not valid JSON"},
+		{[]string{"dags", "trigger", "hourly", "--conf", `{"n": [` + strings.Repeat("9", 400) + `]}`}, "--conf: conf.n[0]: the number (400 characters)"},
 		{[]string{"dags", "trigger", "hourly", "--logical-date", "yesterday"}, `--logical-date "yesterday" is not a time`},
 		{[]string{"dags", "trigger"}, "takes 1 argument"},
 	}

@@ -740,6 +740,7 @@ func TestDAGsTestUsageErrors(t *testing.T) {
 		{[]string{"dags", "test", "etl_example", "--conf", `{"rows": 0`}, "--conf is not valid JSON"},
 		{[]string{"dags", "test", "etl_example", "--conf", `"rows"`}, "--conf must be a JSON object"},
 		{[]string{"dags", "test", "etl_example", "--conf", `{} {}`}, "--conf has data after its JSON object"},
+		{[]string{"dags", "test", "etl_example", "--conf", `{"rows": 1e400}`}, "--conf: conf.rows: the number (5 characters) is beyond the range"},
 		{[]string{"dags", "test", "etl_example", "--logical-date", "2026-03-01"}, "--logical-date"},
 		{[]string{"dags", "test", "etl_example", "--parallelism", "0"}, "--parallelism must be at least 1"},
 	} {

@@ -70,6 +70,7 @@ func (f *runFlags) resolve(d *dag.DAG, now time.Time) (localRun, error) {
 // parseConf parses a --conf value: one JSON object.
 func parseConf(s string) (map[string]any, error) {
 	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber() // the numbers are read by dag.ParseConf below
 	var v any
 	if err := dec.Decode(&v); err != nil {
 		return nil, usagef("--conf is not valid JSON: %v (want an object, e.g. '{\"rows\": 0}')", err)
@@ -77,11 +78,14 @@ func parseConf(s string) (map[string]any, error) {
 	if dec.More() {
 		return nil, usagef("--conf has data after its JSON object (want one object, e.g. '{\"rows\": 0}')")
 	}
-	obj, ok := v.(map[string]any)
-	if !ok {
+	if _, ok := v.(map[string]any); !ok {
 		return nil, usagef("--conf must be a JSON object, e.g. '{\"rows\": 0}', not %s", jsonKind(v))
 	}
-	return obj, nil
+	params, err := dag.ParseConf([]byte(s))
+	if err != nil {
+		return nil, usagef("--conf: %v", err)
+	}
+	return params, nil
 }
 
 func jsonKind(v any) string {
@@ -92,7 +96,7 @@ func jsonKind(v any) string {
 		return "an array"
 	case string:
 		return "a string"
-	case float64:
+	case json.Number:
 		return "a number"
 	case bool:
 		return "a boolean"
