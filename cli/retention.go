@@ -81,8 +81,9 @@ func newDBCleanCmd(a *app) *cobra.Command {
 		Use:   "clean --before TIME|AGE [--dag ID] [--dry-run]",
 		Short: "Delete finished runs that ended before a time, with their task instances and logs",
 		Long: `Clean deletes the finished runs (success or failed) that ended before --before,
-with their task instances and logs, oldest first, in transactions of 100
-runs, so that a running server is never held up for long. Queued and running
+with their task instances and logs, oldest first, in transactions of at
+most 100 runs and 10,000 task instances, so that a running server is never
+held up for long. Queued and running
 runs are never touched. --before is a date-time (2026-01-02T00:00:00Z, or a
 date) or an age counted back from now (30d, 12h, 1w). It prints what it
 deleted, or with --dry-run what it would delete.

@@ -9,6 +9,24 @@ import (
 // short and workers' writes interleave.
 const DefaultPurgeBatch = 100
 
+// DefaultPurgeMaxTaskInstances bounds the task instances of one PurgeAll
+// transaction when the query gives no MaxTaskInstances.
+const DefaultPurgeMaxTaskInstances = 10_000
+
+// CapRuns returns the longest prefix of ids (runs in purge order) whose
+// task instances (counts, by run id) add up to at most max, and at least
+// the first run. Backends use it to bound a purge transaction.
+func CapRuns(ids []int64, counts map[int64]int, max int) []int64 {
+	sum := 0
+	for i, id := range ids {
+		sum += counts[id]
+		if sum > max && i > 0 {
+			return ids[:i]
+		}
+	}
+	return ids
+}
+
 // DefaultLogPurgeBatch is the same for the tries' logs of PurgeAllLogs.
 const DefaultLogPurgeBatch = 1000
 
@@ -25,6 +43,9 @@ func PurgeAll(ctx context.Context, s Store, q PurgeQuery, each func(Purged) erro
 	if q.Limit == 0 {
 		q.Limit = DefaultPurgeBatch
 	}
+	if q.MaxTaskInstances == 0 {
+		q.MaxTaskInstances = DefaultPurgeMaxTaskInstances
+	}
 	var sum Purged
 	for {
 		p, err := s.PurgeRuns(ctx, q)
@@ -39,7 +60,9 @@ func PurgeAll(ctx context.Context, s Store, q PurgeQuery, each func(Purged) erro
 				return sum, err
 			}
 		}
-		if p.Runs < q.Limit {
+		if p.Runs == 0 {
+			// A batch cut short by MaxTaskInstances, or by runs others
+			// hold, is no sign of the end: only an empty one is.
 			return sum, nil
 		}
 	}

@@ -259,6 +259,10 @@ type PurgeQuery struct {
 	// Limit bounds what one call deletes: runs for PurgeRuns, tries' logs
 	// for PurgeLogs. 0 = no bound.
 	Limit int
+	// MaxTaskInstances, when positive, also bounds a PurgeRuns call by
+	// the task instances of its runs (always at least one run), so a
+	// batch of large runs stays a short transaction.
+	MaxTaskInstances int
 	// DryRun counts what would be deleted and deletes nothing.
 	DryRun bool
 }

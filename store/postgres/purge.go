@@ -62,6 +62,19 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 		if err != nil || len(ids) == 0 {
 			return err
 		}
+		if q.MaxTaskInstances > 0 && len(ids) > 1 {
+			rows, err := tx.Query(ctx, `SELECT run_id, count(*) FROM task_instances WHERE run_id = ANY($1) GROUP BY run_id`, ids)
+			if err != nil {
+				return err
+			}
+			counts := map[int64]int{}
+			var id int64
+			var n int
+			if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error { counts[id] = n; return nil }); err != nil {
+				return err
+			}
+			ids = store.CapRuns(ids, counts, q.MaxTaskInstances)
+		}
 		// Logs go with their instances (ON DELETE CASCADE); counted first.
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM task_logs l JOIN task_instances t ON t.id = l.ti_id
 			WHERE t.run_id = ANY($1)`, ids).Scan(&p.Logs); err != nil {

@@ -69,6 +69,13 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil || len(ids) == 0 {
 			return err
 		}
+		if q.MaxTaskInstances > 0 && len(ids) > 1 {
+			counts, err := runSizes(tx, ids)
+			if err != nil {
+				return err
+			}
+			ids = store.CapRuns(ids, counts, q.MaxTaskInstances)
+		}
 		picked := idList(ids)
 		if err := tx.queryRow(`WITH picked AS (SELECT value AS id FROM json_each(?)) `+counts, picked).
 			Scan(&p.Runs, &p.TaskInstances, &p.Logs); err != nil {
@@ -85,6 +92,26 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 		return store.Purged{}, err
 	}
 	return p, nil
+}
+
+// runSizes returns the number of task instances of each run of ids.
+func runSizes(tx *txn, ids []int64) (map[int64]int, error) {
+	rows, err := tx.query(`SELECT run_id, count(*) FROM task_instances
+		WHERE run_id IN (SELECT value FROM json_each(?)) GROUP BY run_id`, idList(ids))
+	if err != nil {
+		return nil, err
+	}
+	counts := map[int64]int{}
+	for rows.Next() {
+		var id int64
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		counts[id] = n
+	}
+	return counts, errors.Join(rows.Err(), rows.Close())
 }
 
 // PurgeLogs implements store.Store.

@@ -629,11 +629,12 @@ func testPurge(t *testing.T, e *env) {
 		t.Errorf("log of r2 (ended after the cut) = %q, %v", b, err)
 	}
 
-	// Runs in batches, oldest first; a DAG's runs alone, or all but a DAG's.
-	got, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1})
+	// Runs in batches, oldest first, bounded by their task instances
+	// (r0 and r1 have 2 each); a DAG's runs alone, or all but a DAG's.
+	got, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 10, MaxTaskInstances: 3})
 	must(t, "PurgeRuns", err)
 	if got != (store.Purged{Runs: 1, TaskInstances: 2}) {
-		t.Errorf("PurgeRuns pg limit 1 = %+v, want 1 run, 2 instances, no logs (purged before)", got)
+		t.Errorf("PurgeRuns pg, at most 3 instances = %+v, want 1 run, 2 instances, no logs (purged before)", got)
 	}
 	if _, err := e.s.GetRun(e.ctx, "pg", "r0"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("r0 (the oldest) after the purge: %v, want not found", err)
