@@ -120,6 +120,9 @@ var badInputCases = []badCase{
 	{"GET", "/api/v1/dags/nope/dagRuns/~/taskInstances", nil, 404, "'nope' not found"},
 	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances?state=bogus", nil, 400, `unknown task instance state "bogus"`},
 	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances?duration_gte=abc", nil, 400, `"duration_gte" must be a number`},
+	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances?duration_gte=1e400", nil, 400, `"duration_gte": the number (5 characters) is beyond the range`},
+	{"GET", "/api/v1/dags/~/dagRuns/~/taskInstances?duration_lte=NaN", nil, 400, `"duration_lte" must be a number, got "NaN"`},
+	{"GET", "/api/v1/dags/~/dagRuns/~/taskInstances?duration_lte=-Inf", nil, 400, `"duration_lte" must be a number, got "-Inf"`},
 	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances?limit=-1", nil, 400, "limit must not be negative"},
 	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances?start_date_gte=1st", nil, 400, "invalid date-time"},
 	{"GET", "/api/v1/dags/etl/dagRuns/r1/taskInstances/nope", nil, 404, "task_id: 'nope' not found"},
@@ -167,6 +170,8 @@ var badInputCases = []badCase{
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"dag_ids": 5}`, 400, `"dag_ids" must be an array of strings, got a number`},
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"page_limit": 0}`, 400, "page_limit must be between"},
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"duration_gte": "x"}`, 400, `"duration_gte" must be a number`},
+	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"duration_gte": 1e400}`, 400, `field "duration_gte": the number (5 characters) is beyond the range`},
+	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"duration_lte": -` + strings.Repeat("9", 400) + `}`, 400, `field "duration_lte": the number (401 characters)`},
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"pool": "default_pool"}`, 400, `"pool" must be an array`},
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"order_by": "x"}`, 400, `unknown field(s) "order_by"`},
 

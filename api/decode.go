@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -205,9 +206,13 @@ func (b body) numberField(name string) (*float64, error) {
 	if !ok {
 		return nil, nil
 	}
-	var v float64
-	if isNull(m) || json.Unmarshal(m, &v) != nil {
+	var n json.Number
+	if isNull(m) || json.Unmarshal(m, &n) != nil {
 		return nil, badRequest("field %q must be a number, got %s", name, jsonKind(m))
+	}
+	v, err := strconv.ParseFloat(string(n), 64)
+	if err != nil {
+		return nil, badRequest("field %q: the number (%d characters) is beyond the range of a 64-bit float", name, len(n))
 	}
 	return &v, nil
 }
@@ -294,7 +299,10 @@ func (q query) number(name string) (*float64, error) {
 		return nil, err
 	}
 	f, perr := strconv.ParseFloat(s, 64)
-	if perr != nil {
+	switch {
+	case errors.Is(perr, strconv.ErrRange):
+		return nil, badRequest("query parameter %q: the number (%d characters) is beyond the range of a 64-bit float", name, len(s))
+	case perr != nil || math.IsNaN(f) || math.IsInf(f, 0):
 		return nil, badRequest("query parameter %q must be a number, got %q", name, s)
 	}
 	return &f, nil
