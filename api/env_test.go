@@ -323,7 +323,7 @@ func (e *env) work(outcome func(taskID string) state.TaskState) int {
 		}
 		var results []store.Result
 		for _, c := range claimed {
-			a := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+			a := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 			line := fmt.Sprintf("running %s of %s try %d\n", c.TaskID, c.DAGRunID, c.TryNumber)
 			if err := e.store.AppendLog(ctx, a, []byte(line)); err != nil {
 				e.t.Fatalf("append log: %v", err)
@@ -334,7 +334,7 @@ func (e *env) work(outcome func(taskID string) state.TaskState) int {
 					s = o
 				}
 			}
-			results = append(results, store.Result{Attempt: a, State: s, EndedAt: time.Now()})
+			results = append(results, store.Result{Try: a, State: s, EndedAt: time.Now()})
 			n++
 		}
 		if _, err := e.store.FinishTasks(ctx, results); err != nil {
