@@ -127,6 +127,8 @@ type env struct {
 	vt      *validatingTransport
 	token   string
 	worker  store.Worker
+	// outputs are the outputs work records for the tasks named.
+	outputs map[string]json.RawMessage
 }
 
 // newEnv starts the API on a fresh store of backend with the fixture DAGs
@@ -334,7 +336,11 @@ func (e *env) work(outcome func(taskID string) state.TaskState) int {
 					s = o
 				}
 			}
-			results = append(results, store.Result{Try: a, State: s, EndedAt: time.Now()})
+			var out json.RawMessage
+			if s == state.Success {
+				out = e.outputs[c.TaskID]
+			}
+			results = append(results, store.Result{Try: a, State: s, Output: out, EndedAt: time.Now()})
 			n++
 		}
 		if _, err := e.store.FinishTasks(ctx, results); err != nil {

@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -202,55 +199,16 @@ func TestServeHasNoBenchDAGs(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/trellis").CombinedOutput(); err != nil {
 		t.Fatalf("build trellis: %v\n%s", err, out)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-
-	serve := exec.Command(bin, "serve")
-	serve.Env = append(os.Environ(),
-		"TRELLIS_DATABASE_URL=sqlite:"+filepath.Join(t.TempDir(), "trellis.db"),
-		"TRELLIS_ADDR="+addr,
-		"TRELLIS_WORKERS=1",
+	addr := startServe(t, bin,
 		bench.EnvDAGs+"=wide=3,cron=2",
 		bench.EnvCPUProfile+"="+filepath.Join(t.TempDir(), "cpu"),
 	)
-	var out lockedBuffer
-	serve.Stdout, serve.Stderr = &out, &out
-	if err := serve.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = serve.Process.Signal(syscall.SIGTERM)
-		_ = serve.Wait()
-		if t.Failed() {
-			t.Logf("serve output:\n%s", out.String())
-		}
-	}()
-
 	var body struct {
 		DAGs []struct {
 			DAGID string `json:"dag_id"`
 		} `json:"dags"`
-		TotalEntries int `json:"total_entries"`
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/api/v1/dags?limit=100")
-		if err == nil {
-			err = json.NewDecoder(resp.Body).Decode(&body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not answer GET /api/v1/dags: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	getJSON(t, "http://"+addr+"/api/v1/dags?limit=100", &body)
 	var ids []string
 	for _, d := range body.DAGs {
 		ids = append(ids, d.DAGID)

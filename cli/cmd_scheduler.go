@@ -20,6 +20,7 @@ type schedulerFlags struct {
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	fireConcurrency     int
+	retention           retentionFlags
 }
 
 func newSchedulerCmd(a *app) *cobra.Command {
@@ -34,7 +35,9 @@ date is start. Catchup(true) DAGs get a run for every interval missed while
 no scheduler ran; Catchup(false) DAGs only the latest. Runs beyond a DAG's
 MaxActiveRuns wait in state queued and start as others finish. The
 scheduler also queues retries when they fall due and fails tasks whose
-worker stopped heartbeating (zombies).
+worker stopped heartbeating (zombies). With --retention (and
+--log-retention, or DAGs with dag.Retention) it deletes old finished runs
+and logs continuously, in small batches.
 
 Tasks are executed by workers ("trellis worker"), or use "trellis serve",
 which runs the scheduler, a worker pool and the API in one process. Several
@@ -53,6 +56,9 @@ full validation report.`,
 			if f.fireConcurrency < 1 {
 				return usagef("--fire-concurrency must be at least 1, got %d", f.fireConcurrency)
 			}
+			if err := f.retention.resolve(cmd, a); err != nil {
+				return err
+			}
 			return a.runScheduler(cmd.Context(), f)
 		},
 	}
@@ -63,6 +69,7 @@ full validation report.`,
 		"how often to look for zombie tasks")
 	fs.IntVar(&f.fireConcurrency, "fire-concurrency", scheduler.DefaultFireConcurrency,
 		"how many DAGs falling due together are fired at once")
+	f.retention.add(fs)
 	return cmd
 }
 
@@ -91,8 +98,18 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		}
 		return err
 	}
+	purger := a.newPurger(st, f.retention, nil)
+	if purger != nil {
+		if err := purger.Start(ctx); err != nil {
+			s.Stop()
+			return err
+		}
+	}
 	<-ctx.Done()
 	a.logger.Info("scheduler: shutting down", "reason", context.Cause(ctx))
+	if purger != nil {
+		purger.Stop()
+	}
 	s.Stop()
 	return nil
 }

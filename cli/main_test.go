@@ -401,10 +401,10 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		}},
 		{name: "env", env: map[string]string{
 			"TRELLIS_DATABASE_URL": "postgres://u:p@db/trellis", "TRELLIS_ADDR": "0.0.0.0:9000",
-			"TRELLIS_WORKERS": "3", "TRELLIS_API_TOKEN": "s3cret", "TRELLIS_LOG_LEVEL": "debug", "TRELLIS_LOG_FORMAT": "json",
+			"TRELLIS_WORKERS": "3", "TRELLIS_API_TOKEN": "s3cret-s3cret-s3cret", "TRELLIS_LOG_LEVEL": "debug", "TRELLIS_LOG_FORMAT": "json",
 		}, check: func(c Config) bool {
 			return c.DatabaseURL == "postgres://u:p@db/trellis" && c.Addr == "0.0.0.0:9000" && c.Workers == 3 &&
-				c.APIToken == "s3cret" && c.LogLevel.String() == "DEBUG" && c.LogFormat == "json"
+				c.APIToken == "s3cret-s3cret-s3cret" && c.LogLevel.String() == "DEBUG" && c.LogFormat == "json"
 		}},
 		{name: "flag wins over env", args: []string{"--addr", "127.0.0.1:1", "--workers", "5"},
 			env:   map[string]string{"TRELLIS_ADDR": "0.0.0.0:9000", "TRELLIS_WORKERS": "3"},
@@ -417,6 +417,9 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		{name: "bad level", args: []string{"--log-level", "loud"}, wantErr: `"loud" is not a log level`},
 		{name: "bad format env", env: map[string]string{"TRELLIS_LOG_FORMAT": "xml"}, wantErr: `TRELLIS_LOG_FORMAT: "xml" is not a log format`},
 		{name: "empty database", args: []string{"--database-url", ""}, wantErr: "--database-url is empty"},
+		{name: "short token", env: map[string]string{"TRELLIS_API_TOKEN": "x"},
+			wantErr: "environment variable TRELLIS_API_TOKEN: the API token is 1 characters long; it must have at least 16"},
+		{name: "short token flag", args: []string{"--api-token", "s3cret"}, wantErr: "--api-token: the API token is 6 characters long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
