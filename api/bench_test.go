@@ -14,6 +14,7 @@ import (
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/storetest"
 )
 
 // BenchmarkGetTaskInstances measures GET …/taskInstances of a 100-task run
@@ -122,7 +123,7 @@ func BenchmarkTaskInstancesAcrossRuns(b *testing.B) {
 	for _, backend := range backends {
 		b.Run(backend, func(b *testing.B) {
 			e := newEnv(b, backend)
-			fillRuns(b, e, "solo", runs)
+			storetest.FillRuns(b, e.store, "solo", 0, runs)
 			client := &http.Client{}
 			for _, c := range []struct{ name, method, path, body string }{
 				{"limit1000", "GET", "/api/v1/dags/~/dagRuns/~/taskInstances?limit=1000", ""},
@@ -149,35 +150,5 @@ func BenchmarkTaskInstancesAcrossRuns(b *testing.B) {
 				})
 			}
 		})
-	}
-}
-
-// fillRuns creates n runs of dagID (a DAG without schedule), a day apart
-// from 2026-01-01, in batches of one FireRuns transaction each.
-func fillRuns(b *testing.B, e *env, dagID string, n int) {
-	b.Helper()
-	ctx := context.Background()
-	d, err := e.store.GetDAG(ctx, dagID)
-	if err != nil {
-		b.Fatal(err)
-	}
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	var prev *time.Time
-	const batch = 2000
-	for i := 0; i < n; i += batch {
-		f := store.Fire{DAGID: dagID, Prev: prev}
-		for j := i; j < min(n, i+batch); j++ {
-			ld := t0.Add(time.Duration(j) * time.Minute)
-			f.Runs = append(f.Runs, store.NewRun{DAGID: dagID, RunID: fmt.Sprintf("fill__%07d", j),
-				RunType: store.RunScheduled, LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Minute),
-				Fingerprint: d.Fingerprint, QueuedAt: ld})
-			f.Last = ld.Add(time.Minute)
-		}
-		res, err := e.store.FireRuns(ctx, []store.Fire{f}, time.Now())
-		if err != nil || res[0].Err != nil {
-			b.Fatalf("fire runs %d: %v %v", i, err, res[0].Err)
-		}
-		last := f.Last
-		prev = &last
 	}
 }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/storetest"
 )
 
 // BenchmarkListRunTaskInstances measures the store's side of task
@@ -68,36 +68,16 @@ func BenchmarkListRunTaskInstances(b *testing.B) {
 	}
 }
 
-// fillRuns creates runs n0 … n0+n-1 (one task each, a minute apart from
-// 2026-01-01) of the DAG "solo", with FireRuns in batches of 2,000.
+// fillRuns records the one-task DAG "solo" and creates its runs n0 …
+// n0+n-1 (storetest.FillRuns).
 func fillRuns(b *testing.B, s *Store, n0, n int) {
 	b.Helper()
-	ctx := context.Background()
 	sp := store.DAGSpec{DAGID: "solo", Fingerprint: "f", MaxActiveRuns: 16,
 		Tasks: []store.TaskSpec{{TaskID: "a", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess}}}
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+	if err := s.SyncDAGs(context.Background(), []store.DAGSpec{sp}); err != nil {
 		b.Fatal(err)
 	}
-	d, err := s.GetDAG(ctx, "solo")
-	if err != nil {
-		b.Fatal(err)
-	}
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	prev := d.LastIntervalEnd
-	for i := n0; i < n0+n; i += 2000 {
-		f := store.Fire{DAGID: "solo", Prev: prev}
-		for j := i; j < min(n0+n, i+2000); j++ {
-			ld := t0.Add(time.Duration(j) * time.Minute)
-			f.Runs = append(f.Runs, store.NewRun{DAGID: "solo", RunID: fmt.Sprintf("r%07d", j), RunType: store.RunScheduled,
-				LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Minute), Fingerprint: "f", QueuedAt: ld})
-			f.Last = ld.Add(time.Minute)
-		}
-		if _, err := s.FireRuns(ctx, []store.Fire{f}, time.Now()); err != nil {
-			b.Fatal(err)
-		}
-		last := f.Last
-		prev = &last
-	}
+	storetest.FillRuns(b, s, "solo", n0, n)
 }
 
 // BenchmarkPurgeRuns measures store.PurgeAll deleting 10,000 finished

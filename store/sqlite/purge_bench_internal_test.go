@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/storetest"
 )
 
 // BenchmarkPurgeRuns measures store.PurgeAll deleting 10,000 finished
@@ -33,25 +33,10 @@ func BenchmarkPurgeRuns(b *testing.B) {
 	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
 		b.Fatal(err)
 	}
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	var prev *time.Time
 	next := 0
 	for b.Loop() {
 		b.StopTimer()
-		for i := next; i < next+n; i += 2000 {
-			f := store.Fire{DAGID: "solo", Prev: prev}
-			for j := i; j < i+2000; j++ {
-				ld := t0.Add(time.Duration(j) * time.Minute)
-				f.Runs = append(f.Runs, store.NewRun{DAGID: "solo", RunID: fmt.Sprintf("r%07d", j), RunType: store.RunScheduled,
-					LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Minute), Fingerprint: "f", QueuedAt: ld})
-				f.Last = ld.Add(time.Minute)
-			}
-			if _, err := s.FireRuns(ctx, []store.Fire{f}, time.Now()); err != nil {
-				b.Fatal(err)
-			}
-			last := f.Last
-			prev = &last
-		}
+		storetest.FillRuns(b, s, "solo", next, n)
 		next += n
 		// Finished an hour ago, each with a log of its one try.
 		ended := us(time.Now().Add(-time.Hour))
