@@ -32,6 +32,7 @@ type DAG struct {
 	tags            []string
 	params          map[string]any
 	defaultTaskOpts []TaskOption
+	taskMetrics     bool
 
 	tasks  []*Task
 	byID   map[string]*Task

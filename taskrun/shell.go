@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -25,9 +24,11 @@ const ShellSkipExitCode = 99
 //
 //   - `/bin/sh -c <command>` in its own process group, in the worker's
 //     working directory, stdin from /dev/null;
-//   - environment: the process's own plus TRELLIS_DAG_ID, TRELLIS_RUN_ID,
-//     TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER, TRELLIS_LOGICAL_DATE and
-//     TRELLIS_DATA_INTERVAL_START/END (RFC 3339);
+//   - environment: TaskEnv — the safe base of the worker's environment,
+//     the variables the task inherits or sets, and TRELLIS_DAG_ID,
+//     TRELLIS_RUN_ID, TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER,
+//     TRELLIS_LOGICAL_DATE and TRELLIS_DATA_INTERVAL_START/END (RFC 3339);
+//     never the rest of the worker's environment;
 //   - stdout and stderr share one pipe that is copied into the log as the
 //     command writes (never buffered whole);
 //   - exit 0 is success, 99 skipped, anything else (or death by a signal)
@@ -42,7 +43,7 @@ const ShellSkipExitCode = 99
 //     grace period, after which the pipe is closed.
 func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
 	cmd := exec.Command("/bin/sh", "-c", t.Task.Command())
-	cmd.Env = append(os.Environ(), shellEnv(t.Info)...)
+	cmd.Env = TaskEnv(t, nil, nil)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -133,22 +134,6 @@ func waitExited(pid int) {
 			return
 		}
 	}
-}
-
-func shellEnv(info dag.RunInfo) []string {
-	env := []string{
-		"TRELLIS_DAG_ID=" + info.DAGID,
-		"TRELLIS_RUN_ID=" + info.RunID,
-		"TRELLIS_TASK_ID=" + info.TaskID,
-		"TRELLIS_TRY_NUMBER=" + strconv.Itoa(info.TryNumber),
-		"TRELLIS_LOGICAL_DATE=" + rfc3339(info.LogicalDate),
-	}
-	if !info.IntervalStart.IsZero() || !info.IntervalEnd.IsZero() {
-		env = append(env,
-			"TRELLIS_DATA_INTERVAL_START="+rfc3339(info.IntervalStart),
-			"TRELLIS_DATA_INTERVAL_END="+rfc3339(info.IntervalEnd))
-	}
-	return env
 }
 
 func rfc3339(t time.Time) string {

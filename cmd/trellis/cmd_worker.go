@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trellis-dag/trellis/executor"
+	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
 )
 
@@ -187,7 +188,7 @@ func checkWorkerDatabase(url string) error {
 // runWorkerChild is the hidden worker-child role a Pool starts: one
 // executor.Worker configured by the environment the pool set.
 func (a *app) runWorkerChild(ctx context.Context) error {
-	cfg, err := executor.ChildConfigFromEnv(a.lookupEnv)
+	cfg, ch, err := executor.LoadChild(a.lookupEnv, a.logger)
 	if err != nil {
 		return usagef("worker --child is started by `trellis worker` and `trellis serve`: %v", err)
 	}
@@ -196,15 +197,19 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	logger := a.logger.With("worker", cfg.WorkerID)
 	// A stop signal while the database is being opened ends the child at
 	// once: nothing has started, nothing is to drain.
-	st, err := dial.Open(ctx, cfg.DatabaseURL, dial.Options{Logger: logger})
+	var st store.Store
+	err = ch.WithConnEnv(func() (err error) {
+		st, err = dial.Open(ctx, cfg.DatabaseURL, dial.Options{Logger: logger})
+		return err
+	})
 	if err != nil {
+		ch.Close()
 		if ctx.Err() != nil {
 			logger.Info("worker process stopped before it started", "cause", context.Cause(ctx))
 			return nil
 		}
 		return &exitError{code: executor.ExitError, err: fmt.Errorf("worker process %s: %w", cfg.WorkerID, err)}
 	}
-	st = relayTaskEvents(st, a.lookupEnv, logger) // task metrics of `trellis serve` (cmd_serve_relay.go)
 	defer st.Close()
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
@@ -215,6 +220,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 		Store:    st,
 		Registry: a.registry,
 		Logger:   a.logger,
+		Channel:  ch,
 	})
 	if code != executor.ExitOK {
 		return &exitError{code: code}
