@@ -32,8 +32,8 @@ type Finish struct {
 	// in the worker to its end.
 	Duration time.Duration `json:"dur"`
 	// Queued is how long the task instance waited in queued before a
-	// worker claimed it; 0 when unknown.
-	Queued time.Duration `json:"queued,omitempty"`
+	// worker claimed it; negative when unknown.
+	Queued time.Duration `json:"queued"`
 }
 
 // finishes describes the applied outcomes of a committed batch; claims
@@ -53,12 +53,12 @@ func finishes(batch []store.Result, outcomes []store.FinishOutcome, claims map[i
 		if !o.Applied || !ok || !rok || c.TryNumber != o.TryNumber {
 			continue
 		}
-		f := Finish{DAGID: c.DAGID, RunID: c.DAGRunID, TaskID: c.TaskID, Try: o.TryNumber, State: o.State}
+		f := Finish{DAGID: c.DAGID, RunID: c.DAGRunID, TaskID: c.TaskID, Try: o.TryNumber, State: o.State, Queued: -1}
 		if !r.StartedAt.IsZero() && r.EndedAt.After(r.StartedAt) {
 			f.Duration = r.EndedAt.Sub(r.StartedAt)
 		}
-		if c.QueuedAt != nil && c.StartedAt != nil && c.StartedAt.After(*c.QueuedAt) {
-			f.Queued = c.StartedAt.Sub(*c.QueuedAt)
+		if c.QueuedAt != nil && c.StartedAt != nil {
+			f.Queued = max(0, c.StartedAt.Sub(*c.QueuedAt))
 		}
 		out = append(out, f)
 	}

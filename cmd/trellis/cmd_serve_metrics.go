@@ -306,7 +306,7 @@ type taskMetrics struct{ m *api.Metrics }
 // TaskFinished counts a finished try, its duration and its queued time.
 func (t taskMetrics) TaskFinished(f executor.Finish) {
 	t.m.TaskFinished(f.DAGID, f.TaskID, string(f.State), f.Duration)
-	if f.Queued > 0 {
+	if f.Queued >= 0 {
 		t.m.TaskQueued(f.DAGID, f.Queued)
 	}
 }
