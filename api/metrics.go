@@ -2,6 +2,9 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
 	"net/http"
 	"strconv"
 	"sync"
@@ -196,6 +199,35 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the registry in Prometheus's exposition format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// MetricsOnlyHandler serves GET /metrics and nothing else (a problem
+// body for any other path or method), requiring "Authorization: Bearer
+// <token>" when token is not empty: the listener of `trellis worker` and
+// `trellis scheduler`.
+func (m *Metrics) MetricsOnlyHandler(token string) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	metrics := m.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" {
+			got, ok := bearerToken(r.Header.Get("Authorization"))
+			sum := sha256.Sum256([]byte(got))
+			if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+				writeProblem(w, http.StatusUnauthorized, "", "the request needs the header Authorization: Bearer <token>")
+				return
+			}
+		}
+		switch {
+		case r.URL.Path != "/metrics":
+			writeProblem(w, http.StatusNotFound, "", fmt.Sprintf("%s is not served here; this listener serves GET /metrics only", r.URL.Path))
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			w.Header().Set("Allow", "GET, HEAD")
+			writeProblem(w, http.StatusMethodNotAllowed, "", fmt.Sprintf("method %s is not allowed on /metrics (allowed: GET, HEAD)", r.Method))
+		default:
+			metrics.ServeHTTP(w, r)
+		}
+	})
 }
 
 // SchedulerHeartbeat records a scheduler heartbeat now.

@@ -318,3 +318,37 @@ func TestTaskSeriesBounded(t *testing.T) {
 		t.Errorf("/metrics is %d bytes after %d tasks, want it to stay small", n, wide+perTask)
 	}
 }
+
+func TestMetricsOnlyHandler(t *testing.T) {
+	m := NewMetrics(nil)
+	m.RunCreated("etl", "manual")
+	for _, tc := range []struct {
+		token, auth, method, path string
+		status                    int
+	}{
+		{"", "", "GET", "/metrics", 200},
+		{"", "", "GET", "/api/v1/dags", 404},
+		{"", "", "POST", "/metrics", 405},
+		{"s3cret", "", "GET", "/metrics", 401},
+		{"s3cret", "Bearer wrong", "GET", "/metrics", 401},
+		{"s3cret", "Bearer s3cret", "GET", "/metrics", 200},
+		{"s3cret", "", "GET", "/other", 401},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(tc.method, tc.path, nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		m.MetricsOnlyHandler(tc.token).ServeHTTP(rec, req)
+		if rec.Code != tc.status {
+			t.Errorf("%s %s (token %q, auth %q) = %d, want %d", tc.method, tc.path, tc.token, tc.auth, rec.Code, tc.status)
+		}
+		body := rec.Body.String()
+		if tc.status == 200 && !strings.Contains(body, `trellis_dag_runs_created_total{dag_id="etl",run_type="manual"} 1`) {
+			t.Errorf("metrics body lacks the run created:\n%.500s", body)
+		}
+		if tc.status != 200 && !strings.Contains(body, fmt.Sprintf(`"status":%d`, tc.status)) {
+			t.Errorf("%d answer is %q, want a problem body", rec.Code, body)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/executor"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
@@ -28,6 +29,7 @@ type workerFlags struct {
 	maxLeaks  int
 	hostname  string
 	child     bool
+	metrics   metricsFlags
 }
 
 // envWorkerSlots is the environment variable of --slots.
@@ -74,6 +76,7 @@ using up a try. A second signal stops them at once.`,
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", executor.DefaultHeartbeatInterval, "how often workers heartbeat their tasks (keep well below the scheduler's zombie threshold)")
 	fs.IntVar(&f.maxLeaks, "max-leaks", executor.DefaultMaxLeaks, "Func tasks abandoned after ignoring their timeout before a worker process is replaced (negative: never)")
 	fs.StringVar(&f.hostname, "hostname", "", "host name recorded with this pool's workers and tasks (default the system host name)")
+	f.metrics.add(fs)
 	fs.BoolVar(&f.child, "child", false, "run as one worker process of a pool (internal)")
 	_ = fs.MarkHidden("child")
 	return cmd
@@ -104,7 +107,7 @@ func (f *workerFlags) resolve(cmd *cobra.Command, a *app) error {
 	case f.heartbeat <= 0:
 		return usagef("--heartbeat-interval must be positive, got %v", f.heartbeat)
 	}
-	return nil
+	return f.metrics.resolve(cmd, a)
 }
 
 // runWorkerPool runs a Pool until the first SIGTERM/SIGINT (graceful
@@ -125,9 +128,12 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 	}
 	defer st.Close()
 
+	metrics := api.NewMetrics(a.clock)
+	metrics.SetTaskSeries(perTaskSeries(a.registry))
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:             st,
 		DatabaseURL:       url,
+		Events:            taskMetrics{metrics},
 		Logger:            a.logger,
 		Processes:         f.processes,
 		Slots:             f.slots,
@@ -143,6 +149,16 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
+	}
+	ms, err := a.startMetrics(context.WithoutCancel(ctx), f.metrics, metrics)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if ms != nil {
+		defer ms.Stop()
+		gauges := &poolGauges{pool: pool, metrics: metrics, clk: a.clock}
+		_ = gauges.Start(context.WithoutCancel(ctx))
+		defer gauges.Stop()
 	}
 	if err := pool.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("worker: %w", err)
