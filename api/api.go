@@ -234,6 +234,7 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags", a.h(a.getDAGs))
 			r.Get("/dags/{dag_id}", a.h(a.getDAG))
 			r.Patch("/dags/{dag_id}", a.h(a.patchDAG))
+			r.Get("/dags/{dag_id}/details", a.h(a.getDAGDetails))
 			r.Get("/dags/{dag_id}/tasks", a.h(a.getTasks))
 			r.Get("/dags/{dag_id}/tasks/{task_id}", a.h(a.getTask))
 			r.Get("/dags/{dag_id}/graph", a.h(a.getGraph))
@@ -251,6 +252,8 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", a.h(a.getTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", a.h(a.getTaskInstance))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{task_try_number}", a.h(a.getLog))
+			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", a.h(a.getXComEntries))
+			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", a.h(a.getXComEntry))
 		})
 	})
 	return r

@@ -26,6 +26,9 @@ type TriggerOptions struct {
 	Conf json.RawMessage
 	// Note is a free-form note stored with the run.
 	Note string
+	// DataInterval, when set, is the run's data interval; nil infers it
+	// from the schedule and the logical date (ManualInterval).
+	DataInterval *Interval
 }
 
 // runIDPattern is what a run id given by a caller must match (Airflow's).
@@ -67,6 +70,13 @@ func (s *Scheduler) TriggerRun(ctx context.Context, dagID string, opts TriggerOp
 		return fail(err)
 	}
 	iv := ManualInterval(info.timetable(), info.policy, logical)
+	if opts.DataInterval != nil {
+		if opts.DataInterval.End.Before(opts.DataInterval.Start) {
+			return fail(fmt.Errorf("data interval end %s is before its start %s",
+				opts.DataInterval.End.UTC().Format(time.RFC3339Nano), opts.DataInterval.Start.UTC().Format(time.RFC3339Nano)))
+		}
+		iv = Interval{Start: opts.DataInterval.Start.Truncate(time.Microsecond), End: opts.DataInterval.End.Truncate(time.Microsecond)}
+	}
 	run, created, err := s.st.CreateRun(ctx, store.NewRun{
 		DAGID:         info.id,
 		RunID:         runID,

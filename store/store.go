@@ -167,16 +167,16 @@ type Claimed struct {
 	Timeout       time.Duration
 }
 
-// Attempt names one try of a task instance, the key of every
+// Try names one try of a task instance, the key of every
 // compare-and-set from a worker.
-type Attempt struct {
+type Try struct {
 	ID        int64 // TaskInstance.ID
 	TryNumber int
 }
 
 // Result is the outcome of one try, reported by a worker.
 type Result struct {
-	Attempt
+	Try
 	// State is success, failed or skipped. A failed try with tries left
 	// and Permanent false becomes up_for_retry.
 	State     state.TaskState
@@ -202,7 +202,7 @@ type Result struct {
 
 // FinishOutcome reports what FinishTasks did with one Result.
 type FinishOutcome struct {
-	Attempt
+	Try
 	// Applied is false when the compare-and-set failed: the task was no
 	// longer running that try (e.g. declared a zombie); nothing changed.
 	Applied bool
@@ -326,31 +326,31 @@ type Store interface {
 	// transaction, not two. max 0 claims nothing. An error means nothing
 	// was recorded and nothing claimed.
 	FinishAndClaim(ctx context.Context, results []Result, w Worker, max int, now time.Time) ([]FinishOutcome, []Claimed, error)
-	// HeartbeatTasks refreshes the heartbeat of running attempts and
+	// HeartbeatTasks refreshes the heartbeat of running tries and
 	// returns those that are no longer running under that try (taken away:
 	// the worker must stop them).
-	HeartbeatTasks(ctx context.Context, workerID string, attempts []Attempt, now time.Time) (lost []Attempt, err error)
+	HeartbeatTasks(ctx context.Context, workerID string, tries []Try, now time.Time) (lost []Try, err error)
 	// RequeueRetries queues up_for_retry instances due at or before now.
 	RequeueRetries(ctx context.Context, now time.Time) (int, error)
 	// NextRetryAt returns the earliest pending retry time (ok=false: none).
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
-	// would. Returns the attempts it took away.
-	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Attempt, error)
-	// FailWorkerTasks treats the running attempts of a worker known to be
+	// would. Returns the tries it took away.
+	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Try, error)
+	// FailWorkerTasks treats the running tries of a worker known to be
 	// dead (its process exited) like zombies, at once. Returns them.
-	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Attempt, error)
-	// RequeueAttempts puts running attempts back to queued without using
-	// up a try (graceful shutdown). Stale attempts are ignored.
-	RequeueAttempts(ctx context.Context, attempts []Attempt) error
+	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Try, error)
+	// RequeueTries puts running tries back to queued without using
+	// up a try (graceful shutdown). Stale tries are ignored.
+	RequeueTries(ctx context.Context, tries []Try) error
 	// GetOutput returns the output of taskID in the run with internal id
 	// runID, or ErrNotFound.
 	GetOutput(ctx context.Context, runID int64, taskID string) (json.RawMessage, error)
 
 	// AppendLog appends to the log of one try, keeping at most the
 	// configured cap and marking truncation.
-	AppendLog(ctx context.Context, a Attempt, chunk []byte) error
+	AppendLog(ctx context.Context, a Try, chunk []byte) error
 	// ReadLog returns the log of one try.
 	ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error)
 

@@ -28,10 +28,10 @@ func testSetRunState(t *testing.T, e *env) {
 	e.wantStates("sr", "run", map[string]state.TaskState{"a": state.Failed, "b": state.Success,
 		"c": state.Skipped, "d": state.Skipped})
 	// The worker of a learns it at its heartbeat; its late report changes nothing.
-	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(a)}, now)
+	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(a)}, now)
 	must(t, "HeartbeatTasks", err)
 	if len(lost) != 1 {
-		t.Errorf("cancelled attempt not reported lost: %v", lost)
+		t.Errorf("cancelled try not reported lost: %v", lost)
 	}
 	if o := e.finish(result(a, state.Success)); o[0].Applied {
 		t.Errorf("report after cancel applied")
@@ -106,7 +106,7 @@ func testClear(t *testing.T, e *env) {
 		t.Errorf("cleared %+v, want a queued with max tries 3", cleared)
 	}
 	a := e.claimOne("a")
-	e.finish(store.Result{Attempt: att(a), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(a), State: state.Failed, EndedAt: now})
 	if ti := e.ti("cl", "run", "a"); ti.State != state.UpForRetry {
 		t.Errorf("cleared a failed to %s, want up_for_retry (retries restored)", ti.State)
 	}
@@ -123,7 +123,7 @@ func testClear(t *testing.T, e *env) {
 	sp2 := newSpec("cl2", tk("a"), tk("b", up("a")))
 	e.started(sp2, "run")
 	a2 := e.claimOne("a")
-	e.finish(store.Result{Attempt: att(a2), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(a2), State: state.Failed, EndedAt: now})
 	cleared, err = e.s.ClearTasks(e.ctx, "cl2", "run", []string{"b"}, false, now)
 	must(t, "ClearTasks b", err)
 	if len(cleared) != 1 || cleared[0].State != state.UpstreamFailed {
@@ -151,10 +151,10 @@ func testClearRunning(t *testing.T, e *env) {
 	if cs := e.claim(5); len(cs) != 0 {
 		t.Errorf("claimed %v while a restarts", taskIDs(cs))
 	}
-	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(a)}, now)
+	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(a)}, now)
 	must(t, "HeartbeatTasks", err)
 	if len(lost) != 1 {
-		t.Errorf("restarting attempt not reported lost")
+		t.Errorf("restarting try not reported lost")
 	}
 	// Its end (whatever the outcome) sends it around again; b is not released.
 	out := e.finish(result(a, state.Success))
@@ -171,7 +171,7 @@ func testClearRunning(t *testing.T, e *env) {
 	e.finish(result(b, state.Success))
 	e.wantRunState("cr", "run", state.RunSuccess)
 
-	// A restarting attempt whose worker died comes back too.
+	// A restarting try whose worker died comes back too.
 	sp2 := newSpec("cr2", tk("a"))
 	e.started(sp2, "run")
 	x := e.claimOne("a")
@@ -179,7 +179,7 @@ func testClearRunning(t *testing.T, e *env) {
 	must(t, "ClearTasks", err)
 	taken, err := e.s.FailWorkerTasks(e.ctx, "w1", now)
 	must(t, "FailWorkerTasks", err)
-	if !sameAttempts(taken, []store.Attempt{att(x)}) {
+	if !sameTries(taken, []store.Try{att(x)}) {
 		t.Errorf("FailWorkerTasks took %v", taken)
 	}
 	if ti := e.ti("cr2", "run", "a"); ti.State != state.Queued {
@@ -202,7 +202,7 @@ func testSetTaskState(t *testing.T, e *env) {
 		t.Errorf("worker report after marking applied")
 	}
 	b := e.claimOne("b")
-	e.finish(store.Result{Attempt: att(b), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(b), State: state.Failed, EndedAt: now})
 	// Marking a failed task success fixes the counters of its downstream.
 	_, err = e.s.SetTaskState(e.ctx, "st", "run", "b", state.Success, now)
 	must(t, "SetTaskState b", err)
@@ -241,7 +241,7 @@ func testOutputs(t *testing.T, e *env) {
 	e.finish(result(b, state.Success))
 	_, err = e.s.GetOutput(e.ctx, r.ID, "b")
 	wantErr(t, "GetOutput without output", err, store.ErrNotFound)
-	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Attempt: att(b), State: state.Success, Output: json.RawMessage(`{"a":`)}}); err == nil {
+	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Try: att(b), State: state.Success, Output: json.RawMessage(`{"a":`)}}); err == nil {
 		t.Errorf("FinishTasks accepted invalid output JSON")
 	}
 }
@@ -291,7 +291,7 @@ func testLogs(t *testing.T, e *env) {
 	if err != nil || string(got) != "line 1\nline 2\nline 3\n" {
 		t.Errorf("try 1 log after try 2 wrote: %q %v", got, err)
 	}
-	if err := e.s.AppendLog(e.ctx, store.Attempt{ID: 1 << 40, TryNumber: 1}, []byte("x")); err == nil {
+	if err := e.s.AppendLog(e.ctx, store.Try{ID: 1 << 40, TryNumber: 1}, []byte("x")); err == nil {
 		t.Errorf("AppendLog to an unknown instance succeeded")
 	}
 }
