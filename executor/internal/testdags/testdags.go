@@ -70,6 +70,9 @@ func Registry() *dag.Registry {
 	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes()} {
 		r.Register(d)
 	}
+	if n, err := strconv.Atoi(os.Getenv(EnvBig)); err == nil && n > 0 {
+		r.Register(BigDAG(n))
+	}
 	return r
 }
 
@@ -374,6 +377,24 @@ func outcomes() *dag.DAG {
 			}
 			return nil
 		}, dag.Retries(1), dag.RetryDelay(time.Millisecond))
+	}
+	return d
+}
+
+// EnvBig, when set to a number, adds BigDAG of that size to Registry
+// (for the processes of a benchmark; the tests' own registry has it only
+// when they build it).
+const EnvBig = "TESTDAGS_BIG"
+
+// Big is the id of BigDAG.
+const Big = "big"
+
+// BigDAG is n no-op Func tasks without edges.
+func BigDAG(n int) *dag.DAG {
+	d := newDAG(Big)
+	noop := func(*dag.Context) error { return nil }
+	for i := range n {
+		d.Func(fmt.Sprintf("t%06d", i), noop)
 	}
 	return d
 }
