@@ -42,6 +42,9 @@ const (
 	// channelCloseTimeout bounds how long a stopping child tries to
 	// deliver its last finishes.
 	channelCloseTimeout = 2 * time.Second
+	// channelDrainTimeout is how long the pool reads a channel after its
+	// child exited before it closes it.
+	channelDrainTimeout = 2 * time.Second
 	// channelMaxLine bounds one message.
 	channelMaxLine = 4 << 20
 )

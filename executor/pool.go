@@ -468,9 +468,11 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		// The child fails to start without it and is restarted.
 		p.cfg.Logger.Error("worker process", "worker", id, "err", err)
 	}
+	reported := make(chan struct{})
 	p.chanWG.Add(1)
 	go func() {
 		defer p.chanWG.Done()
+		defer close(reported)
 		childReports(own, p.cfg.Events, &c.running, p.cfg.Logger.With("worker", id))
 	}()
 	go func() {
@@ -479,6 +481,13 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		delete(p.live, pid)
 		p.procMu.Unlock()
 		close(c.exited)
+		// The reports end with the child, unless a process it started
+		// kept its end of the channel: read what is left, briefly.
+		select {
+		case <-reported:
+		case <-time.After(channelDrainTimeout):
+			_ = own.Close()
+		}
 	}()
 	p.cfg.Logger.Info("worker process started", "worker", id, "pid", pid)
 	return c, nil
