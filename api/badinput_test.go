@@ -77,6 +77,8 @@ var badInputCases = []badCase{
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"data_interval_start": "yesterday", "data_interval_end": "2026-01-01T00:00:00Z"}`, 400, `data_interval_start`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"a": "\u0000"}}`, 400, "must not contain NUL"},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"note": "a\u0000"}`, 400, "must not contain NUL"},
+	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"n": 1e400}}`, 400, `field "conf.n": the number (5 characters) is beyond the range of a 64-bit float`},
+	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": {"a": [` + strings.Repeat("7", 400) + `]}}`, 400, `field "conf.a[0]": the number (400 characters)`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": []}`, 400, `"conf" must be a JSON object, got an array`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"conf": "x"}`, 400, `"conf" must be a JSON object, got a string`},
 	{"POST", "/api/v1/dags/etl/dagRuns", `{"note": 5}`, 400, `"note" must be a string`},
@@ -168,6 +170,16 @@ var badInputCases = []badCase{
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"pool": "default_pool"}`, 400, `"pool" must be an array`},
 	{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"order_by": "x"}`, 400, `unknown field(s) "order_by"`},
 
+	// POST /dagRuns/purge
+	{"POST", "/api/v1/dagRuns/purge", `{}`, 400, `field "before" is required`},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": "soon"}`, 400, `"before" "soon" is neither a date-time`},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": "-3d"}`, 400, "is neither a date-time"},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": 5}`, 400, `"before" must be a string`},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": "30d", "dry_run": "no"}`, 400, `"dry_run" must be a boolean`},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": "30d", "dag_id": "nope"}`, 404, "'nope' not found"},
+	{"POST", "/api/v1/dagRuns/purge", `{"before": "30d", "state": "failed"}`, 400, `unknown field(s) "state"`},
+	{"GET", "/api/v1/dagRuns/purge", nil, 405, "allowed: POST"},
+
 	// Long ids
 	{"GET", "/api/v1/dags/etl/dagRuns/" + strings.Repeat("r", 8000), nil, 404, "not found"},
 	{"GET", "/api/v1/dags/" + strings.Repeat("d", 300), nil, 404, "not found"},
@@ -216,6 +228,7 @@ func TestBadInputCoversEveryEndpoint(t *testing.T) {
 		"/dags/x/dagRuns", "/dags/~/dagRuns/list", "/dags/x/dagRuns/y", "/dags/x/dagRuns/y/taskInstances",
 		"/dags/x/dagRuns/y/taskInstances/z", "/dags/x/dagRuns/y/taskInstances/z/logs/1",
 		"/dags/x/clearTaskInstances", "/dags/x/updateTaskInstancesState", "/dags/~/dagRuns/~/taskInstances/list",
+		"/dagRuns/purge",
 	}
 	for _, r := range routes {
 		shape := routeShape(r)
@@ -238,7 +251,7 @@ func routeShape(p string) string {
 	segs := strings.Split(p, "/")
 	fixed := map[string]bool{"": true, "health": true, "version": true, "dags": true, "tasks": true, "graph": true,
 		"dagRuns": true, "list": true, "taskInstances": true, "logs": true, "clearTaskInstances": true,
-		"updateTaskInstancesState": true, "~": true}
+		"updateTaskInstancesState": true, "~": true, "purge": true}
 	for i, s := range segs {
 		if !fixed[s] {
 			segs[i] = "*"

@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
@@ -410,6 +412,13 @@ func triggerRequest(b body) (TriggerRequest, error) {
 		}
 		if err := checkJSONText("field \"conf\"", m); err != nil {
 			return req, err
+		}
+		if _, err := dag.ParseConf(m); err != nil {
+			var ce *dag.ConfError
+			if errors.As(err, &ce) {
+				return req, badRequest("field %q: %s", ce.Path, ce.Problem)
+			}
+			return req, badRequest("field \"conf\": %v", err)
 		}
 		req.Conf = m
 	}

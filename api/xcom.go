@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -32,17 +33,14 @@ type xcomCollectionJSON struct {
 	Total   int             `json:"total_entries"`
 }
 
-func toXComEntry(ti store.TaskInstance, c *tiContext) (xcomEntryJSON, error) {
-	date, err := c.logicalDate(ti.DAGID, ti.DAGRunID)
-	if err != nil {
-		return xcomEntryJSON{}, err
-	}
+// toXComEntry is the entry of ti's output; date is its run's logical date.
+func toXComEntry(ti store.TaskInstance, date time.Time) xcomEntryJSON {
 	stamp := ti.EndedAt
 	if stamp == nil {
 		stamp = ti.StartedAt
 	}
 	return xcomEntryJSON{Key: returnValueKey, Timestamp: timePtr(stamp), ExecutionDate: timeVal(date),
-		MapIndex: -1, TaskID: ti.TaskID, DAGID: ti.DAGID}, nil
+		MapIndex: -1, TaskID: ti.TaskID, DAGID: ti.DAGID}
 }
 
 // getXComEntries lists the outputs of task instances:
@@ -82,10 +80,9 @@ func (a *api) getXComEntries(w http.ResponseWriter, r *http.Request) error {
 	if taskID != "~" {
 		tq.TaskIDs = []string{taskID}
 	}
-	c := a.newTIContext(r.Context())
 	tq.Limit = scanBatch
 	for tq.Offset = 0; ; tq.Offset += scanBatch {
-		tis, _, err := a.store.ListTaskInstances(r.Context(), tq)
+		tis, _, err := a.store.ListRunTaskInstances(r.Context(), tq)
 		if err != nil {
 			return err
 		}
@@ -94,11 +91,7 @@ func (a *api) getXComEntries(w http.ResponseWriter, r *http.Request) error {
 				continue
 			}
 			if out.Total >= p.offset && len(out.Entries) < p.limit {
-				e, err := toXComEntry(ti, c)
-				if err != nil {
-					return err
-				}
-				out.Entries = append(out.Entries, e)
+				out.Entries = append(out.Entries, toXComEntry(ti.TaskInstance, ti.LogicalDate))
 			}
 			out.Total++
 		}
@@ -148,7 +141,7 @@ func (a *api) getXComEntry(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ti, _, err := a.getStoredTI(r.Context(), dagID, runID, taskID)
+	ti, run, err := a.getStoredTI(r.Context(), dagID, runID, taskID)
 	if err != nil {
 		return err
 	}
@@ -156,10 +149,7 @@ func (a *api) getXComEntry(w http.ResponseWriter, r *http.Request) error {
 		return notFound("XCom entry not found", "XCom entry with key: `%s` not found (task %q of run %q has %s)",
 			key, taskID, runID, xcomHas(ti))
 	}
-	e, err := toXComEntry(ti, a.newTIContext(r.Context()))
-	if err != nil {
-		return err
-	}
+	e := toXComEntry(ti, run.LogicalDate)
 	if stringify == nil || *stringify {
 		e.Value = string(ti.Output)
 	} else {

@@ -147,7 +147,7 @@ func (n notifyWriter) Write(p []byte) (int, error) {
 // with the token, and stops when its context ends.
 func TestAPICommandServes(t *testing.T) {
 	env, u := sqliteEnv(t)
-	env["TRELLIS_API_TOKEN"] = "tok"
+	env["TRELLIS_API_TOKEN"] = "tok-0123456789abcdef"
 	s := serveInProcess(t, runsRegistry(), env, "api", "--addr", "127.0.0.1:0")
 	wantContains(t, "stdout", s.stdout.String(), "trellis: API serving on http://127.0.0.1:", "(store "+u+")")
 
@@ -173,10 +173,10 @@ func TestAPICommandServes(t *testing.T) {
 	if c := get("/api/v1/dags", ""); c != http.StatusUnauthorized {
 		t.Errorf("dags without the token → %d, want 401", c)
 	}
-	if c := get("/api/v1/dags", "tok"); c != http.StatusOK {
+	if c := get("/api/v1/dags", "tok-0123456789abcdef"); c != http.StatusOK {
 		t.Errorf("dags with the token → %d, want 200", c)
 	}
-	if c := get("/metrics", "tok"); c != http.StatusOK {
+	if c := get("/metrics", "tok-0123456789abcdef"); c != http.StatusOK {
 		t.Errorf("metrics with the token → %d, want 200", c)
 	}
 	if _, err := os.Stat(filepath.Clean(strings.TrimPrefix(u, "sqlite:"))); err != nil {

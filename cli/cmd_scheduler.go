@@ -22,6 +22,7 @@ type schedulerFlags struct {
 	zombieCheckInterval time.Duration
 	fireConcurrency     int
 	metrics             metricsFlags
+	retention           retentionFlags
 }
 
 func newSchedulerCmd(a *app) *cobra.Command {
@@ -36,7 +37,9 @@ date is start. Catchup(true) DAGs get a run for every interval missed while
 no scheduler ran; Catchup(false) DAGs only the latest. Runs beyond a DAG's
 MaxActiveRuns wait in state queued and start as others finish. The
 scheduler also queues retries when they fall due and fails tasks whose
-worker stopped heartbeating (zombies).
+worker stopped heartbeating (zombies). With --retention (and
+--log-retention, or DAGs with dag.Retention) it deletes old finished runs
+and logs continuously, in small batches.
 
 Tasks are executed by workers ("trellis worker"), or use "trellis serve",
 which runs the scheduler, a worker pool and the API in one process. Several
@@ -58,6 +61,9 @@ full validation report.`,
 			if err := f.metrics.resolve(cmd, a); err != nil {
 				return err
 			}
+			if err := f.retention.resolve(cmd, a); err != nil {
+				return err
+			}
 			return a.runScheduler(cmd.Context(), f)
 		},
 	}
@@ -69,6 +75,7 @@ full validation report.`,
 	fs.IntVar(&f.fireConcurrency, "fire-concurrency", scheduler.DefaultFireConcurrency,
 		"how many DAGs falling due together are fired at once")
 	f.metrics.add(fs)
+	f.retention.add(fs)
 	return cmd
 }
 
@@ -112,8 +119,22 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		}
 		return err
 	}
+	var purgeMetrics scheduler.PurgeMetrics
+	if metrics != nil {
+		purgeMetrics = metrics
+	}
+	purger := a.newPurger(st, f.retention, purgeMetrics)
+	if purger != nil {
+		if err := purger.Start(ctx); err != nil {
+			s.Stop()
+			return err
+		}
+	}
 	<-ctx.Done()
 	a.logger.Info("scheduler: shutting down", "reason", context.Cause(ctx))
+	if purger != nil {
+		purger.Stop()
+	}
 	s.Stop()
 	return nil
 }

@@ -29,6 +29,7 @@ type serveFlags struct {
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	metricsInterval     time.Duration
+	retention           retentionFlags
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -59,7 +60,7 @@ again without using up a try), and exits 0. A second signal stops running
 tasks at once.`,
 		Example: `  trellis serve
   trellis serve --addr 127.0.0.1:9090 --workers 4
-  TRELLIS_DATABASE_URL=postgres://trellis@db:5432/trellis TRELLIS_API_TOKEN=s3cret trellis serve --addr 0.0.0.0:8080`,
+  TRELLIS_DATABASE_URL=postgres://trellis@db:5432/trellis TRELLIS_API_TOKEN=$(openssl rand -hex 32) trellis serve --addr 0.0.0.0:8080`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.resolve(cmd, a); err != nil {
@@ -79,6 +80,7 @@ tasks at once.`,
 		"how often to look for zombie tasks")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval,
 		"how often the trellis_task_instances gauge is counted in the database")
+	f.retention.add(fs)
 	return cmd
 }
 
@@ -106,6 +108,9 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 	case f.metricsInterval <= 0:
 		return usagef("--metrics-interval must be positive, got %v", f.metricsInterval)
 	}
+	if err := f.retention.resolve(cmd, a); err != nil {
+		return err
+	}
 	return checkWorkerDatabase(a.config.DatabaseURL)
 }
 
@@ -120,7 +125,7 @@ type server struct {
 	api      *api.Server
 	sched    *scheduler.Scheduler
 	pool     *executor.Pool
-	feeders  []component // metric feeders: stopped after the pool
+	feeders  []component // metric feeders and the purger: stopped after the pool
 	shutdown chan struct{}
 }
 
@@ -235,6 +240,9 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		gauges,
 		newRunWatcher(st, metrics, a.clock, a.logger, f.metricsInterval),
 		&stateSampler{st: st, metrics: metrics, clk: a.clock, log: a.logger, interval: f.metricsInterval},
+	}
+	if p := a.newPurger(st, f.retention, metrics); p != nil {
+		srv.feeders = append(srv.feeders, p)
 	}
 
 	// The scheduler first: it validates the DAGs and records them, so

@@ -102,14 +102,19 @@ func TestWorkerCommand(t *testing.T) {
 		t.Errorf("print_test1 log = %q, %v; want its logger line", b, err)
 	}
 
-	// Its /metrics counts every task the store recorded as succeeded,
-	// under one series for the DAG (the reports may lag the commit).
-	_, n, err := st.ListTaskInstances(context.Background(), store.TaskQuery{DAGIDs: []string{"test"}, States: []state.TaskState{state.Success}, Limit: 1})
-	if err != nil || n == 0 {
-		t.Fatalf("%d successful tasks, %v", n, err)
+	// Its /metrics counts every try the store recorded as succeeded (the
+	// test DAG has a series per task: dag.TaskMetrics); the reports may lag
+	// the commit.
+	tis, _, err := st.ListTaskInstances(context.Background(), store.TaskQuery{DAGIDs: []string{"test"}, DAGRunIDs: []string{"r1"}, Limit: 100})
+	if err != nil || len(tis) == 0 {
+		t.Fatalf("task instances of test/r1: %v, %v", tis, err)
 	}
-	series := fmt.Sprintf(`trellis_task_instances_finished_total{dag_id="test",state="success",task_id=""} %d`, n)
-	waitScrape(t, "http://"+metricsAddr+"/metrics", series, "trellis_executor_workers 2")
+	var series []string
+	for _, ti := range tis {
+		series = append(series, fmt.Sprintf(`trellis_task_instances_finished_total{dag_id="test",state="success",task_id=%q} 1`, ti.TaskID))
+	}
+	series = append(series, "trellis_executor_workers 2")
+	waitScrape(t, "http://"+metricsAddr+"/metrics", series...)
 
 	if err := worker.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

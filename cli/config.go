@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/store"
 )
 
@@ -191,6 +192,9 @@ func resolveConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) (Co
 	}
 	if cfg.Addr == "" {
 		return Config{}, usagef("%s is empty (want host:port)", source[flagAddr])
+	}
+	if err := api.CheckToken(cfg.APIToken); err != nil {
+		return Config{}, usagef("%s: %v", source[flagAPIToken], err)
 	}
 	if cfg.Workers < 1 {
 		return Config{}, usagef("%s must be at least 1, got %d", source[flagWorkers], cfg.Workers)

@@ -401,10 +401,10 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		}},
 		{name: "env", env: map[string]string{
 			"TRELLIS_DATABASE_URL": "postgres://u:p@db/trellis", "TRELLIS_ADDR": "0.0.0.0:9000",
-			"TRELLIS_WORKERS": "3", "TRELLIS_API_TOKEN": "s3cret", "TRELLIS_LOG_LEVEL": "debug", "TRELLIS_LOG_FORMAT": "json",
+			"TRELLIS_WORKERS": "3", "TRELLIS_API_TOKEN": "s3cret-s3cret-s3cret", "TRELLIS_LOG_LEVEL": "debug", "TRELLIS_LOG_FORMAT": "json",
 		}, check: func(c Config) bool {
 			return c.DatabaseURL == "postgres://u:p@db/trellis" && c.Addr == "0.0.0.0:9000" && c.Workers == 3 &&
-				c.APIToken == "s3cret" && c.LogLevel.String() == "DEBUG" && c.LogFormat == "json"
+				c.APIToken == "s3cret-s3cret-s3cret" && c.LogLevel.String() == "DEBUG" && c.LogFormat == "json"
 		}},
 		{name: "flag wins over env", args: []string{"--addr", "127.0.0.1:1", "--workers", "5"},
 			env:   map[string]string{"TRELLIS_ADDR": "0.0.0.0:9000", "TRELLIS_WORKERS": "3"},
@@ -417,20 +417,25 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		{name: "bad level", args: []string{"--log-level", "loud"}, wantErr: `"loud" is not a log level`},
 		{name: "bad format env", env: map[string]string{"TRELLIS_LOG_FORMAT": "xml"}, wantErr: `TRELLIS_LOG_FORMAT: "xml" is not a log format`},
 		{name: "empty database", args: []string{"--database-url", ""}, wantErr: "--database-url is empty"},
-		{name: "secrets from files (flags)", args: []string{"--database-url-file", secretFile(t, "postgres://u:filepw@db/x\n"), "--api-token-file", secretFile(t, "  tok-from-file \n")},
+		{name: "secrets from files (flags)", args: []string{"--database-url-file", secretFile(t, "postgres://u:filepw@db/x\n"), "--api-token-file", secretFile(t, "  tok-from-file-0123456789 \n")},
 			env: map[string]string{"TRELLIS_DATABASE_URL": "sqlite:ignored.db", "TRELLIS_API_TOKEN": "ignored"},
 			check: func(c Config) bool {
-				return c.DatabaseURL == "postgres://u:filepw@db/x" && c.APIToken == "tok-from-file"
+				return c.DatabaseURL == "postgres://u:filepw@db/x" && c.APIToken == "tok-from-file-0123456789"
 			}},
-		{name: "secrets from files (env)", env: map[string]string{"TRELLIS_DATABASE_URL_FILE": secretFile(t, "postgres://u:envpw@db/x"), "TRELLIS_API_TOKEN_FILE": secretFile(t, "tok2")},
-			check: func(c Config) bool { return c.DatabaseURL == "postgres://u:envpw@db/x" && c.APIToken == "tok2" }},
-		{name: "flag beats env file", args: []string{"--api-token", "flag-tok"}, env: map[string]string{"TRELLIS_API_TOKEN_FILE": "/nonexistent"},
-			check: func(c Config) bool { return c.APIToken == "flag-tok" }},
+		{name: "secrets from files (env)", env: map[string]string{"TRELLIS_DATABASE_URL_FILE": secretFile(t, "postgres://u:envpw@db/x"), "TRELLIS_API_TOKEN_FILE": secretFile(t, "tok2-from-env-file-0123")},
+			check: func(c Config) bool {
+				return c.DatabaseURL == "postgres://u:envpw@db/x" && c.APIToken == "tok2-from-env-file-0123"
+			}},
+		{name: "flag beats env file", args: []string{"--api-token", "flag-token-0123456789"}, env: map[string]string{"TRELLIS_API_TOKEN_FILE": "/nonexistent"},
+			check: func(c Config) bool { return c.APIToken == "flag-token-0123456789" }},
 		{name: "value and file flags", args: []string{"--api-token", "a", "--api-token-file", "/x"}, wantErr: "give --api-token or --api-token-file, not both"},
 		{name: "value and file env", env: map[string]string{"TRELLIS_DATABASE_URL": "sqlite:a.db", "TRELLIS_DATABASE_URL_FILE": "/x"},
 			wantErr: "set environment variable TRELLIS_DATABASE_URL or TRELLIS_DATABASE_URL_FILE, not both"},
 		{name: "missing file", args: []string{"--database-url-file", "/nonexistent/db-url"}, wantErr: "--database-url-file: open /nonexistent/db-url"},
 		{name: "empty file", env: map[string]string{"TRELLIS_API_TOKEN_FILE": secretFile(t, "\n")}, wantErr: "environment variable TRELLIS_API_TOKEN_FILE: file"},
+		{name: "short token", env: map[string]string{"TRELLIS_API_TOKEN": "x"},
+			wantErr: "environment variable TRELLIS_API_TOKEN: the API token is 1 characters long; it must have at least 16"},
+		{name: "short token flag", args: []string{"--api-token", "s3cret"}, wantErr: "--api-token: the API token is 6 characters long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)

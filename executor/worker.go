@@ -68,8 +68,8 @@ type Worker struct {
 }
 
 // maxLogFlushes bounds the log sends in flight, so that they never take
-// every store connection from claims and finishes (measured: the shell
-// throughput benchmark went from ~600 to ~1000 tasks/s).
+// every store connection from claims and finishes (docs/benchmarks.md has
+// the measurement).
 const maxLogFlushes = 2
 
 // activeTry is one claimed try. Its flags are guarded by Worker.mu.

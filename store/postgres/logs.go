@@ -30,15 +30,7 @@ func (s *Store) AppendLog(ctx context.Context, a store.Try, chunk []byte) error 
 	b := &pgx.Batch{}
 	b.Queue(hotPlanGeneric)
 	queueAppendLogs(b, []store.Try{a}, [][]byte{chunk}, s.logCap)
-	for attempt := 1; ; attempt++ {
-		err := s.pool.SendBatch(ctx, b).Close()
-		if err == nil {
-			return nil
-		}
-		if attempt >= 10 || !retryable(err) {
-			return mapErr(op, err)
-		}
-	}
+	return s.retry(ctx, op, func() error { return s.pool.SendBatch(ctx, b).Close() })
 }
 
 // appendLogsSQL appends chunk $3[i] to the log of try ($1[i], $2[i]) —
