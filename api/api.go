@@ -110,6 +110,7 @@ type api struct {
 	log        *slog.Logger
 	token      [sha256.Size]byte
 	hasToken   bool
+	sessions   *Sessions // the UI's session cookies; nil without a token
 	metrics    *Metrics
 	version    string
 	gitVersion *string
@@ -119,6 +120,7 @@ type api struct {
 	healthAge  time.Duration
 	cache      *runCache // nil: off
 	runTIs     flights   // GET …/dagRuns/{run}/taskInstances reads in progress
+	grids      recentReads
 }
 
 // New returns the handler of the REST API (under /api/v1) and of
@@ -162,6 +164,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Token != "" {
 		a.token = sha256.Sum256([]byte(cfg.Token))
 		a.hasToken = true
+		a.sessions = NewSessions(cfg.Token)
 	}
 	a.triggerer = cfg.Triggerer
 	if a.triggerer == nil {
@@ -179,6 +182,7 @@ func New(cfg Config) (http.Handler, error) {
 		a.version = "dev"
 	}
 	a.gitVersion = gitRevision()
+	a.grids.now = a.clock.Now
 	if cfg.CacheTTL >= 0 {
 		ttl := cfg.CacheTTL
 		if ttl == 0 {
@@ -237,6 +241,7 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags/{dag_id}/tasks", a.h(a.getTasks))
 			r.Get("/dags/{dag_id}/tasks/{task_id}", a.h(a.getTask))
 			r.Get("/dags/{dag_id}/graph", a.h(a.getGraph))
+			r.With(middleware.Compress(5)).Get("/dags/{dag_id}/grid", a.h(a.getGrid))
 			r.Post("/dags/{dag_id}/clearTaskInstances", a.h(a.postClearTaskInstances))
 			r.Post("/dags/{dag_id}/updateTaskInstancesState", a.h(a.postUpdateTaskInstancesState))
 
@@ -279,11 +284,21 @@ func (a *api) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 }
 
 // authenticate requires "Authorization: Bearer <token>" when a token is
-// configured, comparing in constant time.
+// configured, comparing in constant time, or the UI's session cookie
+// (Sessions.Allows: with the CSRF header for changes). Changes asked by a
+// page of another site are refused, token or not.
 func (a *api) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if crossSite(r) {
+			writeProblem(w, http.StatusForbidden, "", "a page of another site may not change anything here")
+			return
+		}
 		if a.hasToken {
 			got, ok := bearerToken(r.Header.Get("Authorization"))
+			if !ok && a.sessions.Allows(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
 			sum := sha256.Sum256([]byte(got))
 			if !ok || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)

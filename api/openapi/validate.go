@@ -36,10 +36,11 @@ type specRouter struct {
 }
 
 // isExtension reports Trellis's endpoints that Airflow's specification
-// does not have (GET /metrics, GET /api/v1/dags/{id}/graph): only their
+// does not have (GET /metrics, GET /api/v1/dags/{id}/graph and /grid): only their
 // error bodies are checked.
 func isExtension(path string) bool {
-	return path == "/metrics" || (strings.HasPrefix(path, "/api/v1/dags/") && strings.HasSuffix(path, "/graph"))
+	return path == "/metrics" || (strings.HasPrefix(path, "/api/v1/dags/") &&
+		(strings.HasSuffix(path, "/graph") || strings.HasSuffix(path, "/grid")))
 }
 
 // ValidateResponse returns what is wrong with a response of Trellis's API
