@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
 )
 
 func TestGrid(t *testing.T) {
@@ -117,4 +119,31 @@ func TestSessionCookie(t *testing.T) {
 	if r := e.do("GET", "/api/v1/dags", nil, "Cookie", other.Name+"="+other.Value); r.status != http.StatusUnauthorized {
 		t.Errorf("GET with a cookie of another token: %d, want 401", r.status)
 	}
+}
+
+func TestXComEntry(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend)
+		e.trigger("solo", map[string]any{"dag_run_id": "x1"})
+		if r := e.do("GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/return_value", nil); r.status != http.StatusNotFound {
+			t.Errorf("XCom before the task ran: %d, want 404", r.status)
+		}
+		cs, err := e.store.ClaimTasks(t.Context(), e.worker, 10, time.Now())
+		if err != nil || len(cs) != 1 {
+			t.Fatalf("claim: %v, %v", cs, err)
+		}
+		res := store.Result{Attempt: store.Attempt{ID: cs[0].ID, TryNumber: cs[0].TryNumber}, State: state.Success,
+			Output: json.RawMessage(`{"rows": 3}`), EndedAt: time.Now()}
+		if _, err := e.store.FinishTasks(t.Context(), []store.Result{res}); err != nil {
+			t.Fatalf("finish: %v", err)
+		}
+		m := e.ok(http.StatusOK, "GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/return_value", nil)
+		v, _ := m["value"].(map[string]any)
+		if str(m, "key") != "return_value" || str(m, "task_id") != "only" || v["rows"] != float64(3) {
+			t.Errorf("XCom entry = %v, want return_value {rows: 3}", m)
+		}
+		if r := e.do("GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/other", nil); r.status != http.StatusNotFound {
+			t.Errorf("XCom entry of another key: %d, want 404", r.status)
+		}
+	})
 }

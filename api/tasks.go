@@ -631,3 +631,37 @@ func acceptQuality(accept, typ, sub string) float64 {
 	}
 	return q
 }
+
+// xcomKey is the XCom key of a task's output: Trellis keeps one output per
+// task instance, its return value in Airflow's terms.
+const xcomKey = "return_value"
+
+// getXComEntry answers a task instance's output as Airflow's XCom entry
+// with the key return_value:
+// GET …/taskInstances/{task_id}/xcomEntries/{xcom_key}.
+func (a *api) getXComEntry(w http.ResponseWriter, r *http.Request) error {
+	dagID, runID, taskID, err := tiParams(r)
+	if err != nil {
+		return err
+	}
+	key, err := pathParam(r, "xcom_key")
+	if err != nil {
+		return err
+	}
+	ti, run, err := a.getStoredTI(r.Context(), dagID, runID, taskID)
+	if err != nil {
+		return err
+	}
+	if key != xcomKey || ti.Output == nil {
+		return notFound("XCom entry not found", "task %s of run %s of DAG %s has no XCom entry %q (a task's output is %q)",
+			taskID, runID, dagID, key, xcomKey)
+	}
+	ts := run.LogicalDate
+	if ti.EndedAt != nil {
+		ts = *ti.EndedAt
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{
+		"key": key, "timestamp": apiTime(ts), "execution_date": apiTime(run.LogicalDate), "map_index": -1,
+		"task_id": taskID, "dag_id": dagID, "value": ti.Output,
+	})
+}
