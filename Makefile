@@ -62,7 +62,8 @@ bench-go:
 ## files are committed in ui/static/vendor, so building and testing need no Node)
 ui:
 	cd ui/web && npm ci --no-audit --no-fund
-	cp ui/web/node_modules/@dagrejs/dagre/dist/dagre.min.js ui/static/vendor/dagre.min.js
+	sed '/^\/\/# sourceMappingURL=/d' ui/web/node_modules/@dagrejs/dagre/dist/dagre.min.js > ui/static/vendor/dagre.min.js
+	cp ui/web/node_modules/@dagrejs/dagre/dist/dagre.min.js.LEGAL.txt ui/static/vendor/
 	cp ui/web/node_modules/@dagrejs/dagre/LICENSE ui/static/vendor/dagre.LICENSE
 	cp ui/web/node_modules/@dagrejs/graphlib/LICENSE ui/static/vendor/graphlib.LICENSE
 

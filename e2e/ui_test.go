@@ -27,7 +27,7 @@ import (
 const envScreenshots = "TRELLIS_UI_SCREENSHOTS"
 
 // chromium returns the path of a Chromium or Chrome binary, or skips.
-func chromium(t *testing.T) string {
+func chromium(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -40,7 +40,7 @@ func chromium(t *testing.T) string {
 
 // browser starts a headless Chromium for the test and returns its tab's
 // context (every step derives its own deadline from it).
-func browser(t *testing.T) context.Context {
+func browser(t testing.TB) context.Context {
 	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium(t)),
@@ -61,7 +61,7 @@ func browser(t *testing.T) context.Context {
 
 // page is a browser tab on a trellis server.
 type page struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	base  string
 	shots bool // screenshot saves
@@ -177,9 +177,9 @@ func testUI(t *testing.T, dbURL string, shots bool) {
 		chromedp.Click(chromedp.CSS("#trigger-submit")))
 
 	// The DAG page's grid turns green without a reload.
-	p.until("the DAG page opens", `document.body.dataset.page === "dag" && document.querySelector('th[data-run="ui_run"]')`, 20*time.Second)
+	p.until("the DAG page opens", `document.body.dataset.page === "dag" && document.querySelector('#grid [data-run="ui_run"]')`, 20*time.Second)
 	evalJS[int](p, `window.__noReload = 1`)
-	p.until("the run turns green in the grid", `document.querySelector('th[data-run="ui_run"] a.rb.s-success')`, 60*time.Second)
+	p.until("the run turns green in the grid", `document.querySelector('#grid [data-run="ui_run"] a.rb.s-success')`, 60*time.Second)
 	if !evalJS[bool](p, `window.__noReload === 1`) {
 		t.Errorf("the DAG page was reloaded while the run progressed")
 	}

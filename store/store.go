@@ -246,6 +246,9 @@ type GridQuery struct {
 	RunOffset int
 	// TaskIDs are the rows wanted; instances of other tasks are left out.
 	TaskIDs []string
+	// AllTasks asks for the instances of every task instead (TaskIDs is
+	// then ignored): cheaper than naming them all.
+	AllTasks bool
 }
 
 // GridCell is the compact state of one task instance for the grid.

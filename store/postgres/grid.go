@@ -6,14 +6,19 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
 
 // gridSQL reads a page of a DAG's runs, newest first, each with the
-// compact states of the wanted tasks' instances aggregated into arrays:
-// one statement and one row per run, however many tasks.
-const gridSQL = `WITH p AS (
+// compact states of its instances aggregated into arrays: one statement
+// and one row per run, however many tasks. cells chooses the instances of
+// the run r: every task's, or those of the tasks in $4 (joined, not
+// filtered with = ANY, which compares each row with the whole list).
+func gridSQL(cells string) string {
+	return `WITH p AS (
 	SELECT r.*, count(*) OVER () AS total FROM dag_runs r
 	WHERE r.dag_id = $1
 	ORDER BY r.logical_date DESC, r.id DESC
@@ -24,9 +29,15 @@ FROM p r
 LEFT JOIN LATERAL (
 	SELECT array_agg(t.task_id) AS task_ids, array_agg(t.state) AS states,
 		array_agg(t.try_number) AS tries, array_agg(t.started_at) AS starts, array_agg(t.ended_at) AS ends
-	FROM task_instances t
-	WHERE t.run_id = r.id AND t.task_id = ANY($4) AND t.call_key = '') c ON true
+	` + cells + `) c ON true
 ORDER BY r.logical_date DESC, r.id DESC`
+}
+
+var (
+	gridAllSQL  = gridSQL(`FROM task_instances t WHERE t.run_id = r.id AND t.call_key = ''`)
+	gridSomeSQL = gridSQL(`FROM unnest($4::text[]) AS w(task_id)
+	JOIN task_instances t ON t.run_id = r.id AND t.task_id = w.task_id AND t.call_key = ''`)
+)
 
 // gridCountSQL counts a DAG's runs when the page is past the last one.
 const gridCountSQL = `SELECT count(*) FROM dag_runs WHERE dag_id = $1`
@@ -40,11 +51,17 @@ func (s *Store) Grid(ctx context.Context, q store.GridQuery) (store.Grid, error)
 	}
 	g := store.Grid{Runs: []store.Run{}, Cells: []store.GridCell{}}
 	if q.RunLimit > 0 {
-		taskIDs := q.TaskIDs
-		if taskIDs == nil {
-			taskIDs = []string{}
+		// Planned for its parameters every time (an unnamed statement): a
+		// generic plan cannot know how many runs and tasks there are.
+		sql, args := gridAllSQL, []any{pgx.QueryExecModeExec, q.DAGID, q.RunLimit, q.RunOffset}
+		if !q.AllTasks {
+			taskIDs := q.TaskIDs
+			if taskIDs == nil {
+				taskIDs = []string{}
+			}
+			sql, args = gridSomeSQL, append(args, taskIDs)
 		}
-		rows, err := s.pool.Query(ctx, gridSQL, q.DAGID, q.RunLimit, q.RunOffset, taskIDs)
+		rows, err := s.pool.Query(ctx, sql, args...)
 		if err != nil {
 			return store.Grid{}, mapErr(op, err)
 		}

@@ -45,13 +45,16 @@ func (s *Store) Grid(ctx context.Context, q store.GridQuery) (store.Grid, error)
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		if len(ids) == 0 || len(q.TaskIDs) == 0 {
+		if len(ids) == 0 || (!q.AllTasks && len(q.TaskIDs) == 0) {
 			return nil
 		}
-		cells, err := tx.QueryContext(ctx, `SELECT run_id, task_id, state, try_number, started_at, ended_at
+		query, args := `SELECT run_id, task_id, state, try_number, started_at, ended_at
 			FROM task_instances
-			WHERE run_id IN (SELECT value FROM json_each(?)) AND call_key = ''
-			  AND task_id IN (SELECT value FROM json_each(?))`, idList(ids), idList(q.TaskIDs))
+			WHERE run_id IN (SELECT value FROM json_each(?)) AND call_key = ''`, []any{idList(ids)}
+		if !q.AllTasks {
+			query, args = query+` AND task_id IN (SELECT value FROM json_each(?))`, append(args, idList(q.TaskIDs))
+		}
+		cells, err := tx.QueryContext(ctx, query, args...)
 		if err != nil {
 			return err
 		}

@@ -72,6 +72,13 @@ func testGrid(t *testing.T, e *env) {
 		}
 	}
 
+	// Every task: the cells of every instance.
+	g, err = e.s.Grid(e.ctx, store.GridQuery{DAGID: "gd", RunLimit: 2, AllTasks: true, TaskIDs: []string{"a"}})
+	must(t, "Grid of every task", err)
+	if len(g.Runs) != 2 || len(g.Cells) != 6 {
+		t.Errorf("Grid of every task = %d runs, %d cells; want 2 runs, 6 cells", len(g.Runs), len(g.Cells))
+	}
+
 	// No tasks asked: runs without cells. Past the end: the total only.
 	g, err = e.s.Grid(e.ctx, store.GridQuery{DAGID: "gd", RunLimit: 10})
 	must(t, "Grid without tasks", err)

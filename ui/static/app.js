@@ -50,6 +50,12 @@
     clearTimeout(toast.timer);
     toast.timer = setTimeout(function () { t.hidden = true; }, 6000);
   }
+  // painted marks the first time a view is on screen (for benchmarks:
+  // performance.getEntriesByName(name)).
+  function painted(name) {
+    if (performance.getEntriesByName(name).length) return;
+    requestAnimationFrame(function () { setTimeout(function () { performance.mark(name); }, 0); });
+  }
   function live(msg) { var l = $("#live"); if (l) l.textContent = msg; }
 
   // api calls the REST API with the session cookie (and its CSRF token
@@ -264,7 +270,7 @@
       if (b) { taskOffset = +b.dataset.toff; p.now(); }
     });
     $("#grid").addEventListener("click", function (e) {
-      var h = e.target.closest("th[data-run]");
+      var h = e.target.closest(".rh[data-run]");
       if (h && !e.target.closest("a")) { selRun = h.dataset.run; markSelected(); colourGraph(); }
     });
     $("#graph-run").addEventListener("change", function () { selRun = this.value; markSelected(); colourGraph(); });
@@ -288,6 +294,7 @@
           }
           renderGrid();
           colourGraph();
+          painted("trellis-grid");
         }
         busy = grid.runs.some(function (r) { return r.state === "queued" || r.state === "running"; });
         live((busy ? "live · " : "") + "updated " + new Date().toLocaleTimeString());
@@ -295,42 +302,41 @@
       });
     }
 
+    // renderGrid draws the header (one bar per run) and the rows on
+    // screen: rows are virtualised (a spacer the height of every row, and
+    // only the rows in view, with some around, in the DOM), so a DAG of
+    // thousands of tasks costs what a screenful does.
+    var ROWH = 22, COLW = 22, TASKW = 260;
     function renderGrid() {
-      var g = grid, now = Date.now();
-      var maxDur = 1;
-      var durs = g.runs.map(function (r) {
-        var s = ms(r.start_date), e = ms(r.end_date) || (s ? now : null);
-        var d = s ? e - s : 0;
-        if (d > maxDur) maxDur = d;
-        return d;
-      });
-      var h = ['<table class="grid" id="grid-table"><thead><tr><th class="task" scope="col">Task</th>'];
-      g.runs.forEach(function (r, j) {
-        var hgt = 6 + Math.round(48 * durs[j] / maxDur);
-        h.push('<th scope="col" data-run="' + esc(r.dag_run_id) + '"' + (r.dag_run_id === selRun ? ' class="sel"' : "") +
-          '><a class="rb s-' + esc(r.state) + '" style="height:' + hgt + 'px" href="' + runURL(dagID, r.dag_run_id) +
-          '" title="' + esc(r.dag_run_id + "\n" + r.state + " · " + fmtTime(r.logical_date) + (durs[j] ? " · " + fmtDur(durs[j]) : "")) +
-          '" aria-label="run ' + esc(r.dag_run_id) + " " + esc(r.state) + '"></a></th>');
-      });
-      h.push("</tr></thead><tbody>");
-      var runHref = g.runs.map(function (r) { return runURL(dagID, r.dag_run_id) + "/tasks/"; });
-      g.tasks.forEach(function (t) {
-        var te = enc(t.task_id), tx = esc(t.task_id);
-        h.push('<tr><th class="task" scope="row" title="' + tx + '">' + tx + "</th>");
-        for (var j = 0; j < g.runs.length; j++) {
-          var st = stateOf(t.states[j]), s = t.start_ms[j], e = t.end_ms[j];
-          var d = s != null ? (e != null ? e - s : now - s) : null;
-          var tip = tx + " · " + esc(g.runs[j].dag_run_id) + "&#10;" + st + (t.tries[j] ? " · try " + t.tries[j] : "") + (d != null ? " · " + fmtDur(d) : "");
-          h.push('<td><a class="c s-' + st + '" href="' + runHref[j] + te + '" title="' + tip + '" data-state="' + st + '"></a></td>');
-        }
-        h.push("</tr>");
-      });
-      h.push("</tbody></table>");
-      var wrap = $("#grid");
-      var sx = wrap.scrollLeft, sy = wrap.scrollTop;
-      wrap.innerHTML = g.runs.length ? h.join("") : '<p class="muted" style="padding:10px">No runs yet. <a href="' + dagURL(dagID) + '/trigger">Trigger one</a>.</p>';
-      if (sx === 0 && g.runs.length) wrap.scrollLeft = wrap.scrollWidth; else { wrap.scrollLeft = sx; }
-      wrap.scrollTop = sy;
+      var g = grid, now = Date.now(), wrap = $("#grid");
+      if (!g.runs.length) {
+        wrap.innerHTML = '<p class="muted" style="padding:10px">No runs yet. <a href="' + dagURL(dagID) + '/trigger">Trigger one</a>.</p>';
+        gridBody = null;
+      } else {
+        var maxDur = 1;
+        var durs = g.runs.map(function (r) {
+          var s = ms(r.start_date), e = ms(r.end_date) || (s ? now : null);
+          var d = s ? e - s : 0;
+          if (d > maxDur) maxDur = d;
+          return d;
+        });
+        var width = TASKW + g.runs.length * COLW;
+        var h = ['<div class="gh" style="width:' + width + 'px"><span class="task">Task</span>'];
+        g.runs.forEach(function (r, j) {
+          var hgt = 6 + Math.round(48 * durs[j] / maxDur);
+          h.push('<span class="rh' + (r.dag_run_id === selRun ? " sel" : "") + '" data-run="' + esc(r.dag_run_id) + '"><a class="rb s-' + esc(r.state) +
+            '" style="height:' + hgt + 'px" href="' + runURL(dagID, r.dag_run_id) + '" title="' +
+            esc(r.dag_run_id + "\n" + r.state + " · " + fmtTime(r.logical_date) + (durs[j] ? " · " + fmtDur(durs[j]) : "")) +
+            '" aria-label="run ' + esc(r.dag_run_id) + " " + esc(r.state) + '"></a></span>');
+        });
+        h.push('</div><div class="gb" id="grid-table" style="width:' + width + "px;height:" + g.tasks.length * ROWH + 'px"></div>');
+        var sx = wrap.scrollLeft, sy = wrap.scrollTop, first = !gridBody;
+        wrap.innerHTML = h.join("");
+        gridBody = $("#grid-table");
+        wrap.scrollTop = sy;
+        wrap.scrollLeft = first ? wrap.scrollWidth : sx;
+        renderRows();
+      }
       $("#grid-summary").textContent = "runs " + (g.total_runs ? g.offset + 1 : 0) + "–" + (g.offset + g.runs.length) + " of " + g.total_runs +
         " (newest right) · " + g.total_tasks + " tasks";
       $("#grid-older").disabled = g.offset + g.runs.length >= g.total_runs;
@@ -348,9 +354,36 @@
       }).join("");
     }
 
+    var gridBody = null, rowsQueued = false;
+    function renderRows() {
+      if (!gridBody) return;
+      var g = grid, wrap = $("#grid"), now = Date.now();
+      var from = Math.max(0, Math.floor(wrap.scrollTop / ROWH) - 20);
+      var to = Math.min(g.tasks.length, Math.ceil((wrap.scrollTop + wrap.clientHeight) / ROWH) + 20);
+      var runHref = g.runs.map(function (r) { return runURL(dagID, r.dag_run_id) + "/tasks/"; });
+      var h = [];
+      for (var i = from; i < to; i++) {
+        var t = g.tasks[i], te = enc(t.task_id), tx = esc(t.task_id);
+        h.push('<div class="gr" style="top:' + i * ROWH + 'px" data-task="' + tx + '"><span class="task" title="' + tx + '">' + tx + "</span>");
+        for (var j = 0; j < g.runs.length; j++) {
+          var st = stateOf(t.states[j]), s = t.start_ms[j], e = t.end_ms[j];
+          var d = s != null ? (e != null ? e - s : now - s) : null;
+          var tip = tx + " · " + esc(g.runs[j].dag_run_id) + "&#10;" + st + (t.tries[j] ? " · try " + t.tries[j] : "") + (d != null ? " · " + fmtDur(d) : "");
+          h.push('<a class="c s-' + st + '" href="' + runHref[j] + te + '" title="' + tip + '" data-state="' + st + '"></a>');
+        }
+        h.push("</div>");
+      }
+      gridBody.innerHTML = h.join("");
+    }
+    $("#grid").addEventListener("scroll", function () {
+      if (rowsQueued) return;
+      rowsQueued = true;
+      requestAnimationFrame(function () { rowsQueued = false; renderRows(); });
+    });
+
     function markSelected() {
-      document.querySelectorAll("#grid-table th.sel").forEach(function (th) { th.classList.remove("sel"); });
-      document.querySelectorAll("#grid-table th[data-run]").forEach(function (th) {
+      document.querySelectorAll("#grid .rh.sel").forEach(function (th) { th.classList.remove("sel"); });
+      document.querySelectorAll("#grid .rh[data-run]").forEach(function (th) {
         if (th.dataset.run === selRun) th.classList.add("sel");
       });
       $("#graph-run").value = selRun || "";
@@ -389,6 +422,7 @@
         el.querySelectorAll("a.node").forEach(function (a) { nodeEls[a.dataset.task] = a; });
         $("#graph-info").textContent = d.tasks.length + " tasks · laid out in " + Math.round(performance.now() - t0) + " ms";
         colourGraph();
+        painted("trellis-graph");
       }).catch(function (e) { el.textContent = "The graph could not be drawn: " + e.message; });
     }
 
@@ -513,6 +547,7 @@
         if (!want.length) want = [0];
         return Promise.all(want.map(fetchPage)).then(function () {
           render();
+          painted("trellis-run");
           var busy = r.state === "queued" || r.state === "running";
           live((busy ? "live · " : "") + "updated " + new Date().toLocaleTimeString());
           return busy ? 1500 : 10000;
