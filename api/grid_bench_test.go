@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,4 +99,114 @@ func benchGrid(b *testing.B, backend string) {
 			}
 		}
 	})
+}
+
+// BenchmarkGridWatchers measures what pages watching a running run cost
+// the workers: a run of root → 10,000 no-op tasks is executed by two
+// goroutines claiming and finishing 16 tasks at a time (FinishAndClaim, as
+// worker processes do), while 0 or 20 simulated browsers poll as the UI's
+// DAG and run pages do (the grid and a page of 500 task instances, every
+// 1.5 s each). It reports the run's tasks/s; the target is that 20
+// watchers do not halve it.
+//
+//	go test -run '^$' -bench GridWatchers -benchtime 3x ./api/
+func BenchmarkGridWatchers(b *testing.B) {
+	for _, backend := range backends {
+		for _, watchers := range []int{0, 20} {
+			b.Run(fmt.Sprintf("%s/watchers=%d", backend, watchers), func(b *testing.B) { benchWatchers(b, backend, watchers) })
+		}
+	}
+}
+
+func benchWatchers(b *testing.B, backend string, watchers int) {
+	e := newEnv(b, backend)
+	ctx := context.Background()
+	const n = 10000
+	d := dag.New("wide10k")
+	noop := func(*dag.Context) error { return nil }
+	root := d.Func("root", noop)
+	for i := range n {
+		d.Func(fmt.Sprintf("t%05d", i), noop).SetUpstream(root)
+	}
+	e.reg.Register(d)
+	if err := e.store.SyncDAGs(ctx, []store.DAGSpec{store.SpecFromDAG(d)}); err != nil {
+		b.Fatal(err)
+	}
+	var tasks int
+	var elapsed time.Duration
+	i := 0
+	for b.Loop() {
+		runID := fmt.Sprintf("w%d", i)
+		ld := time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC).Format(time.RFC3339)
+		i++
+		e.trigger("wide10k", map[string]any{"dag_run_id": runID, "logical_date": ld})
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := range watchers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				urls := []string{
+					e.srv.URL + "/api/v1/dags/wide10k/grid?limit=25&task_limit=1000",
+					e.srv.URL + "/api/v1/dags/wide10k/dagRuns/" + runID + "/taskInstances?limit=500&offset=" + fmt.Sprint(w*500%n),
+				}
+				for {
+					for _, u := range urls {
+						if resp, err := http.Get(u); err == nil {
+							_, _ = io.Copy(io.Discard, resp.Body)
+							resp.Body.Close()
+						}
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(1500 * time.Millisecond):
+					}
+				}
+			}()
+		}
+		start := time.Now()
+		var done atomic.Int64
+		var workers sync.WaitGroup
+		for w := range 2 {
+			workers.Add(1)
+			go func() {
+				defer workers.Done()
+				wk := e.worker
+				wk.ID = fmt.Sprintf("%s-%d", wk.ID, w)
+				if err := e.store.RegisterWorker(ctx, wk); err != nil {
+					b.Error(err)
+					return
+				}
+				cs, err := e.store.ClaimTasks(ctx, wk, 16, time.Now())
+				for idle := 0; err == nil && idle < 200; {
+					if len(cs) == 0 {
+						idle++
+						time.Sleep(2 * time.Millisecond)
+						cs, err = e.store.ClaimTasks(ctx, wk, 16, time.Now())
+						continue
+					}
+					idle = 0
+					rs := make([]store.Result, len(cs))
+					for k, c := range cs {
+						rs[k] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
+					}
+					done.Add(int64(len(cs)))
+					_, cs, err = e.store.FinishAndClaim(ctx, rs, wk, 16, time.Now())
+				}
+				if err != nil {
+					b.Error(err)
+				}
+			}()
+		}
+		for done.Load() < n+1 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed += time.Since(start)
+		tasks += n + 1
+		close(stop)
+		wg.Wait()
+		workers.Wait()
+	}
+	b.ReportMetric(float64(tasks)/elapsed.Seconds(), "tasks/s")
 }
