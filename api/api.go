@@ -304,8 +304,11 @@ func (a *api) authenticate(next http.Handler) http.Handler {
 			if !ok || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 				detail := "the request needs the header Authorization: Bearer <token>"
-				if ok {
+				switch {
+				case ok:
 					detail = "the bearer token is not valid"
+				case a.sessions.valid(r):
+					detail = "a change made with the web UI's session cookie needs its CSRF token in the header " + CSRFHeader
 				}
 				writeProblem(w, http.StatusUnauthorized, "", detail)
 				return

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,8 +97,9 @@ func TestSessionCookie(t *testing.T) {
 		t.Errorf("GET with the session cookie: %d", r.status)
 	}
 	pause := `{"is_paused": true}`
-	if r := e.do("PATCH", "/api/v1/dags/etl", pause, "Cookie", cookie); r.status != http.StatusUnauthorized {
-		t.Errorf("PATCH with the cookie and no CSRF header: %d, want 401", r.status)
+	if r := e.do("PATCH", "/api/v1/dags/etl", pause, "Cookie", cookie); r.status != http.StatusUnauthorized ||
+		!strings.Contains(string(r.body), CSRFHeader) {
+		t.Errorf("PATCH with the cookie and no CSRF header: %d %s, want 401 naming %s", r.status, r.body, CSRFHeader)
 	}
 	if r := e.do("PATCH", "/api/v1/dags/etl", pause, "Cookie", cookie, CSRFHeader, "wrong"); r.status != http.StatusUnauthorized {
 		t.Errorf("PATCH with a wrong CSRF header: %d, want 401", r.status)

@@ -75,6 +75,12 @@ func (s *Sessions) Check(r *http.Request) (csrf string, ok bool) {
 	return s.mac("csrf", nonce), true
 }
 
+// valid reports whether r carries a valid session cookie.
+func (s *Sessions) valid(r *http.Request) bool {
+	_, ok := s.Check(r)
+	return ok
+}
+
 // Allows reports whether r may use its session cookie: a valid session,
 // and for unsafe methods the session's CSRF token in CSRFHeader.
 func (s *Sessions) Allows(r *http.Request) bool {
