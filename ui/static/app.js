@@ -252,7 +252,8 @@
 
   // ---------- DAG page: grid and graph ----------
   function dagPage() {
-    var runOffset = 0, runLimit = 25, taskOffset = 0, taskLimit = 1000, grid = null, lastBody = "", selRun = null;
+    var runOffset = 0, runLimit = 25, taskOffset = 0, taskLimit = 1000, grid = null, lastBody = "";
+    var selRun = new URLSearchParams(location.search).get("run"); // the run just triggered, if any
     var graphShown = false, graphData = null, nodeEls = {};
     legend($("#legend"));
     var on = $("#dag-on");
