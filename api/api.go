@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -161,6 +163,9 @@ func New(cfg Config) (http.Handler, error) {
 	if a.healthAge <= 0 {
 		a.healthAge = DefaultSchedulerHealthThreshold
 	}
+	if err := CheckToken(cfg.Token); err != nil {
+		return nil, err
+	}
 	if cfg.Token != "" {
 		a.token = sha256.Sum256([]byte(cfg.Token))
 		a.hasToken = true
@@ -221,11 +226,13 @@ func (a *api) h(fn handlerFunc) http.HandlerFunc {
 
 func (a *api) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, a.instrument, a.recoverer, limitBody, middleware.GetHead)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+	r.Use(middleware.RequestID, a.instrument, a.recoverer, limitBody, checkQuery, middleware.GetHead)
+	// Without the token, a client learns nothing of the paths that exist:
+	// 404 and 405 come after authentication (but for /health, public).
+	r.NotFound(a.authenticateUnlessHealth(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, "", "no endpoint at "+r.URL.Path)
-	})
-	r.MethodNotAllowed(a.methodNotAllowed)
+	}))
+	r.MethodNotAllowed(a.authenticateUnlessHealth(a.methodNotAllowed))
 
 	r.With(a.authenticate).Get("/metrics", a.metrics.Handler().ServeHTTP)
 
@@ -238,6 +245,7 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags", a.h(a.getDAGs))
 			r.Get("/dags/{dag_id}", a.h(a.getDAG))
 			r.Patch("/dags/{dag_id}", a.h(a.patchDAG))
+			r.Get("/dags/{dag_id}/details", a.h(a.getDAGDetails))
 			r.Get("/dags/{dag_id}/tasks", a.h(a.getTasks))
 			r.Get("/dags/{dag_id}/tasks/{task_id}", a.h(a.getTask))
 			r.Get("/dags/{dag_id}/graph", a.h(a.getGraph))
@@ -253,9 +261,11 @@ func (a *api) routes() http.Handler {
 			r.Delete("/dags/{dag_id}/dagRuns/{dag_run_id}", a.h(a.deleteRun))
 
 			r.Post("/dags/~/dagRuns/~/taskInstances/list", a.h(a.postListTaskInstances))
+			r.Post("/dagRuns/purge", a.h(a.postPurge))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", a.h(a.getTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", a.h(a.getTaskInstance))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{task_try_number}", a.h(a.getLog))
+			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", a.h(a.getXComEntries))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", a.h(a.getXComEntry))
 		})
 	})
@@ -316,6 +326,69 @@ func (a *api) authenticate(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// healthPath is the one path served without the token.
+const healthPath = "/api/v1/health"
+
+// authenticateUnlessHealth wraps h with authenticate except on healthPath.
+func (a *api) authenticateUnlessHealth(h http.HandlerFunc) http.HandlerFunc {
+	auth := a.authenticate(h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == healthPath {
+			h(w, r)
+			return
+		}
+		auth.ServeHTTP(w, r)
+	}
+}
+
+// MinTokenLength is the shortest API token New accepts: a token is the
+// only credential of the API, so it must not be guessable.
+const MinTokenLength = 16
+
+// CheckToken returns an error when token is set but shorter than
+// MinTokenLength characters.
+func CheckToken(token string) error {
+	if n := utf8.RuneCountInString(token); token != "" && n < MinTokenLength {
+		return fmt.Errorf("the API token is %d characters long; it must have at least %d "+
+			"(make one with: openssl rand -hex 32)", n, MinTokenLength)
+	}
+	return nil
+}
+
+// checkQuery refuses a query string Go would read only in part (a ';'
+// separator, a bad %-escape): url.Values drops such parameters silently.
+func checkQuery(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+			writeProblem(w, http.StatusBadRequest, "", queryProblem(r.URL.RawQuery))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// queryProblem names the first parameter of a raw query that
+// url.ParseQuery refuses, and why.
+func queryProblem(raw string) string {
+	for _, part := range strings.Split(raw, "&") {
+		name, _, _ := strings.Cut(part, "=")
+		shown := name
+		if n, err := url.QueryUnescape(name); err == nil {
+			shown = n
+		}
+		if len(shown) > 100 {
+			shown = shown[:100] + "…"
+		}
+		if strings.Contains(part, ";") {
+			return fmt.Sprintf("query parameter %q contains ';': separate parameters with '&' and write a ';' in a value as %%3B", shown)
+		}
+		if _, err := url.ParseQuery(part); err != nil {
+			return fmt.Sprintf("query parameter %q is not valid URL encoding (a '%%' must start an escape such as %%25)", shown)
+		}
+	}
+	return "the query string is not valid URL encoding"
 }
 
 // bearerToken extracts the token of a Bearer Authorization header; the

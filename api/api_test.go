@@ -112,6 +112,15 @@ func TestDAGs(t *testing.T) {
 			t.Errorf("manual DAG schedule_interval = %v, want null", solo["schedule_interval"])
 		}
 
+		// As in Airflow, limit=0 is the default page size and a limit
+		// above the maximum is the maximum.
+		small := newEnv(t, backend, func(c *Config) { c.DefaultPageLimit, c.MaxPageLimit = 1, 2 })
+		for query, want := range map[string]int{"": 1, "?limit=0": 1, "?limit=2": 2, "?limit=1000": 2} {
+			if got := small.ok(200, "GET", "/api/v1/dags"+query, nil); len(items(t, got, "dags")) != want || num(got, "total_entries") != 3 {
+				t.Errorf("GET /dags%s with page sizes 1 (default) and 2 (maximum): %v, want %d of 3", query, got, want)
+			}
+		}
+
 		// Pagination, descending order, filters.
 		page := e.ok(200, "GET", "/api/v1/dags?limit=1&offset=1&order_by=-dag_id", nil)
 		if d := items(t, page, "dags"); len(d) != 1 || str(d[0], "dag_id") != "fan" || num(page, "total_entries") != 3 {
@@ -376,12 +385,43 @@ func TestPatchRun(t *testing.T) {
 		if num(tis, "total_entries") != 3 {
 			t.Errorf("after mark success: %v success tasks, want 3", tis["total_entries"])
 		}
-		// A running run cannot be deleted.
-		e.trigger("etl", map[string]any{"dag_run_id": "r3"})
-		r := e.do("DELETE", "/api/v1/dags/etl/dagRuns/r3", nil)
-		if r.status != 409 || !strings.Contains(string(r.body), "only finished runs") {
-			t.Errorf("DELETE of a running run: %d %s", r.status, r.body)
+		// Re-queued, the cancelled run runs again what failed and what the
+		// cancellation skipped downstream of it; the successful run, with
+		// nothing failed, is left as it is.
+		run = e.ok(200, "PATCH", "/api/v1/dags/etl/dagRuns/r1", map[string]any{"state": "queued"})
+		if str(run, "state") != "running" || run["end_date"] != nil {
+			t.Errorf("PATCH queued of a failed run answered %v", run)
 		}
+		if n := e.work(nil); n != 3 {
+			t.Errorf("the re-queued run ran %d tries, want 3 (extract, transform, load)", n)
+		}
+		if s := str(e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/r1", nil), "state"); s != "success" {
+			t.Errorf("the re-queued run ended %s, want success", s)
+		}
+		if s := str(e.ok(200, "PATCH", "/api/v1/dags/etl/dagRuns/r2", map[string]any{"state": "queued"}), "state"); s != "success" {
+			t.Errorf("PATCH queued of a run without failures answered %s, want it unchanged (success)", s)
+		}
+
+		// A running run is deleted: its running try is failed first (a
+		// worker's heartbeat then loses it), the rest go with the run.
+		e.trigger("etl", map[string]any{"dag_run_id": "r3"})
+		claimed, err = e.store.ClaimTasks(ctx, e.worker, 10, time.Now())
+		if err != nil || len(claimed) != 1 {
+			t.Fatalf("claim: %v %v", claimed, err)
+		}
+		e.ok(204, "DELETE", "/api/v1/dags/etl/dagRuns/r3", nil)
+		e.ok(404, "GET", "/api/v1/dags/etl/dagRuns/r3", nil)
+		lost, err := e.store.HeartbeatTasks(ctx, e.worker.ID, []store.Try{{ID: claimed[0].ID, TryNumber: claimed[0].TryNumber}}, time.Now())
+		if err != nil || len(lost) != 1 {
+			t.Errorf("heartbeat of the deleted run's try: lost %v, %v; want it lost", lost, err)
+		}
+		// So is a queued one (the DAG paused: it waits).
+		e.ok(200, "PATCH", "/api/v1/dags/etl", map[string]any{"is_paused": true})
+		if s := str(e.trigger("etl", map[string]any{"dag_run_id": "r4"}), "state"); s != "queued" {
+			t.Fatalf("run of a paused DAG is %s", s)
+		}
+		e.ok(204, "DELETE", "/api/v1/dags/etl/dagRuns/r4", nil)
+		e.ok(404, "GET", "/api/v1/dags/etl/dagRuns/r4", nil)
 	})
 }
 
@@ -608,6 +648,21 @@ func TestOversizedBody(t *testing.T) {
 	}
 }
 
+// TestTriggerDataInterval: a data interval given to POST dagRuns is the
+// run's, as in Airflow 2.8+ (the StoreTriggerer of an API alone; the
+// scheduler's path is in TestTriggerThroughScheduler).
+func TestTriggerDataInterval(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend)
+		iv := e.trigger("etl", map[string]any{"dag_run_id": "iv", "logical_date": "2026-02-05T00:00:00Z",
+			"data_interval_start": "2026-02-03T00:00:00Z", "data_interval_end": "2026-02-04T00:00:00Z"})
+		if str(iv, "data_interval_start") != "2026-02-03T00:00:00+00:00" || str(iv, "data_interval_end") != "2026-02-04T00:00:00+00:00" ||
+			str(iv, "logical_date") != "2026-02-05T00:00:00+00:00" {
+			t.Errorf("run with a data interval: %v", iv)
+		}
+	})
+}
+
 // TestTriggerThroughScheduler wires the scheduler's TriggerRun as serve
 // does and checks the API's answers to it.
 func TestTriggerThroughScheduler(t *testing.T) {
@@ -624,10 +679,19 @@ func TestTriggerThroughScheduler(t *testing.T) {
 			sched = scheduler.New(scheduler.Config{Store: c.Store, Registry: reg})
 			c.Pauser = sched
 			c.Triggerer = TriggerFunc(func(ctx context.Context, dagID string, r TriggerRequest) (store.Run, error) {
-				return sched.TriggerRun(ctx, dagID, scheduler.TriggerOptions{
-					RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note})
+				opts := scheduler.TriggerOptions{RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note}
+				if r.IntervalStart != nil {
+					opts.DataInterval = &scheduler.Interval{Start: *r.IntervalStart, End: *r.IntervalEnd}
+				}
+				return sched.TriggerRun(ctx, dagID, opts)
 			})
 		})
+		// A data interval given is the run's, as in Airflow 2.8+.
+		given := e.trigger("etl", map[string]any{"dag_run_id": "iv", "logical_date": "2026-03-05T00:00:00Z",
+			"data_interval_start": "2026-03-01T00:00:00Z", "data_interval_end": "2026-03-04T06:00:00+02:00"})
+		if str(given, "data_interval_start") != "2026-03-01T00:00:00+00:00" || str(given, "data_interval_end") != "2026-03-04T04:00:00+00:00" {
+			t.Errorf("run with a data interval: %v – %v", given["data_interval_start"], given["data_interval_end"])
+		}
 		run := e.trigger("etl", map[string]any{"dag_run_id": "s1", "logical_date": "2026-02-01T12:00:00Z", "conf": map[string]any{"k": "v"}})
 		if str(run, "data_interval_start") != "2026-01-31T00:00:00+00:00" || str(run, "data_interval_end") != "2026-02-01T00:00:00+00:00" {
 			t.Errorf("manual run of @daily at noon: interval %v – %v, want the day before", run["data_interval_start"], run["data_interval_end"])
@@ -667,7 +731,8 @@ var implementedOperations = []string{
 	"get_health", "get_version", "get_dags", "get_dag", "patch_dag", "get_tasks", "get_task",
 	"get_dag_runs", "post_dag_run", "get_dag_runs_batch", "get_dag_run", "update_dag_run_state",
 	"delete_dag_run", "get_task_instances", "get_task_instance", "get_log", "get_task_instances_batch",
-	"post_clear_task_instances", "post_set_task_instances_state",
+	"post_clear_task_instances", "post_set_task_instances_state", "get_xcom_entries", "get_xcom_entry",
+	"get_dag_details",
 }
 
 // TestEveryOperationValidated tours every endpoint with successful
@@ -680,10 +745,12 @@ func TestEveryOperationValidated(t *testing.T) {
 		e.ok(200, "GET", "/api/v1/version", nil)
 		e.ok(200, "GET", "/api/v1/dags", nil)
 		e.ok(200, "GET", "/api/v1/dags/etl", nil)
+		e.ok(200, "GET", "/api/v1/dags/etl/details", nil)
 		e.ok(200, "PATCH", "/api/v1/dags/etl?update_mask=is_paused", map[string]any{"is_paused": false})
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks", nil)
 		e.ok(200, "GET", "/api/v1/dags/etl/tasks/load", nil)
 		e.trigger("etl", map[string]any{"dag_run_id": "tour"})
+		e.outputs = map[string]json.RawMessage{"load": json.RawMessage(`"loaded"`)}
 		e.work(nil)
 		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns", nil)
 		e.ok(200, "POST", "/api/v1/dags/~/dagRuns/list", map[string]any{})
@@ -695,6 +762,8 @@ func TestEveryOperationValidated(t *testing.T) {
 			t.Errorf("text log: %d", r.status)
 		}
 		e.ok(200, "POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", map[string]any{})
+		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/tour/taskInstances/load/xcomEntries", nil)
+		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/tour/taskInstances/load/xcomEntries/return_value", nil)
 		e.ok(200, "POST", "/api/v1/dags/etl/clearTaskInstances", map[string]any{"dag_run_id": "tour"})
 		e.ok(200, "POST", "/api/v1/dags/etl/updateTaskInstancesState", map[string]any{
 			"task_id": "load", "dag_run_id": "tour", "new_state": "failed"})

@@ -11,7 +11,7 @@ import (
 )
 
 func TestAuth(t *testing.T) {
-	const token = "s3cret-token"
+	const token = "s3cret-token-0123456"
 	e := newEnv(t, "sqlite", func(c *Config) { c.Token = token })
 	e.token = "" // send headers by hand
 	protected := []struct{ method, path, body string }{
@@ -34,6 +34,7 @@ func TestAuth(t *testing.T) {
 		{"POST", "/api/v1/dags/etl/clearTaskInstances", `{}`},
 		{"POST", "/api/v1/dags/etl/updateTaskInstancesState", `{}`},
 		{"POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{}`},
+		{"POST", "/api/v1/dagRuns/purge", `{"before": "2000-01-01T00:00:00Z", "dry_run": false}`},
 		{"GET", "/metrics", ""},
 	}
 	for _, p := range protected {

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -99,4 +102,82 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkTaskInstancesAcrossRuns measures task instance lists across
+// runs with many runs stored (TRELLIS_BENCH_RUNS, default 100,000 one-task
+// runs), over real HTTP, one client: the cases of issue 11 (a page of
+// 1,000, a page of 1 filtered by execution date, the batch list).
+//
+//	go test -run XXX -bench TaskInstancesAcrossRuns -benchtime 20x ./api/
+func BenchmarkTaskInstancesAcrossRuns(b *testing.B) {
+	runs := 100_000
+	if v := os.Getenv("TRELLIS_BENCH_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("TRELLIS_BENCH_RUNS=%q: want a positive integer", v)
+		}
+		runs = n
+	}
+	for _, backend := range backends {
+		b.Run(backend, func(b *testing.B) {
+			e := newEnv(b, backend)
+			fillRuns(b, e, "solo", runs)
+			client := &http.Client{}
+			for _, c := range []struct{ name, method, path, body string }{
+				{"limit1000", "GET", "/api/v1/dags/~/dagRuns/~/taskInstances?limit=1000", ""},
+				{"limit1_execution_date_gte", "GET", "/api/v1/dags/~/dagRuns/~/taskInstances?limit=1&execution_date_gte=2030-01-01T00:00:00Z", ""},
+				{"batch_list1000", "POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list", `{"page_limit": 1000}`},
+			} {
+				b.Run(c.name, func(b *testing.B) {
+					for b.Loop() {
+						var body io.Reader
+						if c.body != "" {
+							body = strings.NewReader(c.body)
+						}
+						req, _ := http.NewRequest(c.method, e.srv.URL+c.path, body)
+						resp, err := client.Do(req)
+						if err != nil {
+							b.Fatal(err)
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != 200 {
+							b.Fatalf("status %d", resp.StatusCode)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// fillRuns creates n runs of dagID (a DAG without schedule), a day apart
+// from 2026-01-01, in batches of one FireRuns transaction each.
+func fillRuns(b *testing.B, e *env, dagID string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	d, err := e.store.GetDAG(ctx, dagID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var prev *time.Time
+	const batch = 2000
+	for i := 0; i < n; i += batch {
+		f := store.Fire{DAGID: dagID, Prev: prev}
+		for j := i; j < min(n, i+batch); j++ {
+			ld := t0.Add(time.Duration(j) * time.Minute)
+			f.Runs = append(f.Runs, store.NewRun{DAGID: dagID, RunID: fmt.Sprintf("fill__%07d", j),
+				RunType: store.RunScheduled, LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Minute),
+				Fingerprint: d.Fingerprint, QueuedAt: ld})
+			f.Last = ld.Add(time.Minute)
+		}
+		res, err := e.store.FireRuns(ctx, []store.Fire{f}, time.Now())
+		if err != nil || res[0].Err != nil {
+			b.Fatalf("fire runs %d: %v %v", i, err, res[0].Err)
+		}
+		last := f.Last
+		prev = &last
+	}
 }

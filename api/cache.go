@@ -183,7 +183,7 @@ func (a *api) cachedTaskInstances(c *tiContext, run store.Run) (*cachedRun, erro
 
 // matches applies the filters the store would apply (q) and the residual
 // ones to a cached instance.
-func (f taskFilter) matches(ti store.TaskInstance, residual func(store.TaskInstance) (bool, error)) (bool, error) {
+func (f taskFilter) matches(ti store.TaskInstance, residual func(store.TaskInstance) bool) bool {
 	q := f.q
 	if len(q.DAGIDs) > 0 && !slices.Contains(q.DAGIDs, ti.DAGID) ||
 		len(q.DAGRunIDs) > 0 && !slices.Contains(q.DAGRunIDs, ti.DAGRunID) ||
@@ -191,29 +191,22 @@ func (f taskFilter) matches(ti store.TaskInstance, residual func(store.TaskInsta
 		len(q.States) > 0 && !slices.Contains(q.States, ti.State) ||
 		!(timeRange{q.StartDateGTE, q.StartDateLTE}).contains(ti.StartedAt) ||
 		!(timeRange{q.EndDateGTE, q.EndDateLTE}).contains(ti.EndedAt) {
-		return false, nil
+		return false
 	}
-	if residual == nil {
-		return true, nil
-	}
-	return residual(ti)
+	return residual == nil || residual(ti)
 }
 
 // renderCached appends to b[:0] the body answering one page of the
 // cached instances matching f.
 func (c *tiContext) renderCached(b []byte, e *cachedRun, f taskFilter, p page) ([]byte, error) {
-	residual := f.residual(c)
+	residual := f.residual()
 	if need := e.jsonBytes + 64; cap(b) < need {
 		b = make([]byte, 0, need)
 	}
 	b = append(b[:0], `{"task_instances":[`...)
 	total, n := 0, 0
 	for _, ct := range e.tis {
-		ok, err := f.matches(ct.ti, residual)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
+		if !f.matches(ct.ti, residual) {
 			continue
 		}
 		if total >= p.offset && n < p.limit {

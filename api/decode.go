@@ -320,16 +320,21 @@ func (q query) time(name string) (*time.Time, error) {
 // page is a validated limit and offset.
 type page struct{ limit, offset int }
 
-// pageParams reads limit and offset: limit in [1, max], default
-// defaultLimit (capped at max); offset ≥ 0.
+// pageParams reads limit and offset as Airflow does: no limit or 0 is
+// defaultLimit, a limit above max is max (both capped at max), a negative
+// one an error; offset ≥ 0.
 func pageParams(q query, defaultLimit, max int) (page, error) {
 	p := page{limit: min(defaultLimit, max)}
 	l, err := q.integer("limit")
 	if err != nil {
 		return p, err
 	}
-	if l != nil {
-		p.limit = *l
+	switch {
+	case l == nil || *l == 0:
+	case *l < 0:
+		return p, badRequest("limit must not be negative, got %d", *l)
+	default:
+		p.limit = min(*l, max)
 	}
 	o, err := q.integer("offset")
 	if err != nil {

@@ -127,6 +127,8 @@ type env struct {
 	vt      *validatingTransport
 	token   string
 	worker  store.Worker
+	// outputs are the outputs work records for the tasks named.
+	outputs map[string]json.RawMessage
 }
 
 // newEnv starts the API on a fresh store of backend with the fixture DAGs
@@ -323,7 +325,7 @@ func (e *env) work(outcome func(taskID string) state.TaskState) int {
 		}
 		var results []store.Result
 		for _, c := range claimed {
-			a := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+			a := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 			line := fmt.Sprintf("running %s of %s try %d\n", c.TaskID, c.DAGRunID, c.TryNumber)
 			if err := e.store.AppendLog(ctx, a, []byte(line)); err != nil {
 				e.t.Fatalf("append log: %v", err)
@@ -334,7 +336,11 @@ func (e *env) work(outcome func(taskID string) state.TaskState) int {
 					s = o
 				}
 			}
-			results = append(results, store.Result{Attempt: a, State: s, EndedAt: time.Now()})
+			var out json.RawMessage
+			if s == state.Success {
+				out = e.outputs[c.TaskID]
+			}
+			results = append(results, store.Result{Try: a, State: s, Output: out, EndedAt: time.Now()})
 			n++
 		}
 		if _, err := e.store.FinishTasks(ctx, results); err != nil {

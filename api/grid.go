@@ -74,11 +74,15 @@ func (a *api) getGrid(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// task_limit follows limit's rules: 0 is the default, above the
+	// maximum is the maximum, negative is an error.
 	tasks := page{limit: DefaultGridTasks}
 	if l, err := q.integer("task_limit"); err != nil {
 		return err
-	} else if l != nil {
-		tasks.limit = *l
+	} else if l != nil && *l < 0 {
+		return badRequest("task_limit must not be negative, got %d", *l)
+	} else if l != nil && *l > 0 {
+		tasks.limit = min(*l, MaxGridTasks)
 	}
 	if o, err := q.integer("task_offset"); err != nil {
 		return err

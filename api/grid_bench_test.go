@@ -63,7 +63,7 @@ func benchGrid(b *testing.B, backend string) {
 		}
 		rs := make([]store.Result, len(cs))
 		for i, c := range cs {
-			rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
+			rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
 		}
 		if _, err := e.store.FinishTasks(ctx, rs); err != nil {
 			b.Fatal(err)
@@ -189,7 +189,7 @@ func benchWatchers(b *testing.B, backend string, watchers int) {
 					idle = 0
 					rs := make([]store.Result, len(cs))
 					for k, c := range cs {
-						rs[k] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
+						rs[k] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
 					}
 					done.Add(int64(len(cs)))
 					_, cs, err = e.store.FinishAndClaim(ctx, rs, wk, 16, time.Now())

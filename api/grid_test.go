@@ -5,10 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/trellis-dag/trellis/state"
-	"github.com/trellis-dag/trellis/store"
 )
 
 func TestGrid(t *testing.T) {
@@ -66,10 +64,16 @@ func TestGrid(t *testing.T) {
 		if s := g.Tasks[0].States[0]; s == nil || *s == "failed" {
 			t.Errorf("transform after the clear: %v, want it cleared", s)
 		}
-		for _, bad := range []string{"?limit=0", "?limit=101", "?task_limit=0", "?task_offset=-1", "?limit=x"} {
+		for _, bad := range []string{"?limit=-1", "?task_limit=-1", "?task_offset=-1", "?offset=-1", "?limit=x"} {
 			if r := e.do("GET", "/api/v1/dags/etl/grid"+bad, nil); r.status != http.StatusBadRequest {
 				t.Errorf("grid%s: %d, want 400", bad, r.status)
 			}
+		}
+		// Limits above the maximum are the maximum, 0 is the default (as
+		// Airflow's limit).
+		if r := e.do("GET", "/api/v1/dags/etl/grid?limit=1000&task_limit=0", nil); r.status != http.StatusOK ||
+			!strings.Contains(string(r.body), `"task_id":"extract"`) {
+			t.Errorf("grid?limit=1000&task_limit=0: %d %.200s", r.status, r.body)
 		}
 		if r := e.do("GET", "/api/v1/dags/nope/grid", nil); r.status != http.StatusNotFound {
 			t.Errorf("grid of an unknown DAG: %d, want 404", r.status)
@@ -78,7 +82,7 @@ func TestGrid(t *testing.T) {
 }
 
 func TestSessionCookie(t *testing.T) {
-	const token = "s3cret-token"
+	const token = "s3cret-token-of-the-ui"
 	e := newEnv(t, "sqlite", func(c *Config) { c.Token = token })
 	e.token = ""
 	s := NewSessions(token)
@@ -117,35 +121,8 @@ func TestSessionCookie(t *testing.T) {
 	if r := e.do("GET", "/api/v1/dags", nil, "Cookie", forged); r.status != http.StatusUnauthorized {
 		t.Errorf("GET with a forged cookie: %d, want 401", r.status)
 	}
-	other := NewSessions("another-token").New(req)
+	other := NewSessions("another-token-of-the-ui").New(req)
 	if r := e.do("GET", "/api/v1/dags", nil, "Cookie", other.Name+"="+other.Value); r.status != http.StatusUnauthorized {
 		t.Errorf("GET with a cookie of another token: %d, want 401", r.status)
 	}
-}
-
-func TestXComEntry(t *testing.T) {
-	forBackends(t, func(t *testing.T, backend string) {
-		e := newEnv(t, backend)
-		e.trigger("solo", map[string]any{"dag_run_id": "x1"})
-		if r := e.do("GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/return_value", nil); r.status != http.StatusNotFound {
-			t.Errorf("XCom before the task ran: %d, want 404", r.status)
-		}
-		cs, err := e.store.ClaimTasks(t.Context(), e.worker, 10, time.Now())
-		if err != nil || len(cs) != 1 {
-			t.Fatalf("claim: %v, %v", cs, err)
-		}
-		res := store.Result{Attempt: store.Attempt{ID: cs[0].ID, TryNumber: cs[0].TryNumber}, State: state.Success,
-			Output: json.RawMessage(`{"rows": 3}`), EndedAt: time.Now()}
-		if _, err := e.store.FinishTasks(t.Context(), []store.Result{res}); err != nil {
-			t.Fatalf("finish: %v", err)
-		}
-		m := e.ok(http.StatusOK, "GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/return_value", nil)
-		v, _ := m["value"].(map[string]any)
-		if str(m, "key") != "return_value" || str(m, "task_id") != "only" || v["rows"] != float64(3) {
-			t.Errorf("XCom entry = %v, want return_value {rows: 3}", m)
-		}
-		if r := e.do("GET", "/api/v1/dags/solo/dagRuns/x1/taskInstances/only/xcomEntries/other", nil); r.status != http.StatusNotFound {
-			t.Errorf("XCom entry of another key: %d, want 404", r.status)
-		}
-	})
 }

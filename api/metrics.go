@@ -39,6 +39,7 @@ type Metrics struct {
 	workers             prometheus.Gauge
 	slots               *prometheus.GaugeVec
 	zombies             prometheus.Counter
+	purged              *prometheus.CounterVec
 	apiRequests         *prometheus.CounterVec
 	apiDuration         *prometheus.HistogramVec
 
@@ -114,6 +115,13 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		Namespace: Namespace, Name: "zombie_tasks_total",
 		Help: "Running task instances failed (or put up for retry) because their worker stopped heart-beating or died.",
 	})
+	m.purged = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "purged_total",
+		Help: "Rows deleted by retention and purges: finished runs, their task instances, and tries' logs (kind runs, task_instances, logs).",
+	}, []string{"kind"})
+	for _, k := range []string{"runs", "task_instances", "logs"} {
+		m.purged.WithLabelValues(k) // present at 0 before the first purge
+	}
 	m.apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Subsystem: "api", Name: "requests_total",
 		Help: "HTTP requests answered by the API, by route pattern, method and status code.",
@@ -128,7 +136,7 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.schedulerHeartbeats, m.schedulerLoop, m.runsCreated, m.runDuration, m.scheduleDelay,
 		m.tasksFinished, m.taskDuration, m.taskQueued, m.taskInstances, m.workers, m.slots,
-		m.zombies, m.apiRequests, m.apiDuration,
+		m.zombies, m.purged, m.apiRequests, m.apiDuration,
 	)
 	// Series without labels or with a fixed label set exist from the start,
 	// so dashboards show 0 rather than no data.
@@ -258,6 +266,15 @@ func (m *Metrics) SetSlots(open, running int) {
 
 // ZombieDetected counts one task instance taken away as a zombie.
 func (m *Metrics) ZombieDetected() { m.ZombiesDetected(1) }
+
+// Purged counts what a purge deleted: kind is runs, task_instances or
+// logs (tries' logs).
+func (m *Metrics) Purged(kind string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.purged.WithLabelValues(kind).Add(float64(n))
+}
 
 // ZombiesDetected counts n task instances taken away as zombies.
 func (m *Metrics) ZombiesDetected(n int) {

@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
@@ -353,12 +355,12 @@ func (a *api) getRun(w http.ResponseWriter, r *http.Request) error {
 }
 
 // postRunFields are the DAGRun members a trigger may set; the others are
-// read-only. The data interval of a manual run is derived from the DAG's
-// schedule, so it cannot be set.
+// read-only. Without data_interval_start and data_interval_end the data
+// interval of a manual run is derived from the DAG's schedule.
 var (
-	postRunFields   = []string{"dag_run_id", "logical_date", "execution_date", "conf", "note"}
+	postRunFields   = []string{"dag_run_id", "logical_date", "execution_date", "conf", "note", "data_interval_start", "data_interval_end"}
 	postRunReadOnly = []string{"dag_id", "start_date", "end_date", "last_scheduling_decision", "run_type", "state",
-		"external_trigger", "data_interval_start", "data_interval_end"}
+		"external_trigger"}
 )
 
 // triggerRequest validates the body of POST …/dagRuns.
@@ -390,6 +392,19 @@ func triggerRequest(b body) (TriggerRequest, error) {
 	default:
 		req.LogicalDate = execution
 	}
+	if req.IntervalStart, err = b.timeField("data_interval_start", true); err != nil {
+		return req, err
+	}
+	if req.IntervalEnd, err = b.timeField("data_interval_end", true); err != nil {
+		return req, err
+	}
+	switch {
+	case (req.IntervalStart == nil) != (req.IntervalEnd == nil):
+		return req, badRequest("give both data_interval_start and data_interval_end, or neither")
+	case req.IntervalStart != nil && req.IntervalEnd.Before(*req.IntervalStart):
+		return req, badRequest("data_interval_end %s is before data_interval_start %s",
+			formatTime(*req.IntervalEnd), formatTime(*req.IntervalStart))
+	}
 	if m, ok := b["conf"]; ok && !isNull(m) {
 		var obj map[string]json.RawMessage
 		if json.Unmarshal(m, &obj) != nil {
@@ -397,6 +412,13 @@ func triggerRequest(b body) (TriggerRequest, error) {
 		}
 		if err := checkJSONText("field \"conf\"", m); err != nil {
 			return req, err
+		}
+		if _, err := dag.ParseConf(m); err != nil {
+			var ce *dag.ConfError
+			if errors.As(err, &ce) {
+				return req, badRequest("field %q: %s", ce.Path, ce.Problem)
+			}
+			return req, badRequest("field \"conf\": %v", err)
 		}
 		req.Conf = m
 	}
@@ -453,8 +475,9 @@ func (a *api) postRun(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, toRun(run))
 }
 
-// patchRun marks a run success or failed (which cancels it):
-// PATCH /api/v1/dags/{dag_id}/dagRuns/{dag_run_id}.
+// patchRun marks a run success or failed (which cancels it), or queued
+// (which runs again the tasks of a finished run that failed or were
+// upstream_failed): PATCH /api/v1/dags/{dag_id}/dagRuns/{dag_run_id}.
 func (a *api) patchRun(w http.ResponseWriter, r *http.Request) error {
 	dagID, runID, err := runParams(r)
 	if err != nil {
@@ -469,19 +492,21 @@ func (a *api) patchRun(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !ok {
-		return badRequest("field \"state\" is required (success or failed)")
+		return badRequest("field \"state\" is required (success, failed or queued)")
 	}
 	target := state.RunState(s)
 	switch target {
-	case state.RunSuccess, state.RunFailed:
-	case state.RunQueued:
-		return badRequest("setting a DAG run to queued is not supported; clear its task instances (POST /dags/{dag_id}/clearTaskInstances) to run them again")
+	case state.RunSuccess, state.RunFailed, state.RunQueued:
 	default:
-		return badRequest("field \"state\" must be success or failed, got %q", s)
+		return badRequest("field \"state\" must be success, failed or queued, got %q", s)
 	}
 	ctx := r.Context()
-	if _, err := a.getStoredRun(ctx, dagID, runID); err != nil {
+	current, err := a.getStoredRun(ctx, dagID, runID)
+	if err != nil {
 		return err
+	}
+	if target == state.RunQueued {
+		return a.requeueRun(ctx, w, current)
 	}
 	run, err := a.store.SetRunState(ctx, dagID, runID, target, a.clock.Now().UTC())
 	a.changed()
@@ -494,8 +519,38 @@ func (a *api) patchRun(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, toRun(run))
 }
 
-// deleteRun removes a finished run with its task instances and logs:
-// DELETE /api/v1/dags/{dag_id}/dagRuns/{dag_run_id}.
+// requeueRun answers PATCH state=queued: a queued or running run is left
+// as it is (it runs already); a finished run gets its failed and
+// upstream_failed task instances cleared with everything downstream of
+// them (so the tasks a cancellation skipped run too), and runs them again.
+func (a *api) requeueRun(ctx context.Context, w http.ResponseWriter, run store.Run) error {
+	if run.State.Terminal() {
+		tis, err := a.runTaskInstances(ctx, run, nil, []state.TaskState{state.Failed, state.UpstreamFailed})
+		if err != nil {
+			return err
+		}
+		if len(tis) > 0 {
+			ids := make([]string, len(tis))
+			for i, ti := range tis {
+				ids[i] = ti.TaskID
+			}
+			_, err = a.store.ClearTasks(ctx, run.DAGID, run.RunID, ids, true, a.clock.Now().UTC())
+			a.changed()
+			if err != nil {
+				return storeError(err, "DAGRun '"+run.RunID+"' of DAG '"+run.DAGID+"'")
+			}
+		}
+		if run, err = a.getStoredRun(ctx, run.DAGID, run.RunID); err != nil {
+			return err
+		}
+	}
+	return writeJSON(w, http.StatusOK, toRun(run))
+}
+
+// deleteRun removes a run with its task instances and logs:
+// DELETE /api/v1/dags/{dag_id}/dagRuns/{dag_run_id}. A running run is
+// marked failed first, which fails its running tries (their workers stop
+// them on their next heartbeat) and skips its unstarted tasks.
 func (a *api) deleteRun(w http.ResponseWriter, r *http.Request) error {
 	dagID, runID, err := runParams(r)
 	if err != nil {
@@ -506,11 +561,18 @@ func (a *api) deleteRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !run.State.Terminal() {
-		return conflict("DAGRun '%s' of DAG '%s' is %s; only finished runs can be deleted (mark it failed first)",
-			runID, dagID, run.State)
+	// A run cleared or started between the two steps is marked again.
+	for range 3 {
+		if run.State == state.RunRunning {
+			if _, err = a.store.SetRunState(ctx, dagID, runID, state.RunFailed, a.clock.Now().UTC()); err != nil && !isConflict(err) {
+				break
+			}
+		}
+		if err = a.store.DeleteRun(ctx, dagID, runID); !isConflict(err) {
+			break
+		}
+		run.State = state.RunRunning
 	}
-	err = a.store.DeleteRun(ctx, dagID, runID)
 	a.changed()
 	if err != nil {
 		if isNotFound(err) {

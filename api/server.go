@@ -1,12 +1,15 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -19,6 +22,10 @@ const (
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultShutdownTimeout   = 10 * time.Second
 )
+
+// MaxHeaderBytes bounds the size of a request's headers (net/http allows
+// 4 KiB more); beyond, the answer is 431.
+const MaxHeaderBytes = 64 << 10
 
 // ServerOptions configures NewServer. Zero durations take the defaults.
 type ServerOptions struct {
@@ -92,7 +99,7 @@ func NewServer(addr string, h http.Handler, opts ServerOptions) (*Server, error)
 			ReadTimeout:       def(opts.ReadTimeout, DefaultReadTimeout),
 			WriteTimeout:      def(opts.WriteTimeout, DefaultWriteTimeout),
 			IdleTimeout:       def(opts.IdleTimeout, DefaultIdleTimeout),
-			MaxHeaderBytes:    64 << 10,
+			MaxHeaderBytes:    MaxHeaderBytes,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		},
 	}
@@ -140,6 +147,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.addr, err)
 	}
+	ln = problemListener{ln}
 	s.ln = ln
 	s.stop = make(chan struct{})
 	s.done = make(chan struct{})
@@ -205,4 +213,65 @@ func (s *Server) Stop() {
 	done := s.done
 	s.mu.Unlock()
 	<-done
+}
+
+// problemListener gives the answers net/http writes by itself, before any
+// handler runs (431 for headers too large, 400 for a malformed request),
+// RFC 7807 problem bodies like every other answer of the API.
+type problemListener struct{ net.Listener }
+
+func (l problemListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return problemConn{c}, nil
+}
+
+type problemConn struct{ net.Conn }
+
+// Write replaces a canned error answer of net/http with a problem answer;
+// other writes pass unchanged.
+func (c problemConn) Write(p []byte) (int, error) {
+	out, ok := problemAnswer(p)
+	if !ok {
+		return c.Conn.Write(p)
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// cannedHeaders follow the status line of net/http's own error answers,
+// and of no answer of a handler (whose headers are written sorted, so
+// Connection comes before Content-Type).
+const cannedHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// problemAnswer rewrites a canned net/http error answer (one write of
+// "HTTP/1.1 <code> <text>" + cannedHeaders + text) as a problem answer.
+func problemAnswer(p []byte) ([]byte, bool) {
+	const proto = "HTTP/1.1 "
+	line, _, ok := bytes.Cut(p, []byte("\r\n"))
+	if !ok || !bytes.HasPrefix(line, []byte(proto)) || !bytes.HasPrefix(p[len(line):], []byte(cannedHeaders)) {
+		return nil, false
+	}
+	status := string(line[len(proto):])
+	code, err := strconv.Atoi(status[:min(3, len(status))])
+	if err != nil || code < 400 || code > 599 {
+		return nil, false
+	}
+	detail := string(p[len(line)+len(cannedHeaders):])
+	switch code {
+	case http.StatusRequestHeaderFieldsTooLarge:
+		detail = fmt.Sprintf("the request's headers exceed %d KiB", MaxHeaderBytes>>10)
+	case http.StatusBadRequest:
+		detail = "the request is malformed HTTP (" + detail + ")"
+	}
+	typ, title := problemType(code)
+	body, _ := json.Marshal(Problem{Type: typ, Title: title, Status: code, Detail: detail})
+	body = append(body, '\n')
+	head := fmt.Sprintf("HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Length: %d\r\nContent-Type: application/json\r\n"+
+		"X-Content-Type-Options: nosniff\r\n\r\n", code, http.StatusText(code), len(body))
+	return append([]byte(head), body...), true
 }

@@ -38,7 +38,6 @@ func taskStates(values []string, name string) ([]state.TaskState, error) {
 // and what it does not.
 type taskFilter struct {
 	q        store.TaskQuery
-	logical  timeRange // the run's logical date
 	updated  timeRange
 	duration struct{ gte, lte *float64 }
 	// none is true when a pool, queue or executor filter excludes the
@@ -58,70 +57,43 @@ func (f *taskFilter) setStatic(pools, queues, executors []string) {
 }
 
 // residual returns the filter of what the store does not filter, or nil.
-func (f taskFilter) residual(c *tiContext) func(store.TaskInstance) (bool, error) {
-	if !f.logical.set() && !f.updated.set() && f.duration.gte == nil && f.duration.lte == nil {
+func (f taskFilter) residual() func(store.TaskInstance) bool {
+	if !f.updated.set() && f.duration.gte == nil && f.duration.lte == nil {
 		return nil
 	}
-	return func(ti store.TaskInstance) (bool, error) {
-		if f.logical.set() {
-			ld, err := c.logicalDate(ti.DAGID, ti.DAGRunID)
-			if err != nil {
-				return false, err
-			}
-			if !f.logical.contains(&ld) {
-				return false, nil
-			}
-		}
+	return func(ti store.TaskInstance) bool {
 		if f.updated.set() {
 			var queued time.Time
 			if ti.QueuedAt != nil {
 				queued = *ti.QueuedAt
 			}
 			if !f.updated.contains(updatedAt(queued, ti.StartedAt, ti.EndedAt)) {
-				return false, nil
+				return false
 			}
 		}
 		if f.duration.gte != nil || f.duration.lte != nil {
 			if ti.StartedAt == nil || ti.EndedAt == nil {
-				return false, nil
+				return false
 			}
 			d := ti.Duration().Seconds()
 			if (f.duration.gte != nil && d < *f.duration.gte) || (f.duration.lte != nil && d > *f.duration.lte) {
-				return false, nil
+				return false
 			}
 		}
-		return true, nil
+		return true
 	}
 }
 
-// tiContext renders task instances, caching the logical dates of their
-// runs and the DAGs of the binary for one request.
+// tiContext renders task instances, caching the DAGs of the binary for
+// one request.
 type tiContext struct {
 	a    *api
 	ctx  context.Context
-	runs map[[2]string]time.Time
 	dags map[string]*dag.DAG
 }
 
 func (a *api) newTIContext(ctx context.Context) *tiContext {
-	return &tiContext{a: a, ctx: ctx, runs: map[[2]string]time.Time{}, dags: map[string]*dag.DAG{}}
-}
-
-func (c *tiContext) addRun(r store.Run) { c.runs[[2]string{r.DAGID, r.RunID}] = r.LogicalDate }
-
-// logicalDate returns the logical date of a run; a run deleted meanwhile
-// has the zero time.
-func (c *tiContext) logicalDate(dagID, runID string) (time.Time, error) {
-	k := [2]string{dagID, runID}
-	if t, ok := c.runs[k]; ok {
-		return t, nil
-	}
-	r, err := c.a.store.GetRun(c.ctx, dagID, runID)
-	if err != nil && !isNotFound(err) {
-		return time.Time{}, err
-	}
-	c.runs[k] = r.LogicalDate
-	return r.LogicalDate, nil
+	return &tiContext{a: a, ctx: ctx, dags: map[string]*dag.DAG{}}
 }
 
 func (c *tiContext) kind(dagID, taskID string) dag.Kind {
@@ -139,37 +111,33 @@ func (c *tiContext) kind(dagID, taskID string) dag.Kind {
 	return ""
 }
 
-// listTaskInstances returns one page of the task instances matching f and
-// the number of matches, applying what the store cannot filter while
-// reading the matches in batches.
-func (a *api) listTaskInstances(c *tiContext, f taskFilter, p page) ([]store.TaskInstance, int, error) {
+// listTaskInstances returns one page of the task instances matching f,
+// each with its run's logical date, and the number of matches, applying
+// what the store cannot filter while reading the matches in batches.
+func (a *api) listTaskInstances(c *tiContext, f taskFilter, p page) ([]store.RunTaskInstance, int, error) {
 	if f.none {
-		return []store.TaskInstance{}, 0, nil
+		return []store.RunTaskInstance{}, 0, nil
 	}
-	residual := f.residual(c)
+	residual := f.residual()
 	q := f.q
 	if residual == nil {
 		q.Limit, q.Offset = p.limit, p.offset
-		tis, total, err := a.store.ListTaskInstances(c.ctx, q)
+		tis, total, err := a.store.ListRunTaskInstances(c.ctx, q)
 		if tis == nil {
-			tis = []store.TaskInstance{}
+			tis = []store.RunTaskInstance{}
 		}
 		return tis, total, err
 	}
-	out := []store.TaskInstance{}
+	out := []store.RunTaskInstance{}
 	total := 0
 	q.Limit = scanBatch
 	for q.Offset = 0; ; q.Offset += scanBatch {
-		tis, _, err := a.store.ListTaskInstances(c.ctx, q)
+		tis, _, err := a.store.ListRunTaskInstances(c.ctx, q)
 		if err != nil {
 			return nil, 0, err
 		}
 		for _, ti := range tis {
-			ok, err := residual(ti)
-			if err != nil {
-				return nil, 0, err
-			}
-			if !ok {
+			if !residual(ti.TaskInstance) {
 				continue
 			}
 			if total >= p.offset && len(out) < p.limit {
@@ -183,18 +151,15 @@ func (a *api) listTaskInstances(c *tiContext, f taskFilter, p page) ([]store.Tas
 	}
 }
 
-func (c *tiContext) write(w http.ResponseWriter, tis []store.TaskInstance, total int) error {
+func (c *tiContext) write(w http.ResponseWriter, tis []store.RunTaskInstance, total int) error {
 	buf := getBuffer()
 	defer putBuffer(buf)
-	var err error
-	if *buf, err = c.render(*buf, tis, total); err != nil {
-		return err
-	}
+	*buf = c.render(*buf, tis, total)
 	return writeBody(w, *buf)
 }
 
 // render appends to b[:0] the body listing tis of total matches.
-func (c *tiContext) render(b []byte, tis []store.TaskInstance, total int) ([]byte, error) {
+func (c *tiContext) render(b []byte, tis []store.RunTaskInstance, total int) []byte {
 	if need := len(tis)*tiJSONEstimate + 64; cap(b) < need {
 		b = make([]byte, 0, need)
 	}
@@ -203,13 +168,9 @@ func (c *tiContext) render(b []byte, tis []store.TaskInstance, total int) ([]byt
 		if i > 0 {
 			b = append(b, ',')
 		}
-		ld, err := c.logicalDate(ti.DAGID, ti.DAGRunID)
-		if err != nil {
-			return nil, err
-		}
-		b = appendTaskInstance(b, ti, ld, c.kind(ti.DAGID, ti.TaskID))
+		b = appendTaskInstance(b, ti.TaskInstance, ti.LogicalDate, c.kind(ti.DAGID, ti.TaskID))
 	}
-	return appendTotal(b, total), nil
+	return appendTotal(b, total)
 }
 
 // tiJSONEstimate is about the size of one task instance's JSON (a little
@@ -262,10 +223,11 @@ func (a *api) getTaskInstances(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var f taskFilter
-	var start, end timeRange
-	if f.logical, err = queryRange(q, "execution_date"); err != nil {
+	var start, end, logical timeRange
+	if logical, err = queryRange(q, "execution_date"); err != nil {
 		return err
 	}
+	f.q.LogicalDateGTE, f.q.LogicalDateLTE = logical.gte, logical.lte
 	if start, err = queryRange(q, "start_date"); err != nil {
 		return err
 	}
@@ -325,11 +287,10 @@ func (a *api) runTaskInstancesBody(ctx context.Context, dagID, runID string, f t
 	if err != nil {
 		return nil, err
 	}
-	c.addRun(run)
-	if !f.logical.contains(&run.LogicalDate) {
+	if !(timeRange{f.q.LogicalDateGTE, f.q.LogicalDateLTE}).contains(&run.LogicalDate) {
 		f.none = true
 	}
-	f.logical = timeRange{} // decided for the one run
+	f.q.LogicalDateGTE, f.q.LogicalDateLTE = nil, nil // decided for the one run
 	if !f.none {
 		e, err := a.cachedTaskInstances(c, run)
 		if err != nil {
@@ -344,7 +305,7 @@ func (a *api) runTaskInstancesBody(ctx context.Context, dagID, runID string, f t
 	if err != nil {
 		return nil, err
 	}
-	return c.render(nil, tis, total)
+	return c.render(nil, tis, total), nil
 }
 
 // nilIfAbsent returns the values of an array parameter, nil when it is
@@ -394,10 +355,11 @@ func (a *api) postListTaskInstances(w http.ResponseWriter, r *http.Request) erro
 		(f.q.TaskIDs != nil && len(f.q.TaskIDs) == 0) {
 		f.none = true // an empty list selects nothing
 	}
-	var start, end timeRange
-	if f.logical, err = bodyRange(b, "execution_date"); err != nil {
+	var start, end, logical timeRange
+	if logical, err = bodyRange(b, "execution_date"); err != nil {
 		return err
 	}
+	f.q.LogicalDateGTE, f.q.LogicalDateLTE = logical.gte, logical.lte
 	if start, err = bodyRange(b, "start_date"); err != nil {
 		return err
 	}
@@ -630,38 +592,4 @@ func acceptQuality(accept, typ, sub string) float64 {
 		bestSpec, q = spec, qv
 	}
 	return q
-}
-
-// xcomKey is the XCom key of a task's output: Trellis keeps one output per
-// task instance, its return value in Airflow's terms.
-const xcomKey = "return_value"
-
-// getXComEntry answers a task instance's output as Airflow's XCom entry
-// with the key return_value:
-// GET …/taskInstances/{task_id}/xcomEntries/{xcom_key}.
-func (a *api) getXComEntry(w http.ResponseWriter, r *http.Request) error {
-	dagID, runID, taskID, err := tiParams(r)
-	if err != nil {
-		return err
-	}
-	key, err := pathParam(r, "xcom_key")
-	if err != nil {
-		return err
-	}
-	ti, run, err := a.getStoredTI(r.Context(), dagID, runID, taskID)
-	if err != nil {
-		return err
-	}
-	if key != xcomKey || ti.Output == nil {
-		return notFound("XCom entry not found", "task %s of run %s of DAG %s has no XCom entry %q (a task's output is %q)",
-			taskID, runID, dagID, key, xcomKey)
-	}
-	ts := run.LogicalDate
-	if ti.EndedAt != nil {
-		ts = *ti.EndedAt
-	}
-	return writeJSON(w, http.StatusOK, map[string]any{
-		"key": key, "timestamp": apiTime(ts), "execution_date": apiTime(run.LogicalDate), "map_index": -1,
-		"task_id": taskID, "dag_id": dagID, "value": ti.Output,
-	})
 }

@@ -22,6 +22,9 @@ type TriggerRequest struct {
 	Conf json.RawMessage
 	// Note is the user's note on the run.
 	Note string
+	// IntervalStart and IntervalEnd, both set or both nil, are the run's
+	// data interval; nil lets the triggerer infer it.
+	IntervalStart, IntervalEnd *time.Time
 }
 
 // Triggerer creates manual runs. In a server it is the scheduler's
@@ -29,7 +32,8 @@ type TriggerRequest struct {
 //
 //	api.TriggerFunc(func(ctx context.Context, dagID string, r api.TriggerRequest) (store.Run, error) {
 //		return sched.TriggerRun(ctx, dagID, scheduler.TriggerOptions{
-//			RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note})
+//			RunID: r.RunID, LogicalDate: r.LogicalDate, Conf: r.Conf, Note: r.Note,
+//			DataInterval: ...from r.IntervalStart and r.IntervalEnd})
 //	})
 type Triggerer interface {
 	// TriggerRun creates a manual run of dagID and returns it. A run id or
@@ -51,7 +55,8 @@ func (f TriggerFunc) TriggerRun(ctx context.Context, dagID string, req TriggerRe
 // then StartRuns so the run starts at once when the DAG has room (the
 // scheduler does the same on its next wake-up otherwise). A paused DAG's
 // run stays queued, as in Airflow. Its data interval is its logical date
-// alone (the scheduler's TriggerRun infers it from the schedule).
+// alone unless the request gives one (the scheduler's TriggerRun infers it
+// from the schedule).
 type StoreTriggerer struct {
 	Store store.Store
 	// Clock gives "now"; nil means the wall clock.
@@ -82,13 +87,17 @@ func (t *StoreTriggerer) TriggerRun(ctx context.Context, dagID string, req Trigg
 	if runID == "" {
 		runID = string(store.RunManual) + "__" + logical.Format(time.RFC3339Nano)
 	}
+	start, end := logical, logical
+	if req.IntervalStart != nil && req.IntervalEnd != nil {
+		start, end = req.IntervalStart.UTC().Truncate(time.Microsecond), req.IntervalEnd.UTC().Truncate(time.Microsecond)
+	}
 	run, created, err := t.Store.CreateRun(ctx, store.NewRun{
 		DAGID:         dagID,
 		RunID:         runID,
 		RunType:       store.RunManual,
 		LogicalDate:   logical,
-		IntervalStart: logical,
-		IntervalEnd:   logical,
+		IntervalStart: start,
+		IntervalEnd:   end,
 		Conf:          req.Conf,
 		Fingerprint:   d.Fingerprint,
 		Note:          req.Note,

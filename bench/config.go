@@ -206,8 +206,9 @@ type Config struct {
 	// executor.DefaultSlots).
 	Workers, Slots int
 	// Executable and ChildArgs start a worker child (defaults: this
-	// binary, executor.ChildArgs): it must register the benchmark DAGs
-	// with RegisterFromEnv.
+	// binary, executor.ChildArgs; `trellis bench` passes its own child
+	// role, "bench --child"): it must register the benchmark DAGs with
+	// RegisterFromEnv.
 	Executable string
 	ChildArgs  []string
 	// ChildEnv is added to the worker children's environment (log level

@@ -3,6 +3,7 @@ package dag
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type DAG struct {
 	description     string
 	tags            []string
 	params          map[string]any
+	retention       time.Duration
 	defaultTaskOpts []TaskOption
 
 	tasks  []*Task
@@ -101,6 +103,17 @@ func Tags(tags ...string) Option {
 // Params sets default run parameters, overlaid by a run's conf.
 func Params(p map[string]any) Option { return func(d *DAG) { d.params = maps.Clone(p) } }
 
+// KeepForever, given to Retention, keeps a DAG's finished runs however
+// old they are.
+const KeepForever = time.Duration(math.MaxInt64)
+
+// Retention keeps this DAG's finished runs (with their task instances and
+// logs) for d after they end, instead of the server's retention
+// (`--retention`); KeepForever keeps them. The server's shorter log
+// retention (`--log-retention`) still applies to their logs. Not part of
+// the fingerprint: changing it changes no run.
+func Retention(d time.Duration) Option { return func(dg *DAG) { dg.retention = d } }
+
 // DefaultTaskOptions applies opts to every task added after this option,
 // before the task's own options.
 func DefaultTaskOptions(opts ...TaskOption) Option {
@@ -133,6 +146,10 @@ func (d *DAG) Description() string { return d.description }
 
 // Tags returns a copy of the DAG's tags.
 func (d *DAG) Tags() []string { return slices.Clone(d.tags) }
+
+// Retention returns how long the DAG's finished runs are kept; 0 means the
+// server's retention applies.
+func (d *DAG) Retention() time.Duration { return d.retention }
 
 // Params returns a copy of the DAG's default params.
 func (d *DAG) Params() map[string]any { return maps.Clone(d.params) }

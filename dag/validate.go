@@ -121,6 +121,9 @@ func (d *DAG) validate(out []Problem) []Problem {
 	if d.maxActiveTasks < 0 {
 		dagProblem("MaxActiveTasks must be 0 (no cap) or positive, got %d", d.maxActiveTasks)
 	}
+	if d.retention < 0 {
+		dagProblem("Retention must be positive (or KeepForever), got %v", d.retention)
+	}
 	if len(d.params) > 0 {
 		if _, err := json.Marshal(d.params); err != nil {
 			dagProblem("Params are not JSON-encodable: %v", err)

@@ -196,15 +196,16 @@ func TestValidate(t *testing.T) {
 		{"DAG limits", func() []*DAG {
 			d := New("zero", MaxActiveRuns(0))
 			d.Func("a", noop)
-			e := New("neg", MaxActiveRuns(-1), MaxActiveTasks(-3))
+			e := New("neg", MaxActiveRuns(-1), MaxActiveTasks(-3), Retention(-time.Hour))
 			e.Func("a", noop)
-			f := New("fine", MaxActiveRuns(1), MaxActiveTasks(0))
+			f := New("fine", MaxActiveRuns(1), MaxActiveTasks(0), Retention(KeepForever))
 			f.Func("a", noop)
 			return []*DAG{d, e, f}
 		}, []string{
 			`dag "zero": MaxActiveRuns must be at least 1, got 0`,
 			`dag "neg": MaxActiveRuns must be at least 1, got -1`,
 			`dag "neg": MaxActiveTasks must be 0 (no cap) or positive, got -3`,
+			`dag "neg": Retention must be positive (or KeepForever), got -1h0m0s`,
 		}},
 		{"invalid trigger rules", func() []*DAG {
 			d := New("x")

@@ -373,7 +373,7 @@ func num(m map[string]any, key string) int {
 // TestServeAuth: with a token every request but /health needs it.
 func TestServeAuth(t *testing.T) {
 	t.Parallel()
-	const token = "e2e-s3cret"
+	const token = "e2e-s3cret-0123456789"
 	dbURL := testdb.SQLite(t)
 	srv := startTrellis(t, []string{"TRELLIS_DATABASE_URL=" + dbURL, "TRELLIS_API_TOKEN=" + token}, serveArgs...)
 	anon := newClient(t, srv.url, "")

@@ -184,7 +184,7 @@ func uiBenchServer(b *testing.B) string {
 			rs := make([]store.Result, len(cs))
 			for i, c := range cs {
 				now := time.Now()
-				rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success,
+				rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success,
 					StartedAt: now.Add(-time.Duration(i%50) * time.Millisecond), EndedAt: now}
 			}
 			if _, err := st.FinishTasks(ctx, rs); err != nil {

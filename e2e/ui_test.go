@@ -232,7 +232,7 @@ func testUI(t *testing.T, dbURL string, shots bool) {
 func TestUILogin(t *testing.T) {
 	t.Parallel()
 	ctx := browser(t)
-	const token = "ui-test-token"
+	const token = "ui-test-token-0123456789"
 	srv := startTrellis(t, []string{"TRELLIS_DATABASE_URL=" + testdb.SQLite(t), "TRELLIS_API_TOKEN=" + token}, serveArgs...)
 	p := &page{t: t, ctx: ctx, base: srv.url, shots: true}
 

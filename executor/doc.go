@@ -46,7 +46,7 @@
 //
 // Worker.Stop stops claiming, lets running tries finish within Grace, then
 // cancels the rest (shell process groups get SIGTERM, then SIGKILL after
-// KillGrace) and puts them back to queued with Store.RequeueAttempts, which
+// KillGrace) and puts them back to queued with Store.RequeueTries, which
 // does not use up a try. Worker.Halt skips what is left of the grace
 // period. A worker child does this on its first SIGTERM or SIGINT and halts
 // on the second; Pool.Stop sends SIGTERM to every child, waits for them,

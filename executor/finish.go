@@ -111,7 +111,7 @@ func (f *finisher) commit(batch []store.Result) {
 			"task_instance", r.ID, "try", r.TryNumber, "state", r.State, "err", err)
 		if len(r.Log) > 0 {
 			// Keep the try's last output for whoever looks into it.
-			if lerr := f.w.storeCall(func(ctx context.Context) error { return f.w.cfg.Store.AppendLog(ctx, r.Attempt, r.Log) }); lerr != nil {
+			if lerr := f.w.storeCall(func(ctx context.Context) error { return f.w.cfg.Store.AppendLog(ctx, r.Try, r.Log) }); lerr != nil {
 				f.w.cfg.Logger.Warn("task log lost", "task_instance", r.ID, "try", r.TryNumber, "err", lerr)
 			}
 		}

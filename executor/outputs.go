@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,19 +42,15 @@ func (o storeOutputs) Output(taskID string) ([]byte, error) {
 }
 
 // runParams returns a run's params: the DAG's defaults overlaid by the
-// run's conf, which must be a JSON object (or empty/null for none).
+// run's conf, read by dag.ParseConf (a JSON object, or empty/null for none).
 func runParams(defaults map[string]any, conf json.RawMessage) (map[string]any, error) {
 	params := maps.Clone(defaults)
 	if params == nil {
 		params = map[string]any{}
 	}
-	trimmed := bytes.TrimSpace(conf)
-	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
-		return params, nil
-	}
-	var overlay map[string]any
-	if err := json.Unmarshal(trimmed, &overlay); err != nil {
-		return nil, fmt.Errorf("run conf is not a JSON object: %w", err)
+	overlay, err := dag.ParseConf(conf)
+	if err != nil {
+		return nil, fmt.Errorf("run conf: %w", err)
 	}
 	maps.Copy(params, overlay)
 	return params, nil

@@ -98,8 +98,8 @@ func TestRunParams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := runParams(defaults, json.RawMessage(tc.conf))
 			if tc.wantErr {
-				if err == nil || !strings.Contains(err.Error(), "not a JSON object") {
-					t.Fatalf("runParams(%s) error = %v, want 'not a JSON object'", tc.conf, err)
+				if err == nil || !strings.Contains(err.Error(), "run conf: ") {
+					t.Fatalf("runParams(%s) error = %v, want 'run conf: …'", tc.conf, err)
 				}
 				return
 			}

@@ -37,8 +37,8 @@ func newTaskLog(ctx context.Context, sink logSink, flushBytes int, maxBytes int6
 	return &taskLog{sink: sink, ctx: ctx, flushBytes: flushBytes, maxBytes: maxBytes, onError: onError}
 }
 
-// storeLogSink appends to the log of attempt a in st.
-func storeLogSink(st store.Store, a store.Attempt) logSink {
+// storeLogSink appends to the log of try a in st.
+func storeLogSink(st store.Store, a store.Try) logSink {
 	return func(ctx context.Context, chunk []byte) error {
 		if err := st.AppendLog(ctx, a, chunk); err != nil {
 			return fmt.Errorf("append log of task instance %d try %d: %w", a.ID, a.TryNumber, err)

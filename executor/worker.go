@@ -32,10 +32,10 @@ type Worker struct {
 	fin    *finisher
 
 	mu        sync.Mutex
-	active    map[int64]*attempt // claimed and not yet settled, by task instance id
-	executing int                // tries whose goroutine has not returned
-	reserved  int                // slots the finisher claims for (FinishAndClaim in flight)
-	requeue   []store.Attempt    // interrupted by shutdown, to put back
+	active    map[int64]*activeTry // claimed and not yet settled, by task instance id
+	executing int                  // tries whose goroutine has not returned
+	reserved  int                  // slots the finisher claims for (FinishAndClaim in flight)
+	requeue   []store.Try          // interrupted by shutdown, to put back
 	leaks     int
 	draining  bool
 	closing   bool // shutdown began: no try is launched any more
@@ -68,14 +68,14 @@ type Worker struct {
 }
 
 // maxLogFlushes bounds the log sends in flight, so that they never take
-// every store connection from claims and finishes (measured: the shell
-// throughput benchmark went from ~600 to ~1000 tasks/s).
+// every store connection from claims and finishes (docs/benchmarks.md has
+// the measurement).
 const maxLogFlushes = 2
 
-// attempt is one claimed try. Its flags are guarded by Worker.mu.
-type attempt struct {
+// activeTry is one claimed try. Its flags are guarded by Worker.mu.
+type activeTry struct {
 	claim   store.Claimed
-	key     store.Attempt
+	key     store.Try
 	ctx     context.Context
 	cancel  context.CancelFunc
 	log     *taskLog
@@ -102,7 +102,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 			PID:      c.PID,
 			Slots:    c.Slots,
 		},
-		active:    map[int64]*attempt{},
+		active:    map[int64]*activeTry{},
 		kick:      make(chan struct{}, 1),
 		slotFreed: make(chan struct{}, 1),
 		stopping:  make(chan struct{}),
@@ -241,7 +241,7 @@ func (w *Worker) shutdown() {
 		wait.Stop()
 	}
 	if put := w.takeRequeue(); len(put) > 0 {
-		err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueAttempts(ctx, put) })
+		err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueTries(ctx, put) })
 		if err != nil {
 			log.Error("requeue interrupted tries; the zombie sweep will recover them", "tries", len(put), "err", err)
 		} else {
@@ -284,7 +284,7 @@ func (w *Worker) interruptAll() int {
 // returned after being interrupted, and those interrupted that still run.
 // Every try still running is marked abandoned: its late result and log
 // are dropped.
-func (w *Worker) takeRequeue() []store.Attempt {
+func (w *Worker) takeRequeue() []store.Try {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	put := w.requeue
@@ -424,16 +424,16 @@ func (w *Worker) claim(max int) (int, error) {
 // began to shut down (by a finish in flight) are put back at once,
 // without using up a try.
 func (w *Worker) launchAll(claimed []store.Claimed) {
-	var back []store.Attempt
+	var back []store.Try
 	for _, c := range claimed {
 		if !w.launch(c) {
-			back = append(back, store.Attempt{ID: c.ID, TryNumber: c.TryNumber})
+			back = append(back, store.Try{ID: c.ID, TryNumber: c.TryNumber})
 		}
 	}
 	if len(back) == 0 {
 		return
 	}
-	if err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueAttempts(ctx, back) }); err != nil {
+	if err := w.storeCall(func(ctx context.Context) error { return w.cfg.Store.RequeueTries(ctx, back) }); err != nil {
 		w.cfg.Logger.Error("requeue tries claimed during shutdown; the zombie sweep will recover them", "tries", len(back), "err", err)
 	}
 }
@@ -441,9 +441,9 @@ func (w *Worker) launchAll(claimed []store.Claimed) {
 // launch starts the goroutine of one claimed try; false when the worker
 // is shutting down (nothing started).
 func (w *Worker) launch(c store.Claimed) bool {
-	key := store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+	key := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 	ctx, cancel := context.WithCancel(w.ctx)
-	a := &attempt{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
+	a := &activeTry{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
 	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, w.cfg.MaxLogBytes, func(err error) {
 		w.cfg.Logger.Warn("task log lost", "dag_id", c.DAGID, "run_id", c.DAGRunID, "task_id", c.TaskID, "try", c.TryNumber, "err", err)
 	})
@@ -465,7 +465,7 @@ func (w *Worker) launch(c store.Claimed) bool {
 }
 
 // runTry executes one try and hands its result on.
-func (w *Worker) runTry(a *attempt) {
+func (w *Worker) runTry(a *activeTry) {
 	defer w.tryWG.Done()
 	res, abandonedGoroutine := w.execute(a)
 	a.cancel()
@@ -518,9 +518,9 @@ func (w *Worker) runTry(a *attempt) {
 
 // execute runs the try with taskrun and returns its result, and whether
 // taskrun left the task's goroutine running.
-func (w *Worker) execute(a *attempt) (store.Result, bool) {
+func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 	c := a.claim
-	res := store.Result{Attempt: a.key}
+	res := store.Result{Try: a.key}
 	fail := func(msg string) (store.Result, bool) {
 		_, _ = fmt.Fprintf(a.log, "trellis: %s\n", msg)
 		res.State, res.Permanent, res.Error, res.EndedAt = state.Failed, true, msg, w.cfg.Clock.Now()
@@ -581,7 +581,7 @@ func (w *Worker) execute(a *attempt) (store.Result, bool) {
 func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, drained bool) {
 	w.mu.Lock()
 	for _, r := range batch {
-		if a, ok := w.active[r.ID]; ok && a.key == r.Attempt {
+		if a, ok := w.active[r.ID]; ok && a.key == r.Try {
 			delete(w.active, r.ID)
 		}
 	}
@@ -627,24 +627,24 @@ func (w *Worker) heartbeat() {
 	}
 
 	w.mu.Lock()
-	attempts := make([]store.Attempt, 0, len(w.active))
+	tries := make([]store.Try, 0, len(w.active))
 	for _, a := range w.active {
 		if !a.lost {
-			attempts = append(attempts, a.key)
+			tries = append(tries, a.key)
 		}
 	}
 	w.mu.Unlock()
-	if len(attempts) == 0 {
+	if len(tries) == 0 {
 		return
 	}
-	var lost []store.Attempt
+	var lost []store.Try
 	err = w.storeCall(func(ctx context.Context) error {
 		var e error
-		lost, e = w.cfg.Store.HeartbeatTasks(ctx, w.cfg.ID, attempts, now)
+		lost, e = w.cfg.Store.HeartbeatTasks(ctx, w.cfg.ID, tries, now)
 		return e
 	})
 	if err != nil {
-		w.cfg.Logger.Warn("heartbeat tasks", "tries", len(attempts), "err", err)
+		w.cfg.Logger.Warn("heartbeat tasks", "tries", len(tries), "err", err)
 		return
 	}
 	w.mu.Lock()

@@ -23,23 +23,10 @@ func scheduledRun(info *dagInfo, iv Interval, now time.Time) store.NewRun {
 	}
 }
 
-// fireBatch fires the DAGs of batch. With a store.Firer it creates the
-// runs of all of them, advances their schedules and admits their queued
-// runs in one store call (one transaction); otherwise it fires them one by
-// one. It returns one result per entry, in order.
+// fireBatch fires the DAGs of batch: it creates the runs of all of them,
+// advances their schedules and admits their queued runs in one store call
+// (one transaction). It returns one result per entry, in order.
 func (s *Scheduler) fireBatch(ctx context.Context, batch []*entry) []fireResult {
-	firer, ok := s.st.(store.Firer)
-	if !ok {
-		out := make([]fireResult, len(batch))
-		for i, e := range batch {
-			next, paused, err := s.fire(ctx, e.info)
-			if err != nil {
-				s.log.Error("scheduler: fire DAG", "dag_id", e.info.id, "err", err)
-			}
-			out[i] = fireResult{e: e, next: next, paused: paused, err: err}
-		}
-		return out
-	}
 	out := make([]fireResult, len(batch))
 	leftQueued := make([]bool, len(batch))
 	prev := make([]*time.Time, len(batch))
@@ -84,7 +71,7 @@ func (s *Scheduler) fireBatch(ctx context.Context, batch []*entry) []fireResult 
 		if len(fires) == 0 {
 			break
 		}
-		res, err := firer.FireRuns(ctx, fires, now)
+		res, err := s.st.FireRuns(ctx, fires, now)
 		if err != nil {
 			s.log.Error("scheduler: fire DAGs", "dags", len(fires), "err", err)
 			for _, i := range idx {

@@ -24,7 +24,7 @@ func (r *batchRecorder) FireRuns(ctx context.Context, fires []store.Fire, now ti
 	r.mu.Lock()
 	r.sizes = append(r.sizes, len(fires))
 	r.mu.Unlock()
-	return r.Store.(store.Firer).FireRuns(ctx, fires, now)
+	return r.Store.FireRuns(ctx, fires, now)
 }
 
 func (r *batchRecorder) calls() []int {
@@ -33,12 +33,8 @@ func (r *batchRecorder) calls() []int {
 	return slices.Clone(r.sizes)
 }
 
-// plainStore hides FireRuns: the scheduler fires DAG by DAG.
-type plainStore struct{ store.Store }
-
 // TestFireBatchesDueDAGs: DAGs falling due at the same instant are fired
-// in store calls of at most FireBatchSize DAGs, each DAG once, and a store
-// without FireRuns still gets every run created.
+// in store calls of at most FireBatchSize DAGs, each DAG once.
 func TestFireBatchesDueDAGs(t *testing.T) {
 	const n = 7
 	start := ts("2026-01-01T00:00:00Z")
@@ -74,19 +70,6 @@ func TestFireBatchesDueDAGs(t *testing.T) {
 					}
 					h.wantRuns(fmt.Sprintf("b%d", i), want...)
 				}
-			}
-		})
-		t.Run("without FireRuns", func(t *testing.T) {
-			clk := clock.NewFake(start.Add(30 * time.Second))
-			h := newHarnessOn(t, clk, plainStore{b.open(t, clk)}, Config{FireBatchSize: 3}, dags()...)
-			h.start()
-			h.waitArmed(start.Add(time.Minute))
-			h.clk.Set(start.Add(time.Minute))
-			for i := range n {
-				if res := h.waitFired(fmt.Sprintf("b%d", i)); res.err != nil {
-					t.Fatalf("fire of b%d: %v", i, res.err)
-				}
-				h.wantRuns(fmt.Sprintf("b%d", i), RunID(store.RunScheduled, start))
 			}
 		})
 	})

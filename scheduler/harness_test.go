@@ -361,7 +361,7 @@ func finishQueued(t testing.TB, st store.Store, now time.Time, s state.TaskState
 	}
 	results := make([]store.Result, len(claimed))
 	for i, c := range claimed {
-		results[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: s, EndedAt: now,
+		results[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: s, EndedAt: now,
 			Error: fmt.Sprintf("finished by test as %s", s)}
 	}
 	out, err := st.FinishTasks(ctx, results)
@@ -370,7 +370,7 @@ func finishQueued(t testing.TB, st store.Store, now time.Time, s state.TaskState
 	}
 	for _, o := range out {
 		if !o.Applied {
-			t.Fatalf("finish of %+v not applied", o.Attempt)
+			t.Fatalf("finish of %+v not applied", o.Try)
 		}
 	}
 	return len(claimed)

@@ -312,7 +312,7 @@ func TestTwoSchedulers(t *testing.T) {
 					defer wg.Done()
 					res := make([]store.Result, len(cl))
 					for i, c := range cl {
-						res[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
+						res[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
 					}
 					if _, err := stW.FinishTasks(workCtx, res); err != nil && workCtx.Err() == nil {
 						t.Errorf("finish: %v", err)

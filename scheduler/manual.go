@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -26,6 +25,9 @@ type TriggerOptions struct {
 	Conf json.RawMessage
 	// Note is a free-form note stored with the run.
 	Note string
+	// DataInterval, when set, is the run's data interval; nil infers it
+	// from the schedule and the logical date (ManualInterval).
+	DataInterval *Interval
 }
 
 // runIDPattern is what a run id given by a caller must match (Airflow's).
@@ -67,6 +69,13 @@ func (s *Scheduler) TriggerRun(ctx context.Context, dagID string, opts TriggerOp
 		return fail(err)
 	}
 	iv := ManualInterval(info.timetable(), info.policy, logical)
+	if opts.DataInterval != nil {
+		if opts.DataInterval.End.Before(opts.DataInterval.Start) {
+			return fail(fmt.Errorf("data interval end %s is before its start %s",
+				opts.DataInterval.End.UTC().Format(time.RFC3339Nano), opts.DataInterval.Start.UTC().Format(time.RFC3339Nano)))
+		}
+		iv = Interval{Start: opts.DataInterval.Start.Truncate(time.Microsecond), End: opts.DataInterval.End.Truncate(time.Microsecond)}
+	}
 	run, created, err := s.st.CreateRun(ctx, store.NewRun{
 		DAGID:         info.id,
 		RunID:         runID,
@@ -279,58 +288,34 @@ func (i *dagInfo) timetable() Timetable {
 	return i.tt
 }
 
-// NormalizeConf checks that conf is empty, JSON null or a JSON object and
-// returns it compacted (nil for empty or null). The error says what the
-// value was instead.
+// NormalizeConf checks that conf is empty, JSON null or a JSON object that
+// dag.ParseConf accepts (every number fits a float64, or the error names
+// it) and returns it compacted (nil for empty or null), its numbers kept as
+// written. The error says what is wrong without repeating the value.
 func NormalizeConf(conf json.RawMessage) (json.RawMessage, error) {
-	t := bytes.TrimSpace(conf)
-	if len(t) == 0 || string(t) == "null" {
-		return nil, nil
-	}
-	var v any
-	if err := json.Unmarshal(t, &v); err != nil {
-		return nil, fmt.Errorf("conf is not valid JSON: %v", err)
-	}
-	if _, ok := v.(map[string]any); !ok {
-		return nil, fmt.Errorf("conf must be a JSON object such as {\"key\": \"value\"}, got %s", jsonKind(v))
+	params, err := dag.ParseConf(conf)
+	if err != nil || params == nil {
+		return nil, err
 	}
 	var b bytes.Buffer
-	if err := json.Compact(&b, t); err != nil {
+	if err := json.Compact(&b, bytes.TrimSpace(conf)); err != nil {
 		return nil, fmt.Errorf("conf is not valid JSON: %v", err)
 	}
 	return b.Bytes(), nil
 }
 
 // RunParams returns a run's params: the DAG's defaults overlaid, key by
-// key, by the run's conf (a JSON object, or empty).
+// key, by the run's conf (a JSON object, or empty) as dag.ParseConf reads
+// it.
 func RunParams(defaults map[string]any, conf json.RawMessage) (map[string]any, error) {
 	out := maps.Clone(defaults)
 	if out == nil {
 		out = map[string]any{}
 	}
-	norm, err := NormalizeConf(conf)
-	if err != nil || norm == nil {
-		return out, err
-	}
-	var over map[string]any
-	if err := json.Unmarshal(norm, &over); err != nil {
-		return nil, fmt.Errorf("decode conf: %w", err)
+	over, err := dag.ParseConf(conf)
+	if err != nil {
+		return nil, err
 	}
 	maps.Copy(out, over)
 	return out, nil
-}
-
-func jsonKind(v any) string {
-	switch v := v.(type) {
-	case []any:
-		return "an array"
-	case string:
-		return "a string " + strings.TrimSpace(fmt.Sprintf("%q", v))
-	case float64:
-		return fmt.Sprintf("a number (%v)", v)
-	case bool:
-		return fmt.Sprintf("a boolean (%v)", v)
-	default:
-		return fmt.Sprintf("%T", v)
-	}
 }

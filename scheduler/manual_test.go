@@ -218,9 +218,13 @@ func TestRunParams(t *testing.T) {
 		{"null", map[string]any{"a": 1, "b": "x"}, ""},
 		{`{"b": "y", "n": {"k": true}}`, map[string]any{"a": 1, "b": "y", "n": map[string]any{"k": true}}, ""},
 		{`[]`, nil, "got an array"},
-		{`3`, nil, "got a number (3)"},
-		{`true`, nil, "got a boolean (true)"},
+		{`3`, nil, "got a number"},
+		{`true`, nil, "got a boolean"},
 		{`{`, nil, "not valid JSON"},
+		{`{} {}`, nil, "data after"},
+		{`{"n": 1e400}`, nil, "conf.n: the number (5 characters) is beyond the range"},
+		{`{"a": [1, {"b c": -` + strings.Repeat("9", 400) + `}]}`, nil, `conf.a[1]["b c"]: the number (401 characters)`},
+		{`{"big": 123456789012345678901234567890, "tiny": 1e-400}`, map[string]any{"a": 1, "b": "x", "big": 1.2345678901234568e29, "tiny": 0.0}, ""},
 	}
 	for _, tc := range tests {
 		got, err := RunParams(defaults, json.RawMessage(tc.conf))

@@ -9,9 +9,7 @@
 // (idempotently), moves the DAG's schedule forward with a compare-and-set
 // and admits queued runs (respecting MaxActiveRuns under a lock on the DAG
 // row). DAGs falling due together are fired in batches of FireBatchSize,
-// each in one store transaction (store.Firer.FireRuns); a store without
-// FireRuns is driven DAG by DAG with CreateRun, AdvanceSchedule and
-// StartRuns. Because every step is idempotent or a compare-and-set, several
+// each in one store transaction (Store.FireRuns). Because every step is idempotent or a compare-and-set, several
 // schedulers may share one PostgreSQL database: each run is created once
 // and each task queued once.
 //
@@ -80,7 +78,7 @@ type Config struct {
 	// DAGs) run at once.
 	FireConcurrency int
 	// FireBatchSize caps how many DAGs due together are fired in one store
-	// transaction (when the store implements store.Firer).
+	// transaction.
 	FireBatchSize int
 	// MaxRunsPerFire caps the runs one fire of a DAG creates; a longer
 	// catch-up continues at once in further batches.
@@ -602,73 +600,3 @@ func (s *Scheduler) fireWorker(ctx context.Context) {
 // maxStaleRetries bounds how often one fire re-reads a DAG whose schedule
 // another scheduler moved meanwhile.
 const maxStaleRetries = 3
-
-// fire creates the runs of every due interval of one DAG, advances its
-// schedule and admits queued runs. It returns the next due instant (zero:
-// the schedule ended) or paused=true when the DAG is paused or inactive.
-func (s *Scheduler) fire(ctx context.Context, info *dagInfo) (next time.Time, paused bool, err error) {
-	s.beginFire(info.id)
-	leftQueued := false
-	defer func(start time.Time) {
-		s.endFire(info.id, leftQueued || err != nil)
-		s.loopDone(start)
-	}(s.clk.Now())
-	for attempt := 1; ; attempt++ {
-		row, err := s.st.GetDAG(ctx, info.id)
-		if err != nil {
-			return time.Time{}, false, fmt.Errorf("read DAG: %w", err)
-		}
-		if row.Paused || !row.Active {
-			return time.Time{}, true, nil
-		}
-		now := s.clk.Now()
-		ivs, next := Due(info.tt, info.policy, row.LastIntervalEnd, now, s.cfg.MaxRunsPerFire)
-		if len(ivs) == 0 {
-			return next, false, nil
-		}
-		created := 0
-		for _, iv := range ivs {
-			run, isNew, err := s.st.CreateRun(ctx, scheduledRun(info, iv, now))
-			if err != nil {
-				return time.Time{}, false, fmt.Errorf("create run for interval [%s, %s): %w",
-					iv.Start.UTC().Format(time.RFC3339), iv.End.UTC().Format(time.RFC3339), err)
-			}
-			if isNew {
-				created++
-				if s.cfg.Metrics != nil {
-					s.cfg.Metrics.RunCreated(info.id, string(store.RunScheduled))
-				}
-				if s.cfg.OnRunCreated != nil {
-					s.cfg.OnRunCreated(run, s.clk.Now())
-				}
-			}
-		}
-		var nextPtr *time.Time
-		if !next.IsZero() {
-			nextPtr = &next
-		}
-		err = s.st.AdvanceSchedule(ctx, info.id, row.LastIntervalEnd, ivs[len(ivs)-1].End, nextPtr)
-		if errors.Is(err, store.ErrStale) {
-			if attempt < maxStaleRetries {
-				continue // another scheduler moved it: re-read and recompute
-			}
-			return next, false, nil
-		}
-		if err != nil {
-			return time.Time{}, false, fmt.Errorf("advance schedule: %w", err)
-		}
-		started, err := s.st.StartRuns(ctx, info.id, s.clk.Now())
-		if err != nil {
-			return time.Time{}, false, fmt.Errorf("start runs: %w", err)
-		}
-		s.runsStarted(started)
-		leftQueued = len(started) < created
-		if len(ivs) == s.cfg.MaxRunsPerFire && !next.After(now) {
-			s.log.Info("scheduler: catching up in batches", "dag_id", info.id, "created", created,
-				"through", ivs[len(ivs)-1].End, "batch", s.cfg.MaxRunsPerFire)
-		} else {
-			s.log.Debug("scheduler: fired", "dag_id", info.id, "intervals", len(ivs), "created", created, "next_due", next)
-		}
-		return next, false, nil
-	}
-}

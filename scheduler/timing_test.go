@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -55,11 +54,6 @@ func (t *timingStore) CreateRun(ctx context.Context, r store.NewRun) (store.Run,
 	return t.Store.CreateRun(ctx, r)
 }
 
-func (t *timingStore) AdvanceSchedule(ctx context.Context, id string, prev *time.Time, last time.Time, next *time.Time) error {
-	defer t.record("AdvanceSchedule", time.Now())
-	return t.Store.AdvanceSchedule(ctx, id, prev, last, next)
-}
-
 func (t *timingStore) StartRuns(ctx context.Context, id string, now time.Time) ([]store.Run, error) {
 	defer t.record("StartRuns", time.Now())
 	return t.Store.StartRuns(ctx, id, now)
@@ -67,9 +61,5 @@ func (t *timingStore) StartRuns(ctx context.Context, id string, now time.Time) (
 
 func (t *timingStore) FireRuns(ctx context.Context, fires []store.Fire, now time.Time) ([]store.FireResult, error) {
 	defer t.record("FireRuns", time.Now())
-	f, ok := t.Store.(store.Firer)
-	if !ok {
-		return nil, fmt.Errorf("fire runs: %s store does not implement store.Firer", t.Store.Backend())
-	}
-	return f.FireRuns(ctx, fires, now)
+	return t.Store.FireRuns(ctx, fires, now)
 }

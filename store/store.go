@@ -134,6 +134,25 @@ type TaskInstance struct {
 	Error       string
 }
 
+// RunTaskInstance is a task instance with the fields of its run that
+// task instance lists show, read in the same query.
+type RunTaskInstance struct {
+	TaskInstance
+	LogicalDate time.Time // the run's
+}
+
+// Instances returns the task instances of rtis, without their runs' fields.
+func Instances(rtis []RunTaskInstance) []TaskInstance {
+	if rtis == nil {
+		return nil
+	}
+	out := make([]TaskInstance, len(rtis))
+	for i, r := range rtis {
+		out[i] = r.TaskInstance
+	}
+	return out
+}
+
 // Duration returns EndedAt − StartedAt, or 0 when either is unset.
 func (ti TaskInstance) Duration() time.Duration {
 	if ti.StartedAt == nil || ti.EndedAt == nil {
@@ -167,16 +186,16 @@ type Claimed struct {
 	Timeout       time.Duration
 }
 
-// Attempt names one try of a task instance, the key of every
+// Try names one try of a task instance, the key of every
 // compare-and-set from a worker.
-type Attempt struct {
+type Try struct {
 	ID        int64 // TaskInstance.ID
 	TryNumber int
 }
 
 // Result is the outcome of one try, reported by a worker.
 type Result struct {
-	Attempt
+	Try
 	// State is success, failed or skipped. A failed try with tries left
 	// and Permanent false becomes up_for_retry.
 	State     state.TaskState
@@ -202,7 +221,7 @@ type Result struct {
 
 // FinishOutcome reports what FinishTasks did with one Result.
 type FinishOutcome struct {
-	Attempt
+	Try
 	// Applied is false when the compare-and-set failed: the task was no
 	// longer running that try (e.g. declared a zombie); nothing changed.
 	Applied bool
@@ -224,18 +243,48 @@ type RunQuery struct {
 	Limit, Offset  int
 }
 
+// PurgeQuery selects finished runs (success or failed) for PurgeRuns and
+// PurgeLogs.
+type PurgeQuery struct {
+	// Before: runs that ended before it. Required.
+	Before time.Time
+	// After, when set, leaves out runs that ended before it (a purger that
+	// cleaned everything before After already need not scan it again).
+	After time.Time
+	// DAGID, when set, selects the runs of this DAG only.
+	DAGID string
+	// ExceptDAGIDs leaves out the runs of these DAGs (those with a
+	// retention of their own).
+	ExceptDAGIDs []string
+	// Limit bounds what one call deletes: runs for PurgeRuns, tries' logs
+	// for PurgeLogs. 0 = no bound.
+	Limit int
+	// DryRun counts what would be deleted and deletes nothing.
+	DryRun bool
+}
+
+// Purged counts what PurgeRuns deleted (or would delete).
+type Purged struct {
+	Runs, TaskInstances int
+	// Logs counts the tries whose logs were deleted.
+	Logs int
+}
+
 // TaskQuery filters ListTaskInstances. Zero fields do not filter.
 type TaskQuery struct {
-	DAGIDs        []string
-	DAGRunIDs     []string
-	TaskIDs       []string
-	States        []state.TaskState
-	StartDateGTE  *time.Time
-	StartDateLTE  *time.Time
-	EndDateGTE    *time.Time
-	EndDateLTE    *time.Time
-	OrderBy       string
-	Limit, Offset int
+	DAGIDs       []string
+	DAGRunIDs    []string
+	TaskIDs      []string
+	States       []state.TaskState
+	StartDateGTE *time.Time
+	StartDateLTE *time.Time
+	EndDateGTE   *time.Time
+	EndDateLTE   *time.Time
+	// LogicalDateGTE/LTE filter by the logical date of the instance's run.
+	LogicalDateGTE *time.Time
+	LogicalDateLTE *time.Time
+	OrderBy        string
+	Limit, Offset  int
 }
 
 // GridQuery selects a window of a DAG's grid: a page of its runs, newest
@@ -323,6 +372,14 @@ type Store interface {
 	// fewer than its MaxActiveRuns are running, queueing their root tasks;
 	// safe against concurrent schedulers. Returns the runs started.
 	StartRuns(ctx context.Context, dagID string, now time.Time) ([]Run, error)
+	// FireRuns, for each Fire in one transaction, creates its runs (with
+	// their task instances) and moves the DAG's schedule from Prev to Last
+	// as a compare-and-set, then admits queued runs of the fired DAGs as
+	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
+	// returns one FireResult per Fire, in the order of fires. DAG ids must
+	// be distinct. A failed Fire does not undo the others; the returned
+	// error is for the whole call (nothing done).
+	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 	GetRun(ctx context.Context, dagID, runID string) (Run, error)
 	ListRuns(ctx context.Context, q RunQuery) ([]Run, int, error)
 	// SetRunState marks a run. failed cancels it: running tasks become
@@ -331,11 +388,23 @@ type Store interface {
 	SetRunState(ctx context.Context, dagID, runID string, s state.RunState, now time.Time) (Run, error)
 	// DeleteRun removes a finished run with its task instances and logs.
 	DeleteRun(ctx context.Context, dagID, runID string) error
-	// PurgeRuns deletes finished runs that ended before olderThan.
-	PurgeRuns(ctx context.Context, olderThan time.Time) (int, error)
+	// PurgeRuns deletes the finished runs q selects (oldest end first, at
+	// most q.Limit), with their task instances and logs, in one short
+	// transaction that skips runs locked by others; with q.DryRun it only
+	// counts them (all of them when q.Limit is 0).
+	PurgeRuns(ctx context.Context, q PurgeQuery) (Purged, error)
+	// PurgeLogs deletes the logs of the tries of the finished runs q
+	// selects (at most q.Limit tries' logs), keeping runs and task
+	// instances; with q.DryRun it only counts them. Returns how many
+	// tries' logs.
+	PurgeLogs(ctx context.Context, q PurgeQuery) (int, error)
 
 	GetTaskInstance(ctx context.Context, dagID, runID, taskID string) (TaskInstance, error)
 	ListTaskInstances(ctx context.Context, q TaskQuery) ([]TaskInstance, int, error)
+	// ListRunTaskInstances is ListTaskInstances with each instance's run's
+	// logical date, from the same query (lists across runs need no lookup
+	// per run).
+	ListRunTaskInstances(ctx context.Context, q TaskQuery) ([]RunTaskInstance, int, error)
 	// ClearTasks resets the named task instances of a run (and, with
 	// downstream, every task downstream of them) to be run again, and puts
 	// the run back to running. Returns the instances cleared.
@@ -358,24 +427,24 @@ type Store interface {
 	// transaction, not two. max 0 claims nothing. An error means nothing
 	// was recorded and nothing claimed.
 	FinishAndClaim(ctx context.Context, results []Result, w Worker, max int, now time.Time) ([]FinishOutcome, []Claimed, error)
-	// HeartbeatTasks refreshes the heartbeat of running attempts and
+	// HeartbeatTasks refreshes the heartbeat of running tries and
 	// returns those that are no longer running under that try (taken away:
 	// the worker must stop them).
-	HeartbeatTasks(ctx context.Context, workerID string, attempts []Attempt, now time.Time) (lost []Attempt, err error)
+	HeartbeatTasks(ctx context.Context, workerID string, tries []Try, now time.Time) (lost []Try, err error)
 	// RequeueRetries queues up_for_retry instances due at or before now.
 	RequeueRetries(ctx context.Context, now time.Time) (int, error)
 	// NextRetryAt returns the earliest pending retry time (ok=false: none).
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
-	// would. Returns the attempts it took away.
-	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Attempt, error)
-	// FailWorkerTasks treats the running attempts of a worker known to be
+	// would. Returns the tries it took away.
+	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Try, error)
+	// FailWorkerTasks treats the running tries of a worker known to be
 	// dead (its process exited) like zombies, at once. Returns them.
-	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Attempt, error)
-	// RequeueAttempts puts running attempts back to queued without using
-	// up a try (graceful shutdown). Stale attempts are ignored.
-	RequeueAttempts(ctx context.Context, attempts []Attempt) error
+	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Try, error)
+	// RequeueTries puts running tries back to queued without using
+	// up a try (graceful shutdown). Stale tries are ignored.
+	RequeueTries(ctx context.Context, tries []Try) error
 	// GetOutput returns the output of taskID in the run with internal id
 	// runID, or ErrNotFound.
 	GetOutput(ctx context.Context, runID int64, taskID string) (json.RawMessage, error)
@@ -387,7 +456,7 @@ type Store interface {
 
 	// AppendLog appends to the log of one try, keeping at most the
 	// configured cap and marking truncation.
-	AppendLog(ctx context.Context, a Attempt, chunk []byte) error
+	AppendLog(ctx context.Context, a Try, chunk []byte) error
 	// ReadLog returns the log of one try.
 	ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error)
 
@@ -440,16 +509,4 @@ type FireResult struct {
 	// ErrNotFound (no such DAG or structure) or ErrConflict (a run id
 	// taken by another logical date); nothing was done for the DAG then.
 	Err error
-}
-
-// Firer is implemented by stores that fire many DAGs in one transaction.
-type Firer interface {
-	// FireRuns, for each Fire in one transaction, creates its runs (with
-	// their task instances) and moves the DAG's schedule from Prev to Last
-	// as a compare-and-set, then admits queued runs of the fired DAGs as
-	// StartRuns does (MaxActiveRuns, safe against concurrent callers). It
-	// returns one FireResult per Fire, in the order of fires. DAG ids must
-	// be distinct. A failed Fire does not undo the others; the returned
-	// error is for the whole call (nothing done).
-	FireRuns(ctx context.Context, fires []Fire, now time.Time) ([]FireResult, error)
 }

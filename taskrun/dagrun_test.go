@@ -305,7 +305,7 @@ func TestRunDAGRetries(t *testing.T) {
 	d.Func("flaky", func(c *dag.Context) error {
 		tries = append(tries, c.TryNumber())
 		if c.TryNumber() < 3 {
-			return fmt.Errorf("attempt %d failed", c.TryNumber())
+			return fmt.Errorf("try %d failed", c.TryNumber())
 		}
 		return nil
 	}, dag.Retries(5), dag.RetryDelay(time.Second), dag.ExponentialBackoff(time.Minute))

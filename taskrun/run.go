@@ -80,7 +80,8 @@ type Outcome struct {
 	// skip); nil on success.
 	Err error
 	// Output is the task's output as JSON — the last value passed to
-	// Context.SetOutput, or the body of an HTTP task's response — and is
+	// Context.SetOutput, the JSON a Shell command wrote to $TRELLIS_OUTPUT,
+	// or the body of an HTTP task's response — and is
 	// only set when State is success: outputs of failed or skipped tries
 	// are dropped. nil when there is none.
 	Output json.RawMessage
@@ -111,7 +112,8 @@ type Outcome struct {
 //     TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER, TRELLIS_LOGICAL_DATE and
 //     TRELLIS_DATA_INTERVAL_START/END (RFC 3339); stdout and stderr are
 //     copied into Log as they are written. Exit 0 is success, 99 skipped,
-//     anything else failed. On timeout or cancellation the group gets
+//     anything else failed. JSON written to the file named by
+//     TRELLIS_OUTPUT is the output of a successful try. On timeout or cancellation the group gets
 //     SIGTERM, then SIGKILL after KillGrace; once the shell exits, what is
 //     left of its group is killed, so background children neither outlive
 //     the task nor keep Run waiting on the output pipe.

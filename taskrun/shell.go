@@ -1,7 +1,9 @@
 package taskrun
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,13 @@ import (
 // ShellSkipExitCode is the exit code with which a Shell task ends skipped.
 const ShellSkipExitCode = 99
 
+// EnvOutput names the file a Shell command may write its output to, as
+// JSON; MaxShellOutput caps its size.
+const (
+	EnvOutput      = "TRELLIS_OUTPUT"
+	MaxShellOutput = 1 << 20
+)
+
 // runShell runs a Shell task:
 //
 //   - `/bin/sh -c <command>` in its own process group, in the worker's
@@ -32,6 +41,9 @@ const ShellSkipExitCode = 99
 //     command writes (never buffered whole);
 //   - exit 0 is success, 99 skipped, anything else (or death by a signal)
 //     failed;
+//   - TRELLIS_OUTPUT names an empty file; JSON the command writes there
+//     (up to MaxShellOutput bytes) is the output of a successful try,
+//     and invalid JSON fails it. Nothing written means no output;
 //   - on the task's timeout or the cancellation of ctx the whole group gets
 //     SIGTERM, then SIGKILL after the grace period;
 //   - when the shell has exited, whatever is left of its process group
@@ -41,8 +53,17 @@ const ShellSkipExitCode = 99
 //     group (setsid) and keeps the pipe open delays Run by at most the
 //     grace period, after which the pipe is closed.
 func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
+	outFile, err := os.CreateTemp("", "trellis-output-*.json")
+	if err != nil {
+		return failed(fmt.Errorf("shell: create the output file: %w", err), false)
+	}
+	outPath := outFile.Name()
+	outFile.Close()
+	defer os.Remove(outPath)
+
 	cmd := exec.Command("/bin/sh", "-c", t.Task.Command())
 	cmd.Env = append(os.Environ(), shellEnv(t.Info)...)
+	cmd.Env = append(cmd.Env, EnvOutput+"="+outPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -109,7 +130,11 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 	code := cmd.ProcessState.ExitCode()
 	switch {
 	case code == 0:
-		return Outcome{State: state.Success}
+		out, err := readShellOutput(outPath)
+		if err != nil {
+			return failed(err, false)
+		}
+		return Outcome{State: state.Success, Output: out}
 	case code == ShellSkipExitCode:
 		return Outcome{State: state.Skipped, Err: dag.Skip(fmt.Sprintf("command exited with code %d", code))}
 	case code > 0:
@@ -122,6 +147,39 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 		}
 	}
 	return failed(fmt.Errorf("command did not exit normally: %v", waitErr), false)
+}
+
+// readShellOutput returns the JSON a command wrote to its $TRELLIS_OUTPUT
+// file, compacted; nil when it wrote nothing but white space.
+func readShellOutput(path string) (json.RawMessage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("shell: read $%s: %w", EnvOutput, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxShellOutput+1))
+	if err != nil {
+		return nil, fmt.Errorf("shell: read $%s: %w", EnvOutput, err)
+	}
+	if len(data) > MaxShellOutput {
+		return nil, fmt.Errorf("shell: the output written to $%s is over %d bytes", EnvOutput, MaxShellOutput)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, fmt.Errorf("shell: the output written to $%s is not JSON: %v (starts %q)", EnvOutput, err, head(data, 80))
+	}
+	return buf.Bytes(), nil
+}
+
+// head returns at most n bytes of b as a string.
+func head(b []byte, n int) string {
+	if len(b) > n {
+		b = b[:n]
+	}
+	return string(b)
 }
 
 // waitExited blocks until process pid has exited, without reaping it.

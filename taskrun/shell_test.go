@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,5 +210,46 @@ func TestShellEscapedProcessCannotHangRun(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "keeps its output open") {
 		t.Errorf("log does not explain the closed pipe:\n%s", log)
+	}
+}
+
+// TestShellOutputFile checks the output a Shell command writes to
+// $TRELLIS_OUTPUT: JSON becomes the output of a successful try (compacted),
+// nothing written means none, invalid or oversized JSON fails the try, the
+// output of a skipped or failed try is dropped, and the file is removed.
+func TestShellOutputFile(t *testing.T) {
+	big := taskrun.MaxShellOutput + 10
+	cases := []struct {
+		cmd    string
+		state  state.TaskState
+		output string
+		err    string
+	}{
+		{`printf '{"rows": 3,\n "name": "x"}\n' > "$TRELLIS_OUTPUT"`, state.Success, `{"rows":3,"name":"x"}`, ""},
+		{`echo 42 > "$TRELLIS_OUTPUT"`, state.Success, `42`, ""},
+		{`echo '"text"' >> "$TRELLIS_OUTPUT"`, state.Success, `"text"`, ""},
+		{`echo "   " > "$TRELLIS_OUTPUT"`, state.Success, ``, ""},
+		{`true`, state.Success, ``, ""},
+		{`echo 'not json' > "$TRELLIS_OUTPUT"`, state.Failed, ``, "$TRELLIS_OUTPUT is not JSON"},
+		{`head -c ` + strconv.Itoa(big) + ` /dev/zero | tr '\0' 1 > "$TRELLIS_OUTPUT"`, state.Failed, ``, "is over 1048576 bytes"},
+		{`echo 1 > "$TRELLIS_OUTPUT"; exit 99`, state.Skipped, ``, "exited with code 99"},
+		{`echo 1 > "$TRELLIS_OUTPUT"; exit 2`, state.Failed, ``, "exited with code 2"},
+	}
+	for _, c := range cases {
+		var log bytes.Buffer
+		cmd := c.cmd + `; echo "$TRELLIS_OUTPUT" > ` + filepath.Join(t.TempDir(), "path")
+		pathFile := cmd[strings.LastIndex(cmd, " ")+1:]
+		out := taskrun.Run(context.Background(), taskrun.Try{Task: shellTask(cmd), Info: info("sh"), Log: &log})
+		if out.State != c.state || string(out.Output) != c.output {
+			t.Errorf("%q: state %s output %s (err %v), want %s output %s", c.cmd, out.State, out.Output, out.Err, c.state, c.output)
+		}
+		if c.err == "" && out.Err != nil || c.err != "" && (out.Err == nil || !strings.Contains(out.Err.Error(), c.err)) {
+			t.Errorf("%q: Err %v, want %q", c.cmd, out.Err, c.err)
+		}
+		if p, err := os.ReadFile(pathFile); err == nil {
+			if _, err := os.Stat(strings.TrimSpace(string(p))); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%q: the output file %s is left behind (%v)", c.cmd, p, err)
+			}
+		}
 	}
 }

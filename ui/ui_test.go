@@ -112,7 +112,7 @@ func TestStatic(t *testing.T) {
 }
 
 func TestLogin(t *testing.T) {
-	const token = "tok-123"
+	const token = "tok-123-of-the-ui-test"
 	srv := server(t, token)
 	resp, _ := get(t, noRedirect, srv.URL+"/dags/etl?x=1")
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/login?next="+url.QueryEscape("/dags/etl?x=1") {

@@ -1,20 +1,11 @@
-// Command trellis defines, checks, runs and serves the DAGs of this
-// binary. See `trellis --help`.
+// Command trellis defines, checks, runs and serves the example DAGs of
+// package dags. See `trellis --help`; package cli builds the same command
+// for the DAGs of another module.
 package main
 
 import (
-	"context"
-	"os"
-	"os/signal"
-	"syscall"
-
-	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/cli"
 	_ "github.com/trellis-dag/trellis/dags" // registers the DAGs
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, dag.Default(), os.LookupEnv)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main() }

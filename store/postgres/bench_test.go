@@ -116,7 +116,7 @@ func benchClaimFinish(b *testing.B, workers, batch int, combined bool) {
 				if err == nil && len(cs) > 0 {
 					rs := make([]store.Result, len(cs))
 					for i, c := range cs {
-						rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
+						rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
 					}
 					if combined {
 						_, held, err = s.FinishAndClaim(ctx, rs, wk, batch, bt0)
@@ -157,11 +157,11 @@ func benchClaimFinish(b *testing.B, workers, batch int, combined bool) {
 			}
 			if len(held) > 0 {
 				// b.N reached with tries claimed: give them back.
-				as := make([]store.Attempt, len(held))
+				as := make([]store.Try, len(held))
 				for i, c := range held {
-					as[i] = store.Attempt{ID: c.ID, TryNumber: c.TryNumber}
+					as[i] = store.Try{ID: c.ID, TryNumber: c.TryNumber}
 				}
-				if err := s.RequeueAttempts(ctx, as); err != nil {
+				if err := s.RequeueTries(ctx, as); err != nil {
 					b.Error(err)
 				}
 			}

@@ -59,8 +59,8 @@ func benchChainStep(b *testing.B, claimInFinish bool) {
 		if len(cs) != 1 {
 			b.Fatalf("step %d: claimed %d; want 1", i, len(cs))
 		}
-		a := store.Attempt{ID: cs[0].ID, TryNumber: cs[0].TryNumber}
-		r := store.Result{Attempt: a, State: state.Success, EndedAt: bt0, Log: line}
+		a := store.Try{ID: cs[0].ID, TryNumber: cs[0].TryNumber}
+		r := store.Result{Try: a, State: state.Success, EndedAt: bt0, Log: line}
 		var (
 			out []store.FinishOutcome
 			err error

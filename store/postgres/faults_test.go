@@ -240,7 +240,7 @@ func TestConnectionKilledMidFinish(t *testing.T) {
 	}
 	results := make([]store.Result, n)
 	for i, c := range cs {
-		results[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
+		results[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: bt0}
 	}
 
 	// The finish (which also claims 50 of what it releases) stops after

@@ -11,8 +11,6 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-var _ store.Firer = (*Store)(nil)
-
 // checkFires validates the fires of one FireRuns call.
 func checkFires(fires []store.Fire) error {
 	seen := make(map[string]bool, len(fires))

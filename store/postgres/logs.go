@@ -18,7 +18,7 @@ const TruncationMarker = "\n[trellis: log truncated: %d bytes kept, %d bytes dro
 // AppendLog appends chunk to the log of one try. Once the log holds
 // LogCap bytes the rest is dropped and counted. Each append is one row of
 // its own, so appending never rewrites what is already stored.
-func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) error {
+func (s *Store) AppendLog(ctx context.Context, a store.Try, chunk []byte) error {
 	op := fmt.Sprintf("append log of instance %d try %d", a.ID, a.TryNumber)
 	if a.TryNumber < 1 {
 		return fmt.Errorf("%s: try number must be at least 1", op)
@@ -29,16 +29,8 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 	// The batch runs as one implicit transaction: one round trip.
 	b := &pgx.Batch{}
 	b.Queue(hotPlanGeneric)
-	queueAppendLogs(b, []store.Attempt{a}, [][]byte{chunk}, s.logCap)
-	for attempt := 1; ; attempt++ {
-		err := s.pool.SendBatch(ctx, b).Close()
-		if err == nil {
-			return nil
-		}
-		if attempt >= 10 || !retryable(err) {
-			return mapErr(op, err)
-		}
-	}
+	queueAppendLogs(b, []store.Try{a}, [][]byte{chunk}, s.logCap)
+	return s.retry(ctx, op, func() error { return s.pool.SendBatch(ctx, b).Close() })
 }
 
 // appendLogsSQL appends chunk $3[i] to the log of try ($1[i], $2[i]) —
@@ -76,14 +68,14 @@ const appendLogsSQL = `
 // queueAppendLogs queues on b the statement that appends chunks[i] to the
 // log of try as[i] (distinct tries), keeping at most logCap bytes per try
 // and counting the rest as dropped (appendLogsSQL).
-func queueAppendLogs(b *pgx.Batch, as []store.Attempt, chunks [][]byte, logCap int) {
-	ids, tries := attemptArrays(as)
+func queueAppendLogs(b *pgx.Batch, as []store.Try, chunks [][]byte, logCap int) {
+	ids, tries := tryArrays(as)
 	b.Queue(appendLogsSQL, ids, tries, chunks, int64(logCap))
 }
 
 // appendLogsIn appends the chunks inside tx (on a pipeTx, with its next
 // statement).
-func appendLogsIn(ctx context.Context, tx dbtx, as []store.Attempt, chunks [][]byte, logCap int) error {
+func appendLogsIn(ctx context.Context, tx dbtx, as []store.Try, chunks [][]byte, logCap int) error {
 	if len(as) == 0 {
 		return nil
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -286,22 +285,7 @@ func (r *batchRows) end() {
 // and commits it, retrying the whole transaction on deadlocks and
 // serialization failures, like inTx.
 func (s *Store) inPipe(ctx context.Context, op, plan string, fn func(p *pipeTx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := s.pipeOnce(ctx, plan, fn)
-		if err == nil {
-			return nil
-		}
-		if attempt < 10 && retryable(err) {
-			s.log.Debug("transaction retried", "op", op, "attempt", attempt, "err", errText(err))
-			select {
-			case <-ctx.Done():
-				return mapErr(op, ctx.Err())
-			case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(5*time.Millisecond)))):
-			}
-			continue
-		}
-		return mapErr(op, err)
-	}
+	return s.retry(ctx, op, func() error { return s.pipeOnce(ctx, plan, fn) })
 }
 
 func (s *Store) pipeOnce(ctx context.Context, plan string, fn func(p *pipeTx) error) error {

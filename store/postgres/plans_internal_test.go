@@ -109,7 +109,7 @@ func TestHotPlans(t *testing.T) {
 		return m
 	}
 	res := func(c store.Claimed, st state.TaskState) store.Result {
-		return store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0,
+		return store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0,
 			StartedAt: t0, Log: []byte("line\n"), Output: json.RawMessage(`{"k": 1}`)}
 	}
 	must := func(err error) {
@@ -121,7 +121,7 @@ func TestHotPlans(t *testing.T) {
 	cs, err := s.ClaimTasks(ctx, w, 10, t0)
 	must(err)
 	got := by(cs)
-	must(s.AppendLog(ctx, store.Attempt{ID: got["a"].ID, TryNumber: 1}, []byte("early\n")))
+	must(s.AppendLog(ctx, store.Try{ID: got["a"].ID, TryNumber: 1}, []byte("early\n")))
 	_, cs, err = s.FinishAndClaim(ctx, []store.Result{res(got["a"], state.Success), res(got["c1"], state.Failed)}, w, 10, t0)
 	must(err)
 	got = by(cs)
@@ -136,7 +136,7 @@ func TestHotPlans(t *testing.T) {
 	must(err)
 	cs, err = s.ClaimTasks(ctx, w, 10, t0)
 	must(err)
-	must(s.RequeueAttempts(ctx, []store.Attempt{{ID: cs[0].ID, TryNumber: cs[0].TryNumber}}))
+	must(s.RequeueTries(ctx, []store.Try{{ID: cs[0].ID, TryNumber: cs[0].TryNumber}}))
 	_, err = s.ClaimTasks(ctx, w, 10, t0)
 	must(err)
 	_, err = s.FailZombies(ctx, t0.Add(time.Hour), t0.Add(time.Hour))

@@ -162,8 +162,8 @@ func parseURL(url string) (*pgxpool.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: malformed database URL: %v; accepted forms: %s", err, AcceptedURLForms)
 	}
-	// On loopback, TLS protects nothing and costs every round trip (about
-	// 75 µs here, a third of one): unless the URL or PGSSLMODE chooses,
+	// On loopback, TLS protects nothing and costs every round trip (a
+	// third of one; docs/benchmarks.md): unless the URL or PGSSLMODE chooses,
 	// connect in plain first and use TLS only when the server demands it
 	// (libpq's sslmode=allow) rather than the other way round (prefer, the
 	// default).
@@ -391,21 +391,33 @@ func hotPlan(n int) string {
 // transaction on deadlocks and serialization failures. fn must not keep
 // state across calls.
 func (s *Store) inTx(ctx context.Context, op string, fn func(tx pgx.Tx) error) error {
-	for attempt := 1; ; attempt++ {
-		err := pgx.BeginFunc(ctx, s.pool, fn)
+	return s.retry(ctx, op, func() error { return pgx.BeginFunc(ctx, s.pool, fn) })
+}
+
+// maxTries bounds how often retry runs one transaction.
+const maxTries = 10
+
+// retry runs once, a whole transaction, until it succeeds, fails with an
+// error other than a deadlock or serialization failure, or has been tried
+// maxTries times; between tries it sleeps a random while that grows with
+// each try (cancelled with ctx). The error is mapped for op.
+func (s *Store) retry(ctx context.Context, op string, once func() error) error {
+	for n := 1; ; n++ {
+		err := once()
 		if err == nil {
 			return nil
 		}
-		if attempt < 10 && retryable(err) {
-			s.log.Debug("transaction retried", "op", op, "attempt", attempt, "err", errText(err))
-			select {
-			case <-ctx.Done():
-				return mapErr(op, ctx.Err())
-			case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(5*time.Millisecond)))):
-			}
-			continue
+		if n >= maxTries || !retryable(err) {
+			return mapErr(op, err)
 		}
-		return mapErr(op, err)
+		s.log.Debug("transaction retried", "op", op, "round", n, "err", errText(err))
+		timer := time.NewTimer(time.Duration(rand.Int64N(int64(n) * int64(5*time.Millisecond))))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return mapErr(op, ctx.Err())
+		case <-timer.C:
+		}
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 const runCols = `r.id, r.dag_id, r.run_id, r.run_type, r.logical_date, r.interval_start, r.interval_end,
@@ -269,40 +269,13 @@ func (s *Store) GetRun(ctx context.Context, dagID, runID string) (store.Run, err
 }
 
 // runOrder maps RunQuery.OrderBy names (Airflow's and ours) to columns.
-var runOrder = map[string]string{
+var runOrder = sqlorder.Order{Default: "-logical_date", Tie: "r.id", Nulls: true, Columns: map[string]string{
 	"id": "r.id", "dag_id": "r.dag_id", "run_id": "r.run_id", "dag_run_id": "r.run_id",
 	"run_type": "r.run_type", "logical_date": "r.logical_date", "execution_date": "r.logical_date",
 	"data_interval_start": "r.interval_start", "data_interval_end": "r.interval_end",
 	"state": "r.state", "queued_at": "r.queued_at", "start_date": "r.started_at", "started_at": "r.started_at",
 	"end_date": "r.ended_at", "ended_at": "r.ended_at",
-}
-
-// orderClause turns "field" or "-field" into an ORDER BY clause through
-// the allowed names, ending with the id as tie-breaker.
-func orderClause(orderBy, def string, allowed map[string]string, tie string) (string, error) {
-	if orderBy == "" {
-		orderBy = def
-	}
-	dir := "ASC"
-	field := orderBy
-	if strings.HasPrefix(field, "-") {
-		dir, field = "DESC", field[1:]
-	}
-	col, ok := allowed[field]
-	if !ok {
-		names := make([]string, 0, len(allowed))
-		for k := range allowed {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		return "", fmt.Errorf("cannot order by %q (want one of %s, with an optional leading -)", orderBy, strings.Join(names, ", "))
-	}
-	nulls := "NULLS FIRST"
-	if dir == "DESC" {
-		nulls = "NULLS LAST"
-	}
-	return fmt.Sprintf(" ORDER BY %s %s %s, %s %s", col, dir, nulls, tie, dir), nil
-}
+}}
 
 // where builds a WHERE clause from conditions on numbered parameters.
 type where struct {
@@ -350,7 +323,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list runs: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "-logical_date", runOrder, "r.id")
+	order, err := runOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list runs: %w", err)
 	}
@@ -486,30 +459,4 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		}
 		return notify(ctx, tx, store.TopicRunsChanged)
 	})
-}
-
-// PurgeRuns deletes finished runs that ended before olderThan, with their
-// task instances and logs, and returns how many.
-func (s *Store) PurgeRuns(ctx context.Context, olderThan time.Time) (int, error) {
-	var n int
-	err := s.inTx(ctx, "purge runs", func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `DELETE FROM dag_runs WHERE state IN ('success', 'failed') AND ended_at < $1
-			RETURNING id`, olderThan)
-		if err != nil {
-			return err
-		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return err
-		}
-		n = len(ids)
-		if n == 0 {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, "DELETE FROM task_instances WHERE run_id = ANY($1)", ids); err != nil {
-			return err
-		}
-		return notify(ctx, tx, store.TopicRunsChanged)
-	})
-	return n, err
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 // GetTaskInstance returns the instance of taskID in run runID of dagID.
@@ -24,21 +25,28 @@ func (s *Store) GetTaskInstance(ctx context.Context, dagID, runID, taskID string
 }
 
 // tiOrder maps TaskQuery.OrderBy names (Airflow's and ours) to columns.
-var tiOrder = map[string]string{
+var tiOrder = sqlorder.Order{Default: "id", Tie: "t.id", Nulls: true, Columns: map[string]string{
 	"id": "t.id", "dag_id": "t.dag_id", "run_id": "r.run_id", "dag_run_id": "r.run_id", "task_id": "t.task_id",
 	"state": "t.state", "try_number": "t.try_number", "priority": "t.priority", "priority_weight": "t.priority",
 	"queued_at": "t.queued_at", "queued_when": "t.queued_at", "start_date": "t.started_at", "started_at": "t.started_at",
 	"end_date": "t.ended_at", "ended_at": "t.ended_at", "duration": "(t.ended_at - t.started_at)",
 	"logical_date": "r.logical_date", "execution_date": "r.logical_date",
-}
+}}
 
 // ListTaskInstances returns the instances matching q (default order: id,
 // which within a run is the order of the DAG's tasks) and how many match.
 func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]store.TaskInstance, int, error) {
+	rtis, total, err := s.ListRunTaskInstances(ctx, q)
+	return store.Instances(rtis), total, err
+}
+
+// ListRunTaskInstances is ListTaskInstances with each instance's run's
+// logical date, from the same join.
+func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]store.RunTaskInstance, int, error) {
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list task instances: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "id", tiOrder, "t.id")
+	order, err := tiOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list task instances: %w", err)
 	}
@@ -61,6 +69,7 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 	}
 	timeRange(&w, "t.started_at", q.StartDateGTE, q.StartDateLTE)
 	timeRange(&w, "t.ended_at", q.EndDateGTE, q.EndDateLTE)
+	timeRange(&w, "r.logical_date", q.LogicalDateGTE, q.LogicalDateLTE)
 	from := " FROM task_instances t JOIN dag_runs r ON r.id = t.run_id"
 	cond := w.sql()
 	count := func() (int, error) {
@@ -68,45 +77,42 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 		err := s.pool.QueryRow(ctx, "SELECT count(*)"+from+cond, w.args...).Scan(&total)
 		return total, err
 	}
-	if len(q.DAGRunIDs) == 0 {
-		// Across runs the matches may be many: count them apart rather
-		// than have the page query gather them all.
-		total, err := count()
-		if err != nil {
-			return nil, 0, mapErr("list task instances", err)
-		}
-		rows, err := s.pool.Query(ctx, "SELECT "+tiCols+from+cond+order+w.page(q.Limit, q.Offset), w.args...)
-		if err != nil {
-			return nil, 0, mapErr("list task instances", err)
-		}
-		tis, err := collectTIs(rows)
-		if err != nil {
-			return nil, 0, mapErr("list task instances", err)
-		}
-		return tis, total, nil
+	// Within runs, one query gives the page and the number of matches;
+	// across runs the matches may be many: count them apart rather than
+	// have the page query gather them all.
+	inRuns := len(q.DAGRunIDs) > 0
+	total := 0
+	cols := tiCols + ", r.logical_date"
+	if inRuns {
+		cols += ", count(*) OVER ()"
+	} else if total, err = count(); err != nil {
+		return nil, 0, mapErr("list task instances", err)
 	}
-	// Within runs, one query: the page and the number of matches.
 	nargs := len(w.args)
-	rows, err := s.pool.Query(ctx, "SELECT "+tiCols+", count(*) OVER ()"+from+cond+order+w.page(q.Limit, q.Offset), w.args...)
+	rows, err := s.pool.Query(ctx, "SELECT "+cols+from+cond+order+w.page(q.Limit, q.Offset), w.args...)
 	if err != nil {
 		return nil, 0, mapErr("list task instances", err)
 	}
-	tis := []store.TaskInstance{}
-	total := 0
+	tis := []store.RunTaskInstance{}
 	for rows.Next() {
-		var ti store.TaskInstance
+		var ti store.RunTaskInstance
 		var out []byte
-		if err := rows.Scan(append(tiDest(&ti, &out), &total)...); err != nil {
+		dest := append(tiDest(&ti.TaskInstance, &out), &ti.LogicalDate)
+		if inRuns {
+			dest = append(dest, &total)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			rows.Close()
 			return nil, 0, mapErr("list task instances", err)
 		}
-		fixTI(&ti, out)
+		fixTI(&ti.TaskInstance, out)
+		ti.LogicalDate = ti.LogicalDate.UTC()
 		tis = append(tis, ti)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, mapErr("list task instances", err)
 	}
-	if len(tis) == 0 && q.Offset > 0 {
+	if inRuns && len(tis) == 0 && q.Offset > 0 {
 		// A page past the end: how many there are still counts.
 		w.args = w.args[:nargs]
 		if total, err = count(); err != nil {

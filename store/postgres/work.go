@@ -455,7 +455,7 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 	first := make(map[int64]int, len(results))
 	var failedIDs []int64
 	for i, r := range results {
-		out[i] = store.FinishOutcome{Attempt: r.Attempt}
+		out[i] = store.FinishOutcome{Try: r.Try}
 		if _, dup := first[r.ID]; dup {
 			continue
 		}
@@ -608,13 +608,13 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 	// The final log chunks of the tries recorded (cleared ones too: the
 	// try ran), in instance order.
 	var (
-		logAs   []store.Attempt
+		logAs   []store.Try
 		logData [][]byte
 	)
 	for _, i := range order {
 		if r := results[i]; len(r.Log) > 0 {
 			if _, ok := applied[r.ID]; ok {
-				logAs = append(logAs, r.Attempt)
+				logAs = append(logAs, r.Try)
 				logData = append(logData, r.Log)
 			}
 		}
@@ -773,17 +773,17 @@ func branchSkips(ctx context.Context, tx dbtx, run int64, task string, follow []
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-// HeartbeatTasks refreshes the heartbeat of the running attempts of a
+// HeartbeatTasks refreshes the heartbeat of the running tries of a
 // worker and returns those that are no longer running under that try and
 // worker (finished elsewhere, declared zombies, cleared, cancelled).
-func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []store.Attempt, now time.Time) ([]store.Attempt, error) {
-	lost := []store.Attempt{}
-	if len(attempts) == 0 {
+func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []store.Try, now time.Time) ([]store.Try, error) {
+	lost := []store.Try{}
+	if len(tries) == 0 {
 		return lost, nil
 	}
-	as := slices.Clone(attempts)
-	slices.SortFunc(as, byAttempt)
-	ids, tries := attemptArrays(as)
+	as := slices.Clone(tries)
+	slices.SortFunc(as, byTry)
+	ids, nums := tryArrays(as)
 	// Lock the rows in id order, as FinishTasks does, so a heartbeat and a
 	// finish touching the same instances cannot deadlock.
 	rows, err := s.pool.Query(ctx, `
@@ -796,13 +796,13 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []
 		)
 		UPDATE task_instances t SET heartbeat_at = $3
 		FROM mine WHERE t.id = mine.id
-		RETURNING t.id, t.try_number`, ids, tries, now, workerID)
+		RETURNING t.id, t.try_number`, ids, nums, now, workerID)
 	if err != nil {
 		return nil, mapErr("heartbeat tasks", err)
 	}
-	alive := map[store.Attempt]bool{}
+	alive := map[store.Try]bool{}
 	for rows.Next() {
-		var a store.Attempt
+		var a store.Try
 		if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
 			rows.Close()
 			return nil, mapErr("heartbeat tasks", err)
@@ -812,7 +812,7 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []
 	if err := rows.Err(); err != nil {
 		return nil, mapErr("heartbeat tasks", err)
 	}
-	for _, a := range attempts {
+	for _, a := range tries {
 		if !alive[a] {
 			lost = append(lost, a)
 		}
@@ -820,14 +820,14 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []
 	return lost, nil
 }
 
-func byAttempt(a, b store.Attempt) int {
+func byTry(a, b store.Try) int {
 	if c := cmp.Compare(a.ID, b.ID); c != 0 {
 		return c
 	}
 	return cmp.Compare(a.TryNumber, b.TryNumber)
 }
 
-func attemptArrays(as []store.Attempt) ([]int64, []int32) {
+func tryArrays(as []store.Try) ([]int64, []int32) {
 	ids, tries := make([]int64, len(as)), make([]int32, len(as))
 	for i, a := range as {
 		ids[i], tries[i] = a.ID, int32(a.TryNumber)
@@ -872,26 +872,26 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	return t.UTC(), true, nil
 }
 
-// FailZombies fails (or puts up for retry) the running attempts whose
+// FailZombies fails (or puts up for retry) the running tries whose
 // heartbeat is older than staleBefore, releasing downstream tasks as a
-// finish would, and returns them. Cleared (restarting) attempts that went
+// finish would, and returns them. Cleared (restarting) tries that went
 // silent are put back to wait instead.
-func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Attempt, error) {
+func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
 	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
 }
 
-// FailWorkerTasks treats the running attempts of a dead worker like
+// FailWorkerTasks treats the running tries of a dead worker like
 // zombies, at once, and returns them.
-func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Attempt, error) {
+func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Try, error) {
 	return s.failWhere(ctx, fmt.Sprintf("fail tasks of worker %q", workerID), "worker_id = $1", workerID, now,
 		fmt.Sprintf("worker %s died", workerID))
 }
 
-func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now time.Time, msg string) ([]store.Attempt, error) {
-	var taken []store.Attempt
+func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now time.Time, msg string) ([]store.Try, error) {
+	var taken []store.Try
 	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
-		// How many attempts are taken is not known: plan for many.
+		// How many tries are taken is not known: plan for many.
 		if _, err := tx.Exec(ctx, hotPlanCustom); err != nil {
 			return err
 		}
@@ -901,8 +901,8 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 		if err != nil {
 			return err
 		}
-		taken, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Attempt, error) {
-			var a store.Attempt
+		taken, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Try, error) {
+			var a store.Try
 			err := row.Scan(&a.ID, &a.TryNumber)
 			return a, err
 		})
@@ -911,7 +911,7 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 		}
 		results := make([]store.Result, len(taken))
 		for i, a := range taken {
-			results[i] = store.Result{Attempt: a, State: state.Failed, Error: msg, EndedAt: now}
+			results[i] = store.Result{Try: a, State: state.Failed, Error: msg, EndedAt: now}
 		}
 		_, err = s.finishIn(ctx, tx, results)
 		return err
@@ -920,33 +920,33 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 		return nil, err
 	}
 	if taken == nil {
-		taken = []store.Attempt{}
+		taken = []store.Try{}
 	}
 	return taken, nil
 }
 
-// RequeueAttempts puts running attempts back to queued without using up
-// a try (graceful shutdown); stale attempts are ignored. A cleared
-// (restarting) attempt goes back to waiting instead.
-func (s *Store) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {
-	if len(attempts) == 0 {
+// RequeueTries puts running tries back to queued without using up
+// a try (graceful shutdown); stale tries are ignored. A cleared
+// (restarting) try goes back to waiting instead.
+func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
+	if len(tries) == 0 {
 		return nil
 	}
-	as := slices.Clone(attempts)
-	slices.SortFunc(as, byAttempt)
-	ids, tries := attemptArrays(as)
-	return s.inTx(ctx, "requeue attempts", func(tx pgx.Tx) error {
+	as := slices.Clone(tries)
+	slices.SortFunc(as, byTry)
+	ids, nums := tryArrays(as)
+	return s.inTx(ctx, "requeue tries", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
 				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
 			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, tries)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, nums)
 		if err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
 			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
-			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, tries)
+			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, nums)
 		if err != nil {
 			return err
 		}

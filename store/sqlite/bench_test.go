@@ -87,7 +87,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 				}
 				rs := make([]store.Result, len(cs))
 				for i, c := range cs {
-					rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
+					rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
 				}
 				out, err := s.FinishTasks(ctx, rs)
 				if err != nil {
@@ -156,7 +156,7 @@ func BenchmarkReleaseWide(b *testing.B) {
 			b.Fatal(err, cs)
 		}
 		b.StartTimer()
-		if _, err := s.FinishTasks(ctx, []store.Result{{Attempt: store.Attempt{ID: cs[0].ID, TryNumber: 1},
+		if _, err := s.FinishTasks(ctx, []store.Result{{Try: store.Try{ID: cs[0].ID, TryNumber: 1},
 			State: state.Success, EndedAt: ld}}); err != nil {
 			b.Fatal(err)
 		}

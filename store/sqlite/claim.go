@@ -225,37 +225,37 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk s
 	return out, claimed, nil
 }
 
-// attemptList encodes attempts for json_each as [[id, try], …].
-func attemptList(attempts []store.Attempt) string {
-	pairs := make([][2]int64, len(attempts))
-	for i, a := range attempts {
+// tryList encodes tries for json_each as [[id, try], …].
+func tryList(tries []store.Try) string {
+	pairs := make([][2]int64, len(tries))
+	for i, a := range tries {
 		pairs[i] = [2]int64{a.ID, int64(a.TryNumber)}
 	}
 	return idList(pairs)
 }
 
-const attemptIn = `(id, try_number) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))`
+const tryIn = `(id, try_number) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))`
 
-// HeartbeatTasks refreshes the heartbeat of the worker's running attempts
-// and returns the attempts it no longer holds (finished, failed as
+// HeartbeatTasks refreshes the heartbeat of the worker's running tries
+// and returns the tries it no longer holds (finished, failed as
 // zombies, cleared, cancelled or claimed again): the worker must stop
 // them.
-func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []store.Attempt, now time.Time) ([]store.Attempt, error) {
-	if len(attempts) == 0 {
+func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []store.Try, now time.Time) ([]store.Try, error) {
+	if len(tries) == 0 {
 		return nil, nil
 	}
-	var lost []store.Attempt
+	var lost []store.Try
 	err := s.write(ctx, fmt.Sprintf("heartbeat tasks of worker %q", workerID), func(w *txn) error {
 		lost = nil
 		rows, err := w.query(`UPDATE task_instances SET heartbeat_at = ?
-			WHERE state = 'running' AND worker_id = ? AND `+attemptIn+` RETURNING id, try_number`,
-			us(now), workerID, attemptList(attempts))
+			WHERE state = 'running' AND worker_id = ? AND `+tryIn+` RETURNING id, try_number`,
+			us(now), workerID, tryList(tries))
 		if err != nil {
 			return err
 		}
-		held := map[store.Attempt]bool{}
+		held := map[store.Try]bool{}
 		for rows.Next() {
-			var a store.Attempt
+			var a store.Try
 			if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
 				rows.Close()
 				return err
@@ -265,7 +265,7 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, attempts []
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
 		}
-		for _, a := range attempts {
+		for _, a := range tries {
 			if !held[a] {
 				lost = append(lost, a)
 			}
@@ -308,10 +308,10 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	return fromUS(t.Int64), true, nil
 }
 
-// failAttempts fails the running (or restarting) attempts selected by
+// failTries fails the running (or restarting) tries selected by
 // where/args as a finish with an error would: retried when tries remain.
-func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now time.Time, args ...any) ([]store.Attempt, error) {
-	var out []store.Attempt
+func (s *Store) failTries(ctx context.Context, op, reason, where string, now time.Time, args ...any) ([]store.Try, error) {
+	var out []store.Try
 	err := s.write(ctx, op, func(w *txn) error {
 		out = nil
 		// The partial index holds only the running rows: scanning it is
@@ -321,9 +321,9 @@ func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now 
 		if err != nil {
 			return err
 		}
-		var found []store.Attempt
+		var found []store.Try
 		for rows.Next() {
-			var a store.Attempt
+			var a store.Try
 			if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
 				rows.Close()
 				return err
@@ -335,7 +335,7 @@ func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now 
 		}
 		rs := make([]store.Result, len(found))
 		for i, a := range found {
-			rs[i] = store.Result{Attempt: a, State: state.Failed, Error: reason, EndedAt: now}
+			rs[i] = store.Result{Try: a, State: state.Failed, Error: reason, EndedAt: now}
 		}
 		outcomes, err := newEngine(w, now).finishBatch(rs)
 		if err != nil {
@@ -343,7 +343,7 @@ func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now 
 		}
 		for _, o := range outcomes {
 			if o.Applied {
-				out = append(out, o.Attempt)
+				out = append(out, o.Try)
 			}
 		}
 		return nil
@@ -356,31 +356,31 @@ func (s *Store) failAttempts(ctx context.Context, op, reason, where string, now 
 
 // FailZombies fails (or puts up for retry) the running instances whose
 // heartbeat is older than staleBefore, releasing downstream instances as
-// a finish would, and returns the attempts it took away.
-func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Attempt, error) {
+// a finish would, and returns the tries it took away.
+func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	reason := fmt.Sprintf("zombie: no heartbeat since before %s", staleBefore.UTC().Format(time.RFC3339Nano))
-	return s.failAttempts(ctx, "fail zombies", reason,
+	return s.failTries(ctx, "fail zombies", reason,
 		`coalesce(heartbeat_at, started_at, 0) < ?`, now, us(staleBefore))
 }
 
-// FailWorkerTasks treats the running attempts of a dead worker like
+// FailWorkerTasks treats the running tries of a dead worker like
 // zombies, at once.
-func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Attempt, error) {
-	return s.failAttempts(ctx, fmt.Sprintf("fail tasks of worker %q", workerID),
+func (s *Store) FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]store.Try, error) {
+	return s.failTries(ctx, fmt.Sprintf("fail tasks of worker %q", workerID),
 		fmt.Sprintf("worker %s died", workerID), `worker_id = ?`, now, workerID)
 }
 
-// RequeueAttempts puts running attempts back to queued without using up a
-// try (graceful shutdown); stale attempts are ignored.
-func (s *Store) RequeueAttempts(ctx context.Context, attempts []store.Attempt) error {
-	if len(attempts) == 0 {
+// RequeueTries puts running tries back to queued without using up a
+// try (graceful shutdown); stale tries are ignored.
+func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
+	if len(tries) == 0 {
 		return nil
 	}
-	return s.write(ctx, "requeue attempts", func(w *txn) error {
+	return s.write(ctx, "requeue tries", func(w *txn) error {
 		res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
 				started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
 				queued_at = coalesce(queued_at, ?)
-			WHERE state IN ('running', 'restarting') AND `+attemptIn, us(s.clk.Now()), attemptList(attempts))
+			WHERE state IN ('running', 'restarting') AND `+tryIn, us(s.clk.Now()), tryList(tries))
 		if err != nil {
 			return err
 		}

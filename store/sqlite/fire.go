@@ -10,8 +10,6 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-var _ store.Firer = (*Store)(nil)
-
 // FireRuns creates the runs of many DAGs, advances their schedules (a
 // compare-and-set on each DAG's last interval end) and admits queued runs
 // as StartRuns does, all in one write transaction. A DAG whose runs cannot

@@ -12,7 +12,7 @@ import (
 // AppendLog appends chunk to the log of one try. The log keeps at most the
 // store's LogCap bytes; what goes beyond is counted as dropped and
 // ReadLog ends the log with a truncation line.
-func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) error {
+func (s *Store) AppendLog(ctx context.Context, a store.Try, chunk []byte) error {
 	if a.TryNumber < 1 {
 		return fmt.Errorf("append log of task instance #%d: try number %d (tries start at 1)", a.ID, a.TryNumber)
 	}
@@ -37,7 +37,7 @@ func (s *Store) AppendLog(ctx context.Context, a store.Attempt, chunk []byte) er
 
 // appendLogIn appends chunk to the log of try a inside transaction w,
 // keeping at most the store's LogCap bytes and counting the rest.
-func (s *Store) appendLogIn(w *txn, a store.Attempt, chunk []byte) error {
+func (s *Store) appendLogIn(w *txn, a store.Try, chunk []byte) error {
 	var size, dropped int64
 	var chunks int
 	err := w.queryRow(`INSERT INTO task_logs (ti_id, try_number) VALUES (?, ?)

@@ -219,7 +219,7 @@ func work(ctx context.Context, s store.Store, worker string, goroutines int) ([]
 				}
 				rs := make([]store.Result, len(cs))
 				for i, c := range cs {
-					rs[i] = store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: now}
+					rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: now}
 				}
 				out, err := s.FinishTasks(ctx, rs)
 				if err != nil {

@@ -319,8 +319,8 @@ func (e *engine) leafStates(ri *runInfo) ([]state.TaskState, error) {
 	return out, rows.Err()
 }
 
-// attemptRow is a running attempt as finish reads it.
-type attemptRow struct {
+// tryRow is a running try as finish reads it.
+type tryRow struct {
 	runID      int64
 	taskID     string
 	state      state.TaskState
@@ -346,8 +346,8 @@ type pendingRelease struct {
 // up_for_retry after its retry delay. The try of an instance cleared
 // while running (restarting) is not recorded: the instance waits again.
 func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, error) {
-	out := store.FinishOutcome{Attempt: r.Attempt}
-	var a attemptRow
+	out := store.FinishOutcome{Try: r.Try}
+	var a tryRow
 	var rd, mb int64
 	var cur string
 	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns
@@ -372,7 +372,7 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 		ended = e.now
 	}
 	if len(r.Log) > 0 {
-		if err := e.w.s.appendLogIn(e.w, r.Attempt, r.Log); err != nil {
+		if err := e.w.s.appendLogIn(e.w, r.Try, r.Log); err != nil {
 			return out, nil, fmt.Errorf("append final log chunk of task instance #%d try %d: %w", r.ID, r.TryNumber, err)
 		}
 	}

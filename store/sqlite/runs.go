@@ -6,12 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 const runCols = `id, dag_id, run_id, run_type, logical_date, interval_start, interval_end, state, conf,
@@ -330,7 +330,7 @@ func (s *Store) GetRun(ctx context.Context, dagID, runID string) (store.Run, err
 
 // runOrder maps RunQuery.OrderBy names (Airflow's and the store's) to
 // columns.
-var runOrder = map[string]string{
+var runOrder = sqlorder.Order{Default: "-logical_date", Tie: "id", Columns: map[string]string{
 	"id":                  "id",
 	"dag_id":              "dag_id",
 	"run_id":              "run_id",
@@ -346,33 +346,7 @@ var runOrder = map[string]string{
 	"queued_at":           "queued_at",
 	"data_interval_start": "interval_start",
 	"data_interval_end":   "interval_end",
-}
-
-// orderClause turns "field" or "-field" into an ORDER BY clause through a
-// whitelist, with id as the tie-breaker.
-func orderClause(by, def, idCol string, allowed map[string]string) (string, error) {
-	if by == "" {
-		by = def
-	}
-	dir := "ASC"
-	field := by
-	if strings.HasPrefix(by, "-") {
-		dir, field = "DESC", by[1:]
-	}
-	col, ok := allowed[field]
-	if !ok {
-		names := make([]string, 0, len(allowed))
-		for k := range allowed {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		return "", fmt.Errorf("cannot order by %q (want one of %s, optionally prefixed by -)", by, strings.Join(names, ", "))
-	}
-	if col == idCol {
-		return " ORDER BY " + idCol + " " + dir, nil
-	}
-	return " ORDER BY " + col + " " + dir + ", " + idCol + " " + dir, nil
-}
+}}
 
 // where collects SQL conditions and their parameters.
 type where struct {
@@ -413,7 +387,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list runs: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "-logical_date", "id", runOrder)
+	order, err := runOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list runs: %w", err)
 	}
@@ -537,22 +511,4 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		w.wake(store.TopicRunsChanged)
 		return nil
 	})
-}
-
-// PurgeRuns deletes finished runs that ended before olderThan, with their
-// task instances and logs.
-func (s *Store) PurgeRuns(ctx context.Context, olderThan time.Time) (int, error) {
-	var n int64
-	err := s.write(ctx, "purge runs", func(w *txn) error {
-		res, err := w.exec(`DELETE FROM dag_runs WHERE state IN ('success', 'failed') AND ended_at < ?`, us(olderThan))
-		if err != nil {
-			return err
-		}
-		n, _ = res.RowsAffected()
-		if n > 0 {
-			w.wake(store.TopicRunsChanged)
-		}
-		return nil
-	})
-	return int(n), err
 }

@@ -137,7 +137,7 @@ func TestMaxActiveTasks(t *testing.T) {
 		t.Fatalf("claimed %v (%v) with the capped DAG at its cap", claimIDs(more), err)
 	}
 	// Finishing one frees one slot, whatever run it belongs to.
-	if _, err := s.FinishTasks(t.Context(), []store.Result{{Attempt: store.Attempt{ID: cs[0].ID, TryNumber: 1},
+	if _, err := s.FinishTasks(t.Context(), []store.Result{{Try: store.Try{ID: cs[0].ID, TryNumber: 1},
 		State: state.Success, EndedAt: t0}}); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestLogCap(t *testing.T) {
 	if err != nil || len(cs) != 1 {
 		t.Fatal(cs, err)
 	}
-	a := store.Attempt{ID: cs[0].ID, TryNumber: 1}
+	a := store.Try{ID: cs[0].ID, TryNumber: 1}
 	for _, chunk := range []string{"012345", "6789ab", "cdef"} {
 		if err := s.AppendLog(t.Context(), a, []byte(chunk)); err != nil {
 			t.Fatal(err)
@@ -170,10 +170,10 @@ func TestLogCap(t *testing.T) {
 	if string(got) != want {
 		t.Errorf("log %q, want %q", got, want)
 	}
-	if err := s.AppendLog(t.Context(), store.Attempt{ID: cs[0].ID, TryNumber: 2}, []byte("x")); !errors.Is(err, store.ErrNotFound) {
+	if err := s.AppendLog(t.Context(), store.Try{ID: cs[0].ID, TryNumber: 2}, []byte("x")); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("AppendLog to a try that has not started: %v, want ErrNotFound", err)
 	}
-	if err := s.AppendLog(t.Context(), store.Attempt{ID: 1 << 40, TryNumber: 1}, []byte("x")); !errors.Is(err, store.ErrNotFound) {
+	if err := s.AppendLog(t.Context(), store.Try{ID: 1 << 40, TryNumber: 1}, []byte("x")); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("AppendLog to an unknown instance: %v, want ErrNotFound", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
@@ -65,7 +66,7 @@ func (s *Store) GetTaskInstance(ctx context.Context, dagID, runID, taskID string
 }
 
 // taskOrder maps TaskQuery.OrderBy names to columns.
-var taskOrder = map[string]string{
+var taskOrder = sqlorder.Order{Default: "id", Tie: "ti.id", Columns: map[string]string{
 	"id":              "ti.id",
 	"dag_id":          "ti.dag_id",
 	"run_id":          "r.run_id",
@@ -84,16 +85,23 @@ var taskOrder = map[string]string{
 	"end_date":        "ti.ended_at",
 	"ended_at":        "ti.ended_at",
 	"duration":        "(ti.ended_at - ti.started_at)",
-}
+}}
 
 // ListTaskInstances returns the task instances matching q and their total
 // count (ignoring Limit and Offset). Default order: by id (creation order,
 // which is the DAG's task order within a run).
 func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]store.TaskInstance, int, error) {
+	rtis, total, err := s.ListRunTaskInstances(ctx, q)
+	return store.Instances(rtis), total, err
+}
+
+// ListRunTaskInstances is ListTaskInstances with each instance's run's
+// logical date, from the same join.
+func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]store.RunTaskInstance, int, error) {
 	if q.Limit < 0 || q.Offset < 0 {
 		return nil, 0, fmt.Errorf("list task instances: negative limit %d or offset %d", q.Limit, q.Offset)
 	}
-	order, err := orderClause(q.OrderBy, "id", "ti.id", taskOrder)
+	order, err := taskOrder.Clause(q.OrderBy)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list task instances: %w", err)
 	}
@@ -111,7 +119,8 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 	w.inList("ti.state", states)
 	w.timeRange("ti.started_at", q.StartDateGTE, q.StartDateLTE)
 	w.timeRange("ti.ended_at", q.EndDateGTE, q.EndDateLTE)
-	var out []store.TaskInstance
+	w.timeRange("r.logical_date", q.LogicalDateGTE, q.LogicalDateLTE)
+	var out []store.RunTaskInstance
 	var total int
 	// Within runs the page query counts the matches too (one statement);
 	// across runs they may be many, and are counted apart.
@@ -121,7 +130,7 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 		count := func() error {
 			return tx.QueryRowContext(ctx, `SELECT count(*)`+tiFrom+w.sql(), w.args...).Scan(&total)
 		}
-		cols := tiCols
+		cols := tiCols + `, r.logical_date`
 		if inRuns {
 			cols += `, count(*) OVER ()`
 		} else if err := count(); err != nil {
@@ -133,16 +142,17 @@ func (s *Store) ListTaskInstances(ctx context.Context, q store.TaskQuery) ([]sto
 			return err
 		}
 		defer rows.Close()
-		var sc scanner = rows
-		if inRuns {
-			sc = withTotal{rows, &total}
-		}
 		for rows.Next() {
-			ti, err := scanTI(sc)
+			var logical int64
+			extra := withExtra{rows, []any{&logical}}
+			if inRuns {
+				extra.dest = append(extra.dest, &total)
+			}
+			ti, err := scanTI(extra)
 			if err != nil {
 				return err
 			}
-			out = append(out, ti)
+			out = append(out, store.RunTaskInstance{TaskInstance: ti, LogicalDate: fromUS(logical)})
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -392,11 +402,11 @@ func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json
 	return json.RawMessage(out.String), nil
 }
 
-// withTotal scans a row of tiCols followed by count(*) OVER () into the
-// columns and total.
-type withTotal struct {
-	rows  *sql.Rows
-	total *int
+// withExtra scans a row of tiCols followed by more columns into the
+// columns and dest.
+type withExtra struct {
+	rows *sql.Rows
+	dest []any
 }
 
-func (w withTotal) Scan(dest ...any) error { return w.rows.Scan(append(dest, w.total)...) }
+func (w withExtra) Scan(dest ...any) error { return w.rows.Scan(append(dest, w.dest...)...) }

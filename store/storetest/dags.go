@@ -312,7 +312,7 @@ func testStartRuns(t *testing.T, e *env) {
 	// Finishing d1 frees a slot for d3.
 	e.drive(10, func(c store.Claimed) store.Result {
 		if c.DAGRunID != "d1" {
-			return store.Result{Attempt: att(c), State: state.Failed, Permanent: true, EndedAt: t0.Add(3 * time.Minute)}
+			return store.Result{Try: att(c), State: state.Failed, Permanent: true, EndedAt: t0.Add(3 * time.Minute)}
 		}
 		return succeed(c)
 	})

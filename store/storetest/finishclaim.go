@@ -39,7 +39,7 @@ func testFinishAndClaim(t *testing.T, e *env) {
 	}
 	a := cs[1]
 	// Put solo back, so the finish finds it queued beside what a releases.
-	must(t, "RequeueAttempts", e.s.RequeueAttempts(e.ctx, []store.Attempt{att(cs[0])}))
+	must(t, "RequeueTries", e.s.RequeueTries(e.ctx, []store.Try{att(cs[0])}))
 
 	res := result(a, state.Success)
 	res.Output = json.RawMessage(`{"n": 1}`)
@@ -122,7 +122,7 @@ func testFinishAndClaim(t *testing.T, e *env) {
 }
 
 // claimedNow returns the running instances of a run as Claimed values
-// carrying their attempts.
+// carrying their tries.
 func (e *env) claimedNow(dagID, runID string) []store.Claimed {
 	e.t.Helper()
 	tis, _, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{DAGIDs: []string{dagID}, DAGRunIDs: []string{runID},

@@ -70,7 +70,7 @@ func testFinishLog(t *testing.T, e *env) {
 	if got := readLog("c", 1); got != "c runs\n" {
 		t.Errorf("log of c = %q", got)
 	}
-	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Attempt: att(c), State: state.Success, Log: []byte("x")}}); err != nil {
+	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Try: att(c), State: state.Success, Log: []byte("x")}}); err != nil {
 		t.Errorf("FinishTasks of a finished try with a log: %v, want a refused outcome", err)
 	}
 	if got := readLog("c", 1); got != "c runs\n" {

@@ -12,16 +12,6 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-// firer returns the store as a store.Firer.
-func (e *env) firer() store.Firer {
-	e.t.Helper()
-	f, ok := e.s.(store.Firer)
-	if !ok {
-		e.t.Fatalf("%s store does not implement store.Firer", e.s.Backend())
-	}
-	return f
-}
-
 // hourly builds the fire of n hourly scheduled runs of sp after prev
 // (nil: from t0).
 func hourly(sp store.DAGSpec, prev *time.Time, n int) store.Fire {
@@ -44,7 +34,7 @@ func hourly(sp store.DAGSpec, prev *time.Time, n int) store.Fire {
 
 func (e *env) fire(fires ...store.Fire) []store.FireResult {
 	e.t.Helper()
-	res, err := e.firer().FireRuns(e.ctx, fires, t0.Add(time.Minute))
+	res, err := e.s.FireRuns(e.ctx, fires, t0.Add(time.Minute))
 	if err != nil {
 		e.t.Fatalf("FireRuns: %v", err)
 	}
@@ -119,10 +109,10 @@ func testFireRuns(t *testing.T, e *env) {
 	if runs, total, err := e.s.ListRuns(e.ctx, store.RunQuery{DAGIDs: []string{"fa"}}); err != nil || total != 3 {
 		t.Errorf("fa has %d runs (%v, %v), want 3", total, runIDs(runs), err)
 	}
-	if res, err := e.firer().FireRuns(e.ctx, nil, t0); err != nil || len(res) != 0 {
+	if res, err := e.s.FireRuns(e.ctx, nil, t0); err != nil || len(res) != 0 {
 		t.Errorf("FireRuns(nil) = %v, %v; want no results", res, err)
 	}
-	if _, err := e.firer().FireRuns(e.ctx, []store.Fire{hourly(a, nil, 1), hourly(a, nil, 1)}, t0); err == nil {
+	if _, err := e.s.FireRuns(e.ctx, []store.Fire{hourly(a, nil, 1), hourly(a, nil, 1)}, t0); err == nil {
 		t.Errorf("FireRuns accepted the same DAG twice")
 	}
 }
@@ -206,7 +196,7 @@ func testFireRunsConcurrent(t *testing.T, e *env) {
 			if g%2 == 1 {
 				slices.Reverse(fires)
 			}
-			res, err := e.firer().FireRuns(e.ctx, fires, t0.Add(time.Minute))
+			res, err := e.s.FireRuns(e.ctx, fires, t0.Add(time.Minute))
 			if err != nil {
 				t.Errorf("FireRuns: %v", err)
 				return

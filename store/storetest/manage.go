@@ -3,6 +3,7 @@ package storetest
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -28,10 +29,10 @@ func testSetRunState(t *testing.T, e *env) {
 	e.wantStates("sr", "run", map[string]state.TaskState{"a": state.Failed, "b": state.Success,
 		"c": state.Skipped, "d": state.Skipped})
 	// The worker of a learns it at its heartbeat; its late report changes nothing.
-	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(a)}, now)
+	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(a)}, now)
 	must(t, "HeartbeatTasks", err)
 	if len(lost) != 1 {
-		t.Errorf("cancelled attempt not reported lost: %v", lost)
+		t.Errorf("cancelled try not reported lost: %v", lost)
 	}
 	if o := e.finish(result(a, state.Success)); o[0].Applied {
 		t.Errorf("report after cancel applied")
@@ -106,7 +107,7 @@ func testClear(t *testing.T, e *env) {
 		t.Errorf("cleared %+v, want a queued with max tries 3", cleared)
 	}
 	a := e.claimOne("a")
-	e.finish(store.Result{Attempt: att(a), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(a), State: state.Failed, EndedAt: now})
 	if ti := e.ti("cl", "run", "a"); ti.State != state.UpForRetry {
 		t.Errorf("cleared a failed to %s, want up_for_retry (retries restored)", ti.State)
 	}
@@ -123,7 +124,7 @@ func testClear(t *testing.T, e *env) {
 	sp2 := newSpec("cl2", tk("a"), tk("b", up("a")))
 	e.started(sp2, "run")
 	a2 := e.claimOne("a")
-	e.finish(store.Result{Attempt: att(a2), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(a2), State: state.Failed, EndedAt: now})
 	cleared, err = e.s.ClearTasks(e.ctx, "cl2", "run", []string{"b"}, false, now)
 	must(t, "ClearTasks b", err)
 	if len(cleared) != 1 || cleared[0].State != state.UpstreamFailed {
@@ -151,10 +152,10 @@ func testClearRunning(t *testing.T, e *env) {
 	if cs := e.claim(5); len(cs) != 0 {
 		t.Errorf("claimed %v while a restarts", taskIDs(cs))
 	}
-	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(a)}, now)
+	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(a)}, now)
 	must(t, "HeartbeatTasks", err)
 	if len(lost) != 1 {
-		t.Errorf("restarting attempt not reported lost")
+		t.Errorf("restarting try not reported lost")
 	}
 	// Its end (whatever the outcome) sends it around again; b is not released.
 	out := e.finish(result(a, state.Success))
@@ -171,7 +172,7 @@ func testClearRunning(t *testing.T, e *env) {
 	e.finish(result(b, state.Success))
 	e.wantRunState("cr", "run", state.RunSuccess)
 
-	// A restarting attempt whose worker died comes back too.
+	// A restarting try whose worker died comes back too.
 	sp2 := newSpec("cr2", tk("a"))
 	e.started(sp2, "run")
 	x := e.claimOne("a")
@@ -179,7 +180,7 @@ func testClearRunning(t *testing.T, e *env) {
 	must(t, "ClearTasks", err)
 	taken, err := e.s.FailWorkerTasks(e.ctx, "w1", now)
 	must(t, "FailWorkerTasks", err)
-	if !sameAttempts(taken, []store.Attempt{att(x)}) {
+	if !sameTries(taken, []store.Try{att(x)}) {
 		t.Errorf("FailWorkerTasks took %v", taken)
 	}
 	if ti := e.ti("cr2", "run", "a"); ti.State != state.Queued {
@@ -202,7 +203,7 @@ func testSetTaskState(t *testing.T, e *env) {
 		t.Errorf("worker report after marking applied")
 	}
 	b := e.claimOne("b")
-	e.finish(store.Result{Attempt: att(b), State: state.Failed, EndedAt: now})
+	e.finish(store.Result{Try: att(b), State: state.Failed, EndedAt: now})
 	// Marking a failed task success fixes the counters of its downstream.
 	_, err = e.s.SetTaskState(e.ctx, "st", "run", "b", state.Success, now)
 	must(t, "SetTaskState b", err)
@@ -241,7 +242,7 @@ func testOutputs(t *testing.T, e *env) {
 	e.finish(result(b, state.Success))
 	_, err = e.s.GetOutput(e.ctx, r.ID, "b")
 	wantErr(t, "GetOutput without output", err, store.ErrNotFound)
-	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Attempt: att(b), State: state.Success, Output: json.RawMessage(`{"a":`)}}); err == nil {
+	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Try: att(b), State: state.Success, Output: json.RawMessage(`{"a":`)}}); err == nil {
 		t.Errorf("FinishTasks accepted invalid output JSON")
 	}
 }
@@ -291,7 +292,7 @@ func testLogs(t *testing.T, e *env) {
 	if err != nil || string(got) != "line 1\nline 2\nline 3\n" {
 		t.Errorf("try 1 log after try 2 wrote: %q %v", got, err)
 	}
-	if err := e.s.AppendLog(e.ctx, store.Attempt{ID: 1 << 40, TryNumber: 1}, []byte("x")); err == nil {
+	if err := e.s.AppendLog(e.ctx, store.Try{ID: 1 << 40, TryNumber: 1}, []byte("x")); err == nil {
 		t.Errorf("AppendLog to an unknown instance succeeded")
 	}
 }
@@ -449,6 +450,81 @@ func testListTIs(t *testing.T, e *env) {
 	}
 }
 
+// testListRunTIs: instances come with their run's logical date, and the
+// run's logical date filters across runs and within them.
+func testListRunTIs(t *testing.T, e *env) {
+	sp := newSpec("lr", tk("a"), tk("b", up("a")))
+	e.sync(sp)
+	days := []string{"d0", "d1", "d2", "d3"}
+	for i, id := range days {
+		e.newRun(sp, id, t0.Add(time.Duration(i)*24*time.Hour))
+	}
+	other := newSpec("lr2", tk("x"))
+	e.sync(other)
+	e.newRun(other, "o1", t0.Add(48*time.Hour))
+	rtis, total, err := e.s.ListRunTaskInstances(e.ctx, store.TaskQuery{OrderBy: "id"})
+	must(t, "ListRunTaskInstances", err)
+	if total != 9 || len(rtis) != 9 {
+		t.Fatalf("all: %d of %d, want 9", len(rtis), total)
+	}
+	for _, ti := range rtis {
+		want := t0
+		switch ti.DAGRunID {
+		case "d1":
+			want = t0.Add(24 * time.Hour)
+		case "d2", "o1":
+			want = t0.Add(48 * time.Hour)
+		case "d3":
+			want = t0.Add(72 * time.Hour)
+		}
+		if !ti.LogicalDate.Equal(want) || ti.LogicalDate.Location() != time.UTC {
+			t.Errorf("%s/%s/%s: logical date %v, want %v in UTC", ti.DAGID, ti.DAGRunID, ti.TaskID, ti.LogicalDate, want)
+		}
+	}
+	plain, _, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{OrderBy: "id"})
+	must(t, "ListTaskInstances", err)
+	for i := range plain {
+		if i >= len(rtis) || !equalJSON(t, plain[i], rtis[i].TaskInstance) {
+			t.Errorf("instance %d: ListTaskInstances %+v, ListRunTaskInstances %+v", i, plain[i], rtis[i].TaskInstance)
+		}
+	}
+	for _, c := range []struct {
+		name     string
+		q        store.TaskQuery
+		n, total int
+		first    string // run id of the first
+	}{
+		{"from d1", store.TaskQuery{LogicalDateGTE: ptr(t0.Add(24 * time.Hour)), OrderBy: "id"}, 7, 7, "d1"},
+		{"up to d1", store.TaskQuery{LogicalDateLTE: ptr(t0.Add(24 * time.Hour)), OrderBy: "id"}, 4, 4, "d0"},
+		{"d2 of lr, paged", store.TaskQuery{DAGIDs: []string{"lr"}, LogicalDateGTE: ptr(t0.Add(47 * time.Hour)),
+			LogicalDateLTE: ptr(t0.Add(49 * time.Hour)), Limit: 1, Offset: 1, OrderBy: "id"}, 1, 2, "d2"},
+		{"within runs", store.TaskQuery{DAGRunIDs: []string{"d0", "d3"}, LogicalDateGTE: ptr(t0.Add(time.Hour)), Limit: 1}, 1, 2, "d3"},
+		{"none", store.TaskQuery{LogicalDateGTE: ptr(t0.Add(1000 * time.Hour)), Limit: 1}, 0, 0, ""},
+	} {
+		rtis, total, err := e.s.ListRunTaskInstances(e.ctx, c.q)
+		must(t, "ListRunTaskInstances "+c.name, err)
+		if len(rtis) != c.n || total != c.total || (c.n > 0 && rtis[0].DAGRunID != c.first) {
+			t.Errorf("%s: %d instances of %d (first %v); want %d of %d (first %s)", c.name, len(rtis), total,
+				rtis, c.n, c.total, c.first)
+		}
+		tis, ptotal, err := e.s.ListTaskInstances(e.ctx, c.q)
+		must(t, "ListTaskInstances "+c.name, err)
+		if len(tis) != c.n || ptotal != c.total {
+			t.Errorf("%s: ListTaskInstances %d of %d; want %d of %d", c.name, len(tis), ptotal, c.n, c.total)
+		}
+	}
+}
+
+// equalJSON compares two values by their JSON.
+func equalJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	must(t, "marshal", err)
+	jb, err := json.Marshal(b)
+	must(t, "marshal", err)
+	return string(ja) == string(jb)
+}
+
 func taskIDsTI(tis []store.TaskInstance) []string {
 	out := make([]string, len(tis))
 	for i, ti := range tis {
@@ -475,35 +551,121 @@ func testDeleteRun(t *testing.T, e *env) {
 }
 
 func testPurge(t *testing.T, e *env) {
-	sp := newSpec("pg", tk("a"))
+	sp := newSpec("pg", tk("a"), tk("b", up("a")))
+	other := newSpec("po", tk("x"))
 	e.sync(sp)
+	e.sync(other)
 	for i := range 4 {
 		e.newRun(sp, fmt.Sprintf("r%d", i), t0.Add(time.Duration(i)*24*time.Hour))
 	}
+	e.newRun(other, "o0", t0)
 	e.start("pg")
-	// r0 ended at day 1, r1 at day 2, r2 at day 10; r3 still running.
-	for i, end := range []time.Time{t0.Add(24 * time.Hour), t0.Add(48 * time.Hour), t0.Add(240 * time.Hour)} {
-		_, err := e.s.SetRunState(e.ctx, "pg", fmt.Sprintf("r%d", i), state.RunSuccess, end)
+	e.start("po")
+	// Every root task runs one try that writes a log.
+	claimed, err := e.s.ClaimTasks(e.ctx, e.w, 100, t0)
+	must(t, "ClaimTasks", err)
+	if len(claimed) != 5 {
+		t.Fatalf("claimed %d, want the 5 roots", len(claimed))
+	}
+	for _, c := range claimed {
+		must(t, "AppendLog", e.s.AppendLog(e.ctx, att(c), []byte("log of "+c.DAGRunID)))
+	}
+	// r0 and o0 end at day 1, r1 at day 2, r2 at day 10; r3 still runs.
+	ends := map[string]time.Time{"r0": t0.Add(24 * time.Hour), "r1": t0.Add(48 * time.Hour), "r2": t0.Add(240 * time.Hour)}
+	for id, end := range ends {
+		_, err := e.s.SetRunState(e.ctx, "pg", id, state.RunSuccess, end)
 		must(t, "SetRunState", err)
 	}
-	n, err := e.s.PurgeRuns(e.ctx, t0.Add(72*time.Hour))
+	_, err = e.s.SetRunState(e.ctx, "po", "o0", state.RunFailed, t0.Add(24*time.Hour))
+	must(t, "SetRunState", err)
+	day3 := t0.Add(72 * time.Hour)
+
+	// Dry runs count and delete nothing.
+	for _, c := range []struct {
+		name string
+		q    store.PurgeQuery
+		want store.Purged
+	}{
+		{"all before day 3", store.PurgeQuery{Before: day3}, store.Purged{Runs: 3, TaskInstances: 5, Logs: 3}},
+		{"pg", store.PurgeQuery{Before: day3, DAGID: "pg"}, store.Purged{Runs: 2, TaskInstances: 4, Logs: 2}},
+		{"except pg", store.PurgeQuery{Before: day3, ExceptDAGIDs: []string{"pg"}}, store.Purged{Runs: 1, TaskInstances: 1, Logs: 1}},
+		{"limit 1", store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1}, store.Purged{Runs: 1, TaskInstances: 2, Logs: 1}},
+		{"after day 5", store.PurgeQuery{Before: t0.Add(1000 * time.Hour), After: t0.Add(120 * time.Hour)}, store.Purged{Runs: 1, TaskInstances: 2, Logs: 1}},
+		{"nothing", store.PurgeQuery{Before: t0}, store.Purged{}},
+	} {
+		c.q.DryRun = true
+		got, err := e.s.PurgeRuns(e.ctx, c.q)
+		must(t, "PurgeRuns dry "+c.name, err)
+		if got != c.want {
+			t.Errorf("dry PurgeRuns %s = %+v, want %+v", c.name, got, c.want)
+		}
+		logs, err := e.s.PurgeLogs(e.ctx, c.q)
+		must(t, "PurgeLogs dry "+c.name, err)
+		if logs != c.want.Logs {
+			t.Errorf("dry PurgeLogs %s = %d, want %d", c.name, logs, c.want.Logs)
+		}
+	}
+	if _, total, _ := e.s.ListRuns(e.ctx, store.RunQuery{}); total != 5 {
+		t.Fatalf("%d runs after dry runs, want 5", total)
+	}
+
+	// Logs first, in batches: runs and instances stay.
+	for i, want := range []int{1, 1, 0} {
+		n, err := e.s.PurgeLogs(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1})
+		must(t, "PurgeLogs", err)
+		if n != want {
+			t.Errorf("PurgeLogs batch %d = %d, want %d", i, n, want)
+		}
+	}
+	for _, id := range []string{"r0", "r1"} {
+		if b, err := e.s.ReadLog(e.ctx, "pg", id, "a", 1); err == nil && len(b) > 0 {
+			t.Errorf("log of pg/%s/a after PurgeLogs: %q", id, b)
+		}
+		if _, err := e.s.GetTaskInstance(e.ctx, "pg", id, "a"); err != nil {
+			t.Errorf("instance pg/%s/a after PurgeLogs: %v", id, err)
+		}
+	}
+	if b, err := e.s.ReadLog(e.ctx, "pg", "r2", "a", 1); err != nil || string(b) != "log of r2" {
+		t.Errorf("log of r2 (ended after the cut) = %q, %v", b, err)
+	}
+
+	// Runs in batches, oldest first; a DAG's runs alone, or all but a DAG's.
+	got, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, DAGID: "pg", Limit: 1})
 	must(t, "PurgeRuns", err)
-	if n != 2 {
-		t.Errorf("PurgeRuns removed %d, want 2", n)
+	if got != (store.Purged{Runs: 1, TaskInstances: 2}) {
+		t.Errorf("PurgeRuns pg limit 1 = %+v, want 1 run, 2 instances, no logs (purged before)", got)
+	}
+	if _, err := e.s.GetRun(e.ctx, "pg", "r0"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("r0 (the oldest) after the purge: %v, want not found", err)
+	}
+	got, err = e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: day3, ExceptDAGIDs: []string{"pg"}})
+	must(t, "PurgeRuns except", err)
+	if got != (store.Purged{Runs: 1, TaskInstances: 1, Logs: 1}) {
+		t.Errorf("PurgeRuns except pg = %+v, want o0", got)
+	}
+	got, err = e.s.PurgeRuns(e.ctx, store.PurgeQuery{Before: t0.Add(1000 * time.Hour)})
+	must(t, "PurgeRuns all", err)
+	if got != (store.Purged{Runs: 2, TaskInstances: 4, Logs: 1}) {
+		t.Errorf("PurgeRuns of the rest = %+v, want r1 and r2 (the running r3 stays)", got)
 	}
 	runs, _, err := e.s.ListRuns(e.ctx, store.RunQuery{OrderBy: "run_id"})
 	must(t, "ListRuns", err)
-	if !equalIDs(runs, "r2", "r3") {
-		t.Errorf("left %v, want r2 r3", runIDs(runs))
+	if !equalIDs(runs, "r3") {
+		t.Errorf("left %v, want r3", runIDs(runs))
 	}
 	tis, total, err := e.s.ListTaskInstances(e.ctx, store.TaskQuery{})
 	must(t, "ListTaskInstances", err)
 	if total != 2 {
-		t.Errorf("%d instances left (%v), want 2", total, tis)
+		t.Errorf("%d instances left (%v), want r3's 2", total, tis)
 	}
-	n, err = e.s.PurgeRuns(e.ctx, t0.Add(1000*time.Hour))
-	if err != nil || n != 1 {
-		t.Errorf("second purge = %d, %v; want 1 (the running run stays)", n, err)
+	if b, err := e.s.ReadLog(e.ctx, "pg", "r3", "a", 1); err != nil || string(b) != "log of r3" {
+		t.Errorf("log of the running r3 = %q, %v", b, err)
+	}
+	if _, err := e.s.PurgeRuns(e.ctx, store.PurgeQuery{}); err == nil {
+		t.Error("PurgeRuns without Before succeeded")
+	}
+	if _, err := e.s.PurgeLogs(e.ctx, store.PurgeQuery{Before: day3, Limit: -1}); err == nil {
+		t.Error("PurgeLogs with a negative limit succeeded")
 	}
 }
 

@@ -86,7 +86,7 @@ func testTriggerRules(t *testing.T, e *env) {
 	e.drive(1, func(c store.Claimed) store.Result {
 		if c.TaskID == "b" && !finished[c.DAGID+"/a"] {
 			// Hold b back until a has finished: requeue it untouched.
-			must(t, "RequeueAttempts", e.s.RequeueAttempts(e.ctx, []store.Attempt{att(c)}))
+			must(t, "RequeueTries", e.s.RequeueTries(e.ctx, []store.Try{att(c)}))
 			c2 := e.claimNamed(c.DAGID, "a")
 			finished[c.DAGID+"/a"] = true
 			return result(c2, outcome[c.DAGID+"/a"])
@@ -116,7 +116,7 @@ func (e *env) claimNamed(dagID, task string) store.Claimed {
 	e.t.Helper()
 	cs := e.claim(1000)
 	var found *store.Claimed
-	var back []store.Attempt
+	var back []store.Try
 	for i, c := range cs {
 		if c.DAGID == dagID && c.TaskID == task && found == nil {
 			found = &cs[i]
@@ -125,7 +125,7 @@ func (e *env) claimNamed(dagID, task string) store.Claimed {
 		back = append(back, att(c))
 	}
 	if len(back) > 0 {
-		must(e.t, "RequeueAttempts", e.s.RequeueAttempts(e.ctx, back))
+		must(e.t, "RequeueTries", e.s.RequeueTries(e.ctx, back))
 	}
 	if found == nil {
 		e.t.Fatalf("task %s/%s is not queued", dagID, task)
@@ -146,7 +146,7 @@ func testEarlyDecisions(t *testing.T, e *env) {
 	sp2 := newSpec("early2", tk("a"), tk("b"), tk("all", up("a", "b")), tk("leaf", up("all")))
 	e.started(sp2, "r")
 	a2 := e.claimNamed("early2", "a")
-	e.finish(store.Result{Attempt: att(a2), State: state.Failed, EndedAt: t0.Add(3 * time.Minute)})
+	e.finish(store.Result{Try: att(a2), State: state.Failed, EndedAt: t0.Add(3 * time.Minute)})
 	e.wantStates("early2", "r", map[string]state.TaskState{"a": state.Failed, "b": state.Queued,
 		"all": state.UpstreamFailed, "leaf": state.UpstreamFailed})
 	e.wantRunState("early2", "r", state.RunRunning) // b has not finished
@@ -216,7 +216,7 @@ func testUpstreamFailed(t *testing.T, e *env) {
 	sp := newSpec("uf", tk("a"), tk("b", up("a")), tk("c", up("b")), tk("cleanup", up("c"), rule(dag.AllDone)))
 	e.started(sp, "r")
 	a := e.claimOne("a")
-	out := e.finish(store.Result{Attempt: att(a), State: state.Failed, Error: "boom", EndedAt: t0.Add(3 * time.Minute)})
+	out := e.finish(store.Result{Try: att(a), State: state.Failed, Error: "boom", EndedAt: t0.Add(3 * time.Minute)})
 	if out[0].State != state.Failed {
 		t.Errorf("finish a state %s, want failed (no retries)", out[0].State)
 	}
@@ -234,7 +234,7 @@ func testUpstreamFailed(t *testing.T, e *env) {
 	sp2 := newSpec("uf2", tk("a"), tk("b", up("a")))
 	e.started(sp2, "r")
 	a2 := e.claimOne("a")
-	e.finish(store.Result{Attempt: att(a2), State: state.Failed, EndedAt: t0.Add(3 * time.Minute)})
+	e.finish(store.Result{Try: att(a2), State: state.Failed, EndedAt: t0.Add(3 * time.Minute)})
 	e.wantStates("uf2", "r", map[string]state.TaskState{"b": state.UpstreamFailed})
 	e.wantRunState("uf2", "r", state.RunFailed)
 }

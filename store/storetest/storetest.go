@@ -107,7 +107,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Heartbeats", testHeartbeats},
 		{"Zombies", testZombies},
 		{"FailWorkerTasks", testFailWorker},
-		{"RequeueAttempts", testRequeue},
+		{"RequeueTries", testRequeue},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
 		{"ClearRunning", testClearRunning},
@@ -120,6 +120,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ListRuns", testListRuns},
 		{"ListTaskInstances", testListTIs},
 		{"Grid", testGrid},
+		{"ListRunTaskInstances", testListRunTIs},
 		{"DeleteRun", testDeleteRun},
 		{"PurgeRuns", testPurge},
 		{"RoundTrip", testRoundTrip},
@@ -278,7 +279,7 @@ func (e *env) finish(rs ...store.Result) []store.FinishOutcome {
 
 // result is the outcome st of claimed instance c, ended at t0+3m.
 func result(c store.Claimed, st state.TaskState) store.Result {
-	return store.Result{Attempt: store.Attempt{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0.Add(3 * time.Minute)}
+	return store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0.Add(3 * time.Minute)}
 }
 
 func (e *env) ti(dagID, runID, task string) store.TaskInstance {
@@ -358,8 +359,8 @@ func (e *env) drive(batch int, outcome func(c store.Claimed) store.Result) int {
 	return n
 }
 
-// att is the attempt of a claimed instance.
-func att(c store.Claimed) store.Attempt { return store.Attempt{ID: c.ID, TryNumber: c.TryNumber} }
+// att is the try of a claimed instance.
+func att(c store.Claimed) store.Try { return store.Try{ID: c.ID, TryNumber: c.TryNumber} }
 
 func succeed(c store.Claimed) store.Result { return result(c, state.Success) }
 

@@ -178,7 +178,7 @@ func testRetries(t *testing.T, e *env) {
 			t.Fatalf("try %d: claimed try %d of %d", try, c.TryNumber, c.MaxTries)
 		}
 		end := t0.Add(time.Duration(try) * time.Hour)
-		out := e.finish(store.Result{Attempt: att(c), State: state.Failed, Error: "try failed", EndedAt: end})
+		out := e.finish(store.Result{Try: att(c), State: state.Failed, Error: "try failed", EndedAt: end})
 		if try == 3 {
 			if out[0].State != state.Failed {
 				t.Fatalf("last try ended %s, want failed", out[0].State)
@@ -224,7 +224,7 @@ func testBackoff(t *testing.T, e *env) {
 	for try := 1; try <= 5; try++ {
 		c := e.claimOne("r")
 		end := t0.Add(time.Duration(try) * time.Hour)
-		e.finish(store.Result{Attempt: att(c), State: state.Failed, EndedAt: end})
+		e.finish(store.Result{Try: att(c), State: state.Failed, EndedAt: end})
 		ti := e.ti("bo", "run", "r")
 		if ti.NextRetryAt == nil {
 			t.Fatalf("try %d: no retry time", try)
@@ -243,7 +243,7 @@ func testBackoff(t *testing.T, e *env) {
 func testPermanent(t *testing.T, e *env) {
 	e.started(newSpec("pm", tk("r", retries(3, time.Second, 0)), tk("d", up("r"))), "run")
 	c := e.claimOne("r")
-	out := e.finish(store.Result{Attempt: att(c), State: state.Failed, Permanent: true, EndedAt: t0.Add(time.Hour)})
+	out := e.finish(store.Result{Try: att(c), State: state.Failed, Permanent: true, EndedAt: t0.Add(time.Hour)})
 	if out[0].State != state.Failed {
 		t.Errorf("permanent failure ended %s, want failed", out[0].State)
 	}
@@ -257,9 +257,9 @@ func testCAS(t *testing.T, e *env) {
 	e.started(newSpec("cas", tk("a"), tk("b"), tk("c", up("a"))), "run")
 	queued := e.ti("cas", "run", "b")
 	// Finishing an instance nobody claimed changes nothing.
-	out := e.finish(store.Result{Attempt: store.Attempt{ID: queued.ID, TryNumber: 0}, State: state.Success, EndedAt: t0},
-		store.Result{Attempt: store.Attempt{ID: queued.ID, TryNumber: 1}, State: state.Success, EndedAt: t0},
-		store.Result{Attempt: store.Attempt{ID: 1 << 40, TryNumber: 1}, State: state.Success, EndedAt: t0})
+	out := e.finish(store.Result{Try: store.Try{ID: queued.ID, TryNumber: 0}, State: state.Success, EndedAt: t0},
+		store.Result{Try: store.Try{ID: queued.ID, TryNumber: 1}, State: state.Success, EndedAt: t0},
+		store.Result{Try: store.Try{ID: 1 << 40, TryNumber: 1}, State: state.Success, EndedAt: t0})
 	for i, o := range out {
 		if o.Applied {
 			t.Errorf("finish #%d of an unclaimed or unknown instance applied: %+v", i, o)
@@ -276,7 +276,7 @@ func testCAS(t *testing.T, e *env) {
 		t.Errorf("finish with a wrong try = %+v, want not applied, state running", o[0])
 	}
 	// Invalid outcome: an error, nothing written.
-	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Attempt: att(a), State: state.Running, EndedAt: t0}}); err == nil {
+	if _, err := e.s.FinishTasks(e.ctx, []store.Result{{Try: att(a), State: state.Running, EndedAt: t0}}); err == nil {
 		t.Errorf("FinishTasks accepted state running as an outcome")
 	}
 	if ti := e.ti("cas", "run", "a"); ti.State != state.Running {
@@ -332,11 +332,11 @@ func testHeartbeats(t *testing.T, e *env) {
 		t.Fatalf("claimed %d", len(cs))
 	}
 	a, b := cs[0], cs[1]
-	bogus := []store.Attempt{{ID: b.ID, TryNumber: 9}, {ID: 1 << 40, TryNumber: 1}}
+	bogus := []store.Try{{ID: b.ID, TryNumber: 9}, {ID: 1 << 40, TryNumber: 1}}
 	now := t0.Add(5 * time.Minute)
-	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", append([]store.Attempt{att(a), att(b)}, bogus...), now)
+	lost, err := e.s.HeartbeatTasks(e.ctx, "w1", append([]store.Try{att(a), att(b)}, bogus...), now)
 	must(t, "HeartbeatTasks", err)
-	if !sameAttempts(lost, bogus) {
+	if !sameTries(lost, bogus) {
 		t.Errorf("lost %v, want %v", lost, bogus)
 	}
 	for _, c := range cs {
@@ -346,16 +346,16 @@ func testHeartbeats(t *testing.T, e *env) {
 		}
 	}
 	e.finish(result(a, state.Success))
-	lost, err = e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(a), att(b)}, now.Add(time.Minute))
+	lost, err = e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(a), att(b)}, now.Add(time.Minute))
 	must(t, "HeartbeatTasks", err)
-	if !sameAttempts(lost, []store.Attempt{att(a)}) {
+	if !sameTries(lost, []store.Try{att(a)}) {
 		t.Errorf("lost %v after a finished, want [a]", lost)
 	}
 	// Another worker cannot keep b alive.
-	lost, err = e.s.HeartbeatTasks(e.ctx, "w2", []store.Attempt{att(b)}, now.Add(time.Hour))
+	lost, err = e.s.HeartbeatTasks(e.ctx, "w2", []store.Try{att(b)}, now.Add(time.Hour))
 	must(t, "HeartbeatTasks w2", err)
-	if !sameAttempts(lost, []store.Attempt{att(b)}) {
-		t.Errorf("w2 heartbeat of w1's attempt: lost %v", lost)
+	if !sameTries(lost, []store.Try{att(b)}) {
+		t.Errorf("w2 heartbeat of w1's try: lost %v", lost)
 	}
 	if ti := e.ti("hb", "run", "b"); !ti.HeartbeatAt.Equal(now.Add(time.Minute)) {
 		t.Errorf("another worker moved b's heartbeat to %v", ti.HeartbeatAt)
@@ -366,9 +366,9 @@ func testHeartbeats(t *testing.T, e *env) {
 	}
 }
 
-func sameAttempts(a, b []store.Attempt) bool {
+func sameTries(a, b []store.Try) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
-	cmp := func(x, y store.Attempt) int {
+	cmp := func(x, y store.Try) int {
 		if x.ID != y.ID {
 			if x.ID < y.ID {
 				return -1
@@ -396,12 +396,12 @@ func testZombies(t *testing.T, e *env) {
 			zn = c
 		}
 	}
-	if _, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Attempt{att(zr)}, t0.Add(10*time.Minute)); err != nil {
+	if _, err := e.s.HeartbeatTasks(e.ctx, "w1", []store.Try{att(zr)}, t0.Add(10*time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	taken, err := e.s.FailZombies(e.ctx, t0.Add(5*time.Minute), t0.Add(11*time.Minute))
 	must(t, "FailZombies", err)
-	if !sameAttempts(taken, []store.Attempt{att(zn)}) {
+	if !sameTries(taken, []store.Try{att(zn)}) {
 		t.Fatalf("FailZombies took %v, want zn", taken)
 	}
 	ti := e.ti("zz", "run", "zn")
@@ -415,7 +415,7 @@ func testZombies(t *testing.T, e *env) {
 	}
 	taken, err = e.s.FailZombies(e.ctx, t0.Add(20*time.Minute), t0.Add(21*time.Minute))
 	must(t, "FailZombies", err)
-	if !sameAttempts(taken, []store.Attempt{att(zr)}) {
+	if !sameTries(taken, []store.Try{att(zr)}) {
 		t.Fatalf("FailZombies took %v, want zr", taken)
 	}
 	if ti := e.ti("zz", "run", "zr"); ti.State != state.UpForRetry {
@@ -437,7 +437,7 @@ func testFailWorker(t *testing.T, e *env) {
 	}
 	taken, err := e.s.FailWorkerTasks(e.ctx, "w2", t0.Add(3*time.Minute))
 	must(t, "FailWorkerTasks", err)
-	if !sameAttempts(taken, []store.Attempt{att(cs[0])}) {
+	if !sameTries(taken, []store.Try{att(cs[0])}) {
 		t.Errorf("FailWorkerTasks took %v, want b", taken)
 	}
 	e.wantStates("fw", "run", map[string]state.TaskState{"a": state.Running, "b": state.Failed})
@@ -448,7 +448,7 @@ func testFailWorker(t *testing.T, e *env) {
 func testRequeue(t *testing.T, e *env) {
 	e.started(newSpec("rq", tk("a")), "run")
 	a := e.claimOne("a")
-	must(t, "RequeueAttempts", e.s.RequeueAttempts(e.ctx, []store.Attempt{att(a), {ID: a.ID, TryNumber: 5}}))
+	must(t, "RequeueTries", e.s.RequeueTries(e.ctx, []store.Try{att(a), {ID: a.ID, TryNumber: 5}}))
 	ti := e.ti("rq", "run", "a")
 	if ti.State != state.Queued || ti.TryNumber != 0 || ti.WorkerID != "" {
 		t.Errorf("after requeue: %+v, want queued with try 0", ti)
@@ -457,10 +457,10 @@ func testRequeue(t *testing.T, e *env) {
 	if again.TryNumber != 1 {
 		t.Errorf("claimed again with try %d, want 1 (requeue uses no try)", again.TryNumber)
 	}
-	// A stale attempt (the one requeued) is ignored.
-	must(t, "RequeueAttempts stale", e.s.RequeueAttempts(e.ctx, []store.Attempt{{ID: a.ID, TryNumber: 7}}))
+	// A stale try (the one requeued) is ignored.
+	must(t, "RequeueTries stale", e.s.RequeueTries(e.ctx, []store.Try{{ID: a.ID, TryNumber: 7}}))
 	if ti := e.ti("rq", "run", "a"); ti.State != state.Running {
 		t.Errorf("stale requeue moved a to %s", ti.State)
 	}
-	must(t, "RequeueAttempts empty", e.s.RequeueAttempts(e.ctx, nil))
+	must(t, "RequeueTries empty", e.s.RequeueTries(e.ctx, nil))
 }

@@ -645,7 +645,7 @@
         renderTries();
         if (FINAL[st] && (!outputDone || !wasFinal)) {
           outputDone = true;
-          api("GET", base + "/xcomEntries/return_value").then(function (x) {
+          api("GET", base + "/xcomEntries/return_value?stringify=false").then(function (x) {
             $("#output").textContent = JSON.stringify(x.value, null, 2);
             $("#output").classList.remove("muted");
           }, function () { $("#output").textContent = "—"; $("#output").classList.add("muted"); });

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package cli
+
+// networkFilesystem cannot tell on this platform.
+func networkFilesystem(string) string { return "" }

@@ -1,6 +1,0 @@
-//go:build !linux
-
-package main
-
-// networkFilesystem cannot tell on this platform.
-func networkFilesystem(string) string { return "" }

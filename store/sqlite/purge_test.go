@@ -1,0 +1,99 @@
+package sqlite_test
+
+import (
+	"bytes"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/sqlite"
+)
+
+// TestPurgeShrinksFile: the file is in auto_vacuum=INCREMENTAL mode after
+// migrating, and purging runs with large logs gives the space back to the
+// file system.
+func TestPurgeShrinksFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shrink.db")
+	s := open(t, path, sqlite.Options{})
+	sp := store.DAGSpec{DAGID: "big", Fingerprint: "f1", MaxActiveRuns: 1000, Tasks: []store.TaskSpec{task("a")}}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1, Slots: 1000, StartedAt: t0, HeartbeatAt: t0}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.RegisterWorker(t.Context(), w))
+	const runs = 100
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	for i := range runs {
+		syncRun(t, s, sp, fmt.Sprintf("r%03d", i), t0.Add(time.Duration(i)*time.Hour))
+	}
+	claimed, err := s.ClaimTasks(t.Context(), w, runs, t0)
+	must(err)
+	if len(claimed) != runs {
+		t.Fatalf("claimed %d, want %d", len(claimed), runs)
+	}
+	var results []store.Result
+	for _, c := range claimed {
+		a := store.Try{ID: c.ID, TryNumber: c.TryNumber}
+		must(s.AppendLog(t.Context(), a, chunk))
+		results = append(results, store.Result{Try: a, State: state.Success, StartedAt: t0, EndedAt: t0.Add(time.Minute)})
+	}
+	_, err = s.FinishTasks(t.Context(), results)
+	must(err)
+	must(s.Close())
+	full := fileSize(t, path)
+	if full < runs*64<<10 {
+		t.Fatalf("file of %d bytes holds less than the logs written", full)
+	}
+
+	s = open(t, path, sqlite.Options{})
+	var purged store.Purged
+	for {
+		p, err := s.PurgeRuns(t.Context(), store.PurgeQuery{Before: time.Now().Add(time.Hour), Limit: 10})
+		must(err)
+		if p.Runs == 0 {
+			break
+		}
+		purged.Runs += p.Runs
+		purged.Logs += p.Logs
+	}
+	if purged.Runs != runs || purged.Logs != runs {
+		t.Fatalf("purged %+v, want %d runs and logs", purged, runs)
+	}
+	must(s.Close())
+	if after := fileSize(t, path); after > full/4 {
+		t.Errorf("file is %d bytes after purging everything, was %d: the space was not given back", after, full)
+	}
+
+	db, err := sql.Open("sqlite", "file:"+path)
+	must(err)
+	defer db.Close()
+	var mode int
+	must(db.QueryRow("PRAGMA auto_vacuum").Scan(&mode))
+	if mode != 2 {
+		t.Errorf("auto_vacuum = %d, want 2 (incremental)", mode)
+	}
+}
+
+// fileSize returns the size of the database file (its WAL checkpointed:
+// the store is closed).
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-wal"); err == nil {
+		if wal, _ := os.Stat(path + "-wal"); wal.Size() > 0 {
+			t.Logf("WAL of %d bytes left after close", wal.Size())
+		}
+	}
+	return fi.Size()
+}
