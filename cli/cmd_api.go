@@ -70,8 +70,8 @@ func newAPICmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "api",
 		Short: "Serve the REST API and the Prometheus metrics alone",
-		Long: `Api serves the Airflow-compatible REST API under /api/v1 and the Prometheus
-metrics at /metrics, against the database of --database-url (applying
+		Long: `Api serves the Airflow-compatible REST API under /api/v1, the web UI at /
+and the Prometheus metrics at /metrics, against the database of --database-url (applying
 pending migrations first), without a scheduler or workers: run it next to
 "trellis scheduler" and "trellis worker" to scale the parts apart, or use
 "trellis serve" to run everything in one process.
