@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/trellis-dag/trellis/internal/testdb"
 )
@@ -188,6 +189,13 @@ func testUI(t *testing.T, dbURL string, shots bool) {
 		t.Errorf("grid cells of ui_run by state = %v, want 6 success and 1 skipped", cells)
 	}
 	p.screenshot("ui-grid")
+
+	// The grid is keyboard-navigable: arrows move between cells.
+	evalJS[bool](p, `document.querySelector('#grid-table .gr[data-i="0"] a.c').focus(), true`)
+	p.run("press the down and right arrows", chromedp.KeyEvent(kb.ArrowDown), chromedp.KeyEvent(kb.ArrowRight))
+	if got := evalJS[string](p, `(() => { const a = document.activeElement; return a.parentNode.dataset.i + "," + [...a.parentNode.querySelectorAll("a.c")].indexOf(a); })()`); got != "1,1" {
+		t.Errorf("after the down and right arrows from the first cell, the focus is on row,column %s, want 1,1", got)
+	}
 
 	// The graph, coloured by the run.
 	p.run("open the graph", chromedp.Click(chromedp.CSS("#tab-graph")))

@@ -365,7 +365,7 @@
       var h = [];
       for (var i = from; i < to; i++) {
         var t = g.tasks[i], te = enc(t.task_id), tx = esc(t.task_id);
-        h.push('<div class="gr" style="top:' + i * ROWH + 'px" data-task="' + tx + '"><span class="task" title="' + tx + '">' + tx + "</span>");
+        h.push('<div class="gr" style="top:' + i * ROWH + 'px" data-i="' + i + '" data-task="' + tx + '"><span class="task" title="' + tx + '">' + tx + "</span>");
         for (var j = 0; j < g.runs.length; j++) {
           var st = stateOf(t.states[j]), s = t.start_ms[j], e = t.end_ms[j];
           var d = s != null ? (e != null ? e - s : now - s) : null;
@@ -376,6 +376,26 @@
       }
       gridBody.innerHTML = h.join("");
     }
+    // Arrow keys move between the grid's cells (Home/End: first and last
+    // run); rows out of view are scrolled to and drawn first.
+    $("#grid").addEventListener("keydown", function (e) {
+      var a = e.target.closest("a.c");
+      if (!a || !grid) return;
+      var row = a.parentNode, i = +row.dataset.i;
+      var j = Array.prototype.indexOf.call(row.querySelectorAll("a.c"), a);
+      var d = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[e.key];
+      if (e.key === "Home") d = [0, -j];
+      if (e.key === "End") d = [0, grid.runs.length - 1 - j];
+      if (!d) return;
+      e.preventDefault();
+      var i2 = Math.min(grid.tasks.length - 1, Math.max(0, i + d[0])), j2 = Math.min(grid.runs.length - 1, Math.max(0, j + d[1]));
+      var wrap = $("#grid"), top = i2 * ROWH, head = 64;
+      if (top < wrap.scrollTop) wrap.scrollTop = top;
+      else if (top + ROWH > wrap.scrollTop + wrap.clientHeight - head) wrap.scrollTop = top + ROWH - wrap.clientHeight + head;
+      renderRows();
+      var next = gridBody.querySelector('.gr[data-i="' + i2 + '"]');
+      if (next) next.querySelectorAll("a.c")[j2].focus();
+    });
     $("#grid").addEventListener("scroll", function () {
       if (rowsQueued) return;
       rowsQueued = true;
