@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/clock"
@@ -136,7 +137,7 @@ func Mount(apiHandler, uiHandler http.Handler) http.Handler {
 
 func (u *ui) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(securityHeaders)
+	r.Use(securityHeaders, middleware.GetHead)
 	r.Get("/static/*", u.static)
 	r.Get("/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, u.assetURL("favicon.svg"), http.StatusFound)

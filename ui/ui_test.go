@@ -106,6 +106,9 @@ func TestStatic(t *testing.T) {
 			t.Errorf("GET %s: %d", p, resp.StatusCode)
 		}
 	}
+	if resp, err := http.Head(srv.URL + "/"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("HEAD /: %v %v", resp, err)
+	}
 	if resp, _ := get(t, http.DefaultClient, srv.URL+"/static/nope.js"); resp.StatusCode != 404 {
 		t.Errorf("GET a missing asset: %d", resp.StatusCode)
 	}
