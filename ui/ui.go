@@ -358,26 +358,22 @@ func (u *ui) triggerData(r *http.Request) (map[string]any, error) {
 	return map[string]any{"Title": "Trigger " + d.ID(), "DAG": d.ID(), "Conf": string(conf), "Params": keys}, nil
 }
 
+// runData and taskData serve runs of DAGs the binary no longer has too:
+// their history is in the store, and the page reads it from the API.
 func (u *ui) runData(r *http.Request) (map[string]any, error) {
-	d, err := u.lookup(r)
-	if err != nil {
-		return nil, err
-	}
-	run := param(r, "run_id")
-	return map[string]any{"Title": run + " · " + d.ID(), "DAG": d.ID(), "Run": run}, nil
+	dagID, run := param(r, "dag_id"), param(r, "run_id")
+	return map[string]any{"Title": run + " · " + dagID, "DAG": dagID, "Run": run}, nil
 }
 
 func (u *ui) taskData(r *http.Request) (map[string]any, error) {
-	d, err := u.lookup(r)
-	if err != nil {
-		return nil, err
-	}
-	run, task := param(r, "run_id"), param(r, "task_id")
-	data := map[string]any{"Title": task + " · " + run, "DAG": d.ID(), "Run": run, "Task": task}
-	if t := d.Task(task); t != nil {
-		data["Kind"] = string(t.Kind())
-		data["TriggerRule"] = string(t.TriggerRule())
-		data["Retries"] = t.Retries()
+	dagID, run, task := param(r, "dag_id"), param(r, "run_id"), param(r, "task_id")
+	data := map[string]any{"Title": task + " · " + run, "DAG": dagID, "Run": run, "Task": task}
+	if d := u.reg.Lookup(dagID); d != nil {
+		if t := d.Task(task); t != nil {
+			data["Kind"] = string(t.Kind())
+			data["TriggerRule"] = string(t.TriggerRule())
+			data["Retries"] = t.Retries()
+		}
 	}
 	return data, nil
 }

@@ -64,6 +64,7 @@ func TestPages(t *testing.T) {
 		{"/dags/etl/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00", 200, []string{`data-run="manual__2026-01-01T00:00:00&#43;00:00"`}},
 		{"/dags/etl/runs/r1/tasks/extract", 200, []string{`data-task="extract"`, "func"}},
 		{"/dags/nope", 404, []string{"no DAG", "nope"}},
+		{"/dags/gone/runs/r1", 200, []string{`data-dag="gone"`, `data-run="r1"`}}, // history of a DAG the binary lost
 		{"/elsewhere", 404, []string{"Not found"}},
 		{"/api/v1/dags", 200, []string{"api /api/v1/dags"}},
 		{"/metrics", 200, []string{"api /metrics"}},
