@@ -51,9 +51,10 @@ func (s *Store) Grid(ctx context.Context, q store.GridQuery) (store.Grid, error)
 	}
 	g := store.Grid{Runs: []store.Run{}, Cells: []store.GridCell{}}
 	if q.RunLimit > 0 {
-		// Planned for its parameters every time (an unnamed statement): a
+		// Planned for its parameters every time (an unnamed statement,
+		// described first so that the arrays come back in binary): a
 		// generic plan cannot know how many runs and tasks there are.
-		sql, args := gridAllSQL, []any{pgx.QueryExecModeExec, q.DAGID, q.RunLimit, q.RunOffset}
+		sql, args := gridAllSQL, []any{pgx.QueryExecModeDescribeExec, q.DAGID, q.RunLimit, q.RunOffset}
 		if !q.AllTasks {
 			taskIDs := q.TaskIDs
 			if taskIDs == nil {
