@@ -223,6 +223,16 @@ func testUI(t *testing.T, dbURL string, shots bool) {
 		return r && r.textContent.includes("success") && r.children[2].textContent.startsWith("2/"); })()`, 60*time.Second)
 	p.screenshot("ui-run")
 
+	// Mark a task failed, then delete the run (a second click confirms).
+	p.run("mark cleanup failed", chromedp.Click(chromedp.CSS(`.ti-row[data-task="cleanup"] button[data-act="failed"]`)))
+	p.until("cleanup is failed", `(() => { const r = document.querySelector('.ti-row[data-task="cleanup"]'); return r && r.textContent.includes("failed"); })()`, 20*time.Second)
+	p.until("the run can be deleted", `!document.querySelector("#run-delete").disabled`, 20*time.Second)
+	p.run("delete the run", chromedp.Click(chromedp.CSS("#run-delete")), chromedp.Click(chromedp.CSS("#run-delete")))
+	p.until("back on the DAG page", `document.body.dataset.page === "dag"`, 20*time.Second)
+	if r := c.do("GET", "/api/v1/dags/etl_example/dagRuns/ui_run", nil); r.status != http.StatusNotFound {
+		t.Errorf("the deleted run answers %d, want 404", r.status)
+	}
+
 	// Pause a DAG from the list.
 	p.open("/")
 	p.until("the pause switch", `document.querySelector('input[data-pause="backup_automation"]')`, 20*time.Second)
@@ -254,6 +264,13 @@ func TestUILogin(t *testing.T) {
 	if strings.Contains(cookies, "trellis_session") {
 		t.Errorf("the session cookie is readable by scripts: %q", cookies)
 	}
+	// The trigger form names what is wrong with bad JSON and sends nothing.
+	p.open("/dags/etl_example/trigger")
+	p.run("trigger with bad JSON", chromedp.SetValue(chromedp.CSS("#conf"), `{"rows": `), chromedp.Click(chromedp.CSS("#trigger-submit")))
+	p.until("the form's error", `!document.querySelector("#trigger-error").hidden && document.querySelector("#trigger-error").textContent.includes("not valid")`, 10*time.Second)
+	p.open("/dags/etl_example")
+	p.until("the DAG page, its switch on", `document.querySelector("#dag-on").checked`, 10*time.Second)
+
 	// A change through the page's script (the pause switch) is accepted.
 	p.run("pause etl_example", chromedp.Click(chromedp.CSS("#dag-on")))
 	c := newClient(t, srv.url, token)
