@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,7 +17,12 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/trellis-dag/trellis/dag"
+	_ "github.com/trellis-dag/trellis/dags" // the example DAGs, as in the binary
 	"github.com/trellis-dag/trellis/internal/testdb"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/dial"
 )
 
 // The UI tests drive Debian's Chromium, headless, against a real
@@ -284,4 +290,54 @@ func TestUILogin(t *testing.T) {
 	if status != http.StatusUnauthorized {
 		t.Errorf("a PATCH with the cookie but without the CSRF header answered %d, want 401", status)
 	}
+}
+
+// TestUILiveLog: the task page tails the log of a running try. `trellis
+// api` serves the UI without workers; the test plays the worker through
+// the store: it claims extract, appends to its log while the page is open,
+// then finishes it.
+func TestUILiveLog(t *testing.T) {
+	t.Parallel()
+	ctx := browser(t)
+	dbURL := testdb.SQLite(t)
+	srv := startTrellis(t, []string{"TRELLIS_DATABASE_URL=" + dbURL}, "api", "--addr", "127.0.0.1:0")
+	c := newClient(t, srv.url, "")
+	p := &page{t: t, ctx: ctx, base: srv.url}
+	st, err := dial.Open(context.Background(), dbURL, dial.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("open the store: %v", err)
+	}
+	defer st.Close()
+	// `trellis api` runs no scheduler, which records the DAGs: record it.
+	if err := st.SyncDAGs(context.Background(), []store.DAGSpec{store.SpecFromDAG(dag.Default().Lookup("etl_example"))}); err != nil {
+		t.Fatalf("sync etl_example: %v", err)
+	}
+	c.ok(http.StatusOK, "POST", "/api/v1/dags/etl_example/dagRuns", map[string]any{"dag_run_id": "tail"})
+	w := store.Worker{ID: "ui-test", Hostname: "test", PID: 1, Slots: 1, StartedAt: time.Now(), HeartbeatAt: time.Now()}
+	if err := st.RegisterWorker(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	var claimed []store.Claimed
+	eventually(t, 20*time.Second, "extract is queued and claimed", func() (bool, string) {
+		claimed, err = st.ClaimTasks(context.Background(), w, 1, time.Now())
+		return err == nil && len(claimed) == 1, fmt.Sprint(err)
+	})
+	try := store.Try{ID: claimed[0].ID, TryNumber: claimed[0].TryNumber}
+	if err := st.AppendLog(context.Background(), try, []byte("first line\n")); err != nil {
+		t.Fatal(err)
+	}
+
+	p.open("/dags/etl_example/runs/tail/tasks/extract")
+	p.until("the running try's log", `document.querySelector("#log").textContent.includes("first line")`, 20*time.Second)
+	evalJS[int](p, `window.__noReload = 1`)
+	if err := st.AppendLog(context.Background(), try, []byte("second line\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the appended line, without a reload", `window.__noReload === 1 && document.querySelector("#log").textContent === "first line\nsecond line\n"`, 20*time.Second)
+	res := store.Result{Try: try, State: state.Success, EndedAt: time.Now(), Log: []byte("last line\n")}
+	if _, err := st.FinishTasks(context.Background(), []store.Result{res}); err != nil {
+		t.Fatal(err)
+	}
+	p.until("the try's end: its state and its last line", `document.querySelector("#ti-state").textContent === "success" &&
+		document.querySelector("#log").textContent === "first line\nsecond line\nlast line\n"`, 20*time.Second)
 }
