@@ -24,8 +24,8 @@ const (
 	// requests: clients polling one DAG page cost one read per gridFresh,
 	// however many they are.
 	gridFresh = time.Second
-	// gridKept bounds how many recent grid bodies are kept.
-	gridKept = 64
+	// gridKeptBytes bounds the memory of the recent grid bodies kept.
+	gridKeptBytes = 32 << 20
 )
 
 // gridJSON is the compact grid: runs as columns (newest first) and one row
@@ -175,14 +175,16 @@ func unixMilli(t *time.Time) *int64 {
 }
 
 // recentReads serves a body read less than gridFresh ago again, and
-// coalesces the reads of one key in progress (flights). Bounded: at most
-// gridKept bodies are kept; forget drops them all.
+// coalesces the reads of one key in progress (flights). Bounded: bodies
+// older than gridFresh are dropped, and at most gridKeptBytes are kept;
+// forget drops them all.
 type recentReads struct {
 	reads flights
 	now   func() time.Time
 
 	mu     sync.Mutex
 	gen    uint64
+	bytes  int
 	bodies map[string]recentBody
 }
 
@@ -194,8 +196,7 @@ type recentBody struct {
 
 func (c *recentReads) get(ctx context.Context, key string, read func(ctx context.Context) ([]byte, error)) ([]byte, error) {
 	c.mu.Lock()
-	now := c.now()
-	if b, ok := c.bodies[key]; ok && b.gen == c.gen && now.Sub(b.at) < gridFresh {
+	if b, ok := c.bodies[key]; ok && b.gen == c.gen && c.now().Sub(b.at) < gridFresh {
 		c.mu.Unlock()
 		return b.body, nil
 	}
@@ -207,27 +208,36 @@ func (c *recentReads) get(ctx context.Context, key string, read func(ctx context
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen == c.gen {
-		if c.bodies == nil {
-			c.bodies = map[string]recentBody{}
-		}
-		if len(c.bodies) >= gridKept {
-			for k, b := range c.bodies { // drop the stale, else any one
-				if now.Sub(b.at) >= gridFresh || len(c.bodies) >= gridKept {
-					delete(c.bodies, k)
-				}
-			}
-		}
-		c.bodies[key] = recentBody{body: body, at: now, gen: gen}
+	if gen != c.gen {
+		return body, nil
 	}
+	now := c.now()
+	for k, b := range c.bodies {
+		if now.Sub(b.at) >= gridFresh || k == key {
+			c.drop(k)
+		}
+	}
+	if c.bytes+len(body) > gridKeptBytes {
+		return body, nil // served, not kept: the window is full of fresh bodies
+	}
+	if c.bodies == nil {
+		c.bodies = map[string]recentBody{}
+	}
+	c.bodies[key] = recentBody{body: body, at: now, gen: gen}
+	c.bytes += len(body)
 	return body, nil
+}
+
+func (c *recentReads) drop(key string) {
+	c.bytes -= len(c.bodies[key].body)
+	delete(c.bodies, key)
 }
 
 // forget drops the kept bodies and makes later requests read anew.
 func (c *recentReads) forget() {
 	c.mu.Lock()
 	c.gen++
-	c.bodies = nil
+	c.bodies, c.bytes = nil, 0
 	c.mu.Unlock()
 	c.reads.forget()
 }

@@ -1,11 +1,14 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/trellis-dag/trellis/clock"
 	"github.com/trellis-dag/trellis/state"
 )
 
@@ -124,5 +127,44 @@ func TestSessionCookie(t *testing.T) {
 	other := NewSessions("another-token-of-the-ui").New(req)
 	if r := e.do("GET", "/api/v1/dags", nil, "Cookie", other.Name+"="+other.Value); r.status != http.StatusUnauthorized {
 		t.Errorf("GET with a cookie of another token: %d, want 401", r.status)
+	}
+}
+
+func TestRecentReads(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := &recentReads{now: clk.Now}
+	reads := 0
+	read := func(body string) func(context.Context) ([]byte, error) {
+		return func(context.Context) ([]byte, error) { reads++; return []byte(body), nil }
+	}
+	get := func(key, body string) string {
+		b, err := c.get(context.Background(), key, read(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if get("a", "1") != "1" || get("a", "2") != "1" || reads != 1 {
+		t.Errorf("a second request within the window read again (%d reads)", reads)
+	}
+	clk.Advance(gridFresh)
+	if get("a", "3") != "3" || reads != 2 {
+		t.Errorf("a request after the window was served the old body (%d reads)", reads)
+	}
+	c.forget()
+	if get("a", "4") != "4" || reads != 3 {
+		t.Errorf("a request after forget was served the old body (%d reads)", reads)
+	}
+	// Bodies are bounded in bytes, and stale ones are dropped.
+	big := strings.Repeat("x", gridKeptBytes/2+1)
+	get("b", big)
+	get("c", big) // does not fit beside b: served, not kept
+	if c.bytes > gridKeptBytes || len(c.bodies) != 2 {
+		t.Errorf("kept %d bytes in %d bodies, want a, b within %d", c.bytes, len(c.bodies), gridKeptBytes)
+	}
+	clk.Advance(gridFresh)
+	get("d", "5")
+	if len(c.bodies) != 1 || c.bytes != 1 {
+		t.Errorf("after the window: %d bodies, %d bytes; want only d's", len(c.bodies), c.bytes)
 	}
 }
