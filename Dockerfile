@@ -8,7 +8,7 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false \
-        -ldflags "-s -w -X main.version=${VERSION}" \
+        -ldflags "-s -w -X github.com/trellis-dag/trellis/cli.version=${VERSION}" \
         -o /out/trellis ./cmd/trellis
 
 # Runtime: Debian slim rather than distroless, because Shell tasks run

@@ -12,7 +12,7 @@ BENCH_FLAGS ?= -run '^$$' -bench '$(BENCH)' -benchmem -p 1 -timeout 30m
 # Flags of `trellis bench` for `make bench`, e.g. BENCH_ARGS='--db postgres --json bench.json'.
 BENCH_ARGS  ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS     := -s -w -X main.version=$(VERSION)
+LDFLAGS     := -s -w -X github.com/trellis-dag/trellis/cli.version=$(VERSION)
 
 .PHONY: all test lint fmt-check vet staticcheck build run bench bench-e2e bench-go ui screenshots clean
 

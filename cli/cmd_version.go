@@ -12,9 +12,15 @@ import (
 func init() { addCommand("", newVersionCmd) }
 
 // version is the release version, set at link time with
-// -ldflags "-X main.version=v1.2.3". When empty, the module version from
-// the build info is used ("dev" for a build of a working tree).
+// -ldflags "-X github.com/trellis-dag/trellis/cli.version=v1.2.3". When
+// empty, the version of the Trellis module from the build info is used:
+// the main module's when this is Trellis's own build, the dependency's in
+// a binary of another module ("dev" for a build of a working tree).
 var version string
+
+// modulePath is the Trellis module, whose version a binary of another
+// module reports.
+const modulePath = "github.com/trellis-dag/trellis"
 
 // buildInfo is what `trellis version` reports.
 type buildInfo struct {
@@ -31,8 +37,8 @@ func readBuildInfo() buildInfo {
 	bi := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	info, ok := debug.ReadBuildInfo()
 	if ok {
-		if bi.Version == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
-			bi.Version = info.Main.Version
+		if bi.Version == "" {
+			bi.Version = moduleVersion(info)
 		}
 		for _, s := range info.Settings {
 			switch s.Key {
@@ -49,6 +55,24 @@ func readBuildInfo() buildInfo {
 		bi.Version = "dev"
 	}
 	return bi
+}
+
+// moduleVersion returns the version of the Trellis module in info, or ""
+// for a working tree or a replaced module.
+func moduleVersion(info *debug.BuildInfo) string {
+	m := &info.Main
+	if info.Main.Path != modulePath {
+		m = nil
+		for _, d := range info.Deps {
+			if d.Path == modulePath && d.Replace == nil {
+				m = d
+			}
+		}
+	}
+	if m == nil || m.Version == "" || m.Version == "(devel)" {
+		return ""
+	}
+	return m.Version
 }
 
 func newVersionCmd(a *app) *cobra.Command {

@@ -41,20 +41,26 @@ func TestMain(m *testing.M) {
 // have it) into a folder next to the test binary, which the go command
 // removes when the tests end.
 func buildTrellis() (string, error) {
+	return buildCommand("trellis", "github.com/trellis-dag/trellis/cmd/trellis")
+}
+
+// buildCommand builds the command pkg as buildTrellis does, into a file
+// called name.
+func buildCommand(name, pkg string) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("find the test binary: %w", err)
 	}
 	dir := filepath.Join(filepath.Dir(exe), "trellis-e2e-bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("build trellis: %w", err)
+		return "", fmt.Errorf("build %s: %w", name, err)
 	}
-	bin := filepath.Join(dir, "trellis")
+	bin := filepath.Join(dir, name)
 	args := []string{"build", "-o", bin}
 	if raceBuild {
 		args = append(args, "-race")
 	}
-	args = append(args, "github.com/trellis-dag/trellis/cmd/trellis")
+	args = append(args, pkg)
 	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -116,21 +122,27 @@ var servingLine = regexp.MustCompile(`serving on (http://\S+)`)
 // process is killed when the test ends if it is still running.
 func startTrellis(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
-	p := launch(t, env, args...)
+	return startServing(t, launch(t, env, args...))
+}
+
+// startServing starts p and waits until it prints the URL it serves on.
+func startServing(t testing.TB, p *proc) *proc {
+	t.Helper()
+	name := strings.Join(p.cmd.Args, " ")
 	found := make(chan string, 1)
 	p.stdout.mu.Lock()
 	p.stdout.pattern, p.stdout.found = servingLine, found
 	p.stdout.mu.Unlock()
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start trellis %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("start %s: %v", name, err)
 	}
 	p.wait()
 	select {
 	case p.url = <-found:
 	case <-p.exited:
-		t.Fatalf("trellis %s exited before serving (%v)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.err, p.stdout, p.stderr)
+		t.Fatalf("%s exited before serving (%v)\nstdout:\n%s\nstderr:\n%s", name, p.err, p.stdout, p.stderr)
 	case <-time.After(90 * time.Second):
-		t.Fatalf("trellis %s did not print the URL it serves on within 90s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.stdout, p.stderr)
+		t.Fatalf("%s did not print the URL it serves on within 90s\nstdout:\n%s\nstderr:\n%s", name, p.stdout, p.stderr)
 	}
 	return p
 }
@@ -156,7 +168,13 @@ func runTrellis(t testing.TB, env []string, args ...string) (code int, p *proc) 
 // a private TMPDIR (the example DAGs write there), and output buffers.
 func launch(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(trellisBin, args...)
+	return launchCmd(t, exec.Command(trellisBin, args...), env)
+}
+
+// launchCmd prepares cmd as launch does.
+func launchCmd(t testing.TB, cmd *exec.Cmd, env []string) *proc {
+	t.Helper()
+	name := strings.Join(cmd.Args, " ")
 	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + os.Getenv("HOME"),
@@ -179,7 +197,7 @@ func launch(t testing.TB, env []string, args ...string) *proc {
 			}
 		}
 		if t.Failed() || os.Getenv("E2E_LOG") != "" {
-			t.Logf("trellis %s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), p.stdout, p.stderr)
+			t.Logf("%s\nstdout:\n%s\nstderr:\n%s", name, p.stdout, p.stderr)
 		}
 	})
 	return p

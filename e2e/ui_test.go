@@ -26,12 +26,17 @@ import (
 )
 
 // The UI tests drive Debian's Chromium, headless, against a real
-// `trellis serve`. They skip when no Chromium is installed (.ci/run
-// installs it). With TRELLIS_UI_SCREENSHOTS=<dir> they save screenshots
+// `trellis serve`. They skip when no Chromium is installed, unless
+// TRELLIS_TEST_REQUIRE_CHROMIUM is set (.ci/run installs Chromium and sets
+// it). With TRELLIS_UI_SCREENSHOTS=<dir> they save screenshots
 // of the pages there (docs/ keeps the README's).
 
 // envScreenshots names the folder the UI tests save screenshots to.
 const envScreenshots = "TRELLIS_UI_SCREENSHOTS"
+
+// envRequireChromium, when set (.ci/run sets it), makes the UI tests fail
+// rather than skip without Chromium.
+const envRequireChromium = "TRELLIS_TEST_REQUIRE_CHROMIUM"
 
 // chromium returns the path of a Chromium or Chrome binary, or skips.
 func chromium(t testing.TB) string {
@@ -41,7 +46,11 @@ func chromium(t testing.TB) string {
 			return p
 		}
 	}
-	t.Skip("no Chromium binary on PATH (chromium, chromium-browser, google-chrome): install it with `apt-get install -y chromium` to run the browser tests")
+	msg := "no Chromium binary on PATH (chromium, chromium-browser, google-chrome): install it with `apt-get install -y chromium` to run the browser tests"
+	if os.Getenv(envRequireChromium) != "" {
+		t.Fatalf("%s (%s is set: they must run)", msg, envRequireChromium)
+	}
+	t.Skip(msg)
 	return ""
 }
 

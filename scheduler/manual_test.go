@@ -86,7 +86,7 @@ func TestTriggerRun(t *testing.T) {
 		}{
 			{"nope", TriggerOptions{}, `trigger DAG "nope": not found: no DAG "nope" in this binary`, store.ErrNotFound},
 			{"m", TriggerOptions{Conf: json.RawMessage(`[1, 2]`)}, "conf must be a JSON object", nil},
-			{"m", TriggerOptions{Conf: json.RawMessage(`"s"`)}, `got a string "s"`, nil},
+			{"m", TriggerOptions{Conf: json.RawMessage(`"s"`)}, `got a string`, nil},
 			{"m", TriggerOptions{Conf: json.RawMessage(`{"a":`)}, "conf is not valid JSON", nil},
 			{"m", TriggerOptions{RunID: "a/b"}, `run id "a/b" must match`, nil},
 			{"m", TriggerOptions{LogicalDate: &time.Time{}}, "logical date is the zero time", nil},

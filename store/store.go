@@ -358,10 +358,6 @@ type Store interface {
 	// ListDAGs returns DAGs ordered by id, and the total count.
 	ListDAGs(ctx context.Context, onlyActive bool, limit, offset int) ([]DAG, int, error)
 	SetPaused(ctx context.Context, dagID string, paused bool) error
-	// AdvanceSchedule moves a DAG's LastIntervalEnd from prev (nil = none)
-	// to last and sets NextDueAt, as a compare-and-set: ErrStale when
-	// another scheduler moved it first.
-	AdvanceSchedule(ctx context.Context, dagID string, prev *time.Time, last time.Time, nextDue *time.Time) error
 
 	// CreateRun creates a run in state queued with all its task instances
 	// in one transaction. Creating the same (dag, logical date) or (dag,

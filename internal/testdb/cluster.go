@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -66,7 +67,8 @@ func findServer(ctx context.Context, c searchConfig) (*server, error) {
 		return nil, fmt.Errorf("%w: nothing answers at %s, %s is not set, and %v; %s",
 			errNoServer, store.RedactURL(DefaultURL), EnvURL, err, installHint)
 	}
-	return startCluster(ctx, bin)
+	srv, _, err := startCluster(ctx, bin, ClusterOptions{})
+	return srv, err
 }
 
 // pingRetry pings until the server answers or ctx ends (a server started
@@ -126,27 +128,76 @@ func isExecutable(p string) bool {
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
 }
 
+// ClusterOptions shape a throwaway cluster started by StartCluster.
+type ClusterOptions struct {
+	// Listen is the address the server listens on for TCP, besides its
+	// Unix socket; default 127.0.0.1.
+	Listen string
+	// TrustNets are networks (CIDR) whose TCP connections are trusted
+	// without a password, besides loopback.
+	TrustNets []string
+	// Start, when set, is called with the function that starts the
+	// server, and must call it: a test wraps it to start the server
+	// elsewhere, e.g. from a thread in a network namespace.
+	Start func(start func() error) error
+}
+
+// Cluster is a throwaway PostgreSQL cluster started by StartCluster.
+type Cluster struct {
+	// URL reaches the server over its Unix socket (as user postgres), so
+	// it answers whatever network the server listens on.
+	URL string
+	// Port is the TCP port of the server.
+	Port int
+	srv  *server
+}
+
+// StartCluster starts a throwaway cluster with the PostgreSQL server
+// binaries (on PATH or in /usr/lib/postgresql/*/bin), as the user nobody
+// when running as root. Stop it with Stop.
+func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
+	bin, err := findBinaries(os.Getenv("PATH"), debianLibGlob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v; %s", errNoServer, err, installHint)
+	}
+	srv, port, err := startCluster(ctx, bin, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{URL: srv.url, Port: port, srv: srv}, nil
+}
+
+// TCPURL returns the URL of database postgres on host over TCP.
+func (c *Cluster) TCPURL(host string) string {
+	return fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", net.JoinHostPort(host, strconv.Itoa(c.Port)))
+}
+
+// Stop stops the server at once and removes its files.
+func (c *Cluster) Stop() error { return c.srv.stop() }
+
 // startCluster creates a cluster in a temporary folder and starts it on a
-// free port, listening on 127.0.0.1 and a socket in that folder. As root
-// it runs everything as nobody, since PostgreSQL refuses to run as root.
-func startCluster(ctx context.Context, bin string) (*server, error) {
+// free port, listening on opts.Listen and a socket in that folder, and
+// returns it with its port. As root it runs everything as nobody, since PostgreSQL refuses to
+// run as root. Without a Listen address, the server's URL is over TCP on
+// 127.0.0.1, else over its socket.
+func startCluster(ctx context.Context, bin string, opts ClusterOptions) (*server, int, error) {
 	dir, err := os.MkdirTemp("", "trellis-pg-")
 	if err != nil {
-		return nil, fmt.Errorf("throwaway cluster: %w", err)
+		return nil, 0, fmt.Errorf("throwaway cluster: %w", err)
 	}
 	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("nobody")
 		if err != nil {
 			_ = os.RemoveAll(dir)
-			return nil, fmt.Errorf("throwaway cluster: running as root and no user nobody to run PostgreSQL as: %w", err)
+			return nil, 0, fmt.Errorf("throwaway cluster: running as root and no user nobody to run PostgreSQL as: %w", err)
 		}
 		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
 		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
 		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 		if err := os.Chown(dir, int(uid), int(gid)); err != nil {
 			_ = os.RemoveAll(dir)
-			return nil, fmt.Errorf("throwaway cluster: chown %s: %w", dir, err)
+			return nil, 0, fmt.Errorf("throwaway cluster: chown %s: %w", dir, err)
 		}
 	}
 	data := filepath.Join(dir, "data")
@@ -164,19 +215,34 @@ func startCluster(ctx context.Context, bin string) (*server, error) {
 		}
 		return nil
 	}
-	fail := func(err error) (*server, error) {
+	fail := func(err error) (*server, int, error) {
 		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("throwaway cluster in %s: %w", dir, err)
+		return nil, 0, fmt.Errorf("throwaway cluster in %s: %w", dir, err)
 	}
 	if err := run("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
+		return fail(err)
+	}
+	if err := trustNets(filepath.Join(data, "pg_hba.conf"), opts.TrustNets); err != nil {
 		return fail(err)
 	}
 	port, err := freePort()
 	if err != nil {
 		return fail(err)
 	}
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", port, dir)
-	if err := run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-w", "-t", "60", "-o", opts, "start"); err != nil {
+	listen := opts.Listen
+	if listen == "" {
+		listen = "127.0.0.1"
+	}
+	pgOpts := fmt.Sprintf("-p %d -k %s -c listen_addresses=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", port, dir, listen)
+	start := func() error {
+		return run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-w", "-t", "60", "-o", pgOpts, "start")
+	}
+	if opts.Start != nil {
+		err = opts.Start(start)
+	} else {
+		err = start()
+	}
+	if err != nil {
 		return fail(err)
 	}
 	stop := func() error {
@@ -190,13 +256,39 @@ func startCluster(ctx context.Context, bin string) (*server, error) {
 		return nil
 	}
 	u := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	if opts.Listen != "" {
+		u = fmt.Sprintf("postgres://postgres@/postgres?host=%s&port=%d&sslmode=disable", url.QueryEscape(dir), port)
+	}
 	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := pingRetry(pctx, u); err != nil {
 		_ = stop()
-		return nil, fmt.Errorf("throwaway cluster on port %d does not answer: %w", port, err)
+		return nil, 0, fmt.Errorf("throwaway cluster on port %d does not answer: %w", port, err)
 	}
-	return &server{url: u, stop: stop, dir: dir}, nil
+	return &server{url: u, stop: stop, dir: dir}, port, nil
+}
+
+// trustNets lets TCP connections from nets in without a password.
+func trustNets(hba string, nets []string) error {
+	if len(nets) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for _, n := range nets {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			return fmt.Errorf("trusted network %q: %w", n, err)
+		}
+		fmt.Fprintf(&b, "host all all %s trust\n", n)
+	}
+	f, err := os.OpenFile(hba, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // cleanEnv is the environment without PG* variables that would point the

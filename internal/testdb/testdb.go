@@ -17,6 +17,9 @@
 // Otherwise the tests fail with a message saying how to install
 // PostgreSQL; they are never skipped. TRELLIS_TEST_FORCE_CLUSTER=1 skips
 // step 2, to exercise step 3 on a machine with a server running.
+//
+// StartCluster starts a throwaway cluster of a test's own, e.g. one
+// listening on a test network's address and trusting that network.
 package testdb
 
 import (

@@ -310,3 +310,47 @@ func TestServerInUse(t *testing.T) {
 		os.Stdout.WriteString("SERVER " + u + "\n")
 	}
 }
+
+// TestStartClusterListensAndTrusts starts a cluster listening on an
+// address of its choice with a trusted network: it answers over its
+// socket (URL) and over TCP (TCPURL), and a network that is not a CIDR is
+// refused before the server starts.
+func TestStartClusterListensAndTrusts(t *testing.T) {
+	ctx := context.Background()
+	started := false
+	cl, err := StartCluster(ctx, ClusterOptions{
+		Listen:    "127.0.0.1",
+		TrustNets: []string{"127.0.0.0/8"},
+		Start:     func(start func() error) error { started = true; return start() },
+	})
+	if err != nil {
+		t.Fatalf("StartCluster: %v", err)
+	}
+	t.Cleanup(func() { _ = cl.Stop() })
+	if !started {
+		t.Error("StartCluster did not start the server through ClusterOptions.Start")
+	}
+	if !strings.Contains(cl.URL, "host=%2F") {
+		t.Errorf("URL %s does not reach the socket", cl.URL)
+	}
+	for _, u := range []string{cl.URL, cl.TCPURL("127.0.0.1")} {
+		if err := ping(ctx, u); err != nil {
+			t.Errorf("ping %s: %v", u, err)
+		}
+	}
+	var hba string
+	if err := connect(t, cl.URL).QueryRow(ctx,
+		"SELECT string_agg(address || '/' || netmask, ',') FROM pg_hba_file_rules WHERE auth_method = 'trust' AND type = 'host'").Scan(&hba); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(hba, "127.0.0.0/255.0.0.0") {
+		t.Errorf("trusted host rules %q lack 127.0.0.0/8", hba)
+	}
+	if err := cl.Stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+
+	if _, err := StartCluster(ctx, ClusterOptions{Listen: "127.0.0.1", TrustNets: []string{"10.0.0.300/8"}}); err == nil || !strings.Contains(err.Error(), "10.0.0.300/8") {
+		t.Errorf("StartCluster with a bad network: %v, want an error naming it", err)
+	}
+}

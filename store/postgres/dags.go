@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -262,30 +261,3 @@ func (s *Store) SetPaused(ctx context.Context, dagID string, paused bool) error 
 	})
 }
 
-// AdvanceSchedule moves LastIntervalEnd from prev to last and sets
-// NextDueAt, as a compare-and-set on prev (compared at microsecond
-// precision, the database's).
-func (s *Store) AdvanceSchedule(ctx context.Context, dagID string, prev *time.Time, last time.Time, nextDue *time.Time) error {
-	op := fmt.Sprintf("advance schedule of dag %q", dagID)
-	var p any
-	if prev != nil {
-		p = prev.Truncate(time.Microsecond)
-	}
-	tag, err := s.pool.Exec(ctx, `UPDATE dags SET last_interval_end = $3, next_due_at = $4, updated_at = $5
-		WHERE dag_id = $1 AND last_interval_end IS NOT DISTINCT FROM $2::timestamptz`,
-		dagID, p, last, tsp(nextDue), s.clock.Now())
-	if err != nil {
-		return mapErr(op, err)
-	}
-	if tag.RowsAffected() == 1 {
-		return nil
-	}
-	var exists bool
-	if err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM dags WHERE dag_id = $1)", dagID).Scan(&exists); err != nil {
-		return mapErr(op, err)
-	}
-	if !exists {
-		return fmt.Errorf("%s: %w", op, store.ErrNotFound)
-	}
-	return fmt.Errorf("%s: %w: another scheduler moved it first", op, store.ErrStale)
-}

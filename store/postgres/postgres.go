@@ -513,11 +513,3 @@ func utcp(t *time.Time) *time.Time {
 	u := t.UTC()
 	return &u
 }
-
-// tsp is an optional time as a parameter (nil → NULL).
-func tsp(t *time.Time) any {
-	if t == nil {
-		return nil
-	}
-	return *t
-}

@@ -321,32 +321,6 @@ func (s *Store) SetPaused(ctx context.Context, dagID string, paused bool) error 
 	})
 }
 
-// AdvanceSchedule moves LastIntervalEnd from prev to last and sets
-// NextDueAt, as a compare-and-set on prev.
-func (s *Store) AdvanceSchedule(ctx context.Context, dagID string, prev *time.Time, last time.Time, nextDue *time.Time) error {
-	now := us(s.clk.Now())
-	return s.write(ctx, fmt.Sprintf("advance schedule of dag %q", dagID), func(w *txn) error {
-		res, err := w.exec(`UPDATE dags SET last_interval_end = ?, next_due_at = ?, updated_at = ?
-			WHERE dag_id = ? AND last_interval_end IS ?`, us(last), nullUS(nextDue), now, dagID, nullUS(prev))
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 1 {
-			w.wake(store.TopicRunsChanged)
-			return nil
-		}
-		var cur sql.NullInt64
-		err = w.queryRow(`SELECT last_interval_end FROM dags WHERE dag_id = ?`, dagID).Scan(&cur)
-		if errors.Is(err, sql.ErrNoRows) {
-			return store.ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		return fmt.Errorf("%w: last interval end is %s, not %s", store.ErrStale, fmtTime(ptrUS(cur)), fmtTime(prev))
-	})
-}
-
 func fmtTime(t *time.Time) string {
 	if t == nil {
 		return "unset"

@@ -156,21 +156,21 @@ func testPauseAndSchedule(t *testing.T, e *env) {
 
 	end1 := t0.Add(time.Hour)
 	due := t0.Add(2 * time.Hour)
-	must(t, "AdvanceSchedule from nil", e.s.AdvanceSchedule(e.ctx, "p", nil, end1, &due))
+	must(t, "advance from nil", e.advance("p", nil, end1, &due))
 	d, _ = e.s.GetDAG(e.ctx, "p")
 	if d.LastIntervalEnd == nil || !d.LastIntervalEnd.Equal(end1) || d.NextDueAt == nil || !d.NextDueAt.Equal(due) {
 		t.Errorf("after advance: last %v next %v", d.LastIntervalEnd, d.NextDueAt)
 	}
 	// A second scheduler still believing prev = nil loses.
-	wantErr(t, "AdvanceSchedule stale", e.s.AdvanceSchedule(e.ctx, "p", nil, end1, &due), store.ErrStale)
+	wantErr(t, "advance stale", e.advance("p", nil, end1, &due), store.ErrStale)
 	wrong := end1.Add(time.Second)
-	wantErr(t, "AdvanceSchedule wrong prev", e.s.AdvanceSchedule(e.ctx, "p", &wrong, due, nil), store.ErrStale)
-	must(t, "AdvanceSchedule from end1", e.s.AdvanceSchedule(e.ctx, "p", d.LastIntervalEnd, due, nil))
+	wantErr(t, "advance wrong prev", e.advance("p", &wrong, due, nil), store.ErrStale)
+	must(t, "advance from end1", e.advance("p", d.LastIntervalEnd, due, nil))
 	d, _ = e.s.GetDAG(e.ctx, "p")
 	if !d.LastIntervalEnd.Equal(due) || d.NextDueAt != nil {
 		t.Errorf("after second advance: last %v next %v", d.LastIntervalEnd, d.NextDueAt)
 	}
-	wantErr(t, "AdvanceSchedule unknown", e.s.AdvanceSchedule(e.ctx, "nope", nil, due, nil), store.ErrNotFound)
+	wantErr(t, "advance unknown", e.advance("nope", nil, due, nil), store.ErrNotFound)
 }
 
 func testCreateRun(t *testing.T, e *env) {
@@ -392,4 +392,14 @@ func truncate(b []byte) string {
 		return string(b[:200]) + fmt.Sprintf("…(%d bytes)", len(b))
 	}
 	return string(b)
+}
+
+// advance moves a DAG's schedule from prev to last with next due, as a
+// FireRuns of no runs does: the compare-and-set of the schedule alone.
+func (e *env) advance(dagID string, prev *time.Time, last time.Time, next *time.Time) error {
+	res, err := e.s.FireRuns(e.ctx, []store.Fire{{DAGID: dagID, Prev: prev, Last: last, NextDue: next}}, last)
+	if err != nil {
+		return err
+	}
+	return res[0].Err
 }

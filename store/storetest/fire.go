@@ -129,8 +129,8 @@ func testFireRunsRejects(t *testing.T, e *env) {
 		t.Fatalf("SetPaused: %v", err)
 	}
 	moved := t0.Add(time.Hour)
-	if err := e.s.AdvanceSchedule(e.ctx, "fstale", nil, moved, nil); err != nil {
-		t.Fatalf("AdvanceSchedule: %v", err)
+	if err := e.advance("fstale", nil, moved, nil); err != nil {
+		t.Fatalf("advance: %v", err)
 	}
 	// The run id of ftaken's first interval is taken by another date.
 	fTaken := hourly(taken, nil, 2)
