@@ -113,6 +113,20 @@
     };
   }
 
+  // setHTML replaces el's content only when it changed, and gives the
+  // focus back to the element that had it (found again by key(el)), so
+  // that refreshes do not throw keyboard users off.
+  function setHTML(el, html, key) {
+    if (el.__html === html) return;
+    el.__html = html;
+    var a = document.activeElement, k = a && el.contains(a) && key ? key(a) : null;
+    el.innerHTML = html;
+    if (k) {
+      var again = el.querySelector(k);
+      if (again) again.focus();
+    }
+  }
+
   // twoStep turns a dangerous button into "click again to confirm".
   function twoStep(btn, label, fn) {
     var armed = false, text = btn.textContent;
@@ -220,7 +234,7 @@
             .then(function (r) { return r.dag_runs; }, function () { return []; });
         })).then(function (runs) {
           var busy = false;
-          rows.innerHTML = res.dags.length ? res.dags.map(function (d, i) {
+          setHTML(rows, res.dags.length ? res.dags.map(function (d, i) {
             var rs = runs[i].slice().reverse();
             rs.forEach(function (r) { if (!FINAL[r.state]) busy = true; });
             var sched = d.schedule_interval ? (d.schedule_interval.value || d.schedule_interval.days + "d") : "";
@@ -236,7 +250,11 @@
                 return '<a class="sq s-' + esc(r.state) + '" href="' + runURL(d.dag_id, r.dag_run_id) + '" title="' + esc(r.dag_run_id + ": " + r.state) + '" aria-label="run ' + esc(r.dag_run_id) + " " + esc(r.state) + '"></a>';
               }).join("") : '<span class="muted">no runs</span>') + "</td>" +
               '<td><a class="button mini" href="' + dagURL(d.dag_id) + '/trigger" aria-label="Trigger ' + esc(d.dag_id) + '">▶ Trigger</a></td></tr>';
-          }).join("") : '<tr><td colspan="6" class="muted">No DAG matches.</td></tr>';
+          }).join("") : '<tr><td colspan="6" class="muted">No DAG matches.</td></tr>', function (a) {
+            if (a.dataset.pause) return 'input[data-pause="' + a.dataset.pause + '"]';
+            var href = a.getAttribute("href");
+            return href ? 'a[href="' + href + '"]' : null;
+          });
           var pg = "";
           if (offset > 0) pg += '<button type="button" data-off="' + Math.max(0, offset - limit) + '">◀ Previous</button>';
           pg += '<span class="muted">' + (res.total_entries ? offset + 1 : 0) + "–" + (offset + res.dags.length) + " of " + res.total_entries + "</span>";
@@ -511,7 +529,12 @@
           '<button type="button" class="mini" data-act="success" aria-label="Mark ' + t + ' success">✓</button> ' +
           '<button type="button" class="mini" data-act="failed" aria-label="Mark ' + t + ' failed">✗</button></span></div>');
       }
-      rowsEl.innerHTML = h.join("");
+      setHTML(rowsEl, h.join(""), function (a) {
+        var row = a.closest("[data-task]");
+        if (!row) return null;
+        var sel = '[data-task="' + row.dataset.task + '"] ';
+        return a.dataset.act ? sel + 'button[data-act="' + a.dataset.act + '"]' : sel + "a";
+      });
       $("#ti-summary").textContent = total + " task instances";
     }
     var scrolling;
