@@ -24,12 +24,15 @@ USER 10001:10001
 WORKDIR /var/lib/trellis
 VOLUME /var/lib/trellis
 
-# The embedded SQLite database lives in the volume; set
-# TRELLIS_DATABASE_URL=postgres://... to use PostgreSQL instead.
-ENV TRELLIS_DATABASE_URL=sqlite:/var/lib/trellis/trellis.db
+# The embedded SQLite database (the default sqlite:trellis.db) lives in
+# the volume, the working directory. For PostgreSQL, keep the URL out of
+# the environment, which tasks running as the same user could read in
+# /proc: give it as a secret file,
+#   docker run -v /etc/trellis/db-url:/run/secrets/db-url:ro -e TRELLIS_DATABASE_URL_FILE=/run/secrets/db-url …
+# (or TRELLIS_DATABASE_URL=postgres://… when that is no concern).
 # Listen on every interface so the published port works. Without a token
 # the server refuses a non-loopback address (CONTRACT §5): run with
-#   docker run -p 8080:8080 -e TRELLIS_API_TOKEN=<secret> trellis
+#   docker run -p 8080:8080 -v /etc/trellis/api-token:/run/secrets/api-token:ro -e TRELLIS_API_TOKEN_FILE=/run/secrets/api-token trellis
 # or, on a trusted network only, append --insecure-no-auth.
 ENV TRELLIS_ADDR=0.0.0.0:8080
 EXPOSE 8080

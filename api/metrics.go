@@ -2,8 +2,12 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,11 +43,58 @@ type Metrics struct {
 	workers             prometheus.Gauge
 	slots               *prometheus.GaugeVec
 	zombies             prometheus.Counter
+	eventsDropped       prometheus.Counter
 	purged              *prometheus.CounterVec
 	apiRequests         *prometheus.CounterVec
 	apiDuration         *prometheus.HistogramVec
 
 	lastHeartbeat atomic.Int64 // Unix nanoseconds of the latest scheduler heartbeat; 0 = none
+
+	tasks taskSeries
+}
+
+// Per-task series of the task metrics (see SetTaskSeries).
+const (
+	// MaxTaskSeries is how many task ids of one DAG that opted in get
+	// series of their own; its other tasks share TaskOther.
+	MaxTaskSeries = 100
+	// TaskOther is the task_id of the tasks of an opted-in DAG beyond
+	// MaxTaskSeries.
+	TaskOther = "__other__"
+)
+
+// taskSeries decides the task_id label of the task metrics, so that the
+// series never grow with the number of tasks: "" (one series per DAG)
+// unless the DAG opted in, and then the first MaxTaskSeries task ids seen
+// and TaskOther.
+type taskSeries struct {
+	mu      sync.Mutex
+	perTask func(dagID string) bool
+	seen    map[string]map[string]struct{} // DAG -> task ids with series of their own
+}
+
+func (s *taskSeries) label(dagID, taskID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perTask == nil || !s.perTask(dagID) {
+		return ""
+	}
+	ids := s.seen[dagID]
+	if _, ok := ids[taskID]; ok {
+		return taskID
+	}
+	if len(ids) >= MaxTaskSeries {
+		return TaskOther
+	}
+	if ids == nil {
+		if s.seen == nil {
+			s.seen = map[string]map[string]struct{}{}
+		}
+		ids = map[string]struct{}{}
+		s.seen[dagID] = ids
+	}
+	ids[taskID] = struct{}{}
+	return taskID
 }
 
 // Histogram buckets, in seconds.
@@ -87,11 +138,11 @@ func NewMetrics(clk clock.Clock) *Metrics {
 	}, []string{"dag_id"})
 	m.tasksFinished = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Subsystem: "task_instances", Name: "finished_total",
-		Help: "Task instance tries finished, by DAG, task and outcome (success, failed, skipped, up_for_retry, upstream_failed).",
+		Help: "Task instance tries finished, by DAG, outcome (success, failed, skipped, up_for_retry) and, for DAGs that opted in, task (else task_id is empty).",
 	}, []string{"dag_id", "task_id", "state"})
 	m.taskDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: Namespace, Subsystem: "task", Name: "duration_seconds",
-		Help:    "Time one try of a task ran, from start to end, by DAG and task.",
+		Help:    "Time one try of a task ran, from start to end, by DAG and, for DAGs that opted in, task (else task_id is empty).",
 		Buckets: durationBuckets,
 	}, []string{"dag_id", "task_id"})
 	m.taskQueued = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -115,6 +166,10 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		Namespace: Namespace, Name: "zombie_tasks_total",
 		Help: "Running task instances failed (or put up for retry) because their worker stopped heart-beating or died.",
 	})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "task_events_dropped_total",
+		Help: "Task finishes a worker process could not report to its pool (its queue was full), so the task metrics miss them.",
+	})
 	m.purged = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "purged_total",
 		Help: "Rows deleted by retention and purges: finished runs, their task instances, and tries' logs (kind runs, task_instances, logs).",
@@ -136,7 +191,7 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.schedulerHeartbeats, m.schedulerLoop, m.runsCreated, m.runDuration, m.scheduleDelay,
 		m.tasksFinished, m.taskDuration, m.taskQueued, m.taskInstances, m.workers, m.slots,
-		m.zombies, m.purged, m.apiRequests, m.apiDuration,
+		m.zombies, m.eventsDropped, m.purged, m.apiRequests, m.apiDuration,
 	)
 	// Series without labels or with a fixed label set exist from the start,
 	// so dashboards show 0 rather than no data.
@@ -152,6 +207,35 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the registry in Prometheus's exposition format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// MetricsOnlyHandler serves GET /metrics and nothing else (a problem
+// body for any other path or method), requiring "Authorization: Bearer
+// <token>" when token is not empty: the listener of `trellis worker` and
+// `trellis scheduler`.
+func (m *Metrics) MetricsOnlyHandler(token string) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	metrics := m.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" {
+			got, ok := bearerToken(r.Header.Get("Authorization"))
+			sum := sha256.Sum256([]byte(got))
+			if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+				writeProblem(w, http.StatusUnauthorized, "", "the request needs the header Authorization: Bearer <token>")
+				return
+			}
+		}
+		switch {
+		case r.URL.Path != "/metrics":
+			writeProblem(w, http.StatusNotFound, "", fmt.Sprintf("%s is not served here; this listener serves GET /metrics only", r.URL.Path))
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			w.Header().Set("Allow", "GET, HEAD")
+			writeProblem(w, http.StatusMethodNotAllowed, "", fmt.Sprintf("method %s is not allowed on /metrics (allowed: GET, HEAD)", r.Method))
+		default:
+			metrics.ServeHTTP(w, r)
+		}
+	})
 }
 
 // SchedulerHeartbeat records a scheduler heartbeat now.
@@ -211,14 +295,30 @@ func (m *Metrics) ScheduleDelay(dagID string, d time.Duration) {
 	m.scheduleDelay.WithLabelValues(dagID).Observe(d.Seconds())
 }
 
+// SetTaskSeries chooses the DAGs whose task metrics have a series per
+// task (dag.TaskMetrics): for those, the first MaxTaskSeries task ids
+// seen get series of their own and the rest share task_id TaskOther; the
+// tasks of every other DAG share task_id "". nil (the default) gives
+// every DAG one series. perTask must be cheap and safe for concurrent
+// use.
+func (m *Metrics) SetTaskSeries(perTask func(dagID string) bool) {
+	if m == nil {
+		return
+	}
+	m.tasks.mu.Lock()
+	defer m.tasks.mu.Unlock()
+	m.tasks.perTask = perTask
+}
+
 // TaskFinished records one finished try of a task, its outcome state and
-// how long it ran.
+// how long it ran, under the task_id label SetTaskSeries decides.
 func (m *Metrics) TaskFinished(dagID, taskID, state string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.tasksFinished.WithLabelValues(dagID, taskID, state).Inc()
-	m.taskDuration.WithLabelValues(dagID, taskID).Observe(d.Seconds())
+	label := m.tasks.label(dagID, taskID)
+	m.tasksFinished.WithLabelValues(dagID, label, state).Inc()
+	m.taskDuration.WithLabelValues(dagID, label).Observe(d.Seconds())
 }
 
 // TaskQueued records how long a task instance waited in queued before a
@@ -282,6 +382,15 @@ func (m *Metrics) ZombiesDetected(n int) {
 		return
 	}
 	m.zombies.Add(float64(n))
+}
+
+// TaskEventsDropped counts n task finishes that a worker process could
+// not report.
+func (m *Metrics) TaskEventsDropped(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.eventsDropped.Add(float64(n))
 }
 
 // apiRequest records one answered API request.

@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"slices"
@@ -33,6 +35,7 @@ var contractMetrics = map[string]struct {
 	"trellis_executor_workers":                {nil, dto.MetricType_GAUGE},
 	"trellis_executor_slots":                  {[]string{"state"}, dto.MetricType_GAUGE},
 	"trellis_zombie_tasks_total":              {nil, dto.MetricType_COUNTER},
+	"trellis_task_events_dropped_total":       {nil, dto.MetricType_COUNTER},
 	"trellis_api_requests_total":              {[]string{"code", "method", "route"}, dto.MetricType_COUNTER},
 	"trellis_api_request_duration_seconds":    {[]string{"method", "route"}, dto.MetricType_HISTOGRAM},
 	"go_goroutines":                           {nil, dto.MetricType_GAUGE},
@@ -42,6 +45,7 @@ var contractMetrics = map[string]struct {
 func TestMetricsFedByEvents(t *testing.T) {
 	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	m := NewMetrics(clk)
+	m.SetTaskSeries(func(dagID string) bool { return dagID == "etl" })
 	m.SchedulerHeartbeat()
 	m.SchedulerHeartbeat()
 	m.ObserveSchedulerLoop(3 * time.Millisecond)
@@ -60,6 +64,7 @@ func TestMetricsFedByEvents(t *testing.T) {
 	m.SetSlots(30, 2)
 	m.ZombieDetected()
 	m.ZombiesDetected(2)
+	m.TaskEventsDropped(5)
 	m.apiRequest("/api/v1/dags", "GET", 200, time.Millisecond)
 	m.apiRequest("/api/v1/dags", "BREW", 405, time.Millisecond)
 
@@ -148,6 +153,7 @@ func TestMetricsFedByEvents(t *testing.T) {
 		{"trellis_executor_slots", []string{"state", "open"}, 30},
 		{"trellis_executor_slots", []string{"state", "running"}, 2},
 		{"trellis_zombie_tasks_total", nil, 3},
+		{"trellis_task_events_dropped_total", nil, 5},
 		{"trellis_api_requests_total", []string{"method", "other", "code", "405"}, 1},
 	}
 	for _, c := range checks {
@@ -246,6 +252,103 @@ func TestMetricsDocumented(t *testing.T) {
 		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(m, "_bucket"), "_sum"), "_count")
 		if !known[base] {
 			t.Errorf("dashboard uses unknown metric %s", m)
+		}
+	}
+}
+
+// TestTaskSeriesBounded: the task metrics of a DAG have one series
+// whatever its number of tasks, unless it opted in; then the first
+// MaxTaskSeries task ids have their own and the rest share TaskOther. A
+// scrape after 100,000 tries of 100,000 distinct tasks stays small.
+func TestTaskSeriesBounded(t *testing.T) {
+	m := NewMetrics(nil)
+	m.SetTaskSeries(func(dagID string) bool { return dagID == "per_task" })
+	const wide, perTask = 100000, 250
+	for i := range wide {
+		m.TaskFinished("wide", fmt.Sprintf("t%06d", i), "success", time.Millisecond)
+	}
+	for i := range perTask {
+		m.TaskFinished("per_task", fmt.Sprintf("t%03d", i), "failed", time.Second)
+	}
+	series := func(name string) map[string]float64 {
+		t.Helper()
+		fams, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+			for _, s := range f.GetMetric() {
+				var key []string
+				for _, l := range s.GetLabel() {
+					if l.GetName() != "state" {
+						key = append(key, l.GetName()+"="+l.GetValue())
+					}
+				}
+				v := s.GetCounter().GetValue()
+				if f.GetType() == dto.MetricType_HISTOGRAM {
+					v = float64(s.GetHistogram().GetSampleCount())
+				}
+				out[strings.Join(key, ",")] += v
+			}
+		}
+		return out
+	}
+	for _, name := range []string{"trellis_task_instances_finished_total", "trellis_task_duration_seconds"} {
+		got := series(name)
+		if len(got) != 1+MaxTaskSeries+1 {
+			t.Errorf("%s has %d series, want %d (one for wide, %d task ids and %s for per_task)", name, len(got), MaxTaskSeries+2, MaxTaskSeries, TaskOther)
+		}
+		if v := got["dag_id=wide,task_id="]; v != wide {
+			t.Errorf("%s{dag_id=wide,task_id=\"\"} = %v, want %d", name, v, wide)
+		}
+		if v := got["dag_id=per_task,task_id=t000"]; v != 1 {
+			t.Errorf("%s{dag_id=per_task,task_id=t000} = %v, want 1", name, v)
+		}
+		if v := got["dag_id=per_task,task_id="+TaskOther]; v != perTask-MaxTaskSeries {
+			t.Errorf("%s{dag_id=per_task,task_id=%s} = %v, want %d", name, TaskOther, v, perTask-MaxTaskSeries)
+		}
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if n := rec.Body.Len(); n > 256<<10 {
+		t.Errorf("/metrics is %d bytes after %d tasks, want it to stay small", n, wide+perTask)
+	}
+}
+
+func TestMetricsOnlyHandler(t *testing.T) {
+	m := NewMetrics(nil)
+	m.RunCreated("etl", "manual")
+	for _, tc := range []struct {
+		token, auth, method, path string
+		status                    int
+	}{
+		{"", "", "GET", "/metrics", 200},
+		{"", "", "GET", "/api/v1/dags", 404},
+		{"", "", "POST", "/metrics", 405},
+		{"s3cret", "", "GET", "/metrics", 401},
+		{"s3cret", "Bearer wrong", "GET", "/metrics", 401},
+		{"s3cret", "Bearer s3cret", "GET", "/metrics", 200},
+		{"s3cret", "", "GET", "/other", 401},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(tc.method, tc.path, nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		m.MetricsOnlyHandler(tc.token).ServeHTTP(rec, req)
+		if rec.Code != tc.status {
+			t.Errorf("%s %s (token %q, auth %q) = %d, want %d", tc.method, tc.path, tc.token, tc.auth, rec.Code, tc.status)
+		}
+		body := rec.Body.String()
+		if tc.status == 200 && !strings.Contains(body, `trellis_dag_runs_created_total{dag_id="etl",run_type="manual"} 1`) {
+			t.Errorf("metrics body lacks the run created:\n%.500s", body)
+		}
+		if tc.status != 200 && !strings.Contains(body, fmt.Sprintf(`"status":%d`, tc.status)) {
+			t.Errorf("%d answer is %q, want a problem body", rec.Code, body)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/scheduler"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
@@ -20,6 +21,7 @@ type schedulerFlags struct {
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	fireConcurrency     int
+	metrics             metricsFlags
 	retention           retentionFlags
 }
 
@@ -56,6 +58,9 @@ full validation report.`,
 			if f.fireConcurrency < 1 {
 				return usagef("--fire-concurrency must be at least 1, got %d", f.fireConcurrency)
 			}
+			if err := f.metrics.resolve(cmd, a); err != nil {
+				return err
+			}
 			if err := f.retention.resolve(cmd, a); err != nil {
 				return err
 			}
@@ -69,6 +74,7 @@ full validation report.`,
 		"how often to look for zombie tasks")
 	fs.IntVar(&f.fireConcurrency, "fire-concurrency", scheduler.DefaultFireConcurrency,
 		"how many DAGs falling due together are fired at once")
+	f.metrics.add(fs)
 	f.retention.add(fs)
 	return cmd
 }
@@ -80,7 +86,18 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		return err
 	}
 	defer st.Close()
-	s := scheduler.New(scheduler.Config{
+	var metrics *api.Metrics
+	if f.metrics.addr != "" {
+		metrics = api.NewMetrics(a.clock)
+	}
+	ms, err := a.startMetrics(context.WithoutCancel(ctx), f.metrics, metrics)
+	if err != nil {
+		return err
+	}
+	if ms != nil {
+		defer ms.Stop()
+	}
+	cfg := scheduler.Config{
 		Store:               st,
 		Registry:            a.registry,
 		Clock:               a.clock,
@@ -88,7 +105,11 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
 		FireConcurrency:     f.fireConcurrency,
-	})
+	}
+	if metrics != nil {
+		cfg.Metrics = metrics // a nil *api.Metrics in the interface would not be nil
+	}
+	s := scheduler.New(cfg)
 	if err := s.Start(ctx); err != nil {
 		var inv *scheduler.InvalidDAGsError
 		if errors.As(err, &inv) {
@@ -98,7 +119,11 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		}
 		return err
 	}
-	purger := a.newPurger(st, f.retention, nil)
+	var purgeMetrics scheduler.PurgeMetrics
+	if metrics != nil {
+		purgeMetrics = metrics
+	}
+	purger := a.newPurger(st, f.retention, purgeMetrics)
 	if purger != nil {
 		if err := purger.Start(ctx); err != nil {
 			s.Stop()

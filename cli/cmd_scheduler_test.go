@@ -177,7 +177,10 @@ func TestSchedulerCommand(t *testing.T) {
 		lookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
-	go func() { done <- a.execute(ctx, []string{"scheduler", "--log-level", "debug"}) }()
+	metricsAddr := freeAddr(t)
+	go func() {
+		done <- a.execute(ctx, []string{"scheduler", "--log-level", "debug", "--metrics-addr", metricsAddr})
+	}()
 
 	// The every_second DAG is due at start-up (Catchup(false): the latest
 	// interval). Wait for its run through the store's wake-ups.
@@ -201,6 +204,8 @@ func TestSchedulerCommand(t *testing.T) {
 			t.Fatalf("no run %s; stderr:\n%s", want, stderr.String())
 		}
 	}
+	waitScrape(t, "http://"+metricsAddr+"/metrics",
+		`trellis_dag_runs_created_total{dag_id="every_second",run_type="scheduled"} 1`, "trellis_scheduler_heartbeat_total ")
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("scheduler exited %d:\n%s", code, stderr.String())

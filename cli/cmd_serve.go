@@ -128,7 +128,6 @@ type server struct {
 	sched    *scheduler.Scheduler
 	pool     *executor.Pool
 	feeders  []component // metric feeders and the purger: stopped after the pool
-	relay    *eventRelay // nil when the socket could not be made
 	shutdown chan struct{}
 }
 
@@ -196,6 +195,7 @@ func (a *app) runServe(ctx context.Context, f serveFlags) error {
 // what it started.
 func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*server, error) {
 	metrics := api.NewMetrics(a.clock)
+	metrics.SetTaskSeries(perTaskSeries(a.registry))
 	sched := scheduler.New(scheduler.Config{
 		Store:               st,
 		Registry:            a.registry,
@@ -217,47 +217,27 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		return nil, err
 	}
 
-	// The relay's socket path goes into the workers' environment, and the
-	// gauges it updates read the pool: the relay is made first, and its
-	// connections (which call gauges) are only accepted after gauges is
-	// set, in relay.Start below.
-	ledger := newTaskLedger(metrics)
-	env := []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat}
-	var gauges *poolGauges
-	relay, err := newEventRelay(ledger, a.logger, func() {
-		if gauges != nil {
-			gauges.update()
-		}
-	})
-	if err != nil {
-		a.logger.Warn("serve: cannot relay task events from the workers; task metrics are not exported", "err", err)
-		relay = nil
-	} else {
-		env = append(env, envServeEvents+"="+relay.Path())
-	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
+		Events:      taskMetrics{metrics},
 		Clock:       a.clock,
 		Logger:      a.logger,
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
 		Args:        executor.ChildArgs,
-		Env:         env,
+		Env:         []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
 		Stdout:      a.stderr,
 		Stderr:      a.stderr,
 		Grace:       f.grace,
 		KillGrace:   f.killGrace,
 	})
 	if err != nil {
-		if relay != nil {
-			relay.Stop()
-		}
 		return nil, fmt.Errorf("serve: %w", err)
 	}
-	gauges = &poolGauges{pool: pool, ledger: ledger, metrics: metrics, clk: a.clock}
+	gauges := &poolGauges{pool: pool, metrics: metrics, clk: a.clock}
 
-	srv := &server{api: httpSrv, sched: sched, pool: pool, relay: relay, shutdown: make(chan struct{})}
+	srv := &server{api: httpSrv, sched: sched, pool: pool, shutdown: make(chan struct{})}
 	srv.feeders = []component{
 		gauges,
 		newRunWatcher(st, metrics, a.clock, a.logger, f.metricsInterval),
@@ -270,9 +250,6 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 	// The scheduler first: it validates the DAGs and records them, so
 	// the API and the workers find them.
 	if err := sched.Start(ctx); err != nil {
-		if relay != nil {
-			relay.Stop()
-		}
 		var inv *scheduler.InvalidDAGsError
 		if errors.As(err, &inv) {
 			fmt.Fprintf(a.stderr, "the server cannot start: %s:\n", plural(len(inv.Problems), "DAG problem"))
@@ -280,9 +257,6 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 			return nil, errSilentFailure
 		}
 		return nil, fmt.Errorf("serve: %w", err)
-	}
-	if relay != nil {
-		_ = relay.Start(ctx)
 	}
 	for _, c := range srv.feeders {
 		if err := c.Start(ctx); err != nil {
@@ -319,12 +293,9 @@ func (s *server) stop(a *app) {
 	s.stopAfterPool()
 }
 
-// stopAfterPool stops the metric feeders and the relay.
+// stopAfterPool stops the metric feeders.
 func (s *server) stopAfterPool() {
 	for _, c := range s.feeders {
 		c.Stop()
-	}
-	if s.relay != nil {
-		s.relay.Stop()
 	}
 }

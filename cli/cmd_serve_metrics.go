@@ -8,6 +8,8 @@ import (
 
 	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/clock"
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/executor"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
@@ -15,10 +17,11 @@ import (
 // The metrics of `trellis serve` that no component reports by itself
 // (see docs/metrics.md, "How trellis serve feeds them"):
 //
-//   - task tries finished, their duration and queued time: the task
-//     events its worker processes relay (cmd_serve_events.go);
-//   - executor workers and slots: the pool, and the tries the ledger
-//     knows to be running;
+//   - task tries finished, their duration and queued time: the finishes
+//     the workers report through the executor's Events hook
+//     (taskMetrics), which worker processes forward to their pool;
+//   - executor workers and slots: the pool, and the tries its worker
+//     processes report running;
 //   - run durations: a runWatcher reads the runs that finished since the
 //     last look, woken by the store's run notifications;
 //   - task instances by state: a stateSampler counts the unfinished
@@ -41,8 +44,7 @@ const (
 	// runWatchPage is how many runs one read takes.
 	runWatchPage = 500
 	// poolGaugeInterval is how often the worker and slot gauges are
-	// refreshed besides on task events (worker processes start and die
-	// without one).
+	// refreshed.
 	poolGaugeInterval = time.Second
 )
 
@@ -286,18 +288,43 @@ func (s *stateSampler) sample(ctx context.Context) {
 	}
 }
 
+// perTaskSeries returns which DAGs of reg asked for per-task metric
+// series (dag.TaskMetrics), for api.Metrics.SetTaskSeries.
+func perTaskSeries(reg *dag.Registry) func(dagID string) bool {
+	ids := map[string]bool{}
+	for _, d := range reg.DAGs() {
+		if d.TaskMetrics() {
+			ids[d.ID()] = true
+		}
+	}
+	return func(dagID string) bool { return ids[dagID] }
+}
+
+// taskMetrics feeds the task metrics from the executor's Events hook.
+type taskMetrics struct{ m *api.Metrics }
+
+// TaskFinished counts a finished try, its duration and its queued time.
+func (t taskMetrics) TaskFinished(f executor.Finish) {
+	t.m.TaskFinished(f.DAGID, f.TaskID, string(f.State), f.Duration)
+	if f.Queued >= 0 {
+		t.m.TaskQueued(f.DAGID, f.Queued)
+	}
+}
+
+// EventsDropped counts finishes a worker process could not report.
+func (t taskMetrics) EventsDropped(n int) { t.m.TaskEventsDropped(n) }
+
 // workerPool is what the gauges read of the executor pool.
 type workerPool interface {
 	Workers() int
 	Slots() int
+	RunningTries() int
 }
 
 // poolGauges keeps trellis_executor_workers and
-// trellis_executor_slots{state} current: on every task event and every
-// poolGaugeInterval (worker processes start and die without one).
+// trellis_executor_slots{state} current, every poolGaugeInterval.
 type poolGauges struct {
 	pool    workerPool
-	ledger  *taskLedger
 	metrics *api.Metrics
 	clk     clock.Clock
 
@@ -308,7 +335,7 @@ type poolGauges struct {
 
 // update sets the gauges now.
 func (g *poolGauges) update() {
-	running := g.ledger.runningTries()
+	running := g.pool.RunningTries()
 	g.metrics.SetWorkers(g.pool.Workers())
 	g.metrics.SetSlots(max(0, g.pool.Slots()-running), running)
 }

@@ -11,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/executor"
+	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
 )
 
@@ -27,6 +29,7 @@ type workerFlags struct {
 	maxLeaks  int
 	hostname  string
 	child     bool
+	metrics   metricsFlags
 }
 
 // envWorkerSlots is the environment variable of --slots.
@@ -73,6 +76,7 @@ using up a try. A second signal stops them at once.`,
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", executor.DefaultHeartbeatInterval, "how often workers heartbeat their tasks (keep well below the scheduler's zombie threshold)")
 	fs.IntVar(&f.maxLeaks, "max-leaks", executor.DefaultMaxLeaks, "Func tasks abandoned after ignoring their timeout before a worker process is replaced (negative: never)")
 	fs.StringVar(&f.hostname, "hostname", "", "host name recorded with this pool's workers and tasks (default the system host name)")
+	f.metrics.add(fs)
 	fs.BoolVar(&f.child, "child", false, "run as one worker process of a pool (internal)")
 	_ = fs.MarkHidden("child")
 	return cmd
@@ -103,7 +107,7 @@ func (f *workerFlags) resolve(cmd *cobra.Command, a *app) error {
 	case f.heartbeat <= 0:
 		return usagef("--heartbeat-interval must be positive, got %v", f.heartbeat)
 	}
-	return nil
+	return f.metrics.resolve(cmd, a)
 }
 
 // runWorkerPool runs a Pool until the first SIGTERM/SIGINT (graceful
@@ -124,9 +128,12 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 	}
 	defer st.Close()
 
+	metrics := api.NewMetrics(a.clock)
+	metrics.SetTaskSeries(perTaskSeries(a.registry))
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:             st,
 		DatabaseURL:       url,
+		Events:            taskMetrics{metrics},
 		Logger:            a.logger,
 		Processes:         f.processes,
 		Slots:             f.slots,
@@ -142,6 +149,16 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
+	}
+	ms, err := a.startMetrics(context.WithoutCancel(ctx), f.metrics, metrics)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if ms != nil {
+		defer ms.Stop()
+		gauges := &poolGauges{pool: pool, metrics: metrics, clk: a.clock}
+		_ = gauges.Start(context.WithoutCancel(ctx))
+		defer gauges.Stop()
 	}
 	if err := pool.Start(context.WithoutCancel(ctx)); err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -187,7 +204,7 @@ func checkWorkerDatabase(url string) error {
 // runWorkerChild is the hidden worker-child role a Pool starts: one
 // executor.Worker configured by the environment the pool set.
 func (a *app) runWorkerChild(ctx context.Context) error {
-	cfg, err := executor.ChildConfigFromEnv(a.lookupEnv)
+	cfg, ch, err := executor.LoadChild(a.lookupEnv, a.logger)
 	if err != nil {
 		return usagef("worker --child is started by `trellis worker` and `trellis serve`: %v", err)
 	}
@@ -196,15 +213,19 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	logger := a.logger.With("worker", cfg.WorkerID)
 	// A stop signal while the database is being opened ends the child at
 	// once: nothing has started, nothing is to drain.
-	st, err := dial.Open(ctx, cfg.DatabaseURL, dial.Options{Logger: logger})
+	var st store.Store
+	err = ch.WithConnEnv(func() (err error) {
+		st, err = dial.Open(ctx, cfg.DatabaseURL, dial.Options{Logger: logger})
+		return err
+	})
 	if err != nil {
+		ch.Close()
 		if ctx.Err() != nil {
 			logger.Info("worker process stopped before it started", "cause", context.Cause(ctx))
 			return nil
 		}
 		return &exitError{code: executor.ExitError, err: fmt.Errorf("worker process %s: %w", cfg.WorkerID, err)}
 	}
-	st = relayTaskEvents(st, a.lookupEnv, logger) // task metrics of `trellis serve` (cmd_serve_relay.go)
 	defer st.Close()
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
@@ -215,6 +236,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 		Store:    st,
 		Registry: a.registry,
 		Logger:   a.logger,
+		Channel:  ch,
 	})
 	if code != executor.ExitOK {
 		return &exitError{code: code}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,10 +30,22 @@ const childExitBound = 5 * time.Second
 func TestWorkerChildInProcess(t *testing.T) {
 	u := testdb.SQLite(t)
 	openURL(t, u) // migrated: the child does not migrate
+	pool, child, err := executor.NewChannelPair(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	// The child role takes the descriptor over (and closes it): give it
+	// a copy of its own.
+	fd, err := syscall.Dup(int(child.Fd()))
+	_ = child.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	env := map[string]string{
-		"TRELLIS_DATABASE_URL": u,
-		executor.EnvChild:      "child-7",
-		executor.EnvGrace:      "20s",
+		executor.EnvChannelFD: strconv.Itoa(fd),
+		executor.EnvChild:     "child-7",
+		executor.EnvGrace:     "20s",
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
@@ -87,10 +100,18 @@ func TestWorkerChildEarlySIGTERM(t *testing.T) {
 
 	start := func(dbURL string, out *watchBuffer) (*exec.Cmd, <-chan error) {
 		t.Helper()
+		pool, child, err := executor.NewChannelPair(dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = pool.Close() })
 		cmd := exec.Command(bin, "worker", "--child")
-		cmd.Env = append(os.Environ(), "TRELLIS_DATABASE_URL="+dbURL, executor.EnvChild+"=early", executor.EnvGrace+"=30s")
+		cmd.Env = append(os.Environ(), executor.EnvChannelFD+"=3", executor.EnvChild+"=early", executor.EnvGrace+"=30s")
+		cmd.ExtraFiles = []*os.File{child}
 		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
+		err = cmd.Start()
+		_ = child.Close()
+		if err != nil {
 			t.Fatal(err)
 		}
 		exited := make(chan error, 1)

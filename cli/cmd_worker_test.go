@@ -3,6 +3,10 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +17,7 @@ import (
 	"time"
 
 	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
 )
 
 // lockedBuffer is a bytes.Buffer safe for a process's output goroutine
@@ -53,8 +58,9 @@ func TestWorkerCommand(t *testing.T) {
 	}
 
 	var out lockedBuffer
+	metricsAddr := freeAddr(t)
 	worker := exec.Command(bin, "worker", "--processes", "2", "--slots", "2", "--grace", "2s")
-	worker.Env = env
+	worker.Env = append(env, "TRELLIS_METRICS_ADDR="+metricsAddr)
 	worker.Stdout, worker.Stderr = &out, &out
 	if err := worker.Start(); err != nil {
 		t.Fatal(err)
@@ -96,6 +102,20 @@ func TestWorkerCommand(t *testing.T) {
 		t.Errorf("print_test1 log = %q, %v; want its logger line", b, err)
 	}
 
+	// Its /metrics counts every try the store recorded as succeeded (the
+	// test DAG has a series per task: dag.TaskMetrics); the reports may lag
+	// the commit.
+	tis, _, err := st.ListTaskInstances(context.Background(), store.TaskQuery{DAGIDs: []string{"test"}, DAGRunIDs: []string{"r1"}, Limit: 100})
+	if err != nil || len(tis) == 0 {
+		t.Fatalf("task instances of test/r1: %v, %v", tis, err)
+	}
+	var series []string
+	for _, ti := range tis {
+		series = append(series, fmt.Sprintf(`trellis_task_instances_finished_total{dag_id="test",state="success",task_id=%q} 1`, ti.TaskID))
+	}
+	series = append(series, "trellis_executor_workers 2")
+	waitScrape(t, "http://"+metricsAddr+"/metrics", series...)
+
 	if err := worker.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +137,46 @@ func TestWorkerCommand(t *testing.T) {
 	}
 }
 
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// waitScrape scrapes url until its body contains every want, failing
+// after 10 s.
+func waitScrape(t *testing.T, url string, want ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		body, missing := "", ""
+		resp, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			for _, w := range want {
+				if !strings.Contains(body, w) {
+					missing = w
+					break
+				}
+			}
+		}
+		if err == nil && missing == "" {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scrape %s: %v; missing %q in:\n%s", url, err, missing, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func TestWorkerCommandUsage(t *testing.T) {
 	env, _ := sqliteEnv(t)
 	for _, args := range [][]string{
@@ -128,9 +188,12 @@ func TestWorkerCommandUsage(t *testing.T) {
 		r := runCLI(t, runsRegistry(), env, args...)
 		wantCode(t, r, 2)
 	}
+	r := runCLI(t, runsRegistry(), env, "worker", "--metrics-addr", "0.0.0.0:9101")
+	wantCode(t, r, 2)
+	wantContains(t, "stderr", r.stderr, "refusing to serve /metrics without a token")
 	env["TRELLIS_WORKER_SLOTS"] = "lots"
 	wantCode(t, runCLI(t, runsRegistry(), env, "worker"), 2)
-	r := runCLI(t, runsRegistry(), env, "worker", "--child")
+	r = runCLI(t, runsRegistry(), env, "worker", "--child")
 	wantCode(t, r, 2)
 	wantContains(t, "stderr", r.stderr, "TRELLIS_WORKER_CHILD is not set")
 }

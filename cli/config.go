@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -45,7 +47,16 @@ const (
 	flagAPIToken    = "api-token"
 	flagLogLevel    = "log-level"
 	flagLogFormat   = "log-format"
+	// fileSuffix makes the flag (and variable) that reads a secret
+	// setting from a file: --database-url-file, TRELLIS_API_TOKEN_FILE.
+	fileSuffix = "-file"
 )
+
+// secretSettings are the settings that may also be read from a file
+// (--NAME-file, TRELLIS_NAME_FILE), so the secret is in neither the
+// command line nor the environment of the process, which processes of
+// the same user can read in /proc.
+var secretSettings = []string{flagDatabaseURL, flagAPIToken}
 
 // configEnv maps each configuration flag to its environment variable.
 var configEnv = []struct{ flag, env string }{
@@ -67,12 +78,75 @@ func addConfigFlags(fs *pflag.FlagSet) {
 	fs.String(flagAPIToken, "", "Bearer token the API requires; empty = no auth, loopback addresses only (env TRELLIS_API_TOKEN)")
 	fs.String(flagLogLevel, "info", "log level: debug, info, warn or error (env TRELLIS_LOG_LEVEL)")
 	fs.String(flagLogFormat, "text", "log format: text or json (env TRELLIS_LOG_FORMAT)")
+	fs.String(flagDatabaseURL+fileSuffix, "", "read --database-url from this file (env TRELLIS_DATABASE_URL_FILE), e.g. a systemd or Docker credential")
+	fs.String(flagAPIToken+fileSuffix, "", "read --api-token from this file (env TRELLIS_API_TOKEN_FILE)")
+}
+
+// envOf returns the environment variable of a configuration flag.
+func envOf(flag string) string {
+	for _, b := range configEnv {
+		if b.flag == flag {
+			return b.env
+		}
+	}
+	return ""
+}
+
+// resolveSecretFiles sets each secret setting from its file when one is
+// given: --NAME-file unless --NAME is given, else TRELLIS_NAME_FILE
+// unless TRELLIS_NAME is set. A value and a file at the same level are a
+// usage error. given says which flags were on the command line.
+func resolveSecretFiles(fs *pflag.FlagSet, given map[string]bool, lookupEnv func(string) (string, bool), source map[string]string) error {
+	for _, name := range secretSettings {
+		fileFlag, env := name+fileSuffix, envOf(name)
+		fileEnv := env + "_FILE"
+		path, from := "", ""
+		switch {
+		case given[name] && given[fileFlag]:
+			return usagef("give --%s or --%s, not both", name, fileFlag)
+		case given[name]:
+			continue
+		case given[fileFlag]:
+			path, _ = fs.GetString(fileFlag)
+			from = "--" + fileFlag
+		case lookupEnv != nil:
+			v, vok := lookupEnv(env)
+			f, fok := lookupEnv(fileEnv)
+			if !fok || f == "" {
+				continue
+			}
+			if vok && v != "" {
+				return usagef("set environment variable %s or %s, not both", env, fileEnv)
+			}
+			path, from = f, "environment variable "+fileEnv
+		default:
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return usagef("%s: %v", from, err)
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return usagef("%s: file %s is empty", from, path)
+		}
+		if err := fs.Set(name, v); err != nil {
+			return usagef("%s: %v", from, err)
+		}
+		source[name] = from
+	}
+	return nil
 }
 
 // resolveConfig fills unset flags of fs from the environment and checks
 // the values. Errors are usage errors naming the flag or the variable.
 func resolveConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) (Config, error) {
 	source := map[string]string{} // flag -> where its value came from, for errors
+	given := map[string]bool{}
+	for _, name := range secretSettings {
+		given[name] = fs.Changed(name)
+		given[name+fileSuffix] = fs.Changed(name + fileSuffix)
+	}
 	for _, b := range configEnv {
 		source[b.flag] = "--" + b.flag
 		if fs.Changed(b.flag) || lookupEnv == nil {
@@ -86,6 +160,9 @@ func resolveConfig(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) (Co
 			return Config{}, usagef("environment variable %s=%q: %v", b.env, v, err)
 		}
 		source[b.flag] = "environment variable " + b.env
+	}
+	if err := resolveSecretFiles(fs, given, lookupEnv, source); err != nil {
+		return Config{}, err
 	}
 
 	var cfg Config

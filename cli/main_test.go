@@ -417,6 +417,22 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		{name: "bad level", args: []string{"--log-level", "loud"}, wantErr: `"loud" is not a log level`},
 		{name: "bad format env", env: map[string]string{"TRELLIS_LOG_FORMAT": "xml"}, wantErr: `TRELLIS_LOG_FORMAT: "xml" is not a log format`},
 		{name: "empty database", args: []string{"--database-url", ""}, wantErr: "--database-url is empty"},
+		{name: "secrets from files (flags)", args: []string{"--database-url-file", secretFile(t, "postgres://u:filepw@db/x\n"), "--api-token-file", secretFile(t, "  tok-from-file-0123456789 \n")},
+			env: map[string]string{"TRELLIS_DATABASE_URL": "sqlite:ignored.db", "TRELLIS_API_TOKEN": "ignored"},
+			check: func(c Config) bool {
+				return c.DatabaseURL == "postgres://u:filepw@db/x" && c.APIToken == "tok-from-file-0123456789"
+			}},
+		{name: "secrets from files (env)", env: map[string]string{"TRELLIS_DATABASE_URL_FILE": secretFile(t, "postgres://u:envpw@db/x"), "TRELLIS_API_TOKEN_FILE": secretFile(t, "tok2-from-env-file-0123")},
+			check: func(c Config) bool {
+				return c.DatabaseURL == "postgres://u:envpw@db/x" && c.APIToken == "tok2-from-env-file-0123"
+			}},
+		{name: "flag beats env file", args: []string{"--api-token", "flag-token-0123456789"}, env: map[string]string{"TRELLIS_API_TOKEN_FILE": "/nonexistent"},
+			check: func(c Config) bool { return c.APIToken == "flag-token-0123456789" }},
+		{name: "value and file flags", args: []string{"--api-token", "a", "--api-token-file", "/x"}, wantErr: "give --api-token or --api-token-file, not both"},
+		{name: "value and file env", env: map[string]string{"TRELLIS_DATABASE_URL": "sqlite:a.db", "TRELLIS_DATABASE_URL_FILE": "/x"},
+			wantErr: "set environment variable TRELLIS_DATABASE_URL or TRELLIS_DATABASE_URL_FILE, not both"},
+		{name: "missing file", args: []string{"--database-url-file", "/nonexistent/db-url"}, wantErr: "--database-url-file: open /nonexistent/db-url"},
+		{name: "empty file", env: map[string]string{"TRELLIS_API_TOKEN_FILE": secretFile(t, "\n")}, wantErr: "environment variable TRELLIS_API_TOKEN_FILE: file"},
 		{name: "short token", env: map[string]string{"TRELLIS_API_TOKEN": "x"},
 			wantErr: "environment variable TRELLIS_API_TOKEN: the API token is 1 characters long; it must have at least 16"},
 		{name: "short token flag", args: []string{"--api-token", "s3cret"}, wantErr: "--api-token: the API token is 6 characters long"},
@@ -443,6 +459,16 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 			}
 		})
 	}
+}
+
+// secretFile writes content to a new file and returns its path.
+func secretFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestConfigStringHidesSecrets(t *testing.T) {

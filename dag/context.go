@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"strings"
 	"time"
 )
 
@@ -18,6 +19,9 @@ type RunInfo struct {
 	IntervalStart time.Time
 	IntervalEnd   time.Time
 	Params        map[string]any
+	// Env is the task's environment as NAME=value, as a Shell task's
+	// process would get it; Context.Getenv reads it.
+	Env []string
 }
 
 // OutputIO stores and reads task outputs (XCom values) as JSON. The
@@ -75,6 +79,20 @@ func (c *Context) DataInterval() (start, end time.Time) {
 // Params returns a copy of the run's params: the DAG's Params overlaid by
 // the run's conf.
 func (c *Context) Params() map[string]any { return maps.Clone(c.info.Params) }
+
+// Getenv returns the value of the variable key in the task's environment:
+// the variables set with Env, those inherited with InheritEnv, the safe
+// base (PATH, HOME, …) and the TRELLIS_* variables of the try, as a Shell
+// task would see them; "" when it is not set. Func tasks run inside the
+// worker process, so use Getenv rather than os.Getenv for these.
+func (c *Context) Getenv(key string) string {
+	for _, kv := range c.info.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
 
 // Logger returns a logger that writes into the task's log.
 func (c *Context) Logger() *slog.Logger { return c.logger }

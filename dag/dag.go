@@ -34,6 +34,7 @@ type DAG struct {
 	params          map[string]any
 	retention       time.Duration
 	defaultTaskOpts []TaskOption
+	taskMetrics     bool
 
 	tasks  []*Task
 	byID   map[string]*Task

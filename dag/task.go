@@ -35,6 +35,8 @@ type Task struct {
 	timeout    time.Duration
 	trigger    TriggerRule
 	priority   int
+	env        map[string]string // Env
+	inherit    []string          // InheritEnv
 	upstream   []*Task
 	downstream []*Task
 }

@@ -64,7 +64,8 @@ func (p Problem) String() string {
 // the build issues of DAG.BuildIssues (nil functions, empty commands, edges
 // to nil tasks or to tasks of another DAG); duplicate task ids; negative
 // retries, retry delays, backoff caps and timeouts; unknown trigger rules;
-// bad HTTP methods and URLs; and one cycle per self-loop and per strongly
+// bad HTTP methods and URLs; Env and InheritEnv names that are empty,
+// contain '=' or NUL, or start with TRELLIS_; and one cycle per self-loop and per strongly
 // connected component, printed as "cycle: a -> b -> c -> a".
 func Validate(dags []*DAG) []Problem {
 	var out []Problem
@@ -169,6 +170,7 @@ func (t *Task) validate(out []Problem) []Problem {
 	if t.timeout < 0 {
 		problem("Timeout must not be negative, got %s", t.timeout)
 	}
+	t.validateEnv(problem)
 	if !t.trigger.Valid() {
 		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)
 	}

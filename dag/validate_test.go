@@ -572,3 +572,37 @@ func TestRegistryConcurrent(t *testing.T) {
 		t.Fatalf("problems: %v", ps)
 	}
 }
+
+func TestValidateEnv(t *testing.T) {
+	d := New("envs", DefaultTaskOptions(Env(map[string]string{"OK": "1", "TRELLIS_DATABASE_URL": "x"})))
+	d.Shell("a", "env", Env(map[string]string{"": "empty", "A=B": "eq", "NUL": "a\x00b"}), InheritEnv("HOME", "TRELLIS_API_TOKEN", ""))
+	var got []string
+	for _, p := range d.Validate() {
+		got = append(got, p.String())
+	}
+	want := []string{
+		`dag "envs": task "a": Env: an empty variable name`,
+		`dag "envs": task "a": Env: variable name "A=B" contains '=' or a NUL byte`,
+		`dag "envs": task "a": Env: the value of NUL contains a NUL byte`,
+		`dag "envs": task "a": Env: variable name "TRELLIS_DATABASE_URL" starts with TRELLIS_, which is reserved for the variables Trellis sets and for its own configuration`,
+		`dag "envs": task "a": InheritEnv: variable name "TRELLIS_API_TOKEN" starts with TRELLIS_, which is reserved for the variables Trellis sets and for its own configuration`,
+		`dag "envs": task "a": InheritEnv: an empty variable name`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	ok := New("ok", DefaultTaskOptions(Env(map[string]string{"A": "dag", "B": "dag"})))
+	task := ok.Shell("t", "env", Env(map[string]string{"B": "task"}), InheritEnv("HOME"), InheritEnv("HOME", "AWS_PROFILE"))
+	if p := ok.Validate(); len(p) != 0 {
+		t.Errorf("valid env options reported: %v", p)
+	}
+	if e := task.Env(); e["A"] != "dag" || e["B"] != "task" || len(e) != 2 {
+		t.Errorf("Env() = %v, want the DAG default overridden by the task", e)
+	}
+	if i := task.InheritEnv(); strings.Join(i, ",") != "HOME,AWS_PROFILE" {
+		t.Errorf("InheritEnv() = %v", i)
+	}
+	if New("x").TaskMetrics() || !New("y", TaskMetrics()).TaskMetrics() {
+		t.Error("TaskMetrics option not reported")
+	}
+}

@@ -246,6 +246,7 @@ func init() {
 		dag.StartDate(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 		dag.Params(map[string]any{"rows": 20}),
 		dag.Tags("example", "etl"),
+		dag.TaskMetrics(), // a few long-lived tasks: a metric series each
 	)
 	ext := d.Func("extract", extract, dag.Retries(2), dag.RetryDelay(200*time.Millisecond))
 	tr := d.Func("transform", transform)

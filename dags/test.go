@@ -15,6 +15,7 @@ func init() {
 		dag.Schedule("0 0 * * * *"),
 		dag.StartDate(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 		dag.Tags("example"),
+		dag.TaskMetrics(),
 	)
 	t1 := d.Func("print_test1", func(c *dag.Context) error {
 		c.Logger().Info("test1")

@@ -16,12 +16,15 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-// Environment variables through which a Pool configures its children. The
-// database URL travels in TRELLIS_DATABASE_URL, the variable the command
-// line reads anyway.
+// Environment variables through which a Pool configures its children.
+// None is secret: the database URL travels on the supervision channel
+// (see LoadChild), and a child's environment holds none of Trellis's
+// configuration (every other TRELLIS_* variable is removed).
 const (
 	// EnvChild holds the worker id; its presence marks a worker child.
-	EnvChild             = "TRELLIS_WORKER_CHILD"
+	EnvChild = "TRELLIS_WORKER_CHILD"
+	// EnvDatabaseURL is the variable of the command line's database URL;
+	// a Pool never passes it on.
 	EnvDatabaseURL       = "TRELLIS_DATABASE_URL"
 	EnvSlots             = "TRELLIS_WORKER_SLOTS"
 	EnvHostname          = "TRELLIS_WORKER_HOSTNAME"
@@ -53,7 +56,9 @@ const (
 
 // ChildConfig is what a Pool tells a worker child.
 type ChildConfig struct {
-	WorkerID          string
+	WorkerID string
+	// DatabaseURL is sent on the supervision channel, never in the
+	// environment: Env leaves it out and LoadChild fills it in.
 	DatabaseURL       string
 	Slots             int
 	Hostname          string
@@ -73,11 +78,11 @@ func IsChild() bool {
 	return ok && v != ""
 }
 
-// Env returns the environment variables that carry c.
+// Env returns the environment variables that carry c, all but its
+// DatabaseURL.
 func (c ChildConfig) Env() []string {
 	return []string{
 		EnvChild + "=" + c.WorkerID,
-		EnvDatabaseURL + "=" + c.DatabaseURL,
 		EnvSlots + "=" + strconv.Itoa(c.Slots),
 		EnvHostname + "=" + c.Hostname,
 		EnvHeartbeatInterval + "=" + c.HeartbeatInterval.String(),
@@ -91,8 +96,9 @@ func (c ChildConfig) Env() []string {
 }
 
 // ChildConfigFromEnv reads the configuration a Pool passed to this child
-// through lookup (os.LookupEnv). Unset optional values are zero (the
-// Worker defaults); malformed ones are errors naming the variable.
+// through lookup (os.LookupEnv), all but the DatabaseURL (see LoadChild).
+// Unset optional values are zero (the Worker defaults); malformed ones are
+// errors naming the variable.
 func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error) {
 	var c ChildConfig
 	var problems []error
@@ -126,7 +132,6 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 		return d
 	}
 	c.WorkerID = str(EnvChild, true)
-	c.DatabaseURL = str(EnvDatabaseURL, true)
 	c.Hostname = str(EnvHostname, false)
 	c.Pool = str(EnvPool, false)
 	c.Slots = num(EnvSlots)
@@ -156,6 +161,17 @@ type ChildOptions struct {
 	// lines with worker=<Config.WorkerID>; Logger should not carry it too.
 	Logger *slog.Logger
 	Clock  clock.Clock
+	// Channel, from LoadChild, takes the Worker's finishes to the pool;
+	// nil when the child runs without one. RunChild closes it.
+	Channel *Channel
+}
+
+// poolMark is the environment entry that marks the processes of pool.
+func poolMark(pool string) []string {
+	if pool == "" {
+		return nil
+	}
+	return []string{EnvPool + "=" + pool}
 }
 
 // childSignals are the signals that stop a worker child.
@@ -188,6 +204,11 @@ func RunChild(ctx context.Context, opts ChildOptions) int {
 	ctxDone := stopCtx.Done()
 	ctx = context.WithoutCancel(ctx)
 
+	var events Events
+	if opts.Channel != nil {
+		events = opts.Channel
+		defer opts.Channel.Close()
+	}
 	w, err := NewWorker(WorkerConfig{
 		Store:             opts.Store,
 		Registry:          opts.Registry,
@@ -201,10 +222,15 @@ func RunChild(ctx context.Context, opts ChildOptions) int {
 		KillGrace:         c.KillGrace,
 		PollInterval:      c.PollInterval,
 		MaxLeaks:          c.MaxLeaks,
+		Events:            events,
+		TaskEnv:           poolMark(c.Pool),
 	})
 	if err != nil {
 		log.Error("worker child", "err", err)
 		return ExitError
+	}
+	if opts.Channel != nil {
+		opts.Channel.start(w.Running)
 	}
 	if err := w.Start(ctx); err != nil {
 		log.Error("worker child", "err", err)

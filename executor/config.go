@@ -99,6 +99,13 @@ type WorkerConfig struct {
 	MaxLeaks int
 	// StoreTimeout bounds each store call.
 	StoreTimeout time.Duration
+	// Events, when set, receives every finish the worker recorded.
+	Events Events
+	// TaskEnv is added to the environment of every task (after the safe
+	// base, before the task's own variables; see taskrun.TaskEnv). A
+	// worker child passes its pool's mark (EnvPool), so the supervisor
+	// recognises the processes of its tasks.
+	TaskEnv []string
 }
 
 func (c *WorkerConfig) withDefaults() (WorkerConfig, error) {

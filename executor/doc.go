@@ -20,6 +20,18 @@
 // downstream tasks), when a slot frees while more work may be queued, and
 // on a slow safety poll (PollInterval, 1 s by default).
 //
+// # Supervision channel, secrets and events
+//
+// Each child inherits one end of a Unix socket pair as file descriptor 3
+// (EnvChannelFD). The pool sends the database URL and its PG* client
+// variables there (LoadChild reads them), so they are in neither the
+// child's environment, which holds none of Trellis's TRELLIS_*
+// configuration, nor its argv: tasks cannot read them, and Shell tasks get
+// a clean environment of their own (taskrun.TaskEnv). Back on the socket
+// the child reports the finishes its Worker recorded (the Events hook),
+// batched, with how many tries it runs; it queues a bounded number while
+// the pool does not read and counts what it drops, never blocking a try.
+//
 // # Heartbeats and lost tries
 //
 // Every HeartbeatInterval a worker refreshes its own heartbeat and those of

@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,8 +49,11 @@ type PoolConfig struct {
 	// Store is the supervisor's own store handle, used to recover the
 	// tries of a child that died.
 	Store store.Store
-	// DatabaseURL is passed to the children, which open their own store.
+	// DatabaseURL is passed to the children, which open their own store,
+	// on their supervision channels (never in their environment).
 	DatabaseURL string
+	// Events, when set, receives the finishes the children report.
+	Events Events
 	// Clock and Logger as for WorkerConfig.
 	Clock  clock.Clock
 	Logger *slog.Logger
@@ -64,7 +69,9 @@ type PoolConfig struct {
 	Executable string
 	// Args select the worker-child role of Executable; default ChildArgs.
 	Args []string
-	// Env is added to the children's environment (after os.Environ()).
+	// Env is added to the children's environment: this process's, without
+	// Trellis's configuration (TRELLIS_*) and the PostgreSQL client
+	// variables (PG*), which go on the supervision channel.
 	Env []string
 	// Stdout and Stderr receive the children's output; default the
 	// supervisor's own.
@@ -177,6 +184,7 @@ type Pool struct {
 	spawnReq chan spawnRequest
 	spawnWG  sync.WaitGroup
 	superWG  sync.WaitGroup
+	chanWG   sync.WaitGroup // readers of the children's channels
 	reapWG   sync.WaitGroup
 
 	// procMu is held while a child is being started and while looking
@@ -198,6 +206,7 @@ type child struct {
 	startedAt  time.Time
 	exited     chan struct{}
 	waitErr    error
+	running    atomic.Int64 // tries it runs, as it last reported
 }
 
 type spawnRequest struct {
@@ -240,6 +249,18 @@ func (p *Pool) Workers() int {
 
 // Slots returns how many tries the live children can run at once.
 func (p *Pool) Slots() int { return p.Workers() * p.cfg.Slots }
+
+// RunningTries returns how many tries the live children run, as they
+// last reported.
+func (p *Pool) RunningTries() int {
+	p.procMu.Lock()
+	defer p.procMu.Unlock()
+	n := 0
+	for _, c := range p.live {
+		n += int(c.running.Load())
+	}
+	return n
+}
 
 // Restarts returns how many times a child was restarted.
 func (p *Pool) Restarts() int {
@@ -354,6 +375,7 @@ func (p *Pool) shutdown() {
 	close(p.spawnReq)
 	p.spawnWG.Wait()
 	p.reapWG.Wait()
+	p.chanWG.Wait()
 	p.reapOrphans()
 	p.sweepDead()
 	p.cancel()
@@ -414,8 +436,15 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		ParentPID:         os.Getpid(),
 		Pool:              p.poolID,
 	}
+	own, theirs, err := socketPair()
+	if err != nil {
+		return nil, fmt.Errorf("start worker process %s: %w", id, err)
+	}
+	defer theirs.Close() // the child has its copy
+	environ := os.Environ()
 	cmd := exec.Command(p.cfg.Executable, p.cfg.Args...)
-	cmd.Env = append(append(os.Environ(), p.cfg.Env...), cc.Env()...)
+	cmd.Env = childEnviron(environ, append(append(slices.Clone(p.cfg.Env), cc.Env()...), EnvChannelFD+"=3"))
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3
 	cmd.Stdout, cmd.Stderr = p.cfg.Stdout, p.cfg.Stderr
 	cmd.SysProcAttr = childSysProcAttr()
 	cmd.WaitDelay = time.Second // do not hang on output pipes a grandchild holds
@@ -424,21 +453,41 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 	defer p.procMu.Unlock()
 	select {
 	case <-p.stopping:
+		_ = own.Close()
 		return nil, errors.New("pool is stopping")
 	default:
 	}
 	if err := cmd.Start(); err != nil {
+		_ = own.Close()
 		return nil, fmt.Errorf("start worker process %s: %w", id, err)
 	}
 	c := &child{index: index, gen: gen, id: id, cmd: cmd, startedAt: p.cfg.Clock.Now(), exited: make(chan struct{})}
 	pid := cmd.Process.Pid
 	p.live[pid] = c
+	if err := sendHello(own, hello{DatabaseURL: p.cfg.DatabaseURL, ConnEnv: connEnviron(environ)}); err != nil {
+		// The child fails to start without it and is restarted.
+		p.cfg.Logger.Error("worker process", "worker", id, "err", err)
+	}
+	reported := make(chan struct{})
+	p.chanWG.Add(1)
+	go func() {
+		defer p.chanWG.Done()
+		defer close(reported)
+		childReports(own, p.cfg.Events, &c.running, p.cfg.Logger.With("worker", id))
+	}()
 	go func() {
 		c.waitErr = cmd.Wait()
 		p.procMu.Lock()
 		delete(p.live, pid)
 		p.procMu.Unlock()
 		close(c.exited)
+		// The reports end with the child, unless a process it started
+		// kept its end of the channel: read what is left, briefly.
+		select {
+		case <-reported:
+		case <-time.After(channelDrainTimeout):
+			_ = own.Close()
+		}
 	}()
 	p.cfg.Logger.Info("worker process started", "worker", id, "pid", pid)
 	return c, nil

@@ -63,7 +63,7 @@ type procEnv struct {
 func newProcEnv(t testing.TB) procEnv {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return procEnv{dir: t.TempDir(), tag: "EXECUTOR_TEST_TAG=" + hex.EncodeToString(b[:])}
+	return procEnv{dir: t.TempDir(), tag: testdags.EnvTag + "=" + hex.EncodeToString(b[:])}
 }
 
 func (e procEnv) vars() []string { return []string{testdags.EnvDir + "=" + e.dir, e.tag} }

@@ -115,7 +115,7 @@ func TestRunParams(t *testing.T) {
 
 func TestChildConfigEnvRoundTrip(t *testing.T) {
 	in := ChildConfig{
-		WorkerID: "h-1-w0.0", DatabaseURL: "postgres://x/y", Slots: 7, Hostname: "h",
+		WorkerID: "h-1-w0.0", Slots: 7, Hostname: "h",
 		HeartbeatInterval: 250 * time.Millisecond, Grace: 3 * time.Second, KillGrace: time.Second,
 		PollInterval: 2 * time.Second, MaxLeaks: 2, ParentPID: 99, Pool: "99-abc",
 	}
@@ -140,7 +140,7 @@ func TestChildConfigFromEnvErrors(t *testing.T) {
 	if err == nil {
 		t.Fatal("ChildConfigFromEnv accepted a broken environment")
 	}
-	for _, want := range []string{EnvChild + " is not set", EnvDatabaseURL + " is not set",
+	for _, want := range []string{EnvChild + " is not set",
 		EnvSlots + `="many"`, EnvGrace + `="soon"`, EnvKillGrace + `="-1s"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
@@ -329,5 +329,18 @@ func TestLimitSinkBoundsSendsInFlight(t *testing.T) {
 	cancel()
 	if err := sink(ctx, []byte("x")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("send with no token and a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestChildEnviron(t *testing.T) {
+	environ := []string{"PATH=/bin", "TRELLIS_DATABASE_URL=postgres://u:pw@h/db", "TRELLIS_API_TOKEN=tok",
+		"PGPASSWORD=pw", "PGSSLMODE=require", "HOME=/root", "TRELLISX=kept"}
+	got := childEnviron(environ, []string{"TRELLIS_LOG_LEVEL=INFO", EnvChild + "=w1"})
+	want := []string{"PATH=/bin", "HOME=/root", "TRELLISX=kept", "TRELLIS_LOG_LEVEL=INFO", EnvChild + "=w1"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("childEnviron = %q, want %q", got, want)
+	}
+	if got := connEnviron(environ); !reflect.DeepEqual(got, []string{"PGPASSWORD=pw", "PGSSLMODE=require"}) {
+		t.Errorf("connEnviron = %q", got)
 	}
 }

@@ -555,6 +555,7 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 		Log:       a.log,
 		Outputs:   a.outputs,
 		KillGrace: w.cfg.KillGrace,
+		Env:       w.cfg.TaskEnv,
 	})
 	res.EndedAt = w.cfg.Clock.Now()
 	res.State, res.Permanent, res.Follow = out.State, out.Permanent, out.Follow
@@ -575,17 +576,28 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 }
 
 // settled is called by the finisher once results are recorded (or given
-// up): their tries stop heart-beating. A finish may have released
+// up): their tries stop heart-beating, and the recorded ones go to
+// Events. A finish may have released
 // downstream tasks, so unless it claimed them itself (drained, when it
 // claimed fewer than it asked for) the claim loop looks for work.
 func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, drained bool) {
+	var claims map[int64]store.Claimed
+	if w.cfg.Events != nil && len(outcomes) > 0 {
+		claims = make(map[int64]store.Claimed, len(batch))
+	}
 	w.mu.Lock()
 	for _, r := range batch {
 		if a, ok := w.active[r.ID]; ok && a.key == r.Try {
+			if claims != nil {
+				claims[r.ID] = a.claim
+			}
 			delete(w.active, r.ID)
 		}
 	}
 	w.mu.Unlock()
+	for _, f := range finishes(batch, outcomes, claims) {
+		w.cfg.Events.TaskFinished(f)
+	}
 	for _, o := range outcomes {
 		if !o.Applied {
 			w.cfg.Logger.Info("result not recorded: the try was taken away (zombie, cancelled run or cleared)",

@@ -56,6 +56,9 @@ type Try struct {
 	// its context is abandoned after KillGrace. Not positive means
 	// DefaultKillGrace.
 	KillGrace time.Duration
+	// Env is added to the environment of the try (see TaskEnv) before the
+	// task's own variables; the executor passes its pool mark.
+	Env []string
 	// HTTPClient sends the request of an HTTP task; nil means
 	// http.DefaultClient. The task's Timeout applies in any case.
 	HTTPClient *http.Client
@@ -108,7 +111,7 @@ type Outcome struct {
 //     Containing it is the job of the worker process it runs in (the
 //     executor recycles such workers; `dags test` exits).
 //   - Shell runs `/bin/sh -c <command>` in its own process group with the
-//     process's environment plus TRELLIS_DAG_ID, TRELLIS_RUN_ID,
+//     environment of TaskEnv — never the whole of the process's — including TRELLIS_DAG_ID, TRELLIS_RUN_ID,
 //     TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER, TRELLIS_LOGICAL_DATE and
 //     TRELLIS_DATA_INTERVAL_START/END (RFC 3339); stdout and stderr are
 //     copied into Log as they are written. Exit 0 is success, 99 skipped,
@@ -206,7 +209,9 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 	}
 	outs := &tryOutputs{under: t.Outputs, self: t.Info.TaskID}
 	defer outs.close()
-	c := dag.NewContext(tctx, t.Info, logger, outs)
+	info := t.Info
+	info.Env = TaskEnv(t, nil, nil)
+	c := dag.NewContext(tctx, info, logger, outs)
 
 	done := make(chan funcResult, 1)
 	go func() {

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -34,9 +33,11 @@ const (
 //
 //   - `/bin/sh -c <command>` in its own process group, in the worker's
 //     working directory, stdin from /dev/null;
-//   - environment: the process's own plus TRELLIS_DAG_ID, TRELLIS_RUN_ID,
-//     TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER, TRELLIS_LOGICAL_DATE and
-//     TRELLIS_DATA_INTERVAL_START/END (RFC 3339);
+//   - environment: TaskEnv — the safe base of the worker's environment,
+//     the variables the task inherits or sets, and TRELLIS_DAG_ID,
+//     TRELLIS_RUN_ID, TRELLIS_TASK_ID, TRELLIS_TRY_NUMBER,
+//     TRELLIS_LOGICAL_DATE and TRELLIS_DATA_INTERVAL_START/END (RFC 3339);
+//     never the rest of the worker's environment;
 //   - stdout and stderr share one pipe that is copied into the log as the
 //     command writes (never buffered whole);
 //   - exit 0 is success, 99 skipped, anything else (or death by a signal)
@@ -62,8 +63,7 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 	defer os.Remove(outPath)
 
 	cmd := exec.Command("/bin/sh", "-c", t.Task.Command())
-	cmd.Env = append(os.Environ(), shellEnv(t.Info)...)
-	cmd.Env = append(cmd.Env, EnvOutput+"="+outPath)
+	cmd.Env = append(TaskEnv(t, nil, nil), EnvOutput+"="+outPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -191,22 +191,6 @@ func waitExited(pid int) {
 			return
 		}
 	}
-}
-
-func shellEnv(info dag.RunInfo) []string {
-	env := []string{
-		"TRELLIS_DAG_ID=" + info.DAGID,
-		"TRELLIS_RUN_ID=" + info.RunID,
-		"TRELLIS_TASK_ID=" + info.TaskID,
-		"TRELLIS_TRY_NUMBER=" + strconv.Itoa(info.TryNumber),
-		"TRELLIS_LOGICAL_DATE=" + rfc3339(info.LogicalDate),
-	}
-	if !info.IntervalStart.IsZero() || !info.IntervalEnd.IsZero() {
-		env = append(env,
-			"TRELLIS_DATA_INTERVAL_START="+rfc3339(info.IntervalStart),
-			"TRELLIS_DATA_INTERVAL_END="+rfc3339(info.IntervalEnd))
-	}
-	return env
 }
 
 func rfc3339(t time.Time) string {

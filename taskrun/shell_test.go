@@ -88,20 +88,24 @@ func TestShellStreamsOutputAsWritten(t *testing.T) {
 }
 
 func TestShellEnvironment(t *testing.T) {
-	t.Setenv("TRELLIS_TEST_INHERITED", "inherited-value")
+	// Only the safe base and what the task inherits reach it.
+	t.Setenv("TEST_INHERITED", "inherited-value")
+	t.Setenv("TEST_WITHHELD", "withheld-value")
 	t.Setenv("TRELLIS_TASK_ID", "stale-value-from-the-parent")
 	in := info("env_task")
 	in.TryNumber = 3
 	var log bytes.Buffer
 	cmd := `echo "dag=$TRELLIS_DAG_ID run=$TRELLIS_RUN_ID task=$TRELLIS_TASK_ID try=$TRELLIS_TRY_NUMBER ` +
 		`ld=$TRELLIS_LOGICAL_DATE start=$TRELLIS_DATA_INTERVAL_START end=$TRELLIS_DATA_INTERVAL_END ` +
-		`inherited=$TRELLIS_TEST_INHERITED"`
-	out := taskrun.Run(context.Background(), taskrun.Try{Task: shellTask(cmd), Info: in, Log: &log})
+		`inherited=$TEST_INHERITED withheld=$TEST_WITHHELD"`
+	d := dag.New("d")
+	task := d.Shell("env_task", cmd, dag.InheritEnv("TEST_INHERITED"))
+	out := taskrun.Run(context.Background(), taskrun.Try{Task: task, Info: in, Log: &log})
 	if out.State != state.Success {
 		t.Fatalf("outcome %+v", out)
 	}
 	want := "dag=d run=manual__2026-01-02T03:04:05Z task=env_task try=3 ld=2026-01-02T03:04:05Z " +
-		"start=2026-01-02T03:04:05Z end=2026-01-02T04:04:05Z inherited=inherited-value\n"
+		"start=2026-01-02T03:04:05Z end=2026-01-02T04:04:05Z inherited=inherited-value withheld=\n"
 	if !strings.HasPrefix(log.String(), want) {
 		t.Errorf("environment line\n got %q\nwant %q", log.String(), want)
 	}

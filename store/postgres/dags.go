@@ -260,4 +260,3 @@ func (s *Store) SetPaused(ctx context.Context, dagID string, paused bool) error 
 		return notify(ctx, tx, store.TopicRunsChanged)
 	})
 }
-

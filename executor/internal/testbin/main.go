@@ -6,7 +6,9 @@
 //	testbin child              a worker child, started by the pool
 //	testbin scheduler [flags]  a scheduler (what `trellis scheduler` runs)
 //
-// All read the database URL from TRELLIS_DATABASE_URL. The pool stops
+// The pool and the scheduler read the database URL from
+// TRELLIS_DATABASE_URL; a child gets it from its pool on the supervision
+// channel. The pool stops
 // gracefully on the first SIGTERM or SIGINT and halts on the second; the
 // scheduler stops on the first.
 package main
@@ -52,16 +54,18 @@ func open(ctx context.Context, url string, logger *slog.Logger) (store.Store, er
 }
 
 func child(logger *slog.Logger) int {
-	cfg, err := executor.ChildConfigFromEnv(os.LookupEnv)
+	cfg, ch, err := executor.LoadChild(os.LookupEnv, logger)
 	if err != nil {
 		logger.Error("testbin child", "err", err)
 		return executor.ExitError
 	}
 	logger = logger.With("worker", cfg.WorkerID)
 	ctx := context.Background()
-	st, err := open(ctx, cfg.DatabaseURL, logger)
+	var st store.Store
+	err = ch.WithConnEnv(func() (err error) { st, err = open(ctx, cfg.DatabaseURL, logger); return err })
 	if err != nil {
 		logger.Error("testbin child: open store", "err", err)
+		ch.Close()
 		return executor.ExitError
 	}
 	defer st.Close()
@@ -70,6 +74,7 @@ func child(logger *slog.Logger) int {
 		Store:    st,
 		Registry: testdags.Registry(),
 		Logger:   logger,
+		Channel:  ch,
 	})
 }
 

@@ -23,6 +23,16 @@ import (
 // EnvDir names the directory tasks write their traces to.
 const EnvDir = "TESTDAGS_DIR"
 
+// EnvTag names the variable the process tests mark every process they
+// start with, to find processes left behind.
+const EnvTag = "EXECUTOR_TEST_TAG"
+
+// newDAG is dag.New with the test variables passed on to every task (a
+// task's environment holds only what it inherits).
+func newDAG(id string, opts ...dag.Option) *dag.DAG {
+	return dag.New(id, append([]dag.Option{dag.DefaultTaskOptions(dag.InheritEnv(EnvDir, EnvTag))}, opts...)...)
+}
+
 // DAG ids.
 const (
 	Isolation  = "isolation"
@@ -33,6 +43,8 @@ const (
 	FuncChain  = "func_chain"
 	ShellChain = "shell_chain"
 	ShellFan   = "shell_fan"
+	Environ    = "environ"
+	Outcomes   = "outcomes"
 )
 
 // Sizes of the generated DAGs.
@@ -43,6 +55,7 @@ const (
 	FuncChainLength  = 200
 	ShellChainLength = 100
 	ShellFanTasks    = 1000
+	OutcomesTasks    = 1000
 )
 
 // IsolationOK lists the isolation DAG's tasks that must succeed.
@@ -54,8 +67,11 @@ var IsolationFailing = []string{"exit3", "panics", "hang", "shell_bg"}
 // Registry returns a registry with every test DAG.
 func Registry() *dag.Registry {
 	r := dag.NewRegistry()
-	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan()} {
+	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes()} {
 		r.Register(d)
+	}
+	if n, err := strconv.Atoi(os.Getenv(EnvBig)); err == nil && n > 0 {
+		r.Register(BigDAG(n))
 	}
 	return r
 }
@@ -103,7 +119,7 @@ const BackgroundPIDName = "bg.pid"
 // goroutine before exit3 kills a worker process; ok_4..ok_6 run next to
 // exit3 and may have to be retried.
 func isolation() *dag.DAG {
-	d := dag.New(Isolation)
+	d := newDAG(Isolation)
 	retry := []dag.TaskOption{dag.Retries(3), dag.RetryDelay(10 * time.Millisecond)}
 	ok := func(c *dag.Context) error {
 		select {
@@ -152,7 +168,7 @@ const (
 // while stuck_shell, in the same process (the test runs one), has a shell
 // and a background child running.
 func orphans() *dag.DAG {
-	d := dag.New(Orphans)
+	d := newDAG(Orphans)
 	daemon := d.Shell("daemon", `setsid sleep 300 & echo $! > "$`+EnvDir+`/`+DaemonPIDName+`"`)
 	d.Shell("stuck_shell", `echo $$ > "$`+EnvDir+`/`+StuckPIDName+`"; sleep 300 & echo $! > "$`+EnvDir+`/`+StuckBGPIDName+`"; sleep 300`,
 		dag.Timeout(time.Minute))
@@ -175,7 +191,7 @@ func orphans() *dag.DAG {
 // two tasks of the previous layer. Every task works 50-150 ms and leaves a
 // marker per completed try (see MarkerName).
 func chaos() *dag.DAG {
-	d := dag.New(Chaos)
+	d := newDAG(Chaos)
 	var prev []*dag.Task
 	for l := range ChaosLayers {
 		layer := make([]*dag.Task, ChaosWidth)
@@ -201,7 +217,7 @@ func chaos() *dag.DAG {
 
 // spread is SpreadTasks independent tasks of 100 ms each.
 func spread() *dag.DAG {
-	d := dag.New(Spread)
+	d := newDAG(Spread)
 	for i := range SpreadTasks {
 		d.Func(fmt.Sprintf("s%02d", i), func(c *dag.Context) error {
 			select {
@@ -218,7 +234,7 @@ func spread() *dag.DAG {
 // graceful has one long task that records each try's start and runs until
 // cancelled, unless the release file exists.
 func graceful() *dag.DAG {
-	d := dag.New(Graceful)
+	d := newDAG(Graceful)
 	d.Func("long", func(c *dag.Context) error {
 		if _, err := os.Stat(filepath.Join(Dir(), ReleaseName)); err == nil {
 			return nil
@@ -241,7 +257,7 @@ func graceful() *dag.DAG {
 // it ended is the end the worker records in the store once the function
 // has returned (writing the file is part of the task).
 func funcChain() *dag.DAG {
-	d := dag.New(FuncChain)
+	d := newDAG(FuncChain)
 	var prev *dag.Task
 	for i := range FuncChainLength {
 		t := d.Func(fmt.Sprintf("f%03d", i), func(c *dag.Context) error {
@@ -262,7 +278,7 @@ func funcChain() *dag.DAG {
 }
 
 func shellChain() *dag.DAG {
-	d := dag.New(ShellChain)
+	d := newDAG(ShellChain)
 	var prev *dag.Task
 	for i := range ShellChainLength {
 		t := d.Shell(fmt.Sprintf("s%03d", i), "true")
@@ -275,9 +291,110 @@ func shellChain() *dag.DAG {
 }
 
 func shellFan() *dag.DAG {
-	d := dag.New(ShellFan)
+	d := newDAG(ShellFan)
 	for i := range ShellFanTasks {
 		d.Shell(fmt.Sprintf("s%04d", i), "true")
+	}
+	return d
+}
+
+// Names of the environ DAG: the variable its tasks inherit, and the trace
+// files of its Func task (os.Environ and /proc/self/environ of the worker
+// process, one variable a line; what Context.Getenv answered).
+const (
+	InheritedVar    = "TESTDAGS_INHERITED"
+	FuncEnvironName = "func_env.environ"
+	FuncProcName    = "func_env.proc"
+	FuncGetenvName  = "func_env.getenv"
+)
+
+// environ shows what tasks see of their environment: shell_env prints its
+// own and its worker process's initial one (/proc/$PPID/environ) into its
+// log; func_env writes the worker process's os.Environ and
+// /proc/self/environ, and what Context.Getenv says, to trace files.
+func environ() *dag.DAG {
+	d := newDAG(Environ, dag.DefaultTaskOptions(
+		dag.Env(map[string]string{"FROM_DAG": "dag-value", "SHARED": "dag-value"}),
+		dag.InheritEnv(InheritedVar),
+	))
+	d.Shell("shell_env", `echo "--- env"; env; echo "--- parent"; tr '\0' '\n' < /proc/$PPID/environ; echo "--- end"`,
+		dag.Env(map[string]string{"SHARED": "task-value"}))
+	d.Func("func_env", func(c *dag.Context) error {
+		var lines []byte
+		for _, kv := range os.Environ() {
+			lines = append(lines, kv+"\n"...)
+		}
+		if err := write(FuncEnvironName, string(lines)); err != nil {
+			return err
+		}
+		proc, err := os.ReadFile("/proc/self/environ")
+		if err != nil {
+			return err
+		}
+		for i, b := range proc {
+			if b == 0 {
+				proc[i] = '\n'
+			}
+		}
+		if err := write(FuncProcName, string(proc)); err != nil {
+			return err
+		}
+		return write(FuncGetenvName, fmt.Sprintf("FROM_DAG=%s\nSHARED=%s\n%s=%s\nTRELLIS_TASK_ID=%s\n",
+			c.Getenv("FROM_DAG"), c.Getenv("SHARED"), InheritedVar, c.Getenv(InheritedVar), c.Getenv("TRELLIS_TASK_ID")))
+	}, dag.Env(map[string]string{"SHARED": "func-value"}))
+	return d
+}
+
+// OutcomeOf is the state task i of the outcomes DAG ends in (its first
+// try; failing tasks are retried once): every 10th is skipped, every 25th
+// fails for good, every 40th fails once and then succeeds.
+func OutcomeOf(i int) (first, final string) {
+	switch {
+	case i%25 == 0:
+		return "up_for_retry", "failed"
+	case i%10 == 0:
+		return "skipped", "skipped"
+	case i%40 == 1:
+		return "up_for_retry", "success"
+	}
+	return "success", "success"
+}
+
+// outcomes is a wide DAG of quick Func tasks ending in every outcome (see
+// OutcomeOf), for counting finishes.
+func outcomes() *dag.DAG {
+	d := newDAG(Outcomes, dag.MaxActiveRuns(64))
+	for i := range OutcomesTasks {
+		d.Func(fmt.Sprintf("t%04d", i), func(c *dag.Context) error {
+			_, final := OutcomeOf(i)
+			switch {
+			case final == "skipped":
+				return dag.Skip("skipped on purpose")
+			case final == "failed":
+				return errors.New("fails on purpose")
+			case c.TryNumber() == 1 && i%40 == 1:
+				return errors.New("fails on the first try")
+			}
+			return nil
+		}, dag.Retries(1), dag.RetryDelay(time.Millisecond))
+	}
+	return d
+}
+
+// EnvBig, when set to a number, adds BigDAG of that size to Registry
+// (for the processes of a benchmark; the tests' own registry has it only
+// when they build it).
+const EnvBig = "TESTDAGS_BIG"
+
+// Big is the id of BigDAG.
+const Big = "big"
+
+// BigDAG is n no-op Func tasks without edges.
+func BigDAG(n int) *dag.DAG {
+	d := newDAG(Big)
+	noop := func(*dag.Context) error { return nil }
+	for i := range n {
+		d.Func(fmt.Sprintf("t%06d", i), noop)
 	}
 	return d
 }
