@@ -14,7 +14,7 @@ BENCH_ARGS  ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X github.com/trellis-dag/trellis/cli.version=$(VERSION)
 
-.PHONY: all test lint fmt-check vet staticcheck build run bench bench-e2e bench-go clean
+.PHONY: all test lint fmt-check vet staticcheck build run bench bench-e2e bench-go ui screenshots clean
 
 all: test build
 
@@ -57,6 +57,19 @@ bench-e2e:
 ## bench-go: every Go benchmark (go test -bench), one package at a time
 bench-go:
 	$(GO) test $(BENCH_FLAGS) $(PKGS)
+
+## ui: rebuild the web UI's front-end libraries from npm (needs Node and npm; the built
+## files are committed in ui/static/vendor, so building and testing need no Node)
+ui:
+	cd ui/web && npm ci --no-audit --no-fund
+	sed '/^\/\/# sourceMappingURL=/d' ui/web/node_modules/@dagrejs/dagre/dist/dagre.min.js > ui/static/vendor/dagre.min.js
+	cp ui/web/node_modules/@dagrejs/dagre/dist/dagre.min.js.LEGAL.txt ui/static/vendor/
+	cp ui/web/node_modules/@dagrejs/dagre/LICENSE ui/static/vendor/dagre.LICENSE
+	cp ui/web/node_modules/@dagrejs/graphlib/LICENSE ui/static/vendor/graphlib.LICENSE
+
+## screenshots: the README's screenshots of the web UI, taken by the browser tests (needs Chromium)
+screenshots:
+	TRELLIS_UI_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -run 'TestUISQLite$$' ./e2e/
 
 clean:
 	rm -rf bin trellis

@@ -112,6 +112,7 @@ type api struct {
 	log        *slog.Logger
 	token      [sha256.Size]byte
 	hasToken   bool
+	sessions   *Sessions // the UI's session cookies; nil without a token
 	metrics    *Metrics
 	version    string
 	gitVersion *string
@@ -121,6 +122,7 @@ type api struct {
 	healthAge  time.Duration
 	cache      *runCache // nil: off
 	runTIs     flights   // GET …/dagRuns/{run}/taskInstances reads in progress
+	grids      recentReads
 }
 
 // New returns the handler of the REST API (under /api/v1) and of
@@ -167,6 +169,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Token != "" {
 		a.token = sha256.Sum256([]byte(cfg.Token))
 		a.hasToken = true
+		a.sessions = NewSessions(cfg.Token)
 	}
 	a.triggerer = cfg.Triggerer
 	if a.triggerer == nil {
@@ -184,6 +187,7 @@ func New(cfg Config) (http.Handler, error) {
 		a.version = "dev"
 	}
 	a.gitVersion = gitRevision()
+	a.grids.now = a.clock.Now
 	if cfg.CacheTTL >= 0 {
 		ttl := cfg.CacheTTL
 		if ttl == 0 {
@@ -245,6 +249,7 @@ func (a *api) routes() http.Handler {
 			r.Get("/dags/{dag_id}/tasks", a.h(a.getTasks))
 			r.Get("/dags/{dag_id}/tasks/{task_id}", a.h(a.getTask))
 			r.Get("/dags/{dag_id}/graph", a.h(a.getGraph))
+			r.With(middleware.Compress(5)).Get("/dags/{dag_id}/grid", a.h(a.getGrid))
 			r.Post("/dags/{dag_id}/clearTaskInstances", a.h(a.postClearTaskInstances))
 			r.Post("/dags/{dag_id}/updateTaskInstancesState", a.h(a.postUpdateTaskInstancesState))
 
@@ -290,17 +295,30 @@ func (a *api) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 }
 
 // authenticate requires "Authorization: Bearer <token>" when a token is
-// configured, comparing in constant time.
+// configured, comparing in constant time, or the UI's session cookie
+// (Sessions.Allows: with the CSRF header for changes). Changes asked by a
+// page of another site are refused, token or not.
 func (a *api) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if crossSite(r) {
+			writeProblem(w, http.StatusForbidden, "", "a page of another site may not change anything here")
+			return
+		}
 		if a.hasToken {
 			got, ok := bearerToken(r.Header.Get("Authorization"))
+			if !ok && a.sessions.Allows(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
 			sum := sha256.Sum256([]byte(got))
 			if !ok || subtle.ConstantTimeCompare(sum[:], a.token[:]) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 				detail := "the request needs the header Authorization: Bearer <token>"
-				if ok {
+				switch {
+				case ok:
 					detail = "the bearer token is not valid"
+				case a.sessions.valid(r):
+					detail = "a change made with the web UI's session cookie needs its CSRF token in the header " + CSRFHeader
 				}
 				writeProblem(w, http.StatusUnauthorized, "", detail)
 				return

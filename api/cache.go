@@ -126,6 +126,7 @@ func (c *runCache) removeLocked(el *list.Element) {
 func (a *api) changed() {
 	a.cache.purge()
 	a.runTIs.forget()
+	a.grids.forget()
 }
 
 // purge empties the cache (see api.changed).

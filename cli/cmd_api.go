@@ -12,6 +12,7 @@ import (
 	"github.com/trellis-dag/trellis/api"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/dial"
+	"github.com/trellis-dag/trellis/ui"
 )
 
 func init() { addCommand("", newAPICmd) }
@@ -69,8 +70,8 @@ func newAPICmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "api",
 		Short: "Serve the REST API and the Prometheus metrics alone",
-		Long: `Api serves the Airflow-compatible REST API under /api/v1 and the Prometheus
-metrics at /metrics, against the database of --database-url (applying
+		Long: `Api serves the Airflow-compatible REST API under /api/v1, the web UI at /
+and the Prometheus metrics at /metrics, against the database of --database-url (applying
 pending migrations first), without a scheduler or workers: run it next to
 "trellis scheduler" and "trellis worker" to scale the parts apart, or use
 "trellis serve" to run everything in one process.
@@ -156,10 +157,15 @@ func (a *app) newAPIServer(st store.Store, metrics *api.Metrics, triggerer api.T
 		// The scheduler of this process reports its heartbeats to metrics.
 		cfg.Heartbeats = metrics
 	}
-	h, err := api.New(cfg)
+	apiHandler, err := api.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
+	uiHandler, err := ui.New(ui.Config{Registry: a.registry, Token: a.config.APIToken, Clock: a.clock, Logger: a.logger})
+	if err != nil {
+		return nil, fmt.Errorf("ui: %w", err)
+	}
+	h := ui.Mount(apiHandler, uiHandler)
 	srv, err := api.NewServer(a.config.Addr, h, api.ServerOptions{
 		Authenticated:   a.config.APIToken != "",
 		InsecureNoAuth:  f.insecureNoAuth,
@@ -181,5 +187,5 @@ func (a *app) printEndpoints(base string) {
 	if a.config.APIToken != "" {
 		auth = " (with Authorization: Bearer <token>)"
 	}
-	fmt.Fprintf(a.stdout, "trellis: REST API %s/api/v1, metrics %s/metrics%s; stop with Ctrl-C or SIGTERM\n", base, base, auth)
+	fmt.Fprintf(a.stdout, "trellis: web UI %s/, REST API %s/api/v1, metrics %s/metrics%s; stop with Ctrl-C or SIGTERM\n", base, base, base, auth)
 }

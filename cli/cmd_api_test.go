@@ -179,6 +179,20 @@ func TestAPICommandServes(t *testing.T) {
 	if c := get("/metrics", "tok-0123456789abcdef"); c != http.StatusOK {
 		t.Errorf("metrics with the token → %d, want 200", c)
 	}
+	// The web UI is served at / too: with a token, a page without a
+	// session sends the browser to the login page, which is served.
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if resp, err := noRedirect.Get(s.url + "/"); err != nil {
+		t.Fatal(err)
+	} else {
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/login") {
+			t.Errorf("GET / → %d to %q, want 303 to the login page", resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if c := get("/login", ""); c != http.StatusOK {
+		t.Errorf("the UI's login page → %d, want 200", c)
+	}
 	if _, err := os.Stat(filepath.Clean(strings.TrimPrefix(u, "sqlite:"))); err != nil {
 		t.Errorf("the database was not created: %v", err)
 	}

@@ -47,7 +47,9 @@ for --connect-timeout):
   - a pool of --workers worker processes running up to --slots tasks each
     (see "trellis worker");
   - the Airflow-compatible REST API under /api/v1 and the Prometheus
-    metrics at /metrics, on --addr (see "trellis api" and docs/api.md).
+    metrics at /metrics, on --addr (see "trellis api" and docs/api.md);
+  - the web UI at / on the same address (with a token it asks for it once
+    and keeps it in an HttpOnly cookie).
 
 It prints the URL it serves on. With a token (--api-token,
 TRELLIS_API_TOKEN) every request but GET /api/v1/health needs

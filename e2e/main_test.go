@@ -104,7 +104,7 @@ func (l *lockedBuffer) String() string {
 
 // proc is a trellis process started by a test.
 type proc struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	url    string // base URL it serves on, e.g. http://127.0.0.1:41234
 	stdout *lockedBuffer
@@ -120,13 +120,13 @@ var servingLine = regexp.MustCompile(`serving on (http://\S+)`)
 // startTrellis starts the trellis binary with args and env (added to a
 // clean environment) and waits until it prints the URL it serves on. The
 // process is killed when the test ends if it is still running.
-func startTrellis(t *testing.T, env []string, args ...string) *proc {
+func startTrellis(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
 	return startServing(t, launch(t, env, args...))
 }
 
 // startServing starts p and waits until it prints the URL it serves on.
-func startServing(t *testing.T, p *proc) *proc {
+func startServing(t testing.TB, p *proc) *proc {
 	t.Helper()
 	name := strings.Join(p.cmd.Args, " ")
 	found := make(chan string, 1)
@@ -148,7 +148,7 @@ func startServing(t *testing.T, p *proc) *proc {
 }
 
 // runTrellis runs the trellis binary to its end and returns its exit code.
-func runTrellis(t *testing.T, env []string, args ...string) (code int, p *proc) {
+func runTrellis(t testing.TB, env []string, args ...string) (code int, p *proc) {
 	t.Helper()
 	p = launch(t, env, args...)
 	if err := p.cmd.Start(); err != nil {
@@ -166,13 +166,13 @@ func runTrellis(t *testing.T, env []string, args ...string) (code int, p *proc) 
 // launch prepares a trellis process: its own process group (so that a
 // failed test can kill it with what it started), a clean environment with
 // a private TMPDIR (the example DAGs write there), and output buffers.
-func launch(t *testing.T, env []string, args ...string) *proc {
+func launch(t testing.TB, env []string, args ...string) *proc {
 	t.Helper()
 	return launchCmd(t, exec.Command(trellisBin, args...), env)
 }
 
 // launchCmd prepares cmd as launch does.
-func launchCmd(t *testing.T, cmd *exec.Cmd, env []string) *proc {
+func launchCmd(t testing.TB, cmd *exec.Cmd, env []string) *proc {
 	t.Helper()
 	name := strings.Join(cmd.Args, " ")
 	cmd.Env = append([]string{
@@ -302,7 +302,7 @@ func alive(pi processInfo) bool {
 
 // eventually polls cond every 20ms until it holds or timeout passes; then
 // the test fails with what cond last said.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -322,7 +322,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 // client talks to a trellis server; every response is validated against
 // Airflow's specification, failures reported on the test.
 type client struct {
-	t     *testing.T
+	t     testing.TB
 	base  string
 	token string
 	http  *http.Client
@@ -331,7 +331,7 @@ type client struct {
 	ops map[string]int // operation id -> responses validated against it
 }
 
-func newClient(t *testing.T, base, token string) *client {
+func newClient(t testing.TB, base, token string) *client {
 	return &client{t: t, base: base, token: token, http: &http.Client{Timeout: 30 * time.Second}, ops: map[string]int{}}
 }
 
@@ -342,7 +342,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) json(t *testing.T) map[string]any {
+func (r response) json(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.body, &m); err != nil {

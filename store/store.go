@@ -291,6 +291,38 @@ type TaskQuery struct {
 	Limit, Offset  int
 }
 
+// GridQuery selects a window of a DAG's grid: a page of its runs, newest
+// logical date first, and the instances of some of its tasks in them.
+type GridQuery struct {
+	DAGID     string
+	RunLimit  int // runs per page; 0 = none
+	RunOffset int
+	// TaskIDs are the rows wanted; instances of other tasks are left out.
+	TaskIDs []string
+	// AllTasks asks for the instances of every task instead (TaskIDs is
+	// then ignored): cheaper than naming them all.
+	AllTasks bool
+}
+
+// GridCell is the compact state of one task instance for the grid.
+type GridCell struct {
+	RunID     int64 // Run.ID
+	TaskID    string
+	State     state.TaskState
+	TryNumber int
+	StartedAt *time.Time
+	EndedAt   *time.Time
+}
+
+// Grid is one window of a DAG's grid.
+type Grid struct {
+	Runs      []Run // newest logical date first
+	TotalRuns int   // runs of the DAG, before pagination
+	// Cells are the instances of the query's tasks in Runs, in no order;
+	// a task a run's structure lacks has no cell.
+	Cells []GridCell
+}
+
 // Topic is a kind of wake-up.
 type Topic string
 
@@ -416,6 +448,11 @@ type Store interface {
 	// GetOutput returns the output of taskID in the run with internal id
 	// runID, or ErrNotFound.
 	GetOutput(ctx context.Context, runID int64, taskID string) (json.RawMessage, error)
+
+	// Grid returns a page of a DAG's runs with the compact states of the
+	// given tasks' instances in them, for the UI's grid: one read, however
+	// many runs and tasks. An unknown DAG has no runs (not ErrNotFound).
+	Grid(ctx context.Context, q GridQuery) (Grid, error)
 
 	// AppendLog appends to the log of one try, keeping at most the
 	// configured cap and marking truncation.

@@ -36,11 +36,11 @@ type specRouter struct {
 }
 
 // isExtension reports Trellis's endpoints that Airflow's specification
-// does not have (GET /metrics, GET /api/v1/dags/{id}/graph, POST
+// does not have (GET /metrics, GET /api/v1/dags/{id}/graph and /grid, POST
 // /api/v1/dagRuns/purge): only their error bodies are checked.
 func isExtension(path string) bool {
 	return path == "/metrics" || path == "/api/v1/dagRuns/purge" ||
-		(strings.HasPrefix(path, "/api/v1/dags/") && strings.HasSuffix(path, "/graph"))
+		(strings.HasPrefix(path, "/api/v1/dags/") && (strings.HasSuffix(path, "/graph") || strings.HasSuffix(path, "/grid")))
 }
 
 // ValidateResponse returns what is wrong with a response of Trellis's API

@@ -119,6 +119,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SchedulerHeartbeats", testSchedulerHeartbeats},
 		{"ListRuns", testListRuns},
 		{"ListTaskInstances", testListTIs},
+		{"Grid", testGrid},
 		{"ListRunTaskInstances", testListRunTIs},
 		{"DeleteRun", testDeleteRun},
 		{"PurgeRuns", testPurge},
