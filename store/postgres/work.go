@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,15 +21,16 @@ import (
 // joined with dag_runs r.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error`
+	t.heartbeat_at, t.output, t.error, t.pool, t.pool_slots, coalesce(t.concurrency_key, '')`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
-		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error}
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
+	ti.ConcurrencyKey = strings.TrimPrefix(ti.ConcurrencyKey, store.KeyPrefixKey)
 	if output != nil {
 		ti.Output = json.RawMessage(output)
 	}
@@ -95,20 +97,23 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	// One round trip: the caps, and the claim for when no DAG is capped
 	// (guarded in SQL, so it claims nothing when one is).
 	var cl claimRead
-	b := &pgx.Batch{}
-	b.Queue(hotPlan(max))
-	b.Queue(capsSQL)
-	b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
-	err := func() error {
+	// Retried like a transaction: claims lock counters, and a deadlock
+	// with a finish that frees several of them is possible.
+	err := s.retry(ctx, op, func() error {
+		cl = claimRead{}
+		b := &pgx.Batch{}
+		b.Queue(hotPlan(max))
+		b.Queue(capsSQL)
+		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
 		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
 			return err
 		}
 		return br.Close()
-	}()
+	})
 	if err != nil {
-		return nil, mapErr(op, err)
+		return nil, err
 	}
 	return s.completeClaim(ctx, op, &cl, w, max, now)
 }
@@ -120,14 +125,97 @@ const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task
 	FROM dags d WHERE d.max_active_tasks > 0`
 
 // fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
-// otherwise. The candidates are a materialized CTE: locked once, never
-// re-scanned (a re-scan would lock other rows).
+// otherwise, in one statement. The candidates are materialized CTEs:
+// locked once, never re-scanned (a re-scan would lock other rows).
+//
+// Unlimited instances (c) come from the claim index as before. Limited
+// ones (lc) are looked for, each through its own index, per pool with
+// room (instances without key or cap), per concurrency key with room and
+// queued instances (at most its room), and per task cap likewise
+// (instances without key): a full pool, cap or key is never scanned, so
+// it holds back nothing behind it (no head-of-line blocking). Their counters are then
+// locked in a fixed order (pools by name, then keys by name: lp, lk),
+// which reads their latest values, and a candidate is kept only when,
+// counting every candidate before it on the same counter, each of its
+// counters stays within its limit: never above a limit, and the best
+// candidate that fits is always taken. The trigger of migration 00006
+// adds the claimed instances to the counters.
 var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE state = 'queued'
+		SELECT id, priority, queued_at FROM task_instances WHERE state = 'queued' AND NOT limited
 			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
 		ORDER BY priority DESC, queued_at, id
 		LIMIT $1
-		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+		FOR NO KEY UPDATE SKIP LOCKED),
+	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)`)+`),
+	lp AS MATERIALIZED (
+		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
+		ORDER BY name FOR NO KEY UPDATE),
+	lk AS MATERIALIZED (
+		SELECT key, lim, running FROM concurrency_keys
+		WHERE key IN (SELECT task_key FROM lc UNION SELECT concurrency_key FROM lc)
+		ORDER BY key FOR NO KEY UPDATE),
+	ok AS (
+		SELECT w.id, w.priority, w.queued_at FROM (
+			SELECT lc.*,
+				sum(lc.pool_slots) OVER (PARTITION BY lc.pool ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS pool_used,
+				count(*) OVER (PARTITION BY lc.task_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS task_used,
+				count(*) OVER (PARTITION BY lc.concurrency_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS key_used
+			FROM lc) w
+		JOIN lp ON lp.name = w.pool
+		LEFT JOIN lk tk ON tk.key = w.task_key
+		LEFT JOIN lk ck ON ck.key = w.concurrency_key
+		WHERE (lp.slots < 0 OR lp.running + w.pool_used <= lp.slots)
+			AND (w.task_key IS NULL OR tk.running + w.task_used <= tk.lim)
+			AND (w.concurrency_key IS NULL OR ck.running + w.key_used <= ck.lim)),
+	pick AS (
+		SELECT id FROM (SELECT id, priority, queued_at FROM c UNION ALL SELECT id, priority, queued_at FROM ok) a
+		ORDER BY priority DESC, queued_at, id
+		LIMIT $1),`, claimSet+` FROM pick WHERE t.id = pick.id`)
+
+// limitedCols are what the claim reads of a limited candidate t.
+const limitedCols = `t.id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
+
+// limitedCandidates selects and locks ($1 per pool, key or cap at most)
+// the best queued limited instances whose counters have room, through
+// their indexes: per pool with room (instances without key or cap), per
+// concurrency key with room and queued instances (at most its room), and
+// per task cap likewise (instances without key). A full pool, cap or key
+// is never scanned, so it holds back nothing behind it. guard is added to
+// each part's condition.
+func limitedCandidates(guard string) string {
+	return `
+		SELECT x.* FROM pools p CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_instances t
+			WHERE t.state = 'queued' AND t.limited AND t.pool = p.name
+				AND t.task_key IS NULL AND t.concurrency_key IS NULL
+				AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots)
+			ORDER BY t.priority DESC, t.queued_at, t.id
+			LIMIT $1
+			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+		WHERE (p.slots < 0 OR p.running < p.slots) ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_instances t
+			WHERE t.state = 'queued' AND t.limited AND t.concurrency_key = k.key AND ` + poolHasRoom + `
+				AND (t.task_key IS NULL OR EXISTS (SELECT 1 FROM concurrency_keys tk
+					WHERE tk.key = t.task_key AND tk.running < tk.lim))
+			ORDER BY t.priority DESC, t.queued_at, t.id
+			LIMIT least($1, k.lim - k.running)
+			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'key:%' ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_instances t
+			WHERE t.state = 'queued' AND t.limited AND t.task_key = k.key AND t.concurrency_key IS NULL
+				AND ` + poolHasRoom + `
+			ORDER BY t.priority DESC, t.queued_at, t.id
+			LIMIT least($1, k.lim - k.running)
+			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'task:%' ` + guard
+}
+
+// poolHasRoom: the pool of instance t exists and has room for it.
+const poolHasRoom = `EXISTS (SELECT 1 FROM pools p WHERE p.name = t.pool AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots))`
 
 // claimRead collects the answers to capsSQL and fastClaimSQL.
 type claimRead struct {
@@ -194,37 +282,76 @@ func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w s
 }
 
 // claimCapped is the claim when some DAGs have a MaxActiveTasks cap.
+// Limited candidates are those whose counters had room when the query
+// began (no head-of-line blocking); their counters are locked after the
+// capped DAGs, in the same fixed order as the fast claim, and store.Admit
+// decides.
 func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now time.Time, saturated []string) ([]store.Claimed, error) {
 	if saturated == nil {
 		saturated = []string{}
 	}
-	rows, err := tx.Query(ctx, `SELECT id, dag_id FROM task_instances
-		WHERE state = 'queued' AND NOT (dag_id = ANY($2))
-		ORDER BY priority DESC, queued_at, id
-		LIMIT $1
-		FOR NO KEY UPDATE SKIP LOCKED`, max, saturated)
+	rows, err := tx.Query(ctx, `
+		SELECT t.id, t.dag_id, false, t.pool, t.pool_slots, '', '', t.priority, t.queued_at
+		FROM (SELECT id FROM task_instances WHERE state = 'queued' AND NOT limited AND NOT (dag_id = ANY($2))
+			ORDER BY priority DESC, queued_at, id
+			LIMIT $1
+			FOR NO KEY UPDATE SKIP LOCKED) c
+		JOIN task_instances t ON t.id = c.id
+		UNION ALL
+		SELECT l.id, l.dag_id, true, l.pool, l.pool_slots, coalesce(l.task_key, ''), coalesce(l.concurrency_key, ''),
+			l.priority, l.queued_at
+		FROM (`+limitedCandidates(`AND true`)+`) l
+		WHERE NOT (l.dag_id = ANY($2))`, max, saturated)
 	if err != nil {
 		return nil, err
 	}
 	type cand struct {
-		id  int64
-		dag string
+		id                 int64
+		dag                string
+		limited            bool
+		pool               string
+		slots              int
+		taskKey, concurKey string
+		priority           int
+		queuedAt           *time.Time
 	}
 	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
 		var c cand
-		err := row.Scan(&c.id, &c.dag)
+		err := row.Scan(&c.id, &c.dag, &c.limited, &c.pool, &c.slots, &c.taskKey, &c.concurKey, &c.priority, &c.queuedAt)
 		return c, err
 	})
 	if err != nil || len(cands) == 0 {
 		return []store.Claimed{}, err
 	}
-	var dagIDs []string
+	// Claim order: highest priority first, then oldest.
+	slices.SortFunc(cands, func(a, b cand) int {
+		if a.priority != b.priority {
+			return cmp.Compare(b.priority, a.priority)
+		}
+		if a.queuedAt != nil && b.queuedAt != nil {
+			if c := a.queuedAt.Compare(*b.queuedAt); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	var dagIDs, pools, keys []string
 	for _, c := range cands {
-		if !slices.Contains(dagIDs, c.dag) {
-			dagIDs = append(dagIDs, c.dag)
+		dagIDs = appendNew(dagIDs, c.dag)
+		if c.limited {
+			pools = appendNew(pools, c.pool)
+			if c.taskKey != "" {
+				keys = appendNew(keys, c.taskKey)
+			}
+			if c.concurKey != "" {
+				keys = appendNew(keys, c.concurKey)
+			}
 		}
 	}
 	slices.Sort(dagIDs)
+	slices.Sort(pools)
+	slices.Sort(keys)
+	room := map[string]int{}
 	// Lock the capped DAGs among the candidates, then count their running
 	// instances with a fresh snapshot: claimers that held the lock before
 	// have committed.
@@ -233,7 +360,7 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 	if err != nil {
 		return nil, err
 	}
-	room := map[string]int{}
+	var cappedIDs []string
 	for rows.Next() {
 		var d string
 		var limit int
@@ -241,44 +368,46 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 			rows.Close()
 			return nil, err
 		}
-		room[d] = limit
+		room[dagCounter(d)] = limit
+		cappedIDs = append(cappedIDs, d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if len(room) > 0 {
-		cappedIDs := make([]string, 0, len(room))
-		for d := range room {
-			cappedIDs = append(cappedIDs, d)
-		}
-		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_instances
-			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var d string
-			var n int
-			if err := rows.Scan(&d, &n); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			room[d] -= n
-		}
-		if err := rows.Err(); err != nil {
+	if len(cappedIDs) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'dag:' || dag_id, -count(*) FROM task_instances
+			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs, true); err != nil {
 			return nil, err
 		}
 	}
-	var keep []int64
-	for _, c := range cands {
-		if left, ok := room[c.dag]; ok {
-			if left <= 0 {
-				continue
-			}
-			room[c.dag] = left - 1
+	if len(pools) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'pool:' || name, CASE WHEN slots < 0 THEN -1 ELSE slots - running END
+			FROM pools WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE`, pools, false); err != nil {
+			return nil, err
 		}
-		keep = append(keep, c.id)
 	}
+	if len(keys) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT key, greatest(lim - running, 0)
+			FROM concurrency_keys WHERE key = ANY($1) ORDER BY key FOR NO KEY UPDATE`, keys, false); err != nil {
+			return nil, err
+		}
+	}
+	admit := make([]store.Candidate, len(cands))
+	for i, c := range cands {
+		admit[i].ID = c.id
+		if _, ok := room[dagCounter(c.dag)]; ok {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: dagCounter(c.dag), Amount: 1})
+		}
+		if c.limited {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: "pool:" + c.pool, Amount: c.slots})
+			for _, k := range []string{c.taskKey, c.concurKey} {
+				if k != "" {
+					admit[i].Counters = append(admit[i].Counters, store.Use{Counter: k, Amount: 1})
+				}
+			}
+		}
+	}
+	keep := store.Admit(admit, room, max)
 	if len(keep) == 0 {
 		return []store.Claimed{}, nil
 	}
@@ -287,6 +416,39 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 		return nil, err
 	}
 	return collectClaimed(rows)
+}
+
+// dagCounter names a DAG's MaxActiveTasks room for store.Admit.
+func dagCounter(dagID string) string { return "dag:" + dagID }
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+// readRoom reads (counter, amount) rows into room: set, or added to
+// what is there when add.
+func readRoom(ctx context.Context, tx pgx.Tx, room map[string]int, sql string, arg []string, add bool) error {
+	rows, err := tx.Query(ctx, sql, arg)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var n int
+		if err := rows.Scan(&name, &n); err != nil {
+			return err
+		}
+		if add {
+			room[name] += n
+		} else {
+			room[name] = n
+		}
+	}
+	return rows.Err()
 }
 
 func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
@@ -530,14 +692,18 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		finished []int64 // run of each instance that reached a terminal state
 		retried  bool    // some try went up_for_retry
 	)
+	rl := newReleaser(tx, now)
 	readOutcomes := func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id, run int64
 			var task string
 			var st state.TaskState
-			if err := rows.Scan(&id, &run, &task, &st); err != nil {
+			var limited bool
+			if err := rows.Scan(&id, &run, &task, &st, &limited); err != nil {
 				return err
 			}
+			// A limited try that ended freed slots: wake a claimer.
+			rl.freed = rl.freed || limited
 			applied[id], runOf[id], taskOf[id] = st, run, task
 			switch {
 			case st == state.None:
@@ -556,7 +722,6 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		return rows.Err()
 	}
 	outcomeArgs := []any{ids, tries, states, ended, outputs, errs, retry, started}
-	rl := newReleaser(tx, now)
 	// In a pipeline, and unless branch choices must be read first, the
 	// first round of the release travels in the round trip of the
 	// statement recording the outcomes (incrementRecordedSQL finds what
@@ -711,7 +876,20 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 // error, $7 next retry, $8 start (NULL: keep the claim time). A
 // restarting instance (cleared while running) drops the outcome of its
 // try and goes back to waiting (none), to be decided again.
+//
+// The counters of the limited instances among them are locked first, in
+// the claim's order (pools, then keys, by name): the trigger that frees
+// their slots would otherwise lock them in row order, and two finishes
+// could deadlock.
 const outcomeSQL = `
+		WITH lt AS MATERIALIZED (
+			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
+		), lp AS MATERIALIZED (
+			SELECT name FROM pools WHERE name IN (SELECT pool FROM lt) ORDER BY name FOR NO KEY UPDATE
+		), lk AS MATERIALIZED (
+			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
+			ORDER BY key FOR NO KEY UPDATE
+		)
 		UPDATE task_instances t SET
 			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
 			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
@@ -728,7 +906,8 @@ const outcomeSQL = `
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state`
+			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited`
 
 // recordedFinalStates are the final states outcomeSQL writes.
 var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}
