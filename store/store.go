@@ -22,6 +22,10 @@ var (
 	// ErrInvalid: the input cannot be stored (e.g. a run's conf lacks a
 	// param a concurrency key template renders).
 	ErrInvalid = errors.New("invalid")
+	// ErrUnavailable: the database cannot be reached or cannot write (a
+	// connection refused or lost, the server shutting down, a full disk).
+	// Nothing was done; the same call may succeed later.
+	ErrUnavailable = errors.New("database unavailable")
 )
 
 // RunType says who created a run.
