@@ -23,6 +23,7 @@ type schedulerFlags struct {
 	fireConcurrency     int
 	metrics             metricsFlags
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newSchedulerCmd(a *app) *cobra.Command {
@@ -64,6 +65,9 @@ full validation report.`,
 			if err := f.retention.resolve(cmd, a); err != nil {
 				return err
 			}
+			if err := f.pools.resolve(cmd); err != nil {
+				return err
+			}
 			return a.runScheduler(cmd.Context(), f)
 		},
 	}
@@ -76,6 +80,7 @@ full validation report.`,
 		"how many DAGs falling due together are fired at once")
 	f.metrics.add(fs)
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -105,6 +110,7 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
 		FireConcurrency:     f.fireConcurrency,
+		DefaultPoolSlots:    f.pools.slots,
 	}
 	if metrics != nil {
 		cfg.Metrics = metrics // a nil *api.Metrics in the interface would not be nil

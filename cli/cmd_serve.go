@@ -31,6 +31,7 @@ type serveFlags struct {
 	zombieCheckInterval time.Duration
 	metricsInterval     time.Duration
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -85,6 +86,7 @@ tasks at once.`,
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval,
 		"how often the trellis_task_instances gauge is counted in the database")
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -111,6 +113,9 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 		return usagef("--zombie-threshold and --zombie-check-interval must be positive")
 	case f.metricsInterval <= 0:
 		return usagef("--metrics-interval must be positive, got %v", f.metricsInterval)
+	}
+	if err := f.pools.resolve(cmd); err != nil {
+		return err
 	}
 	if err := f.retention.resolve(cmd, a); err != nil {
 		return err
@@ -205,6 +210,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:              a.logger,
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
+		DefaultPoolSlots:    f.pools.slots,
 		Metrics:             metrics,
 	})
 	trigger := api.TriggerFunc(func(ctx context.Context, dagID string, r api.TriggerRequest) (store.Run, error) {

@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"text/template"
 )
 
@@ -108,27 +107,26 @@ type PoolDecl struct {
 	Description string
 }
 
-var (
-	poolsMu sync.Mutex
-	pools   []PoolDecl
-)
-
-// RegisterPool declares a pool in code: the scheduler creates it when it
-// is missing and leaves an existing one (resized through the API) as it
-// is. slots -1 means unlimited, as in Airflow. Bad declarations are
-// reported by ValidatePools.
+// RegisterPool declares a pool in code, in the default registry: the
+// scheduler creates it when it is missing and leaves an existing one
+// (resized through the API) as it is. slots -1 means unlimited, as in
+// Airflow. Bad declarations are reported by the registry's Validate.
 func RegisterPool(name string, slots int, description string) {
-	poolsMu.Lock()
-	defer poolsMu.Unlock()
-	pools = append(pools, PoolDecl{Name: name, Slots: slots, Description: description})
+	defaultRegistry.RegisterPool(name, slots, description)
 }
 
-// RegisteredPools returns the pools declared with RegisterPool, in
-// declaration order.
-func RegisteredPools() []PoolDecl {
-	poolsMu.Lock()
-	defer poolsMu.Unlock()
-	return slices.Clone(pools)
+// RegisterPool declares a pool in r (see the package-level RegisterPool).
+func (r *Registry) RegisterPool(name string, slots int, description string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pools = append(r.pools, PoolDecl{Name: name, Slots: slots, Description: description})
+}
+
+// Pools returns the pools declared in r, in declaration order.
+func (r *Registry) Pools() []PoolDecl {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.pools)
 }
 
 // CheckPool returns what is wrong with a pool's name and size, or nil.
@@ -142,10 +140,13 @@ func CheckPool(name string, slots int) error {
 	return nil
 }
 
-// ValidatePools checks pool declarations: names, sizes and duplicates.
-func ValidatePools(decls []PoolDecl) []Problem {
+// ValidatePools checks pool declarations (names, sizes, duplicates) and
+// that no task of dags takes more slots than the declared size of its
+// pool.
+func ValidatePools(decls []PoolDecl, dags ...*DAG) []Problem {
 	var out []Problem
 	seen := map[string]bool{}
+	size := map[string]int{}
 	for _, p := range decls {
 		if err := CheckPool(p.Name, p.Slots); err != nil {
 			out = append(out, Problem{Message: "RegisterPool: " + err.Error()})
@@ -153,8 +154,25 @@ func ValidatePools(decls []PoolDecl) []Problem {
 		}
 		if seen[p.Name] {
 			out = append(out, Problem{Message: fmt.Sprintf("RegisterPool: pool %q is declared more than once", p.Name)})
+			continue
 		}
 		seen[p.Name] = true
+		size[p.Name] = p.Slots
+	}
+	for _, d := range dags {
+		if d == nil {
+			continue
+		}
+		for _, t := range d.tasks {
+			pool := t.pool
+			if pool == "" {
+				pool = DefaultPool
+			}
+			if n, ok := size[pool]; ok && n >= 0 && t.PoolSlots() > n {
+				out = append(out, Problem{DAGID: d.id, TaskID: t.id, Message: fmt.Sprintf(
+					"PoolSlots %d is more than pool %q has (%d slots): the task could never run", t.PoolSlots(), pool, n)})
+			}
+		}
 	}
 	return out
 }

@@ -78,8 +78,31 @@ func TestRenderKey(t *testing.T) {
 }
 
 func TestValidatePools(t *testing.T) {
-	ps := ValidatePools([]PoolDecl{{"ok", 3, ""}, {"ok", 4, ""}, {"bad name", 1, ""}, {"neg", -2, ""}, {"inf", -1, ""}})
-	if len(ps) != 3 {
-		t.Fatalf("problems %v, want 3 (duplicate, bad name, negative slots)", ps)
+	r := NewRegistry()
+	for _, p := range []PoolDecl{{"ok", 3, ""}, {"ok", 4, ""}, {"bad name", 1, ""}, {"neg", -2, ""}, {"inf", -1, ""}} {
+		r.RegisterPool(p.Name, p.Slots, p.Description)
+	}
+	d := New("d")
+	d.Func("big", func(*Context) error { return nil }, Pool("ok"), PoolSlots(4))
+	d.Func("fits", func(*Context) error { return nil }, Pool("ok"), PoolSlots(3))
+	d.Func("inf", func(*Context) error { return nil }, Pool("inf"), PoolSlots(40))
+	r.Register(d)
+	ps := r.Validate()
+	var msgs []string
+	for _, p := range ps {
+		msgs = append(msgs, p.String())
+	}
+	got := strings.Join(msgs, "\n")
+	for _, want := range []string{`pool "ok" is declared more than once`, `invalid pool name "bad name"`,
+		`slots must be -1 (unlimited) or at least 0, got -2`, `task "big": PoolSlots 4 is more than pool "ok" has (3 slots)`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("problems:\n%s\nwant one containing %q", got, want)
+		}
+	}
+	if len(ps) != 4 {
+		t.Errorf("%d problems, want 4:\n%s", len(ps), got)
+	}
+	if n := len(r.Pools()); n != 5 {
+		t.Errorf("Pools() has %d declarations, want 5", n)
 	}
 }
