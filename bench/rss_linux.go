@@ -20,7 +20,7 @@ func TreeMemory(root int) (Memory, error) {
 	var total Memory
 	found := false
 	for _, pid := range pids {
-		m, err := processMemory(pid)
+		m, err := ProcessMemory(pid)
 		if err != nil {
 			continue // exited meanwhile
 		}
@@ -98,8 +98,9 @@ func treeByParents(root int) ([]int, error) {
 	return out, nil
 }
 
-// processMemory reads the memory of one process.
-func processMemory(pid int) (Memory, error) {
+// ProcessMemory returns the resident memory of one process, read from
+// /proc as TreeMemory does.
+func ProcessMemory(pid int) (Memory, error) {
 	dir := "/proc/" + strconv.Itoa(pid)
 	if b, err := os.ReadFile(dir + "/smaps_rollup"); err == nil {
 		if m, err := parseRollup(b); err == nil {

@@ -217,6 +217,10 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		return nil, err
 	}
 
+	childArgs := executor.ChildArgs
+	if a.workerArgs != nil {
+		childArgs = a.workerArgs
+	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
@@ -225,12 +229,13 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:      a.logger,
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
-		Args:        executor.ChildArgs,
-		Env:         []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
-		Stdout:      a.stderr,
-		Stderr:      a.stderr,
-		Grace:       f.grace,
-		KillGrace:   f.killGrace,
+		Args:        childArgs,
+		Env: append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+			a.workerEnv...),
+		Stdout:    a.stderr,
+		Stderr:    a.stderr,
+		Grace:     f.grace,
+		KillGrace: f.killGrace,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
