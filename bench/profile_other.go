@@ -2,9 +2,5 @@
 
 package bench
 
-import "os"
-
 // HeapProfileOnSignal needs SIGUSR1: elsewhere no profile is written.
 func HeapProfileOnSignal(func(string) (string, bool), func(string, ...any)) (stop func()) { return nil }
-
-func askHeapProfile(*os.Process) {}

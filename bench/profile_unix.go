@@ -10,19 +10,22 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+
+	"github.com/trellis-dag/trellis/executor"
 )
 
-// askHeapProfile asks the server p for a heap profile (HeapProfileOnSignal).
-func askHeapProfile(p *os.Process) { _ = p.Signal(syscall.SIGUSR1) }
-
 // HeapProfileOnSignal writes a heap profile of this process, after a
-// garbage collection, on each SIGUSR1, as EnvHeapProfile asks. It returns
+// garbage collection, on each SIGUSR1, as EnvHeapProfile asks (a worker
+// process adds its pid to the name). It returns
 // the function that stops listening for the signal and waits, or nil when
 // no profile was asked for.
 func HeapProfileOnSignal(lookupEnv func(string) (string, bool), logf func(string, ...any)) (stop func()) {
 	base, ok := lookupEnv(EnvHeapProfile)
 	if !ok || base == "" {
 		return nil
+	}
+	if child, ok := lookupEnv(executor.EnvChild); ok && child != "" {
+		base += "-" + strconv.Itoa(os.Getpid()) // one file per worker process
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGUSR1)

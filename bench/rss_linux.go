@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
+	"syscall"
 )
 
 // TreeMemory returns the resident memory of process root and all its
@@ -34,6 +35,19 @@ func TreeMemory(root int) (Memory, error) {
 		return Memory{}, fmt.Errorf("process %d: no memory figures in /proc", root)
 	}
 	return total, nil
+}
+
+// askHeapProfile asks the server root and its worker processes for a
+// heap profile (HeapProfileOnSignal), which they write when they were
+// started with EnvHeapProfile.
+func askHeapProfile(root int) {
+	pids, err := tree(root)
+	if err != nil {
+		return
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGUSR1)
+	}
 }
 
 // tree returns root and its descendants. It follows the children lists of

@@ -15,3 +15,6 @@ func TreeMemory(int) (Memory, error) {
 
 // ProcessMemory needs /proc too.
 func ProcessMemory(pid int) (Memory, error) { return TreeMemory(pid) }
+
+// askHeapProfile needs /proc to find the worker processes: no profile.
+func askHeapProfile(int) {}

@@ -361,7 +361,7 @@ func (h *harness) scaleRun(ctx context.Context, client *http.Client, srv *served
 		r.serveAfter = after.RSS
 	}
 	if h.cfg.HeapProfileDir != "" {
-		askHeapProfile(srv.cmd.Process) // the server writes a heap profile
+		askHeapProfile(pid) // the server and its workers write a heap profile
 	}
 	began := time.Now()
 	body, err := get(ctx, client, srv.url+"/metrics")

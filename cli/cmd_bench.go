@@ -43,6 +43,9 @@ func (a *app) runBenchServe(ctx context.Context) error {
 	a.registry = reg
 	a.workerArgs = benchChildArgs
 	a.workerEnv = []string{bench.EnvDAGs + "=" + sets}
+	if v, ok := a.lookupEnv(bench.EnvHeapProfile); ok && v != "" {
+		a.workerEnv = append(a.workerEnv, bench.EnvHeapProfile+"="+v+"-worker")
+	}
 	if stop := bench.HeapProfileOnSignal(a.lookupEnv, func(format string, args ...any) {
 		a.logger.Warn(fmt.Sprintf(format, args...))
 	}); stop != nil {
@@ -68,6 +71,11 @@ func (a *app) runBenchChild(ctx context.Context) error {
 	stop, err := bench.StartChildProfile(a.lookupEnv)
 	if err != nil {
 		return err
+	}
+	if stopHeap := bench.HeapProfileOnSignal(a.lookupEnv, func(format string, args ...any) {
+		a.logger.Warn(fmt.Sprintf(format, args...))
+	}); stopHeap != nil {
+		defer stopHeap()
 	}
 	runErr := a.runWorkerChild(ctx)
 	if stop != nil {

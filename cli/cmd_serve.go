@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -263,6 +264,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		}
 		return nil, fmt.Errorf("serve: %w", err)
 	}
+	releaseStartupGarbage()
 	for _, c := range srv.feeders {
 		if err := c.Start(ctx); err != nil {
 			sched.Stop()
@@ -304,3 +306,11 @@ func (s *server) stopAfterPool() {
 		c.Stop()
 	}
 }
+
+// releaseStartupGarbage returns the memory freed since the process
+// started to the operating system at once. Recording the DAGs allocates
+// several times their size (specs, fingerprints, rows to write), all
+// garbage once recorded; left to the runtime's background scavenger, a
+// server with large DAGs kept it resident for minutes (docs/benchmarks.md,
+// scale). One collection of a heap that holds little more than the DAGs.
+func releaseStartupGarbage() { debug.FreeOSMemory() }
