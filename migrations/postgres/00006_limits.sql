@@ -71,24 +71,45 @@ CREATE FUNCTION trellis_count_limits() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     dr integer := (NEW.state IN ('running', 'restarting'))::int - (OLD.state IN ('running', 'restarting'))::int;
     dq integer := (NEW.state = 'queued')::int - (OLD.state = 'queued')::int;
+    lim integer;
+    n integer;
 BEGIN
+    -- A slot freed where an instance like this one could not start
+    -- (pool without room for it, cap or key at its limit) sets
+    -- trellis.wake: the transaction wakes claimers once committed.
     IF dr <> 0 THEN
-        UPDATE pools SET running = running + dr * NEW.pool_slots WHERE name = NEW.pool;
+        UPDATE pools SET running = running + dr * NEW.pool_slots WHERE name = NEW.pool RETURNING slots, running INTO lim, n;
+        IF dr < 0 AND lim >= 0 AND lim - n - NEW.pool_slots < NEW.pool_slots THEN
+            PERFORM set_config('trellis.wake', 'on', true);
+        END IF;
     END IF;
     IF NEW.task_key IS NOT NULL THEN
         UPDATE concurrency_keys SET running = running + dr,
             queued = queued + CASE WHEN NEW.concurrency_key IS NULL THEN dq ELSE 0 END
-        WHERE key = NEW.task_key;
+        WHERE key = NEW.task_key RETURNING concurrency_keys.lim, running INTO lim, n;
+        IF dr < 0 AND n + 1 >= lim THEN
+            PERFORM set_config('trellis.wake', 'on', true);
+        END IF;
     END IF;
     IF NEW.concurrency_key IS NOT NULL THEN
-        UPDATE concurrency_keys SET running = running + dr, queued = queued + dq WHERE key = NEW.concurrency_key;
+        UPDATE concurrency_keys SET running = running + dr, queued = queued + dq WHERE key = NEW.concurrency_key
+        RETURNING concurrency_keys.lim, running INTO lim, n;
+        IF dr < 0 AND n + 1 >= lim THEN
+            PERFORM set_config('trellis.wake', 'on', true);
+        END IF;
     END IF;
     RETURN NULL;
 END
 $$;
 -- +goose StatementEnd
 
-CREATE TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
+-- Deferred: the counters change at COMMIT (or where a transaction sets
+-- the trigger IMMEDIATE, as the finishing transaction does just before
+-- its claim), so a pool's hot row is locked only at the end of the
+-- transactions that free or take its slots, not through them. A claim
+-- locks the counters it reads until its own commit.
+CREATE CONSTRAINT TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.limited AND (
         (OLD.state IN ('running', 'restarting')) <> (NEW.state IN ('running', 'restarting'))
         OR ((OLD.state = 'queued') <> (NEW.state = 'queued')

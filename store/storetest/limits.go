@@ -519,3 +519,54 @@ func testLimitsProperty(t *testing.T, e *env) {
 		checkIntervals(t, lim, tries)
 	}
 }
+
+// testFreedSlotWakes: finishing the try that held a full pool's slot
+// wakes claimers (TopicTasksReady) in its transaction, with and without
+// a claim alongside; the slot is then claimable.
+func testFreedSlotWakes(t *testing.T, e *env) {
+	e.createPool("one", 1)
+	sp := newSpec("waker", manyTasks(3, inPool("one", 1))...)
+	e.started(sp, "r")
+	cs := e.claim(4)
+	if len(cs) != 1 {
+		t.Fatalf("claimed %d in a pool of 1", len(cs))
+	}
+	sub, err := e.s.Listen(e.ctx, store.TopicTasksReady)
+	must(t, "Listen", err)
+	defer sub.Close()
+	drainWakes(sub)
+	e.finish(result(cs[0], state.Success))
+	waitWake(t, sub, "finishing the pool's only running try")
+	// Finished with a claim by another worker that takes less than it
+	// asks for; the freed slot is claimable by whoever was woken.
+	w2 := store.Worker{ID: "w2", Hostname: "h2", PID: 2}
+	next := e.claim(4)
+	if len(next) != 1 {
+		t.Fatalf("after the wake-up claimed %d, want 1", len(next))
+	}
+	drainWakes(sub)
+	_, got, err := e.s.FinishAndClaim(e.ctx, []store.Result{result(next[0], state.Success)}, w2, 1, t0.Add(4*time.Minute))
+	must(t, "FinishAndClaim", err)
+	if len(got) != 1 {
+		t.Fatalf("FinishAndClaim claimed %d, want the freed slot's next task", len(got))
+	}
+}
+
+func drainWakes(sub store.Subscription) {
+	for {
+		select {
+		case <-sub.C():
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func waitWake(t *testing.T, sub store.Subscription, what string) {
+	t.Helper()
+	select {
+	case <-sub.C():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no TopicTasksReady wake-up after %s", what)
+	}
+}

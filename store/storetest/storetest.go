@@ -133,6 +133,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LimitsSurviveDeadWorker", testLimitsSurviveDeadWorker},
 		{"LimitsBadInput", testLimitsBadInput},
 		{"LimitsProperty", testLimitsProperty},
+		{"FreedSlotWakes", testFreedSlotWakes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
