@@ -40,9 +40,11 @@ ALTER TABLE task_instances ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX task_instances_claim_limited ON task_instances (pool, priority DESC, queued_at, id)
     WHERE state = 'queued' AND limited;
 
+-- A claim (queued → running) counts what it takes itself, once per
+-- counter and statement.
 -- +goose StatementBegin
 CREATE TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
-    WHEN NEW.limited AND (
+    WHEN NEW.limited AND NOT (OLD.state = 'queued' AND NEW.state = 'running') AND (
         (OLD.state IN ('running', 'restarting')) <> (NEW.state IN ('running', 'restarting'))
         OR ((OLD.state = 'queued') <> (NEW.state = 'queued')
             AND (NEW.task_key IS NOT NULL OR NEW.concurrency_key IS NOT NULL)))

@@ -71,8 +71,22 @@ const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.
 // the CTEs ctes) and reads the claimed instances with their runs. A run's
 // conf, which may be large, is sent once, with the first instance of that
 // run.
+//
+// The statement also adds the limited instances it claims to their
+// counters, one write per counter (the counter trigger leaves claims
+// alone); their rows are locked already (lp and lk, or claimCapped).
 func claimSelect(ctes, update string) string {
-	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*)
+	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		pu AS (UPDATE pools p SET running = p.running + x.n
+			FROM (SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool) x
+			WHERE p.name = x.pool),
+		ku AS (UPDATE concurrency_keys k SET running = k.running + x.n, queued = k.queued - x.q
+			FROM (SELECT key, count(*) AS n, sum(q) AS q FROM (
+				SELECT task_key AS key, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM u
+				WHERE limited AND task_key IS NOT NULL
+				UNION ALL
+				SELECT concurrency_key, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL) y GROUP BY key) x
+			WHERE k.key = x.key)
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
 			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns
 		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`

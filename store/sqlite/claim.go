@@ -21,7 +21,7 @@ const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_
 	output = NULL, error = ''`
 
 const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
-	queued_at, timeout_ns, pool, pool_slots, coalesce(concurrency_key, '')`
+	queued_at, timeout_ns, pool, pool_slots, coalesce(concurrency_key, ''), limited`
 
 // claimFast picks the best queued instances; used when no DAG with a
 // MaxActiveTasks cap has queued work.
@@ -83,15 +83,17 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 		}
 	}
 	var out []store.Claimed
+	var limitedIDs []int64
 	for rows.Next() {
 		var (
 			c       store.Claimed
 			rule    string
 			queued  sql.NullInt64
 			timeout int64
+			limited bool
 		)
 		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-			&rule, &queued, &timeout, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey); err != nil {
+			&rule, &queued, &timeout, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey, &limited); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -103,9 +105,17 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 		c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
 		c.Timeout = time.Duration(timeout)
 		out = append(out, c)
+		if limited {
+			limitedIDs = append(limitedIDs, c.ID)
+		}
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return nil, err
+	}
+	if len(limitedIDs) > 0 {
+		if err := countClaimed(w, limitedIDs); err != nil {
+			return nil, err
+		}
 	}
 	runs := map[int64]runRec{}
 	for i := range out {

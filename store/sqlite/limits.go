@@ -180,3 +180,26 @@ func chooseLimited(w *txn, limit int) ([]int64, error) {
 	}
 	return out, nil
 }
+
+// countClaimed adds the limited instances ids just claimed to their
+// counters, one write per counter (the counter trigger leaves claims
+// alone, as on PostgreSQL).
+func countClaimed(w *txn, ids []int64) error {
+	list := idList(ids)
+	if _, err := w.exec(`UPDATE pools SET running = running + (SELECT sum(t.pool_slots) FROM task_instances t
+			WHERE t.id IN (SELECT value FROM json_each(?1)) AND t.pool = pools.name)
+		WHERE name IN (SELECT t.pool FROM task_instances t WHERE t.id IN (SELECT value FROM json_each(?1)))`, list); err != nil {
+		return err
+	}
+	_, err := w.exec(`WITH y AS (
+			SELECT task_key AS key, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM task_instances
+			WHERE id IN (SELECT value FROM json_each(?1)) AND task_key IS NOT NULL
+			UNION ALL
+			SELECT concurrency_key, 1 FROM task_instances
+			WHERE id IN (SELECT value FROM json_each(?1)) AND concurrency_key IS NOT NULL
+		), x AS (SELECT key, count(*) AS n, sum(q) AS q FROM y GROUP BY key)
+		UPDATE concurrency_keys SET running = running + (SELECT n FROM x WHERE x.key = concurrency_keys.key),
+			queued = queued - (SELECT q FROM x WHERE x.key = concurrency_keys.key)
+		WHERE key IN (SELECT key FROM x)`, list)
+	return err
+}
