@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -463,4 +465,60 @@ func testRequeue(t *testing.T, e *env) {
 		t.Errorf("stale requeue moved a to %s", ti.State)
 	}
 	must(t, "RequeueTries empty", e.s.RequeueTries(e.ctx, nil))
+}
+
+// testRecoverWorker: the tries of a dead worker go back to queued keeping
+// their try number; a try whose worker dies again under the same number is
+// failed, its error quoting the cause and the last lines of its log.
+func testRecoverWorker(t *testing.T, e *env) {
+	e.started(newSpec("rw", tk("a"), tk("b")), "run")
+	a := e.claimOne("a")
+	w2 := store.Worker{ID: "w2", Hostname: "host-2", PID: 202}
+	cs, err := e.s.ClaimTasks(e.ctx, w2, 1, t0.Add(time.Minute))
+	if err != nil || len(cs) != 1 || cs[0].TaskID != "b" {
+		t.Fatalf("w2 claimed %v, %v", cs, err)
+	}
+	b := cs[0]
+	rec, err := e.s.RecoverWorkerTasks(e.ctx, "w2", "worker w2 died: exit status 3", t0.Add(2*time.Minute))
+	must(t, "RecoverWorkerTasks", err)
+	if !sameTries(rec.Requeued, []store.Try{att(b)}) || len(rec.Failed) != 0 {
+		t.Fatalf("first death: %+v, want b requeued", rec)
+	}
+	if ti := e.ti("rw", "run", "b"); ti.State != state.Queued || ti.WorkerID != "" {
+		t.Fatalf("b after the first death: %+v, want queued", ti)
+	}
+	again, err := e.s.ClaimTasks(e.ctx, w2, 1, t0.Add(3*time.Minute))
+	if err != nil || len(again) != 1 || again[0].TaskID != "b" || again[0].TryNumber != b.TryNumber {
+		t.Fatalf("claimed again %v %v, want b with try %d (a death uses no try)", again, err, b.TryNumber)
+	}
+	var log strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&log, "line %02d\n", i)
+	}
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(again[0]), []byte(log.String())))
+	rec, err = e.s.RecoverWorkerTasks(e.ctx, "w2", "worker w2 died: exit status 3", t0.Add(4*time.Minute))
+	must(t, "RecoverWorkerTasks", err)
+	if !sameTries(rec.Failed, []store.Try{att(again[0])}) || len(rec.Requeued) != 0 {
+		t.Fatalf("second death: %+v, want b failed", rec)
+	}
+	ti := e.ti("rw", "run", "b")
+	if ti.State != state.Failed {
+		t.Fatalf("b after the second death: %s, want failed", ti.State)
+	}
+	for _, want := range []string{"exit status 3", "died twice", "line 29", "line 10"} {
+		if !strings.Contains(ti.Error, want) {
+			t.Errorf("error %q lacks %q", ti.Error, want)
+		}
+	}
+	if strings.Contains(ti.Error, "line 09") {
+		t.Errorf("error %q quotes more than the last %d lines", ti.Error, store.PoisonTailLines)
+	}
+	// Another worker's tries are untouched; nothing to do is no error.
+	if x := e.ti("rw", "run", "a"); x.State != state.Running || x.TryNumber != a.TryNumber {
+		t.Errorf("a = %s try %d, want running untouched", x.State, x.TryNumber)
+	}
+	rec, err = e.s.RecoverWorkerTasks(e.ctx, "w9", "gone", t0.Add(5*time.Minute))
+	if err != nil || len(rec.Requeued)+len(rec.Failed) != 0 {
+		t.Errorf("unknown worker: %+v %v", rec, err)
+	}
 }
