@@ -64,7 +64,10 @@
 // KillGrace) and puts them back to queued with Store.RequeueTries, which
 // does not use up a try. Worker.Halt skips what is left of the grace
 // period. A worker child does this on its first SIGTERM or SIGINT and halts
-// on the second; Pool.Stop sends SIGTERM to every child, waits for them,
+// on the second. A Shell command killed by a SIGTERM taskrun did not send
+// while the worker begins to stop (a signal to the whole control group of
+// a service) is put back the same way instead of failed. Pool.Stop sends
+// SIGTERM to every child, waits for them,
 // and SIGKILLs any still alive after Grace+KillGrace plus a margin.
 //
 // # Leaked goroutines

@@ -228,6 +228,7 @@ func TestPool(t *testing.T) {
 	t.Run("RemoteWorkerTakesShare", func(t *testing.T) { testPoolRemoteWorkerTakesShare(t, bin) })
 	t.Run("GracefulShutdownRequeues", func(t *testing.T) { testPoolGracefulShutdownRequeues(t, bin) })
 	t.Run("SecondSignalHalts", func(t *testing.T) { testPoolSecondSignalHalts(t, bin) })
+	t.Run("ControlGroupSIGTERM", func(t *testing.T) { testPoolControlGroupSIGTERM(t, bin) })
 	t.Run("SupervisorKilled", func(t *testing.T) { testPoolSupervisorKilled(t, bin) })
 }
 
@@ -592,6 +593,65 @@ func testPoolGracefulShutdownRequeues(t *testing.T, bin string) {
 	}
 	if ti := tasksOf(t, st, d.ID(), "r1")["long"]; ti.TryNumber != 1 {
 		t.Errorf("long succeeded on try %d, want 1", ti.TryNumber)
+	}
+	pp2.stop(t, syscall.SIGTERM)
+	env.assertNothingLeft(t)
+}
+
+// processTree lists pid and all its descendants.
+func processTree(t *testing.T, pid int) []int {
+	t.Helper()
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		kids, err := childrenOf(out[i])
+		if err != nil {
+			t.Fatalf("list children of %d: %v", out[i], err)
+		}
+		for _, k := range kids {
+			out = append(out, k.PID)
+		}
+	}
+	return out
+}
+
+// testPoolControlGroupSIGTERM: SIGTERM sent at once to every process of a
+// pool (systemd's KillMode=control-group) kills a running Shell command,
+// yet its try is put back without using a try rather than failed, and
+// runs again as try 1 on the next pool.
+func testPoolControlGroupSIGTERM(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	d := testdags.Registry().Lookup(testdags.ShellStop)
+	startRun(t, st, d, "r1", nil)
+
+	pp := startPoolProcess(t, bin, url, env, "--processes", "1", "--grace", "5s", "--kill-grace", "300ms")
+	waitCond(t, 30*time.Second, "the shell task to start", func() bool {
+		return fileExists(filepath.Join(env.dir, testdags.ShellStartedName))
+	})
+	pids := processTree(t, pp.cmd.Process.Pid)
+	if len(pids) < 4 { // pool, worker, sh, sleep
+		t.Fatalf("pool process tree %v, want the pool, its worker and the task's shell and sleep", pids)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	waitFor(t, pp.done, 30*time.Second, "the pool process to exit")
+	env.assertNothingLeft(t)
+	ti := tasksOf(t, st, d.ID(), "r1")["long_sh"]
+	if ti.State != state.Queued || ti.TryNumber != 0 {
+		t.Fatalf("long_sh = %s try %d (%q) after the group SIGTERM, want queued try 0 (put back without using a try)", ti.State, ti.TryNumber, ti.Error)
+	}
+	if err := os.WriteFile(filepath.Join(env.dir, testdags.ReleaseName), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pp2 := startPoolProcess(t, bin, url, env, "--processes", "1")
+	if run := waitRun(t, st, d.ID(), "r1", 30*time.Second); run.State != state.RunSuccess {
+		t.Fatalf("run = %s, want success", run.State)
+	}
+	if ti := tasksOf(t, st, d.ID(), "r1")["long_sh"]; ti.TryNumber != 1 {
+		t.Errorf("long_sh succeeded on try %d, want 1", ti.TryNumber)
 	}
 	pp2.stop(t, syscall.SIGTERM)
 	env.assertNothingLeft(t)

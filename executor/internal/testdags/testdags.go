@@ -47,6 +47,7 @@ const (
 	Outcomes   = "outcomes"
 	Crash      = "crash"
 	Hog        = "hog"
+	ShellStop  = "shell_stop"
 )
 
 // Sizes of the generated DAGs.
@@ -69,7 +70,7 @@ var IsolationFailing = []string{"exit3", "panics", "hang", "shell_bg"}
 // Registry returns a registry with every test DAG.
 func Registry() *dag.Registry {
 	r := dag.NewRegistry()
-	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes(), crash(), hog()} {
+	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes(), crash(), hog(), shellStop()} {
 		r.Register(d)
 	}
 	if n, err := strconv.Atoi(os.Getenv(EnvBig)); err == nil && n > 0 {
@@ -468,5 +469,16 @@ func hog() *dag.DAG {
 		c.Logger().Info("hog: allocated", "bytes", len(b), "last", b[len(b)-4096])
 		return nil
 	})
+	return d
+}
+
+// ShellStartedName is the trace file the shell_stop DAG's task writes
+// when it starts (it then sleeps until ReleaseName exists).
+const ShellStartedName = "long_sh.started"
+
+// shellStop is one Shell task that runs until ReleaseName exists in Dir.
+func shellStop() *dag.DAG {
+	d := newDAG(ShellStop)
+	d.Shell("long_sh", `cd "$`+EnvDir+`" && [ -e `+ReleaseName+` ] && exit 0; touch `+ShellStartedName+`; sleep 60`)
 	return d
 }
