@@ -30,6 +30,7 @@ type serveFlags struct {
 	memory              memSize
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
+	workerDeadAfter     time.Duration
 	metricsInterval     time.Duration
 	retention           retentionFlags
 }
@@ -82,6 +83,8 @@ tasks at once.`,
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
+	fs.DurationVar(&f.workerDeadAfter, "worker-dead-after", scheduler.DefaultWorkerDeadAfter,
+		"put back the tasks of a worker process whose own heartbeat is older than this (faster than the zombie threshold after a crash)")
 	fs.DurationVar(&f.zombieCheckInterval, "zombie-check-interval", scheduler.DefaultZombieCheckInterval,
 		"how often to look for zombie tasks")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval,
@@ -109,8 +112,8 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 		return usagef("--slots must be at least 1, got %d", f.slots)
 	case f.grace < 0 || f.killGrace < 0:
 		return usagef("--grace and --kill-grace must not be negative")
-	case f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0:
-		return usagef("--zombie-threshold and --zombie-check-interval must be positive")
+	case f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0 || f.workerDeadAfter <= 0:
+		return usagef("--zombie-threshold, --zombie-check-interval and --worker-dead-after must be positive")
 	case f.metricsInterval <= 0:
 		return usagef("--metrics-interval must be positive, got %v", f.metricsInterval)
 	}
@@ -207,6 +210,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:              a.logger,
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
+		WorkerDeadAfter:     f.workerDeadAfter,
 		Metrics:             metrics,
 	})
 	trigger := api.TriggerFunc(func(ctx context.Context, dagID string, r api.TriggerRequest) (store.Run, error) {

@@ -936,15 +936,23 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 	slices.SortFunc(as, byTry)
 	ids, nums := tryArrays(as)
 	return s.inTx(ctx, "requeue tries", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
+		rows, err := tx.Query(ctx, `
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
 				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
 			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, nums)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'
+			RETURNING u.id, u.try`, ids, nums)
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
+		back, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+		if err != nil {
+			return err
+		}
+		if err := putBackNotes(ctx, tx, back, store.RequeueReason, s.logCap); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT t.id FROM task_instances t
 			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
 			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, nums)
 		if err != nil {
@@ -966,7 +974,7 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 				return err
 			}
 		}
-		if tag.RowsAffected() > 0 {
+		if len(back) > 0 {
 			return notify(ctx, tx, store.TopicTasksReady)
 		}
 		return nil
@@ -1033,6 +1041,9 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 				return err
 			}
 			rec.Requeued = back
+			if err := putBackNotes(ctx, tx, back, cause, s.logCap); err != nil {
+				return err
+			}
 			if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
 				return err
 			}
@@ -1077,4 +1088,24 @@ func lastLogChunks(ctx context.Context, tx pgx.Tx, a store.Try) ([]byte, error) 
 		out = append(out, chunks[i]...)
 	}
 	return out, nil
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func putBackNotes(ctx context.Context, tx pgx.Tx, tries []store.Try, why string, logCap int) error {
+	if len(tries) == 0 {
+		return nil
+	}
+	ids, nums := tryArrays(tries)
+	rows, err := tx.Query(ctx, `SELECT l.ti_id, l.try_number FROM task_logs l
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON l.ti_id = u.id AND l.try_number = u.try
+		WHERE l.size > 0 ORDER BY 1, 2`, ids, nums)
+	if err != nil {
+		return err
+	}
+	logged, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+	if err != nil {
+		return err
+	}
+	return appendLogsIn(ctx, tx, logged, store.PutBackNotes(why, len(logged)), logCap)
 }

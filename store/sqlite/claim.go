@@ -377,17 +377,21 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 		return nil
 	}
 	return s.write(ctx, "requeue tries", func(w *txn) error {
-		res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+		rows, err := w.query(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
 				started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
 				queued_at = coalesce(queued_at, ?)
-			WHERE state IN ('running', 'restarting') AND `+tryIn, us(s.clk.Now()), tryList(tries))
+			WHERE state IN ('running', 'restarting') AND `+tryIn+` RETURNING id, try_number + 1`, us(s.clk.Now()), tryList(tries))
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		back, err := scanTries(rows)
+		if err != nil {
+			return err
+		}
+		if len(back) > 0 {
 			w.wake(store.TopicTasksReady)
 		}
-		return nil
+		return s.putBackNotes(w, back, store.RequeueReason)
 	})
 }
 
@@ -433,6 +437,9 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 			}
 			rec.Requeued = back
 			w.wake(store.TopicTasksReady)
+			if err := s.putBackNotes(w, back, cause); err != nil {
+				return err
+			}
 		}
 		if len(fail)+len(cleared) == 0 {
 			return nil
@@ -482,4 +489,37 @@ func lastLogChunks(w *txn, a store.Try) ([]byte, error) {
 		out = append(out, chunks[i]...)
 	}
 	return out, nil
+}
+
+// scanTries reads (id, try number) rows and closes them.
+func scanTries(rows *sql.Rows) ([]store.Try, error) {
+	var out []store.Try
+	for rows.Next() {
+		var a store.Try
+		if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, errors.Join(rows.Err(), rows.Close())
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func (s *Store) putBackNotes(w *txn, tries []store.Try, why string) error {
+	for _, a := range tries {
+		var size int64
+		err := w.queryRow(`SELECT size FROM task_logs WHERE ti_id = ? AND try_number = ?`, a.ID, a.TryNumber).Scan(&size)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && size == 0 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.appendLogIn(w, a, store.PutBackNote(why)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

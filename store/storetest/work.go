@@ -450,6 +450,7 @@ func testFailWorker(t *testing.T, e *env) {
 func testRequeue(t *testing.T, e *env) {
 	e.started(newSpec("rq", tk("a")), "run")
 	a := e.claimOne("a")
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(a), []byte("first run\n")))
 	must(t, "RequeueTries", e.s.RequeueTries(e.ctx, []store.Try{att(a), {ID: a.ID, TryNumber: 5}}))
 	ti := e.ti("rq", "run", "a")
 	if ti.State != state.Queued || ti.TryNumber != 0 || ti.WorkerID != "" {
@@ -458,6 +459,13 @@ func testRequeue(t *testing.T, e *env) {
 	again := e.claimOne("a")
 	if again.TryNumber != 1 {
 		t.Errorf("claimed again with try %d, want 1 (requeue uses no try)", again.TryNumber)
+	}
+	// The log of the try marks where its second run begins.
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(again), []byte("second run\n")))
+	log, err := e.s.ReadLog(e.ctx, "rq", "run", "a", 1)
+	must(t, "ReadLog", err)
+	if want := "first run\n" + string(store.PutBackNote(store.RequeueReason)) + "second run\n"; string(log) != want {
+		t.Errorf("log after a requeue and a second run = %q, want %q", log, want)
 	}
 	// A stale try (the one requeued) is ignored.
 	must(t, "RequeueTries stale", e.s.RequeueTries(e.ctx, []store.Try{{ID: a.ID, TryNumber: 7}}))
@@ -479,6 +487,7 @@ func testRecoverWorker(t *testing.T, e *env) {
 		t.Fatalf("w2 claimed %v, %v", cs, err)
 	}
 	b := cs[0]
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(b), []byte("b's first run\n")))
 	rec, err := e.s.RecoverWorkerTasks(e.ctx, "w2", "worker w2 died: exit status 3", t0.Add(2*time.Minute))
 	must(t, "RecoverWorkerTasks", err)
 	if !sameTries(rec.Requeued, []store.Try{att(b)}) || len(rec.Failed) != 0 {
@@ -490,6 +499,10 @@ func testRecoverWorker(t *testing.T, e *env) {
 	again, err := e.s.ClaimTasks(e.ctx, w2, 1, t0.Add(3*time.Minute))
 	if err != nil || len(again) != 1 || again[0].TaskID != "b" || again[0].TryNumber != b.TryNumber {
 		t.Fatalf("claimed again %v %v, want b with try %d (a death uses no try)", again, err, b.TryNumber)
+	}
+	if log, err := e.s.ReadLog(e.ctx, "rw", "run", "b", again[0].TryNumber); err != nil ||
+		!strings.Contains(string(log), "worker w2 died: exit status 3; the try was put back") {
+		t.Errorf("log of b after its put-back = %q (%v), want the put-back note", log, err)
 	}
 	var log strings.Builder
 	for i := range 30 {
