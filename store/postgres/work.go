@@ -990,15 +990,23 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 	slices.SortFunc(as, byTry)
 	ids, nums := tryArrays(as)
 	return s.inTx(ctx, "requeue tries", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
+		rows, err := tx.Query(ctx, `
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
 				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
 			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, nums)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'
+			RETURNING u.id, u.try`, ids, nums)
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
+		back, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+		if err != nil {
+			return err
+		}
+		if err := putBackNotes(ctx, tx, back, store.RequeueReason, s.logCap); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT t.id FROM task_instances t
 			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
 			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, nums)
 		if err != nil {
@@ -1020,7 +1028,7 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 				return err
 			}
 		}
-		if tag.RowsAffected() > 0 {
+		if len(back) > 0 {
 			return notify(ctx, tx, store.TopicTasksReady)
 		}
 		return nil
@@ -1044,4 +1052,114 @@ func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json
 		return nil, fmt.Errorf("%s: %w: the task has no output", op, store.ErrNotFound)
 	}
 	return json.RawMessage(out), nil
+}
+
+// RecoverWorkerTasks puts the running tries of dead worker workerID back
+// to queued keeping their try number, and fails those put back so once
+// already under the same number (poison); see store.Store.
+func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (store.Recovered, error) {
+	var rec store.Recovered
+	err := s.inTx(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(tx pgx.Tx) error {
+		rec = store.Recovered{}
+		rows, err := tx.Query(ctx, `SELECT id, try_number, state = 'restarting', crashed_try = try_number
+			FROM task_instances WHERE state IN ('running', 'restarting') AND worker_id = $1
+			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, workerID)
+		if err != nil {
+			return err
+		}
+		var back, fail, cleared []store.Try
+		for rows.Next() {
+			var a store.Try
+			var restarting, crashed bool
+			if err := rows.Scan(&a.ID, &a.TryNumber, &restarting, &crashed); err != nil {
+				rows.Close()
+				return err
+			}
+			switch {
+			case restarting:
+				cleared = append(cleared, a)
+			case crashed:
+				fail = append(fail, a)
+			default:
+				back = append(back, a)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(back) > 0 {
+			ids, _ := tryArrays(back)
+			if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'queued', crashed_try = try_number,
+					try_number = try_number - 1, started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
+				WHERE id = ANY($1) AND state = 'running'`, ids); err != nil {
+				return err
+			}
+			rec.Requeued = back
+			if err := putBackNotes(ctx, tx, back, cause, s.logCap); err != nil {
+				return err
+			}
+			if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
+				return err
+			}
+		}
+		if len(fail)+len(cleared) == 0 {
+			return nil
+		}
+		var results []store.Result
+		for _, a := range fail {
+			last, err := lastLogChunks(ctx, tx, a)
+			if err != nil {
+				return err
+			}
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
+		}
+		for _, a := range cleared {
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		}
+		out, err := s.finishIn(ctx, tx, results)
+		rec.Failed = store.AppliedOf(out, fail)
+		return err
+	})
+	if err != nil {
+		return store.Recovered{}, err
+	}
+	return rec, nil
+}
+
+// lastLogChunks returns the last two stored chunks of a try's log.
+func lastLogChunks(ctx context.Context, tx pgx.Tx, a store.Try) ([]byte, error) {
+	rows, err := tx.Query(ctx, `SELECT data FROM task_log_chunks WHERE ti_id = $1 AND try_number = $2
+		ORDER BY seq DESC LIMIT 2`, a.ID, a.TryNumber)
+	if err != nil {
+		return nil, err
+	}
+	chunks, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out, nil
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func putBackNotes(ctx context.Context, tx pgx.Tx, tries []store.Try, why string, logCap int) error {
+	if len(tries) == 0 {
+		return nil
+	}
+	ids, nums := tryArrays(tries)
+	rows, err := tx.Query(ctx, `SELECT l.ti_id, l.try_number FROM task_logs l
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON l.ti_id = u.id AND l.try_number = u.try
+		WHERE l.size > 0 ORDER BY 1, 2`, ids, nums)
+	if err != nil {
+		return err
+	}
+	logged, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+	if err != nil {
+		return err
+	}
+	return appendLogsIn(ctx, tx, logged, store.PutBackNotes(why, len(logged)), logCap)
 }
