@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -26,6 +27,7 @@ type serveFlags struct {
 	slots               int
 	grace               time.Duration
 	killGrace           time.Duration
+	spoolDir            string
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	metricsInterval     time.Duration
@@ -76,6 +78,7 @@ tasks at once.`,
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once (env "+envWorkerSlots+")")
 	fs.DurationVar(&f.grace, "grace", executor.DefaultGrace, "on shutdown, how long running tasks may finish before they are stopped and queued again")
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task")
+	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
 	fs.DurationVar(&f.zombieCheckInterval, "zombie-check-interval", scheduler.DefaultZombieCheckInterval,
@@ -217,6 +220,10 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		return nil, err
 	}
 
+	childArgs := executor.ChildArgs
+	if a.workerArgs != nil {
+		childArgs = a.workerArgs
+	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
@@ -225,12 +232,14 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:      a.logger,
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
-		Args:        executor.ChildArgs,
-		Env:         []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
-		Stdout:      a.stderr,
-		Stderr:      a.stderr,
-		Grace:       f.grace,
-		KillGrace:   f.killGrace,
+		Args:        childArgs,
+		Env: append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+			a.workerEnv...),
+		Stdout:    a.stderr,
+		Stderr:    a.stderr,
+		Grace:     f.grace,
+		KillGrace: f.killGrace,
+		SpoolDir:  f.spoolDir,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -258,6 +267,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		}
 		return nil, fmt.Errorf("serve: %w", err)
 	}
+	releaseStartupGarbage()
 	for _, c := range srv.feeders {
 		if err := c.Start(ctx); err != nil {
 			sched.Stop()
@@ -299,3 +309,11 @@ func (s *server) stopAfterPool() {
 		c.Stop()
 	}
 }
+
+// releaseStartupGarbage returns the memory freed since the process
+// started to the operating system at once. Recording the DAGs allocates
+// several times their size (specs, fingerprints, rows to write), all
+// garbage once recorded; left to the runtime's background scavenger, a
+// server with large DAGs kept it resident for minutes (docs/benchmarks.md,
+// scale). One collection of a heap that holds little more than the DAGs.
+func releaseStartupGarbage() { debug.FreeOSMemory() }
