@@ -40,6 +40,7 @@ import (
 const (
 	DefaultZombieThreshold     = time.Minute
 	DefaultZombieCheckInterval = 10 * time.Second
+	DefaultWorkerDeadAfter     = 30 * time.Second
 	DefaultFireConcurrency     = 8
 	DefaultFireBatchSize       = 250
 	DefaultMaxRunsPerFire      = 1000
@@ -74,6 +75,13 @@ type Config struct {
 	ZombieThreshold time.Duration
 	// ZombieCheckInterval is how often zombies are swept.
 	ZombieCheckInterval time.Duration
+	// WorkerDeadAfter is how old a worker process's own heartbeat may be
+	// before it is taken for dead: on the zombie sweep its running tries
+	// are put back without using a try (Store.RecoverWorkerTasks) and its
+	// row removed, well before their own heartbeats reach
+	// ZombieThreshold (after a crash of a whole host, say). Keep it
+	// several worker heartbeat intervals long.
+	WorkerDeadAfter time.Duration
 	// FireConcurrency is how many fires (each of up to FireBatchSize
 	// DAGs) run at once.
 	FireConcurrency int
@@ -219,6 +227,7 @@ func New(cfg Config) *Scheduler {
 	}
 	setDefault(&cfg.ZombieThreshold, DefaultZombieThreshold)
 	setDefault(&cfg.ZombieCheckInterval, DefaultZombieCheckInterval)
+	setDefault(&cfg.WorkerDeadAfter, DefaultWorkerDeadAfter)
 	setDefault(&cfg.FireConcurrency, DefaultFireConcurrency)
 	setDefault(&cfg.FireBatchSize, DefaultFireBatchSize)
 	setDefault(&cfg.MaxRunsPerFire, DefaultMaxRunsPerFire)

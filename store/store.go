@@ -466,6 +466,14 @@ type Store interface {
 	// FailWorkerTasks treats the running tries of a worker known to be
 	// dead (its process exited) like zombies, at once. Returns them.
 	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Try, error)
+	// RecoverWorkerTasks handles the running tries of a worker whose
+	// process died: each goes back to queued without using up a try (it
+	// keeps its number: it was merely on that worker), unless it was put
+	// back so once already under the same try number — two workers died
+	// in a row while running it — when it is failed (retried while tries
+	// remain) with PoisonError(cause, its last log). Tries of a cleared
+	// instance (restarting) are treated as FailWorkerTasks does.
+	RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (Recovered, error)
 	// RequeueTries puts running tries back to queued without using
 	// up a try (graceful shutdown). Stale tries are ignored.
 	RequeueTries(ctx context.Context, tries []Try) error

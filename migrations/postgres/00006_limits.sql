@@ -53,18 +53,8 @@ ALTER TABLE task_instances
     ADD COLUMN limited    boolean NOT NULL DEFAULT false;
 ALTER TABLE task_instances ALTER COLUMN concurrency_key TYPE text COLLATE "C";
 
--- The fast claim reads unlimited queued instances only; limited ones are
--- found, best first, per pool with room (no key, no cap), per key with
--- room, and per task cap with room (no key).
-DROP INDEX task_instances_claim;
-CREATE INDEX task_instances_claim ON task_instances (priority DESC, queued_at, id)
-    WHERE state = 'queued' AND NOT limited;
-CREATE INDEX task_instances_claim_pool ON task_instances (pool, priority DESC, queued_at, id)
-    WHERE state = 'queued' AND limited AND task_key IS NULL AND concurrency_key IS NULL;
-CREATE INDEX task_instances_claim_key ON task_instances (concurrency_key, priority DESC, queued_at, id)
-    WHERE state = 'queued' AND limited AND concurrency_key IS NOT NULL;
-CREATE INDEX task_instances_claim_task ON task_instances (task_key, priority DESC, queued_at, id)
-    WHERE state = 'queued' AND limited AND task_key IS NOT NULL AND concurrency_key IS NULL;
+-- The claim finds queued limited instances through the queue table of
+-- migration 00008 (columns and indexes added by 00010).
 
 -- +goose StatementBegin
 CREATE FUNCTION trellis_count_limits() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -121,12 +111,7 @@ CREATE CONSTRAINT TRIGGER task_instances_limits AFTER UPDATE OF state ON task_in
 -- +goose Down
 DROP TRIGGER task_instances_limits ON task_instances;
 DROP FUNCTION trellis_count_limits();
-DROP INDEX task_instances_claim_task;
-DROP INDEX task_instances_claim_key;
-DROP INDEX task_instances_claim_pool;
 DROP INDEX dag_version_tasks_keyed;
-DROP INDEX task_instances_claim;
-CREATE INDEX task_instances_claim ON task_instances (priority DESC, queued_at, id) WHERE state = 'queued';
 ALTER TABLE task_instances DROP COLUMN limited, DROP COLUMN task_key, DROP COLUMN pool_slots, DROP COLUMN pool;
 ALTER TABLE dag_version_tasks DROP COLUMN key_limit, DROP COLUMN key_template, DROP COLUMN max_active,
     DROP COLUMN pool_slots, DROP COLUMN pool;

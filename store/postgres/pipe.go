@@ -234,10 +234,9 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 // claimableLeft is true when queued instances may be claimable: an
 // unlimited one, or a limited one in a pool with room (keys are not
 // looked at: a wake-up too many costs a claim that finds nothing).
-const claimableLeft = `(EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued' AND NOT limited)
-	OR EXISTS (SELECT 1 FROM pools p CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
-			WHERE t.state = 'queued' AND t.limited AND t.pool = p.name
-				AND t.task_key IS NULL AND t.concurrency_key IS NULL LIMIT 1) x
+const claimableLeft = `(EXISTS (SELECT 1 FROM task_queue WHERE NOT limited)
+	OR EXISTS (SELECT 1 FROM pools p CROSS JOIN LATERAL (SELECT 1 FROM task_queue t
+			WHERE t.limited AND t.pool = p.name AND t.task_key IS NULL AND t.concurrency_key IS NULL LIMIT 1) x
 		WHERE p.slots < 0 OR p.running < p.slots)
 	OR EXISTS (SELECT 1 FROM concurrency_keys WHERE queued > 0 AND running < lim))`
 

@@ -12,13 +12,13 @@ import (
 )
 
 // poolSelect reads pools with their occupancy: the slots of their
-// running and queued instances (read through the partial indexes of
-// those states).
+// running and queued instances (read through the running set and the
+// queue of migration 00008).
 const poolSelect = `SELECT p.name, p.slots, p.description,
-		coalesce(sum(t.pool_slots) FILTER (WHERE t.state IN ('running', 'restarting')), 0),
-		coalesce(sum(t.pool_slots) FILTER (WHERE t.state = 'queued'), 0)
-	FROM pools p
-	LEFT JOIN task_instances t ON t.pool = p.name AND t.state IN ('running', 'restarting', 'queued')`
+		coalesce((SELECT sum(t.pool_slots) FROM task_running r JOIN task_instances t ON t.id = r.ti_id
+			WHERE t.pool = p.name), 0),
+		coalesce((SELECT sum(q.pool_slots) FROM task_queue q WHERE coalesce(q.pool, 'default_pool') = p.name), 0)
+	FROM pools p`
 
 func scanPools(rows pgx.Rows) ([]store.Pool, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.Pool, error) {
@@ -79,7 +79,7 @@ func (s *Store) CreatePool(ctx context.Context, p store.PoolSpec) (store.Pool, e
 }
 
 func getPool(ctx context.Context, tx dbtx, name string) (store.Pool, error) {
-	rows, err := tx.Query(ctx, poolSelect+` WHERE p.name = $1 GROUP BY p.name`, name)
+	rows, err := tx.Query(ctx, poolSelect+` WHERE p.name = $1`, name)
 	if err != nil {
 		return store.Pool{}, err
 	}
@@ -108,8 +108,7 @@ func (s *Store) ListPools(ctx context.Context, limit, offset int) ([]store.Pool,
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM pools").Scan(&total); err != nil {
 		return nil, 0, mapErr("count pools", err)
 	}
-	q := poolSelect + ` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT $1 OFFSET $2)
-		GROUP BY p.name ORDER BY p.name`
+	q := poolSelect + ` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT $1 OFFSET $2) ORDER BY p.name`
 	lim := any(nil)
 	if limit > 0 {
 		lim = limit
@@ -213,8 +212,8 @@ func (s *Store) DeletePool(ctx context.Context, name string) error {
 // WaitingOnKeys returns the keys at their limit with queued instances.
 func (s *Store) WaitingOnKeys(ctx context.Context) ([]store.KeyWait, error) {
 	rows, err := s.pool.Query(ctx, `SELECT k.key, k.lim, k.running, count(*)
-		FROM task_instances t JOIN concurrency_keys k ON k.key IN (t.task_key, t.concurrency_key)
-		WHERE t.state = 'queued' AND t.limited AND k.running >= k.lim
+		FROM task_queue t JOIN concurrency_keys k ON k.key IN (t.task_key, t.concurrency_key)
+		WHERE t.limited AND k.running >= k.lim
 		GROUP BY k.key, k.lim, k.running ORDER BY k.key`)
 	if err != nil {
 		return nil, mapErr("keys waited on", err)

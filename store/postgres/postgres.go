@@ -45,7 +45,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultLogCap         = 1 << 20
+	DefaultLogCap         = store.DefaultLogCap
 	DefaultConnectTimeout = 30 * time.Second
 )
 

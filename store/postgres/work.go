@@ -134,32 +134,34 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
-const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
-		WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
+const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_running t WHERE t.dag_id = d.dag_id)
 	FROM dags d WHERE d.max_active_tasks > 0`
 
 // fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
-// otherwise, in one statement. The candidates are materialized CTEs:
-// locked once, never re-scanned (a re-scan would lock other rows).
+// otherwise, in one statement. The candidates come from the queue
+// (task_queue, which a trigger keeps to the queued instances; migrations
+// 00008 and 00010): their queue rows are locked, then their instances,
+// both skipping rows locked elsewhere. The CTEs are materialized: locked
+// once, never re-scanned (a re-scan would lock other rows).
 //
-// Unlimited instances (c) come from the claim index as before. Limited
-// ones (lc) are looked for, each through its own index, per pool with
-// room (instances without key or cap), per concurrency key with room and
-// queued instances (at most its room), and per task cap likewise
+// Unlimited instances (q) come from the queue's claim index as before.
+// Limited ones (lc) are looked for, each through its own index, per pool
+// with room (instances without key or cap), per concurrency key with room
+// and queued instances (at most its room), and per task cap likewise
 // (instances without key): a full pool, cap or key is never scanned, so
-// it holds back nothing behind it (no head-of-line blocking). Their counters are then
-// locked in a fixed order (pools by name, then keys by name: lp, lk),
-// which reads their latest values, and a candidate is kept only when,
-// counting every candidate before it on the same counter, each of its
-// counters stays within its limit: never above a limit, and the best
-// candidate that fits is always taken. The trigger of migration 00006
-// adds the claimed instances to the counters.
-var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
-		SELECT id, priority, queued_at FROM task_instances WHERE state = 'queued' AND NOT limited
-			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, id
+// it holds back nothing behind it (no head-of-line blocking). Their
+// counters are then locked in a fixed order (pools by name, then keys by
+// name: lp, lk), which reads their latest values, and a candidate is kept
+// only when, counting every candidate before it on the same counter, each
+// of its counters stays within its limit: never above a limit, and the
+// best candidate that fits is always taken. claimSelect adds the claimed
+// instances to the counters.
+var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id, priority, queued_at FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
-		FOR NO KEY UPDATE SKIP LOCKED),
+		FOR UPDATE SKIP LOCKED),
 	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)`)+`),
 	lp AS MATERIALIZED (
 		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
@@ -182,58 +184,63 @@ var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
 			AND (w.task_key IS NULL OR tk.running + w.task_used <= tk.lim)
 			AND (w.concurrency_key IS NULL OR ck.running + w.key_used <= ck.lim)),
 	pick AS (
-		SELECT id FROM (SELECT id, priority, queued_at FROM c UNION ALL SELECT id, priority, queued_at FROM ok) a
+		SELECT id FROM (SELECT ti_id AS id, priority, queued_at FROM q UNION ALL SELECT id, priority, queued_at FROM ok) a
 		ORDER BY priority DESC, queued_at, id
-		LIMIT $1),`, claimSet+` FROM pick WHERE t.id = pick.id`)
+		LIMIT $1),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT id FROM pick)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
 // fastClaimUnlimitedSQL is fastClaimSQL for unlimited instances only: it
 // locks no counter.
-var fastClaimUnlimitedSQL = claimSelect(`c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE state = 'queued' AND NOT limited
-			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, id
+var fastClaimUnlimitedSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
-// limitedCols are what the claim reads of a limited candidate t.
-const limitedCols = `t.id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
+// limitedCols are what the claim reads of a limited candidate t (a queue
+// row).
+const limitedCols = `t.ti_id AS id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
 
 // limitedCandidates selects and locks ($1 per pool, key or cap at most)
-// the best queued limited instances whose counters have room, through
-// their indexes: per pool with room (instances without key or cap), per
-// concurrency key with room and queued instances (at most its room), and
-// per task cap likewise (instances without key). A full pool, cap or key
-// is never scanned, so it holds back nothing behind it. guard is added to
-// each part's condition.
+// the queue rows of the best limited instances whose counters have room,
+// through the queue's indexes: per pool with room (instances without key
+// or cap), per concurrency key with room and queued instances (at most
+// its room), and per task cap likewise (instances without key). A full
+// pool, cap or key is never scanned, so it holds back nothing behind it.
+// guard is added to each part's condition.
 func limitedCandidates(guard string) string {
 	return `
 		SELECT x.* FROM pools p CROSS JOIN LATERAL (
-			SELECT ` + limitedCols + ` FROM task_instances t
-			WHERE t.state = 'queued' AND t.limited AND t.pool = p.name
-				AND t.task_key IS NULL AND t.concurrency_key IS NULL
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.pool = p.name AND t.task_key IS NULL AND t.concurrency_key IS NULL
 				AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots)
-			ORDER BY t.priority DESC, t.queued_at, t.id
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
 			LIMIT $1
-			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+			FOR UPDATE OF t SKIP LOCKED) x
 		WHERE (p.slots < 0 OR p.running < p.slots) ` + guard + `
 		UNION ALL
 		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
-			SELECT ` + limitedCols + ` FROM task_instances t
-			WHERE t.state = 'queued' AND t.limited AND t.concurrency_key = k.key AND ` + poolHasRoom + `
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.concurrency_key = k.key AND ` + poolHasRoom + `
 				AND (t.task_key IS NULL OR EXISTS (SELECT 1 FROM concurrency_keys tk
 					WHERE tk.key = t.task_key AND tk.running < tk.lim))
-			ORDER BY t.priority DESC, t.queued_at, t.id
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
 			LIMIT least($1, k.lim - k.running)
-			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+			FOR UPDATE OF t SKIP LOCKED) x
 		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'key:%' ` + guard + `
 		UNION ALL
 		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
-			SELECT ` + limitedCols + ` FROM task_instances t
-			WHERE t.state = 'queued' AND t.limited AND t.task_key = k.key AND t.concurrency_key IS NULL
-				AND ` + poolHasRoom + `
-			ORDER BY t.priority DESC, t.queued_at, t.id
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.task_key = k.key AND t.concurrency_key IS NULL AND ` + poolHasRoom + `
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
 			LIMIT least($1, k.lim - k.running)
-			FOR NO KEY UPDATE OF t SKIP LOCKED) x
+			FOR UPDATE OF t SKIP LOCKED) x
 		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'task:%' ` + guard
 }
 
@@ -313,18 +320,20 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 	if saturated == nil {
 		saturated = []string{}
 	}
-	rows, err := tx.Query(ctx, `
-		SELECT t.id, t.dag_id, false, t.pool, t.pool_slots, '', '', t.priority, t.queued_at
-		FROM (SELECT id FROM task_instances WHERE state = 'queued' AND NOT limited AND NOT (dag_id = ANY($2))
-			ORDER BY priority DESC, queued_at, id
+	rows, err := tx.Query(ctx, `WITH q AS MATERIALIZED (
+			SELECT ti_id, dag_id FROM task_queue WHERE NOT limited AND NOT (dag_id = ANY($2))
+			ORDER BY priority DESC, queued_at, ti_id
 			LIMIT $1
-			FOR NO KEY UPDATE SKIP LOCKED) c
-		JOIN task_instances t ON t.id = c.id
-		UNION ALL
-		SELECT l.id, l.dag_id, true, l.pool, l.pool_slots, coalesce(l.task_key, ''), coalesce(l.concurrency_key, ''),
-			l.priority, l.queued_at
-		FROM (`+limitedCandidates(`AND true`)+`) l
-		WHERE NOT (l.dag_id = ANY($2))`, max, saturated)
+			FOR UPDATE SKIP LOCKED),
+		l AS MATERIALIZED (`+limitedCandidates(`AND true`)+`),
+		a AS (
+			SELECT ti_id AS id, false AS limited, '' AS task_key, '' AS concurrency_key FROM q
+			UNION ALL
+			SELECT id, true, coalesce(task_key, ''), coalesce(concurrency_key, '') FROM l WHERE NOT (dag_id = ANY($2)))
+		SELECT t.id, t.dag_id, a.limited, t.pool, t.pool_slots, a.task_key, a.concurrency_key, t.priority, t.queued_at
+		FROM task_instances t JOIN a ON a.id = t.id
+		WHERE t.id = ANY (ARRAY(SELECT id FROM a)) AND t.state = 'queued'
+		FOR NO KEY UPDATE OF t SKIP LOCKED`, max, saturated)
 	if err != nil {
 		return nil, err
 	}
@@ -398,8 +407,8 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 		return nil, err
 	}
 	if len(cappedIDs) > 0 {
-		if err := readRoom(ctx, tx, room, `SELECT 'dag:' || dag_id, -count(*) FROM task_instances
-			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs, true); err != nil {
+		if err := readRoom(ctx, tx, room, `SELECT 'dag:' || dag_id, -count(*) FROM task_running
+			WHERE dag_id = ANY($1) GROUP BY dag_id`, cappedIDs, true); err != nil {
 			return nil, err
 		}
 	}
@@ -1155,7 +1164,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 	err := s.inTx(ctx, "requeue retries", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			WITH due AS MATERIALIZED (
-				SELECT id FROM task_instances WHERE state = 'up_for_retry' AND next_retry_at <= $1
+				SELECT id FROM task_instances WHERE next_retry_at <= $1 AND state = 'up_for_retry'
 				ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
 			)
 			UPDATE task_instances t SET state = 'queued', queued_at = $1, next_retry_at = NULL
@@ -1175,7 +1184,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 // NextRetryAt returns the earliest pending retry time.
 func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	var t *time.Time
-	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'").Scan(&t); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE next_retry_at IS NOT NULL AND state = 'up_for_retry'").Scan(&t); err != nil {
 		return time.Time{}, false, mapErr("next retry time", err)
 	}
 	if t == nil {
@@ -1208,7 +1217,7 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances
-			WHERE state IN ('running', 'restarting') AND `+cond+`
+			WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running)) AND state IN ('running', 'restarting') AND `+cond+`
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, arg)
 		if err != nil {
 			return err
@@ -1248,15 +1257,23 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 	slices.SortFunc(as, byTry)
 	ids, nums := tryArrays(as)
 	return s.inTx(ctx, "requeue tries", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
+		rows, err := tx.Query(ctx, `
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
 				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
 			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, nums)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'
+			RETURNING u.id, u.try`, ids, nums)
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
+		back, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+		if err != nil {
+			return err
+		}
+		if err := putBackNotes(ctx, tx, back, store.RequeueReason, s.logCap); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT t.id FROM task_instances t
 			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
 			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, nums)
 		if err != nil {
@@ -1278,7 +1295,7 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 				return err
 			}
 		}
-		if tag.RowsAffected() > 0 {
+		if len(back) > 0 {
 			return notify(ctx, tx, store.TopicTasksReady)
 		}
 		return nil
@@ -1302,4 +1319,114 @@ func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json
 		return nil, fmt.Errorf("%s: %w: the task has no output", op, store.ErrNotFound)
 	}
 	return json.RawMessage(out), nil
+}
+
+// RecoverWorkerTasks puts the running tries of dead worker workerID back
+// to queued keeping their try number, and fails those put back so once
+// already under the same number (poison); see store.Store.
+func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (store.Recovered, error) {
+	var rec store.Recovered
+	err := s.inTx(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(tx pgx.Tx) error {
+		rec = store.Recovered{}
+		rows, err := tx.Query(ctx, `SELECT id, try_number, state = 'restarting', crashed_try = try_number
+			FROM task_instances WHERE state IN ('running', 'restarting') AND worker_id = $1
+			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, workerID)
+		if err != nil {
+			return err
+		}
+		var back, fail, cleared []store.Try
+		for rows.Next() {
+			var a store.Try
+			var restarting, crashed bool
+			if err := rows.Scan(&a.ID, &a.TryNumber, &restarting, &crashed); err != nil {
+				rows.Close()
+				return err
+			}
+			switch {
+			case restarting:
+				cleared = append(cleared, a)
+			case crashed:
+				fail = append(fail, a)
+			default:
+				back = append(back, a)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(back) > 0 {
+			ids, _ := tryArrays(back)
+			if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'queued', crashed_try = try_number,
+					try_number = try_number - 1, started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
+				WHERE id = ANY($1) AND state = 'running'`, ids); err != nil {
+				return err
+			}
+			rec.Requeued = back
+			if err := putBackNotes(ctx, tx, back, cause, s.logCap); err != nil {
+				return err
+			}
+			if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
+				return err
+			}
+		}
+		if len(fail)+len(cleared) == 0 {
+			return nil
+		}
+		var results []store.Result
+		for _, a := range fail {
+			last, err := lastLogChunks(ctx, tx, a)
+			if err != nil {
+				return err
+			}
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
+		}
+		for _, a := range cleared {
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		}
+		out, err := s.finishIn(ctx, tx, results)
+		rec.Failed = store.AppliedOf(out, fail)
+		return err
+	})
+	if err != nil {
+		return store.Recovered{}, err
+	}
+	return rec, nil
+}
+
+// lastLogChunks returns the last two stored chunks of a try's log.
+func lastLogChunks(ctx context.Context, tx pgx.Tx, a store.Try) ([]byte, error) {
+	rows, err := tx.Query(ctx, `SELECT data FROM task_log_chunks WHERE ti_id = $1 AND try_number = $2
+		ORDER BY seq DESC LIMIT 2`, a.ID, a.TryNumber)
+	if err != nil {
+		return nil, err
+	}
+	chunks, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out, nil
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func putBackNotes(ctx context.Context, tx pgx.Tx, tries []store.Try, why string, logCap int) error {
+	if len(tries) == 0 {
+		return nil
+	}
+	ids, nums := tryArrays(tries)
+	rows, err := tx.Query(ctx, `SELECT l.ti_id, l.try_number FROM task_logs l
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON l.ti_id = u.id AND l.try_number = u.try
+		WHERE l.size > 0 ORDER BY 1, 2`, ids, nums)
+	if err != nil {
+		return err
+	}
+	logged, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+	if err != nil {
+		return err
+	}
+	return appendLogsIn(ctx, tx, logged, store.PutBackNotes(why, len(logged)), logCap)
 }

@@ -389,16 +389,149 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 		return nil
 	}
 	return s.write(ctx, "requeue tries", func(w *txn) error {
-		res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+		rows, err := w.query(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
 				started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
 				queued_at = coalesce(queued_at, ?)
-			WHERE state IN ('running', 'restarting') AND `+tryIn, us(s.clk.Now()), tryList(tries))
+			WHERE state IN ('running', 'restarting') AND `+tryIn+` RETURNING id, try_number + 1`, us(s.clk.Now()), tryList(tries))
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		back, err := scanTries(rows)
+		if err != nil {
+			return err
+		}
+		if len(back) > 0 {
 			w.wake(store.TopicTasksReady)
 		}
-		return nil
+		return s.putBackNotes(w, back, store.RequeueReason)
 	})
+}
+
+// RecoverWorkerTasks puts the running tries of dead worker workerID back
+// to queued keeping their try number, and fails those put back so once
+// already under the same number (poison); see store.Store.
+func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (store.Recovered, error) {
+	var rec store.Recovered
+	err := s.write(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(w *txn) error {
+		rec = store.Recovered{}
+		rows, err := w.query(`SELECT id, try_number, state = 'restarting', crashed_try = try_number
+			FROM task_instances INDEXED BY task_instances_running
+			WHERE state IN ('running', 'restarting') AND worker_id = ? ORDER BY id`, workerID)
+		if err != nil {
+			return err
+		}
+		var back, fail, cleared []store.Try
+		for rows.Next() {
+			var a store.Try
+			var restarting, crashed bool
+			if err := rows.Scan(&a.ID, &a.TryNumber, &restarting, &crashed); err != nil {
+				rows.Close()
+				return err
+			}
+			switch {
+			case restarting:
+				cleared = append(cleared, a)
+			case crashed:
+				fail = append(fail, a)
+			default:
+				back = append(back, a)
+			}
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		if len(back) > 0 {
+			if _, err := w.exec(`UPDATE task_instances SET state = 'queued', crashed_try = try_number,
+					try_number = try_number - 1, started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
+					queued_at = coalesce(queued_at, ?)
+				WHERE state = 'running' AND `+tryIn, us(now), tryList(back)); err != nil {
+				return err
+			}
+			rec.Requeued = back
+			w.wake(store.TopicTasksReady)
+			if err := s.putBackNotes(w, back, cause); err != nil {
+				return err
+			}
+		}
+		if len(fail)+len(cleared) == 0 {
+			return nil
+		}
+		var results []store.Result
+		for _, a := range fail {
+			last, err := lastLogChunks(w, a)
+			if err != nil {
+				return err
+			}
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
+		}
+		for _, a := range cleared {
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		}
+		out, err := newEngine(w, now).finishBatch(results)
+		rec.Failed = store.AppliedOf(out, fail)
+		return err
+	})
+	if err != nil {
+		return store.Recovered{}, err
+	}
+	return rec, nil
+}
+
+// lastLogChunks returns the last two stored chunks of a try's log.
+func lastLogChunks(w *txn, a store.Try) ([]byte, error) {
+	rows, err := w.query(`SELECT data FROM task_log_chunks WHERE ti_id = ? AND try_number = ?
+		ORDER BY seq DESC LIMIT 2`, a.ID, a.TryNumber)
+	if err != nil {
+		return nil, err
+	}
+	var chunks [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		chunks = append(chunks, b)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out, nil
+}
+
+// scanTries reads (id, try number) rows and closes them.
+func scanTries(rows *sql.Rows) ([]store.Try, error) {
+	var out []store.Try
+	for rows.Next() {
+		var a store.Try
+		if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, errors.Join(rows.Err(), rows.Close())
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func (s *Store) putBackNotes(w *txn, tries []store.Try, why string) error {
+	for _, a := range tries {
+		var size int64
+		err := w.queryRow(`SELECT size FROM task_logs WHERE ti_id = ? AND try_number = ?`, a.ID, a.TryNumber).Scan(&size)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && size == 0 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.appendLogIn(w, a, store.PutBackNote(why)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

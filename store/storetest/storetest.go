@@ -107,6 +107,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Heartbeats", testHeartbeats},
 		{"Zombies", testZombies},
 		{"FailWorkerTasks", testFailWorker},
+		{"RecoverWorkerTasks", testRecoverWorker},
 		{"RequeueTries", testRequeue},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
