@@ -27,6 +27,9 @@ CREATE INDEX task_queue_key ON task_queue (concurrency_key, priority DESC, queue
     WHERE limited AND concurrency_key IS NOT NULL;
 CREATE INDEX task_queue_task ON task_queue (task_key, priority DESC, queued_at, ti_id)
     WHERE limited AND task_key IS NOT NULL AND concurrency_key IS NULL;
+-- Whether any limited instance is queued at all: when none is, the claim
+-- skips its limited part.
+CREATE INDEX task_queue_limited ON task_queue (ti_id) WHERE limited;
 
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION task_sets_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -83,6 +86,7 @@ BEGIN
     RETURN NULL;
 END $$;
 -- +goose StatementEnd
+DROP INDEX task_queue_limited;
 DROP INDEX task_queue_task;
 DROP INDEX task_queue_key;
 DROP INDEX task_queue_pool;

@@ -162,7 +162,8 @@ var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
 		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED),
-	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)`)+`),
+	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			AND EXISTS (SELECT 1 FROM task_queue WHERE limited)`)+`),
 	lp AS MATERIALIZED (
 		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
 		ORDER BY name FOR NO KEY UPDATE),
