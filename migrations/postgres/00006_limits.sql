@@ -94,14 +94,11 @@ $$;
 -- +goose StatementEnd
 
 -- A claim (queued → running) counts what it takes itself, once per
--- counter and statement, not once per instance. Deferred: the counters
--- change at COMMIT (or where a transaction sets
--- the trigger IMMEDIATE, as the finishing transaction does just before
--- its claim), so a pool's hot row is locked only at the end of the
--- transactions that free or take its slots, not through them. A claim
--- locks the counters it reads until its own commit.
-CREATE CONSTRAINT TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
-    DEFERRABLE INITIALLY DEFERRED
+-- counter and statement, not once per instance. The statements that end
+-- limited tries lock their counters first, in the claim's order (pools,
+-- then keys, by name), so the trigger's row-by-row updates cannot
+-- deadlock with a claim or another finish.
+CREATE TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
     FOR EACH ROW WHEN (NEW.limited AND NOT (OLD.state = 'queued' AND NEW.state = 'running') AND (
         (OLD.state IN ('running', 'restarting')) <> (NEW.state IN ('running', 'restarting'))
         OR ((OLD.state = 'queued') <> (NEW.state = 'queued')
