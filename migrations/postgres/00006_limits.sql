@@ -3,10 +3,11 @@
 -- counting running instances at claim time.
 --
 -- pools.running and concurrency_keys.running are the slots (pool) and
--- instances (key) of the running limited instances. The trigger below
--- keeps them in every transaction that moves a limited instance into or
--- out of running/restarting (claim, finish, zombie, put-back, marking by
--- hand), so no path can forget them. Instances are `limited` when they
+-- instances (key) of the running limited instances. Claims add what they
+-- take in their own statement; the trigger below keeps them in every
+-- other transaction that moves a limited instance into or out of
+-- running/restarting (finish, zombie, put-back, marking by hand), so no
+-- path can forget them. Instances are `limited` when they
 -- run in a pool other than an unlimited default_pool or have a key: the
 -- others never touch a counter and keep the claim's fast path.
 
