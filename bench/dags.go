@@ -45,6 +45,9 @@ const (
 	// milliseconds (default 0), or until its try is cancelled, so a run
 	// can be kept running while it is watched.
 	ShapeWatch Shape = "watch"
+	// ShapeScale is bench_scale_<Size>: root → Size no-op Func tasks →
+	// join, one DAG per size, for the runs of the scale scenario.
+	ShapeScale Shape = "scale"
 )
 
 // shapes lists every shape with the least size it accepts.
@@ -52,7 +55,7 @@ var shapes = []struct {
 	shape   Shape
 	minSize int
 }{
-	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1},
+	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1}, {ShapeScale, 1},
 }
 
 // MaxSize bounds the size of a DAG set, against typing mistakes.
@@ -124,6 +127,8 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 		return []*dag.DAG{fanOut(WideDAGID, n)}, nil
 	case ShapeBig:
 		return []*dag.DAG{fanOut(BigDAGID, n-2)}, nil
+	case ShapeScale:
+		return []*dag.DAG{fanOut(ScaleDAGID(n), n)}, nil
 	case ShapeWatch:
 		d := dag.New(WatchDAGID, dag.Description("trellis bench: a run to watch through the API, held running by its root"),
 			dag.Params(map[string]any{WatchHoldParam: 0}))
@@ -274,6 +279,32 @@ func BuildAll(sets []DAGSet) ([]*dag.DAG, error) {
 		out = append(out, ds...)
 	}
 	return out, nil
+}
+
+// RegisterServeFromEnv registers in reg the benchmark DAGs named by
+// EnvDAGs, but only in the server the scale scenario starts (EnvServe is
+// set). It returns the EnvDAGs value, which that server passes on to its
+// worker processes.
+func RegisterServeFromEnv(reg *dag.Registry, lookupEnv func(string) (string, bool)) (string, error) {
+	if v, ok := lookupEnv(EnvServe); !ok || v == "" {
+		return "", fmt.Errorf("%s is not set: only the server `trellis bench --scenario scale` starts runs this role", EnvServe)
+	}
+	v, _ := lookupEnv(EnvDAGs)
+	sets, err := ParseDAGSets(v)
+	if err != nil {
+		return "", err
+	}
+	if len(sets) == 0 {
+		return "", fmt.Errorf("%s names no benchmark DAGs", EnvDAGs)
+	}
+	ds, err := BuildAll(sets)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range ds {
+		reg.Register(d)
+	}
+	return FormatDAGSets(sets), nil
 }
 
 // RegisterFromEnv registers in reg the benchmark DAGs named by EnvDAGs,

@@ -51,7 +51,7 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, dir := range []string{cfg.CPUProfileDir, cfg.TraceDir} {
+	for _, dir := range []string{cfg.CPUProfileDir, cfg.TraceDir, cfg.HeapProfileDir} {
 		if dir != "" {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return nil, fmt.Errorf("profile directory: %w", err)
@@ -83,6 +83,9 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 // runScenario sets up a fresh installation for one scenario on one
 // database, runs the scenario and tears the installation down.
 func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows []Row, err error) {
+	if scenario == ScenarioScale {
+		return runScale(ctx, cfg, db)
+	}
 	sets, err := cfg.Sizes.sets(scenario)
 	if err != nil {
 		return nil, err
@@ -121,6 +124,22 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.api(sctx)
 	}
 	return nil, err
+}
+
+// runScale runs the scale scenario: its installation is a `trellis serve`
+// process, started by the scenario itself.
+func runScale(ctx context.Context, cfg Config, db DB) (rows []Row, err error) {
+	h := &harness{cfg: cfg, db: db, scenario: ScenarioScale}
+	defer func() {
+		if cerr := h.teardown(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		rows = h.rows
+	}()
+	sctx, cancel := context.WithTimeoutCause(ctx, cfg.Timeout,
+		fmt.Errorf("scenario %s on %s took longer than the timeout %v", ScenarioScale, db.Backend, cfg.Timeout))
+	defer cancel()
+	return nil, h.scale(sctx)
 }
 
 // harness is one scenario's installation: a fresh database, a scheduler

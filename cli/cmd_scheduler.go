@@ -123,6 +123,7 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		}
 		return err
 	}
+	releaseStartupGarbage()
 	var purgeMetrics scheduler.PurgeMetrics
 	if metrics != nil {
 		purgeMetrics = metrics

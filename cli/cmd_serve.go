@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -225,6 +226,10 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		return nil, err
 	}
 
+	childArgs := executor.ChildArgs
+	if a.workerArgs != nil {
+		childArgs = a.workerArgs
+	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
@@ -233,8 +238,9 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:      a.logger,
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
-		Args:        executor.ChildArgs,
-		Env:         []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+		Args:        childArgs,
+		Env: append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+			a.workerEnv...),
 		Stdout:      a.stderr,
 		Stderr:      a.stderr,
 		Grace:       f.grace,
@@ -268,6 +274,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		}
 		return nil, fmt.Errorf("serve: %w", err)
 	}
+	releaseStartupGarbage()
 	for _, c := range srv.feeders {
 		if err := c.Start(ctx); err != nil {
 			sched.Stop()
@@ -309,3 +316,11 @@ func (s *server) stopAfterPool() {
 		c.Stop()
 	}
 }
+
+// releaseStartupGarbage returns the memory freed since the process
+// started to the operating system at once. Recording the DAGs allocates
+// several times their size (specs, fingerprints, rows to write), all
+// garbage once recorded; left to the runtime's background scavenger, a
+// server with large DAGs kept it resident for minutes (docs/benchmarks.md,
+// scale). One collection of a heap that holds little more than the DAGs.
+func releaseStartupGarbage() { debug.FreeOSMemory() }

@@ -233,6 +233,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 		return &exitError{code: executor.ExitError, err: fmt.Errorf("worker process %s: %w", cfg.WorkerID, err)}
 	}
 	defer st.Close()
+	releaseStartupGarbage() // building the DAGs' registry
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
 	// that as the graceful stop and runs the worker on a context of its

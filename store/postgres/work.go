@@ -439,56 +439,109 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 // rows locked) first only for failed tries, so a batch of successes costs
 // one statement before the release.
 func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
-	var now time.Time
-	for _, r := range results {
-		if r.EndedAt.After(now) {
-			now = r.EndedAt
+	f := newFinishTx(s, tx, results, claim)
+	for _, phase := range []func(context.Context) error{
+		f.readPolicies, f.record, f.appendLogs, f.reportRefused, f.fault(FaultFinishRecorded),
+		f.releaseDownstream, f.fault(FaultFinishReleased), f.settleRuns, f.fault(FaultFinishSettled),
+	} {
+		if err := phase(ctx); err != nil {
+			return nil, err
 		}
 	}
-	if now.IsZero() {
-		now = s.clock.Now()
+	return f.out, f.rl.notify(ctx)
+}
+
+// finishTx is one finishing transaction (finishInClaim); its phases run
+// in the order finishInClaim lists them.
+type finishTx struct {
+	s       *Store
+	tx      dbtx
+	results []store.Result
+	claim   *claimPlan
+	now     time.Time // the latest end reported, else the clock's time
+
+	out       []store.FinishOutcome
+	first     map[int64]int // the result that counts for each instance; later ones are duplicates
+	order     []int         // those results in instance id order, the order rows are written in
+	failedIDs []int64       // instances whose try failed and may be retried
+	policies  map[int64]policy
+
+	// What the outcome statement applied.
+	applied  map[int64]state.TaskState
+	runOf    map[int64]int64
+	taskOf   map[int64]string
+	changes  []change // terminal outcomes, to release downstream
+	restarts []int64  // cleared while running: decided again
+	branches []int    // indexes of successful branch results
+	finished []int64  // run of each instance that reached a terminal state
+	retried  bool     // some try went up_for_retry
+
+	rl           *releaser
+	speculate    bool      // the release's first round went with the outcomes
+	waitingAfter []waiting // what that first round left waiting
+}
+
+func newFinishTx(s *Store, tx dbtx, results []store.Result, claim *claimPlan) *finishTx {
+	f := &finishTx{s: s, tx: tx, results: results, claim: claim,
+		out: make([]store.FinishOutcome, len(results)), first: make(map[int64]int, len(results)),
+		order: make([]int, 0, len(results)), policies: map[int64]policy{},
+		applied: map[int64]state.TaskState{}, runOf: map[int64]int64{}, taskOf: map[int64]string{}}
+	for _, r := range results {
+		if r.EndedAt.After(f.now) {
+			f.now = r.EndedAt
+		}
 	}
-	out := make([]store.FinishOutcome, len(results))
-	// The first result per instance counts; later ones in the batch are
-	// duplicates (not applied). Rows are written in id order.
-	order := make([]int, 0, len(results))
-	first := make(map[int64]int, len(results))
-	var failedIDs []int64
+	if f.now.IsZero() {
+		f.now = s.clock.Now()
+	}
 	for i, r := range results {
-		out[i] = store.FinishOutcome{Try: r.Try}
-		if _, dup := first[r.ID]; dup {
+		f.out[i] = store.FinishOutcome{Try: r.Try}
+		if _, dup := f.first[r.ID]; dup {
 			continue
 		}
-		first[r.ID] = i
-		order = append(order, i)
+		f.first[r.ID] = i
+		f.order = append(f.order, i)
 		if r.State == state.Failed && !r.Permanent {
-			failedIDs = append(failedIDs, r.ID)
+			f.failedIDs = append(f.failedIDs, r.ID)
 		}
 	}
-	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
-	policies := map[int64]policy{}
-	if len(failedIDs) > 0 {
-		slices.Sort(failedIDs)
-		rows, err := tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
-			FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, failedIDs)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id, rd, mb int64
-			var p policy
-			if err := rows.Scan(&id, &p.try, &p.maxTries, &rd, &mb); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
-			policies[id] = p
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+	slices.SortFunc(f.order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+	return f
+}
+
+// fault is the phase that injects the failure named (tests only).
+func (f *finishTx) fault(name string) func(context.Context) error {
+	return func(context.Context) error { return f.s.fault(name) }
+}
+
+// readPolicies reads and locks the retry policy of the failed tries.
+func (f *finishTx) readPolicies(ctx context.Context) error {
+	if len(f.failedIDs) == 0 {
+		return nil
 	}
-	n := len(order)
+	slices.Sort(f.failedIDs)
+	rows, err := f.tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
+		FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, f.failedIDs)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id, rd, mb int64
+		var p policy
+		if err := rows.Scan(&id, &p.try, &p.maxTries, &rd, &mb); err != nil {
+			rows.Close()
+			return err
+		}
+		p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
+		f.policies[id] = p
+	}
+	return rows.Err()
+}
+
+// outcomeArgs returns the parameters of outcomeSQL, a failed try with
+// tries left going up for retry, and the instance ids among them.
+func (f *finishTx) outcomeArgs() ([]any, []int64) {
+	n := len(f.order)
 	var (
 		ids     = make([]int64, n)
 		tries   = make([]int32, n)
@@ -499,14 +552,14 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		retry   = make([]*time.Time, n)
 		started = make([]*time.Time, n)
 	)
-	for k, i := range order {
-		r := results[i]
+	for k, i := range f.order {
+		r := f.results[i]
 		to := r.State
 		e := r.EndedAt
 		if e.IsZero() {
-			e = now
+			e = f.now
 		}
-		if p, ok := policies[r.ID]; ok && to == state.Failed && p.try == r.TryNumber && r.TryNumber < p.maxTries {
+		if p, ok := f.policies[r.ID]; ok && to == state.Failed && p.try == r.TryNumber && r.TryNumber < p.maxTries {
 			to = state.UpForRetry
 			at := e.Add(state.RetryDelay(p.retryDelay, p.maxBackoff, r.TryNumber, rand.Float64()))
 			retry[k] = &at
@@ -520,74 +573,52 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		}
 		ids[k], tries[k], states[k], ended[k], errs[k] = r.ID, int32(r.TryNumber), string(to), e, r.Error
 	}
-	var (
-		changes  []change
-		restarts []int64
-		branches []int // indexes of successful branch results
-		runOf    = map[int64]int64{}
-		taskOf   = map[int64]string{}
-		applied  = map[int64]state.TaskState{}
-		finished []int64 // run of each instance that reached a terminal state
-		retried  bool    // some try went up_for_retry
-	)
-	readOutcomes := func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id, run int64
-			var task string
-			var st state.TaskState
-			if err := rows.Scan(&id, &run, &task, &st); err != nil {
-				return err
-			}
-			applied[id], runOf[id], taskOf[id] = st, run, task
-			switch {
-			case st == state.None:
-				restarts = append(restarts, id)
-			case st == state.UpForRetry:
-				// The scheduler keeps a timer on the earliest retry: tell it.
-				retried = true
-			case st.Terminal():
-				changes = append(changes, change{run: run, task: task, st: st, delta: 1})
-				finished = append(finished, run)
-				if r := results[first[id]]; st == state.Success && r.Follow != nil {
-					branches = append(branches, first[id])
-				}
+	return []any{ids, tries, states, ended, outputs, errs, retry, started}, ids
+}
+
+// readOutcomes reads what outcomeSQL applied.
+func (f *finishTx) readOutcomes(rows pgx.Rows) error {
+	for rows.Next() {
+		var id, run int64
+		var task string
+		var st state.TaskState
+		if err := rows.Scan(&id, &run, &task, &st); err != nil {
+			return err
+		}
+		f.applied[id], f.runOf[id], f.taskOf[id] = st, run, task
+		switch {
+		case st == state.None:
+			f.restarts = append(f.restarts, id)
+		case st == state.UpForRetry:
+			// The scheduler keeps a timer on the earliest retry: tell it.
+			f.retried = true
+		case st.Terminal():
+			f.changes = append(f.changes, change{run: run, task: task, st: st, delta: 1})
+			f.finished = append(f.finished, run)
+			if r := f.results[f.first[id]]; st == state.Success && r.Follow != nil {
+				f.branches = append(f.branches, f.first[id])
 			}
 		}
-		return rows.Err()
 	}
-	outcomeArgs := []any{ids, tries, states, ended, outputs, errs, retry, started}
-	rl := newReleaser(tx, now)
-	// In a pipeline, and unless branch choices must be read first, the
-	// first round of the release travels in the round trip of the
-	// statement recording the outcomes (incrementRecordedSQL finds what
-	// that statement recorded).
-	var waitingAfter []waiting
-	p, speculate := tx.(*pipeTx)
-	for _, r := range results {
+	return rows.Err()
+}
+
+// record writes the outcomes and places the claim statements (see
+// finishInClaim). In a pipeline, and unless branch choices must be read
+// first, the first round of the release travels in the round trip of the
+// outcome statement (incrementRecordedSQL finds what it recorded).
+func (f *finishTx) record(ctx context.Context) error {
+	args, ids := f.outcomeArgs()
+	f.rl = newReleaser(f.tx, f.now)
+	p, speculate := f.tx.(*pipeTx)
+	for _, r := range f.results {
 		if r.State == state.Success && r.Follow != nil {
 			speculate = false
 		}
 	}
-	if speculate {
-		qs := []finalQuery{{sql: outcomeSQL, args: outcomeArgs, read: readOutcomes}}
-		if claim != nil {
-			qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
-				finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
-		}
-		qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, now},
-			read: func(rows pgx.Rows) error {
-				var err error
-				waitingAfter, err = rl.readIncrement(rows)
-				return err
-			}})
-		if err := p.queryAll(ctx, qs...); err != nil {
-			return nil, err
-		}
-		if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
-			// Sent with COMMIT, before the run's settling.
-			p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
-		}
-	} else {
+	f.speculate = speculate
+	claim := f.claim
+	if !speculate {
 		if claim != nil {
 			// Sent with COMMIT, after every statement of the finish, and
 			// before the run's settling (which follows): the run rows stay
@@ -595,115 +626,138 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 			p.beforeCommit(capsSQL, nil, claim.cl.readCaps)
 			p.beforeCommit(fastClaimSQL, claim.args(claim.max), claim.cl.readClaimed)
 		}
-		rows, err := tx.Query(ctx, outcomeSQL, outcomeArgs...)
+		rows, err := f.tx.Query(ctx, outcomeSQL, args...)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		err = readOutcomes(rows)
+		err = f.readOutcomes(rows)
 		rows.Close()
-		if err != nil {
-			return nil, err
-		}
+		return err
 	}
-	// The final log chunks of the tries recorded (cleared ones too: the
-	// try ran), in instance order.
+	qs := []finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}
+	if claim != nil {
+		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
+			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+	}
+	qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, f.now},
+		read: func(rows pgx.Rows) error {
+			var err error
+			f.waitingAfter, err = f.rl.readIncrement(rows)
+			return err
+		}})
+	if err := p.queryAll(ctx, qs...); err != nil {
+		return err
+	}
+	if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
+		// Sent with COMMIT, before the run's settling.
+		p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
+	}
+	return nil
+}
+
+// appendLogs appends the final log chunks of the tries recorded (cleared
+// ones too: the try ran), in instance order.
+func (f *finishTx) appendLogs(ctx context.Context) error {
 	var (
 		logAs   []store.Try
 		logData [][]byte
 	)
-	for _, i := range order {
-		if r := results[i]; len(r.Log) > 0 {
-			if _, ok := applied[r.ID]; ok {
+	for _, i := range f.order {
+		if r := f.results[i]; len(r.Log) > 0 {
+			if _, ok := f.applied[r.ID]; ok {
 				logAs = append(logAs, r.Try)
 				logData = append(logData, r.Log)
 			}
 		}
 	}
-	if err := appendLogsIn(ctx, tx, logAs, logData, s.logCap); err != nil {
-		return nil, err
-	}
+	return appendLogsIn(ctx, f.tx, logAs, logData, f.s.logCap)
+}
+
+// reportRefused fills the outcomes: applied ones with their new state,
+// refused ones (late, duplicate) with the instance's current state.
+func (f *finishTx) reportRefused(ctx context.Context) error {
 	var missed []int64
-	for i, r := range results {
-		if st, ok := applied[r.ID]; ok && first[r.ID] == i {
-			out[i].Applied, out[i].State = true, st
+	for i, r := range f.results {
+		if st, ok := f.applied[r.ID]; ok && f.first[r.ID] == i {
+			f.out[i].Applied, f.out[i].State = true, st
 		} else {
 			missed = append(missed, r.ID)
 		}
 	}
-	if len(missed) > 0 {
-		// Report the current state of instances whose report was refused.
-		rows, err := tx.Query(ctx, "SELECT id, state FROM task_instances WHERE id = ANY($1)", missed)
-		if err != nil {
-			return nil, err
+	if len(missed) == 0 {
+		return nil
+	}
+	rows, err := f.tx.Query(ctx, "SELECT id, state FROM task_instances WHERE id = ANY($1)", missed)
+	if err != nil {
+		return err
+	}
+	cur := map[int64]state.TaskState{}
+	for rows.Next() {
+		var id int64
+		var st state.TaskState
+		if err := rows.Scan(&id, &st); err != nil {
+			rows.Close()
+			return err
 		}
-		cur := map[int64]state.TaskState{}
-		for rows.Next() {
-			var id int64
-			var st state.TaskState
-			if err := rows.Scan(&id, &st); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			cur[id] = st
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		for i := range out {
-			if !out[i].Applied {
-				out[i].State = cur[out[i].ID]
-			}
+		cur[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for i := range f.out {
+		if !f.out[i].Applied {
+			f.out[i].State = cur[f.out[i].ID]
 		}
 	}
-	if err := s.fault(FaultFinishRecorded); err != nil {
-		return nil, err
-	}
-	rl.runsChanged = retried
-	for _, run := range finished {
+	return nil
+}
+
+// releaseDownstream skips what branch choices leave out, propagates the
+// outcomes downstream (from the first round record sent, when it did),
+// decides restarted instances again, and reports the instances' final
+// states.
+func (f *finishTx) releaseDownstream(ctx context.Context) error {
+	rl := f.rl
+	rl.runsChanged = f.retried
+	for _, run := range f.finished {
 		rl.touch(run, 1)
 	}
-	for _, i := range branches {
-		r := results[i]
-		skip, err := branchSkips(ctx, tx, runOf[r.ID], taskOf[r.ID], r.Follow)
+	for _, i := range f.branches {
+		r := f.results[i]
+		skip, err := branchSkips(ctx, f.tx, f.runOf[r.ID], f.taskOf[r.ID], r.Follow)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, t := range skip {
-			rl.forced[runTask{runOf[r.ID], t}] = true
+			rl.forced[runTask{f.runOf[r.ID], t}] = true
 		}
 	}
-	if speculate {
-		// The first round of the release is done: decide what it left
-		// waiting, and propagate.
-		next, err := rl.decide(ctx, waitingAfter)
+	if f.speculate {
+		next, err := rl.decide(ctx, f.waitingAfter)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := rl.release(ctx, next); err != nil {
-			return nil, err
+			return err
 		}
-	} else if err := rl.release(ctx, changes); err != nil {
-		return nil, err
+	} else if err := rl.release(ctx, f.changes); err != nil {
+		return err
 	}
-	if err := rl.reconsider(ctx, restarts); err != nil {
-		return nil, err
+	if err := rl.reconsider(ctx, f.restarts); err != nil {
+		return err
 	}
-	for i := range out {
-		if st, ok := rl.final[out[i].ID]; ok && out[i].Applied {
-			out[i].State = st
+	for i := range f.out {
+		if st, ok := rl.final[f.out[i].ID]; ok && f.out[i].Applied {
+			f.out[i].State = st
 		}
 	}
-	if err := s.fault(FaultFinishReleased); err != nil {
-		return nil, err
-	}
-	if err := rl.settle(ctx); err != nil {
-		return nil, err
-	}
-	if err := s.fault(FaultFinishSettled); err != nil {
-		return nil, err
-	}
-	return out, rl.notify(ctx)
+	return nil
 }
+
+// settleRuns counts the finished instances of the runs touched and ends
+// the runs with none left (rl.settle; a phase of its own because rl is
+// made by record).
+func (f *finishTx) settleRuns(ctx context.Context) error { return f.rl.settle(ctx) }
 
 // outcomeSQL records the outcomes of tries, each a compare-and-set on
 // (running or restarting, try number): $1 instance, $2 try, $3 state
