@@ -932,7 +932,8 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 // silent are put back to wait instead.
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
-	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
+	return s.failWhere(ctx, "fail zombies", `heartbeat_at < $1 AND NOT EXISTS (SELECT 1 FROM workers w
+		WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= $1)`, staleBefore, now, msg)
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like
