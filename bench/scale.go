@@ -203,7 +203,9 @@ func (h *harness) scale(ctx context.Context) error {
 	if h.db.Backend == BackendPostgres {
 		h.progress("reference: single-row UPDATEs by %d clients for %v, then %d commit + NOTIFY round trips",
 			ReferenceClients, h.cfg.ReferenceFor, referenceRoundTrips)
-		ref, err = postgres.MeasureReference(ctx, url, ReferenceClients, h.cfg.ReferenceFor, referenceRoundTrips)
+		rctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
+		ref, err = postgres.MeasureReference(rctx, url, ReferenceClients, h.cfg.ReferenceFor, referenceRoundTrips)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -315,6 +317,9 @@ type scaleResult struct {
 // server's API, waits for it while sampling memory, then scrapes
 // /metrics and reads the table statistics.
 func (h *harness) scaleRun(ctx context.Context, client *http.Client, srv *served, dbURL string, n, i int) (scaleResult, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, h.cfg.Timeout,
+		fmt.Errorf("run %d of the scale scenario on %s took longer than the timeout %v", i+1, h.db.Backend, h.cfg.Timeout))
+	defer cancel()
 	var r scaleResult
 	var before postgres.TableWrites
 	isPG := h.db.Backend == BackendPostgres

@@ -188,7 +188,7 @@ is reported, not an error.`,
 		"how long the api scenario sends requests for each of its two runs")
 	fs.IntVar(&f.apiClients, "api-clients", bench.DefaultAPIClients, "how many clients the api scenario runs at once")
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once")
-	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long")
+	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long (scale: on one of its runs)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write CPU profiles of this process and of every worker process, per scenario and store, into this directory")
 	fs.StringVar(&f.trace, "trace", "", "write execution traces (runtime/trace) of this process and of every worker process, per scenario and store, into this directory")
 	fs.StringVar(&f.heapProfile, "heapprofile", "", "write a heap profile of the scale scenario's server after each of its runs into this directory")

@@ -84,18 +84,18 @@ func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	e.int(int64(t.timeout))
 	e.int(int64(t.priority))
 	e.str(t.command)
-	e.str(t.http.Method)
-	e.str(t.http.URL)
-	e.str(t.http.Body)
+	e.str(t.req().Method)
+	e.str(t.req().URL)
+	e.str(t.req().Body)
 	scratch = scratch[:0]
-	for k := range t.http.Header {
+	for k := range t.req().Header {
 		scratch = append(scratch, k)
 	}
 	slices.Sort(scratch)
 	e.int(int64(len(scratch)))
 	for _, k := range scratch {
 		e.str(k)
-		e.str(t.http.Header[k])
+		e.str(t.req().Header[k])
 	}
 	scratch = scratch[:0]
 	for _, w := range t.downstream {

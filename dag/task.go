@@ -28,7 +28,7 @@ type Task struct {
 	fn         func(*Context) error
 	branch     func(*Context) ([]string, error)
 	command    string
-	http       HTTPRequest
+	http       *HTTPRequest // HTTP tasks only: the other tasks stay smaller
 	retries    int
 	retryDelay time.Duration
 	maxBackoff time.Duration
@@ -152,9 +152,17 @@ func (t *Task) BranchFn() func(*Context) ([]string, error) { return t.branch }
 // Command returns the command of a Shell task.
 func (t *Task) Command() string { return t.command }
 
+// req returns the request of an HTTP task, the zero request for the others.
+func (t *Task) req() HTTPRequest {
+	if t.http == nil {
+		return HTTPRequest{}
+	}
+	return *t.http
+}
+
 // HTTPRequest returns a copy of the request of an HTTP task.
 func (t *Task) HTTPRequest() HTTPRequest {
-	r := t.http
+	r := t.req()
 	r.Header = maps.Clone(r.Header)
 	return r
 }

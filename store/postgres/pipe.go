@@ -191,7 +191,7 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	b.Queue("COMMIT")
 	for _, t := range p.after {
 		if t == store.TopicTasksReady && p.readyIfLeft {
-			b.Queue("SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')", string(t))
+			b.Queue("SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM task_queue)", string(t))
 			continue
 		}
 		b.Queue("SELECT pg_notify($1, '')", string(t))

@@ -115,18 +115,24 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
-const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
-		WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
+const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_running t WHERE t.dag_id = d.dag_id)
 	FROM dags d WHERE d.max_active_tasks > 0`
 
 // fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
-// otherwise. The candidates are a materialized CTE: locked once, never
-// re-scanned (a re-scan would lock other rows).
-var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE state = 'queued'
-			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, id
+// otherwise. The candidates come from the queue (task_queue, which a
+// trigger keeps to the queued instances; migration 00008): their queue
+// rows are locked, then their instances, both skipping rows locked
+// elsewhere (an instance being changed by another transaction is left to
+// it). The CTEs are materialized: locked once, never re-scanned (a
+// re-scan would lock other rows).
+var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
 // claimRead collects the answers to capsSQL and fastClaimSQL.
@@ -198,10 +204,13 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 	if saturated == nil {
 		saturated = []string{}
 	}
-	rows, err := tx.Query(ctx, `SELECT id, dag_id FROM task_instances
-		WHERE state = 'queued' AND NOT (dag_id = ANY($2))
+	rows, err := tx.Query(ctx, `WITH q AS MATERIALIZED (
+			SELECT ti_id FROM task_queue WHERE NOT (dag_id = ANY($2))
+			ORDER BY priority DESC, queued_at, ti_id
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED)
+		SELECT id, dag_id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
 		ORDER BY priority DESC, queued_at, id
-		LIMIT $1
 		FOR NO KEY UPDATE SKIP LOCKED`, max, saturated)
 	if err != nil {
 		return nil, err
@@ -251,8 +260,8 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 		for d := range room {
 			cappedIDs = append(cappedIDs, d)
 		}
-		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_instances
-			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
+		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_running
+			WHERE dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
 		if err != nil {
 			return nil, err
 		}
@@ -897,7 +906,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 	err := s.inTx(ctx, "requeue retries", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			WITH due AS MATERIALIZED (
-				SELECT id FROM task_instances WHERE state = 'up_for_retry' AND next_retry_at <= $1
+				SELECT id FROM task_instances WHERE next_retry_at <= $1 AND state = 'up_for_retry'
 				ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
 			)
 			UPDATE task_instances t SET state = 'queued', queued_at = $1, next_retry_at = NULL
@@ -917,7 +926,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 // NextRetryAt returns the earliest pending retry time.
 func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	var t *time.Time
-	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'").Scan(&t); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE next_retry_at IS NOT NULL AND state = 'up_for_retry'").Scan(&t); err != nil {
 		return time.Time{}, false, mapErr("next retry time", err)
 	}
 	if t == nil {
@@ -951,7 +960,7 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances
-			WHERE state IN ('running', 'restarting') AND `+cond+`
+			WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running)) AND state IN ('running', 'restarting') AND `+cond+`
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, arg)
 		if err != nil {
 			return err
