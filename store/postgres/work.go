@@ -1071,7 +1071,8 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 	err := s.inTx(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(tx pgx.Tx) error {
 		rec = store.Recovered{}
 		rows, err := tx.Query(ctx, `SELECT id, try_number, state = 'restarting', crashed_try = try_number
-			FROM task_instances WHERE state IN ('running', 'restarting') AND worker_id = $1
+			FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running))
+				AND state IN ('running', 'restarting') AND worker_id = $1
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, workerID)
 		if err != nil {
 			return err
