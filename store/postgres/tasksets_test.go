@@ -2,11 +2,14 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/postgres"
@@ -156,5 +159,49 @@ func TestNoIndexOnHotPathColumns(t *testing.T) {
 		if c := hotColumns.FindString(d); c != "" {
 			t.Errorf("index %s names %s, which the hot path changes", d, c)
 		}
+	}
+}
+
+// TestClaimsVacuumTheQueue claims with a store that vacuums the queue
+// tables after every claimed instance: PostgreSQL counts the vacuum.
+func TestClaimsVacuumTheQueue(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	s := openURL(t, url, postgres.Options{Logger: testLogger(t), QueueVacuumEvery: 1})
+	sp := store.DAGSpec{DAGID: "wide", Fingerprint: "wide-3", MaxActiveRuns: 1}
+	for i := range 3 {
+		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: fmt.Sprintf("t%d", i), Kind: dag.KindFunc,
+			TriggerRule: dag.AllSuccess, RetryDelay: time.Second})
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
+		LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, t0); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	vacuums := func() (n int64) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'task_queue'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := vacuums()
+	cs, err := s.ClaimTasks(ctx, store.Worker{ID: "w", Hostname: "h", PID: 1}, 10, t0)
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("ClaimTasks = %d claimed, %v; want 3", len(cs), err)
+	}
+	if after := vacuums(); after <= before {
+		t.Errorf("task_queue vacuumed %d times after the claim, %d before: want one more", after, before)
 	}
 }
