@@ -128,6 +128,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RoundTrip", testRoundTrip},
 		{"Listen", testListen},
 		{"FinishIsAtomic", testAtomic},
+		{"PoolLimit", testPoolLimit},
+		{"TaskAndKeyLimits", testTaskAndKeyLimits},
+		{"KeyNoHeadOfLine", testKeyNoHeadOfLine},
+		{"PoolResize", testPoolResize},
+		{"LimitsSurviveDeadWorker", testLimitsSurviveDeadWorker},
+		{"LimitsBadInput", testLimitsBadInput},
+		{"LimitsProperty", testLimitsProperty},
+		{"FreedSlotWakes", testFreedSlotWakes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
