@@ -461,7 +461,9 @@ type Store interface {
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
-	// would. Returns the tries it took away.
+	// would, but not those of a worker whose own (process) heartbeat is
+	// not older than staleBefore: it is alive. Returns the tries it took
+	// away.
 	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Try, error)
 	// FailWorkerTasks treats the running tries of a worker known to be
 	// dead (its process exited) like zombies, at once. Returns them.

@@ -41,8 +41,8 @@ CREATE INDEX task_running_dag ON task_running (dag_id);
 INSERT INTO task_queue SELECT id, dag_id, priority, queued_at FROM task_instances WHERE state = 'queued';
 INSERT INTO task_running SELECT id, dag_id FROM task_instances WHERE state IN ('running', 'restarting');
 
-DROP INDEX task_instances_claim;
-DROP INDEX task_instances_running;
+DROP INDEX IF EXISTS task_instances_claim;
+DROP INDEX IF EXISTS task_instances_running;
 DROP INDEX task_instances_retry;
 CREATE INDEX task_instances_retry ON task_instances (next_retry_at) WHERE next_retry_at IS NOT NULL;
 -- Room on each page for two new versions of every row on it: releasing a

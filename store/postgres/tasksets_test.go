@@ -2,11 +2,14 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/postgres"
@@ -38,7 +41,19 @@ func checkTaskSets(t *testing.T, url string) {
 		return
 	}
 	defer conn.Close(ctx)
-	var queue, running int
+	queue, running, err := taskSetDiff(ctx, conn)
+	if err != nil {
+		t.Errorf("check task sets: %v", err)
+		return
+	}
+	if queue != 0 || running != 0 {
+		t.Errorf("task_queue differs from the queued instances in %d rows, task_running from the running ones in %d", queue, running)
+	}
+}
+
+// taskSetDiff counts the rows where task_queue differs from the queued
+// instances and task_running from the running ones.
+func taskSetDiff(ctx context.Context, conn *pgx.Conn) (queue, running int, err error) {
 	err = conn.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM task_instances t FULL JOIN task_queue q ON q.ti_id = t.id
 			WHERE (t.state = 'queued') IS DISTINCT FROM (q.ti_id IS NOT NULL)
@@ -46,12 +61,71 @@ func checkTaskSets(t *testing.T, url string) {
 		(SELECT count(*) FROM task_instances t FULL JOIN task_running r ON r.ti_id = t.id
 			WHERE (t.state IN ('running', 'restarting')) IS DISTINCT FROM (r.ti_id IS NOT NULL)
 				OR r.ti_id IS NOT NULL AND t.dag_id IS DISTINCT FROM r.dag_id)`).Scan(&queue, &running)
+	return queue, running, err
+}
+
+// TestTaskSetsFollowStates writes task_instances directly, as any writer
+// may, and checks that the triggers move the rows between the sets in the
+// same statement, and that taskSetDiff sees a set out of step.
+func TestTaskSetsFollowStates(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	openURL(t, url, postgres.Options{Logger: testLogger(t)})
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		t.Errorf("check task sets: %v", err)
-		return
+		t.Fatal(err)
 	}
-	if queue != 0 || running != 0 {
-		t.Errorf("task_queue differs from the queued instances in %d rows, task_running from the running ones in %d", queue, running)
+	defer conn.Close(ctx)
+	sets := func(step string) (queued, running []int64) {
+		t.Helper()
+		for _, q := range []struct {
+			sql string
+			dst *[]int64
+		}{{"SELECT ti_id FROM task_queue ORDER BY 1", &queued}, {"SELECT ti_id FROM task_running ORDER BY 1", &running}} {
+			rows, err := conn.Query(ctx, q.sql)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *q.dst, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if dq, dr, err := taskSetDiff(ctx, conn); err != nil || dq != 0 || dr != 0 {
+			t.Errorf("%s: sets out of step: queue %d, running %d rows (%v)", step, dq, dr, err)
+		}
+		return queued, running
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, queued_at, max_tries, retries, priority, trigger_rule,
+			retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
+		SELECT 1, 'd', 't' || g, CASE WHEN g <= 2 THEN 'queued' ELSE 'none' END, CASE WHEN g <= 2 THEN now() END,
+			1, 0, 1, 'all_success', 0, 0, 0, 0
+		FROM generate_series(1, 4) g`)
+	q, r := sets("insert")
+	if len(q) != 2 || len(r) != 0 {
+		t.Errorf("after inserting 2 queued of 4: queue %v, running %v", q, r)
+	}
+	exec(`UPDATE task_instances SET state = 'running' WHERE task_id = 't1'`)
+	exec(`UPDATE task_instances SET state = 'queued', queued_at = now() WHERE task_id = 't3'`)
+	exec(`UPDATE task_instances SET priority = 5 WHERE task_id = 't2'`)
+	exec(`UPDATE task_instances SET heartbeat_at = now() WHERE task_id = 't1'`)
+	if q, r = sets("updates"); len(q) != 2 || len(r) != 1 {
+		t.Errorf("after a claim, a release and a reprioritisation: queue %v, running %v", q, r)
+	}
+	exec(`UPDATE task_instances SET state = 'success' WHERE task_id = 't1'`)
+	exec(`DELETE FROM task_instances WHERE task_id = 't3'`)
+	if q, r = sets("finish and delete"); len(q) != 1 || len(r) != 0 {
+		t.Errorf("after a finish and a delete: queue %v, running %v", q, r)
+	}
+	// The check sees a set out of step.
+	exec(`DELETE FROM task_queue`)
+	if dq, _, err := taskSetDiff(ctx, conn); err != nil || dq != 1 {
+		t.Errorf("taskSetDiff with the queue emptied behind the triggers' back = %d, %v; want 1", dq, err)
 	}
 }
 
@@ -85,5 +159,49 @@ func TestNoIndexOnHotPathColumns(t *testing.T) {
 		if c := hotColumns.FindString(d); c != "" {
 			t.Errorf("index %s names %s, which the hot path changes", d, c)
 		}
+	}
+}
+
+// TestClaimsVacuumTheQueue claims with a store that vacuums the queue
+// tables after every claimed instance: PostgreSQL counts the vacuum.
+func TestClaimsVacuumTheQueue(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	s := openURL(t, url, postgres.Options{Logger: testLogger(t), QueueVacuumEvery: 1})
+	sp := store.DAGSpec{DAGID: "wide", Fingerprint: "wide-3", MaxActiveRuns: 1}
+	for i := range 3 {
+		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: fmt.Sprintf("t%d", i), Kind: dag.KindFunc,
+			TriggerRule: dag.AllSuccess, RetryDelay: time.Second})
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
+		LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, t0); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	vacuums := func() (n int64) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'task_queue'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := vacuums()
+	cs, err := s.ClaimTasks(ctx, store.Worker{ID: "w", Hostname: "h", PID: 1}, 10, t0)
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("ClaimTasks = %d claimed, %v; want 3", len(cs), err)
+	}
+	if after := vacuums(); after <= before {
+		t.Errorf("task_queue vacuumed %d times after the claim, %d before: want one more", after, before)
 	}
 }

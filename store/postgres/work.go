@@ -297,7 +297,31 @@ func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w s
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
+	s.vacuumQueue(ctx, len(out))
 	return out, nil
+}
+
+// DefaultQueueVacuumEvery is Options.QueueVacuumEvery's default.
+const DefaultQueueVacuumEvery = 10_000
+
+// vacuumQueue counts n claimed instances and, every vacuumEvery of them,
+// vacuums task_queue and task_running. Every claim deletes its queue rows;
+// their index entries stay, in front of the live ones in claim order,
+// until VACUUM removes them, so without it (autovacuum off, or lagging
+// under this churn) each claim walked all the queue entries of the runs
+// before: 600 index pages per claim after a 100,000-task run. The tables
+// are narrow and hold only what is queued or running, so this takes
+// milliseconds; SKIP_LOCKED leaves the tables to a vacuum already running
+// (another worker's, or autovacuum's). A failure is logged, not returned:
+// the claim stands.
+func (s *Store) vacuumQueue(ctx context.Context, n int) {
+	if s.vacuumEvery <= 0 || n == 0 || s.claimed.Add(int64(n)) < s.vacuumEvery {
+		return
+	}
+	s.claimed.Store(0)
+	if _, err := s.pool.Exec(ctx, "VACUUM (SKIP_LOCKED) task_queue, task_running"); err != nil {
+		s.log.Warn("vacuum of the queue tables failed; claims slow down until it succeeds", "err", errText(err))
+	}
 }
 
 // claimCapped is the claim when some DAGs have a MaxActiveTasks cap.
@@ -1175,7 +1199,8 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 // silent are put back to wait instead.
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
-	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
+	return s.failWhere(ctx, "fail zombies", `heartbeat_at < $1 AND NOT EXISTS (SELECT 1 FROM workers w
+		WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= $1)`, staleBefore, now, msg)
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like
@@ -1305,7 +1330,8 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 	err := s.inTx(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(tx pgx.Tx) error {
 		rec = store.Recovered{}
 		rows, err := tx.Query(ctx, `SELECT id, try_number, state = 'restarting', crashed_try = try_number
-			FROM task_instances WHERE state IN ('running', 'restarting') AND worker_id = $1
+			FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running))
+				AND state IN ('running', 'restarting') AND worker_id = $1
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, workerID)
 		if err != nil {
 			return err

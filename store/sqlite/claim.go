@@ -372,7 +372,8 @@ func (s *Store) failTries(ctx context.Context, op, reason, where string, now tim
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	reason := fmt.Sprintf("zombie: no heartbeat since before %s", staleBefore.UTC().Format(time.RFC3339Nano))
 	return s.failTries(ctx, "fail zombies", reason,
-		`coalesce(heartbeat_at, started_at, 0) < ?`, now, us(staleBefore))
+		`coalesce(heartbeat_at, started_at, 0) < ?1 AND NOT EXISTS (SELECT 1 FROM workers w
+			WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= ?1)`, now, us(staleBefore))
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like

@@ -106,6 +106,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CompareAndSet", testCAS},
 		{"Heartbeats", testHeartbeats},
 		{"Zombies", testZombies},
+		{"ZombiesSpareLiveWorkers", testZombiesLiveWorker},
 		{"FailWorkerTasks", testFailWorker},
 		{"RecoverWorkerTasks", testRecoverWorker},
 		{"RequeueTries", testRequeue},
