@@ -3,11 +3,10 @@
 -- counting running instances at claim time.
 --
 -- pools.running and concurrency_keys.running are the slots (pool) and
--- instances (key) of the running limited instances. Claims add what they
--- take in their own statement; the trigger below keeps them in every
--- other transaction that moves a limited instance into or out of
--- running/restarting (finish, zombie, put-back, marking by hand), so no
--- path can forget them. Instances are `limited` when they
+-- instances (key) of the running limited instances. The trigger below
+-- keeps them in every transaction that moves a limited instance into or
+-- out of running/restarting (claim, finish, zombie, put-back, marking by
+-- hand), so no path can forget them. Instances are `limited` when they
 -- run in a pool other than an unlimited default_pool or have a key: the
 -- others never touch a counter and keep the claim's fast path.
 
@@ -95,11 +94,14 @@ $$;
 -- +goose StatementEnd
 
 -- A claim (queued → running) counts what it takes itself, once per
--- counter and statement, not once per instance. The statements that end
--- limited tries lock their counters first, in the claim's order (pools,
--- then keys, by name), so the trigger's row-by-row updates cannot
--- deadlock with a claim or another finish.
-CREATE TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
+-- counter and statement, not once per instance. Deferred: the counters
+-- change at COMMIT (or where a transaction sets
+-- the trigger IMMEDIATE, as the finishing transaction does just before
+-- its claim), so a pool's hot row is locked only at the end of the
+-- transactions that free or take its slots, not through them. A claim
+-- locks the counters it reads until its own commit.
+CREATE CONSTRAINT TRIGGER task_instances_limits AFTER UPDATE OF state ON task_instances
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.limited AND NOT (OLD.state = 'queued' AND NEW.state = 'running') AND (
         (OLD.state IN ('running', 'restarting')) <> (NEW.state IN ('running', 'restarting'))
         OR ((OLD.state = 'queued') <> (NEW.state = 'queued')

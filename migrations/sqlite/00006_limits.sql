@@ -1,9 +1,8 @@
 -- Concurrency limits (issue 13): Airflow pools, per-task MaxActive and
 -- concurrency keys. pools.running and concurrency_keys.running are the
--- slots (pool) and instances (key) of the running limited instances:
--- claims add what they take; the trigger below keeps them in every other
--- transaction that moves a limited instance into or out of
--- running/restarting. See the PostgreSQL
+-- slots (pool) and instances (key) of the running limited instances,
+-- kept by the trigger below in every transaction that moves a limited
+-- instance into or out of running/restarting. See the PostgreSQL
 -- migration of the same number.
 
 -- +goose Up
