@@ -25,10 +25,11 @@ const (
 	ScenarioBig   = "big"
 	ScenarioAPI   = "api"
 	ScenarioScale = "scale"
+	ScenarioPool  = "pool"
 )
 
 // Scenarios lists every scenario in the order Run runs them.
-var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioScale}
+var Scenarios = []string{ScenarioWide, ScenarioPool, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioScale}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
 // scenario's second part, the Shell chain.
@@ -78,6 +79,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 	switch scenario {
 	case ScenarioWide:
 		return []DAGSet{{ShapeWide, s.Wide}}, nil
+	case ScenarioPool:
+		return []DAGSet{{ShapePool, s.Wide}}, nil
 	case ScenarioChain:
 		return []DAGSet{{ShapeChain, s.Chain}}, nil
 	case ScenarioShell:

@@ -112,6 +112,8 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 	switch scenario {
 	case ScenarioWide:
 		err = h.wide(sctx)
+	case ScenarioPool:
+		err = h.pool(sctx)
 	case ScenarioChain:
 		err = h.chain(sctx)
 	case ScenarioShell:
@@ -209,6 +211,11 @@ func (h *harness) setup(ctx context.Context, dags []*dag.DAG) error {
 	reg := dag.NewRegistry()
 	for _, d := range dags {
 		reg.Register(d)
+	}
+	for _, set := range h.sets {
+		if set.Shape == ShapePool {
+			reg.RegisterPool(PoolName, PoolSize, "trellis bench: the pool of bench_pool's tasks")
+		}
 	}
 	h.sched = scheduler.New(scheduler.Config{Store: st, Registry: reg, Logger: h.cfg.Logger})
 	began := time.Now()
@@ -487,6 +494,27 @@ func (h *harness) wide(ctx context.Context) error {
 	h.peak(m)
 	h.keep(m)
 	h.progress("%d tasks in %.3f s: %.0f tasks/s", n, t.Total().Seconds(), float64(n)/t.Total().Seconds())
+	return nil
+}
+
+// pool: wide's run with its n tasks in a pool of PoolSize slots;
+// tasks/s from trigger to success, to compare with wide's.
+func (h *harness) pool(ctx context.Context) error {
+	n := h.cfg.Sizes.Wide + 2
+	t, _, err := h.runOnce(ctx, PoolDAGID, n, false)
+	if err != nil {
+		return err
+	}
+	if err := h.stopProfile(); err != nil {
+		return err
+	}
+	h.work, h.workUnit = n, "task"
+	m := h.rowsFor(ScenarioPool)
+	m.rate(n, t.Total())
+	m.seconds(MetricTotalSeconds, t.Total())
+	h.peak(m)
+	h.keep(m)
+	h.progress("%d tasks (pool of %d) in %.3f s: %.0f tasks/s", n, PoolSize, t.Total().Seconds(), float64(n)/t.Total().Seconds())
 	return nil
 }
 

@@ -117,6 +117,8 @@ measures them from the times the store records. Scenarios (default: all):
 
   wide    one run of root → 10,000 no-op Func tasks → join: tasks/s from the
           trigger to the run's success
+  pool    wide's run with its 10,000 tasks in a pool of 50 slots (bench_pool):
+          tasks/s, to compare with wide's measured in the same invocation
   chain   1,000 no-op Func tasks in a line: latency from an upstream task's
           end to its downstream task's start (p50, p99), and the total
   shell   2,000 independent Shell "true" tasks (tasks/s), then a 100-step

@@ -24,6 +24,7 @@ type schedulerFlags struct {
 	fireConcurrency     int
 	metrics             metricsFlags
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newSchedulerCmd(a *app) *cobra.Command {
@@ -65,6 +66,9 @@ full validation report.`,
 			if err := f.retention.resolve(cmd, a); err != nil {
 				return err
 			}
+			if err := f.pools.resolve(cmd); err != nil {
+				return err
+			}
 			return a.runScheduler(cmd.Context(), f)
 		},
 	}
@@ -79,6 +83,7 @@ full validation report.`,
 		"how many DAGs falling due together are fired at once")
 	f.metrics.add(fs)
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -109,6 +114,7 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		ZombieCheckInterval: f.zombieCheckInterval,
 		WorkerDeadAfter:     f.workerDeadAfter,
 		FireConcurrency:     f.fireConcurrency,
+		DefaultPoolSlots:    f.pools.slots,
 	}
 	if metrics != nil {
 		cfg.Metrics = metrics // a nil *api.Metrics in the interface would not be nil

@@ -34,6 +34,7 @@ type serveFlags struct {
 	workerDeadAfter     time.Duration
 	metricsInterval     time.Duration
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -91,6 +92,7 @@ tasks at once.`,
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval,
 		"how often the trellis_task_instances gauge is counted in the database")
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -117,6 +119,9 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 		return usagef("--zombie-threshold, --zombie-check-interval and --worker-dead-after must be positive")
 	case f.metricsInterval <= 0:
 		return usagef("--metrics-interval must be positive, got %v", f.metricsInterval)
+	}
+	if err := f.pools.resolve(cmd); err != nil {
+		return err
 	}
 	if err := f.retention.resolve(cmd, a); err != nil {
 		return err
@@ -211,6 +216,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:              a.logger,
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
+		DefaultPoolSlots:    f.pools.slots,
 		WorkerDeadAfter:     f.workerDeadAfter,
 		Metrics:             metrics,
 	})

@@ -37,8 +37,16 @@ type Task struct {
 	priority   int
 	env        map[string]string // Env
 	inherit    []string          // InheritEnv
-	upstream   []*Task
-	downstream []*Task
+	// Limits (limits.go).
+	pool         string
+	poolSlots    int
+	poolSlotsSet bool
+	maxActive    int
+	keyTemplate  string
+	keyLimit     int
+	keySet       bool
+	upstream     []*Task
+	downstream   []*Task
 }
 
 // TaskOption configures a task.

@@ -171,6 +171,7 @@ func (t *Task) validate(out []Problem) []Problem {
 		problem("Timeout must not be negative, got %s", t.timeout)
 	}
 	t.validateEnv(problem)
+	t.validateLimits(problem)
 	if !t.trigger.Valid() {
 		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)
 	}

@@ -357,9 +357,9 @@ func (f *fireTx) insertInstances(ctx context.Context) error {
 	}
 	tag, err := f.tx.Exec(ctx, `
 		INSERT INTO task_instances (run_id, dag_id, task_id, max_tries, retries, priority, trigger_rule,
-			retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
+			retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream`+limitCols+`)
 		SELECT x.run_id, x.dag_id, t.task_id, t.retries + 1, t.retries, t.priority, t.trigger_rule,
-			t.retry_delay_ns, t.max_backoff_ns, t.timeout_ns, t.n_upstream
+			t.retry_delay_ns, t.max_backoff_ns, t.timeout_ns, t.n_upstream`+limitVals("x.dag_id")+`
 		FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS x(run_id, dag_id, version_id)
 		JOIN dag_version_tasks t ON t.version_id = x.version_id
 		ORDER BY x.run_id, t.ord`, f.runIDs, f.runDAGs, f.versionIDs)
@@ -369,6 +369,9 @@ func (f *fireTx) insertInstances(ctx context.Context) error {
 	if tag.RowsAffected() != int64(f.wantTasks) {
 		return fmt.Errorf("stored structures hold %d tasks for %d new runs, %d expected",
 			tag.RowsAffected(), len(f.runIDs), f.wantTasks)
+	}
+	if err := limitInstances(ctx, f.tx, f.runIDs, false, f.s.log); err != nil {
+		return err
 	}
 	return f.s.fault(FaultCreateRunInserted)
 }

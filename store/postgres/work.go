@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,15 +21,16 @@ import (
 // joined with dag_runs r.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error`
+	t.heartbeat_at, t.output, t.error, t.pool, t.pool_slots, coalesce(t.concurrency_key, '')`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
-		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error}
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
+	ti.ConcurrencyKey = strings.TrimPrefix(ti.ConcurrencyKey, store.KeyPrefixKey)
 	if output != nil {
 		ti.Output = json.RawMessage(output)
 	}
@@ -69,8 +71,22 @@ const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.
 // the CTEs ctes) and reads the claimed instances with their runs. A run's
 // conf, which may be large, is sent once, with the first instance of that
 // run.
+//
+// The statement also adds the limited instances it claims to their
+// counters, one write per counter (the counter trigger leaves claims
+// alone); their rows are locked already (lp and lk, or claimCapped).
 func claimSelect(ctes, update string) string {
-	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*)
+	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		pu AS (UPDATE pools p SET running = p.running + x.n
+			FROM (SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool) x
+			WHERE p.name = x.pool),
+		ku AS (UPDATE concurrency_keys k SET running = k.running + x.n, queued = k.queued - x.q
+			FROM (SELECT key, count(*) AS n, sum(q) AS q FROM (
+				SELECT task_key AS key, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM u
+				WHERE limited AND task_key IS NOT NULL
+				UNION ALL
+				SELECT concurrency_key, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL) y GROUP BY key) x
+			WHERE k.key = x.key)
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
 			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns
 		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`
@@ -95,20 +111,23 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	// One round trip: the caps, and the claim for when no DAG is capped
 	// (guarded in SQL, so it claims nothing when one is).
 	var cl claimRead
-	b := &pgx.Batch{}
-	b.Queue(hotPlan(max))
-	b.Queue(capsSQL)
-	b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
-	err := func() error {
+	// Retried like a transaction: claims lock counters, and a deadlock
+	// with a finish that frees several of them is possible.
+	err := s.retry(ctx, op, func() error {
+		cl = claimRead{}
+		b := &pgx.Batch{}
+		b.Queue(hotPlan(max))
+		b.Queue(capsSQL)
+		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
 		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
 			return err
 		}
 		return br.Close()
-	}()
+	})
 	if err != nil {
-		return nil, mapErr(op, err)
+		return nil, err
 	}
 	return s.completeClaim(ctx, op, &cl, w, max, now)
 }
@@ -119,21 +138,115 @@ const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task
 	FROM dags d WHERE d.max_active_tasks > 0`
 
 // fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
-// otherwise. The candidates come from the queue (task_queue, which a
-// trigger keeps to the queued instances; migration 00008): their queue
-// rows are locked, then their instances, both skipping rows locked
-// elsewhere (an instance being changed by another transaction is left to
-// it). The CTEs are materialized: locked once, never re-scanned (a
-// re-scan would lock other rows).
+// otherwise, in one statement. The candidates come from the queue
+// (task_queue, which a trigger keeps to the queued instances; migrations
+// 00008 and 00010): their queue rows are locked, then their instances,
+// both skipping rows locked elsewhere. The CTEs are materialized: locked
+// once, never re-scanned (a re-scan would lock other rows).
+//
+// Unlimited instances (q) come from the queue's claim index as before.
+// Limited ones (lc) are looked for, each through its own index, per pool
+// with room (instances without key or cap), per concurrency key with room
+// and queued instances (at most its room), and per task cap likewise
+// (instances without key): a full pool, cap or key is never scanned, so
+// it holds back nothing behind it (no head-of-line blocking). Their
+// counters are then locked in a fixed order (pools by name, then keys by
+// name: lp, lk), which reads their latest values, and a candidate is kept
+// only when, counting every candidate before it on the same counter, each
+// of its counters stays within its limit: never above a limit, and the
+// best candidate that fits is always taken. claimSelect adds the claimed
+// instances to the counters.
 var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id, priority, queued_at FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			AND EXISTS (SELECT 1 FROM task_queue WHERE limited)`)+`),
+	lp AS MATERIALIZED (
+		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
+		ORDER BY name FOR NO KEY UPDATE),
+	lk AS MATERIALIZED (
+		SELECT key, lim, running FROM concurrency_keys
+		WHERE key IN (SELECT task_key FROM lc UNION SELECT concurrency_key FROM lc)
+		ORDER BY key FOR NO KEY UPDATE),
+	ok AS (
+		SELECT w.id, w.priority, w.queued_at FROM (
+			SELECT lc.*,
+				sum(lc.pool_slots) OVER (PARTITION BY lc.pool ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS pool_used,
+				count(*) OVER (PARTITION BY lc.task_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS task_used,
+				count(*) OVER (PARTITION BY lc.concurrency_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS key_used
+			FROM lc) w
+		JOIN lp ON lp.name = w.pool
+		LEFT JOIN lk tk ON tk.key = w.task_key
+		LEFT JOIN lk ck ON ck.key = w.concurrency_key
+		WHERE (lp.slots < 0 OR lp.running + w.pool_used <= lp.slots)
+			AND (w.task_key IS NULL OR tk.running + w.task_used <= tk.lim)
+			AND (w.concurrency_key IS NULL OR ck.running + w.key_used <= ck.lim)),
+	pick AS (
+		SELECT id FROM (SELECT ti_id AS id, priority, queued_at FROM q UNION ALL SELECT id, priority, queued_at FROM ok) a
+		ORDER BY priority DESC, queued_at, id
+		LIMIT $1),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT id FROM pick)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+
+// fastClaimUnlimitedSQL is fastClaimSQL for unlimited instances only: it
+// locks no counter.
+var fastClaimUnlimitedSQL = claimSelect(`q AS MATERIALIZED (
 		SELECT ti_id FROM task_queue
-			WHERE NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
 		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED),
 	c AS MATERIALIZED (
 		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+
+// limitedCols are what the claim reads of a limited candidate t (a queue
+// row).
+const limitedCols = `t.ti_id AS id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
+
+// limitedCandidates selects and locks ($1 per pool, key or cap at most)
+// the queue rows of the best limited instances whose counters have room,
+// through the queue's indexes: per pool with room (instances without key
+// or cap), per concurrency key with room and queued instances (at most
+// its room), and per task cap likewise (instances without key). A full
+// pool, cap or key is never scanned, so it holds back nothing behind it.
+// guard is added to each part's condition.
+func limitedCandidates(guard string) string {
+	return `
+		SELECT x.* FROM pools p CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.pool = p.name AND t.task_key IS NULL AND t.concurrency_key IS NULL
+				AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots)
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT $1
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE (p.slots < 0 OR p.running < p.slots) ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.concurrency_key = k.key AND ` + poolHasRoom + `
+				AND (t.task_key IS NULL OR EXISTS (SELECT 1 FROM concurrency_keys tk
+					WHERE tk.key = t.task_key AND tk.running < tk.lim))
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT least($1, k.lim - k.running)
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'key:%' ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.task_key = k.key AND t.concurrency_key IS NULL AND ` + poolHasRoom + `
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT least($1, k.lim - k.running)
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'task:%' ` + guard
+}
+
+// poolHasRoom: the pool of instance t exists and has room for it.
+const poolHasRoom = `EXISTS (SELECT 1 FROM pools p WHERE p.name = t.pool AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots))`
 
 // claimRead collects the answers to capsSQL and fastClaimSQL.
 type claimRead struct {
@@ -224,40 +337,78 @@ func (s *Store) vacuumQueue(ctx context.Context, n int) {
 }
 
 // claimCapped is the claim when some DAGs have a MaxActiveTasks cap.
+// Limited candidates are those whose counters had room when the query
+// began (no head-of-line blocking); their counters are locked after the
+// capped DAGs, in the same fixed order as the fast claim, and store.Admit
+// decides.
 func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now time.Time, saturated []string) ([]store.Claimed, error) {
 	if saturated == nil {
 		saturated = []string{}
 	}
 	rows, err := tx.Query(ctx, `WITH q AS MATERIALIZED (
-			SELECT ti_id FROM task_queue WHERE NOT (dag_id = ANY($2))
+			SELECT ti_id, dag_id FROM task_queue WHERE NOT limited AND NOT (dag_id = ANY($2))
 			ORDER BY priority DESC, queued_at, ti_id
 			LIMIT $1
-			FOR UPDATE SKIP LOCKED)
-		SELECT id, dag_id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
-		ORDER BY priority DESC, queued_at, id
-		FOR NO KEY UPDATE SKIP LOCKED`, max, saturated)
+			FOR UPDATE SKIP LOCKED),
+		l AS MATERIALIZED (`+limitedCandidates(`AND true`)+`),
+		a AS (
+			SELECT ti_id AS id, false AS limited, '' AS task_key, '' AS concurrency_key FROM q
+			UNION ALL
+			SELECT id, true, coalesce(task_key, ''), coalesce(concurrency_key, '') FROM l WHERE NOT (dag_id = ANY($2)))
+		SELECT t.id, t.dag_id, a.limited, t.pool, t.pool_slots, a.task_key, a.concurrency_key, t.priority, t.queued_at
+		FROM task_instances t JOIN a ON a.id = t.id
+		WHERE t.id = ANY (ARRAY(SELECT id FROM a)) AND t.state = 'queued'
+		FOR NO KEY UPDATE OF t SKIP LOCKED`, max, saturated)
 	if err != nil {
 		return nil, err
 	}
 	type cand struct {
-		id  int64
-		dag string
+		id                 int64
+		dag                string
+		limited            bool
+		pool               string
+		slots              int
+		taskKey, concurKey string
+		priority           int
+		queuedAt           *time.Time
 	}
 	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
 		var c cand
-		err := row.Scan(&c.id, &c.dag)
+		err := row.Scan(&c.id, &c.dag, &c.limited, &c.pool, &c.slots, &c.taskKey, &c.concurKey, &c.priority, &c.queuedAt)
 		return c, err
 	})
 	if err != nil || len(cands) == 0 {
 		return []store.Claimed{}, err
 	}
-	var dagIDs []string
+	// Claim order: highest priority first, then oldest.
+	slices.SortFunc(cands, func(a, b cand) int {
+		if a.priority != b.priority {
+			return cmp.Compare(b.priority, a.priority)
+		}
+		if a.queuedAt != nil && b.queuedAt != nil {
+			if c := a.queuedAt.Compare(*b.queuedAt); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	var dagIDs, pools, keys []string
 	for _, c := range cands {
-		if !slices.Contains(dagIDs, c.dag) {
-			dagIDs = append(dagIDs, c.dag)
+		dagIDs = appendNew(dagIDs, c.dag)
+		if c.limited {
+			pools = appendNew(pools, c.pool)
+			if c.taskKey != "" {
+				keys = appendNew(keys, c.taskKey)
+			}
+			if c.concurKey != "" {
+				keys = appendNew(keys, c.concurKey)
+			}
 		}
 	}
 	slices.Sort(dagIDs)
+	slices.Sort(pools)
+	slices.Sort(keys)
+	room := map[string]int{}
 	// Lock the capped DAGs among the candidates, then count their running
 	// instances with a fresh snapshot: claimers that held the lock before
 	// have committed.
@@ -266,7 +417,7 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 	if err != nil {
 		return nil, err
 	}
-	room := map[string]int{}
+	var cappedIDs []string
 	for rows.Next() {
 		var d string
 		var limit int
@@ -274,44 +425,46 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 			rows.Close()
 			return nil, err
 		}
-		room[d] = limit
+		room[dagCounter(d)] = limit
+		cappedIDs = append(cappedIDs, d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if len(room) > 0 {
-		cappedIDs := make([]string, 0, len(room))
-		for d := range room {
-			cappedIDs = append(cappedIDs, d)
-		}
-		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_running
-			WHERE dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var d string
-			var n int
-			if err := rows.Scan(&d, &n); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			room[d] -= n
-		}
-		if err := rows.Err(); err != nil {
+	if len(cappedIDs) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'dag:' || dag_id, -count(*) FROM task_running
+			WHERE dag_id = ANY($1) GROUP BY dag_id`, cappedIDs, true); err != nil {
 			return nil, err
 		}
 	}
-	var keep []int64
-	for _, c := range cands {
-		if left, ok := room[c.dag]; ok {
-			if left <= 0 {
-				continue
-			}
-			room[c.dag] = left - 1
+	if len(pools) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'pool:' || name, CASE WHEN slots < 0 THEN -1 ELSE slots - running END
+			FROM pools WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE`, pools, false); err != nil {
+			return nil, err
 		}
-		keep = append(keep, c.id)
 	}
+	if len(keys) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT key, greatest(lim - running, 0)
+			FROM concurrency_keys WHERE key = ANY($1) ORDER BY key FOR NO KEY UPDATE`, keys, false); err != nil {
+			return nil, err
+		}
+	}
+	admit := make([]store.Candidate, len(cands))
+	for i, c := range cands {
+		admit[i].ID = c.id
+		if _, ok := room[dagCounter(c.dag)]; ok {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: dagCounter(c.dag), Amount: 1})
+		}
+		if c.limited {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: "pool:" + c.pool, Amount: c.slots})
+			for _, k := range []string{c.taskKey, c.concurKey} {
+				if k != "" {
+					admit[i].Counters = append(admit[i].Counters, store.Use{Counter: k, Amount: 1})
+				}
+			}
+		}
+	}
+	keep := store.Admit(admit, room, max)
 	if len(keep) == 0 {
 		return []store.Claimed{}, nil
 	}
@@ -320,6 +473,39 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 		return nil, err
 	}
 	return collectClaimed(rows)
+}
+
+// dagCounter names a DAG's MaxActiveTasks room for store.Admit.
+func dagCounter(dagID string) string { return "dag:" + dagID }
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+// readRoom reads (counter, amount) rows into room: set, or added to
+// what is there when add.
+func readRoom(ctx context.Context, tx pgx.Tx, room map[string]int, sql string, arg []string, add bool) error {
+	rows, err := tx.Query(ctx, sql, arg)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var n int
+		if err := rows.Scan(&name, &n); err != nil {
+			return err
+		}
+		if add {
+			room[name] += n
+		} else {
+			room[name] = n
+		}
+	}
+	return rows.Err()
 }
 
 func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
@@ -511,6 +697,7 @@ type finishTx struct {
 
 	rl           *releaser
 	speculate    bool      // the release's first round went with the outcomes
+	woke         bool      // a freed slot was waited for (wokeSQL)
 	waitingAfter []waiting // what that first round left waiting
 }
 
@@ -615,8 +802,14 @@ func (f *finishTx) readOutcomes(rows pgx.Rows) error {
 		var id, run int64
 		var task string
 		var st state.TaskState
-		if err := rows.Scan(&id, &run, &task, &st); err != nil {
+		var limited bool
+		if err := rows.Scan(&id, &run, &task, &st, &limited); err != nil {
 			return err
+		}
+		if _, pipe := f.tx.(*pipeTx); !pipe {
+			// A limited try that ended freed slots: wake a claimer (a
+			// pipeline decides with wokeSQL instead).
+			f.rl.freed = f.rl.freed || limited
 		}
 		f.applied[id], f.runOf[id], f.taskOf[id] = st, run, task
 		switch {
@@ -657,6 +850,13 @@ func (f *finishTx) record(ctx context.Context) error {
 			// before the run's settling (which follows): the run rows stay
 			// locked only from the settling to the commit.
 			p.beforeCommit(capsSQL, nil, claim.cl.readCaps)
+		}
+		if p != nil {
+			for _, q := range f.countNow(ids) {
+				p.beforeCommit(q.sql, q.args, q.read)
+			}
+		}
+		if claim != nil {
 			p.beforeCommit(fastClaimSQL, claim.args(claim.max), claim.cl.readClaimed)
 		}
 		rows, err := f.tx.Query(ctx, outcomeSQL, args...)
@@ -667,7 +867,10 @@ func (f *finishTx) record(ctx context.Context) error {
 		rows.Close()
 		return err
 	}
-	qs := []finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}
+	// The counters go before the join's increment: every finish then locks
+	// a pool's counter before the hot rows of the release, holding both
+	// until its commit, in the same order.
+	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow(ids)...)
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
@@ -682,10 +885,38 @@ func (f *finishTx) record(ctx context.Context) error {
 		return err
 	}
 	if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
-		// Sent with COMMIT, before the run's settling.
+		// Sent with COMMIT, before the run's settling, once the slots the
+		// finish freed are counted.
 		p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
 	}
 	return nil
+}
+
+// countNow returns the statements that count the slots the finish frees
+// (locking the counters in the claim's order) before the claim that
+// follows, and read whether a freed slot was one somebody waited for; it
+// arranges the wake-up of claimers after the commit then, unless the
+// finisher's own claim came back short (nothing claimable left).
+func (f *finishTx) countNow(ids []int64) []finalQuery {
+	f.tx.(*pipeTx).afterIf = append(f.tx.(*pipeTx).afterIf, conditionalTopic{store.TopicTasksReady, func() bool {
+		if !f.woke {
+			return false
+		}
+		c := f.claim
+		return c == nil || len(c.cl.out) >= c.max
+	}})
+	return []finalQuery{
+		{sql: lockCountersSQL, args: []any{ids}, read: drain},
+		{sql: setCountersNow, read: drain},
+		{sql: wokeSQL, read: func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&f.woke); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		}},
+	}
 }
 
 // appendLogs appends the final log chunks of the tries recorded (cleared
@@ -815,7 +1046,35 @@ const outcomeSQL = `
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state`
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited`
+
+// lockCountersSQL locks the counters of the limited instances among $1,
+// pools then keys, each by name: the order the claim locks them in.
+// Sent just before the deferred counter trigger fires (setCountersNow or
+// COMMIT), which would otherwise lock them in row order, so that two
+// finishes cannot deadlock on them.
+const lockCountersSQL = `
+		WITH lt AS MATERIALIZED (
+			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
+		), lp AS MATERIALIZED (
+			SELECT name FROM pools WHERE name IN (SELECT pool FROM lt) ORDER BY name FOR NO KEY UPDATE
+		), lk AS MATERIALIZED (
+			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
+			ORDER BY key FOR NO KEY UPDATE
+		)
+		SELECT (SELECT count(*) FROM lp), (SELECT count(*) FROM lk)`
+
+// setCountersNow fires the deferred counter trigger for what the
+// transaction did so far, and for each later statement at its end: the
+// claim that follows sees the slots the finish freed.
+const setCountersNow = `SET CONSTRAINTS task_instances_limits IMMEDIATE`
+
+// wokeSQL reads whether the counter trigger found a slot freed where an
+// instance could not start (trellis.wake): the finish must wake claimers.
+const wokeSQL = `SELECT coalesce(current_setting('trellis.wake', true), '') = 'on'`
+
+// drain reads a statement's rows and ignores them.
+func drain(pgx.Rows) error { return nil }
 
 // recordedFinalStates are the final states outcomeSQL writes.
 var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}
@@ -965,7 +1224,8 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 // silent are put back to wait instead.
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
-	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
+	return s.failWhere(ctx, "fail zombies", `heartbeat_at < $1 AND NOT EXISTS (SELECT 1 FROM workers w
+		WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= $1)`, staleBefore, now, msg)
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -20,33 +21,16 @@ const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_
 	output = NULL, error = ''`
 
 const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
-	queued_at, timeout_ns`
+	queued_at, timeout_ns, pool, pool_slots, coalesce(concurrency_key, ''), limited`
 
 // claimFast picks the best queued instances; used when no DAG with a
 // MaxActiveTasks cap has queued work.
 const claimFast = claimSet + ` WHERE id IN (SELECT id FROM task_instances WHERE state = 'queued'
 	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
 
-// claimCapped also keeps every DAG under its MaxActiveTasks: the rank of
-// a queued instance within its DAG plus the DAG's running instances must
-// stay within the cap.
-const claimCapped = claimSet + ` WHERE id IN (
-	WITH busy AS (
-		SELECT dag_id, count(*) AS n FROM task_instances
-		WHERE state IN ('queued', 'running', 'restarting') AND state IN ('running', 'restarting')
-			AND dag_id IN (SELECT dag_id FROM dags WHERE max_active_tasks > 0)
-		GROUP BY dag_id
-	), ranked AS (
-		SELECT t.id, t.priority, t.queued_at, d.max_active_tasks AS cap,
-			row_number() OVER (PARTITION BY t.dag_id ORDER BY t.priority DESC, t.queued_at, t.id)
-				+ coalesce(b.n, 0) AS slot
-		FROM task_instances t
-		JOIN dags d ON d.dag_id = t.dag_id
-		LEFT JOIN busy b ON b.dag_id = t.dag_id
-		WHERE t.state = 'queued'
-	)
-	SELECT id FROM ranked WHERE cap <= 0 OR slot <= cap
-	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
+// claimChosen claims the instances whose ids ?5 lists (JSON), chosen by
+// claimLimited.
+const claimChosen = claimSet + ` WHERE id IN (SELECT value FROM json_each(?5))` + claimReturning
 
 // ClaimTasks moves up to max queued task instances to running for worker
 // w, highest priority first then oldest, starting a new try, in one
@@ -74,43 +58,64 @@ func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now ti
 
 // claimIn is ClaimTasks inside the write transaction w.
 func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, error) {
-	var capped bool
+	var capped, limited bool
 	if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
 		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
-			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued'))`).Scan(&capped); err != nil {
+			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued')),
+		EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued' AND limited)`).Scan(&capped, &limited); err != nil {
 		return nil, err
 	}
-	q := claimFast
-	if capped {
-		q = claimCapped
-	}
-	rows, err := w.query(q, us(now), wk.ID, wk.Hostname, wk.PID, max)
-	if err != nil {
-		return nil, err
+	var rows *sql.Rows
+	var err error
+	if capped || limited {
+		ids, err := chooseLimited(w, max)
+		if err != nil || len(ids) == 0 {
+			return nil, err
+		}
+		rows, err = w.query(claimChosen, us(now), wk.ID, wk.Hostname, wk.PID, idList(ids))
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		rows, err = w.query(claimFast, us(now), wk.ID, wk.Hostname, wk.PID, max)
+		if err != nil {
+			return nil, err
+		}
 	}
 	var out []store.Claimed
+	var limitedIDs []int64
 	for rows.Next() {
 		var (
 			c       store.Claimed
 			rule    string
 			queued  sql.NullInt64
 			timeout int64
+			limited bool
 		)
 		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-			&rule, &queued, &timeout); err != nil {
+			&rule, &queued, &timeout, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey, &limited); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
+		c.ConcurrencyKey = strings.TrimPrefix(c.ConcurrencyKey, store.KeyPrefixKey)
 		c.QueuedAt = ptrUS(queued)
 		t := fromUS(us(now))
 		c.StartedAt, c.HeartbeatAt = &t, &t
 		c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
 		c.Timeout = time.Duration(timeout)
 		out = append(out, c)
+		if limited {
+			limitedIDs = append(limitedIDs, c.ID)
+		}
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return nil, err
+	}
+	if len(limitedIDs) > 0 {
+		if err := countClaimed(w, limitedIDs); err != nil {
+			return nil, err
+		}
 	}
 	runs := map[int64]runRec{}
 	for i := range out {
@@ -209,7 +214,7 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk s
 		if w.topics[store.TopicTasksReady] && len(claimed) < max {
 			// Wake other workers only for what this claim left queued.
 			var left bool
-			if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')`).Scan(&left); err != nil {
+			if err := w.queryRow(`SELECT ` + claimableLeft).Scan(&left); err != nil {
 				return err
 			}
 			if !left {
@@ -224,6 +229,13 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk s
 	sortClaimed(claimed)
 	return out, claimed, nil
 }
+
+// claimableLeft is true when queued instances may be claimable: an
+// unlimited one, or a limited one in a pool with room (keys are not
+// looked at: a wake-up too many costs a claim that finds nothing).
+const claimableLeft = `(EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued' AND NOT limited)
+	OR EXISTS (SELECT 1 FROM pools p WHERE (p.slots < 0 OR p.running < p.slots)
+		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.state = 'queued' AND t.limited AND t.pool = p.name)))`
 
 // tryList encodes tries for json_each as [[id, try], …].
 func tryList(tries []store.Try) string {
@@ -360,7 +372,8 @@ func (s *Store) failTries(ctx context.Context, op, reason, where string, now tim
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	reason := fmt.Sprintf("zombie: no heartbeat since before %s", staleBefore.UTC().Format(time.RFC3339Nano))
 	return s.failTries(ctx, "fail zombies", reason,
-		`coalesce(heartbeat_at, started_at, 0) < ?`, now, us(staleBefore))
+		`coalesce(heartbeat_at, started_at, 0) < ?1 AND NOT EXISTS (SELECT 1 FROM workers w
+			WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= ?1)`, now, us(staleBefore))
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like

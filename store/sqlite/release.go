@@ -350,8 +350,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	var a tryRow
 	var rd, mb int64
 	var cur string
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb)
+	var limited bool
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, nil, nil
 	}
@@ -362,6 +363,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	out.State = a.state
 	if a.tryNumber != r.TryNumber || (a.state != state.Running && a.state != state.Restarting) {
 		return out, nil, nil
+	}
+	if limited {
+		// The try's slots free up (the trigger of migration 00006 counts):
+		// wake a claimer.
+		e.w.wake(store.TopicTasksReady)
 	}
 	ri, err := e.run(a.runID)
 	if err != nil {

@@ -535,3 +535,27 @@ func testRecoverWorker(t *testing.T, e *env) {
 		t.Errorf("unknown worker: %+v %v", rec, err)
 	}
 }
+
+// testZombiesLiveWorker: a try whose own heartbeat is stale is not a
+// zombie while its worker's process heartbeat is fresh; it is once that
+// is stale too.
+func testZombiesLiveWorker(t *testing.T, e *env) {
+	e.started(newSpec("zl", tk("a")), "run")
+	w := store.Worker{ID: "wz", Hostname: "host-z", PID: 7, Slots: 1, StartedAt: t0, HeartbeatAt: t0}
+	must(t, "RegisterWorker", e.s.RegisterWorker(e.ctx, w))
+	cs, err := e.s.ClaimTasks(e.ctx, w, 1, t0.Add(time.Minute))
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("claim: %v %v", cs, err)
+	}
+	must(t, "HeartbeatWorker", e.s.HeartbeatWorker(e.ctx, "wz", t0.Add(10*time.Minute)))
+	taken, err := e.s.FailZombies(e.ctx, t0.Add(5*time.Minute), t0.Add(11*time.Minute))
+	must(t, "FailZombies", err)
+	if len(taken) != 0 {
+		t.Fatalf("FailZombies took %v from a worker that beat at +10m (stale before +5m), want nothing", taken)
+	}
+	taken, err = e.s.FailZombies(e.ctx, t0.Add(15*time.Minute), t0.Add(16*time.Minute))
+	must(t, "FailZombies", err)
+	if !sameTries(taken, []store.Try{att(cs[0])}) {
+		t.Fatalf("FailZombies took %v once the worker's heartbeat was stale too, want a", taken)
+	}
+}
