@@ -375,7 +375,7 @@ func (h *harness) scaleRun(ctx context.Context, client *http.Client, srv *served
 	}
 	r.scrape, r.metricsBytes = time.Since(began), len(body)
 	if isPG {
-		after, err := postgres.TableActivity(ctx, dbURL, "task_instances")
+		after, err := settledActivity(ctx, dbURL, before)
 		if err != nil {
 			return r, err
 		}
@@ -384,6 +384,29 @@ func (h *harness) scaleRun(ctx context.Context, client *http.Client, srv *served
 		}
 	}
 	return r, nil
+}
+
+// statsFlushMax bounds the wait for the run's updates to show in
+// pg_stat_user_tables: an idle backend reports its counts within
+// PostgreSQL's idle flush interval (10 s).
+const statsFlushMax = 12 * time.Second
+
+// settledActivity reads task_instances' statistics until they count
+// updates made since before (or statsFlushMax has passed): backends flush
+// their counts lazily, so the first read after a short run can miss them.
+func settledActivity(ctx context.Context, dbURL string, before postgres.TableWrites) (postgres.TableWrites, error) {
+	deadline := time.Now().Add(statsFlushMax)
+	for {
+		after, err := postgres.TableActivity(ctx, dbURL, "task_instances")
+		if err != nil || after.Updates > before.Updates || time.Now().After(deadline) {
+			return after, err
+		}
+		select {
+		case <-ctx.Done():
+			return after, context.Cause(ctx)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // postJSON POSTs body to url and wants a 2xx answer.

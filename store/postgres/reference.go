@@ -161,7 +161,8 @@ type TableWrites struct {
 }
 
 // TableActivity reads the statistics of table in the database of dbURL
-// (pg_stat_user_tables). Backends report their counts when idle, at most
+// (pg_stat_user_tables; the table of the search path, not one of that name
+// in another schema). Backends report their counts when idle, at most
 // once a second: read after the writers have been idle for a second.
 func TableActivity(ctx context.Context, dbURL, table string) (TableWrites, error) {
 	conn, err := adminConn(ctx, dbURL)
@@ -170,7 +171,7 @@ func TableActivity(ctx context.Context, dbURL, table string) (TableWrites, error
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var w TableWrites
-	err = conn.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd, n_dead_tup FROM pg_stat_user_tables WHERE relname = $1`,
+	err = conn.QueryRow(ctx, `SELECT n_tup_upd, n_tup_hot_upd, n_dead_tup FROM pg_stat_user_tables WHERE relid = to_regclass($1)`,
 		table).Scan(&w.Updates, &w.HOTUpdates, &w.DeadRows)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return TableWrites{}, fmt.Errorf("activity of table %s: no such table", table)

@@ -191,7 +191,7 @@ func TestClaimsVacuumTheQueue(t *testing.T) {
 	defer conn.Close(ctx)
 	vacuums := func() (n int64) {
 		t.Helper()
-		if err := conn.QueryRow(ctx, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'task_queue'").Scan(&n); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'task_queue'::regclass").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n
