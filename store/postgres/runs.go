@@ -395,8 +395,8 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 		switch to {
 		case state.RunFailed:
 			_, err = tx.Exec(ctx, `UPDATE task_instances SET
-					state = CASE WHEN state IN ('running', 'restarting') THEN 'failed' ELSE 'skipped' END,
-					error = CASE WHEN state IN ('running', 'restarting') THEN 'run marked failed' ELSE error END,
+					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
+					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
 					ended_at = $2, next_retry_at = NULL
 				WHERE run_id = $1 AND state IN `+unfinishedList, id, now)
 		case state.RunSuccess:
@@ -450,6 +450,9 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		}
 		if st == state.RunRunning {
 			return errorf("%w: the run is running; mark it failed or success first", store.ErrConflict)
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM task_calls WHERE run_id = $1", id); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM task_instances WHERE run_id = $1", id); err != nil {
 			return err

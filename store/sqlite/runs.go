@@ -460,8 +460,8 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 		switch to {
 		case state.RunFailed:
 			_, err = w.exec(`UPDATE task_instances SET
-					state = CASE WHEN state IN ('running', 'restarting') THEN 'failed' ELSE 'skipped' END,
-					error = CASE WHEN state IN ('running', 'restarting') THEN 'run marked failed' ELSE error END,
+					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
+					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
 					ended_at = ?, next_retry_at = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		case state.RunSuccess:
