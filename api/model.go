@@ -269,6 +269,8 @@ func operatorName(k dag.Kind) string {
 		return "HTTP"
 	case dag.KindBranch:
 		return "Branch"
+	case dag.KindCallable:
+		return "Callable"
 	}
 	return string(k)
 }

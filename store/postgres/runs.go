@@ -121,7 +121,7 @@ func (s *Store) CreateRun(ctx context.Context, nr store.NewRun) (store.Run, bool
 				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
 			SELECT $1, $2, task_id, retries + 1, retries, priority, trigger_rule,
 				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream
-			FROM dag_version_tasks WHERE version_id = $3
+			FROM dag_version_tasks WHERE version_id = $3 AND kind <> 'callable'
 			ORDER BY ord`, run.ID, nr.DAGID, versionID)
 		if err != nil {
 			return err

@@ -180,7 +180,7 @@ func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store
 			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
 		SELECT ?, ?, task_id, 'none', retries + 1, retries, priority, trigger_rule, retry_delay_ns,
 			max_backoff_ns, timeout_ns, n_upstream
-		FROM dag_version_tasks WHERE version_id = ? ORDER BY ord`, id, r.DAGID, versionID); err != nil {
+		FROM dag_version_tasks WHERE version_id = ? AND kind <> 'callable' ORDER BY ord`, id, r.DAGID, versionID); err != nil {
 		return store.Run{}, false, fmt.Errorf("insert task instances: %w", err)
 	}
 	if err := w.s.fault(FaultCreateRunInserted); err != nil {

@@ -111,6 +111,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Deferral", testDeferral},
 		{"DeferralOnCalls", testDeferralOnCalls},
 		{"DeferralCleared", testDeferralCleared},
+		{"CallableSpec", testCallableSpec},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
 		{"ClearRunning", testClearRunning},
