@@ -132,6 +132,13 @@ type TaskInstance struct {
 	HeartbeatAt *time.Time
 	Output      json.RawMessage // nil = none
 	Error       string
+	// MapIndex is -1 for the instance of a static task, and numbers the
+	// call instances of a callable in a run (0, 1, … in creation order).
+	MapIndex int
+	// Arguments are the JSON arguments of a call instance (nil otherwise).
+	Arguments json.RawMessage
+	// CallerID is the instance that made the call first (0: none).
+	CallerID int64
 }
 
 // RunTaskInstance is a task instance with the fields of its run that
@@ -498,6 +505,9 @@ type Store interface {
 
 	// Listen subscribes to wake-ups on topics.
 	Listen(ctx context.Context, topics ...Topic) (Subscription, error)
+
+	// Caller records and answers the calls of callables.
+	Caller
 }
 
 // Fire asks FireRuns to create the due runs of one DAG and move its

@@ -14,18 +14,19 @@ import (
 
 // deferSQL records deferred tries, each a compare-and-set on (running, try
 // number): $1 instance, $2 try, $3 waits on its calls, $4 start (NULL:
-// keep the claim time), $5 now. The try keeps its number and its worker
-// (which may keep it parked); a deferral on calls with none left
-// unfinished is queued at once, its try number lowered by one so that the
-// claim resuming it gives it back.
+// keep the claim time), $5 now, $6 how many of its calls are not final.
+// The try keeps its number and its worker (which may keep it parked); a
+// deferral on calls with none left unfinished is queued at once, its try
+// number lowered by one so that the claim resuming it gives it back.
 const deferSQL = `
 		UPDATE task_instances t SET
-			state = CASE WHEN u.calls AND t.waiting_on = 0 THEN 'queued' ELSE 'deferred' END,
-			try_number = CASE WHEN u.calls AND t.waiting_on = 0 THEN t.try_number - 1 ELSE t.try_number END,
-			queued_at = CASE WHEN u.calls AND t.waiting_on = 0 THEN $5 ELSE t.queued_at END,
+			state = CASE WHEN u.calls AND u.waits = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN u.calls AND u.waits = 0 THEN t.try_number - 1 ELSE t.try_number END,
+			queued_at = CASE WHEN u.calls AND u.waits = 0 THEN $5 ELSE t.queued_at END,
+			waiting_on = CASE WHEN u.calls THEN u.waits ELSE t.waiting_on END,
 			started_at = coalesce(u.started_at, t.started_at),
 			heartbeat_at = $5
-		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[]) AS u(id, try, calls, started_at)
+		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[], $6::int[]) AS u(id, try, calls, started_at, waits)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state = 'running'
 		RETURNING t.id, t.state`
 
@@ -102,7 +103,21 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 			started[k] = &results[i].StartedAt
 		}
 	}
-	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now)
+	var onCalls []int64
+	for k, id := range ids {
+		if calls[k] {
+			onCalls = append(onCalls, id)
+		}
+	}
+	counts, err := waitingCounts(ctx, tx, onCalls)
+	if err != nil {
+		return nil, err
+	}
+	waits := make([]int32, n)
+	for k, id := range ids {
+		waits[k] = int32(counts[id])
+	}
+	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now, waits)
 	if err != nil {
 		return nil, err
 	}
