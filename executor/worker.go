@@ -170,6 +170,7 @@ func (w *Worker) start(ctx context.Context) error {
 		w.cancel()
 		return fmt.Errorf("start worker %s: register: %w", w.cfg.ID, err)
 	}
+	w.deliverSpools()
 	w.started = true
 	w.fin = newFinisher(w)
 	w.loopsWG.Add(3)

@@ -19,6 +19,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrStale: a compare-and-set found another state or try than expected.
 	ErrStale = errors.New("stale state")
+	// ErrUnavailable: the database cannot be reached or cannot write (a
+	// connection refused or lost, the server shutting down, a full disk).
+	// Nothing was done; the same call may succeed later.
+	ErrUnavailable = errors.New("database unavailable")
 )
 
 // RunType says who created a run.
