@@ -73,7 +73,16 @@ func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) 
 // they are recorded first (deferSQL), and the others, with those whose
 // instance was not running that try, go through the finish as usual (a
 // deferral of a cleared try ends the try as any outcome would).
-func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan, now time.Time) ([]store.FinishOutcome, error) {
+func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
+	var now time.Time
+	for _, r := range results {
+		if r.EndedAt.After(now) {
+			now = r.EndedAt
+		}
+	}
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
 	var (
 		defIdx []int
 		rest   []store.Result

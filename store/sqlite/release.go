@@ -350,9 +350,10 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	var a tryRow
 	var rd, mb int64
 	var cur string
+	var limited bool
 	var mapIndex int
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, map_index
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &mapIndex)
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited, map_index
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited, &mapIndex)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, nil, nil
 	}
@@ -363,6 +364,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	out.State = a.state
 	if a.tryNumber != r.TryNumber || (a.state != state.Running && a.state != state.Restarting) {
 		return out, nil, nil
+	}
+	if limited {
+		// The try's slots free up (the trigger of migration 00006 counts):
+		// wake a claimer.
+		e.w.wake(store.TopicTasksReady)
 	}
 	ri, err := e.run(a.runID)
 	if err != nil {
