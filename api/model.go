@@ -250,6 +250,22 @@ type taskInstanceJSON struct {
 	Trigger          *struct{}       `json:"trigger"`         // no triggerer
 	TriggererJob     *struct{}       `json:"triggerer_job"`   // no triggerer
 	Note             *string         `json:"note"`
+	// Trellis extensions for calls (docs/api.md): a call instance's
+	// arguments and result, a deferred instance's unfinished calls; and,
+	// when one task instance is fetched, its caller and the calls it
+	// waits on.
+	Arguments      json.RawMessage `json:"arguments,omitempty"`
+	Result         json.RawMessage `json:"result,omitempty"`
+	WaitingOn      *int            `json:"waiting_on,omitempty"`
+	Caller         *callRefJSON    `json:"caller,omitempty"`
+	WaitingOnCalls []callRefJSON   `json:"waiting_on_calls,omitempty"`
+}
+
+// callRefJSON names a task instance: a call instance by its callable and
+// map index, a static one with map index -1.
+type callRefJSON struct {
+	TaskID   string `json:"task_id"`
+	MapIndex int    `json:"map_index"`
 }
 
 // poolOf is the pool of an instance (default_pool for rows without one).
@@ -273,6 +289,8 @@ func operatorName(k dag.Kind) string {
 		return "HTTP"
 	case dag.KindBranch:
 		return "Branch"
+	case dag.KindCallable:
+		return "Callable"
 	}
 	return string(k)
 }
@@ -290,7 +308,7 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 		StartDate:       timePtr(ti.StartedAt),
 		EndDate:         timePtr(ti.EndedAt),
 		TryNumber:       ti.TryNumber,
-		MapIndex:        -1,
+		MapIndex:        ti.MapIndex,
 		MaxTries:        max(ti.MaxTries-1, 0), // Airflow counts retries
 		Hostname:        ti.Hostname,
 		Pool:            poolOf(ti),
@@ -317,6 +335,16 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 	if ti.PID > 0 {
 		pid := ti.PID
 		out.PID = &pid
+	}
+	if ti.MapIndex >= 0 && len(ti.Arguments) > 0 {
+		out.Arguments = ti.Arguments
+	}
+	if ti.MapIndex >= 0 && ti.State == state.Success && len(ti.Output) > 0 {
+		out.Result = ti.Output
+	}
+	if ti.State == state.Deferred {
+		n := ti.WaitingOn
+		out.WaitingOn = &n
 	}
 	return out
 }

@@ -45,6 +45,13 @@ const (
 	// milliseconds (default 0), or until its try is cancelled, so a run
 	// can be kept running while it is watched.
 	ShapeWatch Shape = "watch"
+	// ShapeFib is bench_fib: a task calling the recursive callable
+	// fibonacci(Size), deduplicated (Size+1 calls).
+	ShapeFib Shape = "fib"
+	// ShapeFibNoDedup is bench_fib_nodedup: the same without dedup.
+	ShapeFibNoDedup Shape = "fib_nodedup"
+	// ShapeCallsWide is bench_calls_wide: a task mapping Size calls.
+	ShapeCallsWide Shape = "calls_wide"
 	// ShapeScale is bench_scale_<Size>: root → Size no-op Func tasks →
 	// join, one DAG per size, for the runs of the scale scenario.
 	ShapeScale Shape = "scale"
@@ -65,6 +72,7 @@ var shapes = []struct {
 	minSize int
 }{
 	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1}, {ShapeScale, 1}, {ShapePool, 1},
+	{ShapeFib, 1}, {ShapeFibNoDedup, 1}, {ShapeCallsWide, 1},
 }
 
 // MaxSize bounds the size of a DAG set, against typing mistakes.
@@ -135,6 +143,12 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 	switch s.Shape {
 	case ShapeWide:
 		return []*dag.DAG{fanOut(WideDAGID, n)}, nil
+	case ShapeFib:
+		return []*dag.DAG{fibDAG(FibDAGID, n)}, nil
+	case ShapeFibNoDedup:
+		return []*dag.DAG{fibDAG(FibNoDedupDAGID, n, dag.NoDedup())}, nil
+	case ShapeCallsWide:
+		return []*dag.DAG{callsWideDAG(n)}, nil
 	case ShapeBig:
 		return []*dag.DAG{fanOut(BigDAGID, n-2)}, nil
 	case ShapeScale:

@@ -133,6 +133,10 @@ measures them from the times the store records. Scenarios (default: all):
           wide DAG execute one after another: requests/s, latency p50 and
           p99 (rows of scenarios api_finished and api_running), and the
           tasks/s the load kept meanwhile
+  fib     a task calls the recursive callable fibonacci(200), deduplicated
+          (201 calls): seconds from the trigger to the run's success
+  calls_wide   a task maps 10,000 calls and sums them: calls/s
+  fib_nodedup  fibonacci(20) without dedup (21,891 calls): seconds
   scale   "trellis serve" on a fresh database, and through its API one run
           after another of root → N no-op Func tasks → join for each N of
           --scale-runs (1,000, 10,000, then 100,000 three times): per run

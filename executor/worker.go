@@ -87,6 +87,10 @@ type activeTry struct {
 	lost        bool // the store took it away: drop the result
 	interrupted bool // shutdown cancelled it: requeue unless it succeeded
 	abandoned   bool // shutdown requeued it while it still ran
+	// parked: deferred on its calls, its goroutine waiting without a
+	// slot until the worker's claim closes resume (tryCaller).
+	parked bool
+	resume chan struct{}
 }
 
 // NewWorker checks cfg, fills in defaults and returns a worker ready to
@@ -452,6 +456,18 @@ func (w *Worker) launch(c store.Claimed) bool {
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
 	w.mu.Lock()
+	if old := w.active[c.ID]; old != nil {
+		if w.resumeParked(old, c) {
+			w.mu.Unlock()
+			cancel()
+			return true
+		}
+		if old.parked {
+			// Parked under an older try: that try was taken away.
+			old.lost = true
+			old.cancel()
+		}
+	}
 	if w.closing {
 		w.mu.Unlock()
 		cancel()
@@ -507,11 +523,15 @@ func (w *Worker) runTry(a *activeTry) {
 		// interrupted); the store may be closing.
 		w.cfg.Logger.Debug("dropping the result of an abandoned try", "task_instance", a.key.ID, "try", a.key.TryNumber)
 	case a.lost:
-		delete(w.active, a.key.ID)
+		if w.active[a.key.ID] == a {
+			delete(w.active, a.key.ID)
+		}
 		w.cfg.Logger.Debug("dropping the result of a try taken away", "task_instance", a.key.ID, "try", a.key.TryNumber)
 	case (a.interrupted || groupStop) && res.State == state.Failed:
 		w.requeue = append(w.requeue, a.key)
-		delete(w.active, a.key.ID)
+		if w.active[a.key.ID] == a {
+			delete(w.active, a.key.ID)
+		}
 	default:
 		// Submitted under w.mu: shutdown marks tries abandoned under
 		// w.mu before it closes the finisher, so nothing is submitted
@@ -572,7 +592,9 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 	}
 	res.StartedAt = w.cfg.Clock.Now()
 	out := taskrun.Run(a.ctx, taskrun.Try{
-		Task: t,
+		Arguments: c.Arguments,
+		Caller:    newTryCaller(w, a, d),
+		Task:      t,
 		Info: dag.RunInfo{
 			DAGID:         c.DAGID,
 			RunID:         c.DAGRunID,
@@ -617,7 +639,16 @@ func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, d
 		claims = make(map[int64]store.Claimed, len(batch))
 	}
 	w.mu.Lock()
-	for _, r := range batch {
+	for i, r := range batch {
+		if r.State == state.Deferred {
+			// The try goes on, parked; a deferral not recorded means the
+			// try was taken away.
+			if a, ok := w.active[r.ID]; ok && a.key == r.Try && i < len(outcomes) && !outcomes[i].Applied {
+				a.lost = true
+				a.cancel()
+			}
+			continue
+		}
 		if a, ok := w.active[r.ID]; ok && a.key == r.Try {
 			if claims != nil {
 				claims[r.ID] = a.claim

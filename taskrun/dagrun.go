@@ -78,6 +78,9 @@ type DAGResult struct {
 	Tasks map[string]TaskReport
 	// Order lists the task ids in the order they reached their final state.
 	Order []string
+	// Calls are the call instances of callables the run made, in
+	// creation order.
+	Calls []CallReport
 }
 
 // MarshalJSON encodes the result in the form of CONTRACT §4 plus run_id
@@ -196,14 +199,22 @@ func RunDAG(ctx context.Context, d *dag.DAG, opts DAGOptions) (*DAGResult, error
 		r.st[i] = state.None
 		r.reports[i] = TaskReport{TaskID: t.ID(), State: state.None}
 	}
+	r.calls = newLocalCalls(r, d)
 	r.run()
+	r.result.Calls = r.calls.wait()
 	return r.finishRun()
 }
 
 // topoOrder returns d's tasks in a topological order (Kahn's algorithm)
-// and, for each, its position in d.Tasks().
+// and, for each, its position in d.Tasks(). Callables are left out: they
+// run when called.
 func topoOrder(d *dag.DAG) ([]*dag.Task, []int, error) {
-	all := d.Tasks()
+	var all []*dag.Task
+	for _, t := range d.Tasks() {
+		if t.Kind() != dag.KindCallable {
+			all = append(all, t)
+		}
+	}
 	pos := make(map[*dag.Task]int, len(all))
 	for i, t := range all {
 		pos[t] = i
@@ -278,6 +289,7 @@ type dagRunner struct {
 	result  *DAGResult
 	outputs *memOutputs
 	log     *sharedLog
+	calls   *localCalls
 
 	ready    readyQueue
 	work     []int // tasks to evaluate with their trigger rule
@@ -348,7 +360,7 @@ func (r *dagRunner) start(i int) {
 	info.TryNumber = r.tries[i]
 	w := r.log.forTry(t.ID(), info.TryNumber)
 	try := Try{Task: t, Info: info, Log: w, Outputs: r.outputs,
-		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient}
+		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient, Caller: r.calls.caller(nil)}
 	go func() {
 		begin := time.Now()
 		out := Run(r.ctx, try)

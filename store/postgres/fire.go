@@ -361,7 +361,7 @@ func (f *fireTx) insertInstances(ctx context.Context) error {
 		SELECT x.run_id, x.dag_id, t.task_id, t.retries + 1, t.retries, t.priority, t.trigger_rule,
 			t.retry_delay_ns, t.max_backoff_ns, t.timeout_ns, t.n_upstream`+limitVals("x.dag_id")+`
 		FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS x(run_id, dag_id, version_id)
-		JOIN dag_version_tasks t ON t.version_id = x.version_id
+		JOIN dag_version_tasks t ON t.version_id = x.version_id AND t.kind <> 'callable'
 		ORDER BY x.run_id, t.ord`, f.runIDs, f.runDAGs, f.versionIDs)
 	if err != nil {
 		return err

@@ -21,18 +21,23 @@ import (
 // joined with dag_runs r.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error, t.pool, t.pool_slots, coalesce(t.concurrency_key, '')`
+	t.heartbeat_at, t.output, t.error, t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments,
+	coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
-		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey}
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex,
+		&ti.Arguments, &ti.CallerID, &ti.WaitingOn}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
 	ti.ConcurrencyKey = strings.TrimPrefix(ti.ConcurrencyKey, store.KeyPrefixKey)
 	if output != nil {
 		ti.Output = json.RawMessage(output)
+	}
+	if len(ti.Arguments) == 0 {
+		ti.Arguments = nil
 	}
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = utcp(ti.QueuedAt), utcp(ti.StartedAt), utcp(ti.EndedAt)
 	ti.NextRetryAt, ti.HeartbeatAt = utcp(ti.NextRetryAt), utcp(ti.HeartbeatAt)
@@ -529,9 +534,9 @@ func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
 func validateResults(results []store.Result) error {
 	for i, r := range results {
 		switch r.State {
-		case state.Success, state.Failed, state.Skipped:
+		case state.Success, state.Failed, state.Skipped, state.Deferred:
 		default:
-			return fmt.Errorf("result %d (instance %d try %d): state %q is not an outcome (want success, failed or skipped)",
+			return fmt.Errorf("result %d (instance %d try %d): state %q is not an outcome (want success, failed, skipped or deferred)",
 				i, r.ID, r.TryNumber, r.State)
 		}
 		if r.Output != nil && !json.Valid(r.Output) {
@@ -646,9 +651,14 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 // rows locked) first only for failed tries, so a batch of successes costs
 // one statement before the release.
 func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
+	for _, r := range results {
+		if r.State == state.Deferred {
+			return s.finishWithDeferrals(ctx, tx, results, claim)
+		}
+	}
 	f := newFinishTx(s, tx, results, claim)
 	for _, phase := range []func(context.Context) error{
-		f.readPolicies, f.record, f.appendLogs, f.reportRefused, f.fault(FaultFinishRecorded),
+		f.readPolicies, f.record, f.appendLogs, f.reportRefused, f.wakeWaiters, f.fault(FaultFinishRecorded),
 		f.releaseDownstream, f.fault(FaultFinishReleased), f.settleRuns, f.fault(FaultFinishSettled),
 	} {
 		if err := phase(ctx); err != nil {
@@ -682,6 +692,7 @@ type finishTx struct {
 	branches []int    // indexes of successful branch results
 	finished []int64  // run of each instance that reached a terminal state
 	retried  bool     // some try went up_for_retry
+	calls    []int64  // call instances that reached a terminal state
 
 	rl           *releaser
 	speculate    bool      // the release's first round went with the outcomes
@@ -715,6 +726,13 @@ func newFinishTx(s *Store, tx dbtx, results []store.Result, claim *claimPlan) *f
 	}
 	slices.SortFunc(f.order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
 	return f
+}
+
+// wakeWaiters counts the call instances that ended off the deferred
+// callers waiting on them, and queues those left waiting on none.
+func (f *finishTx) wakeWaiters(ctx context.Context) error {
+	slices.Sort(f.calls)
+	return wakeWaiters(ctx, f.tx, f.calls, f.now)
 }
 
 // fault is the phase that injects the failure named (tests only).
@@ -791,8 +809,12 @@ func (f *finishTx) readOutcomes(rows pgx.Rows) error {
 		var task string
 		var st state.TaskState
 		var limited bool
-		if err := rows.Scan(&id, &run, &task, &st, &limited); err != nil {
+		var mapIndex int
+		if err := rows.Scan(&id, &run, &task, &st, &limited, &mapIndex); err != nil {
 			return err
+		}
+		if mapIndex >= 0 && st.Terminal() {
+			f.calls = append(f.calls, id)
 		}
 		if _, pipe := f.tx.(*pipeTx); !pipe {
 			// A limited try that ended freed slots: wake a claimer (a
@@ -1045,7 +1067,7 @@ const outcomeSQL = `
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
 			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
-		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited`
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index`
 
 // wokeSQL reads whether the counter trigger found a slot freed where an
 // instance could not start (trellis.wake): the finish must wake claimers.
@@ -1107,6 +1129,10 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 	ids, nums := tryArrays(as)
 	// Lock the rows in id order, as FinishTasks does, so a heartbeat and a
 	// finish touching the same instances cannot deadlock.
+	// A deferred try the worker keeps parked is held while deferred, and
+	// once queued again (its try number lowered by one) until claimed:
+	// those rows are only read, never locked (the transactions that wake
+	// callers lock them after their callees, out of id order).
 	rows, err := s.pool.Query(ctx, `
 		WITH mine AS MATERIALIZED (
 			SELECT t.id FROM task_instances t
@@ -1114,10 +1140,17 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 			WHERE t.state = 'running' AND t.worker_id = $4
 			ORDER BY t.id
 			FOR NO KEY UPDATE OF t
+		), beat AS (
+			UPDATE task_instances t SET heartbeat_at = $3
+			FROM mine WHERE t.id = mine.id
+			RETURNING t.id, t.try_number
 		)
-		UPDATE task_instances t SET heartbeat_at = $3
-		FROM mine WHERE t.id = mine.id
-		RETURNING t.id, t.try_number`, ids, nums, now, workerID)
+		SELECT id, try_number FROM beat
+		UNION ALL
+		SELECT t.id, u.try FROM task_instances t
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id
+		WHERE t.worker_id = $4 AND (t.state = 'deferred' AND t.try_number = u.try
+			OR t.state = 'queued' AND t.try_number = u.try - 1)`, ids, nums, now, workerID)
 	if err != nil {
 		return nil, mapErr("heartbeat tasks", err)
 	}

@@ -216,7 +216,7 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 		return fmt.Errorf("look up version %s: %w", sp.Fingerprint, err)
 	}
 	if err := w.queryRow(`INSERT INTO dag_versions (dag_id, fingerprint, n_tasks, created_at)
-		VALUES (?, ?, ?, ?) RETURNING id`, sp.DAGID, sp.Fingerprint, len(sp.Tasks), now).Scan(&id); err != nil {
+		VALUES (?, ?, ?, ?) RETURNING id`, sp.DAGID, sp.Fingerprint, sp.StaticTasks(), now).Scan(&id); err != nil {
 		return fmt.Errorf("insert version %s: %w", sp.Fingerprint, err)
 	}
 	down := map[string][]string{}
@@ -257,7 +257,7 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 			}
 			args = append(args, id, t.TaskID, i, string(t.Kind), string(rule), t.Priority, t.Retries,
 				int64(t.RetryDelay), int64(t.MaxBackoff), int64(t.Timeout), idList(up), idList(ds),
-				len(up), len(ds) == 0, pool, slots, t.MaxActive, t.KeyTemplate, t.KeyLimit)
+				len(up), len(ds) == 0 && t.Kind != dag.KindCallable, pool, slots, t.MaxActive, t.KeyTemplate, t.KeyLimit)
 		}
 		// Run unprepared: the statement depends on the batch size and is
 		// not worth a place in the statement cache.

@@ -351,8 +351,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	var rd, mb int64
 	var cur string
 	var limited bool
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited)
+	var mapIndex int
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited, map_index
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited, &mapIndex)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, nil, nil
 	}
@@ -382,6 +383,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 			return out, nil, fmt.Errorf("append final log chunk of task instance #%d try %d: %w", r.ID, r.TryNumber, err)
 		}
 	}
+	if r.State == state.Deferred && a.state == state.Running {
+		return e.deferTry(r, out)
+	}
 	if a.state == state.Restarting {
 		if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 				ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
@@ -393,6 +397,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	}
 
 	next, errText := r.State, r.Error
+	if next == state.Deferred {
+		next, errText = state.Failed, "deferred after the try was taken away"
+	}
 	var skip map[string]bool
 	if def := ri.st.tasks[a.taskID]; def != nil && next == state.Success && r.Follow != nil {
 		var bad string
@@ -418,6 +425,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
 	}
 	out.Applied, out.State = true, next
+	if mapIndex >= 0 && next.Terminal() {
+		if err := e.wakeWaiters(r.ID); err != nil {
+			return out, nil, err
+		}
+	}
 	if next == state.UpForRetry {
 		e.w.wake(store.TopicRunsChanged)
 		return out, nil, nil
@@ -505,4 +517,38 @@ func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]
 		}
 	}
 	return skip, ""
+}
+
+// deferTry records a deferred try of a running instance: it keeps its try
+// number and its worker (which may keep it parked). A deferral on calls
+// with none left unfinished is queued at once, its try number lowered by
+// one so that the claim resuming it gives it back.
+func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.FinishOutcome, *pendingRelease, error) {
+	var started any
+	if !r.StartedAt.IsZero() {
+		started = us(r.StartedAt)
+	}
+	waits := 0
+	if r.Deferral.Calls {
+		var err error
+		if waits, err = e.waitingOn(r.ID); err != nil {
+			return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
+		}
+	}
+	var next string
+	err := e.w.queryRow(`UPDATE task_instances SET
+			state = CASE WHEN ?1 AND ?5 = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN ?1 AND ?5 = 0 THEN try_number - 1 ELSE try_number END,
+			queued_at = CASE WHEN ?1 AND ?5 = 0 THEN ?2 ELSE queued_at END,
+			waiting_on = CASE WHEN ?1 THEN ?5 ELSE waiting_on END,
+			started_at = coalesce(?3, started_at), heartbeat_at = ?2
+		WHERE id = ?4 RETURNING state`, r.Deferral.Calls, us(e.now), started, r.ID, waits).Scan(&next)
+	if err != nil {
+		return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
+	}
+	out.Applied, out.State = true, state.TaskState(next)
+	if out.State == state.Queued {
+		e.w.wake(store.TopicTasksReady)
+	}
+	return out, nil, nil
 }

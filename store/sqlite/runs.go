@@ -184,7 +184,7 @@ func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store
 			CASE WHEN t.max_active > 0 THEN 'task:' || ?2 || '.' || t.task_id END,
 			t.pool <> 'default_pool' OR t.pool_slots > 1 OR t.max_active > 0 OR t.key_template <> ''
 				OR coalesce((SELECT p.slots >= 0 FROM pools p WHERE p.name = 'default_pool'), 0)
-		FROM dag_version_tasks t WHERE t.version_id = ?3 ORDER BY t.ord`, id, r.DAGID, versionID); err != nil {
+		FROM dag_version_tasks t WHERE t.version_id = ?3 AND t.kind <> 'callable' ORDER BY t.ord`, id, r.DAGID, versionID); err != nil {
 		return store.Run{}, false, fmt.Errorf("insert task instances: %w", err)
 	}
 	if err := limitInstances(w, id, r.RunType != store.RunScheduled, w.s.log); err != nil {
@@ -467,8 +467,8 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 		switch to {
 		case state.RunFailed:
 			_, err = w.exec(`UPDATE task_instances SET
-					state = CASE WHEN state IN ('running', 'restarting') THEN 'failed' ELSE 'skipped' END,
-					error = CASE WHEN state IN ('running', 'restarting') THEN 'run marked failed' ELSE error END,
+					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
+					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
 					ended_at = ?, next_retry_at = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		case state.RunSuccess:
