@@ -461,7 +461,7 @@ func fibWorker(e *env, wk store.Worker, n int) error {
 			}
 			st, err := e.s.Call(e.ctx, store.CallBatch{Caller: att(c), Calls: calls, MaxCalls: 1000, Now: t0})
 			if err != nil {
-				return fmt.Errorf("Call: %w", err)
+				return fmt.Errorf("store call: %w", err)
 			}
 			sum, done := 0, true
 			for _, s := range st {
