@@ -269,6 +269,12 @@ func operatorName(k dag.Kind) string {
 		return "HTTP"
 	case dag.KindBranch:
 		return "Branch"
+	case dag.KindResumable:
+		return "Resumable"
+	case dag.KindSensor:
+		return "Sensor"
+	case dag.KindApproval:
+		return "Approval"
 	}
 	return string(k)
 }

@@ -39,6 +39,16 @@ type Task struct {
 	inherit    []string          // InheritEnv
 	upstream   []*Task
 	downstream []*Task
+
+	// Waiting tasks (wait.go).
+	steps           Steps
+	sensor          func(*Context) (bool, error)
+	pokeInterval    time.Duration
+	sensorTimeout   time.Duration
+	softFail        bool
+	approvers       []string
+	approvalTimeout time.Duration
+	waitOpts        int // which of the waiting options were given
 }
 
 // TaskOption configures a task.
