@@ -12,6 +12,7 @@ func SpecFromDAG(d *dag.DAG) DAGSpec {
 		Tags:           d.Tags(),
 		MaxActiveRuns:  d.MaxActiveRuns(),
 		MaxActiveTasks: d.MaxActiveTasks(),
+		EventKey:       d.EventKey(),
 	}
 	for _, t := range d.Tasks() {
 		s.Tasks = append(s.Tasks, TaskSpec{

@@ -54,7 +54,10 @@ type DAGSpec struct {
 	Tags           []string
 	MaxActiveRuns  int
 	MaxActiveTasks int
-	Tasks          []TaskSpec
+	// EventKey is the key of the events that create runs of the DAG
+	// (dag.ScheduleOnEvent); "" = none.
+	EventKey string
+	Tasks    []TaskSpec
 }
 
 // DAG is the stored record of a DAG.
@@ -67,7 +70,8 @@ type DAG struct {
 	MaxActiveRuns  int
 	MaxActiveTasks int
 	Paused         bool
-	Active         bool // false once the DAG is gone from the binary
+	Active         bool   // false once the DAG is gone from the binary
+	EventKey       string // dag.ScheduleOnEvent's key; "" = none
 	// LastIntervalEnd is the end of the latest data interval the scheduler
 	// created a run for (nil before the first).
 	LastIntervalEnd *time.Time
@@ -473,6 +477,18 @@ type Store interface {
 	// scheduler; ok is false when none was recorded. GET /api/v1/health
 	// reports it, so an API process apart from the scheduler sees it.
 	LatestSchedulerHeartbeat(ctx context.Context) (t time.Time, ok bool, err error)
+
+	// RecordEvent records an event and, in the same transaction, creates
+	// a queued run of every active, unpaused DAG scheduled on its key
+	// (EventRun). With a DedupeKey held by a kept event it does nothing
+	// and returns that event with Duplicate set. A bad key, dedupe key or
+	// payload is an error saying so (ErrTooLarge for a payload over
+	// MaxEventPayload); nothing is recorded then. It also deletes up to
+	// ExpireEventsPerEvent expired events.
+	RecordEvent(ctx context.Context, e NewEvent) (EventResult, error)
+	// PurgeEvents deletes up to limit events that expired at or before
+	// now (limit ≤ 0: all). Returns how many.
+	PurgeEvents(ctx context.Context, now time.Time, limit int) (int, error)
 
 	// Listen subscribes to wake-ups on topics.
 	Listen(ctx context.Context, topics ...Topic) (Subscription, error)

@@ -126,6 +126,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RoundTrip", testRoundTrip},
 		{"Listen", testListen},
 		{"FinishIsAtomic", testAtomic},
+		{"Events", testEvents},
+		{"ScheduleOnEvent", testScheduleOnEvent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
