@@ -275,6 +275,8 @@ func operatorName(k dag.Kind) string {
 		return "Sensor"
 	case dag.KindApproval:
 		return "Approval"
+	case dag.KindCallable:
+		return "Callable"
 	}
 	return string(k)
 }

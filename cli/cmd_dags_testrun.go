@@ -228,6 +228,44 @@ func writeSummary(w io.Writer, res *taskrun.DAGResult, order []*dag.Task, took t
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write summary: %w", err)
 	}
+	return writeCalls(w, res.Calls)
+}
+
+// writeCalls summarises the call instances of a run: how many per
+// callable and state, and the calls that did not succeed (at most 20).
+func writeCalls(w io.Writer, calls []taskrun.CallReport) error {
+	if len(calls) == 0 {
+		return nil
+	}
+	type key struct {
+		task string
+		st   state.TaskState
+	}
+	counts := map[key]int{}
+	var keys []key
+	for _, c := range calls {
+		k := key{c.TaskID, c.State}
+		if counts[k] == 0 {
+			keys = append(keys, k)
+		}
+		counts[k]++
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nCALLABLE\tSTATE\tCALLS")
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%s\t%s\t%d\n", k.task, k.st, counts[k])
+	}
+	shown := 0
+	for _, c := range calls {
+		if c.State == state.Success || shown == 20 {
+			continue
+		}
+		shown++
+		fmt.Fprintf(tw, "  %s[%d]\t%s\t%s\n", dag.CallLabel(c.TaskID, []byte(c.Arguments)), c.MapIndex, c.State, firstLine(c.Err))
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("write summary: %w", err)
+	}
 	return nil
 }
 

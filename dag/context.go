@@ -56,6 +56,7 @@ type Context struct {
 	info   RunInfo
 	logger *slog.Logger
 	io     OutputIO
+	calls  Caller
 }
 
 // NewContext returns a Context for one task try. The executor and the
@@ -65,6 +66,14 @@ func NewContext(ctx context.Context, info RunInfo, logger *slog.Logger, io Outpu
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Context{Context: ctx, info: info, logger: logger, io: io}
+}
+
+// WithCaller returns a copy of c whose calls of callables go to k (the
+// executor and `dags test` set it).
+func (c *Context) WithCaller(k Caller) *Context {
+	cc := *c
+	cc.calls = k
+	return &cc
 }
 
 // DAGID returns the DAG id.

@@ -29,6 +29,7 @@ type DAG struct {
 	catchup         bool
 	maxActiveRuns   int
 	maxActiveTasks  int
+	maxCalls        int
 	description     string
 	tags            []string
 	params          map[string]any

@@ -77,6 +77,10 @@ func (e *fpEncoder) int(n int64) { e.buf = binary.BigEndian.AppendUint64(e.buf, 
 func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	e.str(t.id)
 	e.str(string(t.kind))
+	if t.noDedup {
+		// Only callables have it; other tasks' encoding is unchanged.
+		e.str("nodedup")
+	}
 	e.str(string(t.trigger))
 	e.int(int64(t.retries))
 	e.int(int64(t.retryDelay))

@@ -44,3 +44,15 @@ func IsPermanent(err error) bool {
 	var p *PermanentError
 	return errors.As(err, &p)
 }
+
+// ErrorText is err's message without the "permanent: " of a Permanent
+// error at its top ("" for nil).
+func ErrorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	if p, ok := err.(*PermanentError); ok && p.Err != nil {
+		return p.Err.Error()
+	}
+	return err.Error()
+}

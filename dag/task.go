@@ -1,6 +1,7 @@
 package dag
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -27,6 +28,8 @@ type Task struct {
 	kind       Kind
 	fn         func(*Context) error
 	branch     func(*Context) ([]string, error)
+	call       func(*Context, json.RawMessage) (json.RawMessage, error)
+	noDedup    bool
 	command    string
 	http       HTTPRequest
 	retries    int

@@ -130,6 +130,9 @@ func (d *DAG) validate(out []Problem) []Problem {
 	if d.retention < 0 {
 		dagProblem("Retention must be positive (or KeepForever), got %v", d.retention)
 	}
+	if d.maxCalls < 0 {
+		dagProblem("MaxCalls must be positive (0: the default %d), got %d", DefaultMaxCalls, d.maxCalls)
+	}
 	if len(d.params) > 0 {
 		if _, err := json.Marshal(d.params); err != nil {
 			dagProblem("Params are not JSON-encodable: %v", err)
@@ -179,6 +182,12 @@ func (t *Task) validate(out []Problem) []Problem {
 	t.validateWait(problem)
 	if !t.trigger.Valid() {
 		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)
+	}
+	if t.kind == KindCallable && (len(t.upstream) > 0 || len(t.downstream) > 0) {
+		problem("a callable has no edges: tasks call it (Callable.Call), they do not depend on it")
+	}
+	if t.noDedup && t.kind != KindCallable {
+		problem("NoDedup applies to callables only")
 	}
 	if t.kind == KindHTTP {
 		if m := t.http.Method; m != "" && !validMethod(m) {

@@ -2,6 +2,18 @@ package store
 
 import "github.com/trellis-dag/trellis/dag"
 
+// StaticTasks is how many tasks of sp have an instance in every run: all
+// but callables, whose instances are created by calls.
+func (sp DAGSpec) StaticTasks() int {
+	n := 0
+	for _, t := range sp.Tasks {
+		if t.Kind != dag.KindCallable {
+			n++
+		}
+	}
+	return n
+}
+
 // SpecFromDAG turns a DAG of the binary into the spec SyncDAGs records.
 func SpecFromDAG(d *dag.DAG) DAGSpec {
 	s := DAGSpec{

@@ -201,7 +201,9 @@ type Try struct {
 type Result struct {
 	Try
 	// State is success, failed or skipped. A failed try with tries left
-	// and Permanent false becomes up_for_retry.
+	// and Permanent false becomes up_for_retry. State deferred suspends
+	// the try (Deferral says until what): it releases the worker's slot,
+	// uses up no try and keeps its try number.
 	State     state.TaskState
 	Permanent bool
 	Error     string
@@ -216,11 +218,23 @@ type Result struct {
 	// (which FinishAndClaim makes before the previous task's commit).
 	StartedAt time.Time
 	EndedAt   time.Time
+	// Deferral, with State deferred, says what the try waits for.
+	Deferral Deferral
 	// Log, when not empty, is the try's last log chunk: FinishTasks
 	// appends it to the try's log (as AppendLog would, within the same
 	// cap) in the transaction that records the result, when the result is
 	// applied, so a try needs no separate AppendLog commit.
 	Log []byte
+}
+
+// Deferral is what a deferred try waits for before it is queued again
+// (deferred → queued, in a transaction that exists anyway). A deferral
+// with no condition waits for ResumeDeferred.
+type Deferral struct {
+	// Calls: the calls the instance made that have not finished. It is
+	// queued by the finishing transaction of its last unfinished callee,
+	// or at once when none is left when the deferral is recorded.
+	Calls bool
 }
 
 // FinishOutcome reports what FinishTasks did with one Result.
@@ -229,7 +243,8 @@ type FinishOutcome struct {
 	// Applied is false when the compare-and-set failed: the task was no
 	// longer running that try (e.g. declared a zombie); nothing changed.
 	Applied bool
-	// State is the state written (up_for_retry for a retried failure).
+	// State is the state written (up_for_retry for a retried failure;
+	// deferred, or queued when a deferral had nothing left to wait for).
 	State state.TaskState
 }
 
@@ -433,8 +448,15 @@ type Store interface {
 	FinishAndClaim(ctx context.Context, results []Result, w Worker, max int, now time.Time) ([]FinishOutcome, []Claimed, error)
 	// HeartbeatTasks refreshes the heartbeat of running tries and
 	// returns those that are no longer running under that try (taken away:
-	// the worker must stop them).
+	// the worker must stop them). A try the worker deferred and keeps
+	// parked is held while it is deferred, or queued again without having
+	// been claimed by anybody (see ResumeDeferred).
 	HeartbeatTasks(ctx context.Context, workerID string, tries []Try, now time.Time) (lost []Try, err error)
+	// ResumeDeferred queues again the deferred instances among ids
+	// (deferred → queued), whatever they wait for, and wakes the workers.
+	// The try number is lowered by one, so the claim that resumes the try
+	// gives it back its number. Returns how many were queued.
+	ResumeDeferred(ctx context.Context, ids []int64, now time.Time) (int, error)
 	// RequeueRetries queues up_for_retry instances due at or before now.
 	RequeueRetries(ctx context.Context, now time.Time) (int, error)
 	// NextRetryAt returns the earliest pending retry time (ok=false: none).

@@ -90,6 +90,9 @@ type DAGResult struct {
 	Tasks map[string]TaskReport
 	// Order lists the task ids in the order they reached their final state.
 	Order []string
+	// Calls are the call instances of callables the run made, in
+	// creation order.
+	Calls []CallReport
 }
 
 // MarshalJSON encodes the result in the form of CONTRACT §4 plus run_id
@@ -208,14 +211,22 @@ func RunDAG(ctx context.Context, d *dag.DAG, opts DAGOptions) (*DAGResult, error
 		r.st[i] = state.None
 		r.reports[i] = TaskReport{TaskID: t.ID(), State: state.None}
 	}
+	r.calls = newLocalCalls(r, d)
 	r.run()
+	r.result.Calls = r.calls.wait()
 	return r.finishRun()
 }
 
 // topoOrder returns d's tasks in a topological order (Kahn's algorithm)
-// and, for each, its position in d.Tasks().
+// and, for each, its position in d.Tasks(). Callables are left out: they
+// run when called.
 func topoOrder(d *dag.DAG) ([]*dag.Task, []int, error) {
-	all := d.Tasks()
+	var all []*dag.Task
+	for _, t := range d.Tasks() {
+		if t.Kind() != dag.KindCallable {
+			all = append(all, t)
+		}
+	}
 	pos := make(map[*dag.Task]int, len(all))
 	for i, t := range all {
 		pos[t] = i
@@ -291,6 +302,7 @@ type dagRunner struct {
 	outputs *memOutputs
 	log     *sharedLog
 	resume  []*dag.RunInfo // per task: how its next try continues a deferral
+	calls   *localCalls
 
 	ready    readyQueue
 	work     []int // tasks to evaluate with their trigger rule
@@ -367,7 +379,7 @@ func (r *dagRunner) start(i int) {
 	info.TryNumber = r.tries[i]
 	w := r.log.forTry(t.ID(), info.TryNumber)
 	try := Try{Task: t, Info: info, Log: w, Outputs: r.outputs,
-		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient, Now: r.opts.Now}
+		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient, Now: r.opts.Now, Caller: r.calls.caller(nil)}
 	go func() {
 		begin := time.Now()
 		out := Run(r.ctx, try)

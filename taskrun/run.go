@@ -65,6 +65,11 @@ type Try struct {
 	// Now reads the clock for deferrals (next check, deadlines); nil
 	// means time.Now.
 	Now func() time.Time
+	// Arguments are the JSON arguments of a call of a callable task.
+	Arguments json.RawMessage
+	// Caller records the calls the task makes (dag.Callable.Call) and
+	// waits for them; nil means the task cannot call callables.
+	Caller dag.Caller
 }
 
 // Outcome is how a try ended.
@@ -155,7 +160,7 @@ func Run(ctx context.Context, t Try) Outcome {
 	}
 	var out Outcome
 	switch t.Task.Kind() {
-	case dag.KindFunc, dag.KindBranch, dag.KindResumable, dag.KindSensor, dag.KindApproval:
+	case dag.KindFunc, dag.KindBranch, dag.KindCallable, dag.KindResumable, dag.KindSensor, dag.KindApproval:
 		out = runFunc(tctx, t, logw.records(), logger, grace)
 	case dag.KindShell:
 		out = runShell(tctx, t, logw, logger, grace)
@@ -218,11 +223,12 @@ type funcResult struct {
 
 func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
 	task := t.Task
-	fn, branch := task.Fn(), task.BranchFn()
+	fn, branch, call := task.Fn(), task.BranchFn(), task.CallFn()
 	if task.Waits() {
 		fn = waitingFn(task, t.Info)
 	}
-	if (fn == nil && task.Kind() != dag.KindBranch) || (task.Kind() == dag.KindBranch && branch == nil) {
+	if (fn == nil && (task.Kind() == dag.KindFunc || task.Waits())) || (task.Kind() == dag.KindBranch && branch == nil) ||
+		(task.Kind() == dag.KindCallable && call == nil) {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
 	outs := &tryOutputs{under: t.Outputs, self: t.Info.TaskID}
@@ -230,6 +236,10 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 	info := t.Info
 	info.Env = TaskEnv(t, nil, nil)
 	c := dag.NewContext(tctx, info, logger, outs)
+	if t.Caller != nil {
+		c = c.WithCaller(t.Caller)
+	}
+	var result json.RawMessage
 
 	done := make(chan funcResult, 1)
 	go func() {
@@ -242,9 +252,12 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 			r.expired = tctx.Err() != nil
 			done <- r
 		}()
-		if branch != nil {
+		switch {
+		case call != nil:
+			result, r.err = call(c, t.Arguments)
+		case branch != nil:
 			r.follow, r.err = branch(c)
-		} else {
+		default:
 			r.err = fn(c)
 		}
 	}()
@@ -284,6 +297,10 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 		out.Follow = follow
 	}
 	out.Output = outs.value()
+	if call != nil {
+		// A call's result is its output.
+		out.Output = result
+	}
 	return out
 }
 

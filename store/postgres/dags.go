@@ -97,7 +97,7 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 			return fmt.Errorf("sync dags: DAG %q tags: %w", sp.DAGID, err)
 		}
 		ids[i], fps[i], scheds[i], descs[i], tags[i] = sp.DAGID, sp.Fingerprint, sp.Schedule, sp.Description, string(b)
-		mar[i], mat[i], ntasks[i] = int32(sp.MaxActiveRuns), int32(sp.MaxActiveTasks), int32(len(sp.Tasks))
+		mar[i], mat[i], ntasks[i] = int32(sp.MaxActiveRuns), int32(sp.MaxActiveTasks), int32(sp.StaticTasks())
 	}
 	newVersions := false
 	err := s.inTx(ctx, "sync dags", func(tx pgx.Tx) error {
@@ -201,7 +201,7 @@ func versionTaskRows(versionID int64, sp store.DAGSpec) [][]any {
 		}
 		rows = append(rows, []any{versionID, t.TaskID, int32(i), string(t.Kind), string(rule), int32(t.Priority),
 			int32(t.Retries), int64(t.RetryDelay), int64(t.MaxBackoff), int64(t.Timeout), up, dn,
-			int32(len(up)), len(dn) == 0})
+			int32(len(up)), len(dn) == 0 && t.Kind != dag.KindCallable})
 	}
 	return rows
 }

@@ -299,7 +299,7 @@ func (s *Store) fireTx(ctx context.Context, tx pgx.Tx, fires []store.Fire, now t
 				SELECT x.run_id, x.dag_id, t.task_id, t.retries + 1, t.retries, t.priority, t.trigger_rule,
 					t.retry_delay_ns, t.max_backoff_ns, t.timeout_ns, t.n_upstream
 				FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS x(run_id, dag_id, version_id)
-				JOIN dag_version_tasks t ON t.version_id = x.version_id
+				JOIN dag_version_tasks t ON t.version_id = x.version_id AND t.kind <> 'callable'
 				ORDER BY x.run_id, t.ord`, runIDs, runDAGs, versionIDs)
 			if err != nil {
 				return nil, err

@@ -80,6 +80,9 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 			WHERE t.run_id = ANY($1)`, ids).Scan(&p.Logs); err != nil {
 			return err
 		}
+		if _, err := tx.Exec(ctx, "DELETE FROM task_calls WHERE run_id = ANY($1)", ids); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, "DELETE FROM task_instances WHERE run_id = ANY($1)", ids)
 		if err != nil {
 			return err

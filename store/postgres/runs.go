@@ -140,7 +140,7 @@ func (s *Store) createRunTx(ctx context.Context, tx pgx.Tx, nr store.NewRun, con
 				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
 			SELECT $1, $2, task_id, retries + 1, retries, priority, trigger_rule,
 				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream
-			FROM dag_version_tasks WHERE version_id = $3
+			FROM dag_version_tasks WHERE version_id = $3 AND kind <> 'callable'
 			ORDER BY ord`, run.ID, nr.DAGID, versionID)
 		if err != nil {
 			return err
@@ -410,8 +410,8 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 		switch to {
 		case state.RunFailed:
 			_, err = tx.Exec(ctx, `UPDATE task_instances SET
-					state = CASE WHEN state IN ('running', 'restarting') THEN 'failed' ELSE 'skipped' END,
-					error = CASE WHEN state IN ('running', 'restarting') THEN 'run marked failed' ELSE error END,
+					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
+					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
 					ended_at = $2, next_retry_at = NULL
 				WHERE run_id = $1 AND state IN `+unfinishedList, id, now)
 		case state.RunSuccess:
@@ -465,6 +465,9 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		}
 		if st == state.RunRunning {
 			return errorf("%w: the run is running; mark it failed or success first", store.ErrConflict)
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM task_calls WHERE run_id = $1", id); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM task_instances WHERE run_id = $1", id); err != nil {
 			return err

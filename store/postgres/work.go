@@ -322,9 +322,9 @@ func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
 func validateResults(results []store.Result) error {
 	for i, r := range results {
 		switch r.State {
-		case state.Success, state.Failed, state.Skipped:
+		case state.Success, state.Failed, state.Skipped, state.Deferred:
 		default:
-			return fmt.Errorf("result %d (instance %d try %d): state %q is not an outcome (want success, failed or skipped)",
+			return fmt.Errorf("result %d (instance %d try %d): state %q is not an outcome (want success, failed, skipped or deferred)",
 				i, r.ID, r.TryNumber, r.State)
 		}
 		if r.Output != nil && !json.Valid(r.Output) {
@@ -447,6 +447,11 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 	}
 	if now.IsZero() {
 		now = s.clock.Now()
+	}
+	for _, r := range results {
+		if r.State == state.Deferred {
+			return s.finishWithDeferrals(ctx, tx, results, claim, now)
+		}
 	}
 	out := make([]store.FinishOutcome, len(results))
 	// The first result per instance counts; later ones in the batch are
@@ -786,17 +791,20 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 	ids, nums := tryArrays(as)
 	// Lock the rows in id order, as FinishTasks does, so a heartbeat and a
 	// finish touching the same instances cannot deadlock.
+	// A deferred try the worker keeps parked is held while deferred, and
+	// once queued again (its try number lowered by one) until claimed.
 	rows, err := s.pool.Query(ctx, `
 		WITH mine AS MATERIALIZED (
-			SELECT t.id FROM task_instances t
-			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
-			WHERE t.state = 'running' AND t.worker_id = $4
+			SELECT t.id, u.try FROM task_instances t
+			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id
+			WHERE t.worker_id = $4 AND (t.state IN ('running', 'deferred') AND t.try_number = u.try
+				OR t.state = 'queued' AND t.try_number = u.try - 1)
 			ORDER BY t.id
 			FOR NO KEY UPDATE OF t
 		)
 		UPDATE task_instances t SET heartbeat_at = $3
 		FROM mine WHERE t.id = mine.id
-		RETURNING t.id, t.try_number`, ids, nums, now, workerID)
+		RETURNING t.id, mine.try`, ids, nums, now, workerID)
 	if err != nil {
 		return nil, mapErr("heartbeat tasks", err)
 	}

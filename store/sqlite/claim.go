@@ -147,9 +147,9 @@ func sortClaimed(out []store.Claimed) {
 func checkResults(results []store.Result) error {
 	for i, r := range results {
 		switch r.State {
-		case state.Success, state.Failed, state.Skipped:
+		case state.Success, state.Failed, state.Skipped, state.Deferred:
 		default:
-			return fmt.Errorf("result %d (task instance #%d try %d): state %q is not success, failed or skipped",
+			return fmt.Errorf("result %d (task instance #%d try %d): state %q is not success, failed, skipped or deferred",
 				i, r.ID, r.TryNumber, r.State)
 		}
 		if r.Output != nil && !json.Valid(r.Output) {
@@ -236,6 +236,9 @@ func tryList(tries []store.Try) string {
 
 const tryIn = `(id, try_number) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))`
 
+// tryIn3 is tryIn with the list as parameter ?3.
+const tryIn3 = `(id, try_number) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?3))`
+
 // HeartbeatTasks refreshes the heartbeat of the worker's running tries
 // and returns the tries it no longer holds (finished, failed as
 // zombies, cleared, cancelled or claimed again): the worker must stop
@@ -247,8 +250,13 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 	var lost []store.Try
 	err := s.write(ctx, fmt.Sprintf("heartbeat tasks of worker %q", workerID), func(w *txn) error {
 		lost = nil
-		rows, err := w.query(`UPDATE task_instances SET heartbeat_at = ?
-			WHERE state = 'running' AND worker_id = ? AND `+tryIn+` RETURNING id, try_number`,
+		// A deferred try the worker keeps parked is held while deferred,
+		// and once queued again (its try number lowered by one) until
+		// claimed.
+		rows, err := w.query(`UPDATE task_instances SET heartbeat_at = ?1
+			WHERE worker_id = ?2 AND (state IN ('running', 'deferred') AND `+tryIn3+`
+				OR state = 'queued' AND (id, try_number + 1) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?3)))
+			RETURNING id, CASE WHEN state = 'queued' THEN try_number + 1 ELSE try_number END`,
 			us(now), workerID, tryList(tries))
 		if err != nil {
 			return err
@@ -276,6 +284,36 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 		return nil, err
 	}
 	return lost, nil
+}
+
+// ResumeDeferred queues again the deferred instances among ids.
+func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.write(ctx, "resume deferred tasks", func(w *txn) error {
+		var err error
+		n, err = requeueDeferred(w, ids, now)
+		return err
+	})
+	return n, err
+}
+
+// requeueDeferred queues again the deferred instances among ids, their
+// try number lowered by one (the claim resuming them gives it back), and
+// wakes the workers when it queued any.
+func requeueDeferred(w *txn, ids []int64, now time.Time) (int, error) {
+	res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = ?
+		WHERE state = 'deferred' AND id IN (SELECT value FROM json_each(?))`, us(now), idList(ids))
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	if n > 0 {
+		w.wake(store.TopicTasksReady)
+	}
+	return int(n), nil
 }
 
 // RequeueRetries queues the up_for_retry instances due at or before now.

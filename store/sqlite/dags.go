@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/store"
 )
 
@@ -205,7 +206,7 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 		return fmt.Errorf("look up version %s: %w", sp.Fingerprint, err)
 	}
 	if err := w.queryRow(`INSERT INTO dag_versions (dag_id, fingerprint, n_tasks, created_at)
-		VALUES (?, ?, ?, ?) RETURNING id`, sp.DAGID, sp.Fingerprint, len(sp.Tasks), now).Scan(&id); err != nil {
+		VALUES (?, ?, ?, ?) RETURNING id`, sp.DAGID, sp.Fingerprint, sp.StaticTasks(), now).Scan(&id); err != nil {
 		return fmt.Errorf("insert version %s: %w", sp.Fingerprint, err)
 	}
 	down := map[string][]string{}
@@ -238,7 +239,7 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 			rule := t.TriggerRule
 			args = append(args, id, t.TaskID, i, string(t.Kind), string(rule), t.Priority, t.Retries,
 				int64(t.RetryDelay), int64(t.MaxBackoff), int64(t.Timeout), idList(up), idList(ds),
-				len(up), len(ds) == 0)
+				len(up), len(ds) == 0 && t.Kind != dag.KindCallable)
 		}
 		// Run unprepared: the statement depends on the batch size and is
 		// not worth a place in the statement cache.

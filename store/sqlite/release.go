@@ -376,6 +376,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 			return out, nil, fmt.Errorf("append final log chunk of task instance #%d try %d: %w", r.ID, r.TryNumber, err)
 		}
 	}
+	if r.State == state.Deferred && a.state == state.Running {
+		return e.deferTry(r, out)
+	}
 	if a.state == state.Restarting {
 		if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 				ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
@@ -387,6 +390,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	}
 
 	next, errText := r.State, r.Error
+	if next == state.Deferred {
+		next, errText = state.Failed, "deferred after the try was taken away"
+	}
 	var skip map[string]bool
 	if def := ri.st.tasks[a.taskID]; def != nil && next == state.Success && r.Follow != nil {
 		var bad string
@@ -499,4 +505,30 @@ func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]
 		}
 	}
 	return skip, ""
+}
+
+// deferTry records a deferred try of a running instance: it keeps its try
+// number and its worker (which may keep it parked). A deferral on calls
+// with none left unfinished is queued at once, its try number lowered by
+// one so that the claim resuming it gives it back.
+func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.FinishOutcome, *pendingRelease, error) {
+	var started any
+	if !r.StartedAt.IsZero() {
+		started = us(r.StartedAt)
+	}
+	var next string
+	err := e.w.queryRow(`UPDATE task_instances SET
+			state = CASE WHEN ?1 AND waiting_on = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN ?1 AND waiting_on = 0 THEN try_number - 1 ELSE try_number END,
+			queued_at = CASE WHEN ?1 AND waiting_on = 0 THEN ?2 ELSE queued_at END,
+			started_at = coalesce(?3, started_at), heartbeat_at = ?2
+		WHERE id = ?4 RETURNING state`, r.Deferral.Calls, us(e.now), started, r.ID).Scan(&next)
+	if err != nil {
+		return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
+	}
+	out.Applied, out.State = true, state.TaskState(next)
+	if out.State == state.Queued {
+		e.w.wake(store.TopicTasksReady)
+	}
+	return out, nil, nil
 }

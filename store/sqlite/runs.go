@@ -180,7 +180,7 @@ func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store
 			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
 		SELECT ?, ?, task_id, 'none', retries + 1, retries, priority, trigger_rule, retry_delay_ns,
 			max_backoff_ns, timeout_ns, n_upstream
-		FROM dag_version_tasks WHERE version_id = ? ORDER BY ord`, id, r.DAGID, versionID); err != nil {
+		FROM dag_version_tasks WHERE version_id = ? AND kind <> 'callable' ORDER BY ord`, id, r.DAGID, versionID); err != nil {
 		return store.Run{}, false, fmt.Errorf("insert task instances: %w", err)
 	}
 	if err := w.s.fault(FaultCreateRunInserted); err != nil {
@@ -460,8 +460,8 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 		switch to {
 		case state.RunFailed:
 			_, err = w.exec(`UPDATE task_instances SET
-					state = CASE WHEN state IN ('running', 'restarting') THEN 'failed' ELSE 'skipped' END,
-					error = CASE WHEN state IN ('running', 'restarting') THEN 'run marked failed' ELSE error END,
+					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
+					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
 					ended_at = ?, next_retry_at = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		case state.RunSuccess:

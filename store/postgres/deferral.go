@@ -1,0 +1,162 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// deferSQL records deferred tries, each a compare-and-set on (running, try
+// number): $1 instance, $2 try, $3 waits on its calls, $4 start (NULL:
+// keep the claim time), $5 now. The try keeps its number and its worker
+// (which may keep it parked); a deferral on calls with none left
+// unfinished is queued at once, its try number lowered by one so that the
+// claim resuming it gives it back.
+const deferSQL = `
+		UPDATE task_instances t SET
+			state = CASE WHEN u.calls AND t.waiting_on = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN u.calls AND t.waiting_on = 0 THEN t.try_number - 1 ELSE t.try_number END,
+			queued_at = CASE WHEN u.calls AND t.waiting_on = 0 THEN $5 ELSE t.queued_at END,
+			started_at = coalesce(u.started_at, t.started_at),
+			heartbeat_at = $5
+		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[]) AS u(id, try, calls, started_at)
+		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state = 'running'
+		RETURNING t.id, t.state`
+
+// requeueDeferredSQL queues deferred instances again ($1 ids, $2 now),
+// their try number lowered by one (the claim gives it back).
+const requeueDeferredSQL = `
+		UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = $2
+		WHERE id = ANY($1) AND state = 'deferred'`
+
+// requeueDeferred queues again the deferred instances among ids, inside
+// tx, and wakes the workers when it queued any.
+func requeueDeferred(ctx context.Context, tx dbtx, ids []int64, now time.Time) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tag, err := tx.Exec(ctx, requeueDeferredSQL, ids, now)
+	if err != nil {
+		return 0, err
+	}
+	n := int(tag.RowsAffected())
+	if n > 0 {
+		return n, notify(ctx, tx, store.TopicTasksReady)
+	}
+	return n, nil
+}
+
+// ResumeDeferred queues again the deferred instances among ids.
+func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) (int, error) {
+	var n int
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	sorted := slices.Clone(ids)
+	slices.Sort(sorted)
+	err := s.inTx(ctx, "resume deferred tasks", func(tx pgx.Tx) error {
+		var err error
+		n, err = requeueDeferred(ctx, tx, sorted, now)
+		return err
+	})
+	return n, err
+}
+
+// finishWithDeferrals is finishInClaim for a batch with deferred results:
+// they are recorded first (deferSQL), and the others, with those whose
+// instance was not running that try, go through the finish as usual (a
+// deferral of a cleared try ends the try as any outcome would).
+func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan, now time.Time) ([]store.FinishOutcome, error) {
+	var (
+		defIdx []int
+		rest   []store.Result
+		restAt []int
+	)
+	seen := map[int64]bool{}
+	for i, r := range results {
+		switch {
+		case r.State == state.Deferred && !seen[r.ID]:
+			defIdx = append(defIdx, i)
+		case r.State == state.Deferred:
+			// A duplicate: not applied, as a duplicate outcome.
+			r.State, r.Permanent, r.Deferral = state.Failed, true, store.Deferral{}
+			rest, restAt = append(rest, r), append(restAt, i)
+		default:
+			rest, restAt = append(rest, r), append(restAt, i)
+		}
+		seen[r.ID] = true
+	}
+	slices.SortFunc(defIdx, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+	n := len(defIdx)
+	ids, tries, calls, started := make([]int64, n), make([]int32, n), make([]bool, n), make([]*time.Time, n)
+	for k, i := range defIdx {
+		r := results[i]
+		ids[k], tries[k], calls[k] = r.ID, int32(r.TryNumber), r.Deferral.Calls
+		if !r.StartedAt.IsZero() {
+			started[k] = &results[i].StartedAt
+		}
+	}
+	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now)
+	if err != nil {
+		return nil, err
+	}
+	got := map[int64]state.TaskState{}
+	for rows.Next() {
+		var id int64
+		var st state.TaskState
+		if err := rows.Scan(&id, &st); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		got[id] = st
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]store.FinishOutcome, len(results))
+	var (
+		logAs   []store.Try
+		logData [][]byte
+		queued  bool
+	)
+	for _, i := range defIdx {
+		r := results[i]
+		st, ok := got[r.ID]
+		if !ok {
+			// Not running that try: cleared while running (restarting),
+			// or taken away; the finish decides which.
+			f := r
+			f.State, f.Permanent, f.Error, f.Deferral = state.Failed, true, "deferred after the try was taken away", store.Deferral{}
+			rest, restAt = append(rest, f), append(restAt, i)
+			continue
+		}
+		out[i] = store.FinishOutcome{Try: r.Try, Applied: true, State: st}
+		queued = queued || st == state.Queued
+		if len(r.Log) > 0 {
+			logAs, logData = append(logAs, r.Try), append(logData, r.Log)
+		}
+	}
+	if err := appendLogsIn(ctx, tx, logAs, logData, s.logCap); err != nil {
+		return nil, err
+	}
+	if queued {
+		if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
+			return nil, err
+		}
+	}
+	more, err := s.finishInClaim(ctx, tx, rest, claim)
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range restAt {
+		out[i] = more[k]
+	}
+	return out, nil
+}
