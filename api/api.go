@@ -275,6 +275,7 @@ func (a *api) routes() http.Handler {
 			r.Post("/dagRuns/purge", a.h(a.postPurge))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", a.h(a.getTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", a.h(a.getTaskInstance))
+			r.Post("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/continue", a.h(a.postContinue))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{task_try_number}", a.h(a.getLog))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", a.h(a.getXComEntries))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", a.h(a.getXComEntry))

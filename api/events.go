@@ -21,6 +21,8 @@ type eventJSON struct {
 	ExpiresAt  string          `json:"expires_at"`
 	Duplicate  bool            `json:"duplicate"`
 	DAGRuns    []eventRunID    `json:"dag_runs"`
+	// Continued counts the deferred task instances the event queued.
+	Continued int `json:"continued_task_instances"`
 }
 
 type eventRunID struct {
@@ -77,7 +79,7 @@ func toEvent(res store.EventResult) eventJSON {
 	ev := res.Event
 	out := eventJSON{EventID: ev.ID, Key: ev.Key, Payload: ev.Payload,
 		ReceivedAt: formatTime(ev.ReceivedAt), ExpiresAt: formatTime(ev.ExpiresAt),
-		Duplicate: res.Duplicate, DAGRuns: []eventRunID{}}
+		Duplicate: res.Duplicate, DAGRuns: []eventRunID{}, Continued: res.Continued}
 	if ev.DedupeKey != "" {
 		d := ev.DedupeKey
 		out.DedupeKey = &d

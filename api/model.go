@@ -249,6 +249,12 @@ type taskInstanceJSON struct {
 	Trigger          *struct{}       `json:"trigger"`         // no triggerer
 	TriggererJob     *struct{}       `json:"triggerer_job"`   // no triggerer
 	Note             *string         `json:"note"`
+	// Trellis extensions, set while the instance is deferred: the
+	// deadline of its wait (Airflow's column name), when the scheduler
+	// queues it again, and the key of the event it waits for.
+	TriggerTimeout *apiTime `json:"trigger_timeout,omitempty"`
+	NextCheckAt    *apiTime `json:"next_check_at,omitempty"`
+	WaitEvent      *string  `json:"wait_event,omitempty"`
 }
 
 // Names of the defaults Trellis reports for Airflow's pools and queues.
@@ -321,6 +327,13 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 	if ti.PID > 0 {
 		pid := ti.PID
 		out.PID = &pid
+	}
+	if ti.State == state.Deferred {
+		out.TriggerTimeout, out.NextCheckAt = timePtr(ti.TriggerTimeout), timePtr(ti.NextCheckAt)
+		if ti.WaitEvent != "" {
+			ev := ti.WaitEvent
+			out.WaitEvent = &ev
+		}
 	}
 	return out
 }

@@ -551,6 +551,11 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 			IntervalStart: c.IntervalStart,
 			IntervalEnd:   c.IntervalEnd,
 			Params:        params,
+
+			Resumed:        c.Resumed,
+			DeferredState:  c.DeferredState,
+			EventPayload:   c.EventPayload,
+			TriggerTimeout: timeOrZero(c.TriggerTimeout),
 		},
 		Log:       a.log,
 		Outputs:   a.outputs,
@@ -563,7 +568,16 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 		res.Error = out.Err.Error()
 	}
 	res.Output = out.Output
+	if out.State == state.Deferred && out.Deferral != nil {
+		d := out.Deferral
+		res.Deferral = store.Deferral{Event: d.Event, NextCheckAt: d.NextCheckAt, TriggerTimeout: d.TriggerTimeout, State: d.State}
+		res.Output, res.Follow = nil, nil
+	}
 	switch {
+	case res.State == state.Deferred && out.Deferral == nil:
+		res.State, res.Permanent = state.Failed, true
+		res.Error = "task runner returned state deferred without saying what it waits for"
+	case res.State == state.Deferred:
 	case res.State != state.Success && res.State != state.Skipped && res.State != state.Failed:
 		res.State, res.Permanent, res.Output, res.Follow = state.Failed, false, nil, nil
 		res.Error = fmt.Sprintf("task runner returned state %q, want success, failed or skipped (error: %s)", out.State, res.Error)
@@ -573,6 +587,14 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 		res.State, res.Permanent, res.Output, res.Follow, res.Error = state.Failed, true, nil, nil, msg
 	}
 	return res, out.Abandoned
+}
+
+// timeOrZero returns *t, or the zero time for nil.
+func timeOrZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
 
 // settled is called by the finisher once results are recorded (or given

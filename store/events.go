@@ -59,6 +59,9 @@ type EventResult struct {
 	// Runs are the runs created for the DAGs scheduled on the key
 	// (queued; the scheduler admits them).
 	Runs []Run
+	// Continued counts the deferred task instances waiting on the key
+	// that the event queued again.
+	Continued int
 }
 
 // CheckNewEvent returns what is wrong with e (nil when it can be
@@ -126,6 +129,10 @@ func EventRun(dagID, fingerprint string, ev Event, bump int) NewRun {
 		QueuedAt:      ev.ReceivedAt,
 	}
 }
+
+// DeferredBatch is how many due deferred instances one transaction of
+// RequeueRetries queues; it repeats until a batch is not full.
+const DeferredBatch = 5000
 
 // ExpireEventsPerEvent is how many expired events RecordEvent deletes
 // in its transaction: more than one, so that expired events never pile

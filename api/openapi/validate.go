@@ -37,10 +37,11 @@ type specRouter struct {
 
 // isExtension reports Trellis's endpoints that Airflow's specification
 // does not have (GET /metrics, GET /api/v1/dags/{id}/graph and /grid, POST
-// /api/v1/dagRuns/purge, POST /api/v1/events): only their error bodies
-// are checked.
+// /api/v1/dagRuns/purge, POST /api/v1/events, POST …/continue): only
+// their error bodies are checked.
 func isExtension(path string) bool {
 	return path == "/metrics" || path == "/api/v1/dagRuns/purge" || path == "/api/v1/events" ||
+		(strings.HasPrefix(path, "/api/v1/dags/") && strings.HasSuffix(path, "/continue")) ||
 		(strings.HasPrefix(path, "/api/v1/dags/") && (strings.HasSuffix(path, "/graph") || strings.HasSuffix(path, "/grid")))
 }
 

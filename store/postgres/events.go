@@ -2,12 +2,14 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
 
@@ -43,6 +45,9 @@ func (s *Store) RecordEvent(ctx context.Context, e store.NewEvent) (store.EventR
 			return err
 		}
 		if err := r.insert(e, payload, at, expires); err != nil || res.Duplicate {
+			return err
+		}
+		if err := r.continueWaiters(); err != nil {
 			return err
 		}
 		if err := r.createRuns(); err != nil {
@@ -112,6 +117,26 @@ func (r eventTx) insert(e store.NewEvent, payload []byte, at, expires time.Time)
 	return nil
 }
 
+// continueWaiters queues the instances deferred on the event's key.
+func (r eventTx) continueWaiters() error {
+	ev := r.res.Event
+	var p any
+	if ev.Payload != nil {
+		p = string(ev.Payload)
+	}
+	tag, err := r.tx.Exec(r.ctx, `UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+			queued_at = $3, resumed = true, event_payload = $2::jsonb, last_event_id = $4, next_check_at = NULL
+		WHERE state = 'deferred' AND wait_event = $1 AND last_event_id < $4`, ev.Key, p, ev.ReceivedAt, ev.ID)
+	if err != nil {
+		return err
+	}
+	r.res.Continued = int(tag.RowsAffected())
+	if r.res.Continued > 0 {
+		return notify(r.ctx, r.tx, store.TopicTasksReady)
+	}
+	return nil
+}
+
 // createRuns creates a run of every active, unpaused DAG scheduled on the
 // event's key.
 func (r eventTx) createRuns() error {
@@ -169,4 +194,51 @@ func (s *Store) PurgeEvents(ctx context.Context, now time.Time, limit int) (int,
 		return err
 	})
 	return int(n), err
+}
+
+// ContinueDeferred queues one deferred instance with payload (see
+// store.Store).
+func (s *Store) ContinueDeferred(ctx context.Context, dagID, runID, taskID string, payload json.RawMessage, now time.Time) (store.TaskInstance, error) {
+	op := fmt.Sprintf("continue task %q of run %q of dag %q", taskID, runID, dagID)
+	var p any
+	if payload != nil {
+		if !json.Valid(payload) {
+			return store.TaskInstance{}, fmt.Errorf("%s: the payload is not JSON", op)
+		}
+		p = string(payload)
+	}
+	var ti store.TaskInstance
+	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+		var runPK, id int64
+		var st state.TaskState
+		err := tx.QueryRow(ctx, `SELECT id FROM dag_runs WHERE dag_id = $1 AND run_id = $2`, dagID, runID).Scan(&runPK)
+		if err == nil {
+			err = tx.QueryRow(ctx, `SELECT id, state FROM task_instances
+				WHERE run_id = $1 AND task_id = $2 AND call_key = '' FOR NO KEY UPDATE`, runPK, taskID).Scan(&id, &st)
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			return errorf("%w: task %q of run %q of dag %q", store.ErrNotFound, taskID, runID, dagID)
+		}
+		if err != nil {
+			return err
+		}
+		if st != state.Deferred {
+			return errorf("%w: task %q of run %q of dag %q is %s, not deferred", store.ErrConflict, taskID, runID, dagID, st)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+				queued_at = $2, resumed = true, event_payload = $3::jsonb, next_check_at = NULL
+			WHERE id = $1`, id, now, p); err != nil {
+			return err
+		}
+		if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
+			return err
+		}
+		ti, err = scanTI(tx.QueryRow(ctx, "SELECT "+tiCols+` FROM task_instances t JOIN dag_runs r ON r.id = t.run_id
+			WHERE t.id = $1`, id))
+		return err
+	})
+	if err != nil {
+		return store.TaskInstance{}, err
+	}
+	return ti, nil
 }

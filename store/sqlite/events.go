@@ -3,10 +3,12 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
 
@@ -45,6 +47,9 @@ func (s *Store) RecordEvent(ctx context.Context, e store.NewEvent) (store.EventR
 			return err
 		}
 		if err := r.insert(e, payload, at, expires); err != nil || res.Duplicate {
+			return err
+		}
+		if err := r.continueWaiters(); err != nil {
 			return err
 		}
 		return r.createRuns()
@@ -98,6 +103,27 @@ func (r eventTx) insert(e store.NewEvent, payload []byte, at, expires time.Time)
 		return err
 	}
 	r.res.Event = ev
+	return nil
+}
+
+// continueWaiters queues the instances deferred on the event's key.
+func (r eventTx) continueWaiters() error {
+	ev := r.res.Event
+	var p any
+	if ev.Payload != nil {
+		p = string(ev.Payload)
+	}
+	res, err := r.w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+			queued_at = ?3, resumed = 1, event_payload = ?2, last_event_id = ?4, next_check_at = NULL
+		WHERE state = 'deferred' AND wait_event = ?1 AND last_event_id < ?4`, ev.Key, p, us(ev.ReceivedAt), ev.ID)
+	if err != nil {
+		return err
+	}
+	n, _ := res.RowsAffected()
+	r.res.Continued = int(n)
+	if n > 0 {
+		r.w.wake(store.TopicTasksReady)
+	}
 	return nil
 }
 
@@ -160,4 +186,39 @@ func (s *Store) PurgeEvents(ctx context.Context, now time.Time, limit int) (int,
 		return err
 	})
 	return int(n), err
+}
+
+// ContinueDeferred queues one deferred instance with payload (see
+// store.Store).
+func (s *Store) ContinueDeferred(ctx context.Context, dagID, runID, taskID string, payload json.RawMessage, now time.Time) (store.TaskInstance, error) {
+	op := fmt.Sprintf("continue task %q of run %q of dag %q", taskID, runID, dagID)
+	var p any
+	if payload != nil {
+		if !json.Valid(payload) {
+			return store.TaskInstance{}, fmt.Errorf("%s: the payload is not JSON", op)
+		}
+		p = string(payload)
+	}
+	var ti store.TaskInstance
+	err := s.write(ctx, op, func(w *txn) error {
+		cur, err := getTI(w.ctx, w, dagID, runID, taskID)
+		if err != nil {
+			return err
+		}
+		if cur.State != state.Deferred {
+			return fmt.Errorf("%w: task %q of run %q of dag %q is %s, not deferred", store.ErrConflict, taskID, runID, dagID, cur.State)
+		}
+		if _, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+				queued_at = ?2, resumed = 1, event_payload = ?3, next_check_at = NULL
+			WHERE id = ?1`, cur.ID, us(now), p); err != nil {
+			return err
+		}
+		w.wake(store.TopicTasksReady)
+		ti, err = getTIByID(w.ctx, w, cur.ID)
+		return err
+	})
+	if err != nil {
+		return store.TaskInstance{}, err
+	}
+	return ti, nil
 }

@@ -132,6 +132,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"FinishIsAtomic", testAtomic},
 		{"Events", testEvents},
 		{"ScheduleOnEvent", testScheduleOnEvent},
+		{"DeferUntilDue", testDeferUntilDue},
+		{"DeferOnEvent", testDeferOnEvent},
+		{"ContinueDeferred", testContinueDeferred},
+		{"DeferredSweepConcurrent", testDeferredSweepConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
