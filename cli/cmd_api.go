@@ -53,8 +53,8 @@ func (f *apiFlags) check(cfg Config) error {
 	if f.shutdownTimeout <= 0 {
 		return usagef("--shutdown-timeout must be positive, got %v", f.shutdownTimeout)
 	}
-	if f.eventRetention <= 0 {
-		return usagef("--event-retention must be positive, got %v", f.eventRetention)
+	if f.eventRetention < 0 {
+		return usagef("--event-retention must not be negative, got %v (0 means the default, %v)", f.eventRetention, store.DefaultEventRetention)
 	}
 	if cfg.APIToken != "" || f.insecureNoAuth {
 		return nil
