@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -83,8 +84,8 @@ func writeProblem(w http.ResponseWriter, status int, title, detail string) {
 }
 
 // writeError answers with the problem body for err. Errors that are not
-// *apiError become 500 without any internal detail; they are logged with
-// the request id the client is told.
+// *apiError become 500 without any internal detail (503 when the store is
+// unavailable); they are logged with the request id the client is told.
 func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var ae *apiError
 	if errors.As(err, &ae) {
@@ -98,6 +99,16 @@ func (a *api) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	reqID := middleware.GetReqID(r.Context())
+	if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		// The metadatabase is down, unreachable or out of space: the
+		// request may succeed later.
+		a.log.Warn("request failed: database unavailable", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("request_id", reqID), slog.Any("error", err))
+		w.Header().Set("Retry-After", "5")
+		writeProblem(w, http.StatusServiceUnavailable, "",
+			"The metadatabase is unavailable (request id "+reqID+"); retry later.")
+		return
+	}
 	a.log.Error("request failed", slog.String("method", r.Method), slog.String("path", r.URL.Path),
 		slog.String("request_id", reqID), slog.Any("error", err))
 	writeProblem(w, http.StatusInternalServerError, "",

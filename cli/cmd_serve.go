@@ -26,6 +26,7 @@ type serveFlags struct {
 	slots               int
 	grace               time.Duration
 	killGrace           time.Duration
+	spoolDir            string
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	metricsInterval     time.Duration
@@ -76,6 +77,7 @@ tasks at once.`,
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once (env "+envWorkerSlots+")")
 	fs.DurationVar(&f.grace, "grace", executor.DefaultGrace, "on shutdown, how long running tasks may finish before they are stopped and queued again")
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task")
+	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
 	fs.DurationVar(&f.zombieCheckInterval, "zombie-check-interval", scheduler.DefaultZombieCheckInterval,
@@ -231,6 +233,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Stderr:      a.stderr,
 		Grace:       f.grace,
 		KillGrace:   f.killGrace,
+		SpoolDir:    f.spoolDir,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)

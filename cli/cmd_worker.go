@@ -24,6 +24,7 @@ type workerFlags struct {
 	processes int
 	slots     int
 	grace     time.Duration
+	spoolDir  string
 	killGrace time.Duration
 	heartbeat time.Duration
 	maxLeaks  int
@@ -75,6 +76,7 @@ using up a try. A second signal stops them at once.`,
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task, and before abandoning a Func task that ignores its context")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", executor.DefaultHeartbeatInterval, "how often workers heartbeat their tasks (keep well below the scheduler's zombie threshold)")
 	fs.IntVar(&f.maxLeaks, "max-leaks", executor.DefaultMaxLeaks, "Func tasks abandoned after ignoring their timeout before a worker process is replaced (negative: never)")
+	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.StringVar(&f.hostname, "hostname", "", "host name recorded with this pool's workers and tasks (default the system host name)")
 	f.metrics.add(fs)
 	fs.BoolVar(&f.child, "child", false, "run as one worker process of a pool (internal)")
@@ -146,6 +148,7 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 		KillGrace:         f.killGrace,
 		HeartbeatInterval: f.heartbeat,
 		MaxLeaks:          f.maxLeaks,
+		SpoolDir:          f.spoolDir,
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)

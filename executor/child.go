@@ -33,6 +33,7 @@ const (
 	EnvKillGrace         = "TRELLIS_WORKER_KILL_GRACE"
 	EnvMaxLeaks          = "TRELLIS_WORKER_MAX_LEAKS"
 	EnvPollInterval      = "TRELLIS_WORKER_POLL_INTERVAL"
+	EnvSpoolDir          = "TRELLIS_WORKER_SPOOL_DIR"
 	// EnvParentPID is the supervisor's pid; a child whose parent changed
 	// knows the supervisor died.
 	EnvParentPID = "TRELLIS_WORKER_PARENT_PID"
@@ -67,6 +68,7 @@ type ChildConfig struct {
 	KillGrace         time.Duration
 	PollInterval      time.Duration
 	MaxLeaks          int
+	SpoolDir          string
 	ParentPID         int
 	Pool              string
 }
@@ -90,6 +92,7 @@ func (c ChildConfig) Env() []string {
 		EnvKillGrace + "=" + c.KillGrace.String(),
 		EnvPollInterval + "=" + c.PollInterval.String(),
 		EnvMaxLeaks + "=" + strconv.Itoa(c.MaxLeaks),
+		EnvSpoolDir + "=" + c.SpoolDir,
 		EnvParentPID + "=" + strconv.Itoa(c.ParentPID),
 		EnvPool + "=" + c.Pool,
 	}
@@ -134,6 +137,7 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 	c.WorkerID = str(EnvChild, true)
 	c.Hostname = str(EnvHostname, false)
 	c.Pool = str(EnvPool, false)
+	c.SpoolDir = str(EnvSpoolDir, false)
 	c.Slots = num(EnvSlots)
 	c.MaxLeaks = num(EnvMaxLeaks)
 	c.ParentPID = num(EnvParentPID)
@@ -222,6 +226,7 @@ func RunChild(ctx context.Context, opts ChildOptions) int {
 		KillGrace:         c.KillGrace,
 		PollInterval:      c.PollInterval,
 		MaxLeaks:          c.MaxLeaks,
+		SpoolDir:          c.SpoolDir,
 		Events:            events,
 		TaskEnv:           poolMark(c.Pool),
 	})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/trellis-dag/trellis/clock"
@@ -101,6 +102,11 @@ type WorkerConfig struct {
 	StoreTimeout time.Duration
 	// Events, when set, receives every finish the worker recorded.
 	Events Events
+	// SpoolDir is where a stopping worker writes the results it could not
+	// record (the database unavailable), and where a starting worker
+	// looks for such results to deliver. "" = results the store cannot
+	// take when the worker stops are lost (logged). See DefaultSpoolDir.
+	SpoolDir string
 	// TaskEnv is added to the environment of every task (after the safe
 	// base, before the task's own variables; see taskrun.TaskEnv). A
 	// worker child passes its pool's mark (EnvPool), so the supervisor
@@ -164,6 +170,19 @@ func (c *WorkerConfig) withDefaults() (WorkerConfig, error) {
 	setDefault(&cfg.StoreTimeout, DefaultStoreTimeout)
 	cfg.Logger = cfg.Logger.With("worker", cfg.ID)
 	return cfg, nil
+}
+
+// DefaultSpoolDir is the spool folder of a Pool's workers when none is
+// given: trellis/spool under $XDG_STATE_HOME (~/.local/state by default),
+// or under the temporary folder when there is no home.
+func DefaultSpoolDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "trellis", "spool")
+	}
+	if h, err := os.UserHomeDir(); err == nil && h != "" {
+		return filepath.Join(h, ".local", "state", "trellis", "spool")
+	}
+	return filepath.Join(os.TempDir(), "trellis-spool")
 }
 
 // setDefault sets *p to def when it is zero.

@@ -50,8 +50,8 @@ func finishes(batch []store.Result, outcomes []store.FinishOutcome, claims map[i
 	for _, o := range outcomes {
 		c, ok := claims[o.ID]
 		r, rok := results[o.ID]
-		if !o.Applied || !ok || !rok || c.TryNumber != o.TryNumber {
-			continue
+		if !o.Applied || !ok || !rok || c.TryNumber != o.TryNumber || r.State == state.Deferred {
+			continue // a deferral is no finish: the try goes on
 		}
 		f := Finish{DAGID: c.DAGID, RunID: c.DAGRunID, TaskID: c.TaskID, Try: o.TryNumber, State: o.State, Queued: -1}
 		if !r.StartedAt.IsZero() && r.EndedAt.After(r.StartedAt) {

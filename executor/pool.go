@@ -84,6 +84,10 @@ type PoolConfig struct {
 	KillGrace         time.Duration
 	PollInterval      time.Duration
 	MaxLeaks          int
+	// SpoolDir is passed to each child's Worker: where results the
+	// database could not take at a child's stop are kept until the next
+	// start. "" = DefaultSpoolDir(); "-" = none.
+	SpoolDir string
 
 	// RestartBackoff, MaxRestartBackoff and StableAfter shape restarts.
 	RestartBackoff    time.Duration
@@ -156,6 +160,12 @@ func (c *PoolConfig) withDefaults() (PoolConfig, error) {
 	setDefault(&cfg.MaxRestartBackoff, DefaultMaxRestartBackoff)
 	setDefault(&cfg.StableAfter, DefaultStableAfter)
 	setDefault(&cfg.ReapInterval, DefaultReapInterval)
+	switch cfg.SpoolDir {
+	case "":
+		cfg.SpoolDir = DefaultSpoolDir()
+	case "-":
+		cfg.SpoolDir = ""
+	}
 	setDefault(&cfg.DeadSweepFor, DefaultDeadSweepFor)
 	return cfg, nil
 }
@@ -433,6 +443,7 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		KillGrace:         p.cfg.KillGrace,
 		PollInterval:      p.cfg.PollInterval,
 		MaxLeaks:          p.cfg.MaxLeaks,
+		SpoolDir:          p.cfg.SpoolDir,
 		ParentPID:         os.Getpid(),
 		Pool:              p.poolID,
 	}

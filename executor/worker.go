@@ -85,6 +85,10 @@ type activeTry struct {
 	lost        bool // the store took it away: drop the result
 	interrupted bool // shutdown cancelled it: requeue unless it succeeded
 	abandoned   bool // shutdown requeued it while it still ran
+	// parked: deferred on its calls, its goroutine waiting without a
+	// slot until the worker's claim closes resume (tryCaller).
+	parked bool
+	resume chan struct{}
 }
 
 // NewWorker checks cfg, fills in defaults and returns a worker ready to
@@ -166,6 +170,7 @@ func (w *Worker) start(ctx context.Context) error {
 		w.cancel()
 		return fmt.Errorf("start worker %s: register: %w", w.cfg.ID, err)
 	}
+	w.deliverSpools()
 	w.started = true
 	w.fin = newFinisher(w)
 	w.loopsWG.Add(3)
@@ -449,6 +454,18 @@ func (w *Worker) launch(c store.Claimed) bool {
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
 	w.mu.Lock()
+	if old := w.active[c.ID]; old != nil {
+		if w.resumeParked(old, c) {
+			w.mu.Unlock()
+			cancel()
+			return true
+		}
+		if old.parked {
+			// Parked under an older try: that try was taken away.
+			old.lost = true
+			old.cancel()
+		}
+	}
 	if w.closing {
 		w.mu.Unlock()
 		cancel()
@@ -493,11 +510,15 @@ func (w *Worker) runTry(a *activeTry) {
 		// interrupted); the store may be closing.
 		w.cfg.Logger.Debug("dropping the result of an abandoned try", "task_instance", a.key.ID, "try", a.key.TryNumber)
 	case a.lost:
-		delete(w.active, a.key.ID)
+		if w.active[a.key.ID] == a {
+			delete(w.active, a.key.ID)
+		}
 		w.cfg.Logger.Debug("dropping the result of a try taken away", "task_instance", a.key.ID, "try", a.key.TryNumber)
 	case a.interrupted && res.State == state.Failed:
 		w.requeue = append(w.requeue, a.key)
-		delete(w.active, a.key.ID)
+		if w.active[a.key.ID] == a {
+			delete(w.active, a.key.ID)
+		}
 	default:
 		// Submitted under w.mu: shutdown marks tries abandoned under
 		// w.mu before it closes the finisher, so nothing is submitted
@@ -541,7 +562,9 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 	}
 	res.StartedAt = w.cfg.Clock.Now()
 	out := taskrun.Run(a.ctx, taskrun.Try{
-		Task: t,
+		Arguments: c.Arguments,
+		Caller:    newTryCaller(w, a, d),
+		Task:      t,
 		Info: dag.RunInfo{
 			DAGID:         c.DAGID,
 			RunID:         c.DAGRunID,
@@ -608,8 +631,19 @@ func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, d
 		claims = make(map[int64]store.Claimed, len(batch))
 	}
 	w.mu.Lock()
-	for _, r := range batch {
-		if a, ok := w.active[r.ID]; ok && a.key == r.Try {
+	for i, r := range batch {
+		if a, ok := w.active[r.ID]; r.State == state.Deferred && ok && a.key == r.Try && a.running {
+			// The try goes on, parked; a deferral not recorded means the
+			// try was taken away.
+			if i < len(outcomes) && !outcomes[i].Applied {
+				a.lost = true
+				a.cancel()
+			}
+			continue
+		}
+		// A try that ended deferred (its goroutine returned) is done here;
+		// a claim that resumed it already runs under the same key.
+		if a, ok := w.active[r.ID]; ok && a.key == r.Try && !(r.State == state.Deferred && a.running) {
 			if claims != nil {
 				claims[r.ID] = a.claim
 			}

@@ -29,9 +29,12 @@ func (s *Scheduler) beatStore(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.HeartbeatInterval)
 	defer tick.Stop()
 	for {
-		if err := s.st.HeartbeatScheduler(ctx, id, s.clk.Now()); err != nil && !errors.Is(err, context.Canceled) {
+		now := s.clk.Now()
+		err := s.st.HeartbeatScheduler(ctx, id, now)
+		if err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Warn("scheduler: record heartbeat", "scheduler", id, "err", err)
 		}
+		s.reach.observe(err, now)
 		select {
 		case <-ctx.Done():
 			return

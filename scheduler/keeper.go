@@ -153,16 +153,29 @@ func (k *keeper) tick(ctx context.Context) {
 		}
 	}
 	if !now.Before(k.zombieAt) {
-		taken, err := k.s.st.FailZombies(ctx, now.Add(-k.s.cfg.ZombieThreshold), now)
-		if err != nil {
-			k.logErr("fail zombies", err)
-		} else if len(taken) > 0 {
-			k.s.log.Warn("scheduler: failed zombie tasks", "count", len(taken), "threshold", k.s.cfg.ZombieThreshold)
-			if k.s.cfg.Metrics != nil {
-				k.s.cfg.Metrics.ZombiesDetected(len(taken))
-			}
-		}
+		k.sweepZombies(ctx, now)
 		k.zombieAt = now.Add(k.s.cfg.ZombieCheckInterval)
+	}
+}
+
+// sweepZombies fails the running tries whose heartbeat is older than the
+// zombie threshold, unless the store was cut off lately (zombieCutoff).
+func (k *keeper) sweepZombies(ctx context.Context, now time.Time) {
+	cut, regained := k.s.reach.state()
+	staleBefore, ok := zombieCutoff(now, k.s.cfg.ZombieThreshold, cut, regained)
+	if !ok {
+		k.s.log.Debug("scheduler: zombie sweep skipped: workers get time to reach the database again", "cut_off", cut, "regained_at", regained)
+		return
+	}
+	taken, err := k.s.st.FailZombies(ctx, staleBefore, now)
+	k.s.reach.observe(err, now)
+	if err != nil {
+		k.logErr("fail zombies", err)
+	} else if len(taken) > 0 {
+		k.s.log.Warn("scheduler: failed zombie tasks", "count", len(taken), "threshold", k.s.cfg.ZombieThreshold)
+		if k.s.cfg.Metrics != nil {
+			k.s.cfg.Metrics.ZombiesDetected(len(taken))
+		}
 	}
 }
 
@@ -285,6 +298,11 @@ func (k *keeper) updateRetry(ctx context.Context) {
 
 func (k *keeper) logErr(what string, err error) {
 	if errors.Is(err, context.Canceled) {
+		return
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		// Expected during an outage; the chore is retried.
+		k.s.log.Warn("scheduler: "+what+": database unavailable", "err", err)
 		return
 	}
 	k.s.log.Error("scheduler: "+what, "err", err)

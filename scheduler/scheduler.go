@@ -188,6 +188,10 @@ type Scheduler struct {
 	firing  map[string]int  // DAGs being fired now
 	waiting map[string]bool // DAGs a fire left with queued runs
 
+	// reach: whether the store answers, for the zombie sweep's grace
+	// after an outage.
+	reach reach
+
 	// Hooks for the tests of this package, set before Start: the loop's
 	// timer was set (zero: stopped), a fire was taken back, the keeper
 	// finished a round and set its timer.

@@ -19,6 +19,10 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrStale: a compare-and-set found another state or try than expected.
 	ErrStale = errors.New("stale state")
+	// ErrUnavailable: the database cannot be reached or cannot write (a
+	// connection refused or lost, the server shutting down, a full disk).
+	// Nothing was done; the same call may succeed later.
+	ErrUnavailable = errors.New("database unavailable")
 )
 
 // RunType says who created a run.
@@ -143,6 +147,13 @@ type TaskInstance struct {
 	NextCheckAt    *time.Time
 	WaitEvent      string
 	TriggerTimeout *time.Time
+	// MapIndex is -1 for the instance of a static task, and numbers the
+	// call instances of a callable in a run (0, 1, … in creation order).
+	MapIndex int
+	// Arguments are the JSON arguments of a call instance (nil otherwise).
+	Arguments json.RawMessage
+	// CallerID is the instance that made the call first (0: none).
+	CallerID int64
 }
 
 // RunTaskInstance is a task instance with the fields of its run that
@@ -551,6 +562,9 @@ type Store interface {
 
 	// Listen subscribes to wake-ups on topics.
 	Listen(ctx context.Context, topics ...Topic) (Subscription, error)
+
+	// Caller records and answers the calls of callables.
+	Caller
 }
 
 // Fire asks FireRuns to create the due runs of one DAG and move its

@@ -46,7 +46,8 @@ func isExtension(path string) bool {
 }
 
 // ValidateResponse returns what is wrong with a response of Trellis's API
-// to req: any 5xx; an error response that is not an RFC 7807 problem
+// to req: any 5xx but 503 (the answer while the database is unavailable,
+// or to a cancelled request); an error response that is not an RFC 7807 problem
 // matching the specification's Error schema with the HTTP status; a
 // response of an endpoint of the specification that does not match the
 // operation's schema for its status. op is the id of the operation the
@@ -57,7 +58,7 @@ func ValidateResponse(req *http.Request, status int, header http.Header, body []
 	if err != nil {
 		return "", []string{err.Error()}
 	}
-	if status >= 500 {
+	if status >= 500 && status != http.StatusServiceUnavailable {
 		problems = append(problems, fmt.Sprintf("server error %d", status))
 	}
 	if status >= 400 {

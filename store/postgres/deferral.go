@@ -14,21 +14,24 @@ import (
 
 // deferSQL records deferred tries, each a compare-and-set on (running, try
 // number): $1 instance, $2 try, $3 waits on its calls, $4 start (NULL:
-// keep the claim time), $5 now. The try keeps its number and its worker
-// (which may keep it parked); a deferral on calls with none left
-// unfinished is queued at once, its try number lowered by one so that the
-// claim resuming it gives it back.
+// keep the claim time), $5 now, $6 how many of its calls are not final,
+// $7..$10 its event key, next check, deadline and saved state (NULL:
+// none).
+// The try keeps its number and its worker (which may keep it parked); a
+// deferral on calls with none left unfinished is queued at once, its try
+// number lowered by one so that the claim resuming it gives it back.
 const deferSQL = `
 		UPDATE task_instances t SET
-			state = CASE WHEN u.calls AND t.waiting_on = 0 THEN 'queued' ELSE 'deferred' END,
-			try_number = CASE WHEN u.calls AND t.waiting_on = 0 THEN t.try_number - 1 ELSE t.try_number END,
-			queued_at = CASE WHEN u.calls AND t.waiting_on = 0 THEN $5 ELSE t.queued_at END,
+			state = CASE WHEN u.calls AND u.waits = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN u.calls AND u.waits = 0 THEN t.try_number - 1 ELSE t.try_number END,
+			queued_at = CASE WHEN u.calls AND u.waits = 0 THEN $5 ELSE t.queued_at END,
+			waiting_on = CASE WHEN u.calls THEN u.waits ELSE t.waiting_on END,
 			started_at = coalesce(u.started_at, t.started_at),
 			heartbeat_at = $5,
 			wait_event = u.event, next_check_at = u.next_check, trigger_timeout = u.deadline,
 			deferred_state = u.saved::jsonb, event_payload = NULL
-		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[], $6::text[], $7::timestamptz[],
-			$8::timestamptz[], $9::text[]) AS u(id, try, calls, started_at, event, next_check, deadline, saved)
+		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[], $6::int[], $7::text[], $8::timestamptz[],
+			$9::timestamptz[], $10::text[]) AS u(id, try, calls, started_at, waits, event, next_check, deadline, saved)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state = 'running'
 		RETURNING t.id, t.state`
 
@@ -73,6 +76,23 @@ func requeueDeferred(ctx context.Context, tx dbtx, ids []int64, now time.Time) (
 		return n, notify(ctx, tx, store.TopicTasksReady)
 	}
 	return n, nil
+}
+
+// eventKeyLock is the first key of the advisory locks of event keys.
+const eventKeyLock = 7007
+
+// lockEventKeys takes the transaction's advisory locks of event keys, in
+// one order. RecordEvent takes its key's before it looks for waiters, and
+// a deferral after it is written and before it looks for kept events, so
+// whichever commits second sees the other: an event that races a
+// deferral on its key is never lost.
+func lockEventKeys(ctx context.Context, tx dbtx, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, h) FROM (
+		SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS x`, eventKeyLock, keys)
+	return err
 }
 
 // eventsBeforeWait queues the instances among ids just deferred on a kept
@@ -163,7 +183,21 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 			deadlines[k] = &d.TriggerTimeout
 		}
 	}
-	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now, events, checks, deadlines, saved)
+	var onCalls []int64
+	for k, id := range ids {
+		if calls[k] {
+			onCalls = append(onCalls, id)
+		}
+	}
+	counts, err := waitingCounts(ctx, tx, onCalls)
+	if err != nil {
+		return nil, err
+	}
+	waits := make([]int32, n)
+	for k, id := range ids {
+		waits[k] = int32(counts[id])
+	}
+	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now, waits, events, checks, deadlines, saved)
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +221,15 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 			if events[k] != nil && got[id] == state.Deferred {
 				waiting = append(waiting, id)
 			}
+		}
+		var keys []string
+		for k, id := range ids {
+			if events[k] != nil && got[id] == state.Deferred {
+				keys = append(keys, *events[k])
+			}
+		}
+		if err := lockEventKeys(ctx, tx, keys); err != nil {
+			return nil, err
 		}
 		if err := eventsBeforeWait(ctx, tx, waiting, now, got); err != nil {
 			return nil, err

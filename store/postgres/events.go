@@ -47,6 +47,9 @@ func (s *Store) RecordEvent(ctx context.Context, e store.NewEvent) (store.EventR
 		if err := r.insert(e, payload, at, expires); err != nil || res.Duplicate {
 			return err
 		}
+		if err := lockEventKeys(ctx, tx, []string{e.Key}); err != nil {
+			return err
+		}
 		if err := r.continueWaiters(); err != nil {
 			return err
 		}

@@ -88,11 +88,25 @@ func appendLogsIn(ctx context.Context, tx dbtx, as []store.Try, chunks [][]byte,
 // TruncationMarker when bytes were dropped. A try that ran but logged
 // nothing has an empty log; a try that never started is ErrNotFound.
 func (s *Store) ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error) {
+	return s.ReadCallLog(ctx, dagID, runID, taskID, -1, try)
+}
+
+// ReadCallLog returns the log of one try of the call instance mapIndex of
+// a callable (-1: the instance of a static task, as ReadLog).
+func (s *Store) ReadCallLog(ctx context.Context, dagID, runID, taskID string, mapIndex, try int) ([]byte, error) {
 	op := fmt.Sprintf("read log of task %q try %d in run %q of dag %q", taskID, try, runID, dagID)
+	if mapIndex >= 0 {
+		op = fmt.Sprintf("read log of call %s[%d] try %d in run %q of dag %q", taskID, mapIndex, try, runID, dagID)
+	}
 	var id int64
 	var tries int
-	err := s.pool.QueryRow(ctx, `SELECT t.id, t.try_number FROM task_instances t JOIN dag_runs r ON r.id = t.run_id
-		WHERE r.dag_id = $1 AND r.run_id = $2 AND t.task_id = $3 AND t.call_key = ''`, dagID, runID, taskID).Scan(&id, &tries)
+	q := `SELECT t.id, t.try_number FROM task_instances t JOIN dag_runs r ON r.id = t.run_id
+		WHERE r.dag_id = $1 AND r.run_id = $2 AND t.task_id = $3 AND t.call_key = '' AND $4::int = -1`
+	if mapIndex >= 0 {
+		q = `SELECT t.id, t.try_number FROM task_instances t JOIN dag_runs r ON r.id = t.run_id
+		WHERE r.dag_id = $1 AND r.run_id = $2 AND t.task_id = $3 AND t.map_index = $4`
+	}
+	err := s.pool.QueryRow(ctx, q, dagID, runID, taskID, mapIndex).Scan(&id, &tries)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%s: %w: no such task instance", op, store.ErrNotFound)
 	}

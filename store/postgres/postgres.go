@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc64"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -27,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -269,10 +271,23 @@ func (s *Store) waitReachable(ctx context.Context, pool *pgxpool.Pool, timeout t
 // Backend returns "postgres".
 func (s *Store) Backend() string { return "postgres" }
 
-// Ping checks the database answers.
+// Ping checks the database answers. A pooled connection the server has
+// closed (a backend terminated, a restart) fails once and is discarded, so
+// an unavailable answer is tried again on a fresh connection, up to
+// pingTries times, before the database is declared unavailable.
 func (s *Store) Ping(ctx context.Context) error {
-	return mapErr("ping", s.pool.Ping(ctx))
+	var err error
+	for range pingTries {
+		err = s.pool.Ping(ctx)
+		if err == nil || ctx.Err() != nil || !unavailable(err) {
+			break
+		}
+	}
+	return mapErr("ping", err)
 }
+
+// pingTries bounds the attempts of one Ping.
+const pingTries = 3
 
 // Close releases the pool's connections.
 func (s *Store) Close() error {
@@ -460,6 +475,9 @@ func mapErr(op string, err error) error {
 			return fmt.Errorf("%s: %w", op, ce)
 		}
 	}
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w: %s", op, store.ErrUnavailable, errText(err))
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code {
@@ -470,6 +488,33 @@ func mapErr(op string, err error) error {
 		}
 	}
 	return fmt.Errorf("%s: %w", op, errors.New(errText(err)))
+}
+
+// unavailable reports whether err means the database cannot be reached or
+// cannot write: a connection that could not be made or was lost, the
+// server shutting down or refusing connections (SQLSTATE class 08, 57P01
+// to 57P03), or out of resources such as disk space (class 53).
+func unavailable(err error) bool {
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "53") ||
+			pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	for _, e := range []error{io.EOF, io.ErrUnexpectedEOF, syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	// pgx reports a connection it closed after a failure this way.
+	return strings.Contains(err.Error(), "conn closed")
 }
 
 // errText is an error's message, with a PostgreSQL error's code and

@@ -27,7 +27,7 @@ func (s *Store) GetTaskInstance(ctx context.Context, dagID, runID, taskID string
 // tiOrder maps TaskQuery.OrderBy names (Airflow's and ours) to columns.
 var tiOrder = sqlorder.Order{Default: "id", Tie: "t.id", Nulls: true, Columns: map[string]string{
 	"id": "t.id", "dag_id": "t.dag_id", "run_id": "r.run_id", "dag_run_id": "r.run_id", "task_id": "t.task_id",
-	"state": "t.state", "try_number": "t.try_number", "priority": "t.priority", "priority_weight": "t.priority",
+	"state": "t.state", "try_number": "t.try_number", "map_index": "t.map_index", "priority": "t.priority", "priority_weight": "t.priority",
 	"queued_at": "t.queued_at", "queued_when": "t.queued_at", "start_date": "t.started_at", "started_at": "t.started_at",
 	"end_date": "t.ended_at", "ended_at": "t.ended_at", "duration": "(t.ended_at - t.started_at)",
 	"logical_date": "r.logical_date", "execution_date": "r.logical_date",

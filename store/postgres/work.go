@@ -20,17 +20,22 @@ import (
 // joined with dag_runs r.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout`
+	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
+	t.map_index, t.arguments, coalesce(t.parent_ti_id, 0)`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
-		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.NextCheckAt, &ti.WaitEvent, &ti.TriggerTimeout}
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.NextCheckAt, &ti.WaitEvent, &ti.TriggerTimeout,
+		&ti.MapIndex, &ti.Arguments, &ti.CallerID}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
 	if output != nil {
 		ti.Output = json.RawMessage(output)
+	}
+	if len(ti.Arguments) == 0 {
+		ti.Arguments = nil
 	}
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = utcp(ti.QueuedAt), utcp(ti.StartedAt), utcp(ti.EndedAt)
 	ti.NextRetryAt, ti.HeartbeatAt = utcp(ti.NextRetryAt), utcp(ti.HeartbeatAt)
@@ -543,14 +548,19 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		applied  = map[int64]state.TaskState{}
 		finished []int64 // run of each instance that reached a terminal state
 		retried  bool    // some try went up_for_retry
+		calls    []int64 // call instances that reached a terminal state
 	)
 	readOutcomes := func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id, run int64
 			var task string
 			var st state.TaskState
-			if err := rows.Scan(&id, &run, &task, &st); err != nil {
+			var mapIndex int
+			if err := rows.Scan(&id, &run, &task, &st, &mapIndex); err != nil {
 				return err
+			}
+			if mapIndex >= 0 && st.Terminal() {
+				calls = append(calls, id)
 			}
 			applied[id], runOf[id], taskOf[id] = st, run, task
 			switch {
@@ -669,6 +679,12 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 			}
 		}
 	}
+	// Deferred callers waiting on the calls that ended are counted off,
+	// and queued again when they wait on none.
+	slices.Sort(calls)
+	if err := wakeWaiters(ctx, tx, calls, now); err != nil {
+		return nil, err
+	}
 	if err := s.fault(FaultFinishRecorded); err != nil {
 		return nil, err
 	}
@@ -742,7 +758,7 @@ const outcomeSQL = `
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state`
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.map_index`
 
 // recordedFinalStates are the final states outcomeSQL writes.
 var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}

@@ -20,7 +20,8 @@ const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_
 	output = NULL, error = ''`
 
 const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
-	queued_at, timeout_ns, resumed, deferred_state, event_payload, trigger_timeout`
+	queued_at, timeout_ns, resumed, deferred_state, event_payload, trigger_timeout, map_index, arguments,
+	coalesce(parent_ti_id, 0)`
 
 // claimFast picks the best queued instances; used when no DAG with a
 // MaxActiveTasks cap has queued work.
@@ -95,14 +96,16 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 			rule    string
 			queued  sql.NullInt64
 			timeout int64
+			args    sql.NullString
 		)
 		var saved, payload sql.NullString
 		var deadline sql.NullInt64
 		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-			&rule, &queued, &timeout, &c.Resumed, &saved, &payload, &deadline); err != nil {
+			&rule, &queued, &timeout, &c.Resumed, &saved, &payload, &deadline, &c.MapIndex, &args, &c.CallerID); err != nil {
 			rows.Close()
 			return nil, err
 		}
+		c.Arguments = rawJSON(args)
 		c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
 		c.QueuedAt = ptrUS(queued)
 		t := fromUS(us(now))

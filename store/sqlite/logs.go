@@ -67,10 +67,19 @@ const TruncationMarker = "\n[trellis: log truncated: %d bytes kept, %d bytes dro
 // ReadLog returns the log of one try (empty when the try logged nothing).
 // ErrNotFound when the task instance or the try does not exist.
 func (s *Store) ReadLog(ctx context.Context, dagID, runID, taskID string, try int) ([]byte, error) {
+	return s.ReadCallLog(ctx, dagID, runID, taskID, -1, try)
+}
+
+// ReadCallLog returns the log of one try of the call instance mapIndex of
+// a callable (-1: the instance of a static task, as ReadLog).
+func (s *Store) ReadCallLog(ctx context.Context, dagID, runID, taskID string, mapIndex, try int) ([]byte, error) {
 	op := fmt.Sprintf("read log of task %q of run %q of dag %q try %d", taskID, runID, dagID, try)
 	out := []byte{}
 	err := s.read(ctx, op, func(tx *sql.Tx) error {
 		ti, err := getTI(ctx, tx, dagID, runID, taskID)
+		if mapIndex >= 0 {
+			ti, err = getCallTI(ctx, tx, dagID, runID, taskID, mapIndex)
+		}
 		if err != nil {
 			return err
 		}

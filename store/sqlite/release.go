@@ -350,8 +350,9 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	var a tryRow
 	var rd, mb int64
 	var cur string
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb)
+	var mapIndex int
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, map_index
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &mapIndex)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, nil, nil
 	}
@@ -418,6 +419,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
 	}
 	out.Applied, out.State = true, next
+	if mapIndex >= 0 && next.Terminal() {
+		if err := e.wakeWaiters(r.ID); err != nil {
+			return out, nil, err
+		}
+	}
 	if next == state.UpForRetry {
 		e.w.wake(store.TopicRunsChanged)
 		return out, nil, nil
@@ -529,14 +535,22 @@ func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.Finish
 	if !d.TriggerTimeout.IsZero() {
 		deadline = us(d.TriggerTimeout)
 	}
+	waits := 0
+	if d.Calls {
+		var err error
+		if waits, err = e.waitingOn(r.ID); err != nil {
+			return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
+		}
+	}
 	var next string
 	err := e.w.queryRow(`UPDATE task_instances SET
-			state = CASE WHEN ?1 AND waiting_on = 0 THEN 'queued' ELSE 'deferred' END,
-			try_number = CASE WHEN ?1 AND waiting_on = 0 THEN try_number - 1 ELSE try_number END,
-			queued_at = CASE WHEN ?1 AND waiting_on = 0 THEN ?2 ELSE queued_at END,
+			state = CASE WHEN ?1 AND ?5 = 0 THEN 'queued' ELSE 'deferred' END,
+			try_number = CASE WHEN ?1 AND ?5 = 0 THEN try_number - 1 ELSE try_number END,
+			queued_at = CASE WHEN ?1 AND ?5 = 0 THEN ?2 ELSE queued_at END,
+			waiting_on = CASE WHEN ?1 THEN ?5 ELSE waiting_on END,
 			started_at = coalesce(?3, started_at), heartbeat_at = ?2,
-			wait_event = ?5, next_check_at = ?6, trigger_timeout = ?7, deferred_state = ?8, event_payload = NULL
-		WHERE id = ?4 RETURNING state`, d.Calls, us(e.now), started, r.ID, event, check, deadline, saved).Scan(&next)
+			wait_event = ?6, next_check_at = ?7, trigger_timeout = ?8, deferred_state = ?9, event_payload = NULL
+		WHERE id = ?4 RETURNING state`, d.Calls, us(e.now), started, r.ID, waits, event, check, deadline, saved).Scan(&next)
 	if err != nil {
 		return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
 	}

@@ -17,7 +17,7 @@ import (
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
 	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
-	ti.trigger_timeout`
+	ti.trigger_timeout, ti.map_index, ti.arguments, coalesce(ti.parent_ti_id, 0)`
 
 const tiFrom = ` FROM task_instances ti JOIN dag_runs r ON r.id = ti.run_id`
 
@@ -27,13 +27,14 @@ func scanTI(sc scanner) (store.TaskInstance, error) {
 		st, rule                             string
 		queued, started, ended, retry, hbeat sql.NullInt64
 		check, deadline                      sql.NullInt64
-		output                               sql.NullString
+		output, args                         sql.NullString
 	)
 	if err := sc.Scan(&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &st, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &rule, &queued, &started, &ended, &retry, &ti.WorkerID, &ti.Hostname, &ti.PID, &hbeat,
-		&output, &ti.Error, &check, &ti.WaitEvent, &deadline); err != nil {
+		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.MapIndex, &args, &ti.CallerID); err != nil {
 		return store.TaskInstance{}, err
 	}
+	ti.Arguments = rawJSON(args)
 	ti.State, ti.TriggerRule = state.TaskState(st), dag.TriggerRule(rule)
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = ptrUS(queued), ptrUS(started), ptrUS(ended)
 	ti.NextRetryAt, ti.HeartbeatAt = ptrUS(retry), ptrUS(hbeat)
@@ -49,6 +50,45 @@ func getTI(ctx context.Context, q querier, dagID, runID, taskID string) (store.T
 		return store.TaskInstance{}, fmt.Errorf("task %q of run %q of dag %q: %w", taskID, runID, dagID, store.ErrNotFound)
 	}
 	return ti, err
+}
+
+func getCallTI(ctx context.Context, q querier, dagID, runID, taskID string, mapIndex int) (store.TaskInstance, error) {
+	ti, err := scanTI(q.QueryRowContext(ctx, `SELECT `+tiCols+tiFrom+`
+		WHERE r.dag_id = ? AND r.run_id = ? AND ti.task_id = ? AND ti.map_index = ?`, dagID, runID, taskID, mapIndex))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.TaskInstance{}, fmt.Errorf("call %s[%d] of run %q of dag %q: %w", taskID, mapIndex, runID, dagID, store.ErrNotFound)
+	}
+	return ti, err
+}
+
+// GetCallInstance returns the call instance mapIndex of callable taskID.
+func (s *Store) GetCallInstance(ctx context.Context, dagID, runID, taskID string, mapIndex int) (store.TaskInstance, error) {
+	ti, err := getCallTI(ctx, s.rdb, dagID, runID, taskID, mapIndex)
+	if err != nil {
+		return store.TaskInstance{}, fmt.Errorf("get call instance: %w", mapErr(err))
+	}
+	return ti, nil
+}
+
+// TaskInstancesByID returns the task instances ids that exist.
+func (s *Store) TaskInstancesByID(ctx context.Context, ids []int64) ([]store.TaskInstance, error) {
+	out := []store.TaskInstance{}
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+tiCols+tiFrom+` WHERE ti.id IN (SELECT value FROM json_each(?))`, idList(ids))
+	if err != nil {
+		return nil, fmt.Errorf("get task instances by id: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		ti, err := scanTI(rows)
+		if err != nil {
+			return nil, fmt.Errorf("get task instances by id: %w", err)
+		}
+		out = append(out, ti)
+	}
+	return out, rows.Err()
 }
 
 func getTIByID(ctx context.Context, q querier, id int64) (store.TaskInstance, error) {
@@ -77,6 +117,7 @@ var taskOrder = sqlorder.Order{Default: "id", Tie: "ti.id", Columns: map[string]
 	"task_id":         "ti.task_id",
 	"state":           "ti.state",
 	"try_number":      "ti.try_number",
+	"map_index":       "ti.map_index",
 	"priority":        "ti.priority",
 	"priority_weight": "ti.priority",
 	"logical_date":    "r.logical_date",

@@ -36,7 +36,8 @@ func isBusy(err error) bool {
 
 // mapErr turns driver errors into the store's errors: unique violations
 // into store.ErrConflict, foreign-key violations into store.ErrNotFound,
-// sql.ErrNoRows into store.ErrNotFound. Other driver errors keep their
+// sql.ErrNoRows into store.ErrNotFound, a full disk or an I/O error into
+// store.ErrUnavailable. Other driver errors keep their
 // message but not their type; context errors stay testable.
 //
 // The message of err (with the context its callers wrapped around the
@@ -61,6 +62,10 @@ func mapErr(err error) error {
 			return fmt.Errorf("%w: %s", store.ErrConflict, err.Error())
 		case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
 			return fmt.Errorf("%w: %s", store.ErrNotFound, err.Error())
+		}
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN:
+			return fmt.Errorf("sqlite: %s: %w", err.Error(), store.ErrUnavailable)
 		}
 		if se.Code()&0xff == sqlite3.SQLITE_INTERRUPT {
 			return fmt.Errorf("sqlite: %s: %w", err.Error(), context.Canceled)

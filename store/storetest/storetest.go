@@ -112,6 +112,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeferralOnCalls", testDeferralOnCalls},
 		{"DeferralCleared", testDeferralCleared},
 		{"CallableSpec", testCallableSpec},
+		{"CallsDedup", testCallsDedup},
+		{"CallsRefused", testCallsRefused},
+		{"CallsCycle", testCallsCycle},
+		{"CallsWake", testCallsWake},
+		{"CallsFailure", testCallsFailure},
+		{"CallsCrash", testCallsCrash},
+		{"CallsFromOutside", testCallsFromOutside},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
 		{"ClearRunning", testClearRunning},
@@ -136,6 +143,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeferOnEvent", testDeferOnEvent},
 		{"ContinueDeferred", testContinueDeferred},
 		{"DeferredSweepConcurrent", testDeferredSweepConcurrent},
+		{"EventRacesDeferral", testEventRacesDeferral},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

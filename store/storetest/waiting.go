@@ -204,3 +204,44 @@ func testDeferredSweepConcurrent(t *testing.T, e *env) {
 func idOf(i int) string {
 	return "t" + string(rune('a'+i/26/26%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i%26))
 }
+
+// testEventRacesDeferral: an event recorded while the deferral on its key
+// is being recorded is never lost: whichever commits second sees the
+// other, so the instance always ends queued.
+func testEventRacesDeferral(t *testing.T, e *env) {
+	const n = 40
+	tasks := make([]store.TaskSpec, n)
+	for i := range tasks {
+		tasks[i] = tk(idOf(i))
+	}
+	e.started(newSpec("race", tasks...), "run")
+	var cs []store.Claimed
+	for len(cs) < n {
+		got := e.claimAt(n, t0.Add(2*time.Minute))
+		if len(got) == 0 {
+			t.Fatalf("claimed %d of %d", len(cs), n)
+		}
+		cs = append(cs, got...)
+	}
+	for i, c := range cs {
+		key := "race:" + idOf(i)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if _, err := e.s.FinishTasks(e.ctx, []store.Result{deferred(c, store.Deferral{Event: key})}); err != nil {
+				t.Errorf("defer: %v", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if _, err := e.s.RecordEvent(e.ctx, store.NewEvent{Key: key, At: t0.Add(2 * time.Minute), Keep: time.Hour}); err != nil {
+				t.Errorf("event: %v", err)
+			}
+		}()
+		wg.Wait()
+		if ti := e.ti("race", "run", c.TaskID); ti.State != state.Queued {
+			t.Fatalf("round %d: the instance is %s after its deferral and its event raced, want queued", i, ti.State)
+		}
+	}
+}
