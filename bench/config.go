@@ -24,10 +24,13 @@ const (
 	ScenarioCron  = "cron"
 	ScenarioBig   = "big"
 	ScenarioAPI   = "api"
+	// ScenarioDeferred: sensors deferred between pokes, tasks resumed by
+	// events.
+	ScenarioDeferred = "deferred"
 )
 
 // Scenarios lists every scenario in the order Run runs them.
-var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI}
+var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioDeferred}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
 // scenario's second part, the Shell chain.
@@ -42,17 +45,19 @@ type Sizes struct {
 	Cron       int // DAGs on @every 1s
 	Big        int // tasks of the big DAG, root and join included
 	Watch      int // tasks of the run the api scenario reads
+	Deferred   int // sensors of the deferred scenario
+	Resume     int // tasks the deferred scenario resumes by events
 }
 
 // DefaultSizes are the sizes of issue 7.
 func DefaultSizes() Sizes {
-	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100}
+	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100, Deferred: 10_000, Resume: 500}
 }
 
 // QuickSizes are small sizes that run every scenario in seconds, to check
 // that the benchmark works (`trellis bench --quick`).
 func QuickSizes() Sizes {
-	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20}
+	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20, Deferred: 200, Resume: 20}
 }
 
 // DefaultCronDuration is how long the cron scenario measures.
@@ -87,6 +92,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 		return []DAGSet{{ShapeBig, s.Big}}, nil
 	case ScenarioAPI:
 		return []DAGSet{{ShapeWide, s.Wide}, {ShapeWatch, s.Watch}}, nil
+	case ScenarioDeferred:
+		return []DAGSet{{ShapeSensors, s.Deferred}, {ShapeResume, s.Resume}}, nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q (want one of %s)", scenario, strings.Join(Scenarios, ", "))
 }

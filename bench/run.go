@@ -119,6 +119,8 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.big(sctx)
 	case ScenarioAPI:
 		err = h.api(sctx)
+	case ScenarioDeferred:
+		err = h.deferred(sctx)
 	}
 	return nil, err
 }
