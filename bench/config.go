@@ -51,7 +51,7 @@ type Sizes struct {
 
 // DefaultSizes are the sizes of issue 7.
 func DefaultSizes() Sizes {
-	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100, Deferred: 10_000, Resume: 500}
+	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100, Deferred: 10_000, Resume: 10_000}
 }
 
 // QuickSizes are small sizes that run every scenario in seconds, to check

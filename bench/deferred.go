@@ -2,8 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -17,10 +19,9 @@ import (
 const (
 	SensorsDAGID = IDPrefix + "sensors"
 	ResumeDAGID  = IDPrefix + "resume"
-	// SensorHoldParam is the conf key of how long after the run's
-	// logical date the bench_sensors sensors keep answering false, in
-	// milliseconds.
-	SensorHoldParam = "hold_ms"
+	// SensorReleaseParam is the conf key of the file whose existence
+	// makes the bench_sensors sensors answer true.
+	SensorReleaseParam = "release_file"
 	// SensorPoke is the poke interval of the bench_sensors sensors.
 	SensorPoke = time.Second
 )
@@ -39,17 +40,27 @@ const (
 	deferredPoll            = 50 * time.Millisecond
 	eventSpacing            = 10 * time.Millisecond
 	MetricSensorsDoneSecond = "sensors_done_seconds"
+	MetricCPUCoresIdle      = "cpu_cores_nothing_due"
+	MetricSlotsIdle         = "slots_used_max_nothing_due"
+	// ResumeTimed is how many events (10 ms apart) the latency is
+	// measured on; the other deferred tasks are released at once after.
+	ResumeTimed = 500
 )
 
 // sensorsDAG is bench_sensors: n sensors poking every second, true once
-// the run's hold has passed.
+// the file named by the run's conf "release_file" exists (at once
+// without one).
 func sensorsDAG(n int) *dag.DAG {
 	d := dag.New(SensorsDAGID, dag.Description("trellis bench: sensors deferred between their pokes"),
-		dag.Params(map[string]any{SensorHoldParam: 0}))
+		dag.Params(map[string]any{SensorReleaseParam: ""}))
 	for i := range n {
 		d.Sensor(taskID("s", i, n), func(c *dag.Context) (bool, error) {
-			hold, _ := c.Params()[SensorHoldParam].(float64)
-			return !time.Now().Before(c.LogicalDate().Add(time.Duration(hold) * time.Millisecond)), nil
+			path, _ := c.Params()[SensorReleaseParam].(string)
+			if path == "" {
+				return true, nil
+			}
+			_, err := os.Stat(path)
+			return err == nil, nil
 		}, dag.PokeInterval(SensorPoke), dag.SensorTimeout(time.Hour))
 	}
 	return d
@@ -74,11 +85,12 @@ func resumeDAG(n int) *dag.DAG {
 // bench_resume.
 func ResumeEventKey(runID, taskID string) string { return "bench:" + runID + ":" + taskID }
 
-// deferred: Sizes.Deferred sensors deferred at once (poking every second)
-// — the CPU of the whole installation and the slots in use while they
-// wait —, then Sizes.Resume tasks deferred on events, continued one event
-// at a time: the time from an event's recording to its task's resumed
-// start.
+// deferred: Sizes.Deferred sensors poking every second — the CPU of the
+// whole installation and the slots in use while they cycle —, then
+// Sizes.Resume tasks deferred on events: the CPU and slots while nothing
+// is due, then ResumeTimed of them continued one event every 10 ms (the
+// time from an event's recording to its task's resumed start), the rest
+// at once.
 func (h *harness) deferred(ctx context.Context) error {
 	m := h.rowsFor(ScenarioDeferred)
 	if err := h.sensors(ctx, m); err != nil {
@@ -127,15 +139,27 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 	if n < 1000 {
 		window = deferredQuickWindow
 	}
-	hold := 3*window + 20*time.Second
-	began := time.Now()
-	run, err := h.sched.TriggerRun(ctx, SensorsDAGID, scheduler.TriggerOptions{RunID: "bench",
-		Conf: []byte(fmt.Sprintf(`{%q: %d}`, SensorHoldParam, hold.Milliseconds()))})
+	dir, err := os.MkdirTemp("", "trellis-bench-sensors-")
 	if err != nil {
 		return err
 	}
-	// Every sensor has poked once and waits (none queued or running).
-	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
+	defer os.RemoveAll(dir)
+	release := filepath.Join(dir, "release")
+	conf, err := json.Marshal(map[string]string{SensorReleaseParam: release})
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	run, err := h.sched.TriggerRun(ctx, SensorsDAGID, scheduler.TriggerOptions{RunID: "bench", Conf: conf})
+	if err != nil {
+		return err
+	}
+	// Every sensor was queued, and most have poked and wait deferred
+	// (at 1 s, those poked first are due again while the last poke).
+	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == 0 }, state.None, state.Scheduled); err != nil {
+		return err
+	}
+	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k >= n/2 }, state.Deferred); err != nil {
 		return err
 	}
 	deferAll := time.Since(began)
@@ -171,7 +195,10 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores (this process and its workers), at most %d running, at least %d deferred",
 		window.Seconds(), n, SensorPoke, cores, maxRunning, minDeferred)
 
-	// The hold passes; every sensor succeeds on a poke.
+	// Released: every sensor succeeds on its next poke.
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		return err
+	}
 	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
 	if err != nil {
 		return err
@@ -197,6 +224,36 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	if err := h.waitCount(ctx, ResumeDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
 		return err
 	}
+	// Nothing is due: what waiting costs.
+	window := deferredWindow
+	if n < 1000 {
+		window = deferredQuickWindow
+	}
+	cpu0, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	maxRunning := 0
+	for time.Since(start) < window {
+		r, err := h.countIn(ctx, ResumeDAGID, run.RunID, state.Running, state.Queued)
+		if err != nil {
+			return err
+		}
+		maxRunning = max(maxRunning, r)
+		time.Sleep(deferredPoll)
+	}
+	cpu1, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	idle := (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
+	m.add(MetricCPUCoresIdle, idle, "cores")
+	m.add(MetricSlotsIdle, float64(maxRunning), "tasks")
+	h.progress("over %.0f s with %d tasks deferred on events: %.4f cores (this process and its workers), at most %d queued or running",
+		window.Seconds(), n, idle, maxRunning)
+
+	timed := min(n, ResumeTimed)
 	received := make(map[string]time.Time, n)
 	for i := range n {
 		task := taskID("r", i, n)
@@ -208,7 +265,9 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 			return fmt.Errorf("event for %s continued %d instances, want 1", task, res.Continued)
 		}
 		received[task] = res.Event.ReceivedAt
-		time.Sleep(eventSpacing)
+		if i < timed {
+			time.Sleep(eventSpacing)
+		}
 	}
 	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
 	if err != nil {
@@ -223,18 +282,24 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 		return err
 	}
 	var lat []time.Duration
+	timedIDs := map[string]bool{}
+	for i := range timed {
+		timedIDs[taskID("r", i, n)] = true
+	}
 	for _, ti := range tis {
 		if ti.State != state.Success || ti.StartedAt == nil || ti.TryNumber != 1 {
 			return fmt.Errorf("%s: %s on try %d, want success on try 1", ti.TaskID, ti.State, ti.TryNumber)
 		}
-		lat = append(lat, ti.StartedAt.Sub(received[ti.TaskID]))
+		if timedIDs[ti.TaskID] {
+			lat = append(lat, ti.StartedAt.Sub(received[ti.TaskID]))
+		}
 	}
 	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
 	d := Summarize(lat)
 	m.millis(MetricEventResumeP50, d.P50)
 	m.millis(MetricEventResumeP99, d.P99)
 	m.millis(MetricEventResumeMax, d.Max)
-	h.progress("%d events, each resuming its task: p50 %.1f ms, p99 %.1f ms", n,
+	h.progress("%d events %v apart, each resuming its task: p50 %.1f ms, p99 %.1f ms", timed, eventSpacing,
 		float64(d.P50)/float64(time.Millisecond), float64(d.P99)/float64(time.Millisecond))
 	return nil
 }
