@@ -132,7 +132,9 @@ func appendTaskInstance(b []byte, ti store.TaskInstance, logicalDate time.Time, 
 	}
 	b = append(b, `,"try_number":`...)
 	b = strconv.AppendInt(b, int64(ti.TryNumber), 10)
-	b = append(b, `,"map_index":-1,"max_tries":`...)
+	b = append(b, `,"map_index":`...)
+	b = strconv.AppendInt(b, int64(ti.MapIndex), 10)
+	b = append(b, `,"max_tries":`...)
 	b = strconv.AppendInt(b, int64(max(ti.MaxTries-1, 0)), 10)
 	b = append(b, `,"hostname":`...)
 	b = appendString(b, ti.Hostname)
@@ -167,6 +169,18 @@ func appendTaskInstance(b []byte, ti store.TaskInstance, logicalDate time.Time, 
 			b = append(b, `,"wait_event":`...)
 			b = appendString(b, ti.WaitEvent)
 		}
+	}
+	if ti.MapIndex >= 0 && len(ti.Arguments) > 0 {
+		b = append(b, `,"arguments":`...)
+		b = append(b, ti.Arguments...)
+	}
+	if ti.MapIndex >= 0 && ti.State == state.Success && len(ti.Output) > 0 {
+		b = append(b, `,"result":`...)
+		b = append(b, ti.Output...)
+	}
+	if ti.State == state.Deferred {
+		b = append(b, `,"waiting_on":`...)
+		b = strconv.AppendInt(b, int64(ti.WaitingOn), 10)
 	}
 	return append(b, '}')
 }

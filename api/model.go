@@ -255,6 +255,22 @@ type taskInstanceJSON struct {
 	TriggerTimeout *apiTime `json:"trigger_timeout,omitempty"`
 	NextCheckAt    *apiTime `json:"next_check_at,omitempty"`
 	WaitEvent      *string  `json:"wait_event,omitempty"`
+	// Trellis extensions for calls (docs/api.md): a call instance's
+	// arguments and result, a deferred instance's unfinished calls; and,
+	// when one task instance is fetched, its caller and the calls it
+	// waits on.
+	Arguments      json.RawMessage `json:"arguments,omitempty"`
+	Result         json.RawMessage `json:"result,omitempty"`
+	WaitingOn      *int            `json:"waiting_on,omitempty"`
+	Caller         *callRefJSON    `json:"caller,omitempty"`
+	WaitingOnCalls []callRefJSON   `json:"waiting_on_calls,omitempty"`
+}
+
+// callRefJSON names a task instance: a call instance by its callable and
+// map index, a static one with map index -1.
+type callRefJSON struct {
+	TaskID   string `json:"task_id"`
+	MapIndex int    `json:"map_index"`
 }
 
 // Names of the defaults Trellis reports for Airflow's pools and queues.
@@ -300,7 +316,7 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 		StartDate:       timePtr(ti.StartedAt),
 		EndDate:         timePtr(ti.EndedAt),
 		TryNumber:       ti.TryNumber,
-		MapIndex:        -1,
+		MapIndex:        ti.MapIndex,
 		MaxTries:        max(ti.MaxTries-1, 0), // Airflow counts retries
 		Hostname:        ti.Hostname,
 		Pool:            defaultPool,
@@ -334,6 +350,16 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 			ev := ti.WaitEvent
 			out.WaitEvent = &ev
 		}
+	}
+	if ti.MapIndex >= 0 && len(ti.Arguments) > 0 {
+		out.Arguments = ti.Arguments
+	}
+	if ti.MapIndex >= 0 && ti.State == state.Success && len(ti.Output) > 0 {
+		out.Result = ti.Output
+	}
+	if ti.State == state.Deferred {
+		n := ti.WaitingOn
+		out.WaitingOn = &n
 	}
 	return out
 }

@@ -498,10 +498,11 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 	if _, err := q.boolean("full_content"); err != nil {
 		return err
 	}
+	mapIndex := -1
 	if mi, err := q.integer("map_index"); err != nil {
 		return err
-	} else if mi != nil && *mi != -1 {
-		return taskInstanceNotFound(dagID, runID, taskID+"["+strconv.Itoa(*mi)+"]")
+	} else if mi != nil {
+		mapIndex = *mi
 	}
 	pos := 0
 	if tok, ok, err := q.one("token"); err != nil {
@@ -515,6 +516,14 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	ti, _, err := a.getStoredTI(ctx, dagID, runID, taskID)
+	if mapIndex >= 0 {
+		if _, err = a.getStoredRun(ctx, dagID, runID); err == nil {
+			ti, err = a.store.GetCallInstance(ctx, dagID, runID, taskID, mapIndex)
+			if isNotFound(err) {
+				err = taskInstanceNotFound(dagID, runID, taskID+"["+strconv.Itoa(mapIndex)+"]")
+			}
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -522,7 +531,7 @@ func (a *api) getLog(w http.ResponseWriter, r *http.Request) error {
 		return notFound("Log not found", "task instance '%s' of DAGRun '%s' of DAG '%s' has started %d tries; there is no try %d",
 			taskID, runID, dagID, ti.TryNumber, try)
 	}
-	content, err := a.store.ReadLog(ctx, dagID, runID, taskID, try)
+	content, err := a.store.ReadCallLog(ctx, dagID, runID, taskID, mapIndex, try)
 	if err != nil && !isNotFound(err) {
 		return err
 	}

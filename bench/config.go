@@ -27,10 +27,15 @@ const (
 	// ScenarioDeferred: sensors deferred between pokes, tasks resumed by
 	// events.
 	ScenarioDeferred = "deferred"
+	// Tasks that call tasks (issue 12).
+	ScenarioFib        = "fib"
+	ScenarioCallsWide  = "calls_wide"
+	ScenarioFibNoDedup = "fib_nodedup"
 )
 
 // Scenarios lists every scenario in the order Run runs them.
-var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioDeferred}
+var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI,
+	ScenarioDeferred, ScenarioFib, ScenarioCallsWide, ScenarioFibNoDedup}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
 // scenario's second part, the Shell chain.
@@ -47,17 +52,22 @@ type Sizes struct {
 	Watch      int // tasks of the run the api scenario reads
 	Deferred   int // sensors of the deferred scenario
 	Resume     int // tasks the deferred scenario resumes by events
+	Fib        int // n of fib(n) with dedup
+	CallsWide  int // calls one task maps
+	FibNoDedup int // n of fib(n) without dedup
 }
 
 // DefaultSizes are the sizes of issue 7.
 func DefaultSizes() Sizes {
-	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100, Deferred: 10_000, Resume: 10_000}
+	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100,
+		Deferred: 10_000, Resume: 10_000, Fib: 200, CallsWide: 10_000, FibNoDedup: 20}
 }
 
 // QuickSizes are small sizes that run every scenario in seconds, to check
 // that the benchmark works (`trellis bench --quick`).
 func QuickSizes() Sizes {
-	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20, Deferred: 200, Resume: 20}
+	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20,
+		Deferred: 200, Resume: 20, Fib: 20, CallsWide: 200, FibNoDedup: 8}
 }
 
 // DefaultCronDuration is how long the cron scenario measures.
@@ -94,6 +104,12 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 		return []DAGSet{{ShapeWide, s.Wide}, {ShapeWatch, s.Watch}}, nil
 	case ScenarioDeferred:
 		return []DAGSet{{ShapeSensors, s.Deferred}, {ShapeResume, s.Resume}}, nil
+	case ScenarioFib:
+		return []DAGSet{{ShapeFib, s.Fib}}, nil
+	case ScenarioCallsWide:
+		return []DAGSet{{ShapeCallsWide, s.CallsWide}}, nil
+	case ScenarioFibNoDedup:
+		return []DAGSet{{ShapeFibNoDedup, s.FibNoDedup}}, nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q (want one of %s)", scenario, strings.Join(Scenarios, ", "))
 }

@@ -46,11 +46,18 @@ const (
 	// can be kept running while it is watched.
 	ShapeWatch Shape = "watch"
 	// ShapeSensors is bench_sensors: Size Sensor tasks poking every
-	// second, true once the run's conf "hold_ms" has passed.
+	// second, true once the file named by the run's conf "release_file" exists.
 	ShapeSensors Shape = "sensors"
 	// ShapeResume is bench_resume: Size Resumable tasks, each deferred on
 	// an event of its own (ResumeEventKey).
 	ShapeResume Shape = "resume"
+	// ShapeFib is bench_fib: a task calling the recursive callable
+	// fibonacci(Size), deduplicated (Size+1 calls).
+	ShapeFib Shape = "fib"
+	// ShapeFibNoDedup is bench_fib_nodedup: the same without dedup.
+	ShapeFibNoDedup Shape = "fib_nodedup"
+	// ShapeCallsWide is bench_calls_wide: a task mapping Size calls.
+	ShapeCallsWide Shape = "calls_wide"
 )
 
 // shapes lists every shape with the least size it accepts.
@@ -58,7 +65,8 @@ var shapes = []struct {
 	shape   Shape
 	minSize int
 }{
-	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1}, {ShapeSensors, 1}, {ShapeResume, 1},
+	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1},
+	{ShapeSensors, 1}, {ShapeResume, 1}, {ShapeFib, 1}, {ShapeFibNoDedup, 1}, {ShapeCallsWide, 1},
 }
 
 // MaxSize bounds the size of a DAG set, against typing mistakes.
@@ -128,6 +136,12 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 	switch s.Shape {
 	case ShapeWide:
 		return []*dag.DAG{fanOut(WideDAGID, n)}, nil
+	case ShapeFib:
+		return []*dag.DAG{fibDAG(FibDAGID, n)}, nil
+	case ShapeFibNoDedup:
+		return []*dag.DAG{fibDAG(FibNoDedupDAGID, n, dag.NoDedup())}, nil
+	case ShapeCallsWide:
+		return []*dag.DAG{callsWideDAG(n)}, nil
 	case ShapeBig:
 		return []*dag.DAG{fanOut(BigDAGID, n-2)}, nil
 	case ShapeWatch:

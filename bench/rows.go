@@ -167,6 +167,10 @@ var targets = []target{
 	{scenario: ScenarioAPIRunning, store: "postgres", metric: MetricAPIRequestsPerSecond, atLeast: true, bound: 3000},
 	{scenario: ScenarioAPIFinished, store: "sqlite", metric: MetricAPIRequestsPerSecond, atLeast: true, bound: 3000},
 	{scenario: ScenarioAPIRunning, store: "sqlite", metric: MetricAPIRequestsPerSecond, atLeast: true, bound: 3000},
+	// Issue 12: tasks that call tasks.
+	{scenario: ScenarioFib, store: "postgres", metric: MetricTotalSeconds, bound: 2},
+	{scenario: ScenarioCallsWide, store: "postgres", metric: MetricCallsPerSecond, atLeast: true, bound: 3000},
+	{scenario: ScenarioFibNoDedup, store: "postgres", metric: MetricTotalSeconds, bound: 15},
 }
 
 // Verdict says whether a row meets its target.

@@ -121,6 +121,12 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.api(sctx)
 	case ScenarioDeferred:
 		err = h.deferred(sctx)
+	case ScenarioFib:
+		err = h.calls(sctx, scenario, FibDAGID, FibCalls(cfg.Sizes.Fib, true))
+	case ScenarioCallsWide:
+		err = h.calls(sctx, scenario, CallsWideDAGID, cfg.Sizes.CallsWide)
+	case ScenarioFibNoDedup:
+		err = h.calls(sctx, scenario, FibNoDedupDAGID, FibCalls(cfg.Sizes.FibNoDedup, false))
 	}
 	return nil, err
 }

@@ -333,3 +333,18 @@ func TestResumableBackup(t *testing.T) {
 		}
 	}
 }
+
+// TestFibonacci runs the seed's recursive fibonacci in-process: fib(25)
+// with dedup makes 26 calls.
+func TestFibonacci(t *testing.T) {
+	res, _, logs := runDAG(t, "fibonacci", map[string]any{"n": 25})
+	if res.State != state.RunSuccess {
+		t.Fatalf("run %s: %+v\n%s", res.State, res.Tasks, logs)
+	}
+	if len(res.Calls) != 26 {
+		t.Errorf("%d calls, want 26", len(res.Calls))
+	}
+	if !strings.Contains(logs, "fibonacci=75025") {
+		t.Errorf("logs lack the result 75025:\n%s", logs)
+	}
+}

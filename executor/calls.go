@@ -2,8 +2,6 @@ package executor
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -12,10 +10,6 @@ import (
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
-
-// maxKeyBytes: canonical arguments up to this size are their own call key;
-// longer ones are keyed by their SHA-256.
-const maxKeyBytes = 128
 
 // tryCaller is the dag.Caller of one try in a worker. Calls made since the
 // last wait are recorded together (one Store.Call); a wait on unfinished
@@ -75,16 +69,11 @@ func (k *tryCaller) flush(c *dag.Context) error {
 	batch := make([]store.NewCall, len(calls))
 	for i, call := range calls {
 		k.seq++
-		key := string(call.Args)
-		t := k.d.Task(call.TaskID)
-		switch {
-		case t != nil && !t.Dedup():
+		key := store.CallKey(call.Args)
+		if t := k.d.Task(call.TaskID); t != nil && !t.Dedup() {
 			// The caller and the call's position: a try run again from
 			// the start makes the same calls in the same order.
 			key = fmt.Sprintf("~%d.%d", k.a.key.ID, k.seq)
-		case len(key) > maxKeyBytes:
-			sum := sha256.Sum256(call.Args)
-			key = "sha256:" + hex.EncodeToString(sum[:])
 		}
 		batch[i] = store.NewCall{TaskID: call.TaskID, Key: key, Arguments: call.Args}
 	}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"time"
 
@@ -20,13 +22,29 @@ type NewCall struct {
 	Arguments json.RawMessage
 }
 
+// maxKeyBytes: canonical arguments up to this size are their own call
+// key; longer ones are keyed by their SHA-256.
+const maxKeyBytes = 128
+
+// CallKey is the key of a deduplicated call with canonical arguments
+// args: the arguments themselves, or "sha256:" and their hash when
+// longer than 128 bytes.
+func CallKey(args json.RawMessage) string {
+	if len(args) <= maxKeyBytes {
+		return string(args)
+	}
+	sum := sha256.Sum256(args)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
 // CallBatch is the calls one try makes together (Store.Call).
 type CallBatch struct {
 	// Caller is the try making the calls; zero for calls made from
 	// outside (the REST API), which then name their run with RunID.
 	Caller Try
-	// RunID (Run.ID) is the run of calls made from outside: it must not
-	// be finished (ErrConflict).
+	// RunID (Run.ID) is the run of calls made from outside; in a run
+	// that has finished they only find the calls it made (others are
+	// refused).
 	RunID int64
 	Calls []NewCall
 	// MaxCalls caps the call instances of the run (dag.MaxCalls): calls

@@ -154,6 +154,9 @@ type TaskInstance struct {
 	Arguments json.RawMessage
 	// CallerID is the instance that made the call first (0: none).
 	CallerID int64
+	// WaitingOn is, for an instance deferred on its calls, how many of
+	// them have not finished.
+	WaitingOn int
 }
 
 // RunTaskInstance is a task instance with the fields of its run that

@@ -34,6 +34,7 @@ type callTx struct {
 	created int
 	refused map[callKey]string // calls not made, with why
 	cycles  map[callKey]bool
+	closed  bool // a call from outside into a finished run: no new instance
 }
 
 type callKey struct{ task, key string }
@@ -104,9 +105,7 @@ func (c *callTx) readCaller(ctx context.Context) error {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errorf("%w: no run %d", store.ErrNotFound, c.b.RunID)
 		}
-		if err == nil && st.Terminal() {
-			return errorf("%w: the run has finished (%s)", store.ErrConflict, st)
-		}
+		c.closed = err == nil && st.Terminal()
 		return err
 	}
 	var st state.TaskState
@@ -211,6 +210,10 @@ func (c *callTx) create(ctx context.Context) error {
 	c.refused = map[callKey]string{}
 	for _, k := range missing {
 		n, ok := next[k.task]
+		if c.closed {
+			c.refused[k] = "the run has finished: a call into it can only find a call it made"
+			continue
+		}
 		if !ok {
 			c.refused[k] = fmt.Sprintf("no callable %q in the DAG %q of the run", k.task, c.dagID)
 			continue

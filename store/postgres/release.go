@@ -341,15 +341,18 @@ var failingLeafStates = func() []string {
 // of run $1[i] and ends each running run that has none left, at $3: failed
 // when one of its leaf instances is in a state of $4 (failingLeafStates),
 // else success. The runs are locked in id order; the rows returned are
-// the runs it ended, with their state.
+// the runs it ended, with their state. Whether a run is written depends on
+// the delta, never on the count the statement's snapshot saw: a run whose
+// count another transaction (Store.Call) raised meanwhile is re-read
+// when locked, and a test of the stale count would skip the write.
 const settleSQL = `
 	WITH l AS MATERIALIZED (
 		SELECT r.id, r.unfinished - u.d AS left, r.state = 'running' AND r.unfinished - u.d = 0 AS ending,
-			r.version_id
+			r.version_id, u.d
 		FROM dag_runs r JOIN unnest($1::bigint[], $2::int[]) AS u(id, d) ON u.id = r.id
 		ORDER BY r.id FOR NO KEY UPDATE OF r
 	), o AS (
-		SELECT l.id, l.left, l.ending, CASE WHEN NOT l.ending THEN NULL
+		SELECT l.id, l.left, l.ending, l.d, CASE WHEN NOT l.ending THEN NULL
 			WHEN EXISTS (SELECT 1 FROM dag_version_tasks v
 				CROSS JOIN LATERAL (SELECT t.state FROM task_instances t
 					WHERE t.run_id = l.id AND t.task_id = v.task_id AND t.call_key = '' LIMIT 1) t
@@ -359,7 +362,7 @@ const settleSQL = `
 	)
 	UPDATE dag_runs r SET unfinished = o.left, state = coalesce(o.outcome, r.state),
 		ended_at = CASE WHEN o.ending THEN $3 ELSE r.ended_at END
-	FROM o WHERE r.id = o.id AND (o.ending OR o.left <> r.unfinished)
+	FROM o WHERE r.id = o.id AND (o.ending OR o.d <> 0)
 	RETURNING r.id, o.outcome`
 
 // settle updates the count of unfinished instances of every run touched

@@ -21,13 +21,13 @@ import (
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
 	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
-	t.map_index, t.arguments, coalesce(t.parent_ti_id, 0)`
+	t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
 		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.NextCheckAt, &ti.WaitEvent, &ti.TriggerTimeout,
-		&ti.MapIndex, &ti.Arguments, &ti.CallerID}
+		&ti.MapIndex, &ti.Arguments, &ti.CallerID, &ti.WaitingOn}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
@@ -817,19 +817,27 @@ func (s *Store) HeartbeatTasks(ctx context.Context, workerID string, tries []sto
 	// Lock the rows in id order, as FinishTasks does, so a heartbeat and a
 	// finish touching the same instances cannot deadlock.
 	// A deferred try the worker keeps parked is held while deferred, and
-	// once queued again (its try number lowered by one) until claimed.
+	// once queued again (its try number lowered by one) until claimed:
+	// those rows are only read, never locked (the transactions that wake
+	// callers lock them after their callees, out of id order).
 	rows, err := s.pool.Query(ctx, `
 		WITH mine AS MATERIALIZED (
-			SELECT t.id, u.try FROM task_instances t
-			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id
-			WHERE t.worker_id = $4 AND (t.state IN ('running', 'deferred') AND t.try_number = u.try
-				OR t.state = 'queued' AND t.try_number = u.try - 1)
+			SELECT t.id FROM task_instances t
+			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
+			WHERE t.state = 'running' AND t.worker_id = $4
 			ORDER BY t.id
 			FOR NO KEY UPDATE OF t
+		), beat AS (
+			UPDATE task_instances t SET heartbeat_at = $3
+			FROM mine WHERE t.id = mine.id
+			RETURNING t.id, t.try_number
 		)
-		UPDATE task_instances t SET heartbeat_at = $3
-		FROM mine WHERE t.id = mine.id
-		RETURNING t.id, mine.try`, ids, nums, now, workerID)
+		SELECT id, try_number FROM beat
+		UNION ALL
+		SELECT t.id, u.try FROM task_instances t
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id
+		WHERE t.worker_id = $4 AND (t.state = 'deferred' AND t.try_number = u.try
+			OR t.state = 'queued' AND t.try_number = u.try - 1)`, ids, nums, now, workerID)
 	if err != nil {
 		return nil, mapErr("heartbeat tasks", err)
 	}

@@ -56,6 +56,7 @@ type callTx struct {
 	next     map[string]int // next map index per callable
 	byKey    map[[2]string]store.CallState
 	edges    []int64 // callees to link, in call order
+	closed   bool    // a call from outside into a finished run: no new instance
 }
 
 func (c *callTx) run() ([]store.CallState, error) {
@@ -101,9 +102,7 @@ func (c *callTx) readCaller() error {
 		if err != nil {
 			return err
 		}
-		if state.RunState(st).Terminal() {
-			return fmt.Errorf("%w: the run has finished (%s)", store.ErrConflict, st)
-		}
+		c.closed = state.RunState(st).Terminal()
 		c.st, err = c.w.s.structs.load(c.w.ctx, c.w, versionID)
 		return err
 	}
@@ -153,6 +152,9 @@ func (c *callTx) one(call store.NewCall) (store.CallState, error) {
 		return cs, nil
 	case !errors.Is(err, sql.ErrNoRows):
 		return cs, err
+	}
+	if c.closed {
+		return store.CallState{Refused: "the run has finished: a call into it can only find a call it made"}, nil
 	}
 	def := c.st.tasks[call.TaskID]
 	if def == nil || def.kind != dag.KindCallable {

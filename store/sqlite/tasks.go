@@ -17,7 +17,7 @@ import (
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
 	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
-	ti.trigger_timeout, ti.map_index, ti.arguments, coalesce(ti.parent_ti_id, 0)`
+	ti.trigger_timeout, ti.map_index, ti.arguments, coalesce(ti.parent_ti_id, 0), ti.waiting_on`
 
 const tiFrom = ` FROM task_instances ti JOIN dag_runs r ON r.id = ti.run_id`
 
@@ -31,7 +31,7 @@ func scanTI(sc scanner) (store.TaskInstance, error) {
 	)
 	if err := sc.Scan(&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &st, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &rule, &queued, &started, &ended, &retry, &ti.WorkerID, &ti.Hostname, &ti.PID, &hbeat,
-		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.MapIndex, &args, &ti.CallerID); err != nil {
+		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.MapIndex, &args, &ti.CallerID, &ti.WaitingOn); err != nil {
 		return store.TaskInstance{}, err
 	}
 	ti.Arguments = rawJSON(args)

@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -367,10 +369,120 @@ func testCallsFromOutside(t *testing.T, e *env) {
 	e.wantRunState("co", "run", state.RunRunning)
 	e.finish(result(cs[0], state.Success))
 	e.wantRunState("co", "run", state.RunSuccess)
-	if _, err := ext(nc("f", "4")); !errors.Is(err, store.ErrConflict) {
-		t.Errorf("call into a finished run: %v, want ErrConflict", err)
+	if st, err := ext(nc("f", "4"), nc("f", "3")); err != nil || !strings.Contains(st[0].Refused, "finished") ||
+		st[1].ID != got[0].ID || st[1].State != state.Success {
+		t.Errorf("calls into a finished run: %+v, %v; want f(4) refused and f(3) found", st, err)
 	}
 	if _, err := e.s.Call(e.ctx, store.CallBatch{RunID: 1 << 40, Calls: []store.NewCall{nc("f", "1")}, MaxCalls: 100}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("call into an unknown run: %v, want ErrNotFound", err)
 	}
+}
+
+// testCallsConcurrent: workers on goroutines compute fib(9) without
+// dedup through the store (each call made again from the start when its
+// caller is resumed): the run settles success with the right count of
+// instances, whatever the interleaving of calls, deferrals and finishes.
+func testCallsConcurrent(t *testing.T, e *env) {
+	e.started(newSpec("cn", tk("a"), callable("f")), "run")
+	const n = 9
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wk := store.Worker{ID: fmt.Sprintf("cw%d", w), Hostname: "h", PID: w + 1, Slots: 4}
+			if err := fibWorker(e, wk, n); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		tis, _, _ := e.s.ListTaskInstances(e.ctx, store.TaskQuery{DAGIDs: []string{"cn"}})
+		counts := map[state.TaskState]int{}
+		for _, ti := range tis {
+			counts[ti.State]++
+		}
+		t.Fatalf("%v; instances by state %v; run %+v", err, counts, e.run("cn", "run"))
+	}
+	r := e.wantRunState("cn", "run", state.RunSuccess)
+	_ = r
+	if got := len(e.calls("cn", "f")); got != 109 {
+		t.Errorf("%d call instances of fib(%d) without dedup, want 109", got, n)
+	}
+	a := e.ti("cn", "run", "a")
+	if string(a.Output) != "34" {
+		t.Errorf("fib(%d) = %s, want 34", n, a.Output)
+	}
+}
+
+// fibWorker plays one worker until the run "cn" has ended.
+func fibWorker(e *env, wk store.Worker, n int) error {
+	var results []store.Result
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		_, cs, err := e.s.FinishAndClaim(e.ctx, results, wk, 4, t0.Add(time.Minute))
+		if err != nil {
+			return fmt.Errorf("FinishAndClaim: %w", err)
+		}
+		results = nil
+		if len(cs) == 0 {
+			r, err := e.s.GetRun(e.ctx, "cn", "run")
+			if err != nil {
+				return err
+			}
+			if r.State.Terminal() {
+				return nil
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		for _, c := range cs {
+			var calls []store.NewCall
+			if c.TaskID == "a" {
+				calls = []store.NewCall{{TaskID: "f", Key: "~top", Arguments: []byte(fmt.Sprint(n))}}
+			} else {
+				var k int
+				if _, err := fmt.Sscan(string(c.Arguments), &k); err != nil {
+					return err
+				}
+				if k <= 1 {
+					r := result(c, state.Success)
+					r.Output = []byte(fmt.Sprint(k))
+					results = append(results, r)
+					continue
+				}
+				for i, a := range []int{k - 1, k - 2} {
+					calls = append(calls, store.NewCall{TaskID: "f", Key: fmt.Sprintf("~%d.%d", c.ID, i),
+						Arguments: []byte(fmt.Sprint(a))})
+				}
+			}
+			st, err := e.s.Call(e.ctx, store.CallBatch{Caller: att(c), Calls: calls, MaxCalls: 1000, Now: t0})
+			if err != nil {
+				return fmt.Errorf("Call: %w", err)
+			}
+			sum, done := 0, true
+			for _, s := range st {
+				if s.State != state.Success {
+					done = false
+					break
+				}
+				var v int
+				if _, err := fmt.Sscan(string(s.Output), &v); err != nil {
+					return err
+				}
+				sum += v
+			}
+			if !done {
+				results = append(results, deferred(c, store.Deferral{Calls: true}))
+				continue
+			}
+			r := result(c, state.Success)
+			r.Output = []byte(fmt.Sprint(sum))
+			results = append(results, r)
+		}
+	}
+	return fmt.Errorf("worker %s: no end", wk.ID)
 }

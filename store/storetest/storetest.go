@@ -119,6 +119,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CallsFailure", testCallsFailure},
 		{"CallsCrash", testCallsCrash},
 		{"CallsFromOutside", testCallsFromOutside},
+		{"CallsConcurrent", testCallsConcurrent},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
 		{"ClearRunning", testClearRunning},

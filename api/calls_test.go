@@ -1,0 +1,84 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// callsEnv is an API env whose registry also has the DAG "calls": a
+// callable "sq" (no static work but a no-op task "noop").
+func callsEnv(t *testing.T, backend string) *env {
+	reg := fixtureRegistry()
+	d := dag.New("calls")
+	dag.NewCallable(d, "sq", func(_ *dag.Context, n int) (int, error) { return n * n, nil })
+	d.Func("noop", func(*dag.Context) error { return nil })
+	reg.Register(d)
+	e := newEnv(t, backend, func(c *Config) { c.Registry = reg })
+	var specs []store.DAGSpec
+	for _, x := range reg.DAGs() {
+		specs = append(specs, store.SpecFromDAG(x))
+	}
+	if err := e.store.SyncDAGs(context.Background(), specs); err != nil {
+		t.Fatal(err)
+	}
+	e.reg = reg
+	return e
+}
+
+// TestCallsAPI: a call made through the API creates a run and a call
+// instance (map index 0), answered 202 until a worker has run it, then
+// 200 with its result; the same arguments again deduplicate into it; the
+// call instance is listed by listMapped, fetched by map index with its
+// arguments and result, and its log read with ?map_index; bad requests are
+// clear 4xx problems.
+func TestCallsAPI(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		e := callsEnv(t, backend)
+		e.outputs = map[string]json.RawMessage{"sq": json.RawMessage("49")}
+		got := e.ok(http.StatusAccepted, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"arguments": 7})
+		runID := str(got, "dag_run_id")
+		if runID == "" || num(got, "map_index") != 0 || str(got, "state") != "queued" || got["result"] != nil {
+			t.Fatalf("call answer %v", got)
+		}
+		e.work(nil)
+		again := e.ok(http.StatusOK, "POST", "/api/v1/dags/calls/calls/sq",
+			map[string]any{"arguments": 7, "dag_run_id": runID, "wait": "1s"})
+		if num(again, "map_index") != 0 || str(again, "state") != "success" || num(again, "result") != 49 {
+			t.Errorf("call deduplicated into the finished one: %v", again)
+		}
+		list := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/sq/listMapped", nil)
+		tis := items(t, list, "task_instances")
+		if num(list, "total_entries") != 1 || len(tis) != 1 || num(tis[0], "map_index") != 0 || num(tis[0], "result") != 49 ||
+			num(tis[0], "arguments") != 7 || str(tis[0], "operator") != "Callable" {
+			t.Errorf("listMapped = %v", list)
+		}
+		one := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/sq/0", nil)
+		if str(one, "state") != "success" || num(one, "arguments") != 7 || one["caller"] != nil {
+			t.Errorf("call instance = %v", one)
+		}
+		static := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/noop/-1", nil)
+		if num(static, "map_index") != -1 || str(static, "task_id") != "noop" {
+			t.Errorf("static instance by map index -1 = %v", static)
+		}
+		lg := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/sq/logs/1?map_index=0", nil)
+		if str(lg, "content") == "" {
+			t.Errorf("log of the call = %v", lg)
+		}
+		e.ok(404, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/sq/3", nil)
+		e.ok(404, "POST", "/api/v1/dags/calls/calls/noop", map[string]any{"arguments": 1})
+		e.ok(404, "POST", "/api/v1/dags/nope/calls/sq", map[string]any{"arguments": 1})
+		e.ok(400, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"args": 1})
+		e.ok(400, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"arguments": 1, "wait": "forever"})
+		e.ok(400, "GET", "/api/v1/dags/calls/dagRuns/"+runID+"/taskInstances/sq/x", nil)
+		run := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/"+runID, nil)
+		if str(run, "state") == string(state.RunSuccess) {
+			e.ok(409, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"arguments": 8, "dag_run_id": runID})
+		}
+	})
+}
