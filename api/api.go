@@ -282,6 +282,12 @@ func (a *api) routes() http.Handler {
 			r.Post("/dags/{dag_id}/calls/{task_id}", a.h(a.postCall))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries", a.h(a.getXComEntries))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/xcomEntries/{xcom_key}", a.h(a.getXComEntry))
+			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/dependencies", a.h(a.getDependencies))
+			r.Get("/pools", a.h(a.getPools))
+			r.Post("/pools", a.h(a.postPool))
+			r.Get("/pools/{pool_name}", a.h(a.getPool))
+			r.Patch("/pools/{pool_name}", a.h(a.patchPool))
+			r.Delete("/pools/{pool_name}", a.h(a.deletePool))
 		})
 	})
 	return r

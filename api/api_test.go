@@ -732,7 +732,7 @@ var implementedOperations = []string{
 	"get_dag_runs", "post_dag_run", "get_dag_runs_batch", "get_dag_run", "update_dag_run_state",
 	"delete_dag_run", "get_task_instances", "get_task_instance", "get_log", "get_task_instances_batch",
 	"post_clear_task_instances", "post_set_task_instances_state", "get_xcom_entries", "get_xcom_entry",
-	"get_dag_details",
+	"get_dag_details", "get_pools", "post_pool", "get_task_instance_dependencies", "get_pool", "patch_pool", "delete_pool",
 }
 
 // TestEveryOperationValidated tours every endpoint with successful
@@ -769,6 +769,13 @@ func TestEveryOperationValidated(t *testing.T) {
 			"task_id": "load", "dag_run_id": "tour", "new_state": "failed"})
 		e.ok(200, "PATCH", "/api/v1/dags/etl/dagRuns/tour", map[string]any{"state": "failed"})
 		e.ok(204, "DELETE", "/api/v1/dags/etl/dagRuns/tour", nil)
+		e.ok(200, "GET", "/api/v1/pools", nil)
+		e.trigger("etl", map[string]any{"dag_run_id": "tour2"})
+		e.ok(200, "GET", "/api/v1/dags/etl/dagRuns/tour2/taskInstances/extract/dependencies", nil)
+		e.ok(200, "POST", "/api/v1/pools", map[string]any{"name": "tour", "slots": 1})
+		e.ok(200, "GET", "/api/v1/pools/tour", nil)
+		e.ok(200, "PATCH", "/api/v1/pools/tour", map[string]any{"slots": 2})
+		e.ok(204, "DELETE", "/api/v1/pools/tour", nil)
 		for _, op := range implementedOperations {
 			if e.vt.calls[op] == 0 {
 				t.Errorf("no answer of %s was validated against the specification", op)

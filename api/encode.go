@@ -138,7 +138,11 @@ func appendTaskInstance(b []byte, ti store.TaskInstance, logicalDate time.Time, 
 	b = strconv.AppendInt(b, int64(max(ti.MaxTries-1, 0)), 10)
 	b = append(b, `,"hostname":`...)
 	b = appendString(b, ti.Hostname)
-	b = append(b, `,"unixname":"","pool":"`+defaultPool+`","pool_slots":1,"queue":"`+defaultQueue+`","priority_weight":`...)
+	b = append(b, `,"unixname":"","pool":`...)
+	b = appendString(b, poolOf(ti))
+	b = append(b, `,"pool_slots":`...)
+	b = strconv.AppendInt(b, int64(max(ti.PoolSlots, 1)), 10)
+	b = append(b, `,"queue":"`+defaultQueue+`","priority_weight":`...)
 	b = strconv.AppendInt(b, int64(ti.Priority), 10)
 	b = append(b, `,"operator":`...)
 	if kind != "" {

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/trellis-dag/trellis/store"
 
 	"github.com/trellis-dag/trellis/clock"
 )
@@ -42,6 +44,8 @@ type Metrics struct {
 	taskInstances       *prometheus.GaugeVec
 	workers             prometheus.Gauge
 	slots               *prometheus.GaugeVec
+	poolSlots           *prometheus.GaugeVec
+	keyWaiting          prometheus.Gauge
 	zombies             prometheus.Counter
 	eventsDropped       prometheus.Counter
 	purged              *prometheus.CounterVec
@@ -163,6 +167,14 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		Namespace: Namespace, Subsystem: "executor", Name: "slots",
 		Help: "Task slots of the workers: open (free) and running (busy).",
 	}, []string{"state"})
+	m.poolSlots = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "pool_slots",
+		Help: "Slots of each pool: open, running and queued (as GET /api/v1/pools reports them; open is -1 for an unlimited pool).",
+	}, []string{"pool", "state"})
+	m.keyWaiting = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "concurrency_key_waiting_task_instances",
+		Help: "Queued task instances waiting because their concurrency key or their task's MaxActive is at its limit.",
+	})
 	m.zombies = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: Namespace, Name: "zombie_tasks_total",
 		Help: "Running task instances failed (or put up for retry) because their worker stopped heart-beating or died.",
@@ -199,7 +211,7 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.schedulerHeartbeats, m.schedulerLoop, m.runsCreated, m.runDuration, m.scheduleDelay,
-		m.tasksFinished, m.taskDuration, m.taskQueued, m.taskInstances, m.workers, m.slots,
+		m.tasksFinished, m.taskDuration, m.taskQueued, m.taskInstances, m.workers, m.slots, m.poolSlots, m.keyWaiting,
 		m.zombies, m.eventsDropped, m.purged, m.apiRequests, m.apiDuration,
 	)
 	// Series without labels or with a fixed label set exist from the start,
@@ -374,6 +386,29 @@ func (m *Metrics) SetWorkers(n int) {
 		return
 	}
 	m.workers.Set(float64(n))
+}
+
+// SetPools sets the slots of every pool; pools not listed (deleted) lose
+// their series.
+func (m *Metrics) SetPools(pools []store.Pool) {
+	if m == nil {
+		return
+	}
+	m.poolSlots.Reset()
+	for _, p := range pools {
+		m.poolSlots.WithLabelValues(p.Name, "open").Set(float64(p.OpenSlots()))
+		m.poolSlots.WithLabelValues(p.Name, "running").Set(float64(p.RunningSlots))
+		m.poolSlots.WithLabelValues(p.Name, "queued").Set(float64(p.QueuedSlots))
+	}
+}
+
+// SetKeyWaiting sets how many queued instances wait on a concurrency key
+// or task cap at its limit.
+func (m *Metrics) SetKeyWaiting(n int) {
+	if m == nil {
+		return
+	}
+	m.keyWaiting.Set(float64(n))
 }
 
 // SetSlots sets the open (free) and running (busy) task slots.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"strings"
 	"time"
@@ -233,10 +234,10 @@ type taskInstanceJSON struct {
 	MapIndex         int             `json:"map_index"` // no mapped tasks: -1
 	MaxTries         int             `json:"max_tries"`
 	Hostname         string          `json:"hostname"`
-	Unixname         string          `json:"unixname"`   // not recorded
-	Pool             string          `json:"pool"`       // no pools: default_pool
-	PoolSlots        int             `json:"pool_slots"` // 1
-	Queue            *string         `json:"queue"`      // no queues: default
+	Unixname         string          `json:"unixname"` // not recorded
+	Pool             string          `json:"pool"`
+	PoolSlots        int             `json:"pool_slots"`
+	Queue            *string         `json:"queue"` // no queues: default
 	PriorityWeight   int             `json:"priority_weight"`
 	Operator         *string         `json:"operator"`
 	QueuedWhen       *apiTime        `json:"queued_when"`
@@ -272,6 +273,9 @@ type callRefJSON struct {
 	TaskID   string `json:"task_id"`
 	MapIndex int    `json:"map_index"`
 }
+
+// poolOf is the pool of an instance (default_pool for rows without one).
+func poolOf(ti store.TaskInstance) string { return cmp.Or(ti.Pool, defaultPool) }
 
 // Names of the defaults Trellis reports for Airflow's pools and queues.
 const (
@@ -319,8 +323,8 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 		MapIndex:        ti.MapIndex,
 		MaxTries:        max(ti.MaxTries-1, 0), // Airflow counts retries
 		Hostname:        ti.Hostname,
-		Pool:            defaultPool,
-		PoolSlots:       1,
+		Pool:            poolOf(ti),
+		PoolSlots:       max(ti.PoolSlots, 1),
 		Queue:           &queue,
 		PriorityWeight:  ti.Priority,
 		QueuedWhen:      timePtr(ti.QueuedAt),
@@ -421,8 +425,8 @@ func toTask(t *dag.Task) taskJSON {
 		ExtraLinks:              []struct{}{},
 		Retries:                 t.Retries(),
 		Queue:                   &queue,
-		Pool:                    defaultPool,
-		PoolSlots:               1,
+		Pool:                    cmp.Or(t.Pool(), defaultPool),
+		PoolSlots:               t.PoolSlots(),
 		RetryDelay:              timeDelta(t.RetryDelay()),
 		RetryExponentialBackoff: t.MaxBackoff() > 0,
 		PriorityWeight:          t.Priority(),

@@ -40,16 +40,20 @@ type taskFilter struct {
 	q        store.TaskQuery
 	updated  timeRange
 	duration struct{ gte, lte *float64 }
-	// none is true when a pool, queue or executor filter excludes the
-	// only values Trellis has (default_pool, default, null).
+	// none is true when a queue or executor filter excludes the only
+	// values Trellis has (default, null), or the pool filter is empty.
 	none bool
+	// pools, when not nil, are the pools wanted.
+	pools []string
 }
 
-// setStatic applies the pool, queue and executor filters: every task
-// instance is in pool default_pool and queue default, and has the null
-// (default) executor, which no executor filter matches.
+// setStatic applies the pool, queue and executor filters: pools are
+// filtered while reading (residual); every task instance is in queue
+// default and has the null (default) executor, which no executor filter
+// matches.
 func (f *taskFilter) setStatic(pools, queues, executors []string) {
-	if (pools != nil && !slices.Contains(pools, defaultPool)) ||
+	f.pools = pools
+	if (pools != nil && len(pools) == 0) ||
 		(queues != nil && !slices.Contains(queues, defaultQueue)) ||
 		executors != nil {
 		f.none = true
@@ -58,10 +62,13 @@ func (f *taskFilter) setStatic(pools, queues, executors []string) {
 
 // residual returns the filter of what the store does not filter, or nil.
 func (f taskFilter) residual() func(store.TaskInstance) bool {
-	if !f.updated.set() && f.duration.gte == nil && f.duration.lte == nil {
+	if !f.updated.set() && f.duration.gte == nil && f.duration.lte == nil && f.pools == nil {
 		return nil
 	}
 	return func(ti store.TaskInstance) bool {
+		if f.pools != nil && !slices.Contains(f.pools, poolOf(ti)) {
+			return false
+		}
 		if f.updated.set() {
 			var queued time.Time
 			if ti.QueuedAt != nil {

@@ -31,10 +31,12 @@ const (
 	ScenarioFib        = "fib"
 	ScenarioCallsWide  = "calls_wide"
 	ScenarioFibNoDedup = "fib_nodedup"
+	ScenarioScale      = "scale"
+	ScenarioPool       = "pool"
 )
 
 // Scenarios lists every scenario in the order Run runs them.
-var Scenarios = []string{ScenarioWide, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI,
+var Scenarios = []string{ScenarioWide, ScenarioPool, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioScale,
 	ScenarioDeferred, ScenarioFib, ScenarioCallsWide, ScenarioFibNoDedup}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
@@ -92,6 +94,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 	switch scenario {
 	case ScenarioWide:
 		return []DAGSet{{ShapeWide, s.Wide}}, nil
+	case ScenarioPool:
+		return []DAGSet{{ShapePool, s.Wide}}, nil
 	case ScenarioChain:
 		return []DAGSet{{ShapeChain, s.Chain}}, nil
 	case ScenarioShell:
@@ -110,6 +114,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 		return []DAGSet{{ShapeCallsWide, s.CallsWide}}, nil
 	case ScenarioFibNoDedup:
 		return []DAGSet{{ShapeFibNoDedup, s.FibNoDedup}}, nil
+	case ScenarioScale:
+		return nil, nil // Config.ScaleRuns, on a server of its own
 	}
 	return nil, fmt.Errorf("unknown scenario %q (want one of %s)", scenario, strings.Join(Scenarios, ", "))
 }
@@ -224,6 +230,22 @@ type Config struct {
 	// at once (default DefaultAPIClients).
 	APIDuration time.Duration
 	APIClients  int
+	// ScaleRuns are the sizes (parallel tasks) of the scale scenario's
+	// runs, one after another on one server (default DefaultScaleRuns).
+	// A run larger than the reference run (the largest size below the
+	// largest) also reports its rate as a ratio to the reference run's.
+	ScaleRuns []int
+	// ReferenceFor is how long the scale scenario's reference (PostgreSQL
+	// alone) commits UPDATEs (default DefaultReferenceFor).
+	ReferenceFor time.Duration
+	// ServeArgs start the server of the scale scenario (Executable with
+	// these arguments, `trellis bench --serve` for the trellis binary):
+	// `trellis serve` with the DAGs RegisterServeFromEnv registers, whose
+	// worker processes register them too. Required by the scale scenario.
+	ServeArgs []string
+	// HeapProfileDir, when set, receives a heap profile of the scale
+	// scenario's server after each run.
+	HeapProfileDir string
 	// Workers is the number of worker processes (default the CPU count)
 	// and Slots the tasks each runs at once (default
 	// executor.DefaultSlots).
@@ -272,6 +294,23 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if len(problems) > 0 {
 		return c, fmt.Errorf("benchmark config: %w", errors.Join(problems...))
+	}
+	for _, n := range c.ScaleRuns {
+		if n < 1 || n > MaxSize {
+			problems = append(problems, fmt.Errorf("scale run of %d tasks: want 1 to %d", n, MaxSize))
+		}
+	}
+	if c.ReferenceFor < 0 {
+		problems = append(problems, errors.New("reference duration must not be negative"))
+	}
+	if len(problems) > 0 {
+		return c, fmt.Errorf("benchmark config: %w", errors.Join(problems...))
+	}
+	if len(c.ScaleRuns) == 0 {
+		c.ScaleRuns = DefaultScaleRuns
+	}
+	if c.ReferenceFor == 0 {
+		c.ReferenceFor = DefaultReferenceFor
 	}
 	if c.Sizes == (Sizes{}) {
 		c.Sizes = DefaultSizes()

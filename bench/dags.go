@@ -58,6 +58,18 @@ const (
 	ShapeFibNoDedup Shape = "fib_nodedup"
 	// ShapeCallsWide is bench_calls_wide: a task mapping Size calls.
 	ShapeCallsWide Shape = "calls_wide"
+	// ShapeScale is bench_scale_<Size>: root → Size no-op Func tasks →
+	// join, one DAG per size, for the runs of the scale scenario.
+	ShapeScale Shape = "scale"
+	// ShapePool is bench_pool: root → Size no-op Func tasks in the pool
+	// PoolName (PoolSize slots) → join.
+	ShapePool Shape = "pool"
+)
+
+// PoolName and PoolSize are the pool of bench_pool's tasks.
+const (
+	PoolName = IDPrefix + "pool"
+	PoolSize = 50
 )
 
 // shapes lists every shape with the least size it accepts.
@@ -65,7 +77,7 @@ var shapes = []struct {
 	shape   Shape
 	minSize int
 }{
-	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1},
+	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1}, {ShapeScale, 1}, {ShapePool, 1},
 	{ShapeSensors, 1}, {ShapeResume, 1}, {ShapeFib, 1}, {ShapeFibNoDedup, 1}, {ShapeCallsWide, 1},
 }
 
@@ -115,6 +127,7 @@ const (
 	ShellChainDAGID = IDPrefix + "shell_chain"
 	BigDAGID        = IDPrefix + "big"
 	WatchDAGID      = IDPrefix + "watch"
+	PoolDAGID       = IDPrefix + "pool"
 )
 
 // WatchHoldParam is the conf key of the bench_watch root's hold, in
@@ -144,6 +157,10 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 		return []*dag.DAG{callsWideDAG(n)}, nil
 	case ShapeBig:
 		return []*dag.DAG{fanOut(BigDAGID, n-2)}, nil
+	case ShapeScale:
+		return []*dag.DAG{fanOut(ScaleDAGID(n), n)}, nil
+	case ShapePool:
+		return []*dag.DAG{fanOut(PoolDAGID, n, dag.Pool(PoolName))}, nil
 	case ShapeWatch:
 		d := dag.New(WatchDAGID, dag.Description("trellis bench: a run to watch through the API, held running by its root"),
 			dag.Params(map[string]any{WatchHoldParam: 0}))
@@ -183,14 +200,14 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 	return nil, fmt.Errorf("benchmark DAG set %s: no builder", s) // check lists every shape
 }
 
-// fanOut returns root → n no-op Func tasks → join.
-func fanOut(id string, n int) *dag.DAG {
+// fanOut returns root → n no-op Func tasks (with opts) → join.
+func fanOut(id string, n int, opts ...dag.TaskOption) *dag.DAG {
 	d := dag.New(id, dag.Description("trellis bench: root, no-op Func tasks in parallel, join"))
 	root := d.Func("root", noop)
 	join := d.Func("join", noop)
 	mid := make([]*dag.Task, n)
 	for i := range mid {
-		mid[i] = d.Func(taskID("t", i, n), noop)
+		mid[i] = d.Func(taskID("t", i, n), noop, opts...)
 	}
 	root.SetDownstream(mid...)
 	join.SetUpstream(mid...)
@@ -298,6 +315,32 @@ func BuildAll(sets []DAGSet) ([]*dag.DAG, error) {
 		out = append(out, ds...)
 	}
 	return out, nil
+}
+
+// RegisterServeFromEnv registers in reg the benchmark DAGs named by
+// EnvDAGs, but only in the server the scale scenario starts (EnvServe is
+// set). It returns the EnvDAGs value, which that server passes on to its
+// worker processes.
+func RegisterServeFromEnv(reg *dag.Registry, lookupEnv func(string) (string, bool)) (string, error) {
+	if v, ok := lookupEnv(EnvServe); !ok || v == "" {
+		return "", fmt.Errorf("%s is not set: only the server `trellis bench --scenario scale` starts runs this role", EnvServe)
+	}
+	v, _ := lookupEnv(EnvDAGs)
+	sets, err := ParseDAGSets(v)
+	if err != nil {
+		return "", err
+	}
+	if len(sets) == 0 {
+		return "", fmt.Errorf("%s names no benchmark DAGs", EnvDAGs)
+	}
+	ds, err := BuildAll(sets)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range ds {
+		reg.Register(d)
+	}
+	return FormatDAGSets(sets), nil
 }
 
 // RegisterFromEnv registers in reg the benchmark DAGs named by EnvDAGs,

@@ -150,7 +150,7 @@ func TestScenarioSets(t *testing.T) {
 	s := DefaultSizes()
 	for _, sc := range Scenarios {
 		sets, err := s.sets(sc)
-		if err != nil || len(sets) == 0 {
+		if err != nil || len(sets) == 0 && sc != ScenarioScale { // scale's sets come from Config.ScaleRuns
 			t.Errorf("scenario %s: sets %v, %v", sc, sets, err)
 		}
 		for _, set := range sets {
@@ -170,5 +170,55 @@ func TestScenarioSets(t *testing.T) {
 	}
 	if _, err := s.sets("tall"); err == nil {
 		t.Error("unknown scenario accepted")
+	}
+	for _, runs := range [][]int{DefaultScaleRuns, QuickScaleRuns} {
+		for _, set := range scaleSets(runs) {
+			if err := set.check(); err != nil {
+				t.Errorf("scale run %v: %v", set, err)
+			}
+		}
+	}
+}
+
+func TestRegisterServeFromEnvOnlyInTheScaleServer(t *testing.T) {
+	env := func(vars map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+	}
+	reg := dag.NewRegistry()
+	if _, err := RegisterServeFromEnv(reg, env(map[string]string{EnvDAGs: "scale=10"})); err == nil ||
+		!strings.Contains(err.Error(), EnvServe) {
+		t.Errorf("without %s: err = %v, want one naming it", EnvServe, err)
+	}
+	if _, err := RegisterServeFromEnv(reg, env(map[string]string{EnvServe: "1"})); err == nil ||
+		!strings.Contains(err.Error(), "names no benchmark DAGs") {
+		t.Errorf("without DAGs: err = %v", err)
+	}
+	sets, err := RegisterServeFromEnv(reg, env(map[string]string{EnvServe: "1", EnvDAGs: " scale=10, scale=3 "}))
+	if err != nil || sets != "scale=10,scale=3" {
+		t.Fatalf("RegisterServeFromEnv = %q, %v", sets, err)
+	}
+	for id, n := range map[string]int{ScaleDAGID(10): 12, ScaleDAGID(3): 5} {
+		d := reg.Lookup(id)
+		if d == nil || len(d.Tasks()) != n {
+			t.Errorf("DAG %s not registered with %d tasks", id, n)
+		}
+	}
+}
+
+func TestScaleRuns(t *testing.T) {
+	runs := []int{1000, 10000, 100000, 100000, 100000}
+	if got, want := scaleRunNames(runs), []string{"scale_1000", "scale_10000", "scale_100000_1", "scale_100000_2", "scale_100000_3"}; !slices.Equal(got, want) {
+		t.Errorf("scaleRunNames = %v, want %v", got, want)
+	}
+	if got, want := scaleSets(runs), []DAGSet{{ShapeScale, 1000}, {ShapeScale, 10000}, {ShapeScale, 100000}}; !slices.Equal(got, want) {
+		t.Errorf("scaleSets = %v, want %v", got, want)
+	}
+	for _, tc := range []struct {
+		runs []int
+		want int
+	}{{runs, 10000}, {[]int{5, 5}, 0}, {[]int{7}, 0}, {[]int{3, 9, 1}, 3}} {
+		if got := referenceSize(tc.runs); got != tc.want {
+			t.Errorf("referenceSize(%v) = %d, want %d", tc.runs, got, tc.want)
+		}
 	}
 }

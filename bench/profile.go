@@ -17,6 +17,9 @@ import (
 const (
 	EnvCPUProfile = "TRELLIS_BENCH_CPUPROFILE"
 	EnvTrace      = "TRELLIS_BENCH_TRACE"
+	// EnvHeapProfile asks the scale scenario's server for a heap profile
+	// "<value>-<k>.pprof" on each SIGUSR1 (k counts from 1).
+	EnvHeapProfile = "TRELLIS_BENCH_HEAPPROFILE"
 )
 
 // profiler holds a running CPU profile and execution trace of this

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -140,6 +141,7 @@ func FormatValue(v float64, unit string) string {
 // target is a goal of issue 7 for one metric of one scenario on one store.
 type target struct {
 	scenario, store, metric string
+	prefix                  bool    // scenario is a prefix of the rows' scenario
 	atLeast                 bool    // value ≥ bound (else ≤)
 	bound                   float64 // the bound, unless relative
 	// relative, when set, is the scenario whose value of the same metric
@@ -171,6 +173,15 @@ var targets = []target{
 	{scenario: ScenarioFib, store: "postgres", metric: MetricTotalSeconds, bound: 2},
 	{scenario: ScenarioCallsWide, store: "postgres", metric: MetricCallsPerSecond, atLeast: true, bound: 3000},
 	{scenario: ScenarioFibNoDedup, store: "postgres", metric: MetricTotalSeconds, bound: 15},
+	// Issue 17: every run of the scale scenario on PostgreSQL.
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricServePeakRSSBytes, bound: 200 << 20},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricTreePeakRSSBytes, bound: 350 << 20},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricMetricsBytes, bound: 1 << 20},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricMetricsScrapeMS, bound: 50},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricRunCreationSeconds, bound: 1},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricHOTRatio, atLeast: true, bound: 0.9},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricVsPgbench, atLeast: true, bound: 2.5},
+	{scenario: "scale_", prefix: true, store: "postgres", metric: MetricVsFirst, atLeast: true, bound: 0.9},
 }
 
 // Verdict says whether a row meets its target.
@@ -185,12 +196,16 @@ type Verdict struct {
 // all).
 func Check(r Row, all []Row) (v Verdict, ok bool) {
 	for _, t := range targets {
-		if t.scenario != r.Scenario || t.store != r.Store || t.metric != r.Metric {
+		scenarioOK := t.scenario == r.Scenario || t.prefix && strings.HasPrefix(r.Scenario, t.scenario)
+		if !scenarioOK || t.store != r.Store || t.metric != r.Metric {
 			continue
 		}
 		bound, text := t.bound, FormatValue(t.bound, r.Unit)
-		if r.Unit == UnitBytes {
+		switch {
+		case r.Unit == UnitBytes && t.bound >= 1<<30:
 			text = fmt.Sprintf("%.0f GiB", t.bound/(1<<30))
+		case r.Unit == UnitBytes:
+			text = fmt.Sprintf("%.0f MiB", t.bound/(1<<20))
 		}
 		if t.relative != "" {
 			found := false

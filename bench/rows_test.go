@@ -66,6 +66,9 @@ func TestCheckTargets(t *testing.T) {
 		{Scenario: "big", Store: "sqlite", Metric: MetricTasksPerSecond, Value: 5500, Unit: UnitTasksPerSecond},
 		{Scenario: "big", Store: "postgres", Metric: MetricPeakRSSBytes, Value: 2 << 30, Unit: UnitBytes},
 		{Scenario: "wide", Store: "postgres", Metric: MetricTotalSeconds, Value: 1, Unit: UnitSeconds},
+		{Scenario: "scale_100000_2", Store: "postgres", Metric: MetricServePeakRSSBytes, Value: 150 << 20, Unit: UnitBytes},
+		{Scenario: "scale_1000", Store: "postgres", Metric: MetricHOTRatio, Value: 0.5, Unit: UnitRatio},
+		{Scenario: "scale_1000", Store: "sqlite", Metric: MetricServePeakRSSBytes, Value: 150 << 20, Unit: UnitBytes},
 	}
 	for i, want := range []struct {
 		ok     bool
@@ -80,6 +83,9 @@ func TestCheckTargets(t *testing.T) {
 		{false, "", false}, // no target for big on SQLite
 		{true, "≤ 1 GiB", false},
 		{false, "", false}, // no target for that metric
+		{true, "≤ 200 MiB", true},
+		{true, "≥ 0.90", false},
+		{false, "", false}, // the scale targets are PostgreSQL's
 	} {
 		v, ok := Check(rows[i], rows)
 		if ok != want.ok || v.Target != want.target || v.Met != want.met {

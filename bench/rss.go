@@ -22,6 +22,7 @@ type Memory struct {
 // fixed interval and keeps the peaks. Start it, Stop it, read Peak.
 type Sampler struct {
 	root     int
+	only     bool // the root process alone, not its descendants
 	interval time.Duration
 	peakRSS  atomic.Uint64
 	peakPSS  atomic.Uint64
@@ -35,6 +36,13 @@ type Sampler struct {
 // NewSampler returns a sampler of the tree rooted at pid.
 func NewSampler(pid int, interval time.Duration) *Sampler {
 	return &Sampler{root: pid, interval: interval, stop: make(chan struct{})}
+}
+
+// NewProcessSampler returns a sampler of process pid alone.
+func NewProcessSampler(pid int, interval time.Duration) *Sampler {
+	s := NewSampler(pid, interval)
+	s.only = true
+	return s
 }
 
 // Start takes a first sample and starts sampling in a goroutine.
@@ -76,7 +84,11 @@ func (s *Sampler) Peak() (Memory, bool) {
 func (s *Sampler) Sample() { s.sample() }
 
 func (s *Sampler) sample() {
-	m, err := TreeMemory(s.root)
+	measure := TreeMemory
+	if s.only {
+		measure = ProcessMemory
+	}
+	m, err := measure(s.root)
 	if err != nil {
 		return
 	}

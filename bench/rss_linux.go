@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"strconv"
+	"syscall"
 )
 
 // TreeMemory returns the resident memory of process root and all its
@@ -20,7 +21,7 @@ func TreeMemory(root int) (Memory, error) {
 	var total Memory
 	found := false
 	for _, pid := range pids {
-		m, err := processMemory(pid)
+		m, err := ProcessMemory(pid)
 		if err != nil {
 			continue // exited meanwhile
 		}
@@ -34,6 +35,19 @@ func TreeMemory(root int) (Memory, error) {
 		return Memory{}, fmt.Errorf("process %d: no memory figures in /proc", root)
 	}
 	return total, nil
+}
+
+// askHeapProfile asks the server root and its worker processes for a
+// heap profile (HeapProfileOnSignal), which they write when they were
+// started with EnvHeapProfile.
+func askHeapProfile(root int) {
+	pids, err := tree(root)
+	if err != nil {
+		return
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGUSR1)
+	}
 }
 
 // tree returns root and its descendants. It follows the children lists of
@@ -98,8 +112,9 @@ func treeByParents(root int) ([]int, error) {
 	return out, nil
 }
 
-// processMemory reads the memory of one process.
-func processMemory(pid int) (Memory, error) {
+// ProcessMemory returns the resident memory of one process, read from
+// /proc as TreeMemory does.
+func ProcessMemory(pid int) (Memory, error) {
 	dir := "/proc/" + strconv.Itoa(pid)
 	if b, err := os.ReadFile(dir + "/smaps_rollup"); err == nil {
 		if m, err := parseRollup(b); err == nil {

@@ -51,7 +51,7 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, dir := range []string{cfg.CPUProfileDir, cfg.TraceDir} {
+	for _, dir := range []string{cfg.CPUProfileDir, cfg.TraceDir, cfg.HeapProfileDir} {
 		if dir != "" {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return nil, fmt.Errorf("profile directory: %w", err)
@@ -83,6 +83,9 @@ func Run(ctx context.Context, cfg Config) ([]Row, error) {
 // runScenario sets up a fresh installation for one scenario on one
 // database, runs the scenario and tears the installation down.
 func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows []Row, err error) {
+	if scenario == ScenarioScale {
+		return runScale(ctx, cfg, db)
+	}
 	sets, err := cfg.Sizes.sets(scenario)
 	if err != nil {
 		return nil, err
@@ -109,6 +112,8 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 	switch scenario {
 	case ScenarioWide:
 		err = h.wide(sctx)
+	case ScenarioPool:
+		err = h.pool(sctx)
 	case ScenarioChain:
 		err = h.chain(sctx)
 	case ScenarioShell:
@@ -129,6 +134,20 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.calls(sctx, scenario, FibNoDedupDAGID, FibCalls(cfg.Sizes.FibNoDedup, false))
 	}
 	return nil, err
+}
+
+// runScale runs the scale scenario: its installation is a `trellis serve`
+// process, started by the scenario itself. Config.Timeout bounds each of
+// its runs (and the reference), not the whole.
+func runScale(ctx context.Context, cfg Config, db DB) (rows []Row, err error) {
+	h := &harness{cfg: cfg, db: db, scenario: ScenarioScale}
+	defer func() {
+		if cerr := h.teardown(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		rows = h.rows
+	}()
+	return nil, h.scale(ctx) // the timeout bounds each run
 }
 
 // harness is one scenario's installation: a fresh database, a scheduler
@@ -200,6 +219,11 @@ func (h *harness) setup(ctx context.Context, dags []*dag.DAG) error {
 	reg := dag.NewRegistry()
 	for _, d := range dags {
 		reg.Register(d)
+	}
+	for _, set := range h.sets {
+		if set.Shape == ShapePool {
+			reg.RegisterPool(PoolName, PoolSize, "trellis bench: the pool of bench_pool's tasks")
+		}
 	}
 	h.sched = scheduler.New(scheduler.Config{Store: st, Registry: reg, Logger: h.cfg.Logger})
 	began := time.Now()
@@ -478,6 +502,27 @@ func (h *harness) wide(ctx context.Context) error {
 	h.peak(m)
 	h.keep(m)
 	h.progress("%d tasks in %.3f s: %.0f tasks/s", n, t.Total().Seconds(), float64(n)/t.Total().Seconds())
+	return nil
+}
+
+// pool: wide's run with its n tasks in a pool of PoolSize slots;
+// tasks/s from trigger to success, to compare with wide's.
+func (h *harness) pool(ctx context.Context) error {
+	n := h.cfg.Sizes.Wide + 2
+	t, _, err := h.runOnce(ctx, PoolDAGID, n, false)
+	if err != nil {
+		return err
+	}
+	if err := h.stopProfile(); err != nil {
+		return err
+	}
+	h.work, h.workUnit = n, "task"
+	m := h.rowsFor(ScenarioPool)
+	m.rate(n, t.Total())
+	m.seconds(MetricTotalSeconds, t.Total())
+	h.peak(m)
+	h.keep(m)
+	h.progress("%d tasks (pool of %d) in %.3f s: %.0f tasks/s", n, PoolSize, t.Total().Seconds(), float64(n)/t.Total().Seconds())
 	return nil
 }
 

@@ -26,6 +26,39 @@ func init() { addCommand("", newBenchCmd) }
 // the processes bench starts.
 var benchChildArgs = []string{"bench", "--child"}
 
+// benchServeArgs select the server role of the scale scenario: `trellis
+// bench --serve` is `trellis serve` with the benchmark DAGs the bench
+// named, whose worker processes take the bench's child role.
+var benchServeArgs = []string{"bench", "--serve"}
+
+// runBenchServe runs the server of the scale scenario: `trellis serve`
+// with its defaults and the configuration of the environment, with only
+// the benchmark DAGs (a heap profile on each SIGUSR1 when asked).
+func (a *app) runBenchServe(ctx context.Context) error {
+	reg := dag.NewRegistry()
+	sets, err := bench.RegisterServeFromEnv(reg, a.lookupEnv)
+	if err != nil {
+		return fmt.Errorf("benchmark DAGs: %w", err)
+	}
+	a.registry = reg
+	a.workerArgs = benchChildArgs
+	a.workerEnv = []string{bench.EnvDAGs + "=" + sets}
+	if v, ok := a.lookupEnv(bench.EnvHeapProfile); ok && v != "" {
+		a.workerEnv = append(a.workerEnv, bench.EnvHeapProfile+"="+v+"-worker")
+	}
+	if stop := bench.HeapProfileOnSignal(a.lookupEnv, func(format string, args ...any) {
+		a.logger.Warn(fmt.Sprintf(format, args...))
+	}); stop != nil {
+		defer stop()
+	}
+	serve := newServeCmd(a)
+	serve.SetArgs([]string{})
+	serve.SetOut(a.stdout)
+	serve.SetErr(a.stderr)
+	serve.SilenceUsage = true
+	return serve.ExecuteContext(ctx)
+}
+
 // runBenchChild runs a worker child of `trellis bench`: with only the
 // benchmark DAGs the bench named, and with the CPU profile and trace asked
 // for by --cpuprofile and --trace, stopped when the child ends.
@@ -38,6 +71,11 @@ func (a *app) runBenchChild(ctx context.Context) error {
 	stop, err := bench.StartChildProfile(a.lookupEnv)
 	if err != nil {
 		return err
+	}
+	if stopHeap := bench.HeapProfileOnSignal(a.lookupEnv, func(format string, args ...any) {
+		a.logger.Warn(fmt.Sprintf(format, args...))
+	}); stopHeap != nil {
+		defer stopHeap()
 	}
 	runErr := a.runWorkerChild(ctx)
 	if stop != nil {
@@ -61,7 +99,11 @@ type benchFlags struct {
 	timeout      time.Duration
 	cpuProfile   string
 	trace        string
+	heapProfile  string
+	scaleRuns    []int
+	referenceFor time.Duration
 	child        bool
+	serve        bool
 }
 
 func newBenchCmd(a *app) *cobra.Command {
@@ -75,6 +117,8 @@ measures them from the times the store records. Scenarios (default: all):
 
   wide    one run of root → 10,000 no-op Func tasks → join: tasks/s from the
           trigger to the run's success
+  pool    wide's run with its 10,000 tasks in a pool of 50 slots (bench_pool):
+          tasks/s, to compare with wide's measured in the same invocation
   chain   1,000 no-op Func tasks in a line: latency from an upstream task's
           end to its downstream task's start (p50, p99), and the total
   shell   2,000 independent Shell "true" tasks (tasks/s), then a 100-step
@@ -93,6 +137,19 @@ measures them from the times the store records. Scenarios (default: all):
           the CPU of this process and its workers and the slots in use
           over 5 s while they wait; then 500 tasks deferred on events,
           each resumed by its event: event-to-resume latency p50 and p99
+  fib     a task calls the recursive callable fibonacci(200), deduplicated
+          (201 calls): seconds from the trigger to the run's success
+  calls_wide   a task maps 10,000 calls and sums them: calls/s
+  fib_nodedup  fibonacci(20) without dedup (21,891 calls): seconds
+  scale   "trellis serve" on a fresh database, and through its API one run
+          after another of root → N no-op Func tasks → join for each N of
+          --scale-runs (1,000, 10,000, then 100,000 three times): per run
+          tasks/s, creation time, peak resident memory of serve and of its
+          whole process tree, /metrics size and scrape time, and on
+          PostgreSQL the share of HOT updates of task_instances; before it,
+          the reference: single-row UPDATE commits/s by 4 clients and the
+          commit + NOTIFY round trip of PostgreSQL alone (rows of scenario
+          pgbench), which each run's rate is divided by
 
 Every scenario runs on every --db (default: SQLite in a temporary directory,
 then PostgreSQL at ` + bench.DefaultPostgresURL + `), each time on
@@ -117,6 +174,9 @@ is reported, not an error.`,
 			if f.child {
 				return a.runBenchChild(cmd.Context())
 			}
+			if f.serve {
+				return a.runBenchServe(cmd.Context())
+			}
 			cfg, err := f.config(cmd, a)
 			if err != nil {
 				return err
@@ -138,11 +198,18 @@ is reported, not an error.`,
 		"how long the api scenario sends requests for each of its two runs")
 	fs.IntVar(&f.apiClients, "api-clients", bench.DefaultAPIClients, "how many clients the api scenario runs at once")
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once")
-	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long")
+	fs.DurationVar(&f.timeout, "timeout", bench.DefaultTimeout, "give up on a scenario on one database after this long (scale: on one of its runs)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write CPU profiles of this process and of every worker process, per scenario and store, into this directory")
 	fs.StringVar(&f.trace, "trace", "", "write execution traces (runtime/trace) of this process and of every worker process, per scenario and store, into this directory")
+	fs.StringVar(&f.heapProfile, "heapprofile", "", "write a heap profile of the scale scenario's server after each of its runs into this directory")
+	fs.IntSliceVar(&f.scaleRuns, "scale-runs", bench.DefaultScaleRuns,
+		"sizes (parallel tasks) of the scale scenario's runs, one after another on one server")
+	fs.DurationVar(&f.referenceFor, "reference-duration", bench.DefaultReferenceFor,
+		"how long the scale scenario's reference (PostgreSQL alone) commits single-row UPDATEs")
 	fs.BoolVar(&f.child, "child", false, "run as one worker process of a benchmark (internal)")
+	fs.BoolVar(&f.serve, "serve", false, "run as the server of the scale scenario (internal)")
 	_ = fs.MarkHidden("child")
+	_ = fs.MarkHidden("serve")
 	return cmd
 }
 
@@ -164,8 +231,15 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 		return bench.Config{}, usagef("--scenario: %v", err)
 	}
 	sizes, cron, apiFor := bench.DefaultSizes(), f.cronDuration, f.apiDuration
+	scaleRuns, refFor := f.scaleRuns, f.referenceFor
 	if f.quick {
 		sizes = bench.QuickSizes()
+		if !cmd.Flags().Changed("scale-runs") {
+			scaleRuns = bench.QuickScaleRuns
+		}
+		if !cmd.Flags().Changed("reference-duration") {
+			refFor = bench.QuickReferenceFor
+		}
 		if !cmd.Flags().Changed("cron-duration") {
 			cron = bench.QuickCronDuration
 		}
@@ -184,6 +258,13 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 		return bench.Config{}, usagef("--slots must be at least 1, got %d", f.slots)
 	case f.timeout <= 0:
 		return bench.Config{}, usagef("--timeout must be positive, got %v", f.timeout)
+	case refFor <= 0:
+		return bench.Config{}, usagef("--reference-duration must be positive, got %v", refFor)
+	}
+	for _, n := range scaleRuns {
+		if n < 1 || n > bench.MaxSize {
+			return bench.Config{}, usagef("--scale-runs: %d tasks: want 1 to %d", n, bench.MaxSize)
+		}
 	}
 
 	// The scheduler and the pools log at info on every start and stop;
@@ -196,22 +277,26 @@ func (f *benchFlags) config(cmd *cobra.Command, a *app) (bench.Config, error) {
 	logCfg := a.config
 	logCfg.LogLevel = level
 	return bench.Config{
-		DBs:           dbs,
-		Scenarios:     scenarios,
-		Sizes:         sizes,
-		CronDuration:  cron,
-		APIDuration:   apiFor,
-		APIClients:    f.apiClients,
-		Workers:       a.config.Workers,
-		Slots:         f.slots,
-		ChildArgs:     benchChildArgs,
-		ChildEnv:      []string{"TRELLIS_LOG_LEVEL=" + level.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
-		CPUProfileDir: f.cpuProfile,
-		TraceDir:      f.trace,
-		Timeout:       f.timeout,
-		Logger:        logCfg.Logger(a.stderr),
-		Progress:      a.stderr,
-		ChildOutput:   a.stderr,
+		DBs:            dbs,
+		Scenarios:      scenarios,
+		Sizes:          sizes,
+		CronDuration:   cron,
+		APIDuration:    apiFor,
+		APIClients:     f.apiClients,
+		Workers:        a.config.Workers,
+		Slots:          f.slots,
+		ChildArgs:      benchChildArgs,
+		ServeArgs:      benchServeArgs,
+		ScaleRuns:      scaleRuns,
+		ReferenceFor:   refFor,
+		HeapProfileDir: f.heapProfile,
+		ChildEnv:       []string{"TRELLIS_LOG_LEVEL=" + level.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+		CPUProfileDir:  f.cpuProfile,
+		TraceDir:       f.trace,
+		Timeout:        f.timeout,
+		Logger:         logCfg.Logger(a.stderr),
+		Progress:       a.stderr,
+		ChildOutput:    a.stderr,
 	}, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,36 @@ func TestBenchQuick(t *testing.T) {
 		if s := v("big", "dag_sync_seconds", "s"); s <= 0 {
 			t.Errorf("big on %s: DAG sync %v s", st, s)
 		}
+		// scale: `trellis serve` ran each quick run; its process alone is
+		// smaller than its tree, and /metrics answered.
+		for _, sc := range []string{"scale_200", "scale_1000", "scale_2000_1", "scale_2000_2", "scale_2000_3"} {
+			n, _ := strconv.Atoi(strings.Split(sc, "_")[1])
+			if tps, total := v(sc, "tasks_per_second", "tasks/s"), v(sc, "total_seconds", "s"); tps <= 0 || !near(tps*total, float64(n+2)) {
+				t.Errorf("%s on %s: %v tasks/s over %v s, want %d tasks", sc, st, tps, total, n+2)
+			}
+			serve, tree := v(sc, "serve_peak_rss_bytes", "bytes"), v(sc, "tree_peak_rss_bytes", "bytes")
+			if serve < 10<<20 || tree <= serve || tree > 4<<30 {
+				t.Errorf("%s on %s: serve peak %v bytes, tree peak %v: implausible", sc, st, serve, tree)
+			}
+			if b := v(sc, "metrics_bytes", "bytes"); b < 1000 || v(sc, "metrics_scrape_ms", "ms") <= 0 {
+				t.Errorf("%s on %s: /metrics %v bytes: implausible", sc, st, b)
+			}
+			if st == "postgres" {
+				if hot := v(sc, "hot_update_ratio", "ratio"); hot < 0 || hot > 1 {
+					t.Errorf("%s: HOT ratio %v", sc, hot)
+				}
+				if r := v(sc, "rate_vs_pgbench", "ratio"); r <= 0 {
+					t.Errorf("%s: rate vs pgbench %v", sc, r)
+				}
+			}
+		}
+		if r := v("scale_2000_3", "rate_vs_reference_run", "ratio"); r <= 0 {
+			t.Errorf("scale on %s: rate of the last run vs the 1000-task run %v", st, r)
+		}
+	}
+	if tps, p50, p99 := got["pgbench/postgres/update_tps"].Value, got["pgbench/postgres/commit_notify_p50_ms"].Value,
+		got["pgbench/postgres/commit_notify_p99_ms"].Value; tps <= 0 || p50 <= 0 || p50 > p99 {
+		t.Errorf("pgbench reference: %v UPDATEs/s, commit + NOTIFY p50 %v ms, p99 %v ms: implausible", tps, p50, p99)
 	}
 
 	out := stdout.String()
@@ -182,6 +213,8 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"bench", "--quick", "--cron-duration", "0s"}, "at least 1s"},
 		{[]string{"bench", "--slots", "0"}, "--slots must be at least 1"},
 		{[]string{"bench", "--timeout", "0s"}, "--timeout must be positive"},
+		{[]string{"bench", "--scale-runs", "1000,0"}, "--scale-runs: 0 tasks: want 1 to"},
+		{[]string{"bench", "--reference-duration", "0s"}, "--reference-duration must be positive"},
 		{[]string{"bench", "extra"}, "takes 0 argument(s)"},
 	} {
 		r := runCLI(t, cycleRegistry(), nil, tc.args...)

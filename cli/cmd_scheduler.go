@@ -20,9 +20,11 @@ func init() { addCommand("", newSchedulerCmd) }
 type schedulerFlags struct {
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
+	workerDeadAfter     time.Duration
 	fireConcurrency     int
 	metrics             metricsFlags
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newSchedulerCmd(a *app) *cobra.Command {
@@ -52,8 +54,8 @@ full validation report.`,
   TRELLIS_DATABASE_URL=sqlite:trellis.db trellis scheduler`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0 {
-				return usagef("--zombie-threshold and --zombie-check-interval must be positive")
+			if f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0 || f.workerDeadAfter <= 0 {
+				return usagef("--zombie-threshold, --zombie-check-interval and --worker-dead-after must be positive")
 			}
 			if f.fireConcurrency < 1 {
 				return usagef("--fire-concurrency must be at least 1, got %d", f.fireConcurrency)
@@ -64,18 +66,24 @@ full validation report.`,
 			if err := f.retention.resolve(cmd, a); err != nil {
 				return err
 			}
+			if err := f.pools.resolve(cmd); err != nil {
+				return err
+			}
 			return a.runScheduler(cmd.Context(), f)
 		},
 	}
 	fs := cmd.Flags()
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
+	fs.DurationVar(&f.workerDeadAfter, "worker-dead-after", scheduler.DefaultWorkerDeadAfter,
+		"put back the tasks of a worker process whose own heartbeat is older than this (faster than the zombie threshold after a crash)")
 	fs.DurationVar(&f.zombieCheckInterval, "zombie-check-interval", scheduler.DefaultZombieCheckInterval,
 		"how often to look for zombie tasks")
 	fs.IntVar(&f.fireConcurrency, "fire-concurrency", scheduler.DefaultFireConcurrency,
 		"how many DAGs falling due together are fired at once")
 	f.metrics.add(fs)
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -104,7 +112,9 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		Logger:              a.logger,
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
+		WorkerDeadAfter:     f.workerDeadAfter,
 		FireConcurrency:     f.fireConcurrency,
+		DefaultPoolSlots:    f.pools.slots,
 	}
 	if metrics != nil {
 		cfg.Metrics = metrics // a nil *api.Metrics in the interface would not be nil
@@ -119,6 +129,7 @@ func (a *app) runScheduler(ctx context.Context, f schedulerFlags) error {
 		}
 		return err
 	}
+	releaseStartupGarbage()
 	var purgeMetrics scheduler.PurgeMetrics
 	if metrics != nil {
 		purgeMetrics = metrics

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -27,10 +28,13 @@ type serveFlags struct {
 	grace               time.Duration
 	killGrace           time.Duration
 	spoolDir            string
+	memory              memSize
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
+	workerDeadAfter     time.Duration
 	metricsInterval     time.Duration
 	retention           retentionFlags
+	pools               poolFlags
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -77,14 +81,18 @@ tasks at once.`,
 	fs.IntVar(&f.slots, "slots", executor.DefaultSlots, "tasks each worker process runs at once (env "+envWorkerSlots+")")
 	fs.DurationVar(&f.grace, "grace", executor.DefaultGrace, "on shutdown, how long running tasks may finish before they are stopped and queued again")
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task")
+	fs.Var(&f.memory, "worker-memory", "cap each worker process's memory (data segment, RLIMIT_DATA; Linux) at this size, e.g. 2GiB; a task going over kills its worker, and a try doing so twice in a row is failed (default no limit)")
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
+	fs.DurationVar(&f.workerDeadAfter, "worker-dead-after", scheduler.DefaultWorkerDeadAfter,
+		"put back the tasks of a worker process whose own heartbeat is older than this (faster than the zombie threshold after a crash)")
 	fs.DurationVar(&f.zombieCheckInterval, "zombie-check-interval", scheduler.DefaultZombieCheckInterval,
 		"how often to look for zombie tasks")
 	fs.DurationVar(&f.metricsInterval, "metrics-interval", defaultMetricsInterval,
 		"how often the trellis_task_instances gauge is counted in the database")
 	f.retention.add(fs)
+	f.pools.add(fs)
 	return cmd
 }
 
@@ -107,10 +115,13 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 		return usagef("--slots must be at least 1, got %d", f.slots)
 	case f.grace < 0 || f.killGrace < 0:
 		return usagef("--grace and --kill-grace must not be negative")
-	case f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0:
-		return usagef("--zombie-threshold and --zombie-check-interval must be positive")
+	case f.zombieThreshold <= 0 || f.zombieCheckInterval <= 0 || f.workerDeadAfter <= 0:
+		return usagef("--zombie-threshold, --zombie-check-interval and --worker-dead-after must be positive")
 	case f.metricsInterval <= 0:
 		return usagef("--metrics-interval must be positive, got %v", f.metricsInterval)
+	}
+	if err := f.pools.resolve(cmd); err != nil {
+		return err
 	}
 	if err := f.retention.resolve(cmd, a); err != nil {
 		return err
@@ -205,6 +216,8 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:              a.logger,
 		ZombieThreshold:     f.zombieThreshold,
 		ZombieCheckInterval: f.zombieCheckInterval,
+		DefaultPoolSlots:    f.pools.slots,
+		WorkerDeadAfter:     f.workerDeadAfter,
 		Metrics:             metrics,
 	})
 	trigger := api.TriggerFunc(func(ctx context.Context, dagID string, r api.TriggerRequest) (store.Run, error) {
@@ -219,6 +232,10 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		return nil, err
 	}
 
+	childArgs := executor.ChildArgs
+	if a.workerArgs != nil {
+		childArgs = a.workerArgs
+	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
@@ -227,13 +244,15 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Logger:      a.logger,
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
-		Args:        executor.ChildArgs,
-		Env:         []string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+		Args:        childArgs,
+		Env: append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+			a.workerEnv...),
 		Stdout:      a.stderr,
 		Stderr:      a.stderr,
 		Grace:       f.grace,
 		KillGrace:   f.killGrace,
 		SpoolDir:    f.spoolDir,
+		MemoryLimit: int64(f.memory),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -261,6 +280,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		}
 		return nil, fmt.Errorf("serve: %w", err)
 	}
+	releaseStartupGarbage()
 	for _, c := range srv.feeders {
 		if err := c.Start(ctx); err != nil {
 			sched.Stop()
@@ -302,3 +322,11 @@ func (s *server) stopAfterPool() {
 		c.Stop()
 	}
 }
+
+// releaseStartupGarbage returns the memory freed since the process
+// started to the operating system at once. Recording the DAGs allocates
+// several times their size (specs, fingerprints, rows to write), all
+// garbage once recorded; left to the runtime's background scavenger, a
+// server with large DAGs kept it resident for minutes (docs/benchmarks.md,
+// scale). One collection of a heap that holds little more than the DAGs.
+func releaseStartupGarbage() { debug.FreeOSMemory() }

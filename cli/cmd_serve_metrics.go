@@ -286,6 +286,26 @@ func (s *stateSampler) sample(ctx context.Context) {
 		}
 		s.metrics.SetTaskInstances(string(st), n)
 	}
+	pools, _, err := s.st.ListPools(ctx, 0, 0)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("metrics: read pools", "err", err)
+		}
+		return
+	}
+	s.metrics.SetPools(pools)
+	keys, err := s.st.WaitingOnKeys(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("metrics: read concurrency keys", "err", err)
+		}
+		return
+	}
+	n := 0
+	for _, k := range keys {
+		n += k.Queued
+	}
+	s.metrics.SetKeyWaiting(n)
 }
 
 // perTaskSeries returns which DAGs of reg asked for per-task metric

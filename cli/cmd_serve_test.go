@@ -342,6 +342,9 @@ func TestStateSampler(t *testing.T) {
 	w := testWorker(t, st)
 	claimOne(t, st, w) // r1's a (oldest first) runs; r2's a is queued; both b wait
 
+	if _, err := st.CreatePool(context.Background(), store.PoolSpec{Name: "warehouse", Slots: 4}); err != nil {
+		t.Fatal(err)
+	}
 	m := api.NewMetrics(clock.Real{})
 	sampled := make(chan struct{}, 1)
 	s := &stateSampler{st: st, metrics: m, clk: clock.Real{}, log: slog.New(slog.DiscardHandler), interval: time.Hour, sampled: signalled(sampled)}
@@ -361,6 +364,19 @@ func TestStateSampler(t *testing.T) {
 	}
 	if _, ok := metricValue(t, m, "trellis_task_instances", "state", "success"); ok {
 		t.Errorf("finished states are counted; they would read the whole history")
+	}
+	// Pools: default_pool (unlimited: open -1) holds the pair's instances.
+	for _, c := range []struct {
+		pool, state string
+		want        float64
+	}{{"warehouse", "open", 4}, {"warehouse", "running", 0}, {"default_pool", "open", -1},
+		{"default_pool", "running", 1}, {"default_pool", "queued", 1}} {
+		if v, ok := metricValue(t, m, "trellis_pool_slots", "pool", c.pool, "state", c.state); !ok || v != c.want {
+			t.Errorf("trellis_pool_slots{pool=%q,state=%q} = %v (present %v), want %v", c.pool, c.state, v, ok, c.want)
+		}
+	}
+	if v, ok := metricValue(t, m, "trellis_concurrency_key_waiting_task_instances"); !ok || v != 0 {
+		t.Errorf("trellis_concurrency_key_waiting_task_instances = %v (present %v), want 0", v, ok)
 	}
 }
 

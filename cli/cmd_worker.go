@@ -25,6 +25,7 @@ type workerFlags struct {
 	slots     int
 	grace     time.Duration
 	spoolDir  string
+	memory    memSize
 	killGrace time.Duration
 	heartbeat time.Duration
 	maxLeaks  int
@@ -76,6 +77,7 @@ using up a try. A second signal stops them at once.`,
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task, and before abandoning a Func task that ignores its context")
 	fs.DurationVar(&f.heartbeat, "heartbeat-interval", executor.DefaultHeartbeatInterval, "how often workers heartbeat their tasks (keep well below the scheduler's zombie threshold)")
 	fs.IntVar(&f.maxLeaks, "max-leaks", executor.DefaultMaxLeaks, "Func tasks abandoned after ignoring their timeout before a worker process is replaced (negative: never)")
+	fs.Var(&f.memory, "worker-memory", "cap each worker process's memory (data segment, RLIMIT_DATA; Linux) at this size, e.g. 2GiB; a task going over kills its worker, and a try doing so twice in a row is failed (default no limit)")
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.StringVar(&f.hostname, "hostname", "", "host name recorded with this pool's workers and tasks (default the system host name)")
 	f.metrics.add(fs)
@@ -149,6 +151,7 @@ func (a *app) runWorkerPool(ctx context.Context, f workerFlags) error {
 		HeartbeatInterval: f.heartbeat,
 		MaxLeaks:          f.maxLeaks,
 		SpoolDir:          f.spoolDir,
+		MemoryLimit:       int64(f.memory),
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -230,6 +233,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 		return &exitError{code: executor.ExitError, err: fmt.Errorf("worker process %s: %w", cfg.WorkerID, err)}
 	}
 	defer st.Close()
+	releaseStartupGarbage() // building the DAGs' registry
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
 	// that as the graceful stop and runs the worker on a context of its

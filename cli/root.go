@@ -65,6 +65,11 @@ type app struct {
 	stderr    io.Writer
 	lookupEnv func(string) (string, bool)
 	clock     clock.Clock
+	// workerArgs and workerEnv, when set, replace the worker-child role
+	// and add to the environment of the pool `trellis serve` starts
+	// (`trellis bench --serve` points them at its own child role).
+	workerArgs []string
+	workerEnv  []string
 
 	// config and logger are set by the root's PersistentPreRunE, before
 	// any command's RunE.

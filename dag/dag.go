@@ -218,7 +218,7 @@ type HTTPRequest struct {
 func (d *DAG) HTTP(id string, req HTTPRequest, opts ...TaskOption) *Task {
 	t := d.addTask(id, KindHTTP, opts)
 	req.Header = maps.Clone(req.Header)
-	t.http = req
+	t.http = &req
 	if req.URL == "" {
 		d.addIssue(id, "HTTP has an empty URL")
 	}

@@ -15,9 +15,10 @@ const fingerprintVersion = "trellis-dag-fingerprint/1"
 
 // Fingerprint returns the hex SHA-256 of the DAG's structure: its schedule
 // and, for every task, its id, kind, trigger rule, retries, retry delay,
-// backoff cap, timeout, priority, shell command, HTTP request and edges.
+// backoff cap, timeout, priority, shell command, HTTP request, edges and
+// limits (pool, pool slots, MaxActive, concurrency key).
 // Functions cannot be hashed and are left out, as are the settings that do
-// not shape a run (description, tags, dates, limits, params). The result
+// not shape a run (description, tags, dates, DAG-wide caps, params). The result
 // does not depend on the order tasks, edges or map entries were added in,
 // and changes whenever any of the fields above changes, so the store can
 // tell one version of a DAG from the next.
@@ -88,18 +89,18 @@ func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	e.int(int64(t.timeout))
 	e.int(int64(t.priority))
 	e.str(t.command)
-	e.str(t.http.Method)
-	e.str(t.http.URL)
-	e.str(t.http.Body)
+	e.str(t.req().Method)
+	e.str(t.req().URL)
+	e.str(t.req().Body)
 	scratch = scratch[:0]
-	for k := range t.http.Header {
+	for k := range t.req().Header {
 		scratch = append(scratch, k)
 	}
 	slices.Sort(scratch)
 	e.int(int64(len(scratch)))
 	for _, k := range scratch {
 		e.str(k)
-		e.str(t.http.Header[k])
+		e.str(t.req().Header[k])
 	}
 	scratch = scratch[:0]
 	for _, w := range t.downstream {
@@ -109,6 +110,18 @@ func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	e.int(int64(len(scratch)))
 	for _, id := range scratch {
 		e.str(id)
+	}
+	// Limits are stored with the structure, so they take part; a task
+	// without any keeps the encoding (and fingerprint) it had before
+	// limits existed. NUL cannot start a task id, so the section is never
+	// read as the next task.
+	if t.pool != "" || t.PoolSlots() != 1 || t.maxActive != 0 || t.keySet {
+		e.str("\x00limits")
+		e.str(t.pool)
+		e.int(int64(t.PoolSlots()))
+		e.int(int64(t.maxActive))
+		e.str(t.keyTemplate)
+		e.int(int64(t.keyLimit))
 	}
 	return scratch
 }

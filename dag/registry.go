@@ -12,6 +12,8 @@ type Registry struct {
 	// regs is every registration in order, nil ones included, so that
 	// Validate can report them.
 	regs []*DAG
+	// pools are the pools declared with RegisterPool.
+	pools []PoolDecl
 }
 
 // NewRegistry returns an empty registry.
@@ -56,8 +58,9 @@ func (r *Registry) Lookup(id string) *DAG {
 func (r *Registry) Validate() []Problem {
 	r.mu.Lock()
 	regs := slices.Clone(r.regs)
+	pools := slices.Clone(r.pools)
 	r.mu.Unlock()
-	return Validate(regs)
+	return append(Validate(regs), ValidatePools(pools, regs...)...)
 }
 
 var defaultRegistry = NewRegistry()

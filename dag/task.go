@@ -31,7 +31,7 @@ type Task struct {
 	call       func(*Context, json.RawMessage) (json.RawMessage, error)
 	noDedup    bool
 	command    string
-	http       HTTPRequest
+	http       *HTTPRequest // HTTP tasks only: the other tasks stay smaller
 	retries    int
 	retryDelay time.Duration
 	maxBackoff time.Duration
@@ -40,8 +40,16 @@ type Task struct {
 	priority   int
 	env        map[string]string // Env
 	inherit    []string          // InheritEnv
-	upstream   []*Task
-	downstream []*Task
+	// Limits (limits.go).
+	pool         string
+	poolSlots    int
+	poolSlotsSet bool
+	maxActive    int
+	keyTemplate  string
+	keyLimit     int
+	keySet       bool
+	upstream     []*Task
+	downstream   []*Task
 
 	// Waiting tasks (wait.go).
 	steps           Steps
@@ -165,9 +173,17 @@ func (t *Task) BranchFn() func(*Context) ([]string, error) { return t.branch }
 // Command returns the command of a Shell task.
 func (t *Task) Command() string { return t.command }
 
+// req returns the request of an HTTP task, the zero request for the others.
+func (t *Task) req() HTTPRequest {
+	if t.http == nil {
+		return HTTPRequest{}
+	}
+	return *t.http
+}
+
 // HTTPRequest returns a copy of the request of an HTTP task.
 func (t *Task) HTTPRequest() HTTPRequest {
-	r := t.http
+	r := t.req()
 	r.Header = maps.Clone(r.Header)
 	return r
 }

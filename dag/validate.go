@@ -180,6 +180,7 @@ func (t *Task) validate(out []Problem) []Problem {
 	}
 	t.validateEnv(problem)
 	t.validateWait(problem)
+	t.validateLimits(problem)
 	if !t.trigger.Valid() {
 		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)
 	}
@@ -190,14 +191,14 @@ func (t *Task) validate(out []Problem) []Problem {
 		problem("NoDedup applies to callables only")
 	}
 	if t.kind == KindHTTP {
-		if m := t.http.Method; m != "" && !validMethod(m) {
+		if m := t.req().Method; m != "" && !validMethod(m) {
 			problem("HTTP method %q is not a valid method token", m)
 		}
-		if t.http.URL != "" {
-			if u, err := url.Parse(t.http.URL); err != nil {
-				problem("HTTP URL %q does not parse: %v", t.http.URL, err)
+		if t.req().URL != "" {
+			if u, err := url.Parse(t.req().URL); err != nil {
+				problem("HTTP URL %q does not parse: %v", t.req().URL, err)
 			} else if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				problem("HTTP URL %q is not an absolute http:// or https:// URL", t.http.URL)
+				problem("HTTP URL %q is not an absolute http:// or https:// URL", t.req().URL)
 			}
 		}
 	}

@@ -39,12 +39,11 @@ const (
 	// DefaultLogFlushBytes flushes a task's log buffer once it holds this
 	// much.
 	DefaultLogFlushBytes = 64 << 10
-	// DefaultMaxLogBytes is how much log output of one try a worker sends
-	// to the store; the rest is dropped and counted in a closing line. It
-	// is a little over the stores' default cap (1 MiB), so the store sees
-	// the overflow and marks the log truncated, while a task printing
-	// gigabytes costs the database nothing more.
-	DefaultMaxLogBytes = 2 << 20
+	// DefaultMaxLogBytes is how much log of one try a worker sends to the
+	// store: the stores' default cap. The worker keeps
+	// store.MaxTruncationNote of it free and closes a cut log with its own
+	// note, counting every byte dropped.
+	DefaultMaxLogBytes = store.DefaultLogCap
 	// DefaultMaxOutputBytes caps the JSON output of one try.
 	DefaultMaxOutputBytes = 1 << 20
 	// DefaultMaxLeaks is how many abandoned task goroutines a worker

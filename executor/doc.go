@@ -12,8 +12,11 @@
 // the results in batches. A child that dies (a task called os.Exit, the
 // kernel killed it, it crashed) is restarted with capped exponential
 // backoff, and the supervisor at once hands the tries it was running to
-// Store.FailWorkerTasks, so they are retried while tries remain instead of
-// waiting for the zombie sweep.
+// Store.RecoverWorkerTasks: they go back to queued keeping their try
+// number, since merely being on a worker that died is not their fault. A
+// try that was running when two workers died in a row under the same try
+// number is failed (retried while tries remain), its error giving the exit
+// status and its last log lines (poison detection).
 //
 // A worker never busy-polls: it wakes on the store's TopicTasksReady
 // notifications, on its own finished results (a finish may release
@@ -61,7 +64,10 @@
 // KillGrace) and puts them back to queued with Store.RequeueTries, which
 // does not use up a try. Worker.Halt skips what is left of the grace
 // period. A worker child does this on its first SIGTERM or SIGINT and halts
-// on the second; Pool.Stop sends SIGTERM to every child, waits for them,
+// on the second. A Shell command killed by a SIGTERM taskrun did not send
+// while the worker begins to stop (a signal to the whole control group of
+// a service) is put back the same way instead of failed. Pool.Stop sends
+// SIGTERM to every child, waits for them,
 // and SIGKILLs any still alive after Grace+KillGrace plus a margin.
 //
 // # Leaked goroutines

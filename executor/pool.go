@@ -84,6 +84,12 @@ type PoolConfig struct {
 	KillGrace         time.Duration
 	PollInterval      time.Duration
 	MaxLeaks          int
+	// MemoryLimit, when positive, caps each worker process's data
+	// segment (RLIMIT_DATA, set on the child with prlimit; Linux only) in
+	// bytes, and sets the child's GOMEMLIMIT to 90% of it. A worker that
+	// reaches it dies and is restarted; its tries are put back, and a try
+	// running when two workers died in a row is failed.
+	MemoryLimit int64
 	// SpoolDir is passed to each child's Worker: where results the
 	// database could not take at a child's stop are kept until the next
 	// start. "" = DefaultSpoolDir(); "-" = none.
@@ -123,6 +129,9 @@ func (c *PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	if cfg.Slots < 0 {
 		problems = append(problems, fmt.Errorf("field Slots is %d, want at least 1", cfg.Slots))
+	}
+	if cfg.MemoryLimit < 0 {
+		problems = append(problems, fmt.Errorf("field MemoryLimit is negative (%d)", cfg.MemoryLimit))
 	}
 	if len(problems) > 0 {
 		return cfg, fmt.Errorf("worker pool config: %w", errors.Join(problems...))
@@ -172,7 +181,7 @@ func (c *PoolConfig) withDefaults() (PoolConfig, error) {
 
 // Pool supervises worker child processes: it starts Processes children,
 // restarts any that dies (recovering its tries at once with
-// Store.FailWorkerTasks), kills processes tasks left behind, and on Stop
+// Store.RecoverWorkerTasks), kills processes tasks left behind, and on Stop
 // shuts the children down gracefully. `trellis worker` runs one; to embed
 // one (as `trellis serve` does), give it the process's Store and
 // DatabaseURL, keep Args at ChildArgs (cmd/trellis dispatches
@@ -205,7 +214,7 @@ type Pool struct {
 
 	mu       sync.Mutex
 	restarts int
-	dead     map[string]time.Time // worker id of a dead child -> when it died
+	dead     map[string]deadChild // by worker id of a dead child
 }
 
 // child is one incarnation of a worker child process.
@@ -243,7 +252,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 		done:     make(chan struct{}),
 		spawnReq: make(chan spawnRequest),
 		live:     map[int]*child{},
-		dead:     map[string]time.Time{},
+		dead:     map[string]deadChild{},
 	}, nil
 }
 
@@ -455,6 +464,9 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 	environ := os.Environ()
 	cmd := exec.Command(p.cfg.Executable, p.cfg.Args...)
 	cmd.Env = childEnviron(environ, append(append(slices.Clone(p.cfg.Env), cc.Env()...), EnvChannelFD+"=3"))
+	if p.cfg.MemoryLimit > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMEMLIMIT=%d", p.cfg.MemoryLimit/10*9))
+	}
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3
 	cmd.Stdout, cmd.Stderr = p.cfg.Stdout, p.cfg.Stderr
 	cmd.SysProcAttr = childSysProcAttr()
@@ -471,6 +483,14 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 	if err := cmd.Start(); err != nil {
 		_ = own.Close()
 		return nil, fmt.Errorf("start worker process %s: %w", id, err)
+	}
+	if p.cfg.MemoryLimit > 0 {
+		if err := limitMemory(cmd.Process.Pid, p.cfg.MemoryLimit); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			_ = own.Close()
+			return nil, fmt.Errorf("start worker process %s: limit its memory to %d bytes: %w", id, p.cfg.MemoryLimit, err)
+		}
 	}
 	c := &child{index: index, gen: gen, id: id, cmd: cmd, startedAt: p.cfg.Clock.Now(), exited: make(chan struct{})}
 	pid := cmd.Process.Pid
@@ -558,9 +578,16 @@ func (p *Pool) supervise(index int) {
 	}
 }
 
+// deadChild is when and how a child died.
+type deadChild struct {
+	at    time.Time
+	cause string
+}
+
 // recover handles a child that exited on its own: its running tries are
-// failed (retried while tries remain), its worker row removed, and
-// processes its tasks left behind killed.
+// put back without using a try (or failed when poison, see
+// recoverWorker), its worker row removed, and processes its tasks left
+// behind killed.
 func (p *Pool) recover(c *child, code int) {
 	log := p.cfg.Logger
 	if code == ExitRecycle {
@@ -568,9 +595,13 @@ func (p *Pool) recover(c *child, code int) {
 	} else {
 		log.Warn("worker process died", "worker", c.id, "pid", c.cmd.Process.Pid, "err", c.waitErr)
 	}
-	p.failWorker(c.id)
+	cause := fmt.Sprintf("worker %s (pid %d) died: %v", c.id, c.cmd.Process.Pid, c.waitErr)
+	if c.waitErr == nil {
+		cause = fmt.Sprintf("worker %s (pid %d) exited with status %d", c.id, c.cmd.Process.Pid, code)
+	}
+	p.recoverWorker(c.id, cause)
 	p.mu.Lock()
-	p.dead[c.id] = p.cfg.Clock.Now()
+	p.dead[c.id] = deadChild{at: p.cfg.Clock.Now(), cause: cause}
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(p.ctx, DefaultStoreTimeout)
 	defer cancel()
@@ -606,35 +637,41 @@ func (p *Pool) sleep(d time.Duration) bool {
 	}
 }
 
-// failWorker fails the running tries of dead worker id (retried while
-// tries remain).
-func (p *Pool) failWorker(id string) {
+// recoverWorker puts the running tries of dead worker id back without
+// using a try, failing those its death made poison (two deaths in a row
+// under one try; Store.RecoverWorkerTasks).
+func (p *Pool) recoverWorker(id, cause string) {
 	ctx, cancel := context.WithTimeout(p.ctx, DefaultStoreTimeout)
 	defer cancel()
-	lost, err := p.cfg.Store.FailWorkerTasks(ctx, id, p.cfg.Clock.Now())
+	rec, err := p.cfg.Store.RecoverWorkerTasks(ctx, id, cause, p.cfg.Clock.Now())
 	if err != nil {
 		p.cfg.Logger.Error("recover tries of dead worker; the zombie sweep will", "worker", id, "err", err)
-	} else if len(lost) > 0 {
-		p.cfg.Logger.Warn("failed the tries of a dead worker (retried while tries remain)", "worker", id, "tries", len(lost))
+		return
+	}
+	if len(rec.Requeued) > 0 {
+		p.cfg.Logger.Warn("put back the tries of a dead worker without using a try", "worker", id, "tries", len(rec.Requeued))
+	}
+	if len(rec.Failed) > 0 {
+		p.cfg.Logger.Warn("failed tries whose workers died twice in a row running them", "worker", id, "tries", len(rec.Failed), "cause", cause)
 	}
 }
 
-// sweepDead fails again the tries of children that died within
+// sweepDead recovers again the tries of children that died within
 // DeadSweepFor, catching claims that committed after they died.
 func (p *Pool) sweepDead() {
 	now := p.cfg.Clock.Now()
 	p.mu.Lock()
-	var ids []string
-	for id, at := range p.dead {
-		if now.Sub(at) > p.cfg.DeadSweepFor {
+	var ids, causes []string
+	for id, d := range p.dead {
+		if now.Sub(d.at) > p.cfg.DeadSweepFor {
 			delete(p.dead, id)
 			continue
 		}
-		ids = append(ids, id)
+		ids, causes = append(ids, id), append(causes, d.cause)
 	}
 	p.mu.Unlock()
-	for _, id := range ids {
-		p.failWorker(id)
+	for i, id := range ids {
+		p.recoverWorker(id, causes[i])
 	}
 }
 

@@ -221,11 +221,14 @@ func TestPool(t *testing.T) {
 	bin := buildTestbin(t)
 	t.Run("Isolation", func(t *testing.T) { testPoolIsolation(t, bin) })
 	t.Run("Orphans", func(t *testing.T) { testPoolOrphans(t, bin) })
+	t.Run("DeathPutsBackAndPoison", func(t *testing.T) { testPoolDeathPutsBack(t, bin) })
+	t.Run("MemoryLimit", func(t *testing.T) { testPoolMemoryLimit(t, bin) })
 	t.Run("Chaos", func(t *testing.T) { testPoolChaos(t, bin) })
 	t.Run("ChaosSchedulerKilled", func(t *testing.T) { testPoolChaosScheduler(t, bin) })
 	t.Run("RemoteWorkerTakesShare", func(t *testing.T) { testPoolRemoteWorkerTakesShare(t, bin) })
 	t.Run("GracefulShutdownRequeues", func(t *testing.T) { testPoolGracefulShutdownRequeues(t, bin) })
 	t.Run("SecondSignalHalts", func(t *testing.T) { testPoolSecondSignalHalts(t, bin) })
+	t.Run("ControlGroupSIGTERM", func(t *testing.T) { testPoolControlGroupSIGTERM(t, bin) })
 	t.Run("SupervisorKilled", func(t *testing.T) { testPoolSupervisorKilled(t, bin) })
 }
 
@@ -280,6 +283,65 @@ func testPoolIsolation(t *testing.T, bin string) {
 	env.assertNothingLeft(t)
 	if ws, err := st.ListWorkers(context.Background()); err != nil || len(ws) != 0 {
 		t.Errorf("workers registered after Stop: %v (err %v), want none", ws, err)
+	}
+}
+
+// testPoolDeathPutsBack: a task that kills its worker process does not
+// cost the tasks beside it a try — they are put back and succeed on their
+// first try — and is itself failed once the second worker running it
+// died, its error naming the exit status and quoting its last log lines.
+func testPoolDeathPutsBack(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes, c.Slots = 1, 16 })
+
+	d := testdags.Registry().Lookup(testdags.Crash)
+	startRun(t, st, d, "r1", nil)
+	waitRun(t, st, d.ID(), "r1", 60*time.Second)
+	tis := tasksOf(t, st, d.ID(), "r1")
+	for i := range testdags.CrashBystanders {
+		id := fmt.Sprintf("by_%d", i)
+		if ti := tis[id]; ti.State != state.Success || ti.TryNumber != 1 {
+			t.Errorf("%s = %s on try %d (%q), want success on try 1: its worker's death is not its fault", id, ti.State, ti.TryNumber, ti.Error)
+		}
+	}
+	c := tis["crasher"]
+	if c.State != state.Failed || c.TryNumber != 1 {
+		t.Errorf("crasher = %s on try %d, want failed on try 1", c.State, c.TryNumber)
+	}
+	for _, want := range []string{"exit status 3", "died twice", testdags.CrashLastWords} {
+		if !strings.Contains(c.Error, want) {
+			t.Errorf("crasher error %q lacks %q", c.Error, want)
+		}
+	}
+}
+
+// testPoolMemoryLimit: a task allocating more than the worker memory
+// limit kills its worker process (twice: it is put back once), and is
+// then failed; the same task succeeds without the limit.
+func testPoolMemoryLimit(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes, c.MemoryLimit = 1, 256<<20 })
+	d := testdags.Registry().Lookup(testdags.Hog)
+	startRun(t, st, d, "r1", nil)
+	waitRun(t, st, d.ID(), "r1", 60*time.Second)
+	if ti := tasksOf(t, st, d.ID(), "r1")["hog"]; ti.State != state.Failed || !strings.Contains(ti.Error, "died twice") {
+		t.Errorf("hog under a 256 MiB limit = %s (%q), want failed after killing two workers", ti.State, ti.Error)
+	}
+	waitCond(t, 10*time.Second, "two worker restarts", func() bool { return p.Restarts() >= 2 })
+	p.Stop()
+
+	newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 1 })
+	startRun(t, st, d, "r2", nil)
+	if run := waitRun(t, st, d.ID(), "r2", 60*time.Second); run.State != state.RunSuccess {
+		t.Errorf("hog without a limit: run %s, want success", run.State)
 	}
 }
 
@@ -363,8 +425,8 @@ func testPoolChaos(t *testing.T, bin string) {
 // testPoolChaosScheduler: the chaos DAG on 3 worker processes with the
 // scheduler in a process of its own, SIGKILLed three times at random
 // moments and restarted; each time a worker process is killed too while
-// the scheduler is down, so the retries of its tries wait for the next
-// scheduler. The run ends success, no task is lost or succeeds twice.
+// the scheduler is down: its tries are put back by the pool, without the
+// scheduler, and retries (of tries killed twice) wait for the next one. The run ends success, no task is lost or succeeds twice.
 func testPoolChaosScheduler(t *testing.T, bin string) {
 	c := startChaos(t, bin)
 	st, env, p, d, url := c.st, c.env, c.pool, c.dag, c.url
@@ -392,8 +454,8 @@ func testPoolChaosScheduler(t *testing.T, bin string) {
 		sched = startTestbin(t, bin, url, env, "scheduler", "--zombie-threshold", "2s", "--zombie-interval", "200ms")
 	}
 	retried := checkChaosRun(t, st, env, d, "r1")
-	if retried == 0 {
-		t.Errorf("no task needed a retry; the kills did not hit running tries")
+	if !strings.Contains(c.logs.String(), "put back the tries of a dead worker") {
+		t.Errorf("no try was put back; the kills did not hit running tries")
 	}
 	t.Logf("%d tasks needed more than one try; %d worker restarts", retried, p.Restarts())
 	sched.stop(t, syscall.SIGTERM)
@@ -408,6 +470,7 @@ type chaosSetup struct {
 	env  procEnv
 	pool *Pool
 	dag  *dag.DAG
+	logs *syncBuffer
 }
 
 // startChaos starts a pool of 3 worker processes on a fresh PostgreSQL
@@ -417,8 +480,9 @@ func startChaos(t *testing.T, bin string) chaosSetup {
 	st := openStore(t, url)
 	syncDAGs(t, st, testdags.Registry().DAGs()...)
 	env := newProcEnv(t)
-	p := newTestPool(t, bin, url, st, env, &syncBuffer{}, func(c *PoolConfig) { c.Processes = 3 })
-	return chaosSetup{url: url, st: st, env: env, pool: p, dag: testdags.Registry().Lookup(testdags.Chaos)}
+	logs := &syncBuffer{}
+	p := newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 3 })
+	return chaosSetup{url: url, st: st, env: env, pool: p, dag: testdags.Registry().Lookup(testdags.Chaos), logs: logs}
 }
 
 // checkChaosRun waits for run runID of the chaos DAG and checks it
@@ -529,6 +593,65 @@ func testPoolGracefulShutdownRequeues(t *testing.T, bin string) {
 	}
 	if ti := tasksOf(t, st, d.ID(), "r1")["long"]; ti.TryNumber != 1 {
 		t.Errorf("long succeeded on try %d, want 1", ti.TryNumber)
+	}
+	pp2.stop(t, syscall.SIGTERM)
+	env.assertNothingLeft(t)
+}
+
+// processTree lists pid and all its descendants.
+func processTree(t *testing.T, pid int) []int {
+	t.Helper()
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		kids, err := childrenOf(out[i])
+		if err != nil {
+			t.Fatalf("list children of %d: %v", out[i], err)
+		}
+		for _, k := range kids {
+			out = append(out, k.PID)
+		}
+	}
+	return out
+}
+
+// testPoolControlGroupSIGTERM: SIGTERM sent at once to every process of a
+// pool (systemd's KillMode=control-group) kills a running Shell command,
+// yet its try is put back without using a try rather than failed, and
+// runs again as try 1 on the next pool.
+func testPoolControlGroupSIGTERM(t *testing.T, bin string) {
+	url := backends[0].url(t)
+	st := openStore(t, url)
+	syncDAGs(t, st, testdags.Registry().DAGs()...)
+	env := newProcEnv(t)
+	d := testdags.Registry().Lookup(testdags.ShellStop)
+	startRun(t, st, d, "r1", nil)
+
+	pp := startPoolProcess(t, bin, url, env, "--processes", "1", "--grace", "5s", "--kill-grace", "300ms")
+	waitCond(t, 30*time.Second, "the shell task to start", func() bool {
+		return fileExists(filepath.Join(env.dir, testdags.ShellStartedName))
+	})
+	pids := processTree(t, pp.cmd.Process.Pid)
+	if len(pids) < 4 { // pool, worker, sh, sleep
+		t.Fatalf("pool process tree %v, want the pool, its worker and the task's shell and sleep", pids)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+	}
+	waitFor(t, pp.done, 30*time.Second, "the pool process to exit")
+	env.assertNothingLeft(t)
+	ti := tasksOf(t, st, d.ID(), "r1")["long_sh"]
+	if ti.State != state.Queued || ti.TryNumber != 0 {
+		t.Fatalf("long_sh = %s try %d (%q) after the group SIGTERM, want queued try 0 (put back without using a try)", ti.State, ti.TryNumber, ti.Error)
+	}
+	if err := os.WriteFile(filepath.Join(env.dir, testdags.ReleaseName), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pp2 := startPoolProcess(t, bin, url, env, "--processes", "1")
+	if run := waitRun(t, st, d.ID(), "r1", 30*time.Second); run.State != state.RunSuccess {
+		t.Fatalf("run = %s, want success", run.State)
+	}
+	if ti := tasksOf(t, st, d.ID(), "r1")["long_sh"]; ti.TryNumber != 1 {
+		t.Errorf("long_sh succeeded on try %d, want 1", ti.TryNumber)
 	}
 	pp2.stop(t, syscall.SIGTERM)
 	env.assertNothingLeft(t)

@@ -89,3 +89,11 @@ func killAndReap(p procInfo) {
 func killProcessGroup(pgid int, sig syscall.Signal) error {
 	return syscall.Kill(-pgid, sig)
 }
+
+// limitMemory caps the data segment of process pid (RLIMIT_DATA: its
+// heap and other private writable mappings) at bytes. Processes it starts
+// afterwards, such as Shell tasks, inherit the limit.
+func limitMemory(pid int, bytes int64) error {
+	lim := unix.Rlimit{Cur: uint64(bytes), Max: uint64(bytes)}
+	return unix.Prlimit(pid, unix.RLIMIT_DATA, &lim, nil)
+}

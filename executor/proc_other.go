@@ -2,7 +2,10 @@
 
 package executor
 
-import "syscall"
+import (
+	"errors"
+	"syscall"
+)
 
 // childSysProcAttr puts a worker child in its own process group. Without
 // Pdeathsig, a child notices its supervisor died by its parent pid
@@ -35,4 +38,9 @@ func killAndReap(p procInfo) {
 // killProcessGroup sends sig to the process group pgid.
 func killProcessGroup(pgid int, sig syscall.Signal) error {
 	return syscall.Kill(-pgid, sig)
+}
+
+// limitMemory is not supported on this platform.
+func limitMemory(int, int64) error {
+	return errors.New("a worker memory limit is supported on Linux only")
 }

@@ -192,7 +192,7 @@ func TestTaskLogBatchesAndCaps(t *testing.T) {
 	if !strings.HasPrefix(got, "abcdefghij0123456789ABCDE\n") {
 		t.Fatalf("log = %q, want the first 25 bytes then the drop note", got)
 	}
-	if !strings.Contains(got, "5 bytes of log output over the worker's limit of 25 bytes were dropped") {
+	if !strings.Contains(got, "log truncated: 25 bytes kept, 5 bytes dropped") {
 		t.Fatalf("log = %q, want a note on 5 dropped bytes", got)
 	}
 	n, err := l.Write([]byte("late"))

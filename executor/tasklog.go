@@ -16,7 +16,7 @@ type logSink func(ctx context.Context, chunk []byte) error
 // to the store in chunks — when the buffer reaches flushBytes, when the
 // worker's flush tick comes, and when the try ends — so a chatty task costs
 // one store call per chunk, not per line. At most maxBytes are sent; the
-// rest is counted and reported in a closing line.
+// rest is counted and reported in a closing store.TruncationNote.
 type taskLog struct {
 	sink       logSink
 	ctx        context.Context
@@ -139,7 +139,7 @@ func (l *taskLog) closeLocked() []byte {
 	l.buf = nil
 	l.closed = true
 	if l.dropped > 0 {
-		chunk = fmt.Appendf(chunk, "\n[trellis: %d bytes of log output over the worker's limit of %d bytes were dropped]\n", l.dropped, l.maxBytes)
+		chunk = fmt.Appendf(chunk, store.TruncationNote, l.sent, l.dropped)
 	}
 	return chunk
 }

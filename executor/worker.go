@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -449,7 +451,7 @@ func (w *Worker) launch(c store.Claimed) bool {
 	key := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 	ctx, cancel := context.WithCancel(w.ctx)
 	a := &activeTry{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
-	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, w.cfg.MaxLogBytes, func(err error) {
+	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, logRoom(w.cfg.MaxLogBytes), func(err error) {
 		w.cfg.Logger.Warn("task log lost", "dag_id", c.DAGID, "run_id", c.DAGRunID, "task_id", c.TaskID, "try", c.TryNumber, "err", err)
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
@@ -481,11 +483,22 @@ func (w *Worker) launch(c store.Claimed) bool {
 	return true
 }
 
+// logRoom is how much task output fits in a log of maxBytes beside the
+// truncation note.
+func logRoom(maxBytes int64) int64 {
+	return max(maxBytes-store.MaxTruncationNote, maxBytes/2)
+}
+
 // runTry executes one try and hands its result on.
 func (w *Worker) runTry(a *activeTry) {
 	defer w.tryWG.Done()
-	res, abandonedGoroutine := w.execute(a)
+	res, abandonedGoroutine, signaled := w.execute(a)
 	a.cancel()
+	// A Shell command killed by a SIGTERM it did not get from us was most
+	// likely hit by the signal that stops this worker too (systemd's
+	// default KillMode=control-group signals every process of the
+	// service at once): put it back like an interrupted try.
+	groupStop := signaled == syscall.SIGTERM && res.State == state.Failed && w.awaitStopping(groupStopWait)
 	// The rest of the log normally travels with the result and is written
 	// in the commit that records it: no store round trip of its own
 	// between this task's end and the start of the tasks it releases.
@@ -514,7 +527,7 @@ func (w *Worker) runTry(a *activeTry) {
 			delete(w.active, a.key.ID)
 		}
 		w.cfg.Logger.Debug("dropping the result of a try taken away", "task_instance", a.key.ID, "try", a.key.TryNumber)
-	case a.interrupted && res.State == state.Failed:
+	case (a.interrupted || groupStop) && res.State == state.Failed:
 		w.requeue = append(w.requeue, a.key)
 		if w.active[a.key.ID] == a {
 			delete(w.active, a.key.ID)
@@ -537,15 +550,32 @@ func (w *Worker) runTry(a *activeTry) {
 	notify(w.slotFreed)
 }
 
-// execute runs the try with taskrun and returns its result, and whether
-// taskrun left the task's goroutine running.
-func (w *Worker) execute(a *activeTry) (store.Result, bool) {
+// groupStopWait is how long a try whose Shell command was killed by a
+// foreign SIGTERM waits for the worker's own stop to begin.
+const groupStopWait = 2 * time.Second
+
+// awaitStopping reports whether Stop begins within d.
+func (w *Worker) awaitStopping(d time.Duration) bool {
+	t := w.cfg.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.stopping:
+		return true
+	case <-t.C():
+		return false
+	}
+}
+
+// execute runs the try with taskrun and returns its result, whether
+// taskrun left the task's goroutine running, and the signal that killed a
+// Shell command (taskrun.Outcome.Signaled).
+func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 	c := a.claim
 	res := store.Result{Try: a.key}
-	fail := func(msg string) (store.Result, bool) {
+	fail := func(msg string) (store.Result, bool, os.Signal) {
 		_, _ = fmt.Fprintf(a.log, "trellis: %s\n", msg)
 		res.State, res.Permanent, res.Error, res.EndedAt = state.Failed, true, msg, w.cfg.Clock.Now()
-		return res, false
+		return res, false, nil
 	}
 	d := w.cfg.Registry.Lookup(c.DAGID)
 	var t *dag.Task
@@ -609,7 +639,7 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool) {
 		_, _ = fmt.Fprintf(a.log, "trellis: %s\n", msg)
 		res.State, res.Permanent, res.Output, res.Follow, res.Error = state.Failed, true, nil, nil, msg
 	}
-	return res, out.Abandoned
+	return res, out.Abandoned, out.Signaled
 }
 
 // timeOrZero returns *t, or the zero time for nil.

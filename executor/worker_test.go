@@ -472,3 +472,41 @@ func TestWorkerFinishClaimDuringStop(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkerBigLogNote: a 50 MB log is cut once, to the stores' cap, and
+// its single note counts the bytes kept and dropped right (they add up to
+// what was written: the task's output and taskrun's lines).
+func TestWorkerBigLogNote(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			st := openStore(t, b.url(t))
+			const total = 50_000_000
+			d := dag.New("biglog")
+			d.Shell("big", fmt.Sprintf("head -c %d /dev/zero | tr '\\000' x", total))
+			reg := dag.NewRegistry()
+			reg.Register(d)
+			syncDAGs(t, st, d)
+			newTestWorker(t, st, reg, nil)
+			startRun(t, st, d, "r1", nil)
+			if run := waitRun(t, st, "biglog", "r1", 60*time.Second); run.State != state.RunSuccess {
+				t.Fatalf("run = %s, want success", run.State)
+			}
+			log := waitLog(t, st, "biglog", "r1", "big", 1, "log truncated")
+			if n := strings.Count(log, "log truncated"); n != 1 {
+				t.Fatalf("log has %d truncation notes, want 1; its end: %q", n, log[max(0, len(log)-300):])
+			}
+			i := strings.Index(log, "\n[trellis: log truncated")
+			var kept, dropped int64
+			if _, err := fmt.Sscanf(log[i:], "\n[trellis: log truncated: %d bytes kept, %d bytes dropped]", &kept, &dropped); err != nil {
+				t.Fatalf("note %q: %v", log[i:], err)
+			}
+			// The log holds the task's output and taskrun's own few lines.
+			if kept+dropped < total || kept+dropped > total+512 || int64(i) != kept {
+				t.Errorf("note says %d kept + %d dropped = %d; the task wrote %d and the log holds %d bytes before the note", kept, dropped, kept+dropped, total, i)
+			}
+			if len(log) > store.DefaultLogCap {
+				t.Errorf("log is %d bytes, over the cap of %d", len(log), store.DefaultLogCap)
+			}
+		})
+	}
+}

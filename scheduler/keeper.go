@@ -155,9 +155,53 @@ func (k *keeper) tick(ctx context.Context) {
 		}
 	}
 	if !now.Before(k.zombieAt) {
+		k.sweepDeadWorkers(ctx, now)
 		k.sweepZombies(ctx, now)
 		k.zombieAt = now.Add(k.s.cfg.ZombieCheckInterval)
 	}
+}
+
+// sweepDeadWorkers puts back the running tries of workers whose process
+// heartbeat is older than WorkerDeadAfter and removes their rows, unless
+// the store was cut off lately (zombieCutoff).
+func (k *keeper) sweepDeadWorkers(ctx context.Context, now time.Time) {
+	cut, regained := k.s.reach.state()
+	staleBefore, ok := zombieCutoff(now, k.s.cfg.WorkerDeadAfter, cut, regained)
+	if !ok {
+		return
+	}
+	workers, err := k.s.st.ListWorkers(ctx)
+	k.s.reach.observe(err, now)
+	if err != nil {
+		k.logErr("list workers", err)
+		return
+	}
+	for _, w := range deadWorkers(workers, staleBefore) {
+		cause := fmt.Sprintf("worker %s (host %s, pid %d) stopped heart-beating at %s", w.ID, w.Hostname, w.PID,
+			w.HeartbeatAt.UTC().Format(time.RFC3339))
+		rec, err := k.s.st.RecoverWorkerTasks(ctx, w.ID, cause, now)
+		if err != nil {
+			k.logErr("recover tries of dead worker "+w.ID, err)
+			continue
+		}
+		if err := k.s.st.DeregisterWorker(ctx, w.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			k.logErr("remove dead worker "+w.ID, err)
+		}
+		k.s.log.Warn("scheduler: worker stopped heart-beating; its tries were put back", "worker", w.ID,
+			"last_heartbeat", w.HeartbeatAt, "requeued", len(rec.Requeued), "failed", len(rec.Failed))
+	}
+}
+
+// deadWorkers returns the workers whose last heartbeat is before
+// staleBefore.
+func deadWorkers(ws []store.Worker, staleBefore time.Time) []store.Worker {
+	var out []store.Worker
+	for _, w := range ws {
+		if w.HeartbeatAt.Before(staleBefore) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // sweepZombies fails the running tries whose heartbeat is older than the

@@ -141,13 +141,25 @@ func TestZombieSweepGraceAfterOutage(t *testing.T) {
 		up := st.beatsUp.Load()
 		st.down.Store(false)
 		waitFor("a scheduler heartbeat after the outage", func() bool { return st.beatsUp.Load() > up })
+		// The worker process beats again at once; its try's heartbeat
+		// comes later.
+		if err := st.HeartbeatWorker(ctx, "w1", at); err != nil {
+			t.Fatal(err)
+		}
 		// Sweeps within a threshold of the return leave the try alone
 		// although its heartbeat (00:00) is long stale; the worker beats
 		// again at 02:30.
+		beatWorker := func() {
+			t.Helper()
+			if err := st.HeartbeatWorker(ctx, "w1", at); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for i := 0; i < 3; i++ {
 			at = at.Add(10 * time.Second)
 			h.waitKept(at)
 			h.clk.Set(at)
+			beatWorker()
 		}
 		if _, err := st.HeartbeatTasks(ctx, "w1", []store.Try{{ID: claimed[0].ID, TryNumber: claimed[0].TryNumber}}, at); err != nil {
 			t.Fatal(err)
@@ -157,6 +169,7 @@ func TestZombieSweepGraceAfterOutage(t *testing.T) {
 			at = at.Add(10 * time.Second)
 			h.waitKept(at)
 			h.clk.Set(at)
+			beatWorker()
 		}
 		h.waitKept(at.Add(10 * time.Second))
 		x, err := st.GetTaskInstance(ctx, "z", run.RunID, "t")

@@ -40,6 +40,7 @@ import (
 const (
 	DefaultZombieThreshold     = time.Minute
 	DefaultZombieCheckInterval = 10 * time.Second
+	DefaultWorkerDeadAfter     = 30 * time.Second
 	DefaultFireConcurrency     = 8
 	DefaultFireBatchSize       = 250
 	DefaultMaxRunsPerFire      = 1000
@@ -74,6 +75,13 @@ type Config struct {
 	ZombieThreshold time.Duration
 	// ZombieCheckInterval is how often zombies are swept.
 	ZombieCheckInterval time.Duration
+	// WorkerDeadAfter is how old a worker process's own heartbeat may be
+	// before it is taken for dead: on the zombie sweep its running tries
+	// are put back without using a try (Store.RecoverWorkerTasks) and its
+	// row removed, well before their own heartbeats reach
+	// ZombieThreshold (after a crash of a whole host, say). Keep it
+	// several worker heartbeat intervals long.
+	WorkerDeadAfter time.Duration
 	// FireConcurrency is how many fires (each of up to FireBatchSize
 	// DAGs) run at once.
 	FireConcurrency int
@@ -96,6 +104,11 @@ type Config struct {
 	ResyncInterval time.Duration
 	// MaxBackfillRuns caps the runs one Backfill call may create.
 	MaxBackfillRuns int
+
+	// DefaultPoolSlots, when set, is the size Start gives default_pool
+	// (-1 = unlimited, the size it is created with); nil leaves the
+	// stored size, which the API may have changed.
+	DefaultPoolSlots *int
 
 	// Metrics, when set, receives the scheduler's events (*api.Metrics
 	// implements it).
@@ -214,6 +227,7 @@ func New(cfg Config) *Scheduler {
 	}
 	setDefault(&cfg.ZombieThreshold, DefaultZombieThreshold)
 	setDefault(&cfg.ZombieCheckInterval, DefaultZombieCheckInterval)
+	setDefault(&cfg.WorkerDeadAfter, DefaultWorkerDeadAfter)
 	setDefault(&cfg.FireConcurrency, DefaultFireConcurrency)
 	setDefault(&cfg.FireBatchSize, DefaultFireBatchSize)
 	setDefault(&cfg.MaxRunsPerFire, DefaultMaxRunsPerFire)
@@ -302,6 +316,24 @@ func setDefault[T time.Duration | int](v *T, def T) {
 	}
 }
 
+// ensurePools creates the pools declared in code that are missing and
+// gives default_pool its configured size.
+func (s *Scheduler) ensurePools(ctx context.Context, decls []dag.PoolDecl) error {
+	specs := make([]store.PoolSpec, len(decls))
+	for i, d := range decls {
+		specs[i] = store.PoolSpec{Name: d.Name, Slots: d.Slots, Description: d.Description}
+	}
+	if err := s.st.EnsurePools(ctx, specs); err != nil {
+		return fmt.Errorf("create pools: %w", err)
+	}
+	if n := s.cfg.DefaultPoolSlots; n != nil {
+		if _, err := s.st.UpdatePool(ctx, dag.DefaultPool, store.PoolPatch{Slots: n}); err != nil {
+			return fmt.Errorf("size default_pool: %w", err)
+		}
+	}
+	return nil
+}
+
 // Start validates the registry (an invalid one is an *InvalidDAGsError
 // listing every problem), records its DAGs in the store (SyncDAGs) and
 // starts the scheduling goroutines, which run until ctx ends or Stop.
@@ -315,7 +347,9 @@ func (s *Scheduler) Start(ctx context.Context) error {
 		return errors.New("start scheduler: already started")
 	}
 	dags := s.reg.DAGs()
-	if problems := dag.Validate(dags); len(problems) > 0 {
+	pools := s.reg.Pools()
+	problems := append(dag.Validate(dags), dag.ValidatePools(pools, dags...)...)
+	if len(problems) > 0 {
 		return &InvalidDAGsError{Problems: problems}
 	}
 	infos := make(map[string]*dagInfo, len(dags))
@@ -330,6 +364,9 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	}
 	if err := s.st.SyncDAGs(ctx, specs); err != nil {
 		return fmt.Errorf("start scheduler: sync DAGs: %w", err)
+	}
+	if err := s.ensurePools(ctx, pools); err != nil {
+		return fmt.Errorf("start scheduler: %w", err)
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)

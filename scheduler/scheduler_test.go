@@ -390,7 +390,8 @@ func TestZombieSweep(t *testing.T) {
 		d := dag.New("z")
 		d.Shell("t", "sleep 100")
 		start := ts("2026-01-01T00:00:00Z")
-		h := newHarness(t, b, start, Config{ZombieThreshold: time.Minute, ZombieCheckInterval: 10 * time.Second}, d)
+		h := newHarness(t, b, start, Config{ZombieThreshold: time.Minute, ZombieCheckInterval: 10 * time.Second,
+			WorkerDeadAfter: 100 * time.Hour}, d)
 		h.start()
 		run, err := h.s.TriggerRun(ctx, "z", TriggerOptions{})
 		if err != nil {
@@ -416,6 +417,71 @@ func TestZombieSweep(t *testing.T) {
 		if err != nil || x.State != state.Failed || !strings.Contains(x.Error, "zombie") {
 			t.Fatalf("task instance %s %q %v, want failed as a zombie", x.State, x.Error, err)
 		}
+	})
+}
+
+// TestDeadWorkerSweep: the tries of a worker whose process heartbeat
+// stopped are put back, without using a try, once it is older than
+// WorkerDeadAfter — well before the zombie threshold — and the worker's
+// row is removed; a live worker's tries stay.
+func TestDeadWorkerSweep(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		d := dag.New("dw")
+		d.Shell("t1", "sleep 100")
+		d.Shell("t2", "sleep 100")
+		start := ts("2026-01-01T00:00:00Z")
+		h := newHarness(t, b, start, Config{ZombieThreshold: time.Minute, ZombieCheckInterval: 10 * time.Second,
+			WorkerDeadAfter: 20 * time.Second}, d)
+		h.start()
+		run, err := h.s.TriggerRun(ctx, "dw", TriggerOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := store.Worker{ID: "dead", Hostname: "h1", PID: 1, Slots: 1, StartedAt: start, HeartbeatAt: start}
+		live := store.Worker{ID: "live", Hostname: "h2", PID: 2, Slots: 1, StartedAt: start, HeartbeatAt: start}
+		for _, w := range []store.Worker{dead, live} {
+			if err := h.st.RegisterWorker(ctx, w); err != nil {
+				t.Fatal(err)
+			}
+			if c, err := h.st.ClaimTasks(ctx, w, 1, start); err != nil || len(c) != 1 {
+				t.Fatalf("claim for %s: %v %v", w.ID, c, err)
+			}
+		}
+		// The live worker beats every 10 s; the dead one never again.
+		for at := start.Add(10 * time.Second); !at.After(start.Add(30 * time.Second)); at = at.Add(10 * time.Second) {
+			if err := h.st.HeartbeatWorker(ctx, "live", at); err != nil {
+				t.Fatal(err)
+			}
+			h.waitKept(at)
+			h.clk.Set(at)
+		}
+		tis := func() []store.TaskInstance {
+			out, _, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{"dw"}, DAGRunIDs: []string{run.RunID}, Limit: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		h.waitStore("the dead worker's try to be put back", func() bool {
+			for _, ti := range tis() {
+				if ti.State == state.Queued && ti.TryNumber == 0 {
+					return true
+				}
+			}
+			return false
+		})
+		states := map[string]state.TaskState{}
+		for _, ti := range tis() {
+			states[ti.WorkerID] = ti.State
+		}
+		if states["live"] != state.Running {
+			t.Errorf("the live worker's try = %s, want running", states["live"])
+		}
+		h.waitStore("the dead worker's row to be removed", func() bool {
+			ws, err := h.st.ListWorkers(ctx)
+			return err == nil && len(ws) == 1 && ws[0].ID == "live"
+		})
 	})
 }
 

@@ -1,6 +1,10 @@
 package store
 
-import "github.com/trellis-dag/trellis/dag"
+import (
+	"encoding/json"
+
+	"github.com/trellis-dag/trellis/dag"
+)
 
 // StaticTasks is how many tasks of sp have an instance in every run: all
 // but callables, whose instances are created by calls.
@@ -26,7 +30,12 @@ func SpecFromDAG(d *dag.DAG) DAGSpec {
 		MaxActiveTasks: d.MaxActiveTasks(),
 		EventKey:       d.EventKey(),
 	}
+	if p := d.Params(); len(p) > 0 {
+		// Validate checks the params encode.
+		s.Params, _ = json.Marshal(p)
+	}
 	for _, t := range d.Tasks() {
+		tpl, limit := t.ConcurrencyKey()
 		s.Tasks = append(s.Tasks, TaskSpec{
 			TaskID:      t.ID(),
 			Kind:        t.Kind(),
@@ -37,6 +46,11 @@ func SpecFromDAG(d *dag.DAG) DAGSpec {
 			MaxBackoff:  t.MaxBackoff(),
 			Timeout:     t.Timeout(),
 			Upstream:    t.UpstreamIDs(),
+			Pool:        t.Pool(),
+			PoolSlots:   t.PoolSlots(),
+			MaxActive:   t.MaxActive(),
+			KeyTemplate: tpl,
+			KeyLimit:    limit,
 		})
 	}
 	return s

@@ -19,6 +19,9 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrStale: a compare-and-set found another state or try than expected.
 	ErrStale = errors.New("stale state")
+	// ErrInvalid: the input cannot be stored (e.g. a run's conf lacks a
+	// param a concurrency key template renders).
+	ErrInvalid = errors.New("invalid")
 	// ErrUnavailable: the database cannot be reached or cannot write (a
 	// connection refused or lost, the server shutting down, a full disk).
 	// Nothing was done; the same call may succeed later.
@@ -47,6 +50,14 @@ type TaskSpec struct {
 	MaxBackoff  time.Duration // 0 = no exponential backoff
 	Timeout     time.Duration
 	Upstream    []string // direct upstream task ids
+	// Limits: the pool ("" = default_pool) and the slots an instance
+	// takes in it (0 = 1), the cap on running instances of the task (0 =
+	// none), and a concurrency key template with its limit ("" = none).
+	Pool        string
+	PoolSlots   int
+	MaxActive   int
+	KeyTemplate string
+	KeyLimit    int
 }
 
 // DAGSpec is what SyncDAGs records for one DAG of the binary.
@@ -61,7 +72,10 @@ type DAGSpec struct {
 	// EventKey is the key of the events that create runs of the DAG
 	// (dag.ScheduleOnEvent); "" = none.
 	EventKey string
-	Tasks    []TaskSpec
+	// Params are the DAG's default params (JSON object; nil = {}), which
+	// concurrency keys render from, overlaid by a run's conf.
+	Params json.RawMessage
+	Tasks  []TaskSpec
 }
 
 // DAG is the stored record of a DAG.
@@ -157,6 +171,12 @@ type TaskInstance struct {
 	// WaitingOn is, for an instance deferred on its calls, how many of
 	// them have not finished.
 	WaitingOn int
+	// Pool and PoolSlots: where the instance takes slots (default_pool,
+	// 1 unless the task says otherwise). ConcurrencyKey is its rendered
+	// key ("" = none).
+	Pool           string
+	PoolSlots      int
+	ConcurrencyKey string
 }
 
 // RunTaskInstance is a task instance with the fields of its run that
@@ -507,11 +527,21 @@ type Store interface {
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
-	// would. Returns the tries it took away.
+	// would, but not those of a worker whose own (process) heartbeat is
+	// not older than staleBefore: it is alive. Returns the tries it took
+	// away.
 	FailZombies(ctx context.Context, staleBefore, now time.Time) ([]Try, error)
 	// FailWorkerTasks treats the running tries of a worker known to be
 	// dead (its process exited) like zombies, at once. Returns them.
 	FailWorkerTasks(ctx context.Context, workerID string, now time.Time) ([]Try, error)
+	// RecoverWorkerTasks handles the running tries of a worker whose
+	// process died: each goes back to queued without using up a try (it
+	// keeps its number: it was merely on that worker), unless it was put
+	// back so once already under the same try number — two workers died
+	// in a row while running it — when it is failed (retried while tries
+	// remain) with PoisonError(cause, its last log). Tries of a cleared
+	// instance (restarting) are treated as FailWorkerTasks does.
+	RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (Recovered, error)
 	// RequeueTries puts running tries back to queued without using
 	// up a try (graceful shutdown). Stale tries are ignored.
 	RequeueTries(ctx context.Context, tries []Try) error
@@ -568,6 +598,7 @@ type Store interface {
 
 	// Caller records and answers the calls of callables.
 	Caller
+	Pools
 }
 
 // Fire asks FireRuns to create the due runs of one DAG and move its

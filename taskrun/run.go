@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -89,6 +90,10 @@ type Outcome struct {
 	// KillGrace after its timeout or cancellation: its goroutine was left
 	// running. The executor counts these to recycle its worker process.
 	Abandoned bool
+	// Signaled is the signal that killed a Shell command when taskrun did
+	// not send it (e.g. a SIGTERM to the whole control group of a service
+	// being stopped); nil otherwise.
+	Signaled os.Signal
 	// Err says why the try failed or was skipped (a *dag.SkipError for a
 	// skip); nil on success.
 	Err error

@@ -160,7 +160,9 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 	var ee *exec.ExitError
 	if errors.As(waitErr, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return failed(fmt.Errorf("command killed by signal %v", ws.Signal()), false)
+			o := failed(fmt.Errorf("command killed by signal %v", ws.Signal()), false)
+			o.Signaled = ws.Signal()
+			return o
 		}
 	}
 	return failed(fmt.Errorf("command did not exit normally: %v", waitErr), false)

@@ -20,11 +20,13 @@ ALTER TABLE task_instances
     ADD COLUMN last_event_id   bigint  NOT NULL DEFAULT 0;
 
 -- The due sweep and the next wake-up read deferred instances by time; an
--- event finds its waiters by key. Only deferred rows are in them.
+-- event finds its waiters by key. Only deferred rows are in them: every
+-- way out of deferred clears next_check_at and wait_event (an index
+-- naming state would stop HOT updates on the hot path).
 CREATE INDEX task_instances_deferred_due ON task_instances (next_check_at)
-    WHERE state = 'deferred' AND next_check_at IS NOT NULL;
+    WHERE next_check_at IS NOT NULL;
 CREATE INDEX task_instances_deferred_event ON task_instances (wait_event)
-    WHERE state = 'deferred' AND wait_event IS NOT NULL;
+    WHERE wait_event IS NOT NULL;
 
 -- ScheduleOnEvent: the event key that creates a run of the DAG.
 ALTER TABLE dags ADD COLUMN schedule_event text COLLATE "C" NOT NULL DEFAULT '';

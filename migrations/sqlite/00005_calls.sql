@@ -16,8 +16,6 @@
 -- +goose Up
 ALTER TABLE task_instances ADD COLUMN map_index INTEGER NOT NULL DEFAULT -1;
 ALTER TABLE task_instances ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
--- Deferred instances (few): listed by the API and swept by the scheduler.
-CREATE INDEX task_instances_deferred ON task_instances (id) WHERE state = 'deferred';
 -- Call instances of a callable in a run, in map_index order.
 CREATE INDEX task_instances_calls ON task_instances (run_id, task_id, map_index) WHERE map_index >= 0;
 
@@ -38,6 +36,5 @@ ALTER TABLE dag_runs ADD COLUMN n_calls INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE dag_runs DROP COLUMN n_calls;
 DROP TABLE task_calls;
 DROP INDEX task_instances_calls;
-DROP INDEX task_instances_deferred;
 ALTER TABLE task_instances DROP COLUMN waiting_on;
 ALTER TABLE task_instances DROP COLUMN map_index;

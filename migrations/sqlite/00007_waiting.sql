@@ -12,9 +12,9 @@ ALTER TABLE task_instances ADD COLUMN event_payload TEXT;
 ALTER TABLE task_instances ADD COLUMN last_event_id INTEGER NOT NULL DEFAULT 0;
 
 CREATE INDEX task_instances_deferred_due ON task_instances (next_check_at)
-    WHERE state = 'deferred' AND next_check_at IS NOT NULL;
+    WHERE next_check_at IS NOT NULL;
 CREATE INDEX task_instances_deferred_event ON task_instances (wait_event)
-    WHERE state = 'deferred' AND wait_event IS NOT NULL;
+    WHERE wait_event IS NOT NULL;
 
 ALTER TABLE dags ADD COLUMN schedule_event TEXT NOT NULL DEFAULT '';
 CREATE INDEX dags_schedule_event ON dags (schedule_event) WHERE schedule_event <> '';

@@ -84,8 +84,8 @@ func checkCalls(b store.CallBatch) error {
 }
 
 func (c *callTx) run(ctx context.Context) error {
-	for _, phase := range []func(context.Context) error{c.readCaller, c.lockRun, c.findExisting, c.create,
-		c.refuseCycles, c.link, c.inherit, c.count} {
+	for _, phase := range []func(context.Context) error{c.readCaller, c.findExisting, c.create,
+		c.refuseCycles, c.finish} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -100,8 +100,10 @@ func (c *callTx) run(ctx context.Context) error {
 func (c *callTx) readCaller(ctx context.Context) error {
 	if c.b.Caller.ID == 0 {
 		var st state.RunState
-		err := c.tx.QueryRow(ctx, `SELECT id, version_id, dag_id, state FROM dag_runs WHERE id = $1`, c.b.RunID).
-			Scan(&c.runID, &c.versionID, &c.dagID, &st)
+		err := c.tx.QueryRow(ctx, `SELECT id, version_id, dag_id, state,
+				pg_advisory_xact_lock(hashtextextended('trellis_calls', id)) IS NULL
+			FROM dag_runs WHERE id = $1`, c.b.RunID).
+			Scan(&c.runID, &c.versionID, &c.dagID, &st, new(bool))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return errorf("%w: no run %d", store.ErrNotFound, c.b.RunID)
 		}
@@ -110,20 +112,16 @@ func (c *callTx) readCaller(ctx context.Context) error {
 	}
 	var st state.TaskState
 	var try, mapIndex int
-	err := c.tx.QueryRow(ctx, `SELECT t.run_id, r.version_id, t.dag_id, t.priority, t.map_index, t.state, t.try_number
+	// The calls of one run are serialised (map indexes, the cap) by a
+	// transaction-scoped advisory lock, taken before any row lock.
+	err := c.tx.QueryRow(ctx, `SELECT t.run_id, r.version_id, t.dag_id, t.priority, t.map_index, t.state, t.try_number,
+			pg_advisory_xact_lock(hashtextextended('trellis_calls', t.run_id)) IS NULL
 		FROM task_instances t JOIN dag_runs r ON r.id = t.run_id WHERE t.id = $1`, c.b.Caller.ID).
-		Scan(&c.runID, &c.versionID, &c.dagID, &c.priority, &mapIndex, &st, &try)
+		Scan(&c.runID, &c.versionID, &c.dagID, &c.priority, &mapIndex, &st, &try, new(bool))
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (st != state.Running || try != c.b.Caller.TryNumber)) {
 		return errorf("%w: task instance %d is not running try %d", store.ErrStale, c.b.Caller.ID, c.b.Caller.TryNumber)
 	}
 	c.isCall = mapIndex >= 0
-	return err
-}
-
-// lockRun serialises the calls made in one run (map indexes, the cap)
-// with a transaction-scoped advisory lock taken before any row lock.
-func (c *callTx) lockRun(ctx context.Context) error {
-	_, err := c.tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', $1))`, c.runID)
 	return err
 }
 
@@ -176,26 +174,25 @@ func (c *callTx) create(ctx context.Context) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	var nCalls int
-	if err := c.tx.QueryRow(ctx, `SELECT n_calls FROM dag_runs WHERE id = $1`, c.runID).Scan(&nCalls); err != nil {
-		return err
-	}
 	var names []string
 	for _, k := range missing {
 		names = append(names, k.task)
 	}
+	// The run's count of calls, and the next map index of each callable.
 	rows, err := c.tx.Query(ctx, `SELECT v.task_id, coalesce((SELECT max(t.map_index) FROM task_instances t
-			WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1)
+			WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1),
+			(SELECT n_calls FROM dag_runs WHERE id = $1)
 		FROM dag_version_tasks v WHERE v.version_id = $2 AND v.kind = 'callable' AND v.task_id = ANY($3)`,
 		c.runID, c.versionID, names)
 	if err != nil {
 		return err
 	}
 	next := map[string]int{}
+	nCalls := 0
 	for rows.Next() {
 		var task string
 		var last int
-		if err := rows.Scan(&task, &last); err != nil {
+		if err := rows.Scan(&task, &last, &nCalls); err != nil {
 			rows.Close()
 			return err
 		}
@@ -259,10 +256,24 @@ func (c *callTx) refuseCycles(ctx context.Context) error {
 	if !c.isCall {
 		return nil
 	}
-	var starts []int64
+	var cands []int64
 	for _, k := range c.keys {
 		if x, ok := c.found[k]; ok && x.unfinished() && x.id != c.b.Caller.ID {
-			starts = append(starts, x.id)
+			cands = append(cands, x.id)
+		}
+	}
+	// A callee the caller is linked to already was checked when the edge
+	// was made (by an earlier execution of the try): no new cycle.
+	var starts []int64
+	if len(cands) > 0 {
+		rows, err := c.tx.Query(ctx, `SELECT u.id FROM unnest($2::bigint[]) AS u(id)
+			WHERE NOT EXISTS (SELECT 1 FROM task_calls k WHERE k.caller_id = $1 AND k.callee_id = u.id)`,
+			c.b.Caller.ID, cands)
+		if err != nil {
+			return err
+		}
+		if starts, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+			return err
 		}
 	}
 	cyclic := map[int64]bool{}
@@ -405,11 +416,29 @@ func bfsPath(next map[int64][]int64, a, b int64) []int64 {
 	return []int64{a, b}
 }
 
+// finish sends link, inherit and count in one round trip.
+func (c *callTx) finish(ctx context.Context) error {
+	b := &pgx.Batch{}
+	c.link(b)
+	c.inherit(b)
+	c.count(b)
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := runBatch(ctx, c.tx, b); err != nil {
+		return err
+	}
+	if c.created > 0 {
+		return notify(ctx, c.tx, store.TopicTasksReady)
+	}
+	return nil
+}
+
 // link records the caller → callee edges of the calls made (again: an
 // edge recorded by an earlier try is kept as it is).
-func (c *callTx) link(ctx context.Context) error {
+func (c *callTx) link(b *pgx.Batch) {
 	if c.b.Caller.ID == 0 {
-		return nil
+		return
 	}
 	var ids []int64
 	for _, k := range c.keys {
@@ -418,20 +447,19 @@ func (c *callTx) link(ctx context.Context) error {
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return
 	}
-	_, err := c.tx.Exec(ctx, `
+	b.Queue(`
 		INSERT INTO task_calls (caller_id, callee_id, run_id, seq)
 		SELECT $1, u.callee, $2, (SELECT count(*) FROM task_calls WHERE caller_id = $1) + u.ord
 		FROM unnest($3::bigint[]) WITH ORDINALITY AS u(callee, ord)
 		ON CONFLICT DO NOTHING`, c.b.Caller.ID, c.runID, ids)
-	return err
 }
 
 // inherit raises the priority of the unfinished callees to the caller's,
 // so that the calls others wait on are claimed before new work of lower
 // priority.
-func (c *callTx) inherit(ctx context.Context) error {
+func (c *callTx) inherit(b *pgx.Batch) {
 	var ids []int64
 	for _, k := range c.keys {
 		if x, ok := c.found[k]; ok && x.unfinished() {
@@ -439,25 +467,21 @@ func (c *callTx) inherit(ctx context.Context) error {
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return
 	}
-	_, err := c.tx.Exec(ctx, `UPDATE task_instances SET priority = $2
+	b.Queue(`UPDATE task_instances SET priority = $2
 		WHERE id = ANY($1) AND priority < $2 AND state IN `+unfinishedList, ids, c.priority)
-	return err
 }
 
 // count adds the created call instances to the run's counters (locked
 // last, after every instance, as the finishing transactions do) and wakes
 // the workers.
-func (c *callTx) count(ctx context.Context) error {
+func (c *callTx) count(b *pgx.Batch) {
 	if c.created == 0 {
-		return nil
+		return
 	}
-	if _, err := c.tx.Exec(ctx, `UPDATE dag_runs SET n_calls = n_calls + $2, unfinished = unfinished + $2
-		WHERE id = $1`, c.runID, c.created); err != nil {
-		return err
-	}
-	return notify(ctx, c.tx, store.TopicTasksReady)
+	b.Queue(`UPDATE dag_runs SET n_calls = n_calls + $2, unfinished = unfinished + $2
+		WHERE id = $1`, c.runID, c.created)
 }
 
 // answer fills out, one state per call of the batch.

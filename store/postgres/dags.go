@@ -60,6 +60,9 @@ func validateSpecs(specs []store.DAGSpec) error {
 			if t.Retries < 0 || t.RetryDelay < 0 || t.MaxBackoff < 0 || t.Timeout < 0 {
 				return fmt.Errorf("DAG %q task %q: negative retries, retry delay, backoff or timeout", sp.DAGID, t.TaskID)
 			}
+			if err := t.CheckLimits(); err != nil {
+				return fmt.Errorf("DAG %q task %q: %w", sp.DAGID, t.TaskID, err)
+			}
 			for _, u := range t.Upstream {
 				if !ids[u] {
 					return fmt.Errorf("DAG %q task %q: upstream task %q is not in the DAG", sp.DAGID, t.TaskID, u)
@@ -86,6 +89,7 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 	ids, fps, scheds, descs, tags := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	mar, mat, ntasks := make([]int32, n), make([]int32, n), make([]int32, n)
 	evs := make([]string, n)
+	params := make([]string, n)
 	for i, sp := range specs {
 		evs[i] = sp.EventKey
 		tg := sp.Tags
@@ -98,6 +102,10 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 		}
 		ids[i], fps[i], scheds[i], descs[i], tags[i] = sp.DAGID, sp.Fingerprint, sp.Schedule, sp.Description, string(b)
 		mar[i], mat[i], ntasks[i] = int32(sp.MaxActiveRuns), int32(sp.MaxActiveTasks), int32(sp.StaticTasks())
+		params[i] = "{}"
+		if len(sp.Params) > 0 {
+			params[i] = string(sp.Params)
+		}
 	}
 	newVersions := false
 	err := s.inTx(ctx, "sync dags", func(tx pgx.Tx) error {
@@ -153,7 +161,8 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 			}
 			_, err := tx.CopyFrom(ctx, pgx.Identifier{"dag_version_tasks"},
 				[]string{"version_id", "task_id", "ord", "kind", "trigger_rule", "priority", "retries",
-					"retry_delay_ns", "max_backoff_ns", "timeout_ns", "upstream", "downstream", "n_upstream", "is_leaf"},
+					"retry_delay_ns", "max_backoff_ns", "timeout_ns", "upstream", "downstream", "n_upstream", "is_leaf",
+					"pool", "pool_slots", "max_active", "key_template", "key_limit"},
 				pgx.CopyFromRows(taskRows))
 			if err != nil {
 				return err
@@ -161,6 +170,11 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 		}
 		if _, err := tx.Exec(ctx, `UPDATE dags SET is_active = false, updated_at = $2
 			WHERE is_active AND dag_id <> ALL($1::text[])`, ids, now); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE dags d SET params = u.p::jsonb
+			FROM unnest($1::text[], $2::text[]) AS u(id, p)
+			WHERE d.dag_id = u.id AND d.params IS DISTINCT FROM u.p::jsonb`, ids, params); err != nil {
 			return err
 		}
 		return notify(ctx, tx, store.TopicRunsChanged)
@@ -199,9 +213,16 @@ func versionTaskRows(versionID int64, sp store.DAGSpec) [][]any {
 		if dn == nil {
 			dn = []string{}
 		}
+		pool, slots := t.Pool, t.PoolSlots
+		if pool == "" {
+			pool = dag.DefaultPool
+		}
+		if slots < 1 {
+			slots = 1
+		}
 		rows = append(rows, []any{versionID, t.TaskID, int32(i), string(t.Kind), string(rule), int32(t.Priority),
 			int32(t.Retries), int64(t.RetryDelay), int64(t.MaxBackoff), int64(t.Timeout), up, dn,
-			int32(len(up)), len(dn) == 0 && t.Kind != dag.KindCallable})
+			int32(len(up)), len(dn) == 0 && t.Kind != dag.KindCallable, pool, int32(slots), int32(t.MaxActive), t.KeyTemplate, int32(t.KeyLimit)})
 	}
 	return rows
 }

@@ -47,10 +47,9 @@ const eventBeforeWaitSQL = `
 			CROSS JOIN LATERAL (SELECT id, payload FROM events e
 				WHERE e.key = t.wait_event AND e.id > t.last_event_id AND e.expires_at > $2
 				ORDER BY e.id LIMIT 1) e
-			WHERE t.wait_event IS NOT NULL
 		)
 		UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, queued_at = $2,
-			resumed = true, event_payload = m.payload, last_event_id = m.event_id, next_check_at = NULL
+			resumed = true, event_payload = m.payload, last_event_id = m.event_id, next_check_at = NULL, wait_event = NULL
 		FROM m WHERE t.id = m.id
 		RETURNING t.id`
 
@@ -58,7 +57,7 @@ const eventBeforeWaitSQL = `
 // their try number lowered by one (the claim gives it back).
 const requeueDeferredSQL = `
 		UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = $2,
-			resumed = true, next_check_at = NULL
+			resumed = true, next_check_at = NULL, wait_event = NULL
 		WHERE id = ANY($1) AND state = 'deferred'`
 
 // requeueDeferred queues again the deferred instances among ids, inside
@@ -136,7 +135,16 @@ func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) 
 // they are recorded first (deferSQL), and the others, with those whose
 // instance was not running that try, go through the finish as usual (a
 // deferral of a cleared try ends the try as any outcome would).
-func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan, now time.Time) ([]store.FinishOutcome, error) {
+func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
+	var now time.Time
+	for _, r := range results {
+		if r.EndedAt.After(now) {
+			now = r.EndedAt
+		}
+	}
+	if now.IsZero() {
+		now = s.clock.Now()
+	}
 	var (
 		defIdx []int
 		rest   []store.Result

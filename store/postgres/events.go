@@ -128,7 +128,7 @@ func (r eventTx) continueWaiters() error {
 		p = string(ev.Payload)
 	}
 	tag, err := r.tx.Exec(r.ctx, `UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
-			queued_at = $3, resumed = true, event_payload = $2::jsonb, last_event_id = $4, next_check_at = NULL
+			queued_at = $3, resumed = true, event_payload = $2::jsonb, last_event_id = $4, next_check_at = NULL, wait_event = NULL
 		WHERE state = 'deferred' AND wait_event = $1 AND last_event_id < $4`, ev.Key, p, ev.ReceivedAt, ev.ID)
 	if err != nil {
 		return err
@@ -229,7 +229,7 @@ func (s *Store) ContinueDeferred(ctx context.Context, dagID, runID, taskID strin
 			return errorf("%w: task %q of run %q of dag %q is %s, not deferred", store.ErrConflict, taskID, runID, dagID, st)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
-				queued_at = $2, resumed = true, event_payload = $3::jsonb, next_check_at = NULL
+				queued_at = $2, resumed = true, event_payload = $3::jsonb, next_check_at = NULL, wait_event = NULL
 			WHERE id = $1`, id, now, p); err != nil {
 			return err
 		}

@@ -13,7 +13,7 @@ import (
 
 // TruncationMarker is appended by ReadLog to a log that reached the cap;
 // its arguments are the bytes kept and the bytes dropped.
-const TruncationMarker = "\n[trellis: log truncated: %d bytes kept, %d bytes dropped]\n"
+const TruncationMarker = store.TruncationNote
 
 // AppendLog appends chunk to the log of one try. Once the log holds
 // LogCap bytes the rest is dropped and counted. Each append is one row of

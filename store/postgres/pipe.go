@@ -191,7 +191,7 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	b.Queue("COMMIT")
 	for _, t := range p.after {
 		if t == store.TopicTasksReady && p.readyIfLeft {
-			b.Queue("SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')", string(t))
+			b.Queue("SELECT pg_notify($1, '') WHERE "+claimableLeft, string(t))
 			continue
 		}
 		b.Queue("SELECT pg_notify($1, '')", string(t))
@@ -230,6 +230,15 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	}
 	return nil
 }
+
+// claimableLeft is true when queued instances may be claimable: an
+// unlimited one, or a limited one in a pool with room (keys are not
+// looked at: a wake-up too many costs a claim that finds nothing).
+const claimableLeft = `(EXISTS (SELECT 1 FROM task_queue WHERE NOT limited)
+	OR EXISTS (SELECT 1 FROM pools p CROSS JOIN LATERAL (SELECT 1 FROM task_queue t
+			WHERE t.limited AND t.pool = p.name AND t.task_key IS NULL AND t.concurrency_key IS NULL LIMIT 1) x
+		WHERE p.slots < 0 OR p.running < p.slots)
+	OR EXISTS (SELECT 1 FROM concurrency_keys WHERE queued > 0 AND running < lim))`
 
 // rollback ends a failed transaction. When it cannot, the pool drops the
 // connection on release (it is not idle).

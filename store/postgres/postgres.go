@@ -45,7 +45,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultLogCap         = 1 << 20
+	DefaultLogCap         = store.DefaultLogCap
 	DefaultConnectTimeout = 30 * time.Second
 )
 
@@ -73,6 +73,10 @@ type Options struct {
 	// Clock tells the time where a method has no time argument (default
 	// the wall clock).
 	Clock clock.Clock
+	// QueueVacuumEvery is how many instances this Store claims between
+	// two VACUUMs of the queue tables (default DefaultQueueVacuumEvery;
+	// negative: never). See vacuumQueue.
+	QueueVacuumEvery int
 
 	// tracer, set by this package's tests, sees every statement sent.
 	tracer pgx.QueryTracer
@@ -86,6 +90,9 @@ type Store struct {
 	logCap int
 	clock  clock.Clock
 	hook   atomic.Pointer[func(point string) error]
+
+	vacuumEvery int64        // QueueVacuumEvery
+	claimed     atomic.Int64 // instances claimed since the last vacuum of the queue tables
 }
 
 var _ store.Store = (*Store)(nil)
@@ -116,7 +123,10 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
-	s := &Store{cfg: cfg, log: opts.Logger, logCap: opts.LogCap, clock: opts.Clock}
+	if opts.QueueVacuumEvery == 0 {
+		opts.QueueVacuumEvery = DefaultQueueVacuumEvery
+	}
+	s := &Store{cfg: cfg, log: opts.Logger, logCap: opts.LogCap, clock: opts.Clock, vacuumEvery: int64(opts.QueueVacuumEvery)}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)

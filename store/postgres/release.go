@@ -60,6 +60,7 @@ type releaser struct {
 	forced map[runTask]bool          // branch choices: skip if still waiting
 	final  map[int64]state.TaskState // states written by decisions
 	queued int                       // instances queued
+	freed  bool                      // limited instances stopped running: their slots are free
 	ended  map[int64]state.RunState  // runs settled
 	// runsChanged: notify TopicRunsChanged even if no run settled (a try
 	// went up_for_retry, so the scheduler's retry timer must be re-armed).
@@ -421,7 +422,7 @@ func (rl *releaser) finish(ctx context.Context) error {
 
 func (rl *releaser) notify(ctx context.Context) error {
 	var topics []store.Topic
-	if rl.queued > 0 {
+	if rl.queued > 0 || rl.freed {
 		topics = append(topics, store.TopicTasksReady)
 	}
 	if p, ok := rl.tx.(*pipeTx); ok && !rl.runsChanged {

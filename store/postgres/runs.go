@@ -137,17 +137,20 @@ func (s *Store) createRunTx(ctx context.Context, tx pgx.Tx, nr store.NewRun, con
 		}
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO task_instances (run_id, dag_id, task_id, max_tries, retries, priority, trigger_rule,
-				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
-			SELECT $1, $2, task_id, retries + 1, retries, priority, trigger_rule,
-				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream
-			FROM dag_version_tasks WHERE version_id = $3 AND kind <> 'callable'
-			ORDER BY ord`, run.ID, nr.DAGID, versionID)
+				retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream`+limitCols+`)
+			SELECT $1, $2, t.task_id, t.retries + 1, t.retries, t.priority, t.trigger_rule,
+				t.retry_delay_ns, t.max_backoff_ns, t.timeout_ns, t.n_upstream`+limitVals("$2")+`
+			FROM dag_version_tasks t WHERE t.version_id = $3 AND t.kind <> 'callable'
+			ORDER BY t.ord`, run.ID, nr.DAGID, versionID)
 		if err != nil {
 			return err
 		}
 		if tag.RowsAffected() != int64(nTasks) {
 			return fmt.Errorf("structure %s of DAG %q has %d tasks stored, %d expected", nr.Fingerprint, nr.DAGID,
 				tag.RowsAffected(), nTasks)
+		}
+		if err := limitInstances(ctx, tx, []int64{run.ID}, nr.RunType != store.RunScheduled, s.log); err != nil {
+			return err
 		}
 		return s.fault(FaultCreateRunInserted)
 	}()

@@ -345,7 +345,8 @@ func (s *Store) SetTaskState(ctx context.Context, dagID, runID, taskID string, t
 			if err := rl.finish(ctx); err != nil {
 				return err
 			}
-			if err := notify(ctx, tx, store.TopicRunsChanged); err != nil {
+			// A running instance marked by hand frees its slots.
+			if err := notify(ctx, tx, store.TopicRunsChanged, store.TopicTasksReady); err != nil {
 				return err
 			}
 		}

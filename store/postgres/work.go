@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,16 +22,17 @@ import (
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
 	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
-	t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
+	t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
 		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.NextCheckAt, &ti.WaitEvent, &ti.TriggerTimeout,
-		&ti.MapIndex, &ti.Arguments, &ti.CallerID, &ti.WaitingOn}
+		&ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex, &ti.Arguments, &ti.CallerID, &ti.WaitingOn}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
+	ti.ConcurrencyKey = strings.TrimPrefix(ti.ConcurrencyKey, store.KeyPrefixKey)
 	if output != nil {
 		ti.Output = json.RawMessage(output)
 	}
@@ -75,8 +77,22 @@ const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.
 // the CTEs ctes) and reads the claimed instances with their runs. A run's
 // conf, which may be large, is sent once, with the first instance of that
 // run.
+//
+// The statement also adds the limited instances it claims to their
+// counters, one write per counter (the counter trigger leaves claims
+// alone); their rows are locked already (lp and lk, or claimCapped).
 func claimSelect(ctes, update string) string {
-	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*)
+	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		pu AS (UPDATE pools p SET running = p.running + x.n
+			FROM (SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool) x
+			WHERE p.name = x.pool),
+		ku AS (UPDATE concurrency_keys k SET running = k.running + x.n, queued = k.queued - x.q
+			FROM (SELECT key, count(*) AS n, sum(q) AS q FROM (
+				SELECT task_key AS key, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM u
+				WHERE limited AND task_key IS NOT NULL
+				UNION ALL
+				SELECT concurrency_key, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL) y GROUP BY key) x
+			WHERE k.key = x.key)
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
 			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns,
 			t.resumed, t.deferred_state, t.event_payload
@@ -102,39 +118,142 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 	// One round trip: the caps, and the claim for when no DAG is capped
 	// (guarded in SQL, so it claims nothing when one is).
 	var cl claimRead
-	b := &pgx.Batch{}
-	b.Queue(hotPlan(max))
-	b.Queue(capsSQL)
-	b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
-	err := func() error {
+	// Retried like a transaction: claims lock counters, and a deadlock
+	// with a finish that frees several of them is possible.
+	err := s.retry(ctx, op, func() error {
+		cl = claimRead{}
+		b := &pgx.Batch{}
+		b.Queue(hotPlan(max))
+		b.Queue(capsSQL)
+		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
 		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
 			return err
 		}
 		return br.Close()
-	}()
+	})
 	if err != nil {
-		return nil, mapErr(op, err)
+		return nil, err
 	}
 	return s.completeClaim(ctx, op, &cl, w, max, now)
 }
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
-const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_instances t
-		WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
+const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task_running t WHERE t.dag_id = d.dag_id)
 	FROM dags d WHERE d.max_active_tasks > 0`
 
 // fastClaimSQL claims ($1 at most) when no DAG is capped, and nothing
-// otherwise. The candidates are a materialized CTE: locked once, never
-// re-scanned (a re-scan would lock other rows).
-var fastClaimSQL = claimSelect(`c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE state = 'queued'
-			AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, id
+// otherwise, in one statement. The candidates come from the queue
+// (task_queue, which a trigger keeps to the queued instances; migrations
+// 00008 and 00010): their queue rows are locked, then their instances,
+// both skipping rows locked elsewhere. The CTEs are materialized: locked
+// once, never re-scanned (a re-scan would lock other rows).
+//
+// Unlimited instances (q) come from the queue's claim index as before.
+// Limited ones (lc) are looked for, each through its own index, per pool
+// with room (instances without key or cap), per concurrency key with room
+// and queued instances (at most its room), and per task cap likewise
+// (instances without key): a full pool, cap or key is never scanned, so
+// it holds back nothing behind it (no head-of-line blocking). Their
+// counters are then locked in a fixed order (pools by name, then keys by
+// name: lp, lk), which reads their latest values, and a candidate is kept
+// only when, counting every candidate before it on the same counter, each
+// of its counters stays within its limit: never above a limit, and the
+// best candidate that fits is always taken. claimSelect adds the claimed
+// instances to the counters.
+var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id, priority, queued_at FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			AND EXISTS (SELECT 1 FROM task_queue WHERE limited)`)+`),
+	lp AS MATERIALIZED (
+		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
+		ORDER BY name FOR NO KEY UPDATE),
+	lk AS MATERIALIZED (
+		SELECT key, lim, running FROM concurrency_keys
+		WHERE key IN (SELECT task_key FROM lc UNION SELECT concurrency_key FROM lc)
+		ORDER BY key FOR NO KEY UPDATE),
+	ok AS (
+		SELECT w.id, w.priority, w.queued_at FROM (
+			SELECT lc.*,
+				sum(lc.pool_slots) OVER (PARTITION BY lc.pool ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS pool_used,
+				count(*) OVER (PARTITION BY lc.task_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS task_used,
+				count(*) OVER (PARTITION BY lc.concurrency_key ORDER BY lc.priority DESC, lc.queued_at, lc.id) AS key_used
+			FROM lc) w
+		JOIN lp ON lp.name = w.pool
+		LEFT JOIN lk tk ON tk.key = w.task_key
+		LEFT JOIN lk ck ON ck.key = w.concurrency_key
+		WHERE (lp.slots < 0 OR lp.running + w.pool_used <= lp.slots)
+			AND (w.task_key IS NULL OR tk.running + w.task_used <= tk.lim)
+			AND (w.concurrency_key IS NULL OR ck.running + w.key_used <= ck.lim)),
+	pick AS (
+		SELECT id FROM (SELECT ti_id AS id, priority, queued_at FROM q UNION ALL SELECT id, priority, queued_at FROM ok) a
+		ORDER BY priority DESC, queued_at, id
+		LIMIT $1),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT id FROM pick)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+
+// fastClaimUnlimitedSQL is fastClaimSQL for unlimited instances only: it
+// locks no counter.
+var fastClaimUnlimitedSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+
+// limitedCols are what the claim reads of a limited candidate t (a queue
+// row).
+const limitedCols = `t.ti_id AS id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
+
+// limitedCandidates selects and locks ($1 per pool, key or cap at most)
+// the queue rows of the best limited instances whose counters have room,
+// through the queue's indexes: per pool with room (instances without key
+// or cap), per concurrency key with room and queued instances (at most
+// its room), and per task cap likewise (instances without key). A full
+// pool, cap or key is never scanned, so it holds back nothing behind it.
+// guard is added to each part's condition.
+func limitedCandidates(guard string) string {
+	return `
+		SELECT x.* FROM pools p CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.pool = p.name AND t.task_key IS NULL AND t.concurrency_key IS NULL
+				AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots)
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT $1
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE (p.slots < 0 OR p.running < p.slots) ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.concurrency_key = k.key AND ` + poolHasRoom + `
+				AND (t.task_key IS NULL OR EXISTS (SELECT 1 FROM concurrency_keys tk
+					WHERE tk.key = t.task_key AND tk.running < tk.lim))
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT least($1, k.lim - k.running)
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'key:%' ` + guard + `
+		UNION ALL
+		SELECT x.* FROM concurrency_keys k CROSS JOIN LATERAL (
+			SELECT ` + limitedCols + ` FROM task_queue t
+			WHERE t.limited AND t.task_key = k.key AND t.concurrency_key IS NULL AND ` + poolHasRoom + `
+			ORDER BY t.priority DESC, t.queued_at, t.ti_id
+			LIMIT least($1, k.lim - k.running)
+			FOR UPDATE OF t SKIP LOCKED) x
+		WHERE k.queued > 0 AND k.running < k.lim AND k.key LIKE 'task:%' ` + guard
+}
+
+// poolHasRoom: the pool of instance t exists and has room for it.
+const poolHasRoom = `EXISTS (SELECT 1 FROM pools p WHERE p.name = t.pool AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots))`
 
 // claimRead collects the answers to capsSQL and fastClaimSQL.
 type claimRead struct {
@@ -197,41 +316,106 @@ func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w s
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
+	s.vacuumQueue(ctx, len(out))
 	return out, nil
 }
 
+// DefaultQueueVacuumEvery is Options.QueueVacuumEvery's default.
+const DefaultQueueVacuumEvery = 10_000
+
+// vacuumQueue counts n claimed instances and, every vacuumEvery of them,
+// vacuums task_queue and task_running. Every claim deletes its queue rows;
+// their index entries stay, in front of the live ones in claim order,
+// until VACUUM removes them, so without it (autovacuum off, or lagging
+// under this churn) each claim walked all the queue entries of the runs
+// before: 600 index pages per claim after a 100,000-task run. The tables
+// are narrow and hold only what is queued or running, so this takes
+// milliseconds; SKIP_LOCKED leaves the tables to a vacuum already running
+// (another worker's, or autovacuum's). A failure is logged, not returned:
+// the claim stands.
+func (s *Store) vacuumQueue(ctx context.Context, n int) {
+	if s.vacuumEvery <= 0 || n == 0 || s.claimed.Add(int64(n)) < s.vacuumEvery {
+		return
+	}
+	s.claimed.Store(0)
+	if _, err := s.pool.Exec(ctx, "VACUUM (SKIP_LOCKED) task_queue, task_running"); err != nil {
+		s.log.Warn("vacuum of the queue tables failed; claims slow down until it succeeds", "err", errText(err))
+	}
+}
+
 // claimCapped is the claim when some DAGs have a MaxActiveTasks cap.
+// Limited candidates are those whose counters had room when the query
+// began (no head-of-line blocking); their counters are locked after the
+// capped DAGs, in the same fixed order as the fast claim, and store.Admit
+// decides.
 func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now time.Time, saturated []string) ([]store.Claimed, error) {
 	if saturated == nil {
 		saturated = []string{}
 	}
-	rows, err := tx.Query(ctx, `SELECT id, dag_id FROM task_instances
-		WHERE state = 'queued' AND NOT (dag_id = ANY($2))
-		ORDER BY priority DESC, queued_at, id
-		LIMIT $1
-		FOR NO KEY UPDATE SKIP LOCKED`, max, saturated)
+	rows, err := tx.Query(ctx, `WITH q AS MATERIALIZED (
+			SELECT ti_id, dag_id FROM task_queue WHERE NOT limited AND NOT (dag_id = ANY($2))
+			ORDER BY priority DESC, queued_at, ti_id
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED),
+		l AS MATERIALIZED (`+limitedCandidates(`AND true`)+`),
+		a AS (
+			SELECT ti_id AS id, false AS limited, '' AS task_key, '' AS concurrency_key FROM q
+			UNION ALL
+			SELECT id, true, coalesce(task_key, ''), coalesce(concurrency_key, '') FROM l WHERE NOT (dag_id = ANY($2)))
+		SELECT t.id, t.dag_id, a.limited, t.pool, t.pool_slots, a.task_key, a.concurrency_key, t.priority, t.queued_at
+		FROM task_instances t JOIN a ON a.id = t.id
+		WHERE t.id = ANY (ARRAY(SELECT id FROM a)) AND t.state = 'queued'
+		FOR NO KEY UPDATE OF t SKIP LOCKED`, max, saturated)
 	if err != nil {
 		return nil, err
 	}
 	type cand struct {
-		id  int64
-		dag string
+		id                 int64
+		dag                string
+		limited            bool
+		pool               string
+		slots              int
+		taskKey, concurKey string
+		priority           int
+		queuedAt           *time.Time
 	}
 	cands, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (cand, error) {
 		var c cand
-		err := row.Scan(&c.id, &c.dag)
+		err := row.Scan(&c.id, &c.dag, &c.limited, &c.pool, &c.slots, &c.taskKey, &c.concurKey, &c.priority, &c.queuedAt)
 		return c, err
 	})
 	if err != nil || len(cands) == 0 {
 		return []store.Claimed{}, err
 	}
-	var dagIDs []string
+	// Claim order: highest priority first, then oldest.
+	slices.SortFunc(cands, func(a, b cand) int {
+		if a.priority != b.priority {
+			return cmp.Compare(b.priority, a.priority)
+		}
+		if a.queuedAt != nil && b.queuedAt != nil {
+			if c := a.queuedAt.Compare(*b.queuedAt); c != 0 {
+				return c
+			}
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	var dagIDs, pools, keys []string
 	for _, c := range cands {
-		if !slices.Contains(dagIDs, c.dag) {
-			dagIDs = append(dagIDs, c.dag)
+		dagIDs = appendNew(dagIDs, c.dag)
+		if c.limited {
+			pools = appendNew(pools, c.pool)
+			if c.taskKey != "" {
+				keys = appendNew(keys, c.taskKey)
+			}
+			if c.concurKey != "" {
+				keys = appendNew(keys, c.concurKey)
+			}
 		}
 	}
 	slices.Sort(dagIDs)
+	slices.Sort(pools)
+	slices.Sort(keys)
+	room := map[string]int{}
 	// Lock the capped DAGs among the candidates, then count their running
 	// instances with a fresh snapshot: claimers that held the lock before
 	// have committed.
@@ -240,7 +424,7 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 	if err != nil {
 		return nil, err
 	}
-	room := map[string]int{}
+	var cappedIDs []string
 	for rows.Next() {
 		var d string
 		var limit int
@@ -248,44 +432,46 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 			rows.Close()
 			return nil, err
 		}
-		room[d] = limit
+		room[dagCounter(d)] = limit
+		cappedIDs = append(cappedIDs, d)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if len(room) > 0 {
-		cappedIDs := make([]string, 0, len(room))
-		for d := range room {
-			cappedIDs = append(cappedIDs, d)
-		}
-		rows, err := tx.Query(ctx, `SELECT dag_id, count(*) FROM task_instances
-			WHERE state IN ('running', 'restarting') AND dag_id = ANY($1) GROUP BY dag_id`, cappedIDs)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var d string
-			var n int
-			if err := rows.Scan(&d, &n); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			room[d] -= n
-		}
-		if err := rows.Err(); err != nil {
+	if len(cappedIDs) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'dag:' || dag_id, -count(*) FROM task_running
+			WHERE dag_id = ANY($1) GROUP BY dag_id`, cappedIDs, true); err != nil {
 			return nil, err
 		}
 	}
-	var keep []int64
-	for _, c := range cands {
-		if left, ok := room[c.dag]; ok {
-			if left <= 0 {
-				continue
-			}
-			room[c.dag] = left - 1
+	if len(pools) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT 'pool:' || name, CASE WHEN slots < 0 THEN -1 ELSE slots - running END
+			FROM pools WHERE name = ANY($1) ORDER BY name FOR NO KEY UPDATE`, pools, false); err != nil {
+			return nil, err
 		}
-		keep = append(keep, c.id)
 	}
+	if len(keys) > 0 {
+		if err := readRoom(ctx, tx, room, `SELECT key, greatest(lim - running, 0)
+			FROM concurrency_keys WHERE key = ANY($1) ORDER BY key FOR NO KEY UPDATE`, keys, false); err != nil {
+			return nil, err
+		}
+	}
+	admit := make([]store.Candidate, len(cands))
+	for i, c := range cands {
+		admit[i].ID = c.id
+		if _, ok := room[dagCounter(c.dag)]; ok {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: dagCounter(c.dag), Amount: 1})
+		}
+		if c.limited {
+			admit[i].Counters = append(admit[i].Counters, store.Use{Counter: "pool:" + c.pool, Amount: c.slots})
+			for _, k := range []string{c.taskKey, c.concurKey} {
+				if k != "" {
+					admit[i].Counters = append(admit[i].Counters, store.Use{Counter: k, Amount: 1})
+				}
+			}
+		}
+	}
+	keep := store.Admit(admit, room, max)
 	if len(keep) == 0 {
 		return []store.Claimed{}, nil
 	}
@@ -294,6 +480,39 @@ func claimCapped(ctx context.Context, tx pgx.Tx, w store.Worker, max int, now ti
 		return nil, err
 	}
 	return collectClaimed(rows)
+}
+
+// dagCounter names a DAG's MaxActiveTasks room for store.Admit.
+func dagCounter(dagID string) string { return "dag:" + dagID }
+
+func appendNew(list []string, s string) []string {
+	if slices.Contains(list, s) {
+		return list
+	}
+	return append(list, s)
+}
+
+// readRoom reads (counter, amount) rows into room: set, or added to
+// what is there when add.
+func readRoom(ctx context.Context, tx pgx.Tx, room map[string]int, sql string, arg []string, add bool) error {
+	rows, err := tx.Query(ctx, sql, arg)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var n int
+		if err := rows.Scan(&name, &n); err != nil {
+			return err
+		}
+		if add {
+			room[name] += n
+		} else {
+			room[name] = n
+		}
+	}
+	return rows.Err()
 }
 
 func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
@@ -453,61 +672,123 @@ func (s *Store) finishIn(ctx context.Context, tx dbtx, results []store.Result) (
 // rows locked) first only for failed tries, so a batch of successes costs
 // one statement before the release.
 func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Result, claim *claimPlan) ([]store.FinishOutcome, error) {
-	var now time.Time
-	for _, r := range results {
-		if r.EndedAt.After(now) {
-			now = r.EndedAt
-		}
-	}
-	if now.IsZero() {
-		now = s.clock.Now()
-	}
 	for _, r := range results {
 		if r.State == state.Deferred {
-			return s.finishWithDeferrals(ctx, tx, results, claim, now)
+			return s.finishWithDeferrals(ctx, tx, results, claim)
 		}
 	}
-	out := make([]store.FinishOutcome, len(results))
-	// The first result per instance counts; later ones in the batch are
-	// duplicates (not applied). Rows are written in id order.
-	order := make([]int, 0, len(results))
-	first := make(map[int64]int, len(results))
-	var failedIDs []int64
+	f := newFinishTx(s, tx, results, claim)
+	for _, phase := range []func(context.Context) error{
+		f.readPolicies, f.record, f.appendLogs, f.reportRefused, f.wakeWaiters, f.fault(FaultFinishRecorded),
+		f.releaseDownstream, f.fault(FaultFinishReleased), f.settleRuns, f.fault(FaultFinishSettled),
+	} {
+		if err := phase(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return f.out, f.rl.notify(ctx)
+}
+
+// finishTx is one finishing transaction (finishInClaim); its phases run
+// in the order finishInClaim lists them.
+type finishTx struct {
+	s       *Store
+	tx      dbtx
+	results []store.Result
+	claim   *claimPlan
+	now     time.Time // the latest end reported, else the clock's time
+
+	out       []store.FinishOutcome
+	first     map[int64]int // the result that counts for each instance; later ones are duplicates
+	order     []int         // those results in instance id order, the order rows are written in
+	failedIDs []int64       // instances whose try failed and may be retried
+	policies  map[int64]policy
+
+	// What the outcome statement applied.
+	applied  map[int64]state.TaskState
+	runOf    map[int64]int64
+	taskOf   map[int64]string
+	changes  []change // terminal outcomes, to release downstream
+	restarts []int64  // cleared while running: decided again
+	branches []int    // indexes of successful branch results
+	finished []int64  // run of each instance that reached a terminal state
+	retried  bool     // some try went up_for_retry
+	calls    []int64  // call instances that reached a terminal state
+
+	rl           *releaser
+	speculate    bool      // the release's first round went with the outcomes
+	woke         bool      // a freed slot was waited for (wokeSQL)
+	waitingAfter []waiting // what that first round left waiting
+}
+
+func newFinishTx(s *Store, tx dbtx, results []store.Result, claim *claimPlan) *finishTx {
+	f := &finishTx{s: s, tx: tx, results: results, claim: claim,
+		out: make([]store.FinishOutcome, len(results)), first: make(map[int64]int, len(results)),
+		order: make([]int, 0, len(results)), policies: map[int64]policy{},
+		applied: map[int64]state.TaskState{}, runOf: map[int64]int64{}, taskOf: map[int64]string{}}
+	for _, r := range results {
+		if r.EndedAt.After(f.now) {
+			f.now = r.EndedAt
+		}
+	}
+	if f.now.IsZero() {
+		f.now = s.clock.Now()
+	}
 	for i, r := range results {
-		out[i] = store.FinishOutcome{Try: r.Try}
-		if _, dup := first[r.ID]; dup {
+		f.out[i] = store.FinishOutcome{Try: r.Try}
+		if _, dup := f.first[r.ID]; dup {
 			continue
 		}
-		first[r.ID] = i
-		order = append(order, i)
+		f.first[r.ID] = i
+		f.order = append(f.order, i)
 		if r.State == state.Failed && !r.Permanent {
-			failedIDs = append(failedIDs, r.ID)
+			f.failedIDs = append(f.failedIDs, r.ID)
 		}
 	}
-	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
-	policies := map[int64]policy{}
-	if len(failedIDs) > 0 {
-		slices.Sort(failedIDs)
-		rows, err := tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
-			FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, failedIDs)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id, rd, mb int64
-			var p policy
-			if err := rows.Scan(&id, &p.try, &p.maxTries, &rd, &mb); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
-			policies[id] = p
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+	slices.SortFunc(f.order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+	return f
+}
+
+// wakeWaiters counts the call instances that ended off the deferred
+// callers waiting on them, and queues those left waiting on none.
+func (f *finishTx) wakeWaiters(ctx context.Context) error {
+	slices.Sort(f.calls)
+	return wakeWaiters(ctx, f.tx, f.calls, f.now)
+}
+
+// fault is the phase that injects the failure named (tests only).
+func (f *finishTx) fault(name string) func(context.Context) error {
+	return func(context.Context) error { return f.s.fault(name) }
+}
+
+// readPolicies reads and locks the retry policy of the failed tries.
+func (f *finishTx) readPolicies(ctx context.Context) error {
+	if len(f.failedIDs) == 0 {
+		return nil
 	}
-	n := len(order)
+	slices.Sort(f.failedIDs)
+	rows, err := f.tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
+		FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, f.failedIDs)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id, rd, mb int64
+		var p policy
+		if err := rows.Scan(&id, &p.try, &p.maxTries, &rd, &mb); err != nil {
+			rows.Close()
+			return err
+		}
+		p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
+		f.policies[id] = p
+	}
+	return rows.Err()
+}
+
+// outcomeArgs returns the parameters of outcomeSQL, a failed try with
+// tries left going up for retry, and the instance ids among them.
+func (f *finishTx) outcomeArgs() ([]any, []int64) {
+	n := len(f.order)
 	var (
 		ids     = make([]int64, n)
 		tries   = make([]int32, n)
@@ -518,14 +799,14 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		retry   = make([]*time.Time, n)
 		started = make([]*time.Time, n)
 	)
-	for k, i := range order {
-		r := results[i]
+	for k, i := range f.order {
+		r := f.results[i]
 		to := r.State
 		e := r.EndedAt
 		if e.IsZero() {
-			e = now
+			e = f.now
 		}
-		if p, ok := policies[r.ID]; ok && to == state.Failed && p.try == r.TryNumber && r.TryNumber < p.maxTries {
+		if p, ok := f.policies[r.ID]; ok && to == state.Failed && p.try == r.TryNumber && r.TryNumber < p.maxTries {
 			to = state.UpForRetry
 			at := e.Add(state.RetryDelay(p.retryDelay, p.maxBackoff, r.TryNumber, rand.Float64()))
 			retry[k] = &at
@@ -539,201 +820,239 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		}
 		ids[k], tries[k], states[k], ended[k], errs[k] = r.ID, int32(r.TryNumber), string(to), e, r.Error
 	}
-	var (
-		changes  []change
-		restarts []int64
-		branches []int // indexes of successful branch results
-		runOf    = map[int64]int64{}
-		taskOf   = map[int64]string{}
-		applied  = map[int64]state.TaskState{}
-		finished []int64 // run of each instance that reached a terminal state
-		retried  bool    // some try went up_for_retry
-		calls    []int64 // call instances that reached a terminal state
-	)
-	readOutcomes := func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id, run int64
-			var task string
-			var st state.TaskState
-			var mapIndex int
-			if err := rows.Scan(&id, &run, &task, &st, &mapIndex); err != nil {
-				return err
-			}
-			if mapIndex >= 0 && st.Terminal() {
-				calls = append(calls, id)
-			}
-			applied[id], runOf[id], taskOf[id] = st, run, task
-			switch {
-			case st == state.None:
-				restarts = append(restarts, id)
-			case st == state.UpForRetry:
-				// The scheduler keeps a timer on the earliest retry: tell it.
-				retried = true
-			case st.Terminal():
-				changes = append(changes, change{run: run, task: task, st: st, delta: 1})
-				finished = append(finished, run)
-				if r := results[first[id]]; st == state.Success && r.Follow != nil {
-					branches = append(branches, first[id])
-				}
+	return []any{ids, tries, states, ended, outputs, errs, retry, started}, ids
+}
+
+// readOutcomes reads what outcomeSQL applied.
+func (f *finishTx) readOutcomes(rows pgx.Rows) error {
+	for rows.Next() {
+		var id, run int64
+		var task string
+		var st state.TaskState
+		var limited bool
+		var mapIndex int
+		if err := rows.Scan(&id, &run, &task, &st, &limited, &mapIndex); err != nil {
+			return err
+		}
+		if mapIndex >= 0 && st.Terminal() {
+			f.calls = append(f.calls, id)
+		}
+		if _, pipe := f.tx.(*pipeTx); !pipe {
+			// A limited try that ended freed slots: wake a claimer (a
+			// pipeline decides with wokeSQL instead).
+			f.rl.freed = f.rl.freed || limited
+		}
+		f.applied[id], f.runOf[id], f.taskOf[id] = st, run, task
+		switch {
+		case st == state.None:
+			f.restarts = append(f.restarts, id)
+		case st == state.UpForRetry:
+			// The scheduler keeps a timer on the earliest retry: tell it.
+			f.retried = true
+		case st.Terminal():
+			f.changes = append(f.changes, change{run: run, task: task, st: st, delta: 1})
+			f.finished = append(f.finished, run)
+			if r := f.results[f.first[id]]; st == state.Success && r.Follow != nil {
+				f.branches = append(f.branches, f.first[id])
 			}
 		}
-		return rows.Err()
 	}
-	outcomeArgs := []any{ids, tries, states, ended, outputs, errs, retry, started}
-	rl := newReleaser(tx, now)
-	// In a pipeline, and unless branch choices must be read first, the
-	// first round of the release travels in the round trip of the
-	// statement recording the outcomes (incrementRecordedSQL finds what
-	// that statement recorded).
-	var waitingAfter []waiting
-	p, speculate := tx.(*pipeTx)
-	for _, r := range results {
+	return rows.Err()
+}
+
+// record writes the outcomes and places the claim statements (see
+// finishInClaim). In a pipeline, and unless branch choices must be read
+// first, the first round of the release travels in the round trip of the
+// outcome statement (incrementRecordedSQL finds what it recorded).
+func (f *finishTx) record(ctx context.Context) error {
+	args, ids := f.outcomeArgs()
+	f.rl = newReleaser(f.tx, f.now)
+	p, speculate := f.tx.(*pipeTx)
+	for _, r := range f.results {
 		if r.State == state.Success && r.Follow != nil {
 			speculate = false
 		}
 	}
-	if speculate {
-		qs := []finalQuery{{sql: outcomeSQL, args: outcomeArgs, read: readOutcomes}}
-		if claim != nil {
-			qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
-				finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
-		}
-		qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, now},
-			read: func(rows pgx.Rows) error {
-				var err error
-				waitingAfter, err = rl.readIncrement(rows)
-				return err
-			}})
-		if err := p.queryAll(ctx, qs...); err != nil {
-			return nil, err
-		}
-		if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
-			// Sent with COMMIT, before the run's settling.
-			p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
-		}
-	} else {
+	f.speculate = speculate
+	claim := f.claim
+	if !speculate {
 		if claim != nil {
 			// Sent with COMMIT, after every statement of the finish, and
 			// before the run's settling (which follows): the run rows stay
 			// locked only from the settling to the commit.
 			p.beforeCommit(capsSQL, nil, claim.cl.readCaps)
+		}
+		if p != nil {
+			for _, q := range f.countNow(ids) {
+				p.beforeCommit(q.sql, q.args, q.read)
+			}
+		}
+		if claim != nil {
 			p.beforeCommit(fastClaimSQL, claim.args(claim.max), claim.cl.readClaimed)
 		}
-		rows, err := tx.Query(ctx, outcomeSQL, outcomeArgs...)
+		rows, err := f.tx.Query(ctx, outcomeSQL, args...)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		err = readOutcomes(rows)
+		err = f.readOutcomes(rows)
 		rows.Close()
-		if err != nil {
-			return nil, err
-		}
+		return err
 	}
-	// The final log chunks of the tries recorded (cleared ones too: the
-	// try ran), in instance order.
+	// The counters go before the join's increment: every finish then locks
+	// a pool's counter before the hot rows of the release, holding both
+	// until its commit, in the same order.
+	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow(ids)...)
+	if claim != nil {
+		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
+			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+	}
+	qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, f.now},
+		read: func(rows pgx.Rows) error {
+			var err error
+			f.waitingAfter, err = f.rl.readIncrement(rows)
+			return err
+		}})
+	if err := p.queryAll(ctx, qs...); err != nil {
+		return err
+	}
+	if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
+		// Sent with COMMIT, before the run's settling, once the slots the
+		// finish freed are counted.
+		p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
+	}
+	return nil
+}
+
+// countNow returns the statements that count the slots the finish frees
+// (locking the counters in the claim's order) before the claim that
+// follows, and read whether a freed slot was one somebody waited for; it
+// arranges the wake-up of claimers after the commit then, unless the
+// finisher's own claim came back short (nothing claimable left).
+func (f *finishTx) countNow(ids []int64) []finalQuery {
+	f.tx.(*pipeTx).afterIf = append(f.tx.(*pipeTx).afterIf, conditionalTopic{store.TopicTasksReady, func() bool {
+		if !f.woke {
+			return false
+		}
+		c := f.claim
+		return c == nil || len(c.cl.out) >= c.max
+	}})
+	return []finalQuery{
+		{sql: lockCountersSQL, args: []any{ids}, read: drain},
+		{sql: setCountersNow, read: drain},
+		{sql: wokeSQL, read: func(rows pgx.Rows) error {
+			for rows.Next() {
+				if err := rows.Scan(&f.woke); err != nil {
+					return err
+				}
+			}
+			return rows.Err()
+		}},
+	}
+}
+
+// appendLogs appends the final log chunks of the tries recorded (cleared
+// ones too: the try ran), in instance order.
+func (f *finishTx) appendLogs(ctx context.Context) error {
 	var (
 		logAs   []store.Try
 		logData [][]byte
 	)
-	for _, i := range order {
-		if r := results[i]; len(r.Log) > 0 {
-			if _, ok := applied[r.ID]; ok {
+	for _, i := range f.order {
+		if r := f.results[i]; len(r.Log) > 0 {
+			if _, ok := f.applied[r.ID]; ok {
 				logAs = append(logAs, r.Try)
 				logData = append(logData, r.Log)
 			}
 		}
 	}
-	if err := appendLogsIn(ctx, tx, logAs, logData, s.logCap); err != nil {
-		return nil, err
-	}
+	return appendLogsIn(ctx, f.tx, logAs, logData, f.s.logCap)
+}
+
+// reportRefused fills the outcomes: applied ones with their new state,
+// refused ones (late, duplicate) with the instance's current state.
+func (f *finishTx) reportRefused(ctx context.Context) error {
 	var missed []int64
-	for i, r := range results {
-		if st, ok := applied[r.ID]; ok && first[r.ID] == i {
-			out[i].Applied, out[i].State = true, st
+	for i, r := range f.results {
+		if st, ok := f.applied[r.ID]; ok && f.first[r.ID] == i {
+			f.out[i].Applied, f.out[i].State = true, st
 		} else {
 			missed = append(missed, r.ID)
 		}
 	}
-	if len(missed) > 0 {
-		// Report the current state of instances whose report was refused.
-		rows, err := tx.Query(ctx, "SELECT id, state FROM task_instances WHERE id = ANY($1)", missed)
-		if err != nil {
-			return nil, err
+	if len(missed) == 0 {
+		return nil
+	}
+	rows, err := f.tx.Query(ctx, "SELECT id, state FROM task_instances WHERE id = ANY($1)", missed)
+	if err != nil {
+		return err
+	}
+	cur := map[int64]state.TaskState{}
+	for rows.Next() {
+		var id int64
+		var st state.TaskState
+		if err := rows.Scan(&id, &st); err != nil {
+			rows.Close()
+			return err
 		}
-		cur := map[int64]state.TaskState{}
-		for rows.Next() {
-			var id int64
-			var st state.TaskState
-			if err := rows.Scan(&id, &st); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			cur[id] = st
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		for i := range out {
-			if !out[i].Applied {
-				out[i].State = cur[out[i].ID]
-			}
+		cur[id] = st
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for i := range f.out {
+		if !f.out[i].Applied {
+			f.out[i].State = cur[f.out[i].ID]
 		}
 	}
-	// Deferred callers waiting on the calls that ended are counted off,
-	// and queued again when they wait on none.
-	slices.Sort(calls)
-	if err := wakeWaiters(ctx, tx, calls, now); err != nil {
-		return nil, err
-	}
-	if err := s.fault(FaultFinishRecorded); err != nil {
-		return nil, err
-	}
-	rl.runsChanged = retried
-	for _, run := range finished {
+	return nil
+}
+
+// releaseDownstream skips what branch choices leave out, propagates the
+// outcomes downstream (from the first round record sent, when it did),
+// decides restarted instances again, and reports the instances' final
+// states.
+func (f *finishTx) releaseDownstream(ctx context.Context) error {
+	rl := f.rl
+	rl.runsChanged = f.retried
+	for _, run := range f.finished {
 		rl.touch(run, 1)
 	}
-	for _, i := range branches {
-		r := results[i]
-		skip, err := branchSkips(ctx, tx, runOf[r.ID], taskOf[r.ID], r.Follow)
+	for _, i := range f.branches {
+		r := f.results[i]
+		skip, err := branchSkips(ctx, f.tx, f.runOf[r.ID], f.taskOf[r.ID], r.Follow)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, t := range skip {
-			rl.forced[runTask{runOf[r.ID], t}] = true
+			rl.forced[runTask{f.runOf[r.ID], t}] = true
 		}
 	}
-	if speculate {
-		// The first round of the release is done: decide what it left
-		// waiting, and propagate.
-		next, err := rl.decide(ctx, waitingAfter)
+	if f.speculate {
+		next, err := rl.decide(ctx, f.waitingAfter)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := rl.release(ctx, next); err != nil {
-			return nil, err
+			return err
 		}
-	} else if err := rl.release(ctx, changes); err != nil {
-		return nil, err
+	} else if err := rl.release(ctx, f.changes); err != nil {
+		return err
 	}
-	if err := rl.reconsider(ctx, restarts); err != nil {
-		return nil, err
+	if err := rl.reconsider(ctx, f.restarts); err != nil {
+		return err
 	}
-	for i := range out {
-		if st, ok := rl.final[out[i].ID]; ok && out[i].Applied {
-			out[i].State = st
+	for i := range f.out {
+		if st, ok := rl.final[f.out[i].ID]; ok && f.out[i].Applied {
+			f.out[i].State = st
 		}
 	}
-	if err := s.fault(FaultFinishReleased); err != nil {
-		return nil, err
-	}
-	if err := rl.settle(ctx); err != nil {
-		return nil, err
-	}
-	if err := s.fault(FaultFinishSettled); err != nil {
-		return nil, err
-	}
-	return out, rl.notify(ctx)
+	return nil
 }
+
+// settleRuns counts the finished instances of the runs touched and ends
+// the runs with none left (rl.settle; a phase of its own because rl is
+// made by record).
+func (f *finishTx) settleRuns(ctx context.Context) error { return f.rl.settle(ctx) }
 
 // outcomeSQL records the outcomes of tries, each a compare-and-set on
 // (running or restarting, try number): $1 instance, $2 try, $3 state
@@ -758,7 +1077,35 @@ const outcomeSQL = `
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-		RETURNING t.id, t.run_id, t.task_id, t.state, t.map_index`
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index`
+
+// lockCountersSQL locks the counters of the limited instances among $1,
+// pools then keys, each by name: the order the claim locks them in.
+// Sent just before the deferred counter trigger fires (setCountersNow or
+// COMMIT), which would otherwise lock them in row order, so that two
+// finishes cannot deadlock on them.
+const lockCountersSQL = `
+		WITH lt AS MATERIALIZED (
+			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
+		), lp AS MATERIALIZED (
+			SELECT name FROM pools WHERE name IN (SELECT pool FROM lt) ORDER BY name FOR NO KEY UPDATE
+		), lk AS MATERIALIZED (
+			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
+			ORDER BY key FOR NO KEY UPDATE
+		)
+		SELECT (SELECT count(*) FROM lp), (SELECT count(*) FROM lk)`
+
+// setCountersNow fires the deferred counter trigger for what the
+// transaction did so far, and for each later statement at its end: the
+// claim that follows sees the slots the finish freed.
+const setCountersNow = `SET CONSTRAINTS task_instances_limits IMMEDIATE`
+
+// wokeSQL reads whether the counter trigger found a slot freed where an
+// instance could not start (trellis.wake): the finish must wake claimers.
+const wokeSQL = `SELECT coalesce(current_setting('trellis.wake', true), '') = 'on'`
+
+// drain reads a statement's rows and ignores them.
+func drain(pgx.Rows) error { return nil }
 
 // recordedFinalStates are the final states outcomeSQL writes.
 var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}
@@ -884,7 +1231,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 	err := s.inTx(ctx, "requeue retries", func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			WITH due AS MATERIALIZED (
-				SELECT id FROM task_instances WHERE state = 'up_for_retry' AND next_retry_at <= $1
+				SELECT id FROM task_instances WHERE next_retry_at <= $1 AND state = 'up_for_retry'
 				ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
 			)
 			UPDATE task_instances t SET state = 'queued', queued_at = $1, next_retry_at = NULL
@@ -923,7 +1270,7 @@ func (s *Store) requeueDueDeferred(ctx context.Context, now time.Time) (int, err
 				ORDER BY next_check_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED
 			)
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, queued_at = $1,
-				resumed = true, next_check_at = NULL
+				resumed = true, next_check_at = NULL, wait_event = NULL
 			FROM due WHERE t.id = due.id`, now, store.DeferredBatch)
 		if err != nil {
 			return err
@@ -958,7 +1305,8 @@ func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 // silent are put back to wait instead.
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	msg := "zombie: no heartbeat since before " + staleBefore.UTC().Format(time.RFC3339)
-	return s.failWhere(ctx, "fail zombies", "heartbeat_at < $1", staleBefore, now, msg)
+	return s.failWhere(ctx, "fail zombies", `heartbeat_at < $1 AND NOT EXISTS (SELECT 1 FROM workers w
+		WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= $1)`, staleBefore, now, msg)
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like
@@ -976,7 +1324,7 @@ func (s *Store) failWhere(ctx context.Context, op, cond string, arg any, now tim
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id, try_number FROM task_instances
-			WHERE state IN ('running', 'restarting') AND `+cond+`
+			WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running)) AND state IN ('running', 'restarting') AND `+cond+`
 			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, arg)
 		if err != nil {
 			return err
@@ -1016,15 +1364,23 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 	slices.SortFunc(as, byTry)
 	ids, nums := tryArrays(as)
 	return s.inTx(ctx, "requeue tries", func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
+		rows, err := tx.Query(ctx, `
 			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, started_at = NULL,
 				heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
 			FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
-			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'`, ids, nums)
+			WHERE t.id = u.id AND t.try_number = u.try AND t.state = 'running'
+			RETURNING u.id, u.try`, ids, nums)
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT t.id FROM task_instances t
+		back, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+		if err != nil {
+			return err
+		}
+		if err := putBackNotes(ctx, tx, back, store.RequeueReason, s.logCap); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT t.id FROM task_instances t
 			JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON t.id = u.id AND t.try_number = u.try
 			WHERE t.state = 'restarting' ORDER BY t.id FOR NO KEY UPDATE OF t`, ids, nums)
 		if err != nil {
@@ -1046,7 +1402,7 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 				return err
 			}
 		}
-		if tag.RowsAffected() > 0 {
+		if len(back) > 0 {
 			return notify(ctx, tx, store.TopicTasksReady)
 		}
 		return nil
@@ -1070,4 +1426,115 @@ func (s *Store) GetOutput(ctx context.Context, runID int64, taskID string) (json
 		return nil, fmt.Errorf("%s: %w: the task has no output", op, store.ErrNotFound)
 	}
 	return json.RawMessage(out), nil
+}
+
+// RecoverWorkerTasks puts the running tries of dead worker workerID back
+// to queued keeping their try number, and fails those put back so once
+// already under the same number (poison); see store.Store.
+func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (store.Recovered, error) {
+	var rec store.Recovered
+	err := s.inTx(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(tx pgx.Tx) error {
+		rec = store.Recovered{}
+		rows, err := tx.Query(ctx, `SELECT id, try_number, state = 'restarting', crashed_try = try_number
+			FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM task_running))
+				AND state IN ('running', 'restarting') AND worker_id = $1
+			ORDER BY id FOR NO KEY UPDATE SKIP LOCKED`, workerID)
+		if err != nil {
+			return err
+		}
+		var back, fail, cleared []store.Try
+		for rows.Next() {
+			var a store.Try
+			var restarting, crashed bool
+			if err := rows.Scan(&a.ID, &a.TryNumber, &restarting, &crashed); err != nil {
+				rows.Close()
+				return err
+			}
+			switch {
+			case restarting:
+				cleared = append(cleared, a)
+			case crashed:
+				fail = append(fail, a)
+			default:
+				back = append(back, a)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(back) > 0 {
+			ids, _ := tryArrays(back)
+			if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'queued', crashed_try = try_number,
+					try_number = try_number - 1, started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0
+				WHERE id = ANY($1) AND state = 'running'`, ids); err != nil {
+				return err
+			}
+			rec.Requeued = back
+			if err := putBackNotes(ctx, tx, back, cause, s.logCap); err != nil {
+				return err
+			}
+			if err := notify(ctx, tx, store.TopicTasksReady); err != nil {
+				return err
+			}
+		}
+		if len(fail)+len(cleared) == 0 {
+			return nil
+		}
+		var results []store.Result
+		for _, a := range fail {
+			last, err := lastLogChunks(ctx, tx, a)
+			if err != nil {
+				return err
+			}
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
+		}
+		for _, a := range cleared {
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		}
+		out, err := s.finishIn(ctx, tx, results)
+		rec.Failed = store.AppliedOf(out, fail)
+		return err
+	})
+	if err != nil {
+		return store.Recovered{}, err
+	}
+	return rec, nil
+}
+
+// lastLogChunks returns the last two stored chunks of a try's log.
+func lastLogChunks(ctx context.Context, tx pgx.Tx, a store.Try) ([]byte, error) {
+	rows, err := tx.Query(ctx, `SELECT data FROM task_log_chunks WHERE ti_id = $1 AND try_number = $2
+		ORDER BY seq DESC LIMIT 2`, a.ID, a.TryNumber)
+	if err != nil {
+		return nil, err
+	}
+	chunks, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out, nil
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func putBackNotes(ctx context.Context, tx pgx.Tx, tries []store.Try, why string, logCap int) error {
+	if len(tries) == 0 {
+		return nil
+	}
+	ids, nums := tryArrays(tries)
+	rows, err := tx.Query(ctx, `SELECT l.ti_id, l.try_number FROM task_logs l
+		JOIN unnest($1::bigint[], $2::int[]) AS u(id, try) ON l.ti_id = u.id AND l.try_number = u.try
+		WHERE l.size > 0 ORDER BY 1, 2`, ids, nums)
+	if err != nil {
+		return err
+	}
+	logged, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.Try])
+	if err != nil {
+		return err
+	}
+	return appendLogsIn(ctx, tx, logged, store.PutBackNotes(why, len(logged)), logCap)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -20,7 +21,8 @@ const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_
 	output = NULL, error = ''`
 
 const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
-	queued_at, timeout_ns, resumed, deferred_state, event_payload, trigger_timeout, map_index, arguments,
+	queued_at, timeout_ns, resumed, deferred_state, event_payload, trigger_timeout, pool, pool_slots,
+	coalesce(concurrency_key, ''), limited, map_index, arguments,
 	coalesce(parent_ti_id, 0)`
 
 // claimFast picks the best queued instances; used when no DAG with a
@@ -28,26 +30,9 @@ const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_
 const claimFast = claimSet + ` WHERE id IN (SELECT id FROM task_instances WHERE state = 'queued'
 	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
 
-// claimCapped also keeps every DAG under its MaxActiveTasks: the rank of
-// a queued instance within its DAG plus the DAG's running instances must
-// stay within the cap.
-const claimCapped = claimSet + ` WHERE id IN (
-	WITH busy AS (
-		SELECT dag_id, count(*) AS n FROM task_instances
-		WHERE state IN ('queued', 'running', 'restarting') AND state IN ('running', 'restarting')
-			AND dag_id IN (SELECT dag_id FROM dags WHERE max_active_tasks > 0)
-		GROUP BY dag_id
-	), ranked AS (
-		SELECT t.id, t.priority, t.queued_at, d.max_active_tasks AS cap,
-			row_number() OVER (PARTITION BY t.dag_id ORDER BY t.priority DESC, t.queued_at, t.id)
-				+ coalesce(b.n, 0) AS slot
-		FROM task_instances t
-		JOIN dags d ON d.dag_id = t.dag_id
-		LEFT JOIN busy b ON b.dag_id = t.dag_id
-		WHERE t.state = 'queued'
-	)
-	SELECT id FROM ranked WHERE cap <= 0 OR slot <= cap
-	ORDER BY priority DESC, queued_at, id LIMIT ?5)` + claimReturning
+// claimChosen claims the instances whose ids ?5 lists (JSON), chosen by
+// claimLimited.
+const claimChosen = claimSet + ` WHERE id IN (SELECT value FROM json_each(?5))` + claimReturning
 
 // ClaimTasks moves up to max queued task instances to running for worker
 // w, highest priority first then oldest, starting a new try, in one
@@ -75,38 +60,52 @@ func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now ti
 
 // claimIn is ClaimTasks inside the write transaction w.
 func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, error) {
-	var capped bool
+	var capped, limited bool
 	if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
 		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
-			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued'))`).Scan(&capped); err != nil {
+			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued')),
+		EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued' AND limited)`).Scan(&capped, &limited); err != nil {
 		return nil, err
 	}
-	q := claimFast
-	if capped {
-		q = claimCapped
-	}
-	rows, err := w.query(q, us(now), wk.ID, wk.Hostname, wk.PID, max)
-	if err != nil {
-		return nil, err
+	var rows *sql.Rows
+	var err error
+	if capped || limited {
+		ids, err := chooseLimited(w, max)
+		if err != nil || len(ids) == 0 {
+			return nil, err
+		}
+		rows, err = w.query(claimChosen, us(now), wk.ID, wk.Hostname, wk.PID, idList(ids))
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		rows, err = w.query(claimFast, us(now), wk.ID, wk.Hostname, wk.PID, max)
+		if err != nil {
+			return nil, err
+		}
 	}
 	var out []store.Claimed
+	var limitedIDs []int64
 	for rows.Next() {
 		var (
 			c       store.Claimed
 			rule    string
 			queued  sql.NullInt64
 			timeout int64
+			limited bool
 			args    sql.NullString
 		)
 		var saved, payload sql.NullString
 		var deadline sql.NullInt64
 		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-			&rule, &queued, &timeout, &c.Resumed, &saved, &payload, &deadline, &c.MapIndex, &args, &c.CallerID); err != nil {
+			&rule, &queued, &timeout, &c.Resumed, &saved, &payload, &deadline, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey,
+			&limited, &c.MapIndex, &args, &c.CallerID); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		c.Arguments = rawJSON(args)
 		c.State, c.TriggerRule = state.Running, dag.TriggerRule(rule)
+		c.ConcurrencyKey = strings.TrimPrefix(c.ConcurrencyKey, store.KeyPrefixKey)
 		c.QueuedAt = ptrUS(queued)
 		t := fromUS(us(now))
 		c.StartedAt, c.HeartbeatAt = &t, &t
@@ -114,9 +113,17 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 		c.Timeout = time.Duration(timeout)
 		c.DeferredState, c.EventPayload, c.TriggerTimeout = rawJSON(saved), rawJSON(payload), ptrUS(deadline)
 		out = append(out, c)
+		if limited {
+			limitedIDs = append(limitedIDs, c.ID)
+		}
 	}
 	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 		return nil, err
+	}
+	if len(limitedIDs) > 0 {
+		if err := countClaimed(w, limitedIDs); err != nil {
+			return nil, err
+		}
 	}
 	runs := map[int64]runRec{}
 	for i := range out {
@@ -215,7 +222,7 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk s
 		if w.topics[store.TopicTasksReady] && len(claimed) < max {
 			// Wake other workers only for what this claim left queued.
 			var left bool
-			if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued')`).Scan(&left); err != nil {
+			if err := w.queryRow(`SELECT ` + claimableLeft).Scan(&left); err != nil {
 				return err
 			}
 			if !left {
@@ -230,6 +237,13 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, wk s
 	sortClaimed(claimed)
 	return out, claimed, nil
 }
+
+// claimableLeft is true when queued instances may be claimable: an
+// unlimited one, or a limited one in a pool with room (keys are not
+// looked at: a wake-up too many costs a claim that finds nothing).
+const claimableLeft = `(EXISTS (SELECT 1 FROM task_instances WHERE state = 'queued' AND NOT limited)
+	OR EXISTS (SELECT 1 FROM pools p WHERE (p.slots < 0 OR p.running < p.slots)
+		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.state = 'queued' AND t.limited AND t.pool = p.name)))`
 
 // tryList encodes tries for json_each as [[id, try], …].
 func tryList(tries []store.Try) string {
@@ -311,7 +325,7 @@ func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) 
 // wakes the workers when it queued any.
 func requeueDeferred(w *txn, ids []int64, now time.Time) (int, error) {
 	res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = ?,
-			resumed = 1, next_check_at = NULL
+			resumed = 1, next_check_at = NULL, wait_event = NULL
 		WHERE state = 'deferred' AND id IN (SELECT value FROM json_each(?))`, us(now), idList(ids))
 	if err != nil {
 		return 0, err
@@ -345,7 +359,7 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 		var m int64
 		err := s.write(ctx, "requeue due deferred tasks", func(w *txn) error {
 			res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
-					queued_at = ?1, resumed = 1, next_check_at = NULL
+					queued_at = ?1, resumed = 1, next_check_at = NULL, wait_event = NULL
 				WHERE id IN (SELECT id FROM task_instances WHERE state = 'deferred' AND next_check_at <= ?1
 					ORDER BY next_check_at LIMIT ?2)`, us(now), store.DeferredBatch)
 			if err != nil {
@@ -432,7 +446,8 @@ func (s *Store) failTries(ctx context.Context, op, reason, where string, now tim
 func (s *Store) FailZombies(ctx context.Context, staleBefore, now time.Time) ([]store.Try, error) {
 	reason := fmt.Sprintf("zombie: no heartbeat since before %s", staleBefore.UTC().Format(time.RFC3339Nano))
 	return s.failTries(ctx, "fail zombies", reason,
-		`coalesce(heartbeat_at, started_at, 0) < ?`, now, us(staleBefore))
+		`coalesce(heartbeat_at, started_at, 0) < ?1 AND NOT EXISTS (SELECT 1 FROM workers w
+			WHERE w.id = task_instances.worker_id AND w.heartbeat_at >= ?1)`, now, us(staleBefore))
 }
 
 // FailWorkerTasks treats the running tries of a dead worker like
@@ -449,16 +464,149 @@ func (s *Store) RequeueTries(ctx context.Context, tries []store.Try) error {
 		return nil
 	}
 	return s.write(ctx, "requeue tries", func(w *txn) error {
-		res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+		rows, err := w.query(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
 				started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
 				queued_at = coalesce(queued_at, ?)
-			WHERE state IN ('running', 'restarting') AND `+tryIn, us(s.clk.Now()), tryList(tries))
+			WHERE state IN ('running', 'restarting') AND `+tryIn+` RETURNING id, try_number + 1`, us(s.clk.Now()), tryList(tries))
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n > 0 {
+		back, err := scanTries(rows)
+		if err != nil {
+			return err
+		}
+		if len(back) > 0 {
 			w.wake(store.TopicTasksReady)
 		}
-		return nil
+		return s.putBackNotes(w, back, store.RequeueReason)
 	})
+}
+
+// RecoverWorkerTasks puts the running tries of dead worker workerID back
+// to queued keeping their try number, and fails those put back so once
+// already under the same number (poison); see store.Store.
+func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, now time.Time) (store.Recovered, error) {
+	var rec store.Recovered
+	err := s.write(ctx, fmt.Sprintf("recover tasks of worker %q", workerID), func(w *txn) error {
+		rec = store.Recovered{}
+		rows, err := w.query(`SELECT id, try_number, state = 'restarting', crashed_try = try_number
+			FROM task_instances INDEXED BY task_instances_running
+			WHERE state IN ('running', 'restarting') AND worker_id = ? ORDER BY id`, workerID)
+		if err != nil {
+			return err
+		}
+		var back, fail, cleared []store.Try
+		for rows.Next() {
+			var a store.Try
+			var restarting, crashed bool
+			if err := rows.Scan(&a.ID, &a.TryNumber, &restarting, &crashed); err != nil {
+				rows.Close()
+				return err
+			}
+			switch {
+			case restarting:
+				cleared = append(cleared, a)
+			case crashed:
+				fail = append(fail, a)
+			default:
+				back = append(back, a)
+			}
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		if len(back) > 0 {
+			if _, err := w.exec(`UPDATE task_instances SET state = 'queued', crashed_try = try_number,
+					try_number = try_number - 1, started_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '', pid = 0,
+					queued_at = coalesce(queued_at, ?)
+				WHERE state = 'running' AND `+tryIn, us(now), tryList(back)); err != nil {
+				return err
+			}
+			rec.Requeued = back
+			w.wake(store.TopicTasksReady)
+			if err := s.putBackNotes(w, back, cause); err != nil {
+				return err
+			}
+		}
+		if len(fail)+len(cleared) == 0 {
+			return nil
+		}
+		var results []store.Result
+		for _, a := range fail {
+			last, err := lastLogChunks(w, a)
+			if err != nil {
+				return err
+			}
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
+		}
+		for _, a := range cleared {
+			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		}
+		out, err := newEngine(w, now).finishBatch(results)
+		rec.Failed = store.AppliedOf(out, fail)
+		return err
+	})
+	if err != nil {
+		return store.Recovered{}, err
+	}
+	return rec, nil
+}
+
+// lastLogChunks returns the last two stored chunks of a try's log.
+func lastLogChunks(w *txn, a store.Try) ([]byte, error) {
+	rows, err := w.query(`SELECT data FROM task_log_chunks WHERE ti_id = ? AND try_number = ?
+		ORDER BY seq DESC LIMIT 2`, a.ID, a.TryNumber)
+	if err != nil {
+		return nil, err
+	}
+	var chunks [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		chunks = append(chunks, b)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, err
+	}
+	var out []byte
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out, nil
+}
+
+// scanTries reads (id, try number) rows and closes them.
+func scanTries(rows *sql.Rows) ([]store.Try, error) {
+	var out []store.Try
+	for rows.Next() {
+		var a store.Try
+		if err := rows.Scan(&a.ID, &a.TryNumber); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, errors.Join(rows.Err(), rows.Close())
+}
+
+// putBackNotes marks, in the logs of the tries put back that have output
+// already, where their next run begins (store.PutBackNote).
+func (s *Store) putBackNotes(w *txn, tries []store.Try, why string) error {
+	for _, a := range tries {
+		var size int64
+		err := w.queryRow(`SELECT size FROM task_logs WHERE ti_id = ? AND try_number = ?`, a.ID, a.TryNumber).Scan(&size)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && size == 0 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.appendLogIn(w, a, store.PutBackNote(why)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -79,6 +79,9 @@ func validateSpecs(specs []store.DAGSpec) error {
 			if t.Retries < 0 {
 				errs = append(errs, fmt.Errorf("%s: task %q: negative retries %d", where, t.TaskID, t.Retries))
 			}
+			if err := t.CheckLimits(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: task %q: %w", where, t.TaskID, err))
+			}
 		}
 		for _, t := range sp.Tasks {
 			for _, u := range t.Upstream {
@@ -181,6 +184,14 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 				sp.MaxActiveRuns, sp.MaxActiveTasks, now, sp.EventKey); err != nil {
 				return fmt.Errorf("dag %q: %w", sp.DAGID, err)
 			}
+			params := "{}"
+			if len(sp.Params) > 0 {
+				params = string(sp.Params)
+			}
+			if _, err := w.exec(`UPDATE dags SET params = ? WHERE dag_id = ? AND params IS NOT ?`,
+				params, sp.DAGID, params); err != nil {
+				return fmt.Errorf("dag %q: params: %w", sp.DAGID, err)
+			}
 			if err := insertVersion(w, sp, now); err != nil {
 				return fmt.Errorf("dag %q: %w", sp.DAGID, err)
 			}
@@ -215,20 +226,21 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 			down[u] = append(down[u], t.TaskID)
 		}
 	}
-	const cols = 14
-	const batch = 500 // 7,000 parameters per statement, well under SQLite's limit
+	const cols = 19
+	const batch = 500 // 9,500 parameters per statement, well under SQLite's limit
 	for start := 0; start < len(sp.Tasks); start += batch {
 		end := min(start+batch, len(sp.Tasks))
 		var b strings.Builder
 		b.WriteString(`INSERT INTO dag_version_tasks (version_id, task_id, ord, kind, trigger_rule, priority,
-			retries, retry_delay_ns, max_backoff_ns, timeout_ns, upstream, downstream, n_upstream, is_leaf) VALUES `)
+			retries, retry_delay_ns, max_backoff_ns, timeout_ns, upstream, downstream, n_upstream, is_leaf,
+			pool, pool_slots, max_active, key_template, key_limit) VALUES `)
 		args := make([]any, 0, (end-start)*cols)
 		for i := start; i < end; i++ {
 			t := sp.Tasks[i]
 			if i > start {
 				b.WriteString(", ")
 			}
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 			up, ds := t.Upstream, down[t.TaskID]
 			if up == nil {
 				up = []string{}
@@ -237,9 +249,16 @@ func insertVersion(w *txn, sp store.DAGSpec, now int64) error {
 				ds = []string{}
 			}
 			rule := t.TriggerRule
+			pool, slots := t.Pool, t.PoolSlots
+			if pool == "" {
+				pool = dag.DefaultPool
+			}
+			if slots < 1 {
+				slots = 1
+			}
 			args = append(args, id, t.TaskID, i, string(t.Kind), string(rule), t.Priority, t.Retries,
 				int64(t.RetryDelay), int64(t.MaxBackoff), int64(t.Timeout), idList(up), idList(ds),
-				len(up), len(ds) == 0 && t.Kind != dag.KindCallable)
+				len(up), len(ds) == 0 && t.Kind != dag.KindCallable, pool, slots, t.MaxActive, t.KeyTemplate, t.KeyLimit)
 		}
 		// Run unprepared: the statement depends on the batch size and is
 		// not worth a place in the statement cache.

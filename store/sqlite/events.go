@@ -114,7 +114,7 @@ func (r eventTx) continueWaiters() error {
 		p = string(ev.Payload)
 	}
 	res, err := r.w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
-			queued_at = ?3, resumed = 1, event_payload = ?2, last_event_id = ?4, next_check_at = NULL
+			queued_at = ?3, resumed = 1, event_payload = ?2, last_event_id = ?4, next_check_at = NULL, wait_event = NULL
 		WHERE state = 'deferred' AND wait_event = ?1 AND last_event_id < ?4`, ev.Key, p, us(ev.ReceivedAt), ev.ID)
 	if err != nil {
 		return err
@@ -209,7 +209,7 @@ func (s *Store) ContinueDeferred(ctx context.Context, dagID, runID, taskID strin
 			return fmt.Errorf("%w: task %q of run %q of dag %q is %s, not deferred", store.ErrConflict, taskID, runID, dagID, cur.State)
 		}
 		if _, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
-				queued_at = ?2, resumed = 1, event_payload = ?3, next_check_at = NULL
+				queued_at = ?2, resumed = 1, event_payload = ?3, next_check_at = NULL, wait_event = NULL
 			WHERE id = ?1`, cur.ID, us(now), p); err != nil {
 			return err
 		}

@@ -62,7 +62,7 @@ func (s *Store) appendLogIn(w *txn, a store.Try, chunk []byte) error {
 // TruncationMarker is appended by ReadLog to a log that reached the cap,
 // with the bytes kept and the bytes dropped (the same text as the
 // PostgreSQL backend's).
-const TruncationMarker = "\n[trellis: log truncated: %d bytes kept, %d bytes dropped]\n"
+const TruncationMarker = store.TruncationNote
 
 // ReadLog returns the log of one try (empty when the try logged nothing).
 // ErrNotFound when the task instance or the try does not exist.

@@ -126,19 +126,20 @@ func TestMigrateSwitchesAutoVacuum(t *testing.T) {
 	if err := db.QueryRow("PRAGMA auto_vacuum").Scan(&mode); err != nil || mode != 0 {
 		t.Fatalf("old file: auto_vacuum %d, %v; want 0", mode, err)
 	}
-	// Data written at version 2 (in SQL: today's store writes columns of
+	// Data written at version 2 (by SQL: today's store writes columns of
 	// later migrations), then the migration.
 	for _, q := range []string{
 		`INSERT INTO dags (dag_id, fingerprint, updated_at) VALUES ('d', 'f1', 0)`,
-		`INSERT INTO dag_versions (id, dag_id, fingerprint, n_tasks, created_at) VALUES (1, 'd', 'f1', 0, 0)`,
-		`INSERT INTO dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, state,
-			version_id, fingerprint, queued_at) VALUES ('d', 'r', 'manual', 0, 0, 0, 'queued', 1, 'f1', 0)`,
+		`INSERT INTO dag_versions (dag_id, fingerprint, n_tasks, created_at) VALUES ('d', 'f1', 0, 0)`,
+		`INSERT INTO dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, state, version_id,
+			fingerprint, queued_at) SELECT 'd', 'r', 'manual', 0, 0, 0, 'queued', id, 'f1', 0 FROM dag_versions`,
 	} {
 		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
+			t.Fatalf("%s: %v", q, err)
 		}
 	}
 	db.Close()
+
 	s, err := sqlite.Open(t.Context(), path, sqlite.Options{Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)

@@ -350,9 +350,10 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	var a tryRow
 	var rd, mb int64
 	var cur string
+	var limited bool
 	var mapIndex int
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, map_index
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &mapIndex)
+	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited, map_index
+		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited, &mapIndex)
 	if errors.Is(err, sql.ErrNoRows) {
 		return out, nil, nil
 	}
@@ -363,6 +364,11 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	out.State = a.state
 	if a.tryNumber != r.TryNumber || (a.state != state.Running && a.state != state.Restarting) {
 		return out, nil, nil
+	}
+	if limited {
+		// The try's slots free up (the trigger of migration 00006 counts):
+		// wake a claimer.
+		e.w.wake(store.TopicTasksReady)
 	}
 	ri, err := e.run(a.runID)
 	if err != nil {
@@ -557,7 +563,7 @@ func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.Finish
 	if next == string(state.Deferred) && d.Event != "" {
 		// An event that arrived before the wait was recorded.
 		err := e.w.queryRow(`UPDATE task_instances AS t SET state = 'queued', try_number = try_number - 1,
-				queued_at = ?2, resumed = 1, next_check_at = NULL, (event_payload, last_event_id) = (
+				queued_at = ?2, resumed = 1, next_check_at = NULL, wait_event = NULL, (event_payload, last_event_id) = (
 					SELECT payload, id FROM events e WHERE e.key = t.wait_event AND e.id > t.last_event_id
 						AND e.expires_at > ?2 ORDER BY e.id LIMIT 1)
 			WHERE id = ?1 AND EXISTS (SELECT 1 FROM events e WHERE e.key = t.wait_event AND e.id > t.last_event_id

@@ -177,11 +177,18 @@ func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store
 		return store.Run{}, false, fmt.Errorf("insert run: %w", err)
 	}
 	if _, err := w.exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, max_tries, retries,
-			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
-		SELECT ?, ?, task_id, 'none', retries + 1, retries, priority, trigger_rule, retry_delay_ns,
-			max_backoff_ns, timeout_ns, n_upstream
-		FROM dag_version_tasks WHERE version_id = ? AND kind <> 'callable' ORDER BY ord`, id, r.DAGID, versionID); err != nil {
+			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
+			pool, pool_slots, task_key, limited)
+		SELECT ?1, ?2, t.task_id, 'none', t.retries + 1, t.retries, t.priority, t.trigger_rule, t.retry_delay_ns,
+			t.max_backoff_ns, t.timeout_ns, t.n_upstream, t.pool, t.pool_slots,
+			CASE WHEN t.max_active > 0 THEN 'task:' || ?2 || '.' || t.task_id END,
+			t.pool <> 'default_pool' OR t.pool_slots > 1 OR t.max_active > 0 OR t.key_template <> ''
+				OR coalesce((SELECT p.slots >= 0 FROM pools p WHERE p.name = 'default_pool'), 0)
+		FROM dag_version_tasks t WHERE t.version_id = ?3 AND t.kind <> 'callable' ORDER BY t.ord`, id, r.DAGID, versionID); err != nil {
 		return store.Run{}, false, fmt.Errorf("insert task instances: %w", err)
+	}
+	if err := limitInstances(w, id, r.RunType != store.RunScheduled, w.s.log); err != nil {
+		return store.Run{}, false, err
 	}
 	if err := w.s.fault(FaultCreateRunInserted); err != nil {
 		return store.Run{}, false, err

@@ -47,7 +47,7 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultLogCap       = 1 << 20
+	DefaultLogCap       = store.DefaultLogCap
 	DefaultPollInterval = 10 * time.Millisecond
 	DefaultBusyTimeout  = 5 * time.Second
 	// readConns is the size of the read-only connection pool (plus one

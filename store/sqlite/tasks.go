@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -17,7 +18,8 @@ import (
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
 	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
-	ti.trigger_timeout, ti.map_index, ti.arguments, coalesce(ti.parent_ti_id, 0), ti.waiting_on`
+	ti.trigger_timeout, ti.pool, ti.pool_slots, coalesce(ti.concurrency_key, ''), ti.map_index, ti.arguments,
+	coalesce(ti.parent_ti_id, 0), ti.waiting_on`
 
 const tiFrom = ` FROM task_instances ti JOIN dag_runs r ON r.id = ti.run_id`
 
@@ -31,10 +33,12 @@ func scanTI(sc scanner) (store.TaskInstance, error) {
 	)
 	if err := sc.Scan(&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &st, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &rule, &queued, &started, &ended, &retry, &ti.WorkerID, &ti.Hostname, &ti.PID, &hbeat,
-		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.MapIndex, &args, &ti.CallerID, &ti.WaitingOn); err != nil {
+		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex,
+		&args, &ti.CallerID, &ti.WaitingOn); err != nil {
 		return store.TaskInstance{}, err
 	}
 	ti.Arguments = rawJSON(args)
+	ti.ConcurrencyKey = strings.TrimPrefix(ti.ConcurrencyKey, store.KeyPrefixKey)
 	ti.State, ti.TriggerRule = state.TaskState(st), dag.TriggerRule(rule)
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = ptrUS(queued), ptrUS(started), ptrUS(ended)
 	ti.NextRetryAt, ti.HeartbeatAt = ptrUS(retry), ptrUS(hbeat)
@@ -418,7 +422,7 @@ func (s *Store) SetTaskState(ctx context.Context, dagID, runID, taskID string, s
 		if err := e.settle(); err != nil {
 			return err
 		}
-		w.wake(store.TopicRunsChanged)
+		w.wake(store.TopicRunsChanged, store.TopicTasksReady) // a running instance marked by hand frees its slots
 		out, err = getTIByID(w.ctx, w, ti.ID)
 		return err
 	})

@@ -106,7 +106,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CompareAndSet", testCAS},
 		{"Heartbeats", testHeartbeats},
 		{"Zombies", testZombies},
+		{"ZombiesSpareLiveWorkers", testZombiesLiveWorker},
 		{"FailWorkerTasks", testFailWorker},
+		{"RecoverWorkerTasks", testRecoverWorker},
 		{"RequeueTries", testRequeue},
 		{"Deferral", testDeferral},
 		{"DeferralOnCalls", testDeferralOnCalls},
@@ -145,6 +147,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ContinueDeferred", testContinueDeferred},
 		{"DeferredSweepConcurrent", testDeferredSweepConcurrent},
 		{"EventRacesDeferral", testEventRacesDeferral},
+		{"PoolLimit", testPoolLimit},
+		{"TaskAndKeyLimits", testTaskAndKeyLimits},
+		{"KeyNoHeadOfLine", testKeyNoHeadOfLine},
+		{"PoolResize", testPoolResize},
+		{"LimitsSurviveDeadWorker", testLimitsSurviveDeadWorker},
+		{"LimitsBadInput", testLimitsBadInput},
+		{"LimitsProperty", testLimitsProperty},
+		{"FreedSlotWakes", testFreedSlotWakes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

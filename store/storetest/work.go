@@ -2,7 +2,9 @@ package storetest
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -448,6 +450,7 @@ func testFailWorker(t *testing.T, e *env) {
 func testRequeue(t *testing.T, e *env) {
 	e.started(newSpec("rq", tk("a")), "run")
 	a := e.claimOne("a")
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(a), []byte("first run\n")))
 	must(t, "RequeueTries", e.s.RequeueTries(e.ctx, []store.Try{att(a), {ID: a.ID, TryNumber: 5}}))
 	ti := e.ti("rq", "run", "a")
 	if ti.State != state.Queued || ti.TryNumber != 0 || ti.WorkerID != "" {
@@ -457,10 +460,102 @@ func testRequeue(t *testing.T, e *env) {
 	if again.TryNumber != 1 {
 		t.Errorf("claimed again with try %d, want 1 (requeue uses no try)", again.TryNumber)
 	}
+	// The log of the try marks where its second run begins.
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(again), []byte("second run\n")))
+	log, err := e.s.ReadLog(e.ctx, "rq", "run", "a", 1)
+	must(t, "ReadLog", err)
+	if want := "first run\n" + string(store.PutBackNote(store.RequeueReason)) + "second run\n"; string(log) != want {
+		t.Errorf("log after a requeue and a second run = %q, want %q", log, want)
+	}
 	// A stale try (the one requeued) is ignored.
 	must(t, "RequeueTries stale", e.s.RequeueTries(e.ctx, []store.Try{{ID: a.ID, TryNumber: 7}}))
 	if ti := e.ti("rq", "run", "a"); ti.State != state.Running {
 		t.Errorf("stale requeue moved a to %s", ti.State)
 	}
 	must(t, "RequeueTries empty", e.s.RequeueTries(e.ctx, nil))
+}
+
+// testRecoverWorker: the tries of a dead worker go back to queued keeping
+// their try number; a try whose worker dies again under the same number is
+// failed, its error quoting the cause and the last lines of its log.
+func testRecoverWorker(t *testing.T, e *env) {
+	e.started(newSpec("rw", tk("a"), tk("b")), "run")
+	a := e.claimOne("a")
+	w2 := store.Worker{ID: "w2", Hostname: "host-2", PID: 202}
+	cs, err := e.s.ClaimTasks(e.ctx, w2, 1, t0.Add(time.Minute))
+	if err != nil || len(cs) != 1 || cs[0].TaskID != "b" {
+		t.Fatalf("w2 claimed %v, %v", cs, err)
+	}
+	b := cs[0]
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(b), []byte("b's first run\n")))
+	rec, err := e.s.RecoverWorkerTasks(e.ctx, "w2", "worker w2 died: exit status 3", t0.Add(2*time.Minute))
+	must(t, "RecoverWorkerTasks", err)
+	if !sameTries(rec.Requeued, []store.Try{att(b)}) || len(rec.Failed) != 0 {
+		t.Fatalf("first death: %+v, want b requeued", rec)
+	}
+	if ti := e.ti("rw", "run", "b"); ti.State != state.Queued || ti.WorkerID != "" {
+		t.Fatalf("b after the first death: %+v, want queued", ti)
+	}
+	again, err := e.s.ClaimTasks(e.ctx, w2, 1, t0.Add(3*time.Minute))
+	if err != nil || len(again) != 1 || again[0].TaskID != "b" || again[0].TryNumber != b.TryNumber {
+		t.Fatalf("claimed again %v %v, want b with try %d (a death uses no try)", again, err, b.TryNumber)
+	}
+	if log, err := e.s.ReadLog(e.ctx, "rw", "run", "b", again[0].TryNumber); err != nil ||
+		!strings.Contains(string(log), "worker w2 died: exit status 3; the try was put back") {
+		t.Errorf("log of b after its put-back = %q (%v), want the put-back note", log, err)
+	}
+	var log strings.Builder
+	for i := range 30 {
+		fmt.Fprintf(&log, "line %02d\n", i)
+	}
+	must(t, "AppendLog", e.s.AppendLog(e.ctx, att(again[0]), []byte(log.String())))
+	rec, err = e.s.RecoverWorkerTasks(e.ctx, "w2", "worker w2 died: exit status 3", t0.Add(4*time.Minute))
+	must(t, "RecoverWorkerTasks", err)
+	if !sameTries(rec.Failed, []store.Try{att(again[0])}) || len(rec.Requeued) != 0 {
+		t.Fatalf("second death: %+v, want b failed", rec)
+	}
+	ti := e.ti("rw", "run", "b")
+	if ti.State != state.Failed {
+		t.Fatalf("b after the second death: %s, want failed", ti.State)
+	}
+	for _, want := range []string{"exit status 3", "died twice", "line 29", "line 10"} {
+		if !strings.Contains(ti.Error, want) {
+			t.Errorf("error %q lacks %q", ti.Error, want)
+		}
+	}
+	if strings.Contains(ti.Error, "line 09") {
+		t.Errorf("error %q quotes more than the last %d lines", ti.Error, store.PoisonTailLines)
+	}
+	// Another worker's tries are untouched; nothing to do is no error.
+	if x := e.ti("rw", "run", "a"); x.State != state.Running || x.TryNumber != a.TryNumber {
+		t.Errorf("a = %s try %d, want running untouched", x.State, x.TryNumber)
+	}
+	rec, err = e.s.RecoverWorkerTasks(e.ctx, "w9", "gone", t0.Add(5*time.Minute))
+	if err != nil || len(rec.Requeued)+len(rec.Failed) != 0 {
+		t.Errorf("unknown worker: %+v %v", rec, err)
+	}
+}
+
+// testZombiesLiveWorker: a try whose own heartbeat is stale is not a
+// zombie while its worker's process heartbeat is fresh; it is once that
+// is stale too.
+func testZombiesLiveWorker(t *testing.T, e *env) {
+	e.started(newSpec("zl", tk("a")), "run")
+	w := store.Worker{ID: "wz", Hostname: "host-z", PID: 7, Slots: 1, StartedAt: t0, HeartbeatAt: t0}
+	must(t, "RegisterWorker", e.s.RegisterWorker(e.ctx, w))
+	cs, err := e.s.ClaimTasks(e.ctx, w, 1, t0.Add(time.Minute))
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("claim: %v %v", cs, err)
+	}
+	must(t, "HeartbeatWorker", e.s.HeartbeatWorker(e.ctx, "wz", t0.Add(10*time.Minute)))
+	taken, err := e.s.FailZombies(e.ctx, t0.Add(5*time.Minute), t0.Add(11*time.Minute))
+	must(t, "FailZombies", err)
+	if len(taken) != 0 {
+		t.Fatalf("FailZombies took %v from a worker that beat at +10m (stale before +5m), want nothing", taken)
+	}
+	taken, err = e.s.FailZombies(e.ctx, t0.Add(15*time.Minute), t0.Add(16*time.Minute))
+	must(t, "FailZombies", err)
+	if !sameTries(taken, []store.Try{att(cs[0])}) {
+		t.Fatalf("FailZombies took %v once the worker's heartbeat was stale too, want a", taken)
+	}
 }

@@ -45,6 +45,9 @@ const (
 	ShellFan   = "shell_fan"
 	Environ    = "environ"
 	Outcomes   = "outcomes"
+	Crash      = "crash"
+	Hog        = "hog"
+	ShellStop  = "shell_stop"
 )
 
 // Sizes of the generated DAGs.
@@ -67,7 +70,7 @@ var IsolationFailing = []string{"exit3", "panics", "hang", "shell_bg"}
 // Registry returns a registry with every test DAG.
 func Registry() *dag.Registry {
 	r := dag.NewRegistry()
-	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes()} {
+	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes(), crash(), hog(), shellStop()} {
 		r.Register(d)
 	}
 	if n, err := strconv.Atoi(os.Getenv(EnvBig)); err == nil && n > 0 {
@@ -396,5 +399,86 @@ func BigDAG(n int) *dag.DAG {
 	for i := range n {
 		d.Func(fmt.Sprintf("t%06d", i), noop)
 	}
+	return d
+}
+
+// CrashBystanders is how many tasks of the crash DAG run beside the task
+// that kills its worker process.
+const CrashBystanders = 6
+
+// CrashLastWords is what the crash DAG's crasher logs before its second
+// exit.
+const CrashLastWords = "crasher: exiting again"
+
+// crash is CrashBystanders tasks without retries and "crasher", which
+// kills its worker process (os.Exit(3)) once they all run; when it runs
+// again it waits for them to finish first, logs CrashLastWords and kills
+// that worker too. Run it on one worker process.
+func crash() *dag.DAG {
+	d := newDAG(Crash)
+	for i := range CrashBystanders {
+		id := fmt.Sprintf("by_%d", i)
+		d.Func(id, func(c *dag.Context) error {
+			if err := touch(id + ".started"); err != nil {
+				return err
+			}
+			time.Sleep(time.Second)
+			return touch(id + ".done")
+		})
+	}
+	d.Func("crasher", func(c *dag.Context) error {
+		_, err := os.Stat(filepath.Join(Dir(), "crasher.ran"))
+		again := err == nil
+		if err := touch("crasher.ran"); err != nil {
+			return err
+		}
+		want := ".started"
+		if again {
+			want = ".done"
+		}
+		for i := 0; i < CrashBystanders; {
+			if _, err := os.Stat(filepath.Join(Dir(), fmt.Sprintf("by_%d%s", i, want))); err == nil {
+				i++
+				continue
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if again {
+			c.Logger().Info(CrashLastWords)
+		}
+		time.Sleep(500 * time.Millisecond) // the log reaches the store
+		os.Exit(3)
+		return nil
+	})
+	return d
+}
+
+// HogBytes is how much memory the hog DAG's task allocates and touches.
+const HogBytes = 512 << 20
+
+// hog is one task that allocates and touches HogBytes, holding them a
+// moment; a worker memory limit below that kills its worker process.
+func hog() *dag.DAG {
+	d := newDAG(Hog)
+	d.Func("hog", func(c *dag.Context) error {
+		b := make([]byte, HogBytes)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		time.Sleep(100 * time.Millisecond)
+		c.Logger().Info("hog: allocated", "bytes", len(b), "last", b[len(b)-4096])
+		return nil
+	})
+	return d
+}
+
+// ShellStartedName is the trace file the shell_stop DAG's task writes
+// when it starts (it then sleeps until ReleaseName exists).
+const ShellStartedName = "long_sh.started"
+
+// shellStop is one Shell task that runs until ReleaseName exists in Dir.
+func shellStop() *dag.DAG {
+	d := newDAG(ShellStop)
+	d.Shell("long_sh", `cd "$`+EnvDir+`" && [ -e `+ReleaseName+` ] && exit 0; touch `+ShellStartedName+`; sleep 60`)
 	return d
 }

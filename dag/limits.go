@@ -1,0 +1,201 @@
+package dag
+
+import (
+	"bytes"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"text/template"
+)
+
+// DefaultPool is the pool of tasks that name none (Airflow's
+// default_pool).
+const DefaultPool = "default_pool"
+
+// PoolNamePattern is the pattern pool names must match.
+const PoolNamePattern = `^[A-Za-z0-9_.-]{1,250}$`
+
+var poolNameRE = regexp.MustCompile(PoolNamePattern)
+
+// ValidPoolName reports whether name matches PoolNamePattern.
+func ValidPoolName(name string) bool { return poolNameRE.MatchString(name) }
+
+// MaxKeyLength bounds a rendered concurrency key.
+const MaxKeyLength = 250
+
+// Pool runs the task in the named pool: the task's instances run only
+// while the pool has PoolSlots free. A pool that does not exist yet is
+// valid: instances wait queued until it is created (API or RegisterPool).
+func Pool(name string) TaskOption { return func(t *Task) { t.pool = name } }
+
+// PoolSlots sets how many slots of its pool one instance of the task
+// takes (default 1).
+func PoolSlots(n int) TaskOption { return func(t *Task) { t.poolSlots, t.poolSlotsSet = n, true } }
+
+// MaxActive caps the instances of this task running at once, across all
+// runs of its DAG (0 = no cap).
+func MaxActive(n int) TaskOption { return func(t *Task) { t.maxActive = n } }
+
+// ConcurrencyKey puts each instance of the task under a concurrency key
+// rendered from template when the instance is created (Go text/template
+// over .Params, the DAG's params overlaid by the run's conf, .DAGID,
+// .TaskID and .RunID): at most limit instances with the same key run at
+// once, whatever task or DAG they belong to. A saturated key never holds
+// back instances of other keys.
+func ConcurrencyKey(template string, limit int) TaskOption {
+	return func(t *Task) { t.keyTemplate, t.keyLimit, t.keySet = template, limit, true }
+}
+
+// Pool returns the task's pool name ("" = DefaultPool).
+func (t *Task) Pool() string { return t.pool }
+
+// PoolSlots returns the slots an instance takes in its pool (1 unless
+// set).
+func (t *Task) PoolSlots() int {
+	if !t.poolSlotsSet {
+		return 1
+	}
+	return t.poolSlots
+}
+
+// MaxActive returns the cap on running instances of the task (0 = none).
+func (t *Task) MaxActive() int { return t.maxActive }
+
+// ConcurrencyKey returns the key template and its limit ("" = none).
+func (t *Task) ConcurrencyKey() (template string, limit int) { return t.keyTemplate, t.keyLimit }
+
+// KeyData is what a concurrency key template renders from.
+type KeyData struct {
+	Params map[string]any
+	DAGID  string
+	TaskID string
+	RunID  string
+}
+
+// ParseKeyTemplate parses a concurrency key template; a reference to a
+// missing map key is an error when rendered.
+func ParseKeyTemplate(text string) (*template.Template, error) {
+	return template.New("concurrency key").Option("missingkey=error").Parse(text)
+}
+
+// RenderKey renders a concurrency key template. The key must not be
+// empty nor longer than MaxKeyLength.
+func RenderKey(text string, data KeyData) (string, error) {
+	tpl, err := ParseKeyTemplate(text)
+	if err != nil {
+		return "", fmt.Errorf("concurrency key template %q: %w", text, err)
+	}
+	var b bytes.Buffer
+	if err := tpl.Execute(&b, data); err != nil {
+		return "", fmt.Errorf("concurrency key template %q: %w", text, err)
+	}
+	key := b.String()
+	if strings.TrimSpace(key) == "" {
+		return "", fmt.Errorf("concurrency key template %q renders an empty key", text)
+	}
+	if len(key) > MaxKeyLength {
+		return "", fmt.Errorf("concurrency key template %q renders a key of %d bytes (at most %d)", text, len(key), MaxKeyLength)
+	}
+	return key, nil
+}
+
+// PoolDecl is a pool declared in code by RegisterPool.
+type PoolDecl struct {
+	Name        string
+	Slots       int
+	Description string
+}
+
+// RegisterPool declares a pool in code, in the default registry: the
+// scheduler creates it when it is missing and leaves an existing one
+// (resized through the API) as it is. slots -1 means unlimited, as in
+// Airflow. Bad declarations are reported by the registry's Validate.
+func RegisterPool(name string, slots int, description string) {
+	defaultRegistry.RegisterPool(name, slots, description)
+}
+
+// RegisterPool declares a pool in r (see the package-level RegisterPool).
+func (r *Registry) RegisterPool(name string, slots int, description string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pools = append(r.pools, PoolDecl{Name: name, Slots: slots, Description: description})
+}
+
+// Pools returns the pools declared in r, in declaration order.
+func (r *Registry) Pools() []PoolDecl {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.pools)
+}
+
+// CheckPool returns what is wrong with a pool's name and size, or nil.
+func CheckPool(name string, slots int) error {
+	if !ValidPoolName(name) {
+		return fmt.Errorf("invalid pool name %q: must match %s", name, PoolNamePattern)
+	}
+	if slots < -1 {
+		return fmt.Errorf("pool %q: slots must be -1 (unlimited) or at least 0, got %d", name, slots)
+	}
+	return nil
+}
+
+// ValidatePools checks pool declarations (names, sizes, duplicates) and
+// that no task of dags takes more slots than the declared size of its
+// pool.
+func ValidatePools(decls []PoolDecl, dags ...*DAG) []Problem {
+	var out []Problem
+	seen := map[string]bool{}
+	size := map[string]int{}
+	for _, p := range decls {
+		if err := CheckPool(p.Name, p.Slots); err != nil {
+			out = append(out, Problem{Message: "RegisterPool: " + err.Error()})
+			continue
+		}
+		if seen[p.Name] {
+			out = append(out, Problem{Message: fmt.Sprintf("RegisterPool: pool %q is declared more than once", p.Name)})
+			continue
+		}
+		seen[p.Name] = true
+		size[p.Name] = p.Slots
+	}
+	for _, d := range dags {
+		if d == nil {
+			continue
+		}
+		for _, t := range d.tasks {
+			pool := t.pool
+			if pool == "" {
+				pool = DefaultPool
+			}
+			if n, ok := size[pool]; ok && n >= 0 && t.PoolSlots() > n {
+				out = append(out, Problem{DAGID: d.id, TaskID: t.id, Message: fmt.Sprintf(
+					"PoolSlots %d is more than pool %q has (%d slots): the task could never run", t.PoolSlots(), pool, n)})
+			}
+		}
+	}
+	return out
+}
+
+// validateLimits reports the task's bad pool, slots, cap and key.
+func (t *Task) validateLimits(problem func(format string, args ...any)) {
+	if t.pool != "" && !ValidPoolName(t.pool) {
+		problem("invalid pool name %q: must match %s", t.pool, PoolNamePattern)
+	}
+	if t.poolSlotsSet && t.poolSlots < 1 {
+		problem("PoolSlots must be at least 1, got %d", t.poolSlots)
+	}
+	if t.maxActive < 0 {
+		problem("MaxActive must be 0 (no cap) or positive, got %d", t.maxActive)
+	}
+	if t.keySet {
+		if t.keyLimit < 1 {
+			problem("ConcurrencyKey limit must be at least 1, got %d", t.keyLimit)
+		}
+		if strings.TrimSpace(t.keyTemplate) == "" {
+			problem("ConcurrencyKey template is empty")
+		} else if _, err := ParseKeyTemplate(t.keyTemplate); err != nil {
+			problem("ConcurrencyKey template %q does not parse: %v", t.keyTemplate, err)
+		}
+	}
+}

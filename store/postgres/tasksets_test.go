@@ -1,0 +1,207 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/testdb"
+	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/postgres"
+	"github.com/trellis-dag/trellis/store/storetest"
+)
+
+// TestConformanceKeepsTaskSets runs the conformance suite and checks after
+// every test that task_queue and task_running (migration 00008) hold
+// exactly the queued and the running instances, whatever the test did to
+// them: created, released, claimed, finished, retried, cleared, marked,
+// purged.
+func TestConformanceKeepsTaskSets(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		url := testdb.Postgres(t)
+		s := openURL(t, url, postgres.Options{Logger: testLogger(t)})
+		t.Cleanup(func() { checkTaskSets(t, url) }) // before the store closes
+		return s
+	})
+}
+
+// checkTaskSets fails t when the queue or the running set differs from the
+// states of task_instances.
+func checkTaskSets(t *testing.T, url string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Errorf("check task sets: %v", err)
+		return
+	}
+	defer conn.Close(ctx)
+	queue, running, err := taskSetDiff(ctx, conn)
+	if err != nil {
+		t.Errorf("check task sets: %v", err)
+		return
+	}
+	if queue != 0 || running != 0 {
+		t.Errorf("task_queue differs from the queued instances in %d rows, task_running from the running ones in %d", queue, running)
+	}
+}
+
+// taskSetDiff counts the rows where task_queue differs from the queued
+// instances and task_running from the running ones.
+func taskSetDiff(ctx context.Context, conn *pgx.Conn) (queue, running int, err error) {
+	err = conn.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM task_instances t FULL JOIN task_queue q ON q.ti_id = t.id
+			WHERE (t.state = 'queued') IS DISTINCT FROM (q.ti_id IS NOT NULL)
+				OR q.ti_id IS NOT NULL AND (t.priority, t.queued_at, t.dag_id) IS DISTINCT FROM (q.priority, q.queued_at, q.dag_id)),
+		(SELECT count(*) FROM task_instances t FULL JOIN task_running r ON r.ti_id = t.id
+			WHERE (t.state IN ('running', 'restarting')) IS DISTINCT FROM (r.ti_id IS NOT NULL)
+				OR r.ti_id IS NOT NULL AND t.dag_id IS DISTINCT FROM r.dag_id)`).Scan(&queue, &running)
+	return queue, running, err
+}
+
+// TestTaskSetsFollowStates writes task_instances directly, as any writer
+// may, and checks that the triggers move the rows between the sets in the
+// same statement, and that taskSetDiff sees a set out of step.
+func TestTaskSetsFollowStates(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	openURL(t, url, postgres.Options{Logger: testLogger(t)})
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	sets := func(step string) (queued, running []int64) {
+		t.Helper()
+		for _, q := range []struct {
+			sql string
+			dst *[]int64
+		}{{"SELECT ti_id FROM task_queue ORDER BY 1", &queued}, {"SELECT ti_id FROM task_running ORDER BY 1", &running}} {
+			rows, err := conn.Query(ctx, q.sql)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *q.dst, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if dq, dr, err := taskSetDiff(ctx, conn); err != nil || dq != 0 || dr != 0 {
+			t.Errorf("%s: sets out of step: queue %d, running %d rows (%v)", step, dq, dr, err)
+		}
+		return queued, running
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, queued_at, max_tries, retries, priority, trigger_rule,
+			retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
+		SELECT 1, 'd', 't' || g, CASE WHEN g <= 2 THEN 'queued' ELSE 'none' END, CASE WHEN g <= 2 THEN now() END,
+			1, 0, 1, 'all_success', 0, 0, 0, 0
+		FROM generate_series(1, 4) g`)
+	q, r := sets("insert")
+	if len(q) != 2 || len(r) != 0 {
+		t.Errorf("after inserting 2 queued of 4: queue %v, running %v", q, r)
+	}
+	exec(`UPDATE task_instances SET state = 'running' WHERE task_id = 't1'`)
+	exec(`UPDATE task_instances SET state = 'queued', queued_at = now() WHERE task_id = 't3'`)
+	exec(`UPDATE task_instances SET priority = 5 WHERE task_id = 't2'`)
+	exec(`UPDATE task_instances SET heartbeat_at = now() WHERE task_id = 't1'`)
+	if q, r = sets("updates"); len(q) != 2 || len(r) != 1 {
+		t.Errorf("after a claim, a release and a reprioritisation: queue %v, running %v", q, r)
+	}
+	exec(`UPDATE task_instances SET state = 'success' WHERE task_id = 't1'`)
+	exec(`DELETE FROM task_instances WHERE task_id = 't3'`)
+	if q, r = sets("finish and delete"); len(q) != 1 || len(r) != 0 {
+		t.Errorf("after a finish and a delete: queue %v, running %v", q, r)
+	}
+	// The check sees a set out of step.
+	exec(`DELETE FROM task_queue`)
+	if dq, _, err := taskSetDiff(ctx, conn); err != nil || dq != 1 {
+		t.Errorf("taskSetDiff with the queue emptied behind the triggers' back = %d, %v; want 1", dq, err)
+	}
+}
+
+// hotColumns are the columns of task_instances that claiming, finishing,
+// releasing and heartbeats change: an index naming one (as a key or in
+// its predicate) makes those updates non-HOT, a new entry in every index
+// of the table for each.
+var hotColumns = regexp.MustCompile(`\b(state|try_number|up_[a-z_]+|queued_at|started_at|ended_at|worker_id|hostname|pid|heartbeat_at|output|error)\b`)
+
+func TestNoIndexOnHotPathColumns(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	openURL(t, url, postgres.Options{Logger: testLogger(t)})
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'task_instances'::regclass`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(defs) < 2 {
+		t.Fatalf("indexes of task_instances: %q, want the primary key and the unique key at least", defs)
+	}
+	for _, d := range defs {
+		if c := hotColumns.FindString(d); c != "" {
+			t.Errorf("index %s names %s, which the hot path changes", d, c)
+		}
+	}
+}
+
+// TestClaimsVacuumTheQueue claims with a store that vacuums the queue
+// tables after every claimed instance: PostgreSQL counts the vacuum.
+func TestClaimsVacuumTheQueue(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t)
+	s := openURL(t, url, postgres.Options{Logger: testLogger(t), QueueVacuumEvery: 1})
+	sp := store.DAGSpec{DAGID: "wide", Fingerprint: "wide-3", MaxActiveRuns: 1}
+	for i := range 3 {
+		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: fmt.Sprintf("t%d", i), Kind: dag.KindFunc,
+			TriggerRule: dag.AllSuccess, RetryDelay: time.Second})
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
+		LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, t0); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	vacuums := func() (n int64) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'task_queue'::regclass").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := vacuums()
+	cs, err := s.ClaimTasks(ctx, store.Worker{ID: "w", Hostname: "h", PID: 1}, 10, t0)
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("ClaimTasks = %d claimed, %v; want 3", len(cs), err)
+	}
+	if after := vacuums(); after <= before {
+		t.Errorf("task_queue vacuumed %d times after the claim, %d before: want one more", after, before)
+	}
+}
