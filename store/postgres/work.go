@@ -199,18 +199,6 @@ var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
 		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT id FROM pick)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
-// fastClaimUnlimitedSQL is fastClaimSQL for unlimited instances only: it
-// locks no counter.
-var fastClaimUnlimitedSQL = claimSelect(`q AS MATERIALIZED (
-		SELECT ti_id FROM task_queue
-			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, ti_id
-		LIMIT $1
-		FOR UPDATE SKIP LOCKED),
-	c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
-		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
-
 // limitedCols are what the claim reads of a limited candidate t (a queue
 // row).
 const limitedCols = `t.ti_id AS id, t.priority, t.queued_at, t.pool, t.pool_slots, t.task_key, t.concurrency_key, t.dag_id`
@@ -883,7 +871,7 @@ func (f *finishTx) record(ctx context.Context) error {
 			p.beforeCommit(capsSQL, nil, claim.cl.readCaps)
 		}
 		if p != nil {
-			for _, q := range f.countNow(ids) {
+			for _, q := range f.countNow() {
 				p.beforeCommit(q.sql, q.args, q.read)
 			}
 		}
@@ -898,10 +886,10 @@ func (f *finishTx) record(ctx context.Context) error {
 		rows.Close()
 		return err
 	}
-	// The counters go before the join's increment: every finish then locks
-	// a pool's counter before the hot rows of the release, holding both
-	// until its commit, in the same order.
-	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow(ids)...)
+	// The outcome statement locks the counters of the tries it ends
+	// before the join's increment: every finish takes a pool's counter
+	// before the hot rows of the release, in the same order.
+	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow()...)
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
@@ -923,12 +911,11 @@ func (f *finishTx) record(ctx context.Context) error {
 	return nil
 }
 
-// countNow returns the statements that count the slots the finish frees
-// (locking the counters in the claim's order) before the claim that
-// follows, and read whether a freed slot was one somebody waited for; it
-// arranges the wake-up of claimers after the commit then, unless the
-// finisher's own claim came back short (nothing claimable left).
-func (f *finishTx) countNow(ids []int64) []finalQuery {
+// countNow returns the statement that reads whether a slot the outcome
+// statement freed was one somebody waited for, and arranges the wake-up
+// of claimers after the commit then, unless the finisher's own claim came
+// back short (nothing claimable left).
+func (f *finishTx) countNow() []finalQuery {
 	f.tx.(*pipeTx).afterIf = append(f.tx.(*pipeTx).afterIf, conditionalTopic{store.TopicTasksReady, func() bool {
 		if !f.woke {
 			return false
@@ -937,8 +924,6 @@ func (f *finishTx) countNow(ids []int64) []finalQuery {
 		return c == nil || len(c.cl.out) >= c.max
 	}})
 	return []finalQuery{
-		{sql: lockCountersSQL, args: []any{ids}, read: drain},
-		{sql: setCountersNow, read: drain},
 		{sql: wokeSQL, read: func(rows pgx.Rows) error {
 			for rows.Next() {
 				if err := rows.Scan(&f.woke); err != nil {
@@ -1060,7 +1045,20 @@ func (f *finishTx) settleRuns(ctx context.Context) error { return f.rl.settle(ct
 // error, $7 next retry, $8 start (NULL: keep the claim time). A
 // restarting instance (cleared while running) drops the outcome of its
 // try and goes back to waiting (none), to be decided again.
+//
+// The counters of the limited instances among them are locked first, in
+// the claim's order (pools, then keys, by name): the counter trigger
+// would otherwise lock them in row order, and two finishes could
+// deadlock.
 const outcomeSQL = `
+		WITH lt AS MATERIALIZED (
+			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
+		), lp AS MATERIALIZED (
+			SELECT name FROM pools WHERE name IN (SELECT pool FROM lt) ORDER BY name FOR NO KEY UPDATE
+		), lk AS MATERIALIZED (
+			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
+			ORDER BY key FOR NO KEY UPDATE
+		)
 		UPDATE task_instances t SET
 			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
 			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
@@ -1077,35 +1075,12 @@ const outcomeSQL = `
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
+			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
 		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index`
-
-// lockCountersSQL locks the counters of the limited instances among $1,
-// pools then keys, each by name: the order the claim locks them in.
-// Sent just before the deferred counter trigger fires (setCountersNow or
-// COMMIT), which would otherwise lock them in row order, so that two
-// finishes cannot deadlock on them.
-const lockCountersSQL = `
-		WITH lt AS MATERIALIZED (
-			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
-		), lp AS MATERIALIZED (
-			SELECT name FROM pools WHERE name IN (SELECT pool FROM lt) ORDER BY name FOR NO KEY UPDATE
-		), lk AS MATERIALIZED (
-			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
-			ORDER BY key FOR NO KEY UPDATE
-		)
-		SELECT (SELECT count(*) FROM lp), (SELECT count(*) FROM lk)`
-
-// setCountersNow fires the deferred counter trigger for what the
-// transaction did so far, and for each later statement at its end: the
-// claim that follows sees the slots the finish freed.
-const setCountersNow = `SET CONSTRAINTS task_instances_limits IMMEDIATE`
 
 // wokeSQL reads whether the counter trigger found a slot freed where an
 // instance could not start (trellis.wake): the finish must wake claimers.
 const wokeSQL = `SELECT coalesce(current_setting('trellis.wake', true), '') = 'on'`
-
-// drain reads a statement's rows and ignores them.
-func drain(pgx.Rows) error { return nil }
 
 // recordedFinalStates are the final states outcomeSQL writes.
 var recordedFinalStates = []string{string(state.Success), string(state.Failed), string(state.Skipped)}
