@@ -206,12 +206,23 @@ func (s *Store) write(ctx context.Context, op string, fn func(w *txn) error) err
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w", op, mapErr(err))
+		return fmt.Errorf("%s: %w", op, mapErr(canceledTx(ctx, err)))
 	}
 	if len(seqs) > 0 {
 		s.hub.publishLocal(seqs)
 	}
 	return nil
+}
+
+// canceledTx says why a transaction ended early: database/sql rolls a
+// transaction back when its context is done, and the statements after
+// that fail with sql.ErrTxDone, which hides the cancellation callers
+// look for (a scheduler stopping must not log it as an error).
+func canceledTx(ctx context.Context, err error) error {
+	if ctx.Err() != nil && errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
+	return err
 }
 
 // read runs fn in a read transaction on the read-only pool, so several
@@ -226,7 +237,7 @@ func (s *Store) read(ctx context.Context, op string, fn func(tx *sql.Tx) error) 
 		return fn(tx)
 	})
 	if err != nil {
-		return fmt.Errorf("%s: %w", op, mapErr(err))
+		return fmt.Errorf("%s: %w", op, mapErr(canceledTx(ctx, err)))
 	}
 	return nil
 }
