@@ -100,6 +100,10 @@ type Config struct {
 	// once; clears and marks made by other processes within the TTL. See
 	// runCache.
 	CacheTTL time.Duration
+	// EventRetention is how long POST /api/v1/events keeps an event for
+	// tasks that defer waiting on it later (default
+	// store.DefaultEventRetention).
+	EventRetention time.Duration
 }
 
 // api holds what the handlers share.
@@ -123,6 +127,7 @@ type api struct {
 	cache      *runCache // nil: off
 	runTIs     flights   // GET …/dagRuns/{run}/taskInstances reads in progress
 	grids      recentReads
+	eventKeep  time.Duration
 }
 
 // New returns the handler of the REST API (under /api/v1) and of
@@ -159,6 +164,10 @@ func New(cfg Config) (http.Handler, error) {
 	}
 	if a.maxLimit <= 0 {
 		a.maxLimit = DefaultMaxPageLimit
+	}
+	a.eventKeep = cfg.EventRetention
+	if a.eventKeep <= 0 {
+		a.eventKeep = store.DefaultEventRetention
 	}
 	if a.healthAge <= 0 {
 		a.healthAge = DefaultSchedulerHealthThreshold
@@ -260,10 +269,13 @@ func (a *api) routes() http.Handler {
 			r.Patch("/dags/{dag_id}/dagRuns/{dag_run_id}", a.h(a.patchRun))
 			r.Delete("/dags/{dag_id}/dagRuns/{dag_run_id}", a.h(a.deleteRun))
 
+			r.Post("/events", a.h(a.postEvent))
+
 			r.Post("/dags/~/dagRuns/~/taskInstances/list", a.h(a.postListTaskInstances))
 			r.Post("/dagRuns/purge", a.h(a.postPurge))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances", a.h(a.getTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}", a.h(a.getTaskInstance))
+			r.Post("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/continue", a.h(a.postContinue))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/logs/{task_try_number}", a.h(a.getLog))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/listMapped", a.h(a.getMappedTaskInstances))
 			r.Get("/dags/{dag_id}/dagRuns/{dag_run_id}/taskInstances/{task_id}/{map_index}", a.h(a.getMappedTaskInstance))

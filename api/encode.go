@@ -160,6 +160,20 @@ func appendTaskInstance(b []byte, ti store.TaskInstance, logicalDate time.Time, 
 	}
 	b = append(b, `,"executor":null,"executor_config":"{}","sla_miss":null,"rendered_map_index":null,`+
 		`"rendered_fields":{},"trigger":null,"triggerer_job":null,"note":null`...)
+	if ti.State == state.Deferred {
+		if ti.TriggerTimeout != nil && !ti.TriggerTimeout.IsZero() {
+			b = append(b, `,"trigger_timeout":`...)
+			b = appendTime(b, *ti.TriggerTimeout)
+		}
+		if ti.NextCheckAt != nil && !ti.NextCheckAt.IsZero() {
+			b = append(b, `,"next_check_at":`...)
+			b = appendTime(b, *ti.NextCheckAt)
+		}
+		if ti.WaitEvent != "" {
+			b = append(b, `,"wait_event":`...)
+			b = appendString(b, ti.WaitEvent)
+		}
+	}
 	if ti.MapIndex >= 0 && len(ti.Arguments) > 0 {
 		b = append(b, `,"arguments":`...)
 		b = append(b, ti.Arguments...)

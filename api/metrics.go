@@ -50,6 +50,7 @@ type Metrics struct {
 	eventsDropped       prometheus.Counter
 	purged              *prometheus.CounterVec
 	apiRequests         *prometheus.CounterVec
+	events              *prometheus.CounterVec
 	apiDuration         *prometheus.HistogramVec
 
 	lastHeartbeat atomic.Int64 // Unix nanoseconds of the latest scheduler heartbeat; 0 = none
@@ -198,7 +199,15 @@ func NewMetrics(clk clock.Clock) *Metrics {
 		Help:    "Time the API took to answer a request, by route pattern and method.",
 		Buckets: requestBuckets,
 	}, []string{"route", "method"})
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "events_total",
+		Help: "Events received by POST /api/v1/events: recorded, or duplicate (a kept event had the same dedupe_key).",
+	}, []string{"outcome"})
+	for _, o := range []string{"recorded", "duplicate"} {
+		m.events.WithLabelValues(o)
+	}
 	m.reg.MustRegister(
+		m.events,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.schedulerHeartbeats, m.schedulerLoop, m.runsCreated, m.runDuration, m.scheduleDelay,
@@ -287,6 +296,18 @@ func (m *Metrics) RunCreated(dagID, runType string) {
 		return
 	}
 	m.runsCreated.WithLabelValues(dagID, runType).Inc()
+}
+
+// EventReceived counts an event recorded, or a duplicate.
+func (m *Metrics) EventReceived(duplicate bool) {
+	if m == nil {
+		return
+	}
+	o := "recorded"
+	if duplicate {
+		o = "duplicate"
+	}
+	m.events.WithLabelValues(o).Inc()
 }
 
 // RunFinished records a DAG run that ended in state (success or failed)

@@ -250,6 +250,12 @@ type taskInstanceJSON struct {
 	Trigger          *struct{}       `json:"trigger"`         // no triggerer
 	TriggererJob     *struct{}       `json:"triggerer_job"`   // no triggerer
 	Note             *string         `json:"note"`
+	// Trellis extensions, set while the instance is deferred: the
+	// deadline of its wait (Airflow's column name), when the scheduler
+	// queues it again, and the key of the event it waits for.
+	TriggerTimeout *apiTime `json:"trigger_timeout,omitempty"`
+	NextCheckAt    *apiTime `json:"next_check_at,omitempty"`
+	WaitEvent      *string  `json:"wait_event,omitempty"`
 	// Trellis extensions for calls (docs/api.md): a call instance's
 	// arguments and result, a deferred instance's unfinished calls; and,
 	// when one task instance is fetched, its caller and the calls it
@@ -289,6 +295,12 @@ func operatorName(k dag.Kind) string {
 		return "HTTP"
 	case dag.KindBranch:
 		return "Branch"
+	case dag.KindResumable:
+		return "Resumable"
+	case dag.KindSensor:
+		return "Sensor"
+	case dag.KindApproval:
+		return "Approval"
 	case dag.KindCallable:
 		return "Callable"
 	}
@@ -335,6 +347,13 @@ func toTaskInstance(ti store.TaskInstance, logicalDate time.Time, kind dag.Kind)
 	if ti.PID > 0 {
 		pid := ti.PID
 		out.PID = &pid
+	}
+	if ti.State == state.Deferred {
+		out.TriggerTimeout, out.NextCheckAt = timePtr(ti.TriggerTimeout), timePtr(ti.NextCheckAt)
+		if ti.WaitEvent != "" {
+			ev := ti.WaitEvent
+			out.WaitEvent = &ev
+		}
 	}
 	if ti.MapIndex >= 0 && len(ti.Arguments) > 0 {
 		out.Arguments = ti.Arguments

@@ -30,6 +30,10 @@ func TestAppendTaskInstanceMatchesJSON(t *testing.T) {
 		{store.TaskInstance{TaskID: "c", DAGID: "d", DAGRunID: "r", State: state.UpForRetry, StartedAt: &t0, EndedAt: &t0}, dag.KindHTTP},
 		{store.TaskInstance{TaskID: "e", DAGID: "d", DAGRunID: "r", State: state.Failed, StartedAt: &t0, EndedAt: &t1,
 			PID: -1}, "custom"},
+		{store.TaskInstance{TaskID: "s", DAGID: "d", DAGRunID: "r", State: state.Deferred, StartedAt: &t0, TryNumber: 1,
+			NextCheckAt: &t1, TriggerTimeout: &t2, WaitEvent: "copy-done:\"7\""}, dag.KindSensor},
+		{store.TaskInstance{TaskID: "a", DAGID: "d", DAGRunID: "r", State: state.Deferred, TryNumber: 1}, dag.KindApproval},
+		{store.TaskInstance{TaskID: "q", DAGID: "d", DAGRunID: "r", State: state.Queued, NextCheckAt: &t1, WaitEvent: "k"}, dag.KindResumable},
 	}
 	for _, c := range cases {
 		for _, ld := range []time.Time{t0, {}} {

@@ -24,6 +24,9 @@ const (
 	ScenarioCron  = "cron"
 	ScenarioBig   = "big"
 	ScenarioAPI   = "api"
+	// ScenarioDeferred: sensors deferred between pokes, tasks resumed by
+	// events.
+	ScenarioDeferred = "deferred"
 	// Tasks that call tasks (issue 12).
 	ScenarioFib        = "fib"
 	ScenarioCallsWide  = "calls_wide"
@@ -34,7 +37,7 @@ const (
 
 // Scenarios lists every scenario in the order Run runs them.
 var Scenarios = []string{ScenarioWide, ScenarioPool, ScenarioChain, ScenarioShell, ScenarioCron, ScenarioBig, ScenarioAPI, ScenarioScale,
-	ScenarioFib, ScenarioCallsWide, ScenarioFibNoDedup}
+	ScenarioDeferred, ScenarioFib, ScenarioCallsWide, ScenarioFibNoDedup}
 
 // ScenarioShellChain is the scenario name of the rows of the shell
 // scenario's second part, the Shell chain.
@@ -49,6 +52,8 @@ type Sizes struct {
 	Cron       int // DAGs on @every 1s
 	Big        int // tasks of the big DAG, root and join included
 	Watch      int // tasks of the run the api scenario reads
+	Deferred   int // sensors of the deferred scenario
+	Resume     int // tasks the deferred scenario resumes by events
 	Fib        int // n of fib(n) with dedup
 	CallsWide  int // calls one task maps
 	FibNoDedup int // n of fib(n) without dedup
@@ -57,14 +62,14 @@ type Sizes struct {
 // DefaultSizes are the sizes of issue 7.
 func DefaultSizes() Sizes {
 	return Sizes{Wide: 10_000, Chain: 1_000, Shell: 2_000, ShellChain: 100, Cron: 1_000, Big: 100_000, Watch: 100,
-		Fib: 200, CallsWide: 10_000, FibNoDedup: 20}
+		Deferred: 10_000, Resume: 10_000, Fib: 200, CallsWide: 10_000, FibNoDedup: 20}
 }
 
 // QuickSizes are small sizes that run every scenario in seconds, to check
 // that the benchmark works (`trellis bench --quick`).
 func QuickSizes() Sizes {
 	return Sizes{Wide: 200, Chain: 30, Shell: 40, ShellChain: 10, Cron: 20, Big: 2_000, Watch: 20,
-		Fib: 20, CallsWide: 200, FibNoDedup: 8}
+		Deferred: 200, Resume: 20, Fib: 20, CallsWide: 200, FibNoDedup: 8}
 }
 
 // DefaultCronDuration is how long the cron scenario measures.
@@ -101,6 +106,8 @@ func (s Sizes) sets(scenario string) ([]DAGSet, error) {
 		return []DAGSet{{ShapeBig, s.Big}}, nil
 	case ScenarioAPI:
 		return []DAGSet{{ShapeWide, s.Wide}, {ShapeWatch, s.Watch}}, nil
+	case ScenarioDeferred:
+		return []DAGSet{{ShapeSensors, s.Deferred}, {ShapeResume, s.Resume}}, nil
 	case ScenarioFib:
 		return []DAGSet{{ShapeFib, s.Fib}}, nil
 	case ScenarioCallsWide:

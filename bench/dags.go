@@ -45,6 +45,12 @@ const (
 	// milliseconds (default 0), or until its try is cancelled, so a run
 	// can be kept running while it is watched.
 	ShapeWatch Shape = "watch"
+	// ShapeSensors is bench_sensors: Size Sensor tasks poking every
+	// second, true once the file named by the run's conf "release_file" exists.
+	ShapeSensors Shape = "sensors"
+	// ShapeResume is bench_resume: Size Resumable tasks, each deferred on
+	// an event of its own (ResumeEventKey).
+	ShapeResume Shape = "resume"
 	// ShapeFib is bench_fib: a task calling the recursive callable
 	// fibonacci(Size), deduplicated (Size+1 calls).
 	ShapeFib Shape = "fib"
@@ -72,7 +78,7 @@ var shapes = []struct {
 	minSize int
 }{
 	{ShapeWide, 1}, {ShapeChain, 2}, {ShapeShell, 1}, {ShapeShellChain, 2}, {ShapeCron, 1}, {ShapeBig, 3}, {ShapeWatch, 1}, {ShapeScale, 1}, {ShapePool, 1},
-	{ShapeFib, 1}, {ShapeFibNoDedup, 1}, {ShapeCallsWide, 1},
+	{ShapeSensors, 1}, {ShapeResume, 1}, {ShapeFib, 1}, {ShapeFibNoDedup, 1}, {ShapeCallsWide, 1},
 }
 
 // MaxSize bounds the size of a DAG set, against typing mistakes.
@@ -177,6 +183,10 @@ func (s DAGSet) Build() ([]*dag.DAG, error) {
 			d.Shell(taskID("s", i, n), "true")
 		}
 		return []*dag.DAG{d}, nil
+	case ShapeSensors:
+		return []*dag.DAG{sensorsDAG(n)}, nil
+	case ShapeResume:
+		return []*dag.DAG{resumeDAG(n)}, nil
 	case ShapeCron:
 		out := make([]*dag.DAG, n)
 		for i := range out {

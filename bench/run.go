@@ -124,6 +124,8 @@ func runScenario(ctx context.Context, cfg Config, db DB, scenario string) (rows 
 		err = h.big(sctx)
 	case ScenarioAPI:
 		err = h.api(sctx)
+	case ScenarioDeferred:
+		err = h.deferred(sctx)
 	case ScenarioFib:
 		err = h.calls(sctx, scenario, FibDAGID, FibCalls(cfg.Sizes.Fib, true))
 	case ScenarioCallsWide:

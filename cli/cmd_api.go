@@ -28,6 +28,7 @@ type apiFlags struct {
 	insecureNoAuth  bool
 	connectTimeout  time.Duration
 	shutdownTimeout time.Duration
+	eventRetention  time.Duration
 }
 
 func (f *apiFlags) add(fs *pflag.FlagSet) {
@@ -37,6 +38,8 @@ func (f *apiFlags) add(fs *pflag.FlagSet) {
 		"how long an unreachable PostgreSQL server is retried at start-up before giving up")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", defaultShutdownTimeout,
 		"on shutdown, how long API requests in flight may take to finish")
+	fs.DurationVar(&f.eventRetention, "event-retention", store.DefaultEventRetention,
+		"how long an event posted to /api/v1/events is kept for tasks that defer waiting on it after it arrived")
 }
 
 // check validates the flags and the listen address of cfg: without a
@@ -49,6 +52,9 @@ func (f *apiFlags) check(cfg Config) error {
 	}
 	if f.shutdownTimeout <= 0 {
 		return usagef("--shutdown-timeout must be positive, got %v", f.shutdownTimeout)
+	}
+	if f.eventRetention < 0 {
+		return usagef("--event-retention must not be negative, got %v (0 means the default, %v)", f.eventRetention, store.DefaultEventRetention)
 	}
 	if cfg.APIToken != "" || f.insecureNoAuth {
 		return nil
@@ -152,6 +158,8 @@ func (a *app) newAPIServer(st store.Store, metrics *api.Metrics, triggerer api.T
 		Metrics:   metrics,
 		Version:   readBuildInfo().Version,
 		Clock:     a.clock,
+
+		EventRetention: f.eventRetention,
 	}
 	if triggerer != nil {
 		// The scheduler of this process reports its heartbeats to metrics.

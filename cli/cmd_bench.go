@@ -133,6 +133,10 @@ measures them from the times the store records. Scenarios (default: all):
           wide DAG execute one after another: requests/s, latency p50 and
           p99 (rows of scenarios api_finished and api_running), and the
           tasks/s the load kept meanwhile
+  deferred 10,000 sensors poking every second, deferred between pokes:
+          the CPU of this process and its workers and the slots in use
+          over 5 s while they wait; then 500 tasks deferred on events,
+          each resumed by its event: event-to-resume latency p50 and p99
   fib     a task calls the recursive callable fibonacci(200), deduplicated
           (201 calls): seconds from the trigger to the run's success
   calls_wide   a task maps 10,000 calls and sums them: calls/s

@@ -27,6 +27,8 @@ func newDAGsTestCmd(a *app) *cobra.Command {
 		asJSON      bool
 		logDir      string
 		parallelism int
+		events      []string
+		approver    string
 	)
 	cmd := &cobra.Command{
 		Use:   "test DAG_ID",
@@ -46,17 +48,28 @@ With --json, stdout holds only the finished run as one JSON object:
    "tasks": {"<task_id>": {"state": "...", "try_number": N}, ...}}
 (failed tasks also have "error"), and the progress lines go to stderr.
 
+Deferred tasks wait in-process: a task waiting for an event given with --event
+continues at once with its payload; one waiting for time sleeps until its next
+check (a timeout then fails it, or skips it with SoftFail); an Approval is
+approved at once with --approver; a wait nothing here can end fails the task,
+naming what it waited for.
+
 Exits 0 when the run succeeded, 1 when it failed (or the DAG is invalid, or
 the run was interrupted), 2 on a usage error such as an unknown DAG or a
 --conf that is not a JSON object.`,
 		Example: `  trellis dags test etl_example
   trellis dags test etl_example --conf '{"rows": 0}' --logical-date 2026-03-01T00:00:00Z
   trellis dags test backup_automation --log-dir ./logs
-  trellis dags test test --json | jq .state`,
+  trellis dags test test --json | jq .state
+  trellis dags test transfer_pipeline --event 'copy-done:demo={"rows": 3}' --approver alice`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if parallelism < 1 {
 				return usagef("--parallelism must be at least 1, got %d", parallelism)
+			}
+			evs, err := parseEvents(events)
+			if err != nil {
+				return err
 			}
 			d, err := a.lookupDAG(args[0])
 			if err != nil {
@@ -89,6 +102,8 @@ the run was interrupted), 2 on a usage error such as an unknown DAG or a
 				Log:         logw,
 				OnTaskDone:  p.taskDone,
 				Parallelism: parallelism,
+				Events:      evs,
+				Approver:    approver,
 			})
 			if dirLog != nil {
 				if err := dirLog.Close(); err != nil {
@@ -123,7 +138,31 @@ the run was interrupted), 2 on a usage error such as an unknown DAG or a
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the finished run as one JSON object on stdout")
 	cmd.Flags().StringVar(&logDir, "log-dir", "", "write task logs to files under this directory instead of stderr")
 	cmd.Flags().IntVar(&parallelism, "parallelism", 1, "how many tasks may run at once")
+	cmd.Flags().StringArrayVar(&events, "event", nil, `an event the run receives, KEY=JSON payload (repeatable): a task deferred waiting for KEY continues at once with it`)
+	cmd.Flags().StringVar(&approver, "approver", "", "approve every Approval task at once under this name (otherwise they fail unless they time out)")
 	return cmd
+}
+
+// parseEvents parses --event values KEY=JSON.
+func parseEvents(vals []string) (map[string]json.RawMessage, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]json.RawMessage, len(vals))
+	for _, v := range vals {
+		key, payload, ok := strings.Cut(v, "=")
+		if !ok {
+			return nil, usagef("--event %q: want KEY=JSON, e.g. copy-done:42='{\"rows\": 10}'", v)
+		}
+		if err := dag.CheckEventKey(key); err != nil {
+			return nil, usagef("--event %q: %v", v, err)
+		}
+		if !json.Valid([]byte(payload)) {
+			return nil, usagef("--event %q: the payload after = is not JSON", v)
+		}
+		out[key] = json.RawMessage(payload)
+	}
+	return out, nil
 }
 
 // progress prints one line per task as it reaches its final state.

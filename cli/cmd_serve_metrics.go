@@ -52,7 +52,7 @@ const (
 // unfinished ones Trellis uses. Finished instances are counted by
 // trellis_task_instances_finished_total instead; counting them would read
 // the whole history.
-var sampledStates = []state.TaskState{state.None, state.Queued, state.Running, state.UpForRetry, state.Restarting}
+var sampledStates = []state.TaskState{state.None, state.Queued, state.Running, state.UpForRetry, state.Restarting, state.Deferred}
 
 // runKey identifies one completion of a run: a run that is cleared and
 // finishes again is a new completion.

@@ -22,6 +22,17 @@ type RunInfo struct {
 	// Env is the task's environment as NAME=value, as a Shell task's
 	// process would get it; Context.Getenv reads it.
 	Env []string
+	// Resumed is set when the try continues a deferral: Resumable tasks
+	// run Continue, Sensors poke again.
+	Resumed bool
+	// DeferredState is the State saved by the last deferral (nil = none).
+	DeferredState []byte
+	// EventPayload is the payload of the event or API call that continued
+	// the task (nil = none).
+	EventPayload []byte
+	// TriggerTimeout is the deadline of the wait the try continues (zero
+	// = none).
+	TriggerTimeout time.Time
 }
 
 // OutputIO stores and reads task outputs (XCom values) as JSON. The

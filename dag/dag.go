@@ -36,6 +36,8 @@ type DAG struct {
 	retention       time.Duration
 	defaultTaskOpts []TaskOption
 	taskMetrics     bool
+	eventKey        string
+	eventKeySet     bool
 
 	tasks  []*Task
 	byID   map[string]*Task

@@ -24,8 +24,11 @@ func WriteDOT(w io.Writer, d *DAG) error {
 	for _, t := range d.tasks {
 		label := t.id + "\n(" + t.describe() + ")"
 		attrs := "label=" + dotQuote(label)
-		if t.kind == KindBranch {
+		switch {
+		case t.kind == KindBranch:
 			attrs += ", shape=diamond, style=solid"
+		case t.Waits():
+			attrs += `, style="rounded,dashed"`
 		}
 		fmt.Fprintf(bw, "\t%s [%s];\n", dotQuote(t.id), attrs)
 	}
@@ -41,12 +44,26 @@ func WriteDOT(w io.Writer, d *DAG) error {
 	return nil
 }
 
-// describe is the kind of t, with its trigger rule when not the default.
+// describe is the kind of t (with "waits" for the kinds that defer, and
+// their poke interval or approvers), with its trigger rule when not the
+// default.
 func (t *Task) describe() string {
-	if t.trigger == AllSuccess {
-		return string(t.kind)
+	s := string(t.kind)
+	switch t.kind {
+	case KindSensor:
+		s += ", waits: poke every " + t.PokeInterval().String()
+	case KindResumable:
+		s += ", waits"
+	case KindApproval:
+		s += ", waits"
+		if len(t.approvers) > 0 {
+			s += " for " + strings.Join(t.approvers, "|")
+		}
 	}
-	return string(t.kind) + ", " + string(t.trigger)
+	if t.trigger == AllSuccess {
+		return s
+	}
+	return s + ", " + string(t.trigger)
 }
 
 // dotQuote returns s as a DOT double-quoted string.
@@ -77,6 +94,7 @@ type JSONDAG struct {
 	Schedule    *string    `json:"schedule"` // null for manual only
 	Description string     `json:"description"`
 	Tags        []string   `json:"tags"`
+	EventKey    string     `json:"schedule_on_event,omitempty"`
 	Tasks       []JSONTask `json:"tasks"`
 	Edges       []JSONEdge `json:"edges"`
 }
@@ -92,6 +110,9 @@ type JSONTask struct {
 	Priority          int      `json:"priority"`
 	Upstream          []string `json:"upstream"`
 	Downstream        []string `json:"downstream"`
+	// Waits is set for the kinds that defer themselves (sensor,
+	// resumable, approval).
+	Waits bool `json:"waits,omitempty"`
 }
 
 // JSONEdge is one dependency of JSONDAG: To runs after From.
@@ -107,6 +128,7 @@ func ToJSON(d *DAG) JSONDAG {
 		DAGID:       d.id,
 		Description: d.description,
 		Tags:        append([]string{}, d.tags...),
+		EventKey:    d.eventKey,
 		Tasks:       make([]JSONTask, 0, len(d.tasks)),
 		Edges:       []JSONEdge{},
 	}
@@ -125,6 +147,7 @@ func ToJSON(d *DAG) JSONDAG {
 			Priority:          t.priority,
 			Upstream:          ids(t.upstream),
 			Downstream:        ids(t.downstream),
+			Waits:             t.Waits(),
 		})
 		for _, v := range t.downstream {
 			j.Edges = append(j.Edges, JSONEdge{From: t.id, To: v.id})
@@ -154,6 +177,9 @@ func WriteText(w io.Writer, d *DAG) error {
 	sched := "manual only"
 	if d.schedule != "" {
 		sched = "schedule " + d.schedule
+	}
+	if d.eventKey != "" {
+		sched += ", on event " + d.eventKey
 	}
 	noun := "tasks"
 	if len(d.tasks) == 1 {

@@ -50,6 +50,16 @@ type Task struct {
 	keySet       bool
 	upstream     []*Task
 	downstream   []*Task
+
+	// Waiting tasks (wait.go).
+	steps           Steps
+	sensor          func(*Context) (bool, error)
+	pokeInterval    time.Duration
+	sensorTimeout   time.Duration
+	softFail        bool
+	approvers       []string
+	approvalTimeout time.Duration
+	waitOpts        int // which of the waiting options were given
 }
 
 // TaskOption configures a task.

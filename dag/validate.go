@@ -112,6 +112,11 @@ func (d *DAG) validate(out []Problem) []Problem {
 			dagProblem("schedule %q needs a StartDate", d.schedule)
 		}
 	}
+	if d.eventKeySet {
+		if err := CheckEventKey(d.eventKey); err != nil {
+			dagProblem("ScheduleOnEvent: %v", err)
+		}
+	}
 	if !d.startDate.IsZero() && !d.endDate.IsZero() && d.endDate.Before(d.startDate) {
 		dagProblem("EndDate %s is before StartDate %s",
 			d.endDate.Format(time.RFC3339), d.startDate.Format(time.RFC3339))
@@ -174,6 +179,7 @@ func (t *Task) validate(out []Problem) []Problem {
 		problem("Timeout must not be negative, got %s", t.timeout)
 	}
 	t.validateEnv(problem)
+	t.validateWait(problem)
 	t.validateLimits(problem)
 	if !t.trigger.Valid() {
 		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)

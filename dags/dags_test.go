@@ -305,6 +305,35 @@ func TestPathSafe(t *testing.T) {
 	}
 }
 
+// TestResumableBackup runs the resumable pipeline in-process: the
+// generation defers on its event (given here, as `dags test --event`
+// does) and continues once its background job has written the archive;
+// the transfer polls its detached copy; every step on its first try.
+func TestResumableBackup(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	d := dag.Default().Lookup("resumable_backup")
+	var logs lockedBuffer
+	res, err := taskrun.RunDAG(context.Background(), d, taskrun.DAGOptions{
+		LogicalDate: logicalDate, RunID: "test_run_1", Log: &logs, Parallelism: 2,
+		Events: map[string]json.RawMessage{"backup-generated:test_run_1": json.RawMessage(`{"sha256": "given"}`)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTasks(t, res, logs.String(), map[string]state.TaskState{"backup_generation": state.Success,
+		"backup_transfer": state.Success, "process_completion_notification": state.Success})
+	for _, r := range res.Tasks {
+		if r.TryNumber != 1 {
+			t.Errorf("%s took %d tries, want 1", r.TaskID, r.TryNumber)
+		}
+	}
+	for _, want := range []string{"deferred: event \"backup-generated:test_run_1\"", "copy started", "backup transferred", "Backup completed"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+}
+
 // TestFibonacci runs the seed's recursive fibonacci in-process: fib(25)
 // with dedup makes 26 calls.
 func TestFibonacci(t *testing.T) {

@@ -31,7 +31,9 @@ func testServeCalls(t *testing.T, dbURL string) {
 	c := newClient(t, srv.url, "")
 	got := c.ok(http.StatusOK, "POST", "/api/v1/dags/fibonacci/calls/fibonacci",
 		map[string]any{"arguments": 30, "wait": "120s"})
-	if got["state"] != "success" || got["result"] != float64(832040) || got["map_index"] != float64(0) {
+	// The call's map index is 0 unless the run's static task start made
+	// its own call (fibonacci(20)) first: either order is right.
+	if got["state"] != "success" || got["result"] != float64(832040) || got["map_index"] == nil {
 		t.Fatalf("fibonacci(30) answered %v", got)
 	}
 	runID := got["dag_run_id"].(string)
@@ -56,8 +58,8 @@ func testServeCalls(t *testing.T, dbURL string) {
 	if one["arguments"] != float64(29) || one["result"] != float64(514229) {
 		t.Errorf("call instance %v = %v, want fibonacci(29) = 514229", mi, one)
 	}
-	if caller, _ := one["caller"].(map[string]any); caller["task_id"] != "fibonacci" || caller["map_index"] != float64(0) {
-		t.Errorf("caller of fibonacci(29): %v, want fibonacci[0]", one["caller"])
+	if caller, _ := one["caller"].(map[string]any); caller["task_id"] != "fibonacci" || caller["map_index"] != got["map_index"] {
+		t.Errorf("caller of fibonacci(29): %v, want fibonacci[%v]", one["caller"], got["map_index"])
 	}
 
 	// A worker process killed mid-way: the call still ends right.

@@ -604,6 +604,11 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 			IntervalStart: c.IntervalStart,
 			IntervalEnd:   c.IntervalEnd,
 			Params:        params,
+
+			Resumed:        c.Resumed,
+			DeferredState:  c.DeferredState,
+			EventPayload:   c.EventPayload,
+			TriggerTimeout: timeOrZero(c.TriggerTimeout),
 		},
 		Log:       a.log,
 		Outputs:   a.outputs,
@@ -616,7 +621,16 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 		res.Error = out.Err.Error()
 	}
 	res.Output = out.Output
+	if out.State == state.Deferred && out.Deferral != nil {
+		d := out.Deferral
+		res.Deferral = store.Deferral{Event: d.Event, NextCheckAt: d.NextCheckAt, TriggerTimeout: d.TriggerTimeout, State: d.State}
+		res.Output, res.Follow = nil, nil
+	}
 	switch {
+	case res.State == state.Deferred && out.Deferral == nil:
+		res.State, res.Permanent = state.Failed, true
+		res.Error = "task runner returned state deferred without saying what it waits for"
+	case res.State == state.Deferred:
 	case res.State != state.Success && res.State != state.Skipped && res.State != state.Failed:
 		res.State, res.Permanent, res.Output, res.Follow = state.Failed, false, nil, nil
 		res.Error = fmt.Sprintf("task runner returned state %q, want success, failed or skipped (error: %s)", out.State, res.Error)
@@ -626,6 +640,14 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 		res.State, res.Permanent, res.Output, res.Follow, res.Error = state.Failed, true, nil, nil, msg
 	}
 	return res, out.Abandoned, out.Signaled
+}
+
+// timeOrZero returns *t, or the zero time for nil.
+func timeOrZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
 
 // settled is called by the finisher once results are recorded (or given
@@ -640,16 +662,18 @@ func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, d
 	}
 	w.mu.Lock()
 	for i, r := range batch {
-		if r.State == state.Deferred {
+		if a, ok := w.active[r.ID]; r.State == state.Deferred && ok && a.key == r.Try && a.running {
 			// The try goes on, parked; a deferral not recorded means the
 			// try was taken away.
-			if a, ok := w.active[r.ID]; ok && a.key == r.Try && i < len(outcomes) && !outcomes[i].Applied {
+			if i < len(outcomes) && !outcomes[i].Applied {
 				a.lost = true
 				a.cancel()
 			}
 			continue
 		}
-		if a, ok := w.active[r.ID]; ok && a.key == r.Try {
+		// A try that ended deferred (its goroutine returned) is done here;
+		// a claim that resumed it already runs under the same key.
+		if a, ok := w.active[r.ID]; ok && a.key == r.Try && !(r.State == state.Deferred && a.running) {
 			if claims != nil {
 				claims[r.ID] = a.claim
 			}

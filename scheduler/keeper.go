@@ -29,6 +29,7 @@ type keeper struct {
 	lastRefresh   time.Time
 	resyncAt      time.Time
 	retryAt       time.Time // zero: no retry pending
+	lastSweep     time.Time // the last RequeueRetries
 	zombieAt      time.Time
 	heartbeatAt   time.Time // zero: no Metrics to report to
 
@@ -99,7 +100,7 @@ func (k *keeper) deadline() time.Time {
 		}
 	}
 	consider(k.zombieAt)
-	consider(k.retryAt)
+	consider(k.sweepAt())
 	consider(k.heartbeatAt)
 	if k.admitWanted {
 		consider(k.lastAdmit.Add(k.s.cfg.WakeupInterval))
@@ -138,7 +139,8 @@ func (k *keeper) tick(ctx context.Context) {
 		k.admit(ctx, now)
 		k.updateRetry(ctx)
 	}
-	if !k.retryAt.IsZero() && !now.Before(k.retryAt) {
+	if at := k.sweepAt(); !at.IsZero() && !now.Before(at) {
+		k.lastSweep = now
 		n, err := k.s.st.RequeueRetries(ctx, now)
 		if err != nil {
 			k.logErr("requeue retries", err)
@@ -324,6 +326,23 @@ func (k *keeper) admit(ctx context.Context, now time.Time) {
 			delete(k.pending, id)
 		}
 	}
+}
+
+// sweepGap is the least time between two sweeps of RequeueRetries: many
+// deferred instances with next checks spread over time (sensors) are
+// queued in batches, not one sweep each.
+const sweepGap = 50 * time.Millisecond
+
+// sweepAt is when RequeueRetries is next due: the earliest retry or next
+// check, but not within sweepGap of the last sweep (zero: none pending).
+func (k *keeper) sweepAt() time.Time {
+	if k.retryAt.IsZero() {
+		return time.Time{}
+	}
+	if !k.lastSweep.IsZero() && k.retryAt.Before(k.lastSweep.Add(sweepGap)) {
+		return k.lastSweep.Add(sweepGap)
+	}
+	return k.retryAt
 }
 
 // updateRetry reads the earliest pending retry time.

@@ -28,6 +28,7 @@ func SpecFromDAG(d *dag.DAG) DAGSpec {
 		Tags:           d.Tags(),
 		MaxActiveRuns:  d.MaxActiveRuns(),
 		MaxActiveTasks: d.MaxActiveTasks(),
+		EventKey:       d.EventKey(),
 	}
 	if p := d.Params(); len(p) > 0 {
 		// Validate checks the params encode.

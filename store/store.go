@@ -69,6 +69,9 @@ type DAGSpec struct {
 	Tags           []string
 	MaxActiveRuns  int
 	MaxActiveTasks int
+	// EventKey is the key of the events that create runs of the DAG
+	// (dag.ScheduleOnEvent); "" = none.
+	EventKey string
 	// Params are the DAG's default params (JSON object; nil = {}), which
 	// concurrency keys render from, overlaid by a run's conf.
 	Params json.RawMessage
@@ -85,7 +88,8 @@ type DAG struct {
 	MaxActiveRuns  int
 	MaxActiveTasks int
 	Paused         bool
-	Active         bool // false once the DAG is gone from the binary
+	Active         bool   // false once the DAG is gone from the binary
+	EventKey       string // dag.ScheduleOnEvent's key; "" = none
 	// LastIntervalEnd is the end of the latest data interval the scheduler
 	// created a run for (nil before the first).
 	LastIntervalEnd *time.Time
@@ -150,6 +154,13 @@ type TaskInstance struct {
 	HeartbeatAt *time.Time
 	Output      json.RawMessage // nil = none
 	Error       string
+	// What a deferred instance waits for (nil/"" = nothing of that kind):
+	// when the scheduler's due sweep queues it again (its poll time or
+	// its deadline, whichever is first), the key of the event that
+	// queues it, and the deadline of its wait.
+	NextCheckAt    *time.Time
+	WaitEvent      string
+	TriggerTimeout *time.Time
 	// MapIndex is -1 for the instance of a static task, and numbers the
 	// call instances of a callable in a run (0, 1, … in creation order).
 	MapIndex int
@@ -218,6 +229,13 @@ type Claimed struct {
 	IntervalEnd   time.Time
 	Conf          json.RawMessage
 	Timeout       time.Duration
+	// Resumed is set when the try continues a deferral (the instance was
+	// queued again by its due time, an event or the continue call), with
+	// the state its last deferral saved and the payload that continued
+	// it (nil = none). A retry after such a try continues too.
+	Resumed       bool
+	DeferredState json.RawMessage
+	EventPayload  json.RawMessage
 }
 
 // Try names one try of a task instance, the key of every
@@ -265,6 +283,17 @@ type Deferral struct {
 	// queued by the finishing transaction of its last unfinished callee,
 	// or at once when none is left when the deferral is recorded.
 	Calls bool
+	// Event is the key of the event that queues it (RecordEvent); an
+	// event with that key that is kept and newer than the last the
+	// instance consumed queues it at once ("" = none).
+	Event string
+	// NextCheckAt is when RequeueRetries queues it again (zero = never);
+	// TriggerTimeout the deadline of its wait, shown by the API (zero =
+	// none; the worker decides what a continued try past it does).
+	NextCheckAt    time.Time
+	TriggerTimeout time.Time
+	// State is JSON the next try reads back (nil = none).
+	State json.RawMessage
 }
 
 // FinishOutcome reports what FinishTasks did with one Result.
@@ -515,9 +544,14 @@ type Store interface {
 	// The try number is lowered by one, so the claim that resumes the try
 	// gives it back its number. Returns how many were queued.
 	ResumeDeferred(ctx context.Context, ids []int64, now time.Time) (int, error)
-	// RequeueRetries queues up_for_retry instances due at or before now.
+	// RequeueRetries queues up_for_retry instances due at or before now,
+	// and deferred instances whose next check is due (in batches of
+	// DeferredBatch, each a compare-and-set on the deferred state, so two
+	// schedulers never queue one twice; their try number is lowered by
+	// one and marked resumed, as ResumeDeferred does).
 	RequeueRetries(ctx context.Context, now time.Time) (int, error)
-	// NextRetryAt returns the earliest pending retry time (ok=false: none).
+	// NextRetryAt returns the earliest pending retry time or next check
+	// of a deferred instance (ok=false: none).
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
@@ -567,6 +601,25 @@ type Store interface {
 	// scheduler; ok is false when none was recorded. GET /api/v1/health
 	// reports it, so an API process apart from the scheduler sees it.
 	LatestSchedulerHeartbeat(ctx context.Context) (t time.Time, ok bool, err error)
+
+	// RecordEvent records an event and, in the same transaction, queues
+	// again every deferred task instance waiting on its key (resumed,
+	// with the event's payload) and creates a queued run of every
+	// active, unpaused DAG scheduled on its key (EventRun). With a DedupeKey held by a kept event it does nothing
+	// and returns that event with Duplicate set. A bad key, dedupe key or
+	// payload is an error saying so (ErrTooLarge for a payload over
+	// MaxEventPayload); nothing is recorded then. It also deletes up to
+	// ExpireEventsPerEvent expired events.
+	RecordEvent(ctx context.Context, e NewEvent) (EventResult, error)
+	// ContinueDeferred queues again one deferred task instance (resumed,
+	// with payload, which may be nil), whatever it waits for: the API's
+	// continue call and approvals. ErrNotFound when there is no such
+	// instance, ErrConflict (saying its state) when it is not deferred.
+	// Returns the instance as queued.
+	ContinueDeferred(ctx context.Context, dagID, runID, taskID string, payload json.RawMessage, now time.Time) (TaskInstance, error)
+	// PurgeEvents deletes up to limit events that expired at or before
+	// now (limit ≤ 0: all). Returns how many.
+	PurgeEvents(ctx context.Context, now time.Time, limit int) (int, error)
 
 	// Listen subscribes to wake-ups on topics.
 	Listen(ctx context.Context, topics ...Topic) (Subscription, error)

@@ -47,6 +47,18 @@ type DAGOptions struct {
 	// HTTPClient sends the requests of HTTP tasks; nil means
 	// http.DefaultClient.
 	HTTPClient *http.Client
+	// Events are the events the run receives, by key: a task that defers
+	// waiting for one of these keys is continued at once with its
+	// payload. A task waiting for another key is continued at its next
+	// check (its After, or its deadline, which times it out); one with
+	// neither fails, saying which event it waited for.
+	Events map[string]json.RawMessage
+	// Approver, when set, approves every Approval task at once under this
+	// name; otherwise Approval tasks wait as event waits do (and fail
+	// when they have no timeout).
+	Approver string
+	// Now reads the clock for deferrals; nil means time.Now.
+	Now func() time.Time
 }
 
 // TaskReport is the final state of one task of a RunDAG run.
@@ -289,6 +301,7 @@ type dagRunner struct {
 	result  *DAGResult
 	outputs *memOutputs
 	log     *sharedLog
+	resume  []*dag.RunInfo // per task: how its next try continues a deferral
 	calls   *localCalls
 
 	ready    readyQueue
@@ -301,6 +314,7 @@ type dagRunner struct {
 
 func (r *dagRunner) run() {
 	r.tries = make([]int, len(r.tasks))
+	r.resume = make([]*dag.RunInfo, len(r.tasks))
 	r.ready.r = r
 	for i := range r.tasks {
 		r.work = append(r.work, i)
@@ -352,15 +366,20 @@ func upstreamText(u state.Upstream) string {
 
 func (r *dagRunner) start(i int) {
 	t := r.tasks[i]
-	r.tries[i]++
+	info := r.info
+	if res := r.resume[i]; res != nil {
+		info = *res // a deferral continued: same try
+		r.resume[i] = nil
+	} else {
+		r.tries[i]++
+	}
 	r.st[i] = state.Running
 	r.running++
-	info := r.info
 	info.TaskID = t.ID()
 	info.TryNumber = r.tries[i]
 	w := r.log.forTry(t.ID(), info.TryNumber)
 	try := Try{Task: t, Info: info, Log: w, Outputs: r.outputs,
-		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient, Caller: r.calls.caller(nil)}
+		KillGrace: r.opts.KillGrace, HTTPClient: r.opts.HTTPClient, Now: r.opts.Now, Caller: r.calls.caller(nil)}
 	go func() {
 		begin := time.Now()
 		out := Run(r.ctx, try)
@@ -396,6 +415,8 @@ func (r *dagRunner) handle(ev taskEvent) {
 		}
 	case state.Skipped:
 		r.finish(i, state.Skipped, errText(out.Err))
+	case state.Deferred:
+		r.deferred(i, out.Deferral)
 	default:
 		r.reports[i].Err = errText(out.Err)
 		if !out.Permanent && r.tries[i] <= t.Retries() && r.ctx.Err() == nil {
@@ -412,6 +433,53 @@ func (r *dagRunner) handle(ev taskEvent) {
 		}
 		r.finish(i, state.Failed, errText(out.Err))
 	}
+}
+
+// deferred arranges how task i, whose try deferred with d, continues: at
+// once with the payload of an event of opts.Events (or an approval by
+// opts.Approver), else after a sleep until its next check; a wait that
+// nothing in the run can end fails.
+func (r *dagRunner) deferred(i int, d *Deferral) {
+	t := r.tasks[i]
+	info := r.info
+	info.Resumed, info.DeferredState, info.TriggerTimeout = true, d.State, d.TriggerTimeout
+	r.st[i] = state.Deferred
+	var payload json.RawMessage
+	if p, ok := r.opts.Events[d.Event]; ok && d.Event != "" {
+		payload = p
+	} else if t.Kind() == dag.KindApproval && r.opts.Approver != "" {
+		payload, _ = json.Marshal(Approval{By: r.opts.Approver, At: r.now()})
+	}
+	r.log.line(t.ID(), r.tries[i], "deferred: "+d.String())
+	if payload != nil {
+		info.EventPayload = payload
+		r.resume[i] = &info
+		r.st[i] = state.Scheduled
+		heap.Push(&r.ready, i)
+		return
+	}
+	if d.NextCheckAt.IsZero() {
+		why := "deferred until continued through the API, which `dags test` cannot do"
+		if d.Event != "" {
+			why = fmt.Sprintf("deferred waiting for event %q, which `dags test` did not receive (give it with --event %s=JSON)", d.Event, d.Event)
+		}
+		r.finish(i, state.Failed, why)
+		return
+	}
+	r.resume[i] = &info
+	r.waiting++
+	wait := max(d.NextCheckAt.Sub(r.now()), 0)
+	go func() {
+		err := r.opts.Sleep(r.ctx, wait)
+		r.events <- taskEvent{i: i, retryDue: true, err: err}
+	}()
+}
+
+func (r *dagRunner) now() time.Time {
+	if r.opts.Now != nil {
+		return r.opts.Now()
+	}
+	return time.Now()
 }
 
 // skipUnfollowed marks skipped the direct downstream tasks of branch t

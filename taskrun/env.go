@@ -101,5 +101,5 @@ func tryEnv(info dag.RunInfo) []string {
 			"TRELLIS_DATA_INTERVAL_START="+rfc3339(info.IntervalStart),
 			"TRELLIS_DATA_INTERVAL_END="+rfc3339(info.IntervalEnd))
 	}
-	return env
+	return append(env, waitEnv(info)...)
 }

@@ -63,6 +63,9 @@ type Try struct {
 	// HTTPClient sends the request of an HTTP task; nil means
 	// http.DefaultClient. The task's Timeout applies in any case.
 	HTTPClient *http.Client
+	// Now reads the clock for deferrals (next check, deadlines); nil
+	// means time.Now.
+	Now func() time.Time
 	// Arguments are the JSON arguments of a call of a callable task.
 	Arguments json.RawMessage
 	// Caller records the calls the task makes (dag.Callable.Call) and
@@ -72,8 +75,10 @@ type Try struct {
 
 // Outcome is how a try ended.
 type Outcome struct {
-	// State is success, failed or skipped.
+	// State is success, failed, skipped or deferred.
 	State state.TaskState
+	// Deferral, when State is deferred, is what the task waits for.
+	Deferral *Deferral
 	// Permanent is set for a failure that must not be retried: the task
 	// returned dag.Permanent, or it cannot run at all (no function, a
 	// malformed HTTP request).
@@ -153,9 +158,14 @@ func Run(ctx context.Context, t Try) Outcome {
 	tctx, cancel := taskContext(ctx, t.Task.Timeout())
 	defer cancel()
 
+	now := t.now()
+	if out, ok := waitTimedOut(t, now); ok {
+		logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
+		return out
+	}
 	var out Outcome
 	switch t.Task.Kind() {
-	case dag.KindFunc, dag.KindBranch, dag.KindCallable:
+	case dag.KindFunc, dag.KindBranch, dag.KindCallable, dag.KindResumable, dag.KindSensor, dag.KindApproval:
 		out = runFunc(tctx, t, logw.records(), logger, grace)
 	case dag.KindShell:
 		out = runShell(tctx, t, logw, logger, grace)
@@ -164,7 +174,12 @@ func Run(ctx context.Context, t Try) Outcome {
 	default:
 		out = failed(fmt.Errorf("task %q has unknown kind %q", t.Task.ID(), t.Task.Kind()), true)
 	}
+	if out.State == state.Deferred {
+		out.Deferral = deferral(t, out.Deferral, now)
+	}
 	switch {
+	case out.State == state.Deferred:
+		logger.Info("task deferred", "wait", out.Deferral.String())
 	case out.State == state.Success:
 		logger.Info("task succeeded")
 	case out.State == state.Skipped:
@@ -214,7 +229,10 @@ type funcResult struct {
 func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
 	task := t.Task
 	fn, branch, call := task.Fn(), task.BranchFn(), task.CallFn()
-	if (task.Kind() == dag.KindFunc && fn == nil) || (task.Kind() == dag.KindBranch && branch == nil) ||
+	if task.Waits() {
+		fn = waitingFn(task, t.Info)
+	}
+	if (fn == nil && (task.Kind() == dag.KindFunc || task.Waits())) || (task.Kind() == dag.KindBranch && branch == nil) ||
 		(task.Kind() == dag.KindCallable && call == nil) {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
@@ -293,6 +311,10 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 
 // classify maps a task's returned error to an outcome.
 func classify(err error) Outcome {
+	if d, ok := dag.IsDefer(err); ok {
+		return Outcome{State: state.Deferred, Deferral: &Deferral{State: d.State, Event: d.Event,
+			after: d.After, timeout: d.Timeout}}
+	}
 	switch {
 	case err == nil:
 		return Outcome{State: state.Success}

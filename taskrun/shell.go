@@ -40,8 +40,12 @@ const (
 //     never the rest of the worker's environment;
 //   - stdout and stderr share one pipe that is copied into the log as the
 //     command writes (never buffered whole);
-//   - exit 0 is success, 99 skipped, anything else (or death by a signal)
-//     failed;
+//   - exit 0 is success, 99 skipped, 100 (dag.ShellDeferExitCode)
+//     deferred, anything else (or death by a signal) failed; a deferring
+//     command may write a ShellWait as JSON to the file $TRELLIS_DEFER
+//     names (without one it runs again after its PokeInterval); a try
+//     that continues a deferral gets TRELLIS_RESUMED=1,
+//     TRELLIS_DEFERRED_STATE and TRELLIS_EVENT_PAYLOAD;
 //   - TRELLIS_OUTPUT names an empty file; JSON the command writes there
 //     (up to MaxShellOutput bytes) is the output of a successful try,
 //     and invalid JSON fails it. Nothing written means no output;
@@ -61,9 +65,16 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 	outPath := outFile.Name()
 	outFile.Close()
 	defer os.Remove(outPath)
+	deferFile, err := os.CreateTemp("", "trellis-defer-*.json")
+	if err != nil {
+		return failed(fmt.Errorf("shell: create the defer file: %w", err), false)
+	}
+	deferPath := deferFile.Name()
+	deferFile.Close()
+	defer os.Remove(deferPath)
 
 	cmd := exec.Command("/bin/sh", "-c", t.Task.Command())
-	cmd.Env = append(TaskEnv(t, nil, nil), EnvOutput+"="+outPath)
+	cmd.Env = append(TaskEnv(t, nil, nil), EnvOutput+"="+outPath, EnvDefer+"="+deferPath)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -137,6 +148,12 @@ func runShell(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, 
 		return Outcome{State: state.Success, Output: out}
 	case code == ShellSkipExitCode:
 		return Outcome{State: state.Skipped, Err: dag.Skip(fmt.Sprintf("command exited with code %d", code))}
+	case code == dag.ShellDeferExitCode:
+		d, err := readShellWait(deferPath)
+		if err != nil {
+			return failed(err, true)
+		}
+		return Outcome{State: state.Deferred, Deferral: d}
 	case code > 0:
 		return failed(fmt.Errorf("command exited with code %d", code), false)
 	}

@@ -37,12 +37,12 @@ type specRouter struct {
 
 // isExtension reports Trellis's endpoints that Airflow's specification
 // does not have (GET /metrics, GET /api/v1/dags/{id}/graph and /grid, POST
-// /api/v1/dagRuns/purge, POST /api/v1/dags/{id}/calls/{task_id}): only
-// their error bodies are checked.
+// /api/v1/dagRuns/purge, POST /api/v1/events, POST …/continue, POST
+// /api/v1/dags/{id}/calls/{task_id}): only their error bodies are checked.
 func isExtension(path string) bool {
-	return path == "/metrics" || path == "/api/v1/dagRuns/purge" ||
+	return path == "/metrics" || path == "/api/v1/dagRuns/purge" || path == "/api/v1/events" ||
 		(strings.HasPrefix(path, "/api/v1/dags/") && (strings.HasSuffix(path, "/graph") || strings.HasSuffix(path, "/grid") ||
-			strings.Contains(path, "/calls/")))
+			strings.HasSuffix(path, "/continue") || strings.Contains(path, "/calls/")))
 }
 
 // ValidateResponse returns what is wrong with a response of Trellis's API

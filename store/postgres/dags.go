@@ -12,12 +12,12 @@ import (
 )
 
 const dagCols = `dag_id, fingerprint, schedule, description, tags, max_active_runs, max_active_tasks,
-	is_paused, is_active, last_interval_end, next_due_at, updated_at`
+	is_paused, is_active, last_interval_end, next_due_at, updated_at, schedule_event`
 
 func scanDAG(row pgx.Row) (store.DAG, error) {
 	var d store.DAG
 	err := row.Scan(&d.DAGID, &d.Fingerprint, &d.Schedule, &d.Description, &d.Tags, &d.MaxActiveRuns,
-		&d.MaxActiveTasks, &d.Paused, &d.Active, &d.LastIntervalEnd, &d.NextDueAt, &d.UpdatedAt)
+		&d.MaxActiveTasks, &d.Paused, &d.Active, &d.LastIntervalEnd, &d.NextDueAt, &d.UpdatedAt, &d.EventKey)
 	if err != nil {
 		return d, err
 	}
@@ -88,8 +88,10 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 	n := len(specs)
 	ids, fps, scheds, descs, tags := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	mar, mat, ntasks := make([]int32, n), make([]int32, n), make([]int32, n)
+	evs := make([]string, n)
 	params := make([]string, n)
 	for i, sp := range specs {
+		evs[i] = sp.EventKey
 		tg := sp.Tags
 		if tg == nil {
 			tg = []string{}
@@ -110,20 +112,21 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 		newVersions = false
 		_, err := tx.Exec(ctx, `
 			INSERT INTO dags AS d (dag_id, fingerprint, schedule, description, tags, max_active_runs,
-				max_active_tasks, is_active, updated_at)
+				max_active_tasks, is_active, updated_at, schedule_event)
 			SELECT u.id, u.fp, u.sched, u.descr, ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)),
-				u.mar, u.mat, true, $8
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[])
-				AS u(id, fp, sched, descr, tags, mar, mat)
+				u.mar, u.mat, true, $8, u.ev
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $9::text[])
+				AS u(id, fp, sched, descr, tags, mar, mat, ev)
 			ON CONFLICT (dag_id) DO UPDATE SET
 				fingerprint = EXCLUDED.fingerprint, schedule = EXCLUDED.schedule,
 				description = EXCLUDED.description, tags = EXCLUDED.tags,
 				max_active_runs = EXCLUDED.max_active_runs, max_active_tasks = EXCLUDED.max_active_tasks,
-				is_active = true, updated_at = EXCLUDED.updated_at
-			WHERE (d.fingerprint, d.schedule, d.description, d.tags, d.max_active_runs, d.max_active_tasks, d.is_active)
+				is_active = true, updated_at = EXCLUDED.updated_at, schedule_event = EXCLUDED.schedule_event
+			WHERE (d.fingerprint, d.schedule, d.description, d.tags, d.max_active_runs, d.max_active_tasks, d.is_active,
+				d.schedule_event)
 				IS DISTINCT FROM (EXCLUDED.fingerprint, EXCLUDED.schedule, EXCLUDED.description, EXCLUDED.tags,
-				EXCLUDED.max_active_runs, EXCLUDED.max_active_tasks, true)`,
-			ids, fps, scheds, descs, tags, mar, mat, now)
+				EXCLUDED.max_active_runs, EXCLUDED.max_active_tasks, true, EXCLUDED.schedule_event)`,
+			ids, fps, scheds, descs, tags, mar, mat, now, evs)
 		if err != nil {
 			return err
 		}

@@ -14,7 +14,9 @@ import (
 
 // deferSQL records deferred tries, each a compare-and-set on (running, try
 // number): $1 instance, $2 try, $3 waits on its calls, $4 start (NULL:
-// keep the claim time), $5 now, $6 how many of its calls are not final.
+// keep the claim time), $5 now, $6 how many of its calls are not final,
+// $7..$10 its event key, next check, deadline and saved state (NULL:
+// none).
 // The try keeps its number and its worker (which may keep it parked); a
 // deferral on calls with none left unfinished is queued at once, its try
 // number lowered by one so that the claim resuming it gives it back.
@@ -25,15 +27,37 @@ const deferSQL = `
 			queued_at = CASE WHEN u.calls AND u.waits = 0 THEN $5 ELSE t.queued_at END,
 			waiting_on = CASE WHEN u.calls THEN u.waits ELSE t.waiting_on END,
 			started_at = coalesce(u.started_at, t.started_at),
-			heartbeat_at = $5
-		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[], $6::int[]) AS u(id, try, calls, started_at, waits)
+			heartbeat_at = $5,
+			wait_event = u.event, next_check_at = u.next_check, trigger_timeout = u.deadline,
+			deferred_state = u.saved::jsonb, event_payload = NULL
+		FROM unnest($1::bigint[], $2::int[], $3::bool[], $4::timestamptz[], $6::int[], $7::text[], $8::timestamptz[],
+			$9::timestamptz[], $10::text[]) AS u(id, try, calls, started_at, waits, event, next_check, deadline, saved)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state = 'running'
 		RETURNING t.id, t.state`
+
+// eventBeforeWaitSQL queues at once the instances $1, deferred in this
+// transaction, that wait on an event that is kept ($2 now) and newer than
+// the last they consumed: the event arrived before the wait was recorded.
+// (No state test: the ids are deferred, and one would let the planner
+// walk the partial index of every deferred instance.)
+const eventBeforeWaitSQL = `
+		WITH m AS (
+			SELECT t.id, e.id AS event_id, e.payload FROM unnest($1::bigint[]) AS u(id)
+			JOIN task_instances t ON t.id = u.id
+			CROSS JOIN LATERAL (SELECT id, payload FROM events e
+				WHERE e.key = t.wait_event AND e.id > t.last_event_id AND e.expires_at > $2
+				ORDER BY e.id LIMIT 1) e
+		)
+		UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, queued_at = $2,
+			resumed = true, event_payload = m.payload, last_event_id = m.event_id, next_check_at = NULL, wait_event = NULL
+		FROM m WHERE t.id = m.id
+		RETURNING t.id`
 
 // requeueDeferredSQL queues deferred instances again ($1 ids, $2 now),
 // their try number lowered by one (the claim gives it back).
 const requeueDeferredSQL = `
-		UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = $2
+		UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = $2,
+			resumed = true, next_check_at = NULL, wait_event = NULL
 		WHERE id = ANY($1) AND state = 'deferred'`
 
 // requeueDeferred queues again the deferred instances among ids, inside
@@ -51,6 +75,44 @@ func requeueDeferred(ctx context.Context, tx dbtx, ids []int64, now time.Time) (
 		return n, notify(ctx, tx, store.TopicTasksReady)
 	}
 	return n, nil
+}
+
+// eventKeyLock is the first key of the advisory locks of event keys.
+const eventKeyLock = 7007
+
+// lockEventKeys takes the transaction's advisory locks of event keys, in
+// one order. RecordEvent takes its key's before it looks for waiters, and
+// a deferral after it is written and before it looks for kept events, so
+// whichever commits second sees the other: an event that races a
+// deferral on its key is never lost.
+func lockEventKeys(ctx context.Context, tx dbtx, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, h) FROM (
+		SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS x`, eventKeyLock, keys)
+	return err
+}
+
+// eventsBeforeWait queues the instances among ids just deferred on a kept
+// event (eventBeforeWaitSQL), marking them queued in got.
+func eventsBeforeWait(ctx context.Context, tx dbtx, ids []int64, now time.Time, got map[int64]state.TaskState) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, eventBeforeWaitSQL, ids, now)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		got[id] = state.Queued
+	}
+	return rows.Err()
 }
 
 // ResumeDeferred queues again the deferred instances among ids.
@@ -105,11 +167,28 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	slices.SortFunc(defIdx, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
 	n := len(defIdx)
 	ids, tries, calls, started := make([]int64, n), make([]int32, n), make([]bool, n), make([]*time.Time, n)
+	events, saved := make([]*string, n), make([]*string, n)
+	checks, deadlines := make([]*time.Time, n), make([]*time.Time, n)
+	timed, onEvents := false, false
 	for k, i := range defIdx {
 		r := results[i]
 		ids[k], tries[k], calls[k] = r.ID, int32(r.TryNumber), r.Deferral.Calls
 		if !r.StartedAt.IsZero() {
 			started[k] = &results[i].StartedAt
+		}
+		d := &results[i].Deferral
+		if d.Event != "" {
+			events[k], onEvents = &d.Event, true
+		}
+		if d.State != nil {
+			v := string(d.State)
+			saved[k] = &v
+		}
+		if !d.NextCheckAt.IsZero() {
+			checks[k], timed = &d.NextCheckAt, true
+		}
+		if !d.TriggerTimeout.IsZero() {
+			deadlines[k] = &d.TriggerTimeout
 		}
 	}
 	var onCalls []int64
@@ -126,7 +205,7 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	for k, id := range ids {
 		waits[k] = int32(counts[id])
 	}
-	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now, waits)
+	rows, err := tx.Query(ctx, deferSQL, ids, tries, calls, started, now, waits, events, checks, deadlines, saved)
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +222,32 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if onEvents {
+		var waiting []int64
+		for k, id := range ids {
+			if events[k] != nil && got[id] == state.Deferred {
+				waiting = append(waiting, id)
+			}
+		}
+		var keys []string
+		for k, id := range ids {
+			if events[k] != nil && got[id] == state.Deferred {
+				keys = append(keys, *events[k])
+			}
+		}
+		if err := lockEventKeys(ctx, tx, keys); err != nil {
+			return nil, err
+		}
+		if err := eventsBeforeWait(ctx, tx, waiting, now, got); err != nil {
+			return nil, err
+		}
+	}
+	if timed {
+		// The scheduler arms its timer on the earliest next check.
+		if err := notify(ctx, tx, store.TopicRunsChanged); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]store.FinishOutcome, len(results))
 	var (

@@ -86,14 +86,16 @@ func TestHotPlans(t *testing.T) {
 	br.Kind = dag.KindBranch
 	cleanup := task("cleanup", "x", "y")
 	cleanup.TriggerRule = dag.AllDone
+	waits := store.DAGSpec{DAGID: "waits", Fingerprint: "w1", MaxActiveRuns: 4,
+		Tasks: []store.TaskSpec{task("p"), task("q")}}
 	sp := store.DAGSpec{DAGID: "hot", Fingerprint: "f1", MaxActiveRuns: 4, Tasks: []store.TaskSpec{
 		task("a"), br, task("x", "br"), task("y", "br"), cleanup, task("z", "a"), task("w", "z")}}
 	capped := store.DAGSpec{DAGID: "capped", Fingerprint: "c1", MaxActiveRuns: 4, MaxActiveTasks: 1,
 		Tasks: []store.TaskSpec{task("c1"), task("c2")}}
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp, capped}); err != nil {
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp, capped, waits}); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []store.DAGSpec{sp, capped} {
+	for _, d := range []store.DAGSpec{sp, capped, waits} {
 		if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: d.DAGID, RunID: "r", RunType: store.RunManual,
 			LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: d.Fingerprint, QueuedAt: t0}); err != nil {
 			t.Fatal(err)
@@ -121,9 +123,39 @@ func TestHotPlans(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cs, err := s.ClaimTasks(ctx, w, 10, t0)
+	// Deferrals: on an event (one kept already continues it at once), on
+	// time; the event, the due sweep and the continue call.
+	_, err = s.RecordEvent(ctx, store.NewEvent{Key: "early", At: t0})
+	must(err)
+	cs, err := s.ClaimTasks(ctx, w, 20, t0)
 	must(err)
 	got := by(cs)
+	first := got
+	dp, dq := res(got["p"], state.Deferred), res(got["q"], state.Deferred)
+	dp.Output, dq.Output = nil, nil
+	dp.Deferral = store.Deferral{Event: "k", State: json.RawMessage(`{"s":1}`)}
+	dq.Deferral = store.Deferral{Event: "early", NextCheckAt: t0}
+	_, err = s.FinishTasks(ctx, []store.Result{dp, dq})
+	must(err)
+	_, err = s.RecordEvent(ctx, store.NewEvent{Key: "k", At: t0, Payload: json.RawMessage(`1`)})
+	must(err)
+	cs, err = s.ClaimTasks(ctx, w, 2, t0)
+	must(err)
+	if len(cs) != 2 {
+		t.Fatalf("resumed %d, want p and q", len(cs))
+	}
+	got = by(cs)
+	dp, dq = res(got["p"], state.Deferred), res(got["q"], state.Deferred)
+	dp.Output, dq.Output = nil, nil
+	dq.Deferral = store.Deferral{NextCheckAt: t0}
+	_, err = s.FinishTasks(ctx, []store.Result{dp, dq})
+	must(err)
+	_, err = s.ContinueDeferred(ctx, "waits", "r", "p", json.RawMessage(`2`), t0)
+	must(err)
+	_, err = s.RequeueRetries(ctx, t0)
+	must(err)
+
+	got = first
 	must(s.AppendLog(ctx, store.Try{ID: got["a"].ID, TryNumber: 1}, []byte("early\n")))
 	_, cs, err = s.FinishAndClaim(ctx, []store.Result{res(got["a"], state.Success), res(got["c1"], state.Failed)}, w, 10, t0)
 	must(err)
@@ -136,6 +168,8 @@ func TestHotPlans(t *testing.T) {
 	_, err = s.FinishTasks(ctx, []store.Result{res(got["x"], state.Failed)})
 	must(err)
 	_, err = s.RequeueRetries(ctx, t0.Add(time.Hour))
+	must(err)
+	_, _, err = s.NextRetryAt(ctx)
 	must(err)
 	cs, err = s.ClaimTasks(ctx, w, 10, t0)
 	must(err)
@@ -232,7 +266,9 @@ var (
 // boundedIndexes are partial indexes that hold only rows in a transient
 // state (running, up for retry): reading one whole is bounded by the work
 // in progress, not by the history.
-var boundedIndexes = map[string]bool{"task_instances_retry": true}
+var boundedIndexes = map[string]bool{"task_instances_retry": true,
+	// Deferred instances only; NextRetryAt reads its first entry (min).
+	"task_instances_deferred_due": true}
 
 // unboundedScans lists the scan nodes of plan (EXPLAIN lines) that read a
 // table of bigTables without an index condition binding the index's

@@ -90,7 +90,25 @@ func (s *Store) CreateRun(ctx context.Context, nr store.NewRun) (store.Run, bool
 	var run store.Run
 	var created bool
 	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
-		created = false
+		var err error
+		run, created, err = s.createRunTx(ctx, tx, nr, conf, queued)
+		if err != nil || !created {
+			return err
+		}
+		return notify(ctx, tx, store.TopicRunsChanged)
+	})
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	return run, created, nil
+}
+
+// createRunTx is CreateRun inside tx, with conf checked and queued set;
+// it does not notify.
+func (s *Store) createRunTx(ctx context.Context, tx pgx.Tx, nr store.NewRun, conf []byte, queued time.Time) (store.Run, bool, error) {
+	var run store.Run
+	existing := false
+	err := func() error {
 		var versionID int64
 		var nTasks int
 		err := tx.QueryRow(ctx, "SELECT id, n_tasks FROM dag_versions WHERE dag_id = $1 AND fingerprint = $2",
@@ -111,6 +129,7 @@ func (s *Store) CreateRun(ctx context.Context, nr store.NewRun) (store.Run, bool
 			nr.DAGID, nr.RunID, string(nr.RunType), nr.LogicalDate, nr.IntervalStart, nr.IntervalEnd,
 			conf, versionID, nr.Fingerprint, nr.Note, queued, nTasks))
 		if errors.Is(err, pgx.ErrNoRows) {
+			existing = true
 			return s.existingRun(ctx, tx, nr, &run)
 		}
 		if err != nil {
@@ -133,16 +152,12 @@ func (s *Store) CreateRun(ctx context.Context, nr store.NewRun) (store.Run, bool
 		if err := limitInstances(ctx, tx, []int64{run.ID}, nr.RunType != store.RunScheduled, s.log); err != nil {
 			return err
 		}
-		if err := s.fault(FaultCreateRunInserted); err != nil {
-			return err
-		}
-		created = true
-		return notify(ctx, tx, store.TopicRunsChanged)
-	})
+		return s.fault(FaultCreateRunInserted)
+	}()
 	if err != nil {
 		return store.Run{}, false, err
 	}
-	return run, created, nil
+	return run, run.ID != 0 && !existing, nil
 }
 
 // existingRun resolves a CreateRun that hit a unique key.

@@ -254,7 +254,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 				worker_id = CASE WHEN o.running THEN t.worker_id ELSE '' END,
 				hostname = CASE WHEN o.running THEN t.hostname ELSE '' END,
 				pid = CASE WHEN o.running THEN t.pid ELSE 0 END,
-				output = NULL, error = ''
+				output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL, wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL
 			FROM (SELECT id, state, state IN ('running', 'restarting') AS running FROM task_instances
 				WHERE run_id = $1 AND call_key = '' AND task_id = ANY($2)) AS o
 			WHERE t.id = o.id

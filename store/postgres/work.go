@@ -21,14 +21,14 @@ import (
 // joined with dag_runs r.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error, t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments,
-	coalesce(t.parent_ti_id, 0), t.waiting_on`
+	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
+	t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
 	return []any{&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &ti.State, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &ti.TriggerRule, &ti.QueuedAt, &ti.StartedAt, &ti.EndedAt, &ti.NextRetryAt, &ti.WorkerID,
-		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex,
-		&ti.Arguments, &ti.CallerID, &ti.WaitingOn}
+		&ti.Hostname, &ti.PID, &ti.HeartbeatAt, output, &ti.Error, &ti.NextCheckAt, &ti.WaitEvent, &ti.TriggerTimeout,
+		&ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex, &ti.Arguments, &ti.CallerID, &ti.WaitingOn}
 }
 
 func fixTI(ti *store.TaskInstance, output []byte) {
@@ -41,6 +41,7 @@ func fixTI(ti *store.TaskInstance, output []byte) {
 	}
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = utcp(ti.QueuedAt), utcp(ti.StartedAt), utcp(ti.EndedAt)
 	ti.NextRetryAt, ti.HeartbeatAt = utcp(ti.NextRetryAt), utcp(ti.HeartbeatAt)
+	ti.NextCheckAt, ti.TriggerTimeout = utcp(ti.NextCheckAt), utcp(ti.TriggerTimeout)
 }
 
 func scanTI(row pgx.Row) (store.TaskInstance, error) {
@@ -93,7 +94,8 @@ func claimSelect(ctes, update string) string {
 				SELECT concurrency_key, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL) y GROUP BY key) x
 			WHERE k.key = x.key)
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
-			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns
+			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns,
+			t.resumed, t.deferred_state, t.event_payload
 		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`
 }
 
@@ -507,9 +509,10 @@ func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
 	confs := map[int64]json.RawMessage{}
 	for rows.Next() {
 		var c store.Claimed
-		var output, conf []byte
+		var output, conf, saved, payload []byte
 		var timeout int64
-		dest := append(tiDest(&c.TaskInstance, &output), &c.LogicalDate, &c.IntervalStart, &c.IntervalEnd, &conf, &timeout)
+		dest := append(tiDest(&c.TaskInstance, &output), &c.LogicalDate, &c.IntervalStart, &c.IntervalEnd, &conf, &timeout,
+			&c.Resumed, &saved, &payload)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
@@ -519,6 +522,12 @@ func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
 			confs[c.RunID] = json.RawMessage(conf)
 		}
 		c.Timeout = time.Duration(timeout)
+		if saved != nil {
+			c.DeferredState = json.RawMessage(saved)
+		}
+		if payload != nil {
+			c.EventPayload = json.RawMessage(payload)
+		}
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
@@ -1081,7 +1090,7 @@ var recordedFinalStates = []string{string(state.Success), string(state.Failed), 
 func resetRestarting(ctx context.Context, tx pgx.Tx, ids []int64) error {
 	_, err := tx.Exec(ctx, `UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 			ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
-			output = NULL, error = ''
+			output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL, wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL
 		WHERE id = ANY($1) AND state = 'restarting'`, ids)
 	return err
 }
@@ -1211,13 +1220,52 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 		}
 		return nil
 	})
+	if err != nil {
+		return n, err
+	}
+	for {
+		m, err := s.requeueDueDeferred(ctx, now)
+		n += m
+		if err != nil || m < store.DeferredBatch {
+			return n, err
+		}
+	}
+}
+
+// requeueDueDeferred queues up to store.DeferredBatch deferred instances
+// whose next check is due, in one transaction. Rows another transaction
+// holds are skipped, and the compare-and-set on the deferred state makes
+// a second scheduler find nothing to do for those it queued.
+func (s *Store) requeueDueDeferred(ctx context.Context, now time.Time) (int, error) {
+	var n int
+	err := s.inTx(ctx, "requeue due deferred tasks", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+			WITH due AS MATERIALIZED (
+				SELECT id FROM task_instances WHERE state = 'deferred' AND next_check_at <= $1
+				ORDER BY next_check_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED
+			)
+			UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, queued_at = $1,
+				resumed = true, next_check_at = NULL, wait_event = NULL
+			FROM due WHERE t.id = due.id`, now, store.DeferredBatch)
+		if err != nil {
+			return err
+		}
+		n = int(tag.RowsAffected())
+		if n > 0 {
+			return notify(ctx, tx, store.TopicTasksReady)
+		}
+		return nil
+	})
 	return n, err
 }
 
-// NextRetryAt returns the earliest pending retry time.
+// NextRetryAt returns the earliest pending retry time or next check of a
+// deferred instance.
 func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	var t *time.Time
-	if err := s.pool.QueryRow(ctx, "SELECT min(next_retry_at) FROM task_instances WHERE next_retry_at IS NOT NULL AND state = 'up_for_retry'").Scan(&t); err != nil {
+	if err := s.pool.QueryRow(ctx, `SELECT least(
+			(SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'),
+			(SELECT min(next_check_at) FROM task_instances WHERE state = 'deferred' AND next_check_at IS NOT NULL))`).Scan(&t); err != nil {
 		return time.Time{}, false, mapErr("next retry time", err)
 	}
 	if t == nil {

@@ -21,7 +21,8 @@ const claimSet = `UPDATE task_instances SET state = 'running', try_number = try_
 	output = NULL, error = ''`
 
 const claimReturning = ` RETURNING id, run_id, dag_id, task_id, try_number, max_tries, priority, trigger_rule,
-	queued_at, timeout_ns, pool, pool_slots, coalesce(concurrency_key, ''), limited, map_index, arguments,
+	queued_at, timeout_ns, resumed, deferred_state, event_payload, trigger_timeout, pool, pool_slots,
+	coalesce(concurrency_key, ''), limited, map_index, arguments,
 	coalesce(parent_ti_id, 0)`
 
 // claimFast picks the best queued instances; used when no DAG with a
@@ -94,8 +95,11 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 			limited bool
 			args    sql.NullString
 		)
+		var saved, payload sql.NullString
+		var deadline sql.NullInt64
 		if err := rows.Scan(&c.ID, &c.RunID, &c.DAGID, &c.TaskID, &c.TryNumber, &c.MaxTries, &c.Priority,
-			&rule, &queued, &timeout, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey, &limited, &c.MapIndex, &args, &c.CallerID); err != nil {
+			&rule, &queued, &timeout, &c.Resumed, &saved, &payload, &deadline, &c.Pool, &c.PoolSlots, &c.ConcurrencyKey,
+			&limited, &c.MapIndex, &args, &c.CallerID); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -107,6 +111,7 @@ func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, 
 		c.StartedAt, c.HeartbeatAt = &t, &t
 		c.WorkerID, c.Hostname, c.PID = wk.ID, wk.Hostname, wk.PID
 		c.Timeout = time.Duration(timeout)
+		c.DeferredState, c.EventPayload, c.TriggerTimeout = rawJSON(saved), rawJSON(payload), ptrUS(deadline)
 		out = append(out, c)
 		if limited {
 			limitedIDs = append(limitedIDs, c.ID)
@@ -319,7 +324,8 @@ func (s *Store) ResumeDeferred(ctx context.Context, ids []int64, now time.Time) 
 // try number lowered by one (the claim resuming them gives it back), and
 // wakes the workers when it queued any.
 func requeueDeferred(w *txn, ids []int64, now time.Time) (int, error) {
-	res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = ?
+	res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1, queued_at = ?,
+			resumed = 1, next_check_at = NULL, wait_event = NULL
 		WHERE state = 'deferred' AND id IN (SELECT value FROM json_each(?))`, us(now), idList(ids))
 	if err != nil {
 		return 0, err
@@ -346,13 +352,40 @@ func (s *Store) RequeueRetries(ctx context.Context, now time.Time) (int, error) 
 		}
 		return nil
 	})
-	return int(n), err
+	if err != nil {
+		return int(n), err
+	}
+	for {
+		var m int64
+		err := s.write(ctx, "requeue due deferred tasks", func(w *txn) error {
+			res, err := w.exec(`UPDATE task_instances SET state = 'queued', try_number = try_number - 1,
+					queued_at = ?1, resumed = 1, next_check_at = NULL, wait_event = NULL
+				WHERE id IN (SELECT id FROM task_instances WHERE state = 'deferred' AND next_check_at <= ?1
+					ORDER BY next_check_at LIMIT ?2)`, us(now), store.DeferredBatch)
+			if err != nil {
+				return err
+			}
+			m, _ = res.RowsAffected()
+			if m > 0 {
+				w.wake(store.TopicTasksReady)
+			}
+			return nil
+		})
+		n += m
+		if err != nil || m < store.DeferredBatch {
+			return int(n), err
+		}
+	}
 }
 
-// NextRetryAt returns the earliest pending retry time.
+// NextRetryAt returns the earliest pending retry time or next check of a
+// deferred instance.
 func (s *Store) NextRetryAt(ctx context.Context) (time.Time, bool, error) {
 	var t sql.NullInt64
-	if err := s.rdb.QueryRowContext(ctx, `SELECT min(next_retry_at) FROM task_instances WHERE state = 'up_for_retry'`).Scan(&t); err != nil {
+	if err := s.rdb.QueryRowContext(ctx, `SELECT min(x) FROM (
+			SELECT min(next_retry_at) AS x FROM task_instances WHERE state = 'up_for_retry'
+			UNION ALL
+			SELECT min(next_check_at) FROM task_instances WHERE state = 'deferred' AND next_check_at IS NOT NULL)`).Scan(&t); err != nil {
 		return time.Time{}, false, fmt.Errorf("next retry: %w", mapErr(err))
 	}
 	if !t.Valid {

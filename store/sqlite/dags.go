@@ -24,7 +24,7 @@ type querier interface {
 type scanner interface{ Scan(dest ...any) error }
 
 const dagCols = `dag_id, fingerprint, schedule, description, tags, max_active_runs, max_active_tasks,
-	is_paused, is_active, last_interval_end, next_due_at, updated_at`
+	is_paused, is_active, last_interval_end, next_due_at, updated_at, schedule_event`
 
 func scanDAG(sc scanner) (store.DAG, error) {
 	var (
@@ -35,7 +35,7 @@ func scanDAG(sc scanner) (store.DAG, error) {
 		updated        int64
 	)
 	if err := sc.Scan(&d.DAGID, &d.Fingerprint, &d.Schedule, &d.Description, &tags, &d.MaxActiveRuns,
-		&d.MaxActiveTasks, &paused, &active, &last, &next, &updated); err != nil {
+		&d.MaxActiveTasks, &paused, &active, &last, &next, &updated, &d.EventKey); err != nil {
 		return store.DAG{}, err
 	}
 	if err := json.Unmarshal([]byte(tags), &d.Tags); err != nil {
@@ -169,18 +169,19 @@ func (s *Store) SyncDAGs(ctx context.Context, specs []store.DAGSpec) error {
 				return fmt.Errorf("dag %q: encode tags: %w", sp.DAGID, err)
 			}
 			if _, err := w.exec(`INSERT INTO dags (dag_id, fingerprint, schedule, description, tags,
-					max_active_runs, max_active_tasks, is_paused, is_active, updated_at)
-				VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1, ?)
+					max_active_runs, max_active_tasks, is_paused, is_active, updated_at, schedule_event)
+				VALUES (?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?)
 				ON CONFLICT (dag_id) DO UPDATE SET fingerprint = excluded.fingerprint,
 					schedule = excluded.schedule, description = excluded.description, tags = excluded.tags,
 					max_active_runs = excluded.max_active_runs, max_active_tasks = excluded.max_active_tasks,
-					is_active = 1, updated_at = excluded.updated_at
+					is_active = 1, updated_at = excluded.updated_at, schedule_event = excluded.schedule_event
 				WHERE dags.fingerprint IS NOT excluded.fingerprint OR dags.schedule IS NOT excluded.schedule
 					OR dags.description IS NOT excluded.description OR dags.tags IS NOT excluded.tags
 					OR dags.max_active_runs IS NOT excluded.max_active_runs
-					OR dags.max_active_tasks IS NOT excluded.max_active_tasks OR NOT dags.is_active`,
+					OR dags.max_active_tasks IS NOT excluded.max_active_tasks OR NOT dags.is_active
+					OR dags.schedule_event IS NOT excluded.schedule_event`,
 				sp.DAGID, sp.Fingerprint, sp.Schedule, sp.Description, string(tagsJSON),
-				sp.MaxActiveRuns, sp.MaxActiveTasks, now); err != nil {
+				sp.MaxActiveRuns, sp.MaxActiveTasks, now, sp.EventKey); err != nil {
 				return fmt.Errorf("dag %q: %w", sp.DAGID, err)
 			}
 			params := "{}"

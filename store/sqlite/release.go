@@ -389,7 +389,7 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	if a.state == state.Restarting {
 		if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 				ended_at = NULL, heartbeat_at = NULL, next_retry_at = NULL, worker_id = '', hostname = '', pid = 0,
-				output = NULL, error = '' WHERE id = ?`, r.ID); err != nil {
+				output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL, wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL WHERE id = ?`, r.ID); err != nil {
 			return out, nil, fmt.Errorf("finish restarting task instance #%d: %w", r.ID, err)
 		}
 		out.Applied, out.State = true, state.None
@@ -524,12 +524,25 @@ func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]
 // with none left unfinished is queued at once, its try number lowered by
 // one so that the claim resuming it gives it back.
 func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.FinishOutcome, *pendingRelease, error) {
-	var started any
+	var started, event, saved, check, deadline any
 	if !r.StartedAt.IsZero() {
 		started = us(r.StartedAt)
 	}
+	d := r.Deferral
+	if d.Event != "" {
+		event = d.Event
+	}
+	if d.State != nil {
+		saved = string(d.State)
+	}
+	if !d.NextCheckAt.IsZero() {
+		check = us(d.NextCheckAt)
+	}
+	if !d.TriggerTimeout.IsZero() {
+		deadline = us(d.TriggerTimeout)
+	}
 	waits := 0
-	if r.Deferral.Calls {
+	if d.Calls {
 		var err error
 		if waits, err = e.waitingOn(r.ID); err != nil {
 			return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
@@ -541,10 +554,27 @@ func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.Finish
 			try_number = CASE WHEN ?1 AND ?5 = 0 THEN try_number - 1 ELSE try_number END,
 			queued_at = CASE WHEN ?1 AND ?5 = 0 THEN ?2 ELSE queued_at END,
 			waiting_on = CASE WHEN ?1 THEN ?5 ELSE waiting_on END,
-			started_at = coalesce(?3, started_at), heartbeat_at = ?2
-		WHERE id = ?4 RETURNING state`, r.Deferral.Calls, us(e.now), started, r.ID, waits).Scan(&next)
+			started_at = coalesce(?3, started_at), heartbeat_at = ?2,
+			wait_event = ?6, next_check_at = ?7, trigger_timeout = ?8, deferred_state = ?9, event_payload = NULL
+		WHERE id = ?4 RETURNING state`, d.Calls, us(e.now), started, r.ID, waits, event, check, deadline, saved).Scan(&next)
 	if err != nil {
 		return out, nil, fmt.Errorf("defer task instance #%d: %w", r.ID, err)
+	}
+	if next == string(state.Deferred) && d.Event != "" {
+		// An event that arrived before the wait was recorded.
+		err := e.w.queryRow(`UPDATE task_instances AS t SET state = 'queued', try_number = try_number - 1,
+				queued_at = ?2, resumed = 1, next_check_at = NULL, wait_event = NULL, (event_payload, last_event_id) = (
+					SELECT payload, id FROM events e WHERE e.key = t.wait_event AND e.id > t.last_event_id
+						AND e.expires_at > ?2 ORDER BY e.id LIMIT 1)
+			WHERE id = ?1 AND EXISTS (SELECT 1 FROM events e WHERE e.key = t.wait_event AND e.id > t.last_event_id
+				AND e.expires_at > ?2)
+			RETURNING state`, r.ID, us(e.now)).Scan(&next)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return out, nil, fmt.Errorf("continue task instance #%d with a kept event: %w", r.ID, err)
+		}
+	}
+	if !d.NextCheckAt.IsZero() && next == string(state.Deferred) {
+		e.w.wake(store.TopicRunsChanged) // the scheduler arms its timer on the earliest next check
 	}
 	out.Applied, out.State = true, state.TaskState(next)
 	if out.State == state.Queued {

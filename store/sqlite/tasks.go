@@ -17,8 +17,9 @@ import (
 
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
-	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.pool, ti.pool_slots, coalesce(ti.concurrency_key, ''),
-	ti.map_index, ti.arguments, coalesce(ti.parent_ti_id, 0), ti.waiting_on`
+	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
+	ti.trigger_timeout, ti.pool, ti.pool_slots, coalesce(ti.concurrency_key, ''), ti.map_index, ti.arguments,
+	coalesce(ti.parent_ti_id, 0), ti.waiting_on`
 
 const tiFrom = ` FROM task_instances ti JOIN dag_runs r ON r.id = ti.run_id`
 
@@ -27,11 +28,13 @@ func scanTI(sc scanner) (store.TaskInstance, error) {
 		ti                                   store.TaskInstance
 		st, rule                             string
 		queued, started, ended, retry, hbeat sql.NullInt64
+		check, deadline                      sql.NullInt64
 		output, args                         sql.NullString
 	)
 	if err := sc.Scan(&ti.ID, &ti.RunID, &ti.DAGID, &ti.DAGRunID, &ti.TaskID, &st, &ti.TryNumber, &ti.MaxTries,
 		&ti.Priority, &rule, &queued, &started, &ended, &retry, &ti.WorkerID, &ti.Hostname, &ti.PID, &hbeat,
-		&output, &ti.Error, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex, &args, &ti.CallerID, &ti.WaitingOn); err != nil {
+		&output, &ti.Error, &check, &ti.WaitEvent, &deadline, &ti.Pool, &ti.PoolSlots, &ti.ConcurrencyKey, &ti.MapIndex,
+		&args, &ti.CallerID, &ti.WaitingOn); err != nil {
 		return store.TaskInstance{}, err
 	}
 	ti.Arguments = rawJSON(args)
@@ -40,6 +43,7 @@ func scanTI(sc scanner) (store.TaskInstance, error) {
 	ti.QueuedAt, ti.StartedAt, ti.EndedAt = ptrUS(queued), ptrUS(started), ptrUS(ended)
 	ti.NextRetryAt, ti.HeartbeatAt = ptrUS(retry), ptrUS(hbeat)
 	ti.Output = rawJSON(output)
+	ti.NextCheckAt, ti.TriggerTimeout = ptrUS(check), ptrUS(deadline)
 	return ti, nil
 }
 
@@ -265,7 +269,7 @@ func (e *engine) clear(ri *runInfo, taskIDs []string) ([]int64, error) {
 		} else {
 			if _, err := e.w.exec(`UPDATE task_instances SET state = 'none', queued_at = NULL, started_at = NULL,
 					ended_at = NULL, next_retry_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '',
-					pid = 0, output = NULL, error = '', max_tries = try_number + retries + 1
+					pid = 0, output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL, wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL, max_tries = try_number + retries + 1
 				WHERE id = ?`, ti.id); err != nil {
 				return nil, fmt.Errorf("clear %q: %w", id, err)
 			}

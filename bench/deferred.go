@@ -1,0 +1,331 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/scheduler"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// DAG ids and parameters of the deferred scenario.
+const (
+	SensorsDAGID = IDPrefix + "sensors"
+	ResumeDAGID  = IDPrefix + "resume"
+	// SensorReleaseParam is the conf key of the file whose existence
+	// makes the bench_sensors sensors answer true.
+	SensorReleaseParam = "release_file"
+	// SensorPoke is the poke interval of the bench_sensors sensors.
+	SensorPoke = time.Second
+)
+
+// Metrics of the deferred scenario.
+const (
+	MetricDeferAllSeconds   = "defer_all_seconds"
+	MetricCPUCores          = "cpu_cores_while_deferred"
+	MetricRunningMax        = "running_slots_max_while_deferred"
+	MetricDeferredMin       = "deferred_min_while_deferred"
+	MetricEventResumeP50    = "event_resume_p50_ms"
+	MetricEventResumeP99    = "event_resume_p99_ms"
+	MetricEventResumeMax    = "event_resume_max_ms"
+	deferredWindow          = 5 * time.Second
+	deferredQuickWindow     = 2 * time.Second
+	deferredPoll            = 50 * time.Millisecond
+	eventSpacing            = 10 * time.Millisecond
+	MetricSensorsDoneSecond = "sensors_done_seconds"
+	MetricCPUCoresIdle      = "cpu_cores_nothing_due"
+	MetricSlotsIdle         = "slots_used_max_nothing_due"
+	// ResumeTimed is how many events (10 ms apart) the latency is
+	// measured on; the other deferred tasks are released at once after.
+	ResumeTimed = 500
+)
+
+// sensorsDAG is bench_sensors: n sensors poking every second, true once
+// the file named by the run's conf "release_file" exists (at once
+// without one).
+func sensorsDAG(n int) *dag.DAG {
+	d := dag.New(SensorsDAGID, dag.Description("trellis bench: sensors deferred between their pokes"),
+		dag.Params(map[string]any{SensorReleaseParam: ""}))
+	for i := range n {
+		d.Sensor(taskID("s", i, n), func(c *dag.Context) (bool, error) {
+			path, _ := c.Params()[SensorReleaseParam].(string)
+			if path == "" {
+				return true, nil
+			}
+			_, err := os.Stat(path)
+			return err == nil, nil
+		}, dag.PokeInterval(SensorPoke), dag.SensorTimeout(time.Hour))
+	}
+	return d
+}
+
+// resumeDAG is bench_resume: n Resumable tasks, each deferred on its own
+// event (ResumeEventKey).
+func resumeDAG(n int) *dag.DAG {
+	d := dag.New(ResumeDAGID, dag.Description("trellis bench: tasks deferred on events"))
+	for i := range n {
+		d.Resumable(taskID("r", i, n), dag.Steps{
+			Start: func(c *dag.Context) error {
+				return c.Defer(dag.Wait{Event: ResumeEventKey(c.RunID(), c.TaskID())})
+			},
+			Continue: noop,
+		})
+	}
+	return d
+}
+
+// ResumeEventKey is the event that continues task taskID of run runID of
+// bench_resume.
+func ResumeEventKey(runID, taskID string) string { return "bench:" + runID + ":" + taskID }
+
+// deferred: Sizes.Deferred sensors poking every second — the CPU of the
+// whole installation and the slots in use while they cycle —, then
+// Sizes.Resume tasks deferred on events: the CPU and slots while nothing
+// is due, then ResumeTimed of them continued one event every 10 ms (the
+// time from an event's recording to its task's resumed start), the rest
+// at once.
+func (h *harness) deferred(ctx context.Context) error {
+	m := h.rowsFor(ScenarioDeferred)
+	if err := h.sensors(ctx, m); err != nil {
+		return err
+	}
+	if err := h.resume(ctx, m); err != nil {
+		return err
+	}
+	if err := h.stopProfile(); err != nil {
+		return err
+	}
+	h.work, h.workUnit = h.cfg.Sizes.Deferred+h.cfg.Sizes.Resume, "task"
+	h.peak(m)
+	h.keep(m)
+	return nil
+}
+
+// waitPokedOnce waits until every sensor of the run has been poked at
+// least once: none is queued without having started a try.
+func (h *harness) waitPokedOnce(ctx context.Context, runID string, n int) error {
+	for {
+		tis, _, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{SensorsDAGID}, DAGRunIDs: []string{runID},
+			States: []state.TaskState{state.Queued}})
+		if err != nil {
+			return err
+		}
+		fresh := 0
+		for _, ti := range tis {
+			if ti.StartedAt == nil {
+				fresh++
+			}
+		}
+		if fresh == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %d of %d sensors not poked yet: %w", SensorsDAGID, fresh, n, context.Cause(ctx))
+		case <-time.After(deferredPoll * 4):
+		}
+	}
+}
+
+// countIn counts the instances of run runID of dagID in states.
+func (h *harness) countIn(ctx context.Context, dagID, runID string, states ...state.TaskState) (int, error) {
+	_, n, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{dagID}, DAGRunIDs: []string{runID},
+		States: states, Limit: 1})
+	return n, err
+}
+
+// waitCount polls until cond holds for the count of states.
+func (h *harness) waitCount(ctx context.Context, dagID, runID string, cond func(int) bool, states ...state.TaskState) error {
+	for {
+		n, err := h.countIn(ctx, dagID, runID, states...)
+		if err != nil {
+			return err
+		}
+		if cond(n) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %d instances %v: %w", dagID, n, states, context.Cause(ctx))
+		case <-time.After(deferredPoll):
+		}
+	}
+}
+
+func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
+	n := h.cfg.Sizes.Deferred
+	window := deferredWindow
+	if n < 1000 {
+		window = deferredQuickWindow
+	}
+	dir, err := os.MkdirTemp("", "trellis-bench-sensors-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	release := filepath.Join(dir, "release")
+	conf, err := json.Marshal(map[string]string{SensorReleaseParam: release})
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	run, err := h.sched.TriggerRun(ctx, SensorsDAGID, scheduler.TriggerOptions{RunID: "bench", Conf: conf})
+	if err != nil {
+		return err
+	}
+	// Every sensor was queued and poked once: none is left that never
+	// ran (a queued sensor that deferred before keeps its start).
+	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == 0 }, state.None, state.Scheduled); err != nil {
+		return err
+	}
+	if err := h.waitPokedOnce(ctx, run.RunID, n); err != nil {
+		return err
+	}
+	deferAll := time.Since(began)
+	m.seconds(MetricDeferAllSeconds, deferAll)
+	h.progress("%d sensors deferred in %.1f s", n, deferAll.Seconds())
+
+	cpu0, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	maxRunning, minDeferred := 0, n
+	for time.Since(start) < window {
+		r, err := h.countIn(ctx, SensorsDAGID, run.RunID, state.Running)
+		if err != nil {
+			return err
+		}
+		d, err := h.countIn(ctx, SensorsDAGID, run.RunID, state.Deferred)
+		if err != nil {
+			return err
+		}
+		maxRunning, minDeferred = max(maxRunning, r), min(minDeferred, d)
+		time.Sleep(deferredPoll)
+	}
+	cpu1, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	cores := (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
+	m.add(MetricCPUCores, cores, "cores")
+	m.add(MetricRunningMax, float64(maxRunning), "tasks")
+	m.add(MetricDeferredMin, float64(minDeferred), "tasks")
+	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores (this process and its workers), at most %d running, at least %d deferred",
+		window.Seconds(), n, SensorPoke, cores, maxRunning, minDeferred)
+
+	// Released: every sensor succeeds on its next poke.
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		return err
+	}
+	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	done, err := h.waitRun(ctx, sub, SensorsDAGID, run.RunID)
+	if err != nil {
+		return err
+	}
+	if done.State != state.RunSuccess {
+		return fmt.Errorf("run of %s ended %s", SensorsDAGID, done.State)
+	}
+	m.seconds(MetricSensorsDoneSecond, time.Since(began))
+	return nil
+}
+
+func (h *harness) resume(ctx context.Context, m *rowMaker) error {
+	n := h.cfg.Sizes.Resume
+	run, err := h.sched.TriggerRun(ctx, ResumeDAGID, scheduler.TriggerOptions{RunID: "bench"})
+	if err != nil {
+		return err
+	}
+	if err := h.waitCount(ctx, ResumeDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
+		return err
+	}
+	// Nothing is due: what waiting costs.
+	window := deferredWindow
+	if n < 1000 {
+		window = deferredQuickWindow
+	}
+	cpu0, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	maxRunning := 0
+	for time.Since(start) < window {
+		r, err := h.countIn(ctx, ResumeDAGID, run.RunID, state.Running, state.Queued)
+		if err != nil {
+			return err
+		}
+		maxRunning = max(maxRunning, r)
+		time.Sleep(deferredPoll)
+	}
+	cpu1, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	idle := (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
+	m.add(MetricCPUCoresIdle, idle, "cores")
+	m.add(MetricSlotsIdle, float64(maxRunning), "tasks")
+	h.progress("over %.0f s with %d tasks deferred on events: %.4f cores (this process and its workers), at most %d queued or running",
+		window.Seconds(), n, idle, maxRunning)
+
+	timed := min(n, ResumeTimed)
+	received := make(map[string]time.Time, n)
+	for i := range n {
+		task := taskID("r", i, n)
+		res, err := h.st.RecordEvent(ctx, store.NewEvent{Key: ResumeEventKey(run.RunID, task)})
+		if err != nil {
+			return err
+		}
+		if res.Continued != 1 {
+			return fmt.Errorf("event for %s continued %d instances, want 1", task, res.Continued)
+		}
+		received[task] = res.Event.ReceivedAt
+		if i < timed {
+			time.Sleep(eventSpacing)
+		}
+	}
+	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if _, err := h.waitRun(ctx, sub, ResumeDAGID, run.RunID); err != nil {
+		return err
+	}
+	tis, _, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{ResumeDAGID}, DAGRunIDs: []string{run.RunID}})
+	if err != nil {
+		return err
+	}
+	var lat []time.Duration
+	timedIDs := map[string]bool{}
+	for i := range timed {
+		timedIDs[taskID("r", i, n)] = true
+	}
+	for _, ti := range tis {
+		if ti.State != state.Success || ti.StartedAt == nil || ti.TryNumber != 1 {
+			return fmt.Errorf("%s: %s on try %d, want success on try 1", ti.TaskID, ti.State, ti.TryNumber)
+		}
+		if timedIDs[ti.TaskID] {
+			lat = append(lat, ti.StartedAt.Sub(received[ti.TaskID]))
+		}
+	}
+	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+	d := Summarize(lat)
+	m.millis(MetricEventResumeP50, d.P50)
+	m.millis(MetricEventResumeP99, d.P99)
+	m.millis(MetricEventResumeMax, d.Max)
+	h.progress("%d events %v apart, each resuming its task: p50 %.1f ms, p99 %.1f ms", timed, eventSpacing,
+		float64(d.P50)/float64(time.Millisecond), float64(d.P99)/float64(time.Millisecond))
+	return nil
+}
