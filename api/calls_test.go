@@ -82,3 +82,57 @@ func TestCallsAPI(t *testing.T) {
 		}
 	})
 }
+
+// TestGridCalls: a run's call instances of a callable are one grid cell
+// with their count, how many are in each state and the summary state;
+// the static task's row carries no calls.
+func TestGridCalls(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		e := callsEnv(t, backend)
+		runID := str(e.ok(http.StatusAccepted, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"arguments": 2}), "dag_run_id")
+		for _, n := range []int{3, 4} {
+			e.ok(http.StatusAccepted, "POST", "/api/v1/dags/calls/calls/sq", map[string]any{"arguments": n, "dag_run_id": runID})
+		}
+		type row struct {
+			TaskID     string           `json:"task_id"`
+			States     []*string        `json:"states"`
+			Calls      []int            `json:"calls"`
+			CallStates []map[string]int `json:"call_states"`
+		}
+		grid := func(path string) map[string]row {
+			t.Helper()
+			var g struct {
+				Runs []struct {
+					DAGRunID string `json:"dag_run_id"`
+				} `json:"runs"`
+				Tasks []row `json:"tasks"`
+			}
+			r := e.do("GET", path, nil)
+			if err := json.Unmarshal(r.body, &g); err != nil || r.status != http.StatusOK {
+				t.Fatalf("grid: %d %v %s", r.status, err, r.body)
+			}
+			if len(g.Runs) != 1 || g.Runs[0].DAGRunID != runID {
+				t.Fatalf("grid runs %+v, want %s", g.Runs, runID)
+			}
+			rows := map[string]row{}
+			for _, x := range g.Tasks {
+				rows[x.TaskID] = x
+			}
+			return rows
+		}
+		rows := grid("/api/v1/dags/calls/grid?limit=5")
+		sq := rows["sq"]
+		if len(sq.Calls) != 1 || sq.Calls[0] != 3 || sq.CallStates[0]["queued"] != 3 || len(sq.CallStates[0]) != 1 ||
+			sq.States[0] == nil || *sq.States[0] != "queued" {
+			t.Errorf("grid row of sq = %+v, want one cell of 3 queued calls", sq)
+		}
+		if noop := rows["noop"]; noop.Calls != nil || noop.CallStates != nil {
+			t.Errorf("grid row of the static task noop has calls: %+v", noop)
+		}
+		e.work(nil)
+		sq = grid("/api/v1/dags/calls/grid?limit=6")["sq"]
+		if len(sq.Calls) != 1 || sq.Calls[0] != 3 || sq.CallStates[0]["success"] != 3 || sq.States[0] == nil || *sq.States[0] != "success" {
+			t.Errorf("grid row of sq after work = %+v, want 3 successful calls", sq)
+		}
+	})
+}

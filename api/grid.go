@@ -51,13 +51,19 @@ type gridRunJSON struct {
 
 // gridRowJSON is one task's instances across the runs: state (null when
 // the run has no instance of the task), try number, and start and end as
-// Unix milliseconds (null when unset).
+// Unix milliseconds (null when unset). A callable's row has its call
+// instances in each run grouped: calls counts them and call_states tells
+// how many are in each state (null when the run made no call); states
+// holds the summary (failed if any failed, running if any runs, …), and
+// tries, start_ms and end_ms the highest try, first start and last end.
 type gridRowJSON struct {
-	TaskID string    `json:"task_id"`
-	States []*string `json:"states"`
-	Tries  []int     `json:"tries"`
-	Start  []*int64  `json:"start_ms"`
-	End    []*int64  `json:"end_ms"`
+	TaskID     string           `json:"task_id"`
+	States     []*string        `json:"states"`
+	Tries      []int            `json:"tries"`
+	Start      []*int64         `json:"start_ms"`
+	End        []*int64         `json:"end_ms"`
+	Calls      []int            `json:"calls,omitempty"`
+	CallStates []map[string]int `json:"call_states,omitempty"`
 }
 
 // getGrid answers GET /api/v1/dags/{dag_id}/grid (a Trellis extension):
@@ -140,6 +146,9 @@ func (a *api) readGrid(ctx context.Context, d *dag.DAG, runs, tasks page) ([]byt
 		n := len(g.Runs)
 		out.Tasks = append(out.Tasks, gridRowJSON{TaskID: id, States: make([]*string, n), Tries: make([]int, n),
 			Start: make([]*int64, n), End: make([]*int64, n)})
+		if t := d.Task(id); t != nil && t.Kind() == dag.KindCallable {
+			out.Tasks[i].Calls, out.Tasks[i].CallStates = make([]int, n), make([]map[string]int, n)
+		}
 	}
 	for _, c := range g.Cells {
 		i, ok := row[c.TaskID]
@@ -150,6 +159,14 @@ func (a *api) readGrid(ctx context.Context, d *dag.DAG, runs, tasks page) ([]byt
 		t := &out.Tasks[i]
 		s := string(c.State)
 		t.States[j], t.Tries[j], t.Start[j], t.End[j] = &s, c.TryNumber, unixMilli(c.StartedAt), unixMilli(c.EndedAt)
+		if c.Calls > 0 && t.Calls != nil {
+			t.Calls[j], t.CallStates[j] = c.Calls, make(map[string]int, len(c.CallStates))
+			for st, n := range c.CallStates {
+				if n > 0 {
+					t.CallStates[j][string(st)] = n
+				}
+			}
+		}
 	}
 	b, err := json.Marshal(out)
 	if err != nil {

@@ -210,3 +210,93 @@ func benchWatchers(b *testing.B, backend string, watchers int) {
 	}
 	b.ReportMetric(float64(tasks)/elapsed.Seconds(), "tasks/s")
 }
+
+// BenchmarkGridCalls measures the grid of a DAG whose 25 finished runs
+// each made 1,000 calls of its callable: the store read, which groups
+// each run's 1,000 call instances into one cell, and the whole request.
+//
+//	go test -run '^$' -bench GridCalls -benchtime 20x ./api/
+func BenchmarkGridCalls(b *testing.B) {
+	for _, backend := range backends {
+		b.Run(backend, func(b *testing.B) { benchGridCalls(b, backend) })
+	}
+}
+
+func benchGridCalls(b *testing.B, backend string) {
+	clk := clock.NewFake(time.Now())
+	e := newEnv(b, backend, func(c *Config) { c.Clock = clk })
+	ctx := context.Background()
+	d := dag.New("calls1000")
+	d.Func("a", func(*dag.Context) error { return nil })
+	dag.NewCallable(d, "k", func(_ *dag.Context, n int) (int, error) { return n, nil })
+	e.reg.Register(d)
+	if err := e.store.SyncDAGs(ctx, []store.DAGSpec{store.SpecFromDAG(d)}); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 25 {
+		ld := time.Date(2026, 1, 1, i, 0, 0, 0, time.UTC).Format(time.RFC3339)
+		e.trigger("calls1000", map[string]any{"dag_run_id": fmt.Sprintf("r%02d", i), "logical_date": ld})
+	}
+	if _, err := e.store.StartRuns(ctx, "calls1000", time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	g, err := e.store.Grid(ctx, store.GridQuery{DAGID: "calls1000", RunLimit: 25})
+	if err != nil || len(g.Runs) != 25 {
+		b.Fatalf("runs: %d, %v", len(g.Runs), err)
+	}
+	for _, r := range g.Runs {
+		calls := make([]store.NewCall, 1000)
+		for i := range calls {
+			arg := fmt.Sprint(i)
+			calls[i] = store.NewCall{TaskID: "k", Key: arg, Arguments: []byte(arg)}
+		}
+		if _, err := e.store.Call(ctx, store.CallBatch{RunID: r.ID, Calls: calls, MaxCalls: 100_000, Now: time.Now()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for {
+		cs, err := e.store.ClaimTasks(ctx, e.worker, 1000, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(cs) == 0 {
+			break
+		}
+		rs := make([]store.Result, len(cs))
+		for i, c := range cs {
+			rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: time.Now()}
+		}
+		if _, err := e.store.FinishTasks(ctx, rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("store", func(b *testing.B) {
+		for b.Loop() {
+			g, err := e.store.Grid(ctx, store.GridQuery{DAGID: "calls1000", RunLimit: 25, AllTasks: true})
+			if err != nil || len(g.Runs) != 25 || len(g.Cells) != 50 {
+				b.Fatalf("grid: %d runs, %d cells, %v", len(g.Runs), len(g.Cells), err)
+			}
+			for _, c := range g.Cells {
+				if c.TaskID == "k" && (c.Calls != 1000 || c.State != state.Success) {
+					b.Fatalf("grid cell of k: %d calls, %s", c.Calls, c.State)
+				}
+			}
+		}
+	})
+	b.Run("request", func(b *testing.B) {
+		client := &http.Client{}
+		url := e.srv.URL + "/api/v1/dags/calls1000/grid?limit=25"
+		for b.Loop() {
+			clk.Advance(2 * gridFresh)
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || n == 0 {
+				b.Fatalf("grid: %d, %d bytes", resp.StatusCode, n)
+			}
+		}
+	})
+}

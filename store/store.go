@@ -382,22 +382,50 @@ type GridQuery struct {
 	AllTasks bool
 }
 
-// GridCell is the compact state of one task instance for the grid.
+// GridCell is the compact state of one task instance for the grid, or
+// of a callable's call instances in a run grouped in one cell.
 type GridCell struct {
-	RunID     int64 // Run.ID
-	TaskID    string
-	State     state.TaskState
+	RunID  int64 // Run.ID
+	TaskID string
+	// State is the instance's, or for calls state.Summary of CallStates.
+	State state.TaskState
+	// TryNumber, StartedAt and EndedAt: for calls the highest try, the
+	// first start and the last end among them.
 	TryNumber int
 	StartedAt *time.Time
 	EndedAt   *time.Time
+	// Calls counts the call instances grouped in the cell (0 for a
+	// static task's instance), CallStates how many are in each state.
+	Calls      int
+	CallStates map[state.TaskState]int
+}
+
+// AddCalls groups n call instances in state s, with their highest try and
+// first start and last end, into c.
+func (c *GridCell) AddCalls(s state.TaskState, n, try int, started, ended *time.Time) {
+	if c.CallStates == nil {
+		c.CallStates = map[state.TaskState]int{}
+	}
+	c.Calls += n
+	c.CallStates[s] += n
+	c.State = state.Summary(c.CallStates)
+	c.TryNumber = max(c.TryNumber, try)
+	if started != nil && (c.StartedAt == nil || started.Before(*c.StartedAt)) {
+		c.StartedAt = started
+	}
+	if ended != nil && (c.EndedAt == nil || ended.After(*c.EndedAt)) {
+		c.EndedAt = ended
+	}
 }
 
 // Grid is one window of a DAG's grid.
 type Grid struct {
 	Runs      []Run // newest logical date first
 	TotalRuns int   // runs of the DAG, before pagination
-	// Cells are the instances of the query's tasks in Runs, in no order;
-	// a task a run's structure lacks has no cell.
+	// Cells are the instances of the query's tasks in Runs, in no order,
+	// one per run and task: a callable's call instances in a run are one
+	// cell; a task a run's structure lacks, or a callable not called in
+	// the run, has no cell.
 	Cells []GridCell
 }
 

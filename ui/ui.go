@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -368,11 +369,23 @@ func (u *ui) runData(r *http.Request) (map[string]any, error) {
 func (u *ui) taskData(r *http.Request) (map[string]any, error) {
 	dagID, run, task := param(r, "dag_id"), param(r, "run_id"), param(r, "task_id")
 	data := map[string]any{"Title": task + " · " + run, "DAG": dagID, "Run": run, "Task": task}
+	// ?map_index=n shows one call instance of a callable; a callable's
+	// page without it lists the run's calls of it.
+	if v := r.URL.Query().Get("map_index"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("map_index %q is not a call's map index (0, 1, 2, …)", v)
+		}
+		data["MapIndex"], data["Title"] = strconv.Itoa(n), fmt.Sprintf("%s[%d] · %s", task, n, run)
+	}
 	if d := u.reg.Lookup(dagID); d != nil {
 		if t := d.Task(task); t != nil {
 			data["Kind"] = string(t.Kind())
 			data["TriggerRule"] = string(t.TriggerRule())
 			data["Retries"] = t.Retries()
+			if t.Kind() == dag.KindCallable && data["MapIndex"] == nil {
+				data["Calls"] = true
+			}
 		}
 	}
 	return data, nil

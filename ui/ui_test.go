@@ -20,6 +20,7 @@ func registry() *dag.Registry {
 	a := d.Func("extract", func(*dag.Context) error { return nil }, dag.Retries(2))
 	b := d.Shell("load", "true", dag.Trigger(dag.AllDone))
 	a.SetDownstream(b)
+	dag.NewCallable(d, "sq", func(_ *dag.Context, n int) (int, error) { return n * n, nil })
 	reg.Register(d)
 	return reg
 }
@@ -63,6 +64,10 @@ func TestPages(t *testing.T) {
 		{"/dags/etl/trigger", 200, []string{`&#34;rows&#34;: 10`, "<code>rows</code>"}},
 		{"/dags/etl/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00", 200, []string{`data-run="manual__2026-01-01T00:00:00&#43;00:00"`}},
 		{"/dags/etl/runs/r1/tasks/extract", 200, []string{`data-task="extract"`, "func"}},
+		{"/dags/etl/runs/r1/tasks/sq", 200, []string{`id="calls"`, "Calls of", "callable"}},
+		{"/dags/etl/runs/r1/tasks/sq?map_index=3", 200, []string{`data-map-index="3"`, "sq[3]", `id="log"`}},
+		{"/dags/etl/runs/r1/tasks/sq?map_index=-1", 404, []string{"map_index"}},
+		{"/dags/etl/runs/r1/tasks/sq?map_index=x", 404, []string{"map_index"}},
 		{"/dags/nope", 404, []string{"no DAG", "nope"}},
 		{"/dags/gone/runs/r1", 200, []string{`data-dag="gone"`, `data-run="r1"`}}, // history of a DAG the binary lost
 		{"/elsewhere", 404, []string{"Not found"}},

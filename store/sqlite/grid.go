@@ -48,28 +48,57 @@ func (s *Store) Grid(ctx context.Context, q store.GridQuery) (store.Grid, error)
 		if len(ids) == 0 || (!q.AllTasks && len(q.TaskIDs) == 0) {
 			return nil
 		}
-		query, args := `SELECT run_id, task_id, state, try_number, started_at, ended_at
-			FROM task_instances
-			WHERE run_id IN (SELECT value FROM json_each(?)) AND call_key = ''`, []any{idList(ids)}
+		// Static instances, then call instances counted by task and state
+		// (n; 0 for a static instance) through the partial index of calls.
+		want := ``
+		args := []any{idList(ids)}
 		if !q.AllTasks {
-			query, args = query+` AND task_id IN (SELECT value FROM json_each(?))`, append(args, idList(q.TaskIDs))
+			want = ` AND task_id IN (SELECT value FROM json_each(?))`
+			args = append(args, idList(q.TaskIDs))
 		}
-		cells, err := tx.QueryContext(ctx, query, args...)
+		args = append(args, args...)
+		cells, err := tx.QueryContext(ctx, `SELECT run_id, task_id, state, try_number, started_at, ended_at, 0
+			FROM task_instances
+			WHERE run_id IN (SELECT value FROM json_each(?)) AND call_key = ''`+want+`
+			UNION ALL
+			SELECT run_id, task_id, state, max(try_number), min(started_at), max(ended_at), count(*)
+			FROM task_instances
+			WHERE run_id IN (SELECT value FROM json_each(?)) AND map_index >= 0`+want+`
+			GROUP BY run_id, task_id, state`, args...)
 		if err != nil {
 			return err
 		}
 		defer cells.Close()
+		type runTask struct {
+			run  int64
+			task string
+		}
+		var called map[runTask]int // index in g.Cells of a callable's calls in a run
 		for cells.Next() {
 			var (
 				c              store.GridCell
 				st             string
 				started, ended sql.NullInt64
+				n              int
 			)
-			if err := cells.Scan(&c.RunID, &c.TaskID, &st, &c.TryNumber, &started, &ended); err != nil {
+			if err := cells.Scan(&c.RunID, &c.TaskID, &st, &c.TryNumber, &started, &ended, &n); err != nil {
 				return err
 			}
-			c.State, c.StartedAt, c.EndedAt = state.TaskState(st), ptrUS(started), ptrUS(ended)
-			g.Cells = append(g.Cells, c)
+			if n == 0 {
+				c.State, c.StartedAt, c.EndedAt = state.TaskState(st), ptrUS(started), ptrUS(ended)
+				g.Cells = append(g.Cells, c)
+				continue
+			}
+			k, ok := called[runTask{c.RunID, c.TaskID}]
+			if !ok {
+				if called == nil {
+					called = map[runTask]int{}
+				}
+				k = len(g.Cells)
+				called[runTask{c.RunID, c.TaskID}] = k
+				g.Cells = append(g.Cells, store.GridCell{RunID: c.RunID, TaskID: c.TaskID})
+			}
+			g.Cells[k].AddCalls(state.TaskState(st), n, c.TryNumber, ptrUS(started), ptrUS(ended))
 		}
 		return cells.Err()
 	})

@@ -105,3 +105,76 @@ func sameTime(a, b *time.Time) bool {
 	}
 	return a.Equal(*b)
 }
+
+// testGridCalls: a callable's call instances in a run are one cell with
+// their count, how many are in each state and the summary state, next to
+// the static tasks' cells; a callable not called has no cell; asking for
+// some tasks leaves the calls of the others out.
+func testGridCalls(t *testing.T, e *env) {
+	e.started(callsSpec("gc"), "run")
+	a := e.claimOne("a")
+	st := e.call(a, 100, nc("f", "1"), nc("f", "2"), nc("f", "3"), nc("f", "4"), nc("g", "1"))
+	e.finish(deferred(a, store.Deferral{Calls: true}))
+	// Two calls claimed: the first succeeds, the second stays running.
+	cs := e.claim(2)
+	if len(cs) != 2 {
+		t.Fatalf("claimed %d calls, want 2", len(cs))
+	}
+	e.finish(result(cs[0], state.Success))
+	want := map[string]map[state.TaskState]int{"f": {state.Queued: 4}, "g": {state.Queued: 1}}
+	task := map[int64]string{st[4].ID: "g"}
+	for _, c := range st[:4] {
+		task[c.ID] = "f"
+	}
+	for i, c := range cs {
+		k := task[c.ID]
+		want[k][state.Queued]--
+		want[k][map[bool]state.TaskState{true: state.Success, false: state.Running}[i == 0]]++
+	}
+
+	g, err := e.s.Grid(e.ctx, store.GridQuery{DAGID: "gc", RunLimit: 10, AllTasks: true})
+	must(t, "Grid", err)
+	cells := map[string]store.GridCell{}
+	for _, c := range g.Cells {
+		if _, dup := cells[c.TaskID]; dup {
+			t.Fatalf("Grid: two cells of %s in one run: %+v", c.TaskID, g.Cells)
+		}
+		cells[c.TaskID] = c
+	}
+	if len(cells) != 3 || cells["a"].State != state.Deferred || cells["a"].Calls != 0 {
+		t.Fatalf("Grid cells %+v, want a (deferred, no calls), f and g", g.Cells)
+	}
+	if _, ok := cells["r"]; ok {
+		t.Errorf("Grid has a cell of r, never called")
+	}
+	for k, n := range map[string]int{"f": 4, "g": 1} {
+		c := cells[k]
+		got := map[state.TaskState]int{}
+		for s, m := range c.CallStates {
+			if m != 0 {
+				got[s] = m
+			}
+		}
+		for s, m := range want[k] {
+			if m == 0 {
+				delete(want[k], s)
+			}
+		}
+		if c.Calls != n || fmt.Sprint(got) != fmt.Sprint(want[k]) || c.State != state.Summary(want[k]) {
+			t.Errorf("Grid cell of %s = %d calls %v state %s; want %d calls %v state %s",
+				k, c.Calls, c.CallStates, c.State, n, want[k], state.Summary(want[k]))
+		}
+		if c.TryNumber != map[bool]int{true: 1, false: 0}[want[k][state.Running]+want[k][state.Success] > 0] {
+			t.Errorf("Grid cell of %s: try %d", k, c.TryNumber)
+		}
+	}
+	if cells["f"].State != state.Running && cells["g"].State != state.Running {
+		t.Errorf("Grid: neither f (%s) nor g (%s) shows the running call", cells["f"].State, cells["g"].State)
+	}
+
+	g, err = e.s.Grid(e.ctx, store.GridQuery{DAGID: "gc", RunLimit: 10, TaskIDs: []string{"f", "r"}})
+	must(t, "Grid of f", err)
+	if len(g.Cells) != 1 || g.Cells[0].TaskID != "f" || g.Cells[0].Calls != 4 {
+		t.Errorf("Grid of f and r = %+v, want one cell of f with 4 calls", g.Cells)
+	}
+}

@@ -134,6 +134,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ListRuns", testListRuns},
 		{"ListTaskInstances", testListTIs},
 		{"Grid", testGrid},
+		{"GridCalls", testGridCalls},
 		{"ListRunTaskInstances", testListRunTIs},
 		{"DeleteRun", testDeleteRun},
 		{"PurgeRuns", testPurge},

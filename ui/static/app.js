@@ -307,7 +307,10 @@
           lastBody = text;
           grid = JSON.parse(text);
           grid.runs.reverse(); // oldest left
-          grid.tasks.forEach(function (t) { t.states.reverse(); t.tries.reverse(); t.start_ms.reverse(); t.end_ms.reverse(); });
+          grid.tasks.forEach(function (t) {
+            t.states.reverse(); t.tries.reverse(); t.start_ms.reverse(); t.end_ms.reverse();
+            if (t.calls) { t.calls.reverse(); t.call_states.reverse(); }
+          });
           if (!selRun || !grid.runs.some(function (r) { return r.dag_run_id === selRun; })) {
             selRun = grid.runs.length ? grid.runs[grid.runs.length - 1].dag_run_id : null;
           }
@@ -373,6 +376,11 @@
       }).join("");
     }
 
+    // callCounts tells how many calls are in each state, most first.
+    function callCounts(cs) {
+      return Object.keys(cs || {}).sort(function (a, b) { return cs[b] - cs[a]; })
+        .map(function (k) { return cs[k] + " " + k.replace(/_/g, " "); }).join(", ");
+    }
     var gridBody = null, rowsQueued = false;
     function renderRows() {
       if (!gridBody) return;
@@ -388,6 +396,14 @@
           var st = stateOf(t.states[j]), s = t.start_ms[j], e = t.end_ms[j];
           var d = s != null ? (e != null ? e - s : now - s) : null;
           var tip = tx + " · " + esc(g.runs[j].dag_run_id) + "&#10;" + st + (t.tries[j] ? " · try " + t.tries[j] : "") + (d != null ? " · " + fmtDur(d) : "");
+          var n = t.calls ? t.calls[j] : 0;
+          if (n) {
+            // A callable's calls in the run: one cell, coloured by their
+            // summary state, labelled with their count; it opens their list.
+            tip = tx + " · " + esc(g.runs[j].dag_run_id) + "&#10;" + n + (n === 1 ? " call" : " calls") + ": " + callCounts(t.call_states[j]) + (d != null ? " · " + fmtDur(d) : "");
+            h.push('<a class="c calls s-' + st + '" href="' + runHref[j] + te + '" title="' + tip + '" data-state="' + st + '" data-calls="' + n + '">' + (n > 99 ? "99+" : n) + "</a>");
+            continue;
+          }
           h.push('<a class="c s-' + st + '" href="' + runHref[j] + te + '" title="' + tip + '" data-state="' + st + '"></a>');
         }
         h.push("</div>");
@@ -520,7 +536,8 @@
         }
         var t = esc(ti.task_id);
         h.push('<div class="ti-row" role="row" style="top:' + k * ROW + 'px" data-task="' + t + '">' +
-          '<span class="id" role="cell"><a href="' + tiURL(dagID, runID, ti.task_id) + '">' + t + "</a></span>" +
+          '<span class="id" role="cell"><a href="' + tiURL(dagID, runID, ti.task_id) + (ti.map_index >= 0 ? "?map_index=" + ti.map_index : "") + '">' +
+            t + (ti.map_index >= 0 ? "[" + ti.map_index + "]" : "") + "</a></span>" +
           '<span role="cell"><span class="badge s-' + st + '">' + st.replace(/_/g, " ") + "</span></span>" +
           '<span role="cell">' + ti.try_number + "/" + (ti.max_tries + 1) + "</span>" +
           '<span role="cell">' + (d != null ? fmtDur(d) : "") + "</span>" +
@@ -606,15 +623,21 @@
 
   // ---------- task instance page ----------
   function taskPage() {
-    var base = apiRun(dagID, runID) + "/taskInstances/" + enc(taskID), ti = null, sel = 0, token = null, logFor = 0, tailing = false;
     $("#run-link").href = runURL(dagID, runID);
+    if ($("#calls")) { callsPage(); return; }
+    // A call instance (?map_index=n) is read by its map index; its log
+    // takes the map index as a parameter.
+    var mi = $("#ti-head").dataset.mapIndex, tiBase = apiRun(dagID, runID) + "/taskInstances/" + enc(taskID);
+    var base = mi != null ? tiBase + "/" + mi : tiBase, logQ = mi != null ? "?map_index=" + mi : "";
+    var ti = null, sel = 0, token = null, logFor = 0, tailing = false;
     var logEl = $("#log"), follow = $("#follow");
     function decodeEnd(tok) {
       try { return JSON.parse(atob(tok.replace(/-/g, "+").replace(/_/g, "/"))).end_of_log; } catch (e) { return false; }
     }
     function readLog() {
       if (!sel) return Promise.resolve();
-      var try_ = sel, url = base + "/logs/" + try_ + (token && logFor === try_ ? "?token=" + enc(token) : "");
+      var try_ = sel, q = logQ + (token && logFor === try_ ? (logQ ? "&" : "?") + "token=" + enc(token) : "");
+      var url = tiBase + "/logs/" + try_ + q;
       if (logFor !== try_) { token = null; logEl.textContent = ""; }
       return api("GET", url, undefined, "application/json").then(function (r) {
         if (sel !== try_) return;
@@ -638,7 +661,7 @@
         h += '<button role="tab" type="button" data-try="' + i + '" aria-selected="' + (i === sel) + '"' + (i === sel ? "" : ' tabindex="-1"') + ">Try " + i + "</button>";
       }
       $("#tries").innerHTML = h;
-      $("#download").href = base + "/logs/" + sel + "?full_content=true";
+      $("#download").href = tiBase + "/logs/" + sel + (logQ ? logQ + "&" : "?") + "full_content=true";
       $("#download").setAttribute("download", dagID + "__" + runID + "__" + taskID + "__" + sel + ".log");
     }
     $("#tries").addEventListener("click", function (e) {
@@ -662,11 +685,13 @@
         p.now();
       }, function (e) { toast(e.message); });
     }
-    $("#ti-clear").addEventListener("click", function () {
-      act({ dry_run: false, dag_run_id: runID, task_ids: [taskID], only_failed: false, include_downstream: true }, "/clearTaskInstances");
-    });
-    $("#ti-success").addEventListener("click", function () { act({ dry_run: false, dag_run_id: runID, task_id: taskID, new_state: "success" }, "/updateTaskInstancesState"); });
-    $("#ti-fail").addEventListener("click", function () { act({ dry_run: false, dag_run_id: runID, task_id: taskID, new_state: "failed" }, "/updateTaskInstancesState"); });
+    if (mi == null) {
+      $("#ti-clear").addEventListener("click", function () {
+        act({ dry_run: false, dag_run_id: runID, task_ids: [taskID], only_failed: false, include_downstream: true }, "/clearTaskInstances");
+      });
+      $("#ti-success").addEventListener("click", function () { act({ dry_run: false, dag_run_id: runID, task_id: taskID, new_state: "success" }, "/updateTaskInstancesState"); });
+      $("#ti-fail").addEventListener("click", function () { act({ dry_run: false, dag_run_id: runID, task_id: taskID, new_state: "failed" }, "/updateTaskInstancesState"); });
+    }
     var outputDone = false;
     function load() {
       return api("GET", base).then(function (t) {
@@ -686,7 +711,12 @@
         if (t.hostname) add("Host", t.hostname + (t.pid ? " (pid " + t.pid + ")" : ""));
         if (newTry) { sel = Math.max(t.try_number, 1); token = null; logFor = 0; }
         renderTries();
-        if (FINAL[st] && (!outputDone || !wasFinal)) {
+        if (mi != null && "arguments" in t) add("Arguments", JSON.stringify(t.arguments));
+        if (mi != null && FINAL[st]) {
+          var has = t.result !== undefined && t.result !== null;
+          $("#output").textContent = has ? JSON.stringify(t.result, null, 2) : "—";
+          $("#output").classList.toggle("muted", !has);
+        } else if (FINAL[st] && (!outputDone || !wasFinal)) {
           outputDone = true;
           api("GET", base + "/xcomEntries/return_value?stringify=false").then(function (x) {
             $("#output").textContent = JSON.stringify(x.value, null, 2);
@@ -698,6 +728,40 @@
           live((busy ? "live · " : "") + "updated " + new Date().toLocaleTimeString());
           return busy ? 1000 : 10000;
         });
+      });
+    }
+    var p = poller(load);
+  }
+
+  // ---------- a callable's calls in a run ----------
+  function callsPage() {
+    var LIMIT = 100, offset = 0, body = $("#calls-body");
+    var list = apiRun(dagID, runID) + "/taskInstances/" + enc(taskID) + "/listMapped";
+    $("#calls-prev").addEventListener("click", function () { offset = Math.max(0, offset - LIMIT); p.now(); });
+    $("#calls-next").addEventListener("click", function () { offset += LIMIT; p.now(); });
+    function brief(v) {
+      var s = v === undefined ? "" : JSON.stringify(v);
+      return s.length > 80 ? s.slice(0, 79) + "…" : s;
+    }
+    function load() {
+      return api("GET", list + "?limit=" + LIMIT + "&offset=" + offset).then(function (res) {
+        var h = [], now = Date.now(), busy = false;
+        res.task_instances.forEach(function (t) {
+          var st = stateOf(t.state), s = ms(t.start_date), e = ms(t.end_date), d = s ? (e || now) - s : null;
+          if (!FINAL[st]) busy = true;
+          h.push('<tr data-map-index="' + t.map_index + '"><td><a href="' + tiURL(dagID, runID, taskID) + "?map_index=" + t.map_index + '">' +
+            esc(taskID) + "[" + t.map_index + "]</a></td>" +
+            '<td><span class="badge s-' + st + '">' + st.replace(/_/g, " ") + "</span></td>" +
+            "<td>" + t.try_number + "/" + (t.max_tries + 1) + "</td><td>" + (d != null ? fmtDur(d) : "") + "</td>" +
+            "<td><code>" + esc(brief(t.arguments)) + "</code></td><td><code>" + esc(brief(t.result)) + "</code></td></tr>");
+        });
+        body.innerHTML = h.join("");
+        var n = res.total_entries;
+        $("#calls-summary").textContent = (n ? offset + 1 : 0) + "–" + (offset + res.task_instances.length) + " of " + n + (n === 1 ? " call" : " calls");
+        $("#calls-prev").disabled = offset === 0;
+        $("#calls-next").disabled = offset + LIMIT >= n;
+        live((busy ? "live · " : "") + "updated " + new Date().toLocaleTimeString());
+        return busy ? 1000 : 10000;
       });
     }
     var p = poller(load);
