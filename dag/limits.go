@@ -2,9 +2,13 @@ package dag
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"text/template"
 )
@@ -47,6 +51,36 @@ func ConcurrencyKey(template string, limit int) TaskOption {
 	return func(t *Task) { t.keyTemplate, t.keyLimit, t.keySet = template, limit, true }
 }
 
+// ConcurrencyByArguments lets at most limit instances of a callable with
+// the same canonical arguments run at once, across runs and workers
+// (Pynenc's concurrency by arguments): the call instance's concurrency
+// key is "call:<dag>.<task>:<arguments>" (arguments longer than 128 bytes
+// by their SHA-256).
+func ConcurrencyByArguments(limit int) TaskOption {
+	return func(t *Task) {
+		t.keyTemplate, t.keyLimit, t.keySet = "call:{{.DAGID}}.{{.TaskID}}:{{.CallArgs}}", limit, true
+		t.callKey, t.keyFields = true, nil
+	}
+}
+
+// ConcurrencyByKeys lets at most limit instances of a callable whose
+// arguments (a JSON object) have the same values of the named fields run
+// at once, across runs and workers (Pynenc's concurrency by keys). A call
+// whose arguments are not an object or lack a field fails.
+func ConcurrencyByKeys(limit int, fields ...string) TaskOption {
+	return func(t *Task) {
+		tpl := "call:{{.DAGID}}.{{.TaskID}}:{{.CallKeys"
+		for _, f := range fields {
+			tpl += " " + strconv.Quote(f)
+		}
+		t.keyTemplate, t.keyLimit, t.keySet = tpl+"}}", limit, true
+		t.callKey, t.keyFields = true, slices.Clone(fields)
+		if t.keyFields == nil {
+			t.keyFields = []string{}
+		}
+	}
+}
+
 // Pool returns the task's pool name ("" = DefaultPool).
 func (t *Task) Pool() string { return t.pool }
 
@@ -71,6 +105,61 @@ type KeyData struct {
 	DAGID  string
 	TaskID string
 	RunID  string
+	// Args are the canonical JSON arguments of a call instance (nil for
+	// instances of other tasks).
+	Args json.RawMessage
+}
+
+// CallArgs renders the call's canonical arguments for a key: themselves,
+// or "sha256:" and their hash when longer than 128 bytes.
+func (k KeyData) CallArgs() (string, error) {
+	if k.Args == nil {
+		return "", &CallKeyError{"CallArgs: not a call instance"}
+	}
+	return shortArgs(k.Args), nil
+}
+
+// CallKeys renders the named fields of the call's arguments (a JSON
+// object) as a canonical JSON object, hashed when longer than 128 bytes.
+func (k KeyData) CallKeys(fields ...string) (string, error) {
+	if k.Args == nil {
+		return "", &CallKeyError{"CallKeys: not a call instance"}
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(k.Args, &obj); err != nil || obj == nil {
+		label := CallLabel("", k.Args)
+		return "", &CallKeyError{fmt.Sprintf("the arguments %s are not a JSON object (ConcurrencyByKeys)", label[1:len(label)-1])}
+	}
+	sel := make(map[string]json.RawMessage, len(fields))
+	for _, f := range fields {
+		v, ok := obj[f]
+		if !ok {
+			return "", &CallKeyError{fmt.Sprintf("the arguments have no field %q (ConcurrencyByKeys)", f)}
+		}
+		sel[f] = v
+	}
+	b, err := json.Marshal(sel)
+	if err != nil {
+		return "", err
+	}
+	c, err := CanonicalJSON(b)
+	if err != nil {
+		return "", err
+	}
+	return shortArgs(c), nil
+}
+
+// CallKeyError says why a call's arguments give no concurrency key.
+type CallKeyError struct{ Reason string }
+
+func (e *CallKeyError) Error() string { return e.Reason }
+
+func shortArgs(b []byte) string {
+	if len(b) <= 128 {
+		return string(b)
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // ParseKeyTemplate parses a concurrency key template; a reference to a
@@ -187,6 +276,22 @@ func (t *Task) validateLimits(problem func(format string, args ...any)) {
 	}
 	if t.maxActive < 0 {
 		problem("MaxActive must be 0 (no cap) or positive, got %d", t.maxActive)
+	}
+	if t.callKey {
+		switch {
+		case t.kind != KindCallable:
+			problem("ConcurrencyByArguments and ConcurrencyByKeys apply to callables (NewCallable) only")
+		case t.keyLimit < 1:
+			problem("concurrency limit must be at least 1, got %d", t.keyLimit)
+		case t.keyFields != nil && len(t.keyFields) == 0:
+			problem("ConcurrencyByKeys names no field")
+		}
+		for _, f := range t.keyFields {
+			if f == "" {
+				problem("ConcurrencyByKeys names an empty field")
+			}
+		}
+		return
 	}
 	if t.keySet {
 		if t.keyLimit < 1 {

@@ -48,6 +48,8 @@ type Task struct {
 	keyTemplate  string
 	keyLimit     int
 	keySet       bool
+	callKey      bool     // the key is ConcurrencyByArguments or ConcurrencyByKeys
+	keyFields    []string // ConcurrencyByKeys's fields (nil: by arguments)
 	upstream     []*Task
 	downstream   []*Task
 

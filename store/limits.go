@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 
@@ -138,4 +139,18 @@ func (t TaskSpec) CheckLimits() error {
 		}
 	}
 	return nil
+}
+
+// RenderCallKey renders the concurrency key of a call instance with
+// canonical arguments args (dag.ConcurrencyByArguments, ByKeys) and
+// returns the counter name; errors say why the call cannot be made.
+func RenderCallKey(template, dagID, taskID, runID string, args json.RawMessage) (string, error) {
+	k, err := dag.RenderKey(template, dag.KeyData{DAGID: dagID, TaskID: taskID, RunID: runID, Args: args})
+	if ke := (*dag.CallKeyError)(nil); errors.As(err, &ke) {
+		return "", fmt.Errorf("concurrency key: %s", ke.Reason)
+	}
+	if err != nil {
+		return "", err
+	}
+	return KeyPrefixKey + k, nil
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -181,22 +183,33 @@ func (c *callTx) create(ctx context.Context) error {
 	// The run's count of calls, and the next map index of each callable.
 	rows, err := c.tx.Query(ctx, `SELECT v.task_id, coalesce((SELECT max(t.map_index) FROM task_instances t
 			WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1),
-			(SELECT n_calls FROM dag_runs WHERE id = $1)
+			(SELECT n_calls FROM dag_runs WHERE id = $1), v.key_template, v.key_limit,
+			(SELECT run_id FROM dag_runs WHERE id = $1)
 		FROM dag_version_tasks v WHERE v.version_id = $2 AND v.kind = 'callable' AND v.task_id = ANY($3)`,
 		c.runID, c.versionID, names)
 	if err != nil {
 		return err
 	}
 	next := map[string]int{}
+	type keyOf struct {
+		template string
+		limit    int
+	}
+	keyed := map[string]keyOf{}
 	nCalls := 0
+	var runName string
 	for rows.Next() {
 		var task string
 		var last int
-		if err := rows.Scan(&task, &last, &nCalls); err != nil {
+		var k keyOf
+		if err := rows.Scan(&task, &last, &nCalls, &k.template, &k.limit, &runName); err != nil {
 			rows.Close()
 			return err
 		}
 		next[task] = last + 1
+		if k.template != "" {
+			keyed[task] = k
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -204,6 +217,8 @@ func (c *callTx) create(ctx context.Context) error {
 	}
 	var tasks, keys, args []string
 	var idx []int32
+	var ckeys []*string
+	counters, queued := map[string]int{}, map[string]int{}
 	c.refused = map[callKey]string{}
 	for _, k := range missing {
 		n, ok := next[k.task]
@@ -219,30 +234,68 @@ func (c *callTx) create(ctx context.Context) error {
 			c.refused[k] = fmt.Sprintf("the run has reached its cap of %d calls (dag.MaxCalls)", c.b.MaxCalls)
 			continue
 		}
+		arg := c.b.Calls[c.firstAt[k]].Arguments
+		var ckey *string
+		if kd, ok := keyed[k.task]; ok {
+			name, err := store.RenderCallKey(kd.template, c.dagID, k.task, runName, arg)
+			if err != nil {
+				c.refused[k] = err.Error()
+				continue
+			}
+			ckey = &name
+			counters[name] = kd.limit
+			queued[name]++
+		}
 		next[k.task] = n + 1
 		tasks, keys = append(tasks, k.task), append(keys, k.key)
-		args = append(args, string(c.b.Calls[c.firstAt[k]].Arguments))
+		args = append(args, string(arg))
 		idx = append(idx, int32(n))
+		ckeys = append(ckeys, ckey)
 	}
 	if len(tasks) == 0 {
 		return nil
 	}
+	if err := c.countKeys(ctx, counters, queued); err != nil {
+		return err
+	}
 	rows, err = c.tx.Query(ctx, `
 		INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments, state, queued_at,
-			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream)
+			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
+			concurrency_key, limited)
 		SELECT $1, $2, u.task_id, u.call_key, nullif($3, 0), u.args::jsonb, 'queued', $4,
 			u.map_index, v.retries + 1, v.retries, greatest(v.priority, $5), v.trigger_rule, v.retry_delay_ns,
-			v.max_backoff_ns, v.timeout_ns, 0
-		FROM unnest($6::text[], $7::text[], $8::text[], $9::int[]) WITH ORDINALITY AS u(task_id, call_key, args, map_index, ord)
+			v.max_backoff_ns, v.timeout_ns, 0, u.ckey, u.ckey IS NOT NULL
+		FROM unnest($6::text[], $7::text[], $8::text[], $9::int[], $11::text[])
+			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, ord)
 		JOIN dag_version_tasks v ON v.version_id = $10 AND v.task_id = u.task_id
 		ORDER BY u.ord
 		RETURNING id, task_id, call_key, map_index, state, output, error`,
-		c.runID, c.dagID, c.b.Caller.ID, c.b.Now, c.priority, tasks, keys, args, idx, c.versionID)
+		c.runID, c.dagID, c.b.Caller.ID, c.b.Now, c.priority, tasks, keys, args, idx, c.versionID, ckeys)
 	if err != nil {
 		return err
 	}
 	c.created = len(tasks)
 	return c.readCallees(rows)
+}
+
+// countKeys makes sure the counters of the concurrency keys of new call
+// instances exist with their limits and counts those instances as queued
+// under them (they are inserted queued), locking the counters in key
+// order as the claim does.
+func (c *callTx) countKeys(ctx context.Context, limits, queued map[string]int) error {
+	if len(limits) == 0 {
+		return nil
+	}
+	names := slices.Sorted(maps.Keys(limits))
+	lims, qs := make([]int32, len(names)), make([]int32, len(names))
+	for i, n := range names {
+		lims[i], qs[i] = int32(limits[n]), int32(queued[n])
+	}
+	_, err := c.tx.Exec(ctx, `INSERT INTO concurrency_keys (key, lim, queued)
+		SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) ORDER BY 1
+		ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, queued = concurrency_keys.queued + excluded.queued`,
+		names, lims, qs)
+	return err
 }
 
 // unfinished reports whether a call instance is not final.

@@ -170,6 +170,23 @@ func (c *callTx) one(call store.NewCall) (store.CallState, error) {
 			return cs, err
 		}
 	}
+	var ckey any
+	if def.keyTemplate != "" {
+		var runName string
+		if err := c.w.queryRow(`SELECT run_id FROM dag_runs WHERE id = ?`, c.runID).Scan(&runName); err != nil {
+			return cs, err
+		}
+		name, err := store.RenderCallKey(def.keyTemplate, c.dagID, call.TaskID, runName, call.Arguments)
+		if err != nil {
+			return store.CallState{Refused: err.Error()}, nil
+		}
+		// The instance is inserted queued: it counts as queued under its key.
+		if _, err := c.w.exec(`INSERT INTO concurrency_keys (key, lim, queued) VALUES (?, ?, 1)
+			ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, queued = queued + 1`, name, def.keyLimit); err != nil {
+			return cs, err
+		}
+		ckey = name
+	}
 	c.next[call.TaskID] = n + 1
 	prio := max(def.priority, c.priority)
 	var parent any
@@ -178,11 +195,11 @@ func (c *callTx) one(call store.NewCall) (store.CallState, error) {
 	}
 	if err := c.w.queryRow(`INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments,
 			state, queued_at, map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns,
-			timeout_ns, n_upstream)
-		VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) RETURNING id`,
+			timeout_ns, n_upstream, concurrency_key, limited)
+		VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id`,
 		c.runID, c.dagID, call.TaskID, call.Key, parent, string(call.Arguments), us(c.b.Now), n,
 		def.retries+1, def.retries, prio, string(def.rule), int64(def.retryDelay), int64(def.maxBackoff),
-		int64(def.timeout)).Scan(&cs.ID); err != nil {
+		int64(def.timeout), ckey, ckey != nil).Scan(&cs.ID); err != nil {
 		return cs, err
 	}
 	c.created++

@@ -24,6 +24,10 @@ type taskDef struct {
 	upstream   []string
 	downstream []string
 	isLeaf     bool
+	// keyTemplate and keyLimit: the concurrency key of the task's
+	// instances ("" = none); call instances render theirs when created.
+	keyTemplate string
+	keyLimit    int
 }
 
 // structure is the task graph of one DAG version. Versions never change
@@ -71,7 +75,7 @@ func (c *structCache) load(ctx context.Context, q querier, id int64) (*structure
 		return st, nil
 	}
 	rows, err := q.QueryContext(ctx, `SELECT task_id, ord, kind, trigger_rule, priority, retries, retry_delay_ns,
-			max_backoff_ns, timeout_ns, upstream, downstream, is_leaf
+			max_backoff_ns, timeout_ns, upstream, downstream, is_leaf, key_template, key_limit
 		FROM dag_version_tasks WHERE version_id = ? ORDER BY ord`, id)
 	if err != nil {
 		return nil, fmt.Errorf("load structure of version %d: %w", id, err)
@@ -86,7 +90,7 @@ func (c *structCache) load(ctx context.Context, q querier, id int64) (*structure
 			upJSON, dsJSON string
 		)
 		if err := rows.Scan(&t.id, &t.ord, &kind, &rule, &t.priority, &t.retries, &rd, &mb, &to,
-			&upJSON, &dsJSON, &t.isLeaf); err != nil {
+			&upJSON, &dsJSON, &t.isLeaf, &t.keyTemplate, &t.keyLimit); err != nil {
 			return nil, fmt.Errorf("load structure of version %d: %w", id, err)
 		}
 		t.kind, t.rule = dag.Kind(kind), dag.TriggerRule(rule)

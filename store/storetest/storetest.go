@@ -156,6 +156,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LimitsBadInput", testLimitsBadInput},
 		{"LimitsProperty", testLimitsProperty},
 		{"FreedSlotWakes", testFreedSlotWakes},
+		{"CallConcurrency", testCallConcurrency},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
