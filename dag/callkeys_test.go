@@ -20,6 +20,7 @@ func TestCallConcurrencyValidate(t *testing.T) {
 		{"keys limit", []TaskOption{ConcurrencyByKeys(-1, "user")}, false, "concurrency limit must be at least 1, got -1"},
 		{"no fields", []TaskOption{ConcurrencyByKeys(1)}, false, "ConcurrencyByKeys names no field"},
 		{"empty field", []TaskOption{ConcurrencyByKeys(1, "")}, false, "ConcurrencyByKeys names an empty field"},
+		{"template key on a callable", []TaskOption{ConcurrencyKey("k", 1)}, false, "a callable takes ConcurrencyByArguments or ConcurrencyByKeys"},
 		{"static task", []TaskOption{ConcurrencyByArguments(1)}, true, "apply to callables (NewCallable) only"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

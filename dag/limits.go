@@ -48,7 +48,10 @@ func MaxActive(n int) TaskOption { return func(t *Task) { t.maxActive = n } }
 // once, whatever task or DAG they belong to. A saturated key never holds
 // back instances of other keys.
 func ConcurrencyKey(template string, limit int) TaskOption {
-	return func(t *Task) { t.keyTemplate, t.keyLimit, t.keySet = template, limit, true }
+	return func(t *Task) {
+		t.keyTemplate, t.keyLimit, t.keySet = template, limit, true
+		t.callKey, t.keyFields = false, nil
+	}
 }
 
 // ConcurrencyByArguments lets at most limit instances of a callable with
@@ -291,6 +294,10 @@ func (t *Task) validateLimits(problem func(format string, args ...any)) {
 				problem("ConcurrencyByKeys names an empty field")
 			}
 		}
+		return
+	}
+	if t.keySet && t.kind == KindCallable {
+		problem("ConcurrencyKey applies to static tasks: a callable takes ConcurrencyByArguments or ConcurrencyByKeys")
 		return
 	}
 	if t.keySet {
