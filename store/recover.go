@@ -3,6 +3,9 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"time"
+
+	"github.com/trellis-dag/trellis/state"
 )
 
 // Recovered reports what RecoverWorkerTasks did with the running tries of
@@ -59,4 +62,42 @@ func AppliedOf(out []FinishOutcome, among []Try) []Try {
 		}
 	}
 	return applied
+}
+
+// DeadWorkerTries sorts the tries a dead worker held, as both backends
+// recover them: cleared while running (ended with the cause), running when
+// the worker before died too (poisoned: failed with its last log lines),
+// or put back without using a try.
+type DeadWorkerTries struct {
+	Back, Poisoned, Cleared []Try
+}
+
+// Add sorts t: restarting says it was cleared while running, crashed that
+// its previous worker died while running this same try.
+func (d *DeadWorkerTries) Add(t Try, restarting, crashed bool) {
+	switch {
+	case restarting:
+		d.Cleared = append(d.Cleared, t)
+	case crashed:
+		d.Poisoned = append(d.Poisoned, t)
+	default:
+		d.Back = append(d.Back, t)
+	}
+}
+
+// Results returns the results that end the poisoned and cleared tries at
+// now; lastLog reads a poisoned try's last stored log bytes.
+func (d DeadWorkerTries) Results(cause string, now time.Time, lastLog func(Try) ([]byte, error)) ([]Result, error) {
+	var results []Result
+	for _, t := range d.Poisoned {
+		last, err := lastLog(t)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, Result{Try: t, State: state.Failed, Error: PoisonError(cause, last), EndedAt: now})
+	}
+	for _, t := range d.Cleared {
+		results = append(results, Result{Try: t, State: state.Failed, Error: cause, EndedAt: now})
+	}
+	return results, nil
 }

@@ -495,7 +495,7 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 		if err != nil {
 			return err
 		}
-		var back, fail, cleared []store.Try
+		var dead store.DeadWorkerTries
 		for rows.Next() {
 			var a store.Try
 			var restarting, crashed bool
@@ -503,15 +503,9 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 				rows.Close()
 				return err
 			}
-			switch {
-			case restarting:
-				cleared = append(cleared, a)
-			case crashed:
-				fail = append(fail, a)
-			default:
-				back = append(back, a)
-			}
+			dead.Add(a, restarting, crashed)
 		}
+		back := dead.Back
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
 		}
@@ -528,22 +522,15 @@ func (s *Store) RecoverWorkerTasks(ctx context.Context, workerID, cause string, 
 				return err
 			}
 		}
-		if len(fail)+len(cleared) == 0 {
+		if len(dead.Poisoned)+len(dead.Cleared) == 0 {
 			return nil
 		}
-		var results []store.Result
-		for _, a := range fail {
-			last, err := lastLogChunks(w, a)
-			if err != nil {
-				return err
-			}
-			results = append(results, store.Result{Try: a, State: state.Failed, Error: store.PoisonError(cause, last), EndedAt: now})
-		}
-		for _, a := range cleared {
-			results = append(results, store.Result{Try: a, State: state.Failed, Error: cause, EndedAt: now})
+		results, err := dead.Results(cause, now, func(a store.Try) ([]byte, error) { return lastLogChunks(w, a) })
+		if err != nil {
+			return err
 		}
 		out, err := newEngine(w, now).finishBatch(results)
-		rec.Failed = store.AppliedOf(out, fail)
+		rec.Failed = store.AppliedOf(out, dead.Poisoned)
 		return err
 	})
 	if err != nil {
