@@ -22,6 +22,9 @@ func TestCallConcurrencyValidate(t *testing.T) {
 		{"empty field", []TaskOption{ConcurrencyByKeys(1, "")}, false, "ConcurrencyByKeys names an empty field"},
 		{"template key on a callable", []TaskOption{ConcurrencyKey("k", 1)}, false, "a callable takes ConcurrencyByArguments or ConcurrencyByKeys"},
 		{"static task", []TaskOption{ConcurrencyByArguments(1)}, true, "apply to callables (NewCallable) only"},
+		{"pool on a callable", []TaskOption{Pool("warehouse")}, false, "Pool, PoolSlots and MaxActive apply to static tasks"},
+		{"pool slots on a callable", []TaskOption{PoolSlots(2)}, false, "Pool, PoolSlots and MaxActive apply to static tasks"},
+		{"max active on a callable", []TaskOption{MaxActive(3)}, false, "Pool, PoolSlots and MaxActive apply to static tasks"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := New("d")

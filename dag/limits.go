@@ -280,6 +280,12 @@ func (t *Task) validateLimits(problem func(format string, args ...any)) {
 	if t.maxActive < 0 {
 		problem("MaxActive must be 0 (no cap) or positive, got %d", t.maxActive)
 	}
+	// Call instances are created by Store.Call, which renders concurrency
+	// keys but takes no pool slot and no per-task cap: refuse what would
+	// otherwise be ignored.
+	if t.kind == KindCallable && (t.pool != "" || t.poolSlotsSet || t.maxActive != 0) {
+		problem("Pool, PoolSlots and MaxActive apply to static tasks: limit a callable's calls with ConcurrencyByArguments or ConcurrencyByKeys")
+	}
 	if t.callKey {
 		switch {
 		case t.kind != KindCallable:
