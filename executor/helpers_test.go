@@ -68,7 +68,7 @@ func syncDAGs(t testing.TB, st store.Store, dags ...*dag.DAG) {
 }
 
 // startRun creates run runID of d (already synced) with conf and starts
-// it, queueing its root tasks.
+// it, queueing its root tasks (or finds it started by a scheduler).
 func startRun(t testing.TB, st store.Store, d *dag.DAG, runID string, conf json.RawMessage) store.Run {
 	t.Helper()
 	ctx := context.Background()
@@ -89,6 +89,11 @@ func startRun(t testing.TB, st store.Store, d *dag.DAG, runID string, conf json.
 		if r.RunID == runID {
 			return r
 		}
+	}
+	// A scheduler running alongside (the chaos tests') may have started it
+	// between the two calls.
+	if got, err := st.GetRun(ctx, d.ID(), runID); err == nil && got.State == state.RunRunning {
+		return got
 	}
 	t.Fatalf("run %s of %s was not started (started %v)", runID, d.ID(), started)
 	return run
