@@ -242,7 +242,7 @@ func startRunsTx(w *txn, dagID string, now time.Time) ([]store.Run, error) {
 			return out, nil
 		}
 	}
-	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ?`, dagID, limit)
+	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ? + 0`, dagID, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +417,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM dag_runs`+w.sql(), w.args...).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args, sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err

@@ -184,7 +184,7 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 		} else if err := count(); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
