@@ -226,3 +226,26 @@ func (s *Store) WaitingOnKeys(ctx context.Context) ([]store.KeyWait, error) {
 	})
 	return out, err
 }
+
+// KeyCounters returns every counter of concurrency keys and task caps
+// (store.KeyPrefixKey, store.KeyPrefixTask) with its limit, running and
+// queued counts, ordered by name: for tests and inspection.
+func (s *Store) KeyCounters(ctx context.Context) ([]store.KeyWait, error) {
+	var out []store.KeyWait
+	err := s.read(ctx, "key counters", func(tx *sql.Tx) error {
+		rows, err := s.reads.inTx(tx).QueryContext(ctx, `SELECT key, lim, running, queued FROM concurrency_keys ORDER BY key`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k store.KeyWait
+			if err := rows.Scan(&k.Key, &k.Limit, &k.Running, &k.Queued); err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, k)
+		}
+		return errors.Join(rows.Err(), rows.Close())
+	})
+	return out, err
+}

@@ -512,7 +512,25 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		if run.State == state.RunRunning {
 			return fmt.Errorf("%w: the run is running; mark it failed or success first", store.ErrConflict)
 		}
+		// A run put back to queued may still have instances queued or
+		// running: deleting them would leave their slots counted in their
+		// pools and keys for ever.
+		var busy bool
+		if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances
+			WHERE run_id = ? AND state IN ('queued', 'running', 'restarting'))`, run.ID).Scan(&busy); err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("%w: instances of the run are queued or running; mark it failed or success first", store.ErrConflict)
+		}
+		keys, err := runKeys(w, idList([]int64{run.ID}))
+		if err != nil {
+			return err
+		}
 		if _, err := w.exec(`DELETE FROM dag_runs WHERE id = ?`, run.ID); err != nil {
+			return err
+		}
+		if err := dropUnusedKeys(w, keys); err != nil {
 			return err
 		}
 		w.wake(store.TopicRunsChanged)
