@@ -533,7 +533,9 @@ type Store interface {
 	// failed (their workers stop them), unstarted tasks skipped. success
 	// marks every unfinished task success.
 	SetRunState(ctx context.Context, dagID, runID string, s state.RunState, now time.Time) (Run, error)
-	// DeleteRun removes a finished run with its task instances and logs.
+	// DeleteRun removes a finished run with its task instances and logs;
+	// ErrConflict while the run is running or has instances queued or
+	// running (a run put back to queued).
 	DeleteRun(ctx context.Context, dagID, runID string) error
 	// PurgeRuns deletes the finished runs q selects (oldest end first, at
 	// most q.Limit), with their task instances and logs, in one short

@@ -228,3 +228,19 @@ func (s *Store) WaitingOnKeys(ctx context.Context) ([]store.KeyWait, error) {
 	}
 	return out, nil
 }
+
+// KeyCounters returns every counter of concurrency keys and task caps
+// (store.KeyPrefixKey, store.KeyPrefixTask) with its limit, running and
+// queued counts, ordered by name: for tests and inspection.
+func (s *Store) KeyCounters(ctx context.Context) ([]store.KeyWait, error) {
+	rows, err := s.pool.Query(ctx, `SELECT key, lim, running, queued FROM concurrency_keys ORDER BY key`)
+	if err != nil {
+		return nil, mapErr("key counters", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.KeyWait, error) {
+		var k store.KeyWait
+		err := row.Scan(&k.Key, &k.Limit, &k.Running, &k.Queued)
+		return k, err
+	})
+	return out, mapErr("key counters", err)
+}

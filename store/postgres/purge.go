@@ -80,6 +80,10 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 			WHERE t.run_id = ANY($1)`, ids).Scan(&p.Logs); err != nil {
 			return err
 		}
+		keys, err := runKeys(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM task_calls WHERE run_id = ANY($1)", ids); err != nil {
 			return err
 		}
@@ -92,6 +96,9 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 			return err
 		}
 		p.Runs = int(tag.RowsAffected())
+		if err := dropUnusedKeys(ctx, tx, keys); err != nil {
+			return err
+		}
 		return notify(ctx, tx, store.TopicRunsChanged)
 	})
 	if err != nil {
@@ -121,4 +128,41 @@ func (s *Store) PurgeLogs(ctx context.Context, q store.PurgeQuery) (int, error) 
 		return err
 	})
 	return int(n), err
+}
+
+// runKeys returns the concurrency keys the instances of runs name (as
+// counter names), before the runs are deleted.
+func runKeys(ctx context.Context, tx pgx.Tx, runIDs []int64) ([]string, error) {
+	rows, err := tx.Query(ctx, `SELECT DISTINCT concurrency_key FROM task_instances
+		WHERE run_id = ANY($1) AND concurrency_key IS NOT NULL ORDER BY 1`, runIDs)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// dropUnusedKeys deletes the counters of keys (concurrency keys whose
+// instances the transaction deleted) that nothing uses any more: no
+// instance names them and nothing runs or waits under them. A key used
+// again later gets a new counter from the transaction creating its
+// instances, so the counters stay as many as the keys in use.
+//
+// Run creation makes sure a key's counter exists without locking it
+// (INSERT … ON CONFLICT DO NOTHING), so a row lock would not keep this
+// from deleting a counter whose new instances are not committed yet. The
+// table lock does: it waits for every transaction that wrote a counter
+// (their instances are then visible to the DELETE below, a new statement)
+// and holds back the next ones until the commit, when they find the
+// counter missing and create it. It is taken only when the deleted
+// instances had keys, at the end of the transaction.
+func dropUnusedKeys(ctx context.Context, tx pgx.Tx, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE concurrency_keys IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `DELETE FROM concurrency_keys k WHERE k.key = ANY($1) AND k.running = 0 AND k.queued = 0
+		AND NOT EXISTS (SELECT 1 FROM task_instances t WHERE t.concurrency_key = k.key)`, keys)
+	return err
 }

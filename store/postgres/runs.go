@@ -470,6 +470,21 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		if st == state.RunRunning {
 			return errorf("%w: the run is running; mark it failed or success first", store.ErrConflict)
 		}
+		// A run put back to queued may still have instances queued or
+		// running: deleting them would leave their slots counted in their
+		// pools and keys for ever.
+		var busy bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM task_instances
+			WHERE run_id = $1 AND state IN ('queued', 'running', 'restarting'))`, id).Scan(&busy); err != nil {
+			return err
+		}
+		if busy {
+			return errorf("%w: instances of the run are queued or running; mark it failed or success first", store.ErrConflict)
+		}
+		keys, err := runKeys(ctx, tx, []int64{id})
+		if err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "DELETE FROM task_calls WHERE run_id = $1", id); err != nil {
 			return err
 		}
@@ -477,6 +492,9 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 			return err
 		}
 		if _, err := tx.Exec(ctx, "DELETE FROM dag_runs WHERE id = $1", id); err != nil {
+			return err
+		}
+		if err := dropUnusedKeys(ctx, tx, keys); err != nil {
 			return err
 		}
 		return notify(ctx, tx, store.TopicRunsChanged)

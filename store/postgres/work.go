@@ -895,6 +895,12 @@ func (f *finishTx) record(ctx context.Context) error {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
 	}
+	// The final log chunks go before the increment: the join a fan-in's
+	// finishes all increment stays locked from its increment to the
+	// commit, so what runs after it serialises them.
+	if q, ok := f.recordedLogs(); ok {
+		qs = append(qs, q)
+	}
 	qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, f.now},
 		read: func(rows pgx.Rows) error {
 			var err error
@@ -936,9 +942,36 @@ func (f *finishTx) countNow() []finalQuery {
 	}
 }
 
+// recordedLogs returns the statement appending the final log chunks of
+// the results (one per instance, in instance order) for the tries the
+// outcome statement applies (appendRecordedLogsSQL), false when there
+// are none.
+func (f *finishTx) recordedLogs() (finalQuery, bool) {
+	var (
+		logAs   []store.Try
+		logData [][]byte
+	)
+	for _, i := range f.order {
+		if r := f.results[i]; len(r.Log) > 0 {
+			logAs = append(logAs, r.Try)
+			logData = append(logData, r.Log)
+		}
+	}
+	if len(logAs) == 0 {
+		return finalQuery{}, false
+	}
+	ids, tries := tryArrays(logAs)
+	return finalQuery{sql: appendRecordedLogsSQL, args: []any{ids, tries, logData, int64(f.s.logCap)},
+		read: func(pgx.Rows) error { return nil }}, true // no rows; readBatch closes them
+}
+
 // appendLogs appends the final log chunks of the tries recorded (cleared
-// ones too: the try ran), in instance order.
+// ones too: the try ran), in instance order; record sent them already
+// when it speculated.
 func (f *finishTx) appendLogs(ctx context.Context) error {
+	if f.speculate {
+		return nil
+	}
 	var (
 		logAs   []store.Try
 		logData [][]byte

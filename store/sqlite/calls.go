@@ -156,8 +156,8 @@ func (c *callTx) one(call store.NewCall) (store.CallState, error) {
 	if c.closed {
 		return store.CallState{Refused: "the run has finished: a call into it can only find a call it made"}, nil
 	}
-	def := c.st.tasks[call.TaskID]
-	if def == nil || def.kind != dag.KindCallable {
+	def := c.st.callables[call.TaskID]
+	if def == nil {
 		return store.CallState{Refused: fmt.Sprintf("no callable %q in the DAG %q of the run", call.TaskID, c.dagID)}, nil
 	}
 	if c.nCalls+c.created >= c.b.MaxCalls {

@@ -117,7 +117,7 @@ func (s *Store) ListPools(ctx context.Context, limit, offset int) ([]store.Pool,
 		if err := q.QueryRowContext(ctx, `SELECT count(*) FROM pools`).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := q.QueryContext(ctx, poolSelect+` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT ? OFFSET ?)
+		rows, err := q.QueryContext(ctx, poolSelect+` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT ? + 0 OFFSET ?)
 			GROUP BY p.name ORDER BY p.name`, limit, offset)
 		if err != nil {
 			return err
@@ -211,6 +211,29 @@ func (s *Store) WaitingOnKeys(ctx context.Context) ([]store.KeyWait, error) {
 			FROM task_instances t JOIN concurrency_keys k ON k.key IN (t.task_key, t.concurrency_key)
 			WHERE t.state = 'queued' AND t.limited AND k.running >= k.lim
 			GROUP BY k.key, k.lim, k.running ORDER BY k.key`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k store.KeyWait
+			if err := rows.Scan(&k.Key, &k.Limit, &k.Running, &k.Queued); err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, k)
+		}
+		return errors.Join(rows.Err(), rows.Close())
+	})
+	return out, err
+}
+
+// KeyCounters returns every counter of concurrency keys and task caps
+// (store.KeyPrefixKey, store.KeyPrefixTask) with its limit, running and
+// queued counts, ordered by name: for tests and inspection.
+func (s *Store) KeyCounters(ctx context.Context) ([]store.KeyWait, error) {
+	var out []store.KeyWait
+	err := s.read(ctx, "key counters", func(tx *sql.Tx) error {
+		rows, err := s.reads.inTx(tx).QueryContext(ctx, `SELECT key, lim, running, queued FROM concurrency_keys ORDER BY key`)
 		if err != nil {
 			return err
 		}

@@ -39,7 +39,7 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 	if err != nil {
 		return p, err
 	}
-	pick := `SELECT r.id FROM dag_runs r` + w.sql() + ` ORDER BY r.ended_at, r.id LIMIT ?`
+	pick := `SELECT r.id FROM dag_runs r` + w.sql() + ` ORDER BY r.ended_at, r.id LIMIT ? + 0`
 	args := append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit))
 	counts := `SELECT (SELECT count(*) FROM picked),
 		(SELECT count(*) FROM task_instances t WHERE t.run_id IN (SELECT id FROM picked)),
@@ -81,8 +81,15 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 			Scan(&p.Runs, &p.TaskInstances, &p.Logs); err != nil {
 			return err
 		}
+		keys, err := runKeys(tx, picked)
+		if err != nil {
+			return err
+		}
 		// Task instances and their logs go with the runs (ON DELETE CASCADE).
 		if _, err := tx.exec(`DELETE FROM dag_runs WHERE id IN (SELECT value FROM json_each(?))`, picked); err != nil {
+			return err
+		}
+		if err := dropUnusedKeys(tx, keys); err != nil {
 			return err
 		}
 		tx.wake(store.TopicRunsChanged)
@@ -121,7 +128,7 @@ func (s *Store) PurgeLogs(ctx context.Context, q store.PurgeQuery) (int, error) 
 		return 0, err
 	}
 	logs := `SELECT l.ti_id, l.try_number FROM dag_runs r JOIN task_instances t ON t.run_id = r.id
-		JOIN task_logs l ON l.ti_id = t.id` + w.sql() + ` LIMIT ?`
+		JOIN task_logs l ON l.ti_id = t.id` + w.sql() + ` LIMIT ? + 0`
 	args := append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit))
 	var n int64
 	if q.DryRun {
@@ -154,4 +161,40 @@ func vacuumFreed(tx *txn) error {
 	for rows.Next() {
 	}
 	return errors.Join(rows.Err(), rows.Close())
+}
+
+// runKeys returns the concurrency keys the instances of runs (an
+// idList) name, as counter names, before the runs are deleted.
+func runKeys(tx *txn, runIDs string) ([]string, error) {
+	rows, err := tx.query(`SELECT DISTINCT concurrency_key FROM task_instances
+		WHERE run_id IN (SELECT value FROM json_each(?)) AND concurrency_key IS NOT NULL`, runIDs)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, errors.Join(rows.Err(), rows.Close())
+}
+
+// dropUnusedKeys deletes the counters of keys (concurrency keys whose
+// instances the transaction deleted) that nothing uses any more: no
+// instance names them and nothing runs or waits under them. A key used
+// again later gets a new counter from the transaction creating its
+// instances (the one writer at a time orders them), so the counters stay
+// as many as the keys in use.
+func dropUnusedKeys(tx *txn, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := tx.exec(`DELETE FROM concurrency_keys WHERE key IN (SELECT value FROM json_each(?))
+		AND running = 0 AND queued = 0
+		AND NOT EXISTS (SELECT 1 FROM task_instances t WHERE t.concurrency_key = concurrency_keys.key)`, idList(keys))
+	return err
 }

@@ -91,8 +91,7 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 	for len(queue) > 0 {
 		f := queue[0]
 		queue = queue[1:]
-		def := ri.st.tasks[f.taskID]
-		if def == nil {
+		if !ri.st.has(f.taskID) {
 			continue
 		}
 		inc, dec := counterColumn(f.state), counterColumn(f.was)
@@ -108,7 +107,8 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 		default:
 			set = dec + ` = ` + dec + ` - 1`
 		}
-		if len(def.downstream) == 0 {
+		downstream := ri.st.downstream(f.taskID)
+		if len(downstream) == 0 {
 			continue
 		}
 		// One statement moves the counters of every direct downstream
@@ -119,13 +119,13 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 			rows *sql.Rows
 			err  error
 		)
-		if len(def.downstream) == 1 {
+		if len(downstream) == 1 {
 			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
-				WHERE run_id = ? AND call_key = '' AND task_id = ?`+returning, ri.id, def.downstream[0])
+				WHERE run_id = ? AND call_key = '' AND task_id = ?`+returning, ri.id, downstream[0])
 		} else {
 			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
 				WHERE run_id = ? AND call_key = '' AND task_id IN (SELECT value FROM json_each(?))`+returning,
-				ri.id, idList(def.downstream))
+				ri.id, idList(downstream))
 		}
 		if err != nil {
 			return fmt.Errorf("count upstream of the tasks after %q: %w", f.taskID, err)
@@ -303,7 +303,7 @@ func (e *engine) settle() error {
 
 func (e *engine) leafStates(ri *runInfo) ([]state.TaskState, error) {
 	rows, err := e.w.query(`SELECT state FROM task_instances WHERE run_id = ? AND call_key = ''
-		AND task_id IN (SELECT value FROM json_each(?))`, ri.id, idList(ri.st.leaves))
+		AND task_id IN (SELECT value FROM json_each(?))`, ri.id, idList(ri.st.leafIDs()))
 	if err != nil {
 		return nil, fmt.Errorf("leaves of run #%d: %w", ri.id, err)
 	}
@@ -401,13 +401,13 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 		next, errText = state.Failed, "deferred after the try was taken away"
 	}
 	var skip map[string]bool
-	if def := ri.st.tasks[a.taskID]; def != nil && next == state.Success && r.Follow != nil {
+	if ri.st.has(a.taskID) && next == state.Success && r.Follow != nil {
 		var bad string
-		skip, bad = branchSkips(ri.st, def, r.Follow)
+		skip, bad = branchSkips(ri.st, a.taskID, r.Follow)
 		if bad != "" {
 			next, skip = state.Failed, nil
 			errText = fmt.Sprintf("branch %q chose %q, which is not one of its direct downstream tasks %q",
-				a.taskID, bad, def.downstream)
+				a.taskID, bad, ri.st.downstream(a.taskID))
 		}
 	}
 	var nextRetry any
@@ -500,9 +500,10 @@ func (e *engine) finishBatch(results []store.Result) ([]store.FinishOutcome, err
 // followed nor downstream of a followed one (Airflow's
 // skip_all_except). bad names a followed id that is not a direct
 // downstream task.
-func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]bool, bad string) {
+func branchSkips(st *structure, taskID string, follow []string) (skip map[string]bool, bad string) {
+	downstream := st.downstream(taskID)
 	for _, f := range follow {
-		if !slices.Contains(def.downstream, f) {
+		if !slices.Contains(downstream, f) {
 			return nil, f
 		}
 	}
@@ -511,7 +512,7 @@ func branchSkips(st *structure, def *taskDef, follow []string) (skip map[string]
 		keep[id] = true
 	}
 	skip = map[string]bool{}
-	for _, d := range def.downstream {
+	for _, d := range downstream {
 		if !keep[d] {
 			skip[d] = true
 		}

@@ -242,7 +242,7 @@ func startRunsTx(w *txn, dagID string, now time.Time) ([]store.Run, error) {
 			return out, nil
 		}
 	}
-	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ?`, dagID, limit)
+	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ? + 0`, dagID, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +417,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM dag_runs`+w.sql(), w.args...).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args, sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
@@ -513,7 +513,25 @@ func (s *Store) DeleteRun(ctx context.Context, dagID, runID string) error {
 		if run.State == state.RunRunning {
 			return fmt.Errorf("%w: the run is running; mark it failed or success first", store.ErrConflict)
 		}
+		// A run put back to queued may still have instances queued or
+		// running: deleting them would leave their slots counted in their
+		// pools and keys for ever.
+		var busy bool
+		if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances
+			WHERE run_id = ? AND state IN ('queued', 'running', 'restarting'))`, run.ID).Scan(&busy); err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("%w: instances of the run are queued or running; mark it failed or success first", store.ErrConflict)
+		}
+		keys, err := runKeys(w, idList([]int64{run.ID}))
+		if err != nil {
+			return err
+		}
 		if _, err := w.exec(`DELETE FROM dag_runs WHERE id = ?`, run.ID); err != nil {
+			return err
+		}
+		if err := dropUnusedKeys(w, keys); err != nil {
 			return err
 		}
 		w.wake(store.TopicRunsChanged)

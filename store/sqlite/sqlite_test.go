@@ -147,6 +147,30 @@ func TestMaxActiveTasks(t *testing.T) {
 	}
 }
 
+// A try's first chunk longer than the cap is cut at the cap (the first
+// chunk is written with its counts at once), and later chunks are counted.
+func TestLogCapFirstChunk(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{LogCap: 10})
+	syncRun(t, s, store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 1, Tasks: []store.TaskSpec{task("a")}}, "r", t0)
+	cs, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 1, t0)
+	if err != nil || len(cs) != 1 {
+		t.Fatal(cs, err)
+	}
+	a := store.Try{ID: cs[0].ID, TryNumber: 1}
+	for _, chunk := range []string{"0123456789abcdef", "gh"} {
+		if err := s.AppendLog(t.Context(), a, []byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ReadLog(t.Context(), "d", "r", "a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "0123456789" + fmt.Sprintf(sqlite.TruncationMarker, 10, 8); string(got) != want {
+		t.Errorf("log %q, want %q", got, want)
+	}
+}
+
 // The log cap of Options: the first LogCap bytes are kept, the rest
 // counted, and the log ends with the truncation marker.
 func TestLogCap(t *testing.T) {

@@ -187,7 +187,7 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 		} else if err := count(); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
@@ -258,7 +258,7 @@ func (e *engine) clear(ri *runInfo, taskIDs []string) ([]int64, error) {
 	}
 	var cleared []int64
 	affected := map[string]bool{}
-	for _, id := range ri.st.order {
+	for _, id := range ri.st.ids {
 		if !want[id] {
 			continue
 		}
@@ -280,16 +280,16 @@ func (e *engine) clear(ri *runInfo, taskIDs []string) ([]int64, error) {
 		}
 		cleared = append(cleared, ti.id)
 		affected[id] = true
-		for _, d := range ri.st.tasks[id].downstream {
+		for _, d := range ri.st.downstream(id) {
 			affected[d] = true
 		}
 	}
-	for _, id := range ri.st.order {
+	for _, id := range ri.st.ids {
 		if !affected[id] || inst[id] == nil {
 			continue
 		}
 		var u state.Upstream
-		for _, up := range ri.st.tasks[id].upstream {
+		for _, up := range ri.st.upstream(id) {
 			if ui := inst[up]; ui != nil && ui.state.Terminal() {
 				u = u.Add(ui.state)
 			}
@@ -329,7 +329,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 			return err
 		}
 		for _, id := range taskIDs {
-			if ri.st.tasks[id] == nil {
+			if !ri.st.has(id) {
 				return fmt.Errorf("task %q is not in the run's structure: %w", id, store.ErrNotFound)
 			}
 		}
@@ -347,7 +347,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		}
 		ri.state = state.RunRunning
 		w.wake(store.TopicRunsChanged)
-		for _, id := range ri.st.order {
+		for _, id := range ri.st.ids {
 			if !contains(ids, id) {
 				continue
 			}

@@ -1,9 +1,13 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,6 +252,7 @@ func testPoolLimit(t *testing.T, e *env) {
 	if p.RunningSlots != 0 || p.QueuedSlots != 0 || p.OpenSlots() != 3 {
 		t.Errorf("pool after the run: %+v (open %d), want nothing running or queued and 3 open", p, p.OpenSlots())
 	}
+	e.wantCountersIdle()
 }
 
 // testTaskAndKeyLimits: MaxActive across runs and concurrency keys
@@ -273,6 +278,7 @@ func testTaskAndKeyLimits(t *testing.T, e *env) {
 		keys: map[string]int{"customer:a": 1, "customer:b": 1, "customer:c": 1}}
 	tries := drive(t, e.s, lim, 4, 8, 12+30)
 	checkIntervals(t, lim, tries)
+	e.wantCountersIdle()
 }
 
 // testKeyNoHeadOfLine: a saturated key does not hold back other keys,
@@ -298,6 +304,12 @@ func testKeyNoHeadOfLine(t *testing.T, e *env) {
 	}
 	if more := e.claim(8); len(more) != 0 {
 		t.Fatalf("claimed %v with both keys saturated and the pool missing", taskIDs(more))
+	}
+	ws, err := e.s.WaitingOnKeys(e.ctx)
+	must(t, "WaitingOnKeys", err)
+	want := []store.KeyWait{{Key: "key:k:cold", Limit: 1, Running: 1, Queued: 2}, {Key: "key:k:hot", Limit: 1, Running: 1, Queued: 39}}
+	if !slices.Equal(ws, want) {
+		t.Errorf("WaitingOnKeys = %+v, want %+v", ws, want)
 	}
 	if _, err := e.s.GetPool(e.ctx, "not_yet"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("GetPool of a pool not created: %v, want ErrNotFound", err)
@@ -496,6 +508,9 @@ func testLimitsProperty(t *testing.T, e *env) {
 				if rng.IntN(3) == 0 {
 					opts = append(opts, concurrencyKey(fmt.Sprintf("r%d:{{.Params.k}}", round), keyLimit))
 				}
+				if rng.IntN(4) == 0 {
+					opts = append(opts, prio(rng.IntN(5)))
+				}
 				tasks[i] = tk(fmt.Sprintf("t%03d", i), opts...)
 			}
 			sp := newSpec(dagID, tasks...)
@@ -517,6 +532,7 @@ func testLimitsProperty(t *testing.T, e *env) {
 			t.Fatalf("round %d: %d tries finished, want %d", round, len(tries), total)
 		}
 		checkIntervals(t, lim, tries)
+		e.wantCountersIdle(slices.Collect(maps.Keys(lim.pools))...)
 	}
 }
 
@@ -569,4 +585,209 @@ func waitWake(t *testing.T, sub store.Subscription, what string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no TopicTasksReady wake-up after %s", what)
 	}
+}
+
+// KeyCounterLister is implemented by backends so the suite can read the
+// counters of concurrency keys and task caps (the claim's bookkeeping,
+// which no part of the Store interface lists).
+type KeyCounterLister interface {
+	KeyCounters(ctx context.Context) ([]store.KeyWait, error)
+}
+
+// keyCounters returns the store's counters by name.
+func (e *env) keyCounters() map[string]store.KeyWait {
+	e.t.Helper()
+	l, ok := e.s.(KeyCounterLister)
+	if !ok {
+		e.t.Fatalf("%T does not implement storetest.KeyCounterLister", e.s)
+	}
+	ks, err := l.KeyCounters(e.ctx)
+	must(e.t, "KeyCounters", err)
+	out := map[string]store.KeyWait{}
+	for _, k := range ks {
+		out[k.Key] = k
+	}
+	return out
+}
+
+// wantCountersIdle checks that once nothing runs or waits, every counter
+// says so: what the claims and finishes added and took away balances.
+func (e *env) wantCountersIdle(pools ...string) {
+	e.t.Helper()
+	for name, k := range e.keyCounters() {
+		if k.Running != 0 || k.Queued != 0 {
+			e.t.Errorf("counter %s with nothing running or queued: %+v", name, k)
+		}
+	}
+	for _, name := range pools {
+		p, err := e.s.GetPool(e.ctx, name)
+		must(e.t, "GetPool "+name, err)
+		if p.RunningSlots != 0 || p.QueuedSlots != 0 {
+			e.t.Errorf("pool %s with nothing running or queued: %+v", name, p)
+		}
+	}
+}
+
+// keyNames lists the counters of rendered concurrency keys, sorted.
+func (e *env) keyNames() []string {
+	e.t.Helper()
+	var out []string
+	for name := range e.keyCounters() {
+		if strings.HasPrefix(name, store.KeyPrefixKey) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// runAll claims and finishes with success until nothing is claimable.
+func (e *env) runAll() int {
+	e.t.Helper()
+	n := 0
+	for {
+		cs := e.claim(16)
+		if len(cs) == 0 {
+			return n
+		}
+		for _, c := range cs {
+			e.finish(result(c, state.Success))
+		}
+		n += len(cs)
+	}
+}
+
+// testKeyCountersPurged: the counter of a concurrency key goes when the
+// last instance naming it is purged or deleted with its run, and comes
+// back when the key is used again; a key still named by an instance of
+// a run not started yet, or running, keeps its counter.
+func testKeyCountersPurged(t *testing.T, e *env) {
+	sp := newSpec("per_customer", tk("sync", concurrencyKey("cust:{{.Params.customer}}", 1)))
+	e.sync(sp)
+	for i := range 12 {
+		e.runWithConf(sp, fmt.Sprintf("r%02d", i), t0.Add(time.Duration(i)*time.Hour), fmt.Sprintf(`{"customer": "c%02d"}`, i))
+	}
+	e.start(sp.DAGID)
+	if n := e.runAll(); n != 12 {
+		t.Fatalf("ran %d instances, want 12", n)
+	}
+	if got := e.keyNames(); len(got) != 12 {
+		t.Fatalf("counters after 12 customers: %v, want 12", got)
+	}
+	// busy runs under c01; waiting (not started) names c00.
+	e.runWithConf(sp, "busy", t0.Add(100*time.Hour), `{"customer": "c01"}`)
+	e.start(sp.DAGID)
+	busy := e.claimOne("sync")
+	e.runWithConf(sp, "waiting", t0.Add(101*time.Hour), `{"customer": "c00"}`)
+	p, err := store.PurgeAll(e.ctx, e.s, store.PurgeQuery{Before: t0.Add(1000 * time.Hour)}, nil)
+	must(t, "PurgeAll", err)
+	if p.Runs != 12 {
+		t.Fatalf("purged %d runs, want the 12 finished", p.Runs)
+	}
+	if got := e.keyNames(); !slices.Equal(got, []string{"key:cust:c00", "key:cust:c01"}) {
+		t.Fatalf("counters after the purge: %v, want those of the waiting and the running instance", got)
+	}
+	e.finish(result(busy, state.Success))
+	e.start(sp.DAGID)
+	waiting := e.claimOne("sync") // its counter is there
+	must(t, "DeleteRun busy", e.s.DeleteRun(e.ctx, sp.DAGID, "busy"))
+	if got := e.keyNames(); !slices.Equal(got, []string{"key:cust:c00"}) {
+		t.Fatalf("counters after deleting busy: %v, want c00's alone (waiting's instance runs)", got)
+	}
+	if c := e.keyCounters()["key:cust:c00"]; c.Running != 1 || c.Limit != 1 {
+		t.Errorf("counter of the running instance: %+v, want 1 running of 1", c)
+	}
+	// Used again after its counter went: a new counter, and the limit holds.
+	for i := range 2 {
+		e.runWithConf(sp, fmt.Sprintf("again%d", i), t0.Add(time.Duration(200+i)*time.Hour), `{"customer": "c05"}`)
+	}
+	e.start(sp.DAGID)
+	if got := e.keyNames(); !slices.Equal(got, []string{"key:cust:c00", "key:cust:c05"}) {
+		t.Fatalf("counters with c05 used again: %v", got)
+	}
+	cs := e.claim(8)
+	if len(cs) != 1 || cs[0].ConcurrencyKey != "cust:c05" {
+		t.Fatalf("claimed %v, want one instance of c05 (c00 runs, c05's limit is 1)", taskIDs(cs))
+	}
+	e.finish(result(cs[0], state.Success), result(waiting, state.Success))
+	if n := e.runAll(); n != 1 {
+		t.Fatalf("ran %d after the first of c05, want its second", n)
+	}
+	e.wantCountersIdle()
+	p, err = store.PurgeAll(e.ctx, e.s, store.PurgeQuery{Before: t0.Add(1000 * time.Hour)}, nil)
+	must(t, "PurgeAll", err)
+	if got := e.keyNames(); p.Runs != 3 || len(got) != 0 {
+		t.Fatalf("purged %d runs, counters left %v; want 3 runs and no counter", p.Runs, got)
+	}
+}
+
+// testKeyCountersPurgeRace: a run created under a key while the purge
+// deletes the last other instance of that key keeps a counter, whichever
+// commits first: its instance is claimable.
+func testKeyCountersPurgeRace(t *testing.T, e *env) {
+	sp := newSpec("race_key", tk("sync", concurrencyKey("k:{{.Params.k}}", 1)))
+	e.sync(sp)
+	for i := range 20 {
+		key := fmt.Sprintf(`{"k": "v%02d"}`, i)
+		e.runWithConf(sp, fmt.Sprintf("old%02d", i), t0.Add(time.Duration(2*i)*time.Hour), key)
+		e.start(sp.DAGID)
+		if n := e.runAll(); n != 1 {
+			t.Fatalf("round %d: ran %d, want 1", i, n)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := store.PurgeAll(e.ctx, e.s, store.PurgeQuery{Before: t0.Add(1000 * time.Hour)}, nil); err != nil {
+				t.Errorf("PurgeAll: %v", err)
+			}
+		})
+		wg.Go(func() {
+			ld := t0.Add(time.Duration(2*i+1) * time.Hour)
+			if _, _, err := e.s.CreateRun(e.ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("new%02d", i),
+				RunType: store.RunManual, LogicalDate: ld, IntervalStart: ld, IntervalEnd: ld.Add(time.Hour),
+				Fingerprint: sp.Fingerprint, QueuedAt: ld, Conf: []byte(key)}); err != nil {
+				t.Errorf("CreateRun: %v", err)
+			}
+		})
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		want := fmt.Sprintf("key:k:v%02d", i)
+		if c, ok := e.keyCounters()[want]; !ok || c.Limit != 1 {
+			t.Fatalf("round %d: counter %s = %+v (present %v) with a run naming it", i, want, c, ok)
+		}
+		e.start(sp.DAGID)
+		if n := e.runAll(); n != 1 {
+			t.Fatalf("round %d: the new run's instance: ran %d, want 1", i, n)
+		}
+	}
+}
+
+// testDeleteRunKeepsCounters: a run put back to queued while a limited
+// instance of it runs cannot be deleted from under its counters: the
+// deletion is refused until the run is marked finished, which frees the
+// slot.
+func testDeleteRunKeepsCounters(t *testing.T, e *env) {
+	e.createPool("one", 1)
+	sp := newSpec("requeued", tk("a", inPool("one", 1), concurrencyKey("k", 1)), tk("b", inPool("one", 1)))
+	e.started(sp, "r")
+	c := e.claimOne("a")
+	_, err := e.s.SetRunState(e.ctx, sp.DAGID, "r", state.RunQueued, t0.Add(3*time.Minute))
+	must(t, "SetRunState queued", err)
+	if err := e.s.DeleteRun(e.ctx, sp.DAGID, "r"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("DeleteRun of a queued run with a running instance: %v, want ErrConflict", err)
+	}
+	if got := e.ti(sp.DAGID, "r", "a"); got.State != state.Running || got.TryNumber != c.TryNumber {
+		t.Fatalf("the refused deletion changed a: %s try %d", got.State, got.TryNumber)
+	}
+	_, err = e.s.SetRunState(e.ctx, sp.DAGID, "r", state.RunFailed, t0.Add(4*time.Minute))
+	must(t, "SetRunState failed", err)
+	must(t, "DeleteRun", e.s.DeleteRun(e.ctx, sp.DAGID, "r"))
+	e.wantCountersIdle("one")
+	if got := e.keyNames(); len(got) != 0 {
+		t.Errorf("counters left after the run's deletion: %v", got)
+	}
+	other := newSpec("after", tk("x", inPool("one", 1)))
+	e.started(other, "r")
+	e.claimOne("x")
 }

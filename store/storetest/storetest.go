@@ -157,6 +157,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LimitsSurviveDeadWorker", testLimitsSurviveDeadWorker},
 		{"LimitsBadInput", testLimitsBadInput},
 		{"LimitsProperty", testLimitsProperty},
+		{"KeyCountersPurged", testKeyCountersPurged},
+		{"KeyCountersPurgeRace", testKeyCountersPurgeRace},
+		{"DeleteRunKeepsCounters", testDeleteRunKeepsCounters},
 		{"FreedSlotWakes", testFreedSlotWakes},
 		{"CallConcurrency", testCallConcurrency},
 	}

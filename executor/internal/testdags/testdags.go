@@ -73,6 +73,9 @@ func Registry() *dag.Registry {
 	for _, d := range []*dag.DAG{isolation(), orphans(), chaos(), spread(), graceful(), funcChain(), shellChain(), shellFan(), environ(), outcomes(), crash(), hog(), shellStop()} {
 		r.Register(d)
 	}
+	for _, d := range limitDAGs() {
+		r.Register(d)
+	}
 	if n, err := strconv.Atoi(os.Getenv(EnvBig)); err == nil && n > 0 {
 		r.Register(BigDAG(n))
 	}
