@@ -361,7 +361,8 @@ func (s *Store) SetTaskState(ctx context.Context, dagID, runID, taskID string, t
 			if !state.CanTransition(from, to) {
 				return errorf("%w: a %s task cannot be marked %s", store.ErrConflict, from, to)
 			}
-			if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = $2, ended_at = $3, next_retry_at = NULL
+			if _, err := tx.Exec(ctx, `UPDATE task_instances SET state = $2, ended_at = $3, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE id = $1`, id, string(to), now); err != nil {
 				return err
 			}

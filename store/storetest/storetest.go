@@ -150,6 +150,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ContinueDeferred", testContinueDeferred},
 		{"DeferredSweepConcurrent", testDeferredSweepConcurrent},
 		{"EventRacesDeferral", testEventRacesDeferral},
+		{"Pokes", testPokes}, {"PokesLeftBehind", testPokesLeftBehind}, {"PokesConcurrent", testPokesConcurrent},
+		{"WaitFieldsCleared", testWaitFieldsCleared},
 		{"PoolLimit", testPoolLimit},
 		{"TaskAndKeyLimits", testTaskAndKeyLimits},
 		{"KeyNoHeadOfLine", testKeyNoHeadOfLine},
