@@ -3,11 +3,13 @@
 package bench
 
 import (
+	"fmt"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -51,7 +53,9 @@ func HeapProfileOnSignal(lookupEnv func(string) (string, bool), logf func(string
 	}
 }
 
-// writeHeapProfile writes the heap profile of this process to path.
+// writeHeapProfile writes the heap profile of this process to path, and
+// beside it (path with .txt for .pprof) how its resident memory divides
+// between the Go runtime and the rest (memoryNote).
 func writeHeapProfile(path string) error {
 	runtime.GC()
 	f, err := os.Create(path)
@@ -62,5 +66,25 @@ func writeHeapProfile(path string) error {
 		_ = f.Close()
 		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	m, err := ProcessMemory(os.Getpid())
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(strings.TrimSuffix(path, ".pprof")+".txt", []byte(memoryNote(m, &ms)), 0o644)
+}
+
+// memoryNote tells how the resident memory m of a process divides: what
+// the Go runtime holds from the OS (Sys less what it released), of it the
+// live heap, and the rest, which is memory the runtime does not manage
+// (the SQLite engine's allocations and caches, mapped files).
+func memoryNote(m Memory, ms *runtime.MemStats) string {
+	goHeld := ms.Sys - ms.HeapReleased
+	other := int64(m.RSS) - int64(goHeld)
+	return fmt.Sprintf("rss %d\npss %d\ngo_held %d\ngo_heap_alloc %d\ngo_heap_idle_unreleased %d\nnot_go %d\n",
+		m.RSS, m.PSS, goHeld, ms.HeapAlloc, ms.HeapIdle-ms.HeapReleased, other)
 }

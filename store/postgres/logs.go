@@ -46,7 +46,28 @@ const appendLogsSQL = `
 	WITH u AS (
 		SELECT id, try, data, octet_length(data)::bigint AS len
 		FROM unnest($1::bigint[], $2::int[], $3::bytea[]) AS u(id, try, data)
-	), cur AS MATERIALIZED (
+	)` + appendLogsTail
+
+// appendRecordedLogsSQL is appendLogsSQL for the tries among $1–$3 whose
+// instance this transaction has just written at that try number (the
+// outcome statement applied their result: told apart from late or
+// duplicate reports by the transaction id of the row version, as
+// incrementRecordedSQL does), so that it can travel in the round trip of
+// the outcome statement instead of after it.
+const appendRecordedLogsSQL = `
+	WITH me AS MATERIALIZED (
+		SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text::xid AS xid
+	), u AS (
+		SELECT u.id, u.try, u.data, octet_length(u.data)::bigint AS len
+		FROM unnest($1::bigint[], $2::int[], $3::bytea[]) AS u(id, try, data)
+		CROSS JOIN me
+		CROSS JOIN LATERAL (SELECT t.try_number, t.xmin FROM task_instances t WHERE t.id = u.id LIMIT 1) t
+		WHERE t.try_number = u.try AND t.xmin = me.xid
+	)` + appendLogsTail
+
+// appendLogsTail is what follows the u CTE (the tries and their chunks)
+// in the append statements.
+const appendLogsTail = `, cur AS MATERIALIZED (
 		SELECT l.ti_id, l.try_number, l.size, l.dropped, l.chunks
 		FROM u JOIN task_logs l ON l.ti_id = u.id AND l.try_number = u.try
 		ORDER BY l.ti_id, l.try_number

@@ -18,10 +18,11 @@ import (
 )
 
 // tiCols are the columns of store.TaskInstance, from task_instances t
-// joined with dag_runs r.
+// joined with dag_runs r. A Sensor's next poke is in sensor_pokes.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
+	t.heartbeat_at, t.output, t.error, coalesce(t.next_check_at, CASE WHEN t.state = 'deferred' THEN (SELECT p.due_at
+		FROM sensor_pokes p WHERE p.ti_id = t.id AND p.try_number = t.try_number) END), coalesce(t.wait_event, ''), t.trigger_timeout,
 	t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {
@@ -894,6 +895,12 @@ func (f *finishTx) record(ctx context.Context) error {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
 	}
+	// The final log chunks go before the increment: the join a fan-in's
+	// finishes all increment stays locked from its increment to the
+	// commit, so what runs after it serialises them.
+	if q, ok := f.recordedLogs(); ok {
+		qs = append(qs, q)
+	}
 	qs = append(qs, finalQuery{sql: incrementRecordedSQL, args: []any{ids, recordedFinalStates, true, queueWhenAllSucceeded, f.now},
 		read: func(rows pgx.Rows) error {
 			var err error
@@ -935,9 +942,36 @@ func (f *finishTx) countNow() []finalQuery {
 	}
 }
 
+// recordedLogs returns the statement appending the final log chunks of
+// the results (one per instance, in instance order) for the tries the
+// outcome statement applies (appendRecordedLogsSQL), false when there
+// are none.
+func (f *finishTx) recordedLogs() (finalQuery, bool) {
+	var (
+		logAs   []store.Try
+		logData [][]byte
+	)
+	for _, i := range f.order {
+		if r := f.results[i]; len(r.Log) > 0 {
+			logAs = append(logAs, r.Try)
+			logData = append(logData, r.Log)
+		}
+	}
+	if len(logAs) == 0 {
+		return finalQuery{}, false
+	}
+	ids, tries := tryArrays(logAs)
+	return finalQuery{sql: appendRecordedLogsSQL, args: []any{ids, tries, logData, int64(f.s.logCap)},
+		read: func(pgx.Rows) error { return nil }}, true // no rows; readBatch closes them
+}
+
 // appendLogs appends the final log chunks of the tries recorded (cleared
-// ones too: the try ran), in instance order.
+// ones too: the try ran), in instance order; record sent them already
+// when it speculated.
 func (f *finishTx) appendLogs(ctx context.Context) error {
+	if f.speculate {
+		return nil
+	}
 	var (
 		logAs   []store.Try
 		logData [][]byte

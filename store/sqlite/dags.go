@@ -297,7 +297,7 @@ func (s *Store) ListDAGs(ctx context.Context, onlyActive bool, limit, offset int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM dags`+where).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+dagCols+` FROM dags`+where+` ORDER BY dag_id LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+dagCols+` FROM dags`+where+` ORDER BY dag_id LIMIT ? + 0 OFFSET ?`,
 			sqlLimit(limit), offset)
 		if err != nil {
 			return err

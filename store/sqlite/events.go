@@ -71,7 +71,7 @@ type eventTx struct {
 // process.
 func (r eventTx) expire(at time.Time) error {
 	_, err := r.w.exec(`DELETE FROM events WHERE id IN (SELECT id FROM events WHERE expires_at <= ?
-		ORDER BY expires_at LIMIT ?)`, us(at), store.ExpireEventsPerEvent)
+		ORDER BY expires_at LIMIT ? + 0)`, us(at), store.ExpireEventsPerEvent)
 	return err
 }
 
@@ -175,7 +175,7 @@ func (s *Store) PurgeEvents(ctx context.Context, now time.Time, limit int) (int,
 		q := `DELETE FROM events WHERE expires_at <= ?`
 		args := []any{us(now)}
 		if limit > 0 {
-			q = `DELETE FROM events WHERE id IN (SELECT id FROM events WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)`
+			q = `DELETE FROM events WHERE id IN (SELECT id FROM events WHERE expires_at <= ? ORDER BY expires_at LIMIT ? + 0)`
 			args = append(args, limit)
 		}
 		res, err := w.exec(q, args...)

@@ -28,7 +28,7 @@ func (s *Store) Grid(ctx context.Context, q store.GridQuery) (store.Grid, error)
 			return nil
 		}
 		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs WHERE dag_id = ?
-			ORDER BY logical_date DESC, id DESC LIMIT ? OFFSET ?`, q.DAGID, q.RunLimit, q.RunOffset)
+			ORDER BY logical_date DESC, id DESC LIMIT ? + 0 OFFSET ?`, q.DAGID, q.RunLimit, q.RunOffset)
 		if err != nil {
 			return err
 		}

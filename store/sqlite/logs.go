@@ -37,12 +37,35 @@ func (s *Store) AppendLog(ctx context.Context, a store.Try, chunk []byte) error 
 
 // appendLogIn appends chunk to the log of try a inside transaction w,
 // keeping at most the store's LogCap bytes and counting the rest.
+//
+// The first chunk of a try (most tries send their whole log with their
+// result) takes two statements: the log row is inserted with its final
+// counts, then the chunk. A later chunk reads and updates the counts.
 func (s *Store) appendLogIn(w *txn, a store.Try, chunk []byte) error {
+	first := min(int64(len(chunk)), int64(s.logCap))
+	var firstChunks int
+	if first > 0 {
+		firstChunks = 1
+	}
+	res, err := w.exec(`INSERT INTO task_logs (ti_id, try_number, size, dropped, chunks) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (ti_id, try_number) DO NOTHING`, a.ID, a.TryNumber, first, int64(len(chunk))-first, firstChunks)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 1 {
+		if first == 0 {
+			return nil
+		}
+		_, err := w.exec(`INSERT INTO task_log_chunks (ti_id, try_number, seq, data) VALUES (?, ?, 0, ?)`,
+			a.ID, a.TryNumber, chunk[:first])
+		return err
+	}
 	var size, dropped int64
 	var chunks int
-	err := w.queryRow(`INSERT INTO task_logs (ti_id, try_number) VALUES (?, ?)
-		ON CONFLICT (ti_id, try_number) DO UPDATE SET size = size
-		RETURNING size, dropped, chunks`, a.ID, a.TryNumber).Scan(&size, &dropped, &chunks)
+	err = w.queryRow(`SELECT size, dropped, chunks FROM task_logs WHERE ti_id = ? AND try_number = ?`,
+		a.ID, a.TryNumber).Scan(&size, &dropped, &chunks)
 	if err != nil {
 		return err
 	}

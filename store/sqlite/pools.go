@@ -117,7 +117,7 @@ func (s *Store) ListPools(ctx context.Context, limit, offset int) ([]store.Pool,
 		if err := q.QueryRowContext(ctx, `SELECT count(*) FROM pools`).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := q.QueryContext(ctx, poolSelect+` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT ? OFFSET ?)
+		rows, err := q.QueryContext(ctx, poolSelect+` WHERE p.name IN (SELECT name FROM pools ORDER BY name LIMIT ? + 0 OFFSET ?)
 			GROUP BY p.name ORDER BY p.name`, limit, offset)
 		if err != nil {
 			return err

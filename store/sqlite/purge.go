@@ -39,7 +39,7 @@ func (s *Store) PurgeRuns(ctx context.Context, q store.PurgeQuery) (store.Purged
 	if err != nil {
 		return p, err
 	}
-	pick := `SELECT r.id FROM dag_runs r` + w.sql() + ` ORDER BY r.ended_at, r.id LIMIT ?`
+	pick := `SELECT r.id FROM dag_runs r` + w.sql() + ` ORDER BY r.ended_at, r.id LIMIT ? + 0`
 	args := append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit))
 	counts := `SELECT (SELECT count(*) FROM picked),
 		(SELECT count(*) FROM task_instances t WHERE t.run_id IN (SELECT id FROM picked)),
@@ -128,7 +128,7 @@ func (s *Store) PurgeLogs(ctx context.Context, q store.PurgeQuery) (int, error) 
 		return 0, err
 	}
 	logs := `SELECT l.ti_id, l.try_number FROM dag_runs r JOIN task_instances t ON t.run_id = r.id
-		JOIN task_logs l ON l.ti_id = t.id` + w.sql() + ` LIMIT ?`
+		JOIN task_logs l ON l.ti_id = t.id` + w.sql() + ` LIMIT ? + 0`
 	args := append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit))
 	var n int64
 	if q.DryRun {

@@ -242,7 +242,7 @@ func startRunsTx(w *txn, dagID string, now time.Time) ([]store.Run, error) {
 			return out, nil
 		}
 	}
-	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ?`, dagID, limit)
+	rows, err := w.query(`SELECT id FROM dag_runs WHERE dag_id = ? AND state = 'queued' ORDER BY logical_date, id LIMIT ? + 0`, dagID, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +417,7 @@ func (s *Store) ListRuns(ctx context.Context, q store.RunQuery) ([]store.Run, in
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM dag_runs`+w.sql(), w.args...).Scan(&total); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+runCols+` FROM dag_runs`+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args, sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
@@ -469,10 +469,11 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 			_, err = w.exec(`UPDATE task_instances SET
 					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
 					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
-					ended_at = ?, next_retry_at = NULL
+					ended_at = ?, next_retry_at = NULL, next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		case state.RunSuccess:
-			_, err = w.exec(`UPDATE task_instances SET state = 'success', ended_at = ?, next_retry_at = NULL
+			_, err = w.exec(`UPDATE task_instances SET state = 'success', ended_at = ?, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		}
 		if err != nil {

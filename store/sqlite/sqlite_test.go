@@ -147,6 +147,30 @@ func TestMaxActiveTasks(t *testing.T) {
 	}
 }
 
+// A try's first chunk longer than the cap is cut at the cap (the first
+// chunk is written with its counts at once), and later chunks are counted.
+func TestLogCapFirstChunk(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{LogCap: 10})
+	syncRun(t, s, store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 1, Tasks: []store.TaskSpec{task("a")}}, "r", t0)
+	cs, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 1, t0)
+	if err != nil || len(cs) != 1 {
+		t.Fatal(cs, err)
+	}
+	a := store.Try{ID: cs[0].ID, TryNumber: 1}
+	for _, chunk := range []string{"0123456789abcdef", "gh"} {
+		if err := s.AppendLog(t.Context(), a, []byte(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ReadLog(t.Context(), "d", "r", "a", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "0123456789" + fmt.Sprintf(sqlite.TruncationMarker, 10, 8); string(got) != want {
+		t.Errorf("log %q, want %q", got, want)
+	}
+}
+
 // The log cap of Options: the first LogCap bytes are kept, the rest
 // counted, and the log ends with the truncation marker.
 func TestLogCap(t *testing.T) {
@@ -407,5 +431,43 @@ func TestMigrateWhileWriting(t *testing.T) {
 	}
 	if ws, err := s.ListWorkers(t.Context()); err != nil || len(ws) != 60 {
 		t.Errorf("%d workers registered (%v), want 60", len(ws), err)
+	}
+}
+
+// A finish batch reads its instances in one statement; a result repeated
+// in the batch is judged on what the first one wrote (refused), results
+// for unknown instances are refused, and the others are applied and
+// release their downstream tasks.
+func TestFinishBatchRepeatedResult(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{})
+	syncRun(t, s, store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 1,
+		Tasks: []store.TaskSpec{task("a"), task("b"), task("c", "a", "b")}}, "r", t0)
+	cs, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 2, t0)
+	if err != nil || len(cs) != 2 {
+		t.Fatal(cs, err)
+	}
+	ok := func(c store.Claimed) store.Result {
+		return store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0.Add(time.Second)}
+	}
+	failed := ok(cs[0])
+	failed.State, failed.Error = state.Failed, "late"
+	ghost := ok(cs[0])
+	ghost.ID = 1 << 40
+	out, err := s.FinishTasks(t.Context(), []store.Result{ok(cs[0]), failed, ghost, ok(cs[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		applied bool
+		state   state.TaskState
+	}{{true, state.Success}, {false, state.Success}, {false, ""}, {true, state.Success}}
+	for i, w := range want {
+		if out[i].Applied != w.applied || out[i].State != w.state {
+			t.Errorf("outcome %d = applied %v, state %q; want %v, %q", i, out[i].Applied, out[i].State, w.applied, w.state)
+		}
+	}
+	next, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 2, t0)
+	if err != nil || len(next) != 1 || next[0].TaskID != "c" {
+		t.Fatalf("after the batch, claimed %v (err %v); want c alone", next, err)
 	}
 }

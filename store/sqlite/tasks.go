@@ -15,9 +15,12 @@ import (
 	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
+// tiCols are the columns of store.TaskInstance (tiFrom); a Sensor's next
+// poke is in sensor_pokes.
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
-	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
+	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, coalesce(ti.next_check_at, CASE WHEN ti.state = 'deferred'
+	THEN (SELECT p.due_at FROM sensor_pokes p WHERE p.ti_id = ti.id AND p.try_number = ti.try_number) END), coalesce(ti.wait_event, ''),
 	ti.trigger_timeout, ti.pool, ti.pool_slots, coalesce(ti.concurrency_key, ''), ti.map_index, ti.arguments,
 	coalesce(ti.parent_ti_id, 0), ti.waiting_on`
 
@@ -184,7 +187,7 @@ func (s *Store) ListRunTaskInstances(ctx context.Context, q store.TaskQuery) ([]
 		} else if err := count(); err != nil {
 			return err
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? OFFSET ?`,
+		rows, err := tx.QueryContext(ctx, `SELECT `+cols+tiFrom+w.sql()+order+` LIMIT ? + 0 OFFSET ?`,
 			append(w.args[:len(w.args):len(w.args)], sqlLimit(q.Limit), q.Offset)...)
 		if err != nil {
 			return err
@@ -255,7 +258,7 @@ func (e *engine) clear(ri *runInfo, taskIDs []string) ([]int64, error) {
 	}
 	var cleared []int64
 	affected := map[string]bool{}
-	for _, id := range ri.st.order {
+	for _, id := range ri.st.ids {
 		if !want[id] {
 			continue
 		}
@@ -277,16 +280,16 @@ func (e *engine) clear(ri *runInfo, taskIDs []string) ([]int64, error) {
 		}
 		cleared = append(cleared, ti.id)
 		affected[id] = true
-		for _, d := range ri.st.tasks[id].downstream {
+		for _, d := range ri.st.downstream(id) {
 			affected[d] = true
 		}
 	}
-	for _, id := range ri.st.order {
+	for _, id := range ri.st.ids {
 		if !affected[id] || inst[id] == nil {
 			continue
 		}
 		var u state.Upstream
-		for _, up := range ri.st.tasks[id].upstream {
+		for _, up := range ri.st.upstream(id) {
 			if ui := inst[up]; ui != nil && ui.state.Terminal() {
 				u = u.Add(ui.state)
 			}
@@ -326,7 +329,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 			return err
 		}
 		for _, id := range taskIDs {
-			if ri.st.tasks[id] == nil {
+			if !ri.st.has(id) {
 				return fmt.Errorf("task %q is not in the run's structure: %w", id, store.ErrNotFound)
 			}
 		}
@@ -338,13 +341,16 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		if err != nil {
 			return err
 		}
+		if err := rerunFailedCalls(w, cleared, now); err != nil {
+			return err
+		}
 		if _, err := w.exec(`UPDATE dag_runs SET state = 'running', ended_at = NULL,
 				started_at = coalesce(started_at, ?) WHERE id = ?`, us(now), ri.id); err != nil {
 			return err
 		}
 		ri.state = state.RunRunning
 		w.wake(store.TopicRunsChanged)
-		for _, id := range ri.st.order {
+		for _, id := range ri.st.ids {
 			if !contains(ids, id) {
 				continue
 			}
@@ -402,6 +408,7 @@ func (s *Store) SetTaskState(ctx context.Context, dagID, runID, taskID string, s
 			return fmt.Errorf("%w: a %s task cannot be marked %s", store.ErrConflict, ti.State, st)
 		}
 		if _, err := w.exec(`UPDATE task_instances SET state = ?, ended_at = ?, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL,
 				error = CASE WHEN ? = 'success' THEN '' ELSE error END WHERE id = ?`,
 			string(st), us(now), string(st), ti.ID); err != nil {
 			return err

@@ -96,12 +96,34 @@ func retryBusy(ctx context.Context, fn func() error) error {
 }
 
 // txn is one writing transaction.
+//
+// Its statements run under a context that is never done (quiet): the
+// driver watches a cancellable statement context with a goroutine, a
+// progress handler and a channel per statement, which cost about a tenth
+// of a worker's CPU when every finished task runs several short
+// statements. The transaction itself stays bound to ctx: database/sql
+// rolls it back when ctx ends, and each statement first checks ctx, so a
+// cancelled transaction stops at its next statement (a statement already
+// running completes; writing statements are short).
 type txn struct {
 	s      *Store
 	ctx    context.Context
+	quiet  context.Context // context.WithoutCancel(ctx)
 	tx     *sql.Tx
 	topics map[store.Topic]bool
 	stmts  map[string]*sql.Stmt // statements bound to this transaction
+}
+
+// stmtCtx returns the context a statement of the transaction runs under:
+// ctx's error when it is done, else a context without cancellation.
+func (w *txn) stmtCtx(ctx context.Context) (context.Context, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if ctx == w.ctx {
+		return w.quiet, nil
+	}
+	return context.WithoutCancel(ctx), nil
 }
 
 // wake records that listeners of topic must be woken once the transaction
@@ -134,15 +156,23 @@ func (w *txn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 }
 
 func (w *txn) exec(query string, args ...any) (sql.Result, error) {
-	st, err := w.stmt(w.ctx, query)
+	ctx, err := w.stmtCtx(w.ctx)
 	if err != nil {
 		return nil, err
 	}
-	return st.ExecContext(w.ctx, args...)
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
 }
 
 // QueryContext runs a query in the transaction (w is a querier).
 func (w *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	ctx, err := w.stmtCtx(ctx)
+	if err != nil {
+		return nil, err
+	}
 	st, err := w.stmt(ctx, query)
 	if err != nil {
 		return nil, err
@@ -152,12 +182,17 @@ func (w *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql
 
 // QueryRowContext runs a one-row query in the transaction.
 func (w *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	st, err := w.stmt(ctx, query)
+	qctx, err := w.stmtCtx(ctx)
 	if err != nil {
-		// A *sql.Row carrying err: the query fails again the same way.
+		// A *sql.Row carrying ctx's error.
 		return w.tx.QueryRowContext(ctx, query, args...)
 	}
-	return st.QueryRowContext(ctx, args...)
+	st, err := w.stmt(qctx, query)
+	if err != nil {
+		// A *sql.Row carrying err: the query fails again the same way.
+		return w.tx.QueryRowContext(qctx, query, args...)
+	}
+	return st.QueryRowContext(qctx, args...)
 }
 
 func (w *txn) query(query string, args ...any) (*sql.Rows, error) {
@@ -185,7 +220,7 @@ func (s *Store) write(ctx context.Context, op string, fn func(w *txn) error) err
 		if err != nil {
 			return err
 		}
-		w := &txn{s: s, ctx: ctx, tx: tx, topics: map[store.Topic]bool{}, stmts: map[string]*sql.Stmt{}}
+		w := &txn{s: s, ctx: ctx, quiet: context.WithoutCancel(ctx), tx: tx, topics: map[store.Topic]bool{}, stmts: map[string]*sql.Stmt{}}
 		if err := fn(w); err != nil {
 			_ = tx.Rollback()
 			return err
