@@ -38,6 +38,11 @@ type callTx struct {
 	prio    map[callKey]int           // the highest priority among a key's callers
 	found   map[callKey]callee        // existing and created call instances
 	created int
+
+	// Read under the run's lock for the calls to create (readNumbers).
+	next    map[string]int     // the next map index of each callable
+	keyed   map[string]keyOf   // the callables with a concurrency key
+	nCalls  int                // the run's count of calls
 	refused map[callKey]string // calls not made, with why (for every caller)
 }
 
@@ -107,12 +112,7 @@ func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBat
 		if err != nil {
 			return err
 		}
-		for _, c := range txs {
-			if err := c.run(ctx); err != nil {
-				return err
-			}
-		}
-		return nil
+		return runCalls(ctx, tx, txs)
 	})
 	if err != nil {
 		return nil, err
@@ -199,33 +199,139 @@ func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallB
 		c.callers = append(c.callers, &caller{b: b, out: &out[i], priority: r.priority, isCall: r.mi >= 0})
 	}
 	slices.SortStableFunc(txs, func(a, b *callTx) int { return cmp.Compare(a.runID, b.runID) })
-	var runs []int64
+	return txs, nil
+}
+
+// runCalls runs the phases of txs (sorted by run). Finding the existing
+// calls takes no lock, so that the calls of one run only found (a caller
+// run again finding its calls final, calls already linked) run in
+// parallel. The runs whose calls create instances (map indexes, the cap)
+// or may close a cycle are then locked together, in run order, and what
+// was missing is looked for again under the lock (another transaction may
+// have created it meanwhile), with the callables' next map indexes, in
+// the same round trip.
+func runCalls(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 	for _, c := range txs {
+		if err := c.readRun(ctx); err != nil {
+			return err
+		}
+		if err := c.findExisting(ctx); err != nil {
+			return err
+		}
+	}
+	if err := lockAndNumber(ctx, tx, txs); err != nil {
+		return err
+	}
+	for _, c := range txs {
+		for _, phase := range []func(context.Context) error{c.create, c.linkAndCheck, c.finish} {
+			if err := phase(ctx); err != nil {
+				return err
+			}
+		}
+		c.answer()
+	}
+	return nil
+}
+
+// missing returns the keys of c not found, with their callables.
+func (c *callTx) missing() (keys []callKey, tasks []string) {
+	for _, k := range c.keys {
+		if _, ok := c.found[k]; !ok {
+			keys, tasks = append(keys, k), append(tasks, k.task)
+		}
+	}
+	return keys, tasks
+}
+
+// needsLock reports whether the calls of c must hold the run's lock:
+// they create instances, come from outside, or some caller that is a call
+// instance found an unfinished callee (a possible cycle, checked against
+// the edges committed before).
+func (c *callTx) needsLock() bool {
+	if len(c.callers) > 0 && c.callers[0].b.Caller.ID == 0 {
+		return true
+	}
+	if m, _ := c.missing(); len(m) > 0 {
+		return true
+	}
+	for _, cl := range c.callers {
+		if !cl.isCall {
+			continue
+		}
+		for _, k := range cl.keys {
+			if x, ok := c.found[k]; ok && x.unfinished() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// lockAndNumber locks the runs of txs that need it (needsLock), finds
+// again their missing calls and reads, for those, the run's count of
+// calls and the next map index of each callable, in one round trip.
+func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
+	var runs []int64
+	var locked []*callTx
+	for _, c := range txs {
+		if !c.needsLock() {
+			continue
+		}
+		locked = append(locked, c)
 		if len(runs) == 0 || runs[len(runs)-1] != c.runID {
 			runs = append(runs, c.runID)
 		}
 	}
-	if len(runs) > 0 {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
-			FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, runs); err != nil {
-			return nil, err
-		}
+	if len(runs) == 0 {
+		return nil
 	}
-	return txs, nil
-}
-
-func (c *callTx) run(ctx context.Context) error {
-	for _, phase := range []func(context.Context) error{c.readRun, c.findExisting, c.create,
-		c.linkAndCheck, c.finish} {
-		if err := phase(ctx); err != nil {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
+		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, runs)
+	var qs []*callTx
+	for _, c := range locked {
+		keys, names := c.missing()
+		if len(keys) == 0 {
+			continue
+		}
+		tasks, ks := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			tasks[i], ks[i] = k.task, k.key
+		}
+		b.Queue(findCalleesSQL, c.runID, tasks, ks)
+		b.Queue(nextIndexesSQL, c.runID, c.versionID, names)
+		qs = append(qs, c)
+	}
+	br := tx.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return err
+	}
+	for _, c := range qs {
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := c.readCallees(rows); err != nil {
+			br.Close()
+			return err
+		}
+		rows, err = br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := c.readNumbers(rows); err != nil {
+			br.Close()
 			return err
 		}
 	}
-	c.answer()
-	return nil
+	return br.Close()
 }
 
-// readRun reads the run of a call from outside (locked by readCallers).
+// readRun reads the run of a call from outside (locked by lockAndNumber
+// before anything is created in it).
 func (c *callTx) readRun(ctx context.Context) error {
 	if c.callers[0].b.Caller.ID != 0 {
 		return nil
@@ -265,9 +371,7 @@ func (c *callTx) findExisting(ctx context.Context) error {
 			tasks, keys = append(tasks, k.task), append(keys, k.key)
 		}
 	}
-	rows, err := c.tx.Query(ctx, `SELECT t.id, t.task_id, t.call_key, t.map_index, t.state, t.output, t.error
-		FROM task_instances t JOIN unnest($2::text[], $3::text[]) AS u(task_id, call_key)
-			ON t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key`, c.runID, tasks, keys)
+	rows, err := c.tx.Query(ctx, findCalleesSQL, c.runID, tasks, keys)
 	if err != nil {
 		return err
 	}
@@ -287,55 +391,53 @@ func (c *callTx) readCallees(rows pgx.Rows) error {
 	return rows.Err()
 }
 
+// findCalleesSQL reads the call instances of run $1 named by the
+// (callable, key) pairs $2, $3.
+const findCalleesSQL = `SELECT t.id, t.task_id, t.call_key, t.map_index, t.state, t.output, t.error
+	FROM task_instances t JOIN unnest($2::text[], $3::text[]) AS u(task_id, call_key)
+		ON t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key`
+
+// nextIndexesSQL reads the run $1's count of calls, and the next map
+// index and key template of each callable $3 of version $2.
+const nextIndexesSQL = `SELECT v.task_id, coalesce((SELECT max(t.map_index) FROM task_instances t
+		WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1),
+		(SELECT n_calls FROM dag_runs WHERE id = $1), v.key_template, v.key_limit
+	FROM dag_version_tasks v WHERE v.version_id = $2 AND v.kind = 'callable' AND v.task_id = ANY($3)`
+
+type keyOf struct {
+	template string
+	limit    int
+}
+
+// readNumbers reads the rows of nextIndexesSQL.
+func (c *callTx) readNumbers(rows pgx.Rows) error {
+	defer rows.Close()
+	c.next, c.keyed = map[string]int{}, map[string]keyOf{}
+	for rows.Next() {
+		var task string
+		var last int
+		var k keyOf
+		if err := rows.Scan(&task, &last, &c.nCalls, &k.template, &k.limit); err != nil {
+			return err
+		}
+		c.next[task] = last + 1
+		if k.template != "" {
+			c.keyed[task] = k
+		}
+	}
+	return rows.Err()
+}
+
 // create inserts the call instances that do not exist yet, within the
 // run's cap, with the callable's retry policy and timeout, the highest
 // priority of their callers and the next map indexes of their callable.
 func (c *callTx) create(ctx context.Context) error {
 	c.refused = map[callKey]string{}
-	var missing []callKey
-	var names []string
-	for _, k := range c.keys {
-		if _, ok := c.found[k]; !ok {
-			missing = append(missing, k)
-			names = append(names, k.task)
-		}
-	}
+	missing, _ := c.missing()
 	if len(missing) == 0 {
 		return nil
 	}
-	// The run's count of calls, and the next map index of each callable.
-	rows, err := c.tx.Query(ctx, `SELECT v.task_id, coalesce((SELECT max(t.map_index) FROM task_instances t
-			WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1),
-			(SELECT n_calls FROM dag_runs WHERE id = $1), v.key_template, v.key_limit
-		FROM dag_version_tasks v WHERE v.version_id = $2 AND v.kind = 'callable' AND v.task_id = ANY($3)`,
-		c.runID, c.versionID, names)
-	if err != nil {
-		return err
-	}
-	next := map[string]int{}
-	type keyOf struct {
-		template string
-		limit    int
-	}
-	keyed := map[string]keyOf{}
-	nCalls := 0
-	for rows.Next() {
-		var task string
-		var last int
-		var k keyOf
-		if err := rows.Scan(&task, &last, &nCalls, &k.template, &k.limit); err != nil {
-			rows.Close()
-			return err
-		}
-		next[task] = last + 1
-		if k.template != "" {
-			keyed[task] = k
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
-	}
+	next, keyed, nCalls := c.next, c.keyed, c.nCalls
 	var tasks, keys, args []string
 	var idx, prios []int32
 	var ckeys []*string
@@ -381,7 +483,7 @@ func (c *callTx) create(ctx context.Context) error {
 	if err := c.countKeys(ctx, counters, queued); err != nil {
 		return err
 	}
-	rows, err = c.tx.Query(ctx, `
+	rows, err := c.tx.Query(ctx, `
 		INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments, state, queued_at,
 			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			concurrency_key, limited)
