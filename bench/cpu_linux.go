@@ -20,24 +20,39 @@ func TreeCPU(root int) (time.Duration, error) {
 	}
 	var ticks uint64
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// Fields after the command (which may hold spaces) in parentheses.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(b[i+1:])
-		if len(f) < 13 {
-			continue
-		}
-		u, err1 := strconv.ParseUint(string(f[11]), 10, 64)
-		s, err2 := strconv.ParseUint(string(f[12]), 10, 64)
-		if err1 == nil && err2 == nil {
-			ticks += u + s
-		}
+		ticks += procTicks(pid)
 	}
 	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// ProcCPU returns the CPU time (user and system) used so far by process
+// pid alone, read from /proc.
+func ProcCPU(pid int) (time.Duration, error) {
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/stat", pid)); err != nil {
+		return 0, err
+	}
+	return time.Duration(procTicks(pid)) * time.Second / clockTicks, nil
+}
+
+// procTicks returns utime + stime of pid (0 when it exited meanwhile).
+func procTicks(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, err1 := strconv.ParseUint(string(f[11]), 10, 64)
+	s, err2 := strconv.ParseUint(string(f[12]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return u + s
 }

@@ -13,3 +13,8 @@ import (
 func TreeCPU(int) (time.Duration, error) {
 	return 0, errors.New("CPU time of a process tree is only measured on Linux, not on " + runtime.GOOS)
 }
+
+// ProcCPU needs /proc too.
+func ProcCPU(int) (time.Duration, error) {
+	return 0, errors.New("CPU time of a process is only measured on Linux, not on " + runtime.GOOS)
+}

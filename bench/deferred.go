@@ -40,8 +40,20 @@ const (
 	deferredPoll            = 50 * time.Millisecond
 	eventSpacing            = 10 * time.Millisecond
 	MetricSensorsDoneSecond = "sensors_done_seconds"
-	MetricCPUCoresIdle      = "cpu_cores_nothing_due"
-	MetricSlotsIdle         = "slots_used_max_nothing_due"
+	// MetricCPUCoresWorkers is the worker processes' part of
+	// MetricCPUCores (the rest: this process, with the scheduler, the
+	// pool and the sampling).
+	MetricCPUCoresWorkers = "cpu_cores_workers_while_deferred"
+	// MetricPokeOverdue is, read once after the window, how far past its
+	// next check the most overdue sensor is: small when the pokes keep
+	// up with the interval, growing when they fall behind.
+	MetricPokeOverdue = "poke_overdue_max_ms"
+	// MetricPokesPerSecond is about how many pokes were made per second
+	// over the window: the sum of how far the sensors' next checks moved,
+	// in intervals (read before and after it, leased ones left out).
+	MetricPokesPerSecond = "pokes_per_second"
+	MetricCPUCoresIdle   = "cpu_cores_nothing_due"
+	MetricSlotsIdle      = "slots_used_max_nothing_due"
 	// ResumeTimed is how many events (10 ms apart) the latency is
 	// measured on; the other deferred tasks are released at once after.
 	ResumeTimed = 500
@@ -188,11 +200,24 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 	if err := h.waitPokedOnce(ctx, run.RunID, n); err != nil {
 		return err
 	}
+	// And every one is deferred: none still running its first try, or
+	// held by a worker's finish not yet recorded.
+	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
+		return err
+	}
 	deferAll := time.Since(began)
 	m.seconds(MetricDeferAllSeconds, deferAll)
 	h.progress("%d sensors deferred in %.1f s", n, deferAll.Seconds())
 
+	nexts0, _, err := h.nextPokes(ctx, run.RunID)
+	if err != nil {
+		return err
+	}
 	cpu0, err := TreeCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	self0, err := ProcCPU(os.Getpid())
 	if err != nil {
 		return err
 	}
@@ -214,12 +239,35 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 	if err != nil {
 		return err
 	}
-	cores := (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
+	self1, err := ProcCPU(os.Getpid())
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start).Seconds()
+	cores := (cpu1 - cpu0).Seconds() / elapsed
+	workers := ((cpu1 - cpu0) - (self1 - self0)).Seconds() / elapsed
+	nexts1, overdue, err := h.nextPokes(ctx, run.RunID)
+	if err != nil {
+		return err
+	}
+	// Each poke moves a sensor's next check one interval on; a leased
+	// next check (a poke in flight, due a minute on) is left out.
+	var moved time.Duration
+	for id, t1 := range nexts1 {
+		if t0, ok := nexts0[id]; ok && t1.After(t0) {
+			moved += t1.Sub(t0)
+		}
+	}
+	pokeRate := moved.Seconds() / SensorPoke.Seconds() / elapsed
+	m.add(MetricPokesPerSecond, pokeRate, "pokes/s")
 	m.add(MetricCPUCores, cores, "cores")
+	m.add(MetricCPUCoresWorkers, workers, "cores")
 	m.add(MetricRunningMax, float64(maxRunning), "tasks")
 	m.add(MetricDeferredMin, float64(minDeferred), "tasks")
-	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores (this process and its workers), at most %d running, at least %d deferred",
-		window.Seconds(), n, SensorPoke, cores, maxRunning, minDeferred)
+	m.millis(MetricPokeOverdue, overdue)
+	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores (this process and its workers; the workers %.3f), "+
+		"at most %d running, at least %d deferred; about %.0f pokes/s; then the most overdue next check was %v late",
+		window.Seconds(), n, SensorPoke, cores, workers, maxRunning, minDeferred, pokeRate, overdue)
 
 	// Released: every sensor succeeds on its next poke.
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
@@ -328,4 +376,29 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	h.progress("%d events %v apart, each resuming its task: p50 %.1f ms, p99 %.1f ms", timed, eventSpacing,
 		float64(d.P50)/float64(time.Millisecond), float64(d.P99)/float64(time.Millisecond))
 	return nil
+}
+
+// nextPokes reads the sensors of the run: the next check of each
+// deferred one whose poke is not in flight (leased: due more than two
+// intervals on), and how far past its next check the most overdue one
+// is (0 when none is).
+func (h *harness) nextPokes(ctx context.Context, runID string) (map[int64]time.Time, time.Duration, error) {
+	tis, _, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{SensorsDAGID}, DAGRunIDs: []string{runID},
+		States: []state.TaskState{state.Deferred}})
+	if err != nil {
+		return nil, 0, err
+	}
+	now := time.Now()
+	var worst time.Duration
+	out := make(map[int64]time.Time, len(tis))
+	for _, ti := range tis {
+		if ti.NextCheckAt == nil {
+			continue
+		}
+		worst = max(worst, now.Sub(*ti.NextCheckAt))
+		if ti.NextCheckAt.Before(now.Add(2 * SensorPoke)) {
+			out[ti.ID] = *ti.NextCheckAt
+		}
+	}
+	return out, worst, nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -57,6 +58,23 @@ type Context struct {
 	logger *slog.Logger
 	io     OutputIO
 	calls  Caller
+	lazy   *lazyEnv // when set, the environment Getenv reads
+}
+
+// lazyEnv is an environment computed on its first use.
+type lazyEnv struct {
+	once sync.Once
+	f    func() []string
+	env  []string
+}
+
+// WithLazyEnv returns a copy of c whose environment (Getenv) is computed
+// by f on first use instead of RunInfo.Env: for a runner that calls many
+// short functions (a worker's Sensor pokes) most of which never read it.
+func (c *Context) WithLazyEnv(f func() []string) *Context {
+	cc := *c
+	cc.lazy = &lazyEnv{f: f}
+	return &cc
 }
 
 // NewContext returns a Context for one task try. The executor and the
@@ -106,7 +124,12 @@ func (c *Context) Params() map[string]any { return maps.Clone(c.info.Params) }
 // task would see them; "" when it is not set. Func tasks run inside the
 // worker process, so use Getenv rather than os.Getenv for these.
 func (c *Context) Getenv(key string) string {
-	for _, kv := range c.info.Env {
+	env := c.info.Env
+	if l := c.lazy; l != nil {
+		l.once.Do(func() { l.env = l.f() })
+		env = l.env
+	}
+	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
 			return v
 		}

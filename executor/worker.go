@@ -32,6 +32,7 @@ type Worker struct {
 	cancel context.CancelFunc
 	sub    store.Subscription
 	fin    *finisher
+	calls  *callBatcher
 
 	mu        sync.Mutex
 	active    map[int64]*activeTry // claimed and not yet settled, by task instance id
@@ -50,6 +51,7 @@ type Worker struct {
 	queueDrained atomic.Bool
 
 	kick      chan struct{} // queued work may exist
+	pokeKick  chan struct{} // this worker scheduled a poke
 	slotFreed chan struct{} // a try returned
 	stopping  chan struct{} // closed when Stop begins
 	halted    chan struct{} // closed by Halt
@@ -110,6 +112,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		},
 		active:    map[int64]*activeTry{},
 		kick:      make(chan struct{}, 1),
+		pokeKick:  make(chan struct{}, 1),
 		slotFreed: make(chan struct{}, 1),
 		stopping:  make(chan struct{}),
 		halted:    make(chan struct{}),
@@ -175,12 +178,15 @@ func (w *Worker) start(ctx context.Context) error {
 	w.deliverSpools()
 	w.started = true
 	w.fin = newFinisher(w)
-	w.loopsWG.Add(3)
+	w.calls = newCallBatcher(w)
+	w.loopsWG.Add(4)
+	go func() { defer w.loopsWG.Done(); w.calls.loop(w.loopsStop) }()
 	go func() { defer w.loopsWG.Done(); w.fin.loop() }()
 	go func() { defer w.loopsWG.Done(); w.heartbeatLoop() }()
 	go func() { defer w.loopsWG.Done(); w.logFlushLoop() }()
-	w.claimWG.Add(1)
+	w.claimWG.Add(2)
 	go func() { defer w.claimWG.Done(); w.claimLoop() }()
+	go func() { defer w.claimWG.Done(); w.pokeLoop() }()
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -623,7 +629,8 @@ func (w *Worker) execute(a *activeTry) (store.Result, bool, os.Signal) {
 	res.Output = out.Output
 	if out.State == state.Deferred && out.Deferral != nil {
 		d := out.Deferral
-		res.Deferral = store.Deferral{Event: d.Event, NextCheckAt: d.NextCheckAt, TriggerTimeout: d.TriggerTimeout, State: d.State}
+		res.Deferral = store.Deferral{Event: d.Event, NextCheckAt: d.NextCheckAt, TriggerTimeout: d.TriggerTimeout, State: d.State,
+			Poke: t.Kind() == dag.KindSensor}
 		res.Output, res.Follow = nil, nil
 	}
 	switch {
@@ -659,6 +666,12 @@ func (w *Worker) settled(batch []store.Result, outcomes []store.FinishOutcome, d
 	var claims map[int64]store.Claimed
 	if w.cfg.Events != nil && len(outcomes) > 0 {
 		claims = make(map[int64]store.Claimed, len(batch))
+	}
+	for i, r := range batch {
+		if r.Deferral.Poke && i < len(outcomes) && outcomes[i].Applied {
+			notify(w.pokeKick) // its next poke may be due before the poke loop looks again
+			break
+		}
 	}
 	w.mu.Lock()
 	for i, r := range batch {

@@ -294,6 +294,47 @@ type Deferral struct {
 	TriggerTimeout time.Time
 	// State is JSON the next try reads back (nil = none).
 	State json.RawMessage
+	// Poke marks a Sensor's "not yet": the instance stays deferred and
+	// is not queued again at NextCheckAt; a worker's poke loop claims it
+	// then (ClaimPokes) and calls its check in-process. Only NextCheckAt
+	// and TriggerTimeout count with it.
+	Poke bool
+}
+
+// Poke is a deferred Sensor instance whose check is due, leased to one
+// worker by ClaimPokes.
+type Poke struct {
+	Try
+	// Lease names the claim: FinishPokes records a result only under it.
+	Lease         int64
+	RunID         int64 // Run.ID
+	DAGID         string
+	DAGRunID      string // Run.RunID
+	TaskID        string
+	LogicalDate   time.Time
+	IntervalStart time.Time
+	IntervalEnd   time.Time
+	// Conf is the run's conf, sent with the first poke of each run in a
+	// claim (nil on the others: the caller keeps it by RunID).
+	Conf json.RawMessage
+	// TriggerTimeout is the sensor's deadline (zero = none).
+	TriggerTimeout time.Time
+}
+
+// PokeResult is what one poke said, reported by FinishPokes under the
+// poke's lease.
+type PokeResult struct {
+	Try
+	Lease int64
+	// Result.State deferred ("not yet") moves the next check to
+	// Result.Deferral.NextCheckAt; success, failed or skipped end the try
+	// as FinishTasks would (the instance moves from deferred to running
+	// under the poking worker first), with Result.Log as the log the
+	// poke wrote.
+	Result Result
+	// Requeue hands the instance to the task queue instead, resumed, for
+	// an ordinary try (the poking worker cannot run its check).
+	Requeue bool
 }
 
 // FinishOutcome reports what FinishTasks did with one Result.
@@ -553,8 +594,23 @@ type Store interface {
 	// one and marked resumed, as ResumeDeferred does).
 	RequeueRetries(ctx context.Context, now time.Time) (int, error)
 	// NextRetryAt returns the earliest pending retry time or next check
-	// of a deferred instance (ok=false: none).
+	// of a deferred instance (ok=false: none); sensors' pokes are not
+	// counted (ClaimPokes says when the next is due).
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
+	// ClaimPokes leases to worker w up to max deferred Sensor instances
+	// whose poke is due at now, in one statement, until leaseUntil (when
+	// a poke whose result was not recorded is due again), skipping rows
+	// another claim holds: two workers never get the same poke under one
+	// lease. It returns them, oldest due first, and the earliest due time
+	// of the pokes left (zero: none).
+	ClaimPokes(ctx context.Context, w Worker, max int, now, leaseUntil time.Time) ([]Poke, time.Time, error)
+	// FinishPokes records what pokes said, in one transaction: "not yet"
+	// moves their next checks, final outcomes end their tries as
+	// FinishTasks does (releasing downstream), requeues queue them. A
+	// result whose lease is no longer current, or whose instance is no
+	// longer deferred on that try, changes nothing (Applied false). The
+	// outcomes are in the order of results.
+	FinishPokes(ctx context.Context, w Worker, results []PokeResult, now time.Time) ([]FinishOutcome, error)
 	// FailZombies fails (or puts up for retry) running instances whose
 	// heartbeat is older than staleBefore, releasing downstream as a finish
 	// would, but not those of a worker whose own (process) heartbeat is

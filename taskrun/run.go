@@ -144,7 +144,21 @@ type Outcome struct {
 // A try whose context is cancelled (not timed out) and that still returns
 // on its own keeps its result; one that had to be stopped is failed with
 // the context's cause.
-func Run(ctx context.Context, t Try) Outcome {
+func Run(ctx context.Context, t Try) Outcome { return run(ctx, t, false) }
+
+// Poke runs one poke of a Sensor for a worker's poke loop: its check, as
+// Run runs the try of a Sensor continued by time (the deadline's outcome
+// when it has passed; timeouts, panics and errors as Run), except that a
+// "not yet" writes nothing to the log: a poke loop drops the log of such
+// a poke and keeps only the one that ends the wait.
+func Poke(ctx context.Context, t Try) Outcome {
+	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
+		return failed(errors.New("poke: the task is not a Sensor"), true)
+	}
+	return run(ctx, t, true)
+}
+
+func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 	logw := newTryLog(t.Log)
 	defer logw.close()
 	logger := slog.New(slog.NewTextHandler(logw.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -166,7 +180,7 @@ func Run(ctx context.Context, t Try) Outcome {
 	var out Outcome
 	switch t.Task.Kind() {
 	case dag.KindFunc, dag.KindBranch, dag.KindCallable, dag.KindResumable, dag.KindSensor, dag.KindApproval:
-		out = runFunc(tctx, t, logw.records(), logger, grace)
+		out = runFunc(tctx, t, logw.records(), logger, grace, quietDefer)
 	case dag.KindShell:
 		out = runShell(tctx, t, logw, logger, grace)
 	case dag.KindHTTP:
@@ -178,6 +192,7 @@ func Run(ctx context.Context, t Try) Outcome {
 		out.Deferral = deferral(t, out.Deferral, now)
 	}
 	switch {
+	case out.State == state.Deferred && quietDefer:
 	case out.State == state.Deferred:
 		logger.Info("task deferred", "wait", out.Deferral.String())
 	case out.State == state.Success:
@@ -226,7 +241,9 @@ type funcResult struct {
 	expired bool // the try's context was done when the function returned
 }
 
-func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
+// runFunc runs a Func, Branch, Callable or waiting task's function; with
+// lazyEnv its environment is computed only when it reads it (a poke).
+func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration, lazyEnv bool) Outcome {
 	task := t.Task
 	fn, branch, call := task.Fn(), task.BranchFn(), task.CallFn()
 	if task.Waits() {
@@ -239,8 +256,13 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 	outs := &tryOutputs{under: t.Outputs, self: t.Info.TaskID}
 	defer outs.close()
 	info := t.Info
-	info.Env = TaskEnv(t, nil, nil)
-	c := dag.NewContext(tctx, info, logger, outs)
+	var c *dag.Context
+	if lazyEnv {
+		c = dag.NewContext(tctx, info, logger, outs).WithLazyEnv(func() []string { return TaskEnv(t, nil, nil) })
+	} else {
+		info.Env = TaskEnv(t, nil, nil)
+		c = dag.NewContext(tctx, info, logger, outs)
+	}
 	if t.Caller != nil {
 		c = c.WithCaller(t.Caller)
 	}

@@ -205,3 +205,54 @@ exit 100`)
 		t.Errorf("bad wait: %+v", rep)
 	}
 }
+
+// TestPoke: a poke of a Sensor writes nothing for "not yet" (with the
+// next check from its interval, keeping the deadline), reads the task's
+// environment when asked, logs the poke that ends the wait, and past the
+// deadline gives the timeout's outcome without calling the check.
+func TestPoke(t *testing.T) {
+	d := dag.New("poke")
+	answer := false
+	calls := 0
+	s := d.Sensor("s", func(c *dag.Context) (bool, error) {
+		calls++
+		c.Logger().Info("checked", "try", c.Getenv("TRELLIS_TRY_NUMBER"), "mine", c.Getenv("MINE"))
+		return answer, nil
+	}, dag.PokeInterval(time.Minute), dag.Env(map[string]string{"MINE": "yes"}))
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	deadline := now.Add(90 * time.Second)
+	try := func(at time.Time, log *strings.Builder) taskrun.Try {
+		return taskrun.Try{Task: s, Log: log, Now: func() time.Time { return at },
+			Info: dag.RunInfo{DAGID: "poke", RunID: "r", TaskID: "s", TryNumber: 2, Resumed: true, TriggerTimeout: deadline}}
+	}
+	var log strings.Builder
+	out := taskrun.Poke(context.Background(), try(now, &log))
+	if out.State != state.Deferred || out.Deferral == nil || !out.Deferral.NextCheckAt.Equal(now.Add(time.Minute)) ||
+		!out.Deferral.TriggerTimeout.Equal(deadline) {
+		t.Fatalf("not yet = %+v (deferral %+v)", out, out.Deferral)
+	}
+	if strings.Contains(log.String(), "deferred") || !strings.Contains(log.String(), "try=2 mine=yes") {
+		t.Errorf("log of a not yet:\n%s\nwant the check's line with its environment, no deferral line", log.String())
+	}
+	answer = true
+	log.Reset()
+	if out := taskrun.Poke(context.Background(), try(now.Add(time.Minute), &log)); out.State != state.Success ||
+		!strings.Contains(log.String(), "task succeeded") {
+		t.Errorf("final poke = %+v, log:\n%s", out, log.String())
+	}
+	calls = 0
+	out = taskrun.Poke(context.Background(), try(deadline, &log))
+	if out.State != state.Failed || !out.Permanent || calls != 0 || !strings.Contains(errString(out.Err), "wait timed out") {
+		t.Errorf("poke at the deadline = %+v after %d checks, want failed permanently without a check", out, calls)
+	}
+	if out := taskrun.Poke(context.Background(), taskrun.Try{Task: d.Func("f", func(*dag.Context) error { return nil })}); out.State != state.Failed {
+		t.Errorf("poke of a Func = %+v, want failed", out)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -168,7 +168,7 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	n := len(defIdx)
 	ids, tries, calls, started := make([]int64, n), make([]int32, n), make([]bool, n), make([]*time.Time, n)
 	events, saved := make([]*string, n), make([]*string, n)
-	checks, deadlines := make([]*time.Time, n), make([]*time.Time, n)
+	checks, deadlines, pokeAt := make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n)
 	timed, onEvents := false, false
 	for k, i := range defIdx {
 		r := results[i]
@@ -184,7 +184,10 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 			v := string(d.State)
 			saved[k] = &v
 		}
-		if !d.NextCheckAt.IsZero() {
+		switch {
+		case d.Poke && !d.NextCheckAt.IsZero():
+			pokeAt[k] = &d.NextCheckAt // in sensor_pokes, not in the instance
+		case !d.NextCheckAt.IsZero():
 			checks[k], timed = &d.NextCheckAt, true
 		}
 		if !d.TriggerTimeout.IsZero() {
@@ -243,6 +246,9 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 			return nil, err
 		}
 	}
+	if err := schedulePokes(ctx, tx, ids, tries, pokeAt, got); err != nil {
+		return nil, err
+	}
 	if timed {
 		// The scheduler arms its timer on the earliest next check.
 		if err := notify(ctx, tx, store.TopicRunsChanged); err != nil {
@@ -288,4 +294,31 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 		out[i] = more[k]
 	}
 	return out, nil
+}
+
+// schedulePokesSQL records the next pokes of Sensors just deferred ($1
+// instances, $2 tries, $3 due times), each under a new lease.
+const schedulePokesSQL = `
+		INSERT INTO sensor_pokes AS p (ti_id, try_number, due_at)
+		SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[])
+		ON CONFLICT (ti_id) DO UPDATE SET try_number = excluded.try_number, due_at = excluded.due_at, lease = p.lease + 1`
+
+// schedulePokes records in sensor_pokes the pokes among the deferrals of
+// ids (pokeAt not nil) that were recorded (got deferred). No wake-up:
+// the deferring worker's poke loop looks at once, the others within
+// their poll interval.
+func schedulePokes(ctx context.Context, tx dbtx, ids []int64, tries []int32, pokeAt []*time.Time, got map[int64]state.TaskState) error {
+	var pids []int64
+	var ptries []int32
+	var due []time.Time
+	for k, id := range ids {
+		if pokeAt[k] != nil && got[id] == state.Deferred {
+			pids, ptries, due = append(pids, id), append(ptries, tries[k]), append(due, *pokeAt[k])
+		}
+	}
+	if len(pids) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, schedulePokesSQL, pids, ptries, due)
+	return err
 }

@@ -93,6 +93,7 @@ type Store struct {
 
 	vacuumEvery int64        // QueueVacuumEvery
 	claimed     atomic.Int64 // instances claimed since the last vacuum of the queue tables
+	poked       atomic.Int64 // pokes claimed since the last vacuum of sensor_pokes
 }
 
 var _ store.Store = (*Store)(nil)

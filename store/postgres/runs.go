@@ -415,10 +415,11 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 			_, err = tx.Exec(ctx, `UPDATE task_instances SET
 					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
 					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
-					ended_at = $2, next_retry_at = NULL
+					ended_at = $2, next_retry_at = NULL, next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = $1 AND state IN `+unfinishedList, id, now)
 		case state.RunSuccess:
-			_, err = tx.Exec(ctx, `UPDATE task_instances SET state = 'success', ended_at = $2, next_retry_at = NULL
+			_, err = tx.Exec(ctx, `UPDATE task_instances SET state = 'success', ended_at = $2, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = $1 AND state IN `+unfinishedList, id, now)
 		}
 		if err != nil {

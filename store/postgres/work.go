@@ -18,10 +18,11 @@ import (
 )
 
 // tiCols are the columns of store.TaskInstance, from task_instances t
-// joined with dag_runs r.
+// joined with dag_runs r. A Sensor's next poke is in sensor_pokes.
 const tiCols = `t.id, t.run_id, t.dag_id, r.run_id, t.task_id, t.state, t.try_number, t.max_tries, t.priority,
 	t.trigger_rule, t.queued_at, t.started_at, t.ended_at, t.next_retry_at, t.worker_id, t.hostname, t.pid,
-	t.heartbeat_at, t.output, t.error, t.next_check_at, coalesce(t.wait_event, ''), t.trigger_timeout,
+	t.heartbeat_at, t.output, t.error, coalesce(t.next_check_at, CASE WHEN t.state = 'deferred' THEN (SELECT p.due_at
+		FROM sensor_pokes p WHERE p.ti_id = t.id AND p.try_number = t.try_number) END), coalesce(t.wait_event, ''), t.trigger_timeout,
 	t.pool, t.pool_slots, coalesce(t.concurrency_key, ''), t.map_index, t.arguments, coalesce(t.parent_ti_id, 0), t.waiting_on`
 
 func tiDest(ti *store.TaskInstance, output *[]byte) []any {

@@ -611,8 +611,8 @@ func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.Finish
 	if d.State != nil {
 		saved = string(d.State)
 	}
-	if !d.NextCheckAt.IsZero() {
-		check = us(d.NextCheckAt)
+	if !d.NextCheckAt.IsZero() && !d.Poke {
+		check = us(d.NextCheckAt) // a poke's is in sensor_pokes
 	}
 	if !d.TriggerTimeout.IsZero() {
 		deadline = us(d.TriggerTimeout)
@@ -649,7 +649,14 @@ func (e *engine) deferTry(r store.Result, out store.FinishOutcome) (store.Finish
 			return out, nil, fmt.Errorf("continue task instance #%d with a kept event: %w", r.ID, err)
 		}
 	}
-	if !d.NextCheckAt.IsZero() && next == string(state.Deferred) {
+	switch {
+	case d.Poke && !d.NextCheckAt.IsZero() && next == string(state.Deferred):
+		if _, err := e.w.exec(`INSERT INTO sensor_pokes AS p (ti_id, try_number, due_at) VALUES (?1, ?2, ?3)
+			ON CONFLICT (ti_id) DO UPDATE SET try_number = excluded.try_number, due_at = excluded.due_at,
+				lease = p.lease + 1`, r.ID, r.TryNumber, us(d.NextCheckAt)); err != nil {
+			return out, nil, fmt.Errorf("schedule the next poke of task instance #%d: %w", r.ID, err)
+		}
+	case !d.NextCheckAt.IsZero() && next == string(state.Deferred):
 		e.w.wake(store.TopicRunsChanged) // the scheduler arms its timer on the earliest next check
 	}
 	out.Applied, out.State = true, state.TaskState(next)

@@ -469,10 +469,11 @@ func (s *Store) SetRunState(ctx context.Context, dagID, runID string, to state.R
 			_, err = w.exec(`UPDATE task_instances SET
 					state = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'failed' ELSE 'skipped' END,
 					error = CASE WHEN state IN ('running', 'restarting', 'deferred') THEN 'run marked failed' ELSE error END,
-					ended_at = ?, next_retry_at = NULL
+					ended_at = ?, next_retry_at = NULL, next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		case state.RunSuccess:
-			_, err = w.exec(`UPDATE task_instances SET state = 'success', ended_at = ?, next_retry_at = NULL
+			_, err = w.exec(`UPDATE task_instances SET state = 'success', ended_at = ?, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL
 				WHERE run_id = ? AND state IN (`+nonTerminalSQL+`)`, us(now), run.ID)
 		}
 		if err != nil {

@@ -15,9 +15,12 @@ import (
 	"github.com/trellis-dag/trellis/store/internal/sqlorder"
 )
 
+// tiCols are the columns of store.TaskInstance (tiFrom); a Sensor's next
+// poke is in sensor_pokes.
 const tiCols = `ti.id, ti.run_id, ti.dag_id, r.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries,
 	ti.priority, ti.trigger_rule, ti.queued_at, ti.started_at, ti.ended_at, ti.next_retry_at, ti.worker_id,
-	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, ti.next_check_at, coalesce(ti.wait_event, ''),
+	ti.hostname, ti.pid, ti.heartbeat_at, ti.output, ti.error, coalesce(ti.next_check_at, CASE WHEN ti.state = 'deferred'
+	THEN (SELECT p.due_at FROM sensor_pokes p WHERE p.ti_id = ti.id AND p.try_number = ti.try_number) END), coalesce(ti.wait_event, ''),
 	ti.trigger_timeout, ti.pool, ti.pool_slots, coalesce(ti.concurrency_key, ''), ti.map_index, ti.arguments,
 	coalesce(ti.parent_ti_id, 0), ti.waiting_on`
 
@@ -338,6 +341,9 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		if err != nil {
 			return err
 		}
+		if err := rerunFailedCalls(w, cleared, now); err != nil {
+			return err
+		}
 		if _, err := w.exec(`UPDATE dag_runs SET state = 'running', ended_at = NULL,
 				started_at = coalesce(started_at, ?) WHERE id = ?`, us(now), ri.id); err != nil {
 			return err
@@ -402,6 +408,7 @@ func (s *Store) SetTaskState(ctx context.Context, dagID, runID, taskID string, s
 			return fmt.Errorf("%w: a %s task cannot be marked %s", store.ErrConflict, ti.State, st)
 		}
 		if _, err := w.exec(`UPDATE task_instances SET state = ?, ended_at = ?, next_retry_at = NULL,
+				next_check_at = NULL, wait_event = NULL, trigger_timeout = NULL, deferred_state = NULL,
 				error = CASE WHEN ? = 'success' THEN '' ELSE error END WHERE id = ?`,
 			string(st), us(now), string(st), ti.ID); err != nil {
 			return err

@@ -1,0 +1,299 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/taskrun"
+)
+
+// Pokes of Sensors. A Sensor's first try runs as any task; when its
+// check says "not yet" the try ends deferred with its next check in the
+// store's poke schedule (store.Deferral.Poke). From then on the worker's
+// poke loop, beside the claim loop and without a slot, claims the due
+// pokes in batches (one statement), calls their check functions here,
+// and records the batch in one transaction: "not yet" moves the next
+// check (no try, no log, no change to the instance); true, an error or
+// the deadline end the try as a finish would, with the log of that poke.
+const (
+	// pokeBatch is the most pokes one claim takes.
+	pokeBatch = 1000
+	// pokeParallel bounds the checks running at once in a worker.
+	pokeParallel = 64
+	// pokeLease is how long a claimed poke is held: a poke whose result
+	// was not recorded by then (its worker died) is due again.
+	pokeLease = time.Minute
+	// pokeMaxCheck bounds one check (under the task's own Timeout, when
+	// shorter), so that a batch is recorded well within its lease.
+	pokeMaxCheck = pokeLease / 3
+	// pokeGap is the least time between two claims of a poke loop that
+	// found fewer than a batch due: the pokes that fall due meanwhile go
+	// in one batch, each at most pokeGap late, instead of one claim per
+	// sensor whose due times are spread over the interval.
+	pokeGap = 100 * time.Millisecond
+	// pokeLogBytes is how much of one poke's log is kept for the finish
+	// that ends the wait.
+	pokeLogBytes = 64 << 10
+)
+
+// pokeLoop claims and runs due pokes until the worker stops. It sleeps
+// until the next poke is due (at least pokeGap, at most PollInterval:
+// pokes deferred by other workers are found then), or until this worker
+// schedules one.
+func (w *Worker) pokeLoop() {
+	t := w.cfg.Clock.NewTimer(0)
+	defer t.Stop()
+	// Checks stop when the worker halts; Stop alone lets a batch end.
+	ctx, cancel := context.WithCancel(w.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-w.halted:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	// One batch's results are recorded while the next batch is claimed
+	// and poked: the two round trips overlap.
+	recording := make(chan struct{}, 1)
+	defer func() { recording <- struct{}{} }()
+	var last time.Time // the last claim
+	for {
+		select {
+		case <-w.stopping:
+			return
+		case <-t.C():
+		case <-w.pokeKick:
+			// Look soon, but not more often than every pokeGap.
+			t.Stop()
+			if gap := pokeGap - w.cfg.Clock.Now().Sub(last); gap > 0 {
+				t.Reset(gap)
+				continue
+			}
+		}
+		now := w.cfg.Clock.Now()
+		last = now
+		wait := w.cfg.PollInterval
+		var pokes []store.Poke
+		var next time.Time
+		err := w.storeCall(func(ctx context.Context) error {
+			var e error
+			pokes, next, e = w.cfg.Store.ClaimPokes(ctx, w.self, pokeBatch, now, now.Add(pokeLease))
+			return e
+		})
+		switch {
+		case err != nil:
+			w.cfg.Logger.Warn("claim pokes", "err", err)
+		case len(pokes) > 0:
+			results := w.runPokes(ctx, pokes)
+			recording <- struct{}{}
+			go func() {
+				defer func() { <-recording }()
+				w.recordPokes(pokes, results)
+			}()
+		}
+		switch {
+		case err == nil && len(pokes) == pokeBatch:
+			wait = 0 // a full batch: more are due now
+		case err == nil && !next.IsZero():
+			// Pokes due within pokeGap of each other go together.
+			wait = min(wait, max(next.Sub(w.cfg.Clock.Now()), pokeGap))
+		}
+		t.Reset(wait)
+	}
+}
+
+// runPokes runs the checks of pokes, at most pokeParallel at once, and
+// returns their results.
+func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeResult {
+	out := make([]store.PokeResult, len(pokes))
+	params := map[int64]map[string]any{}
+	confErr := map[int64]error{}
+	sem := make(chan struct{}, pokeParallel)
+	var wg sync.WaitGroup
+	for i, p := range pokes {
+		out[i] = store.PokeResult{Try: p.Try, Lease: p.Lease}
+		d := w.cfg.Registry.Lookup(p.DAGID)
+		var task *dag.Task
+		if d != nil {
+			task = d.Task(p.TaskID)
+		}
+		if task == nil || task.Kind() != dag.KindSensor {
+			// Not a Sensor of this binary: an ordinary try says what is
+			// wrong (or runs what the task now is).
+			out[i].Requeue = true
+			continue
+		}
+		if _, ok := params[p.RunID]; !ok && p.Conf != nil {
+			params[p.RunID], confErr[p.RunID] = runParams(d.Params(), p.Conf)
+		}
+		if err := confErr[p.RunID]; err != nil {
+			out[i].Result = store.Result{Try: p.Try, State: state.Failed, Permanent: true,
+				Error: fmt.Sprintf("run %q of DAG %q: %v", p.DAGRunID, p.DAGID, err), EndedAt: w.cfg.Clock.Now()}
+			continue
+		}
+		ps := params[p.RunID] // shared: Context.Params hands out copies
+		if ps == nil {
+			ps = map[string]any{}
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			out[i].Result = w.poke(ctx, p, task, ps)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// poke runs one check of a Sensor and returns what it said as a result.
+func (w *Worker) poke(parent context.Context, p store.Poke, task *dag.Task, params map[string]any) store.Result {
+	limit := pokeMaxCheck
+	if to := task.Timeout(); to > 0 && to < limit {
+		limit = to
+	}
+	ctx, cancel := context.WithTimeout(parent, limit)
+	defer cancel()
+	log := &cappedLog{max: pokeLogBytes}
+	out := taskrun.Poke(ctx, taskrun.Try{
+		Task: task,
+		Info: dag.RunInfo{
+			DAGID: p.DAGID, RunID: p.DAGRunID, TaskID: p.TaskID, TryNumber: p.TryNumber,
+			LogicalDate: p.LogicalDate, IntervalStart: p.IntervalStart, IntervalEnd: p.IntervalEnd,
+			Params: params, Resumed: true, TriggerTimeout: p.TriggerTimeout,
+		},
+		Log:       log,
+		Outputs:   storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID},
+		KillGrace: w.cfg.KillGrace,
+		Env:       w.cfg.TaskEnv,
+		Now:       w.cfg.Clock.Now,
+	})
+	if out.Abandoned {
+		w.noteLeak()
+	}
+	res := store.Result{Try: p.Try, State: out.State, Permanent: out.Permanent, EndedAt: w.cfg.Clock.Now()}
+	if parent.Err() != nil {
+		// Interrupted by the worker's halt, not an answer: due again now,
+		// for another worker.
+		res.State, res.Permanent = state.Deferred, false
+		res.Deferral = store.Deferral{Poke: true, NextCheckAt: res.EndedAt}
+		return res
+	}
+	if out.Err != nil {
+		res.Error = out.Err.Error()
+	}
+	switch {
+	case out.State == state.Deferred && out.Deferral != nil:
+		res.Deferral = store.Deferral{Poke: true, NextCheckAt: out.Deferral.NextCheckAt, TriggerTimeout: out.Deferral.TriggerTimeout}
+		return res // "not yet": its log is dropped
+	case out.State == state.Deferred, out.State != state.Success && out.State != state.Skipped && out.State != state.Failed:
+		res.State, res.Permanent = state.Failed, true
+		res.Error = fmt.Sprintf("sensor check ended %q without saying what it waits for (error: %s)", out.State, res.Error)
+	case len(out.Output) > w.cfg.MaxOutputBytes:
+		res.State, res.Permanent = state.Failed, true
+		res.Error = fmt.Sprintf("task output is %d bytes of JSON, over the limit of %d", len(out.Output), w.cfg.MaxOutputBytes)
+	default:
+		res.Output = out.Output
+	}
+	res.Log = log.bytes()
+	return res
+}
+
+// noteLeak counts a check goroutine abandoned after ignoring its
+// context, as runTry does for tries.
+func (w *Worker) noteLeak() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.leaks++
+	if w.cfg.MaxLeaks > 0 && w.leaks >= w.cfg.MaxLeaks {
+		w.draining = true
+		w.leakOnce.Do(func() {
+			w.cfg.Logger.Warn("worker drains: too many abandoned task goroutines", "leaks", w.leaks, "max_leaks", w.cfg.MaxLeaks)
+			close(w.leakLimit)
+		})
+	}
+}
+
+// recordPokes records a batch of poke results, retrying while the store
+// is unavailable and the worker runs. Results given up on are not lost:
+// their leases run out and the pokes are due again.
+func (w *Worker) recordPokes(pokes []store.Poke, results []store.PokeResult) {
+	backoff := finishFirstBackoff
+	for attempt := 1; ; attempt++ {
+		var outcomes []store.FinishOutcome
+		err := w.storeCall(func(ctx context.Context) error {
+			var e error
+			outcomes, e = w.cfg.Store.FinishPokes(ctx, w.self, results, w.cfg.Clock.Now())
+			return e
+		})
+		if err == nil {
+			w.pokesRecorded(pokes, results, outcomes)
+			return
+		}
+		if attempt >= finishAttempts && !unavailable(err) {
+			w.cfg.Logger.Error("record pokes; they are poked again when their lease ends", "pokes", len(results), "err", err)
+			return
+		}
+		w.cfg.Logger.Warn("record pokes; retrying", "pokes", len(results), "attempt", attempt, "err", err)
+		t := w.cfg.Clock.NewTimer(backoff)
+		select {
+		case <-w.stopping:
+			t.Stop()
+			w.cfg.Logger.Warn("worker stopping: poke results left to their lease", "pokes", len(results))
+			return
+		case <-t.C():
+		}
+		backoff = min(2*backoff, outageMaxBackoff)
+	}
+}
+
+// pokesRecorded hands the pokes that ended their tries to Events.
+func (w *Worker) pokesRecorded(pokes []store.Poke, results []store.PokeResult, outcomes []store.FinishOutcome) {
+	if w.cfg.Events == nil {
+		return
+	}
+	for i, o := range outcomes {
+		r := results[i]
+		if !o.Applied || r.Requeue || r.Result.State == state.Deferred || o.State == state.Queued {
+			continue
+		}
+		p := pokes[i]
+		w.cfg.Events.TaskFinished(Finish{DAGID: p.DAGID, RunID: p.DAGRunID, TaskID: p.TaskID, Try: o.TryNumber,
+			State: o.State, Queued: -1})
+	}
+}
+
+// cappedLog keeps the first max bytes written to it.
+type cappedLog struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+	cut bool
+}
+
+func (l *cappedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if room := l.max - len(l.buf); room > 0 {
+		l.buf = append(l.buf, p[:min(room, len(p))]...)
+	}
+	if len(l.buf) >= l.max {
+		l.cut = true
+	}
+	return len(p), nil
+}
+
+func (l *cappedLog) bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cut {
+		return append(l.buf, "\n[trellis: the log of this poke was cut]\n"...)
+	}
+	return l.buf
+}

@@ -1,0 +1,84 @@
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+)
+
+// TestWorkerPokesSensors: a real worker runs Sensors through its poke
+// loop (no scheduler: a deferred sensor needs none) — a sensor true on its
+// third poke succeeds on try 1 with the log of that poke only and its
+// downstream runs; past SensorTimeout one fails and a SoftFail one is
+// skipped; a poke's error fails the try (retried with its tries left: the
+// retry pokes again and succeeds on try 2); a panicking check fails.
+func TestWorkerPokesSensors(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			st := openStore(t, be.url(t))
+			var three, flaky atomic.Int32
+			poke := dag.PokeInterval(20 * time.Millisecond)
+			d := dag.New("sensors")
+			s := d.Sensor("three", func(c *dag.Context) (bool, error) {
+				n := three.Add(1)
+				c.Logger().Info(fmt.Sprintf("poke %d of param %v", n, c.Params()["p"]))
+				return n == 3, nil
+			}, poke)
+			s.SetDownstream(d.Func("after", func(*dag.Context) error { return nil }))
+			never := func(*dag.Context) (bool, error) { return false, nil }
+			d.Sensor("timeout", never, poke, dag.SensorTimeout(300*time.Millisecond))
+			d.Sensor("soft", never, poke, dag.SensorTimeout(300*time.Millisecond), dag.SoftFail())
+			d.Sensor("flaky", func(c *dag.Context) (bool, error) {
+				switch flaky.Add(1) {
+				case 2:
+					return false, errors.New("the check broke")
+				case 1, 3:
+					return false, nil
+				}
+				return c.TryNumber() == 2, nil
+			}, poke, dag.Retries(1), dag.RetryDelay(10*time.Millisecond))
+			d.Sensor("panics", func(*dag.Context) (bool, error) { panic("no file system") }, poke)
+			reg := dag.NewRegistry()
+			reg.Register(d)
+			syncDAGs(t, st, d)
+			defer retrier(t, st)()
+			newTestWorker(t, st, reg, nil)
+			startRun(t, st, d, "r", []byte(`{"p":"x"}`))
+			run := waitRun(t, st, "sensors", "r", 30*time.Second)
+			tis := tasksOf(t, st, "sensors", "r")
+			want := map[string]struct {
+				st  state.TaskState
+				try int
+				err string
+			}{
+				"three": {state.Success, 1, ""}, "after": {state.Success, 1, ""},
+				"timeout": {state.Failed, 1, "wait timed out"}, "soft": {state.Skipped, 1, "wait timed out"},
+				"flaky": {state.Success, 2, ""}, "panics": {state.Failed, 1, "panic: no file system"},
+			}
+			for id, w := range want {
+				ti := tis[id]
+				if ti.State != w.st || ti.TryNumber != w.try || !strings.Contains(ti.Error, w.err) || ti.NextCheckAt != nil {
+					t.Errorf("%s: %s on try %d, error %q, next check %v; want %s on try %d with %q",
+						id, ti.State, ti.TryNumber, ti.Error, ti.NextCheckAt, w.st, w.try, w.err)
+				}
+			}
+			if run.State != state.RunFailed {
+				t.Errorf("run %s, want failed (timeout and panics)", run.State)
+			}
+			if n := three.Load(); n != 3 {
+				t.Errorf("three was poked %d times, want 3", n)
+			}
+			log := waitLog(t, st, "sensors", "r", "three", 1, "poke 3 of param x", "task succeeded")
+			if strings.Contains(log, "poke 2") {
+				t.Errorf("the log of three keeps a \"not yet\" poke:\n%s", log)
+			}
+			waitLog(t, st, "sensors", "r", "flaky", 1, "the check broke")
+		})
+	}
+}

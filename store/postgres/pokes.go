@@ -1,0 +1,303 @@
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
+)
+
+// claimPokesSQL leases ($3 until, under a new lease) up to $2 poke rows
+// due at $1, through the due index, skipping rows another claim holds.
+// A due row whose instance is no longer deferred on its try (continued,
+// cleared, marked, deleted) is deleted instead. The runs' conf goes with
+// the first poke of each run.
+const claimPokesSQL = `
+	WITH due AS MATERIALIZED (
+		SELECT p.ti_id, coalesce(t.state = 'deferred' AND t.try_number = p.try_number, false) AS live
+		FROM sensor_pokes p LEFT JOIN task_instances t ON t.id = p.ti_id
+		WHERE p.due_at <= $1
+		ORDER BY p.due_at
+		LIMIT $2
+		FOR UPDATE OF p SKIP LOCKED),
+	gone AS (DELETE FROM sensor_pokes p USING due WHERE p.ti_id = due.ti_id AND NOT due.live),
+	u AS (
+		UPDATE sensor_pokes p SET due_at = $3, lease = p.lease + 1 FROM due
+		WHERE p.ti_id = due.ti_id AND due.live
+		RETURNING p.ti_id, p.try_number, p.lease)
+	SELECT u.ti_id, u.try_number, u.lease, t.run_id, t.dag_id, r.run_id, t.task_id,
+		r.logical_date, r.interval_start, r.interval_end,
+		CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.trigger_timeout
+	FROM u JOIN task_instances t ON t.id = u.ti_id JOIN dag_runs r ON r.id = t.run_id
+	ORDER BY u.ti_id`
+
+// nextPokeSQL is the earliest due time of the poke rows (leases
+// included: a lease that runs out is due again).
+const nextPokeSQL = `SELECT min(due_at) FROM sensor_pokes`
+
+// ClaimPokes leases due pokes to worker w (claimPokesSQL) and reads when
+// the next is due, in one round trip (one implicit transaction).
+func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, leaseUntil time.Time) ([]store.Poke, time.Time, error) {
+	if max <= 0 {
+		return nil, time.Time{}, fmt.Errorf("claim pokes for worker %q: max is %d, want at least 1", w.ID, max)
+	}
+	var (
+		out  []store.Poke
+		next *time.Time
+	)
+	err := s.retry(ctx, fmt.Sprintf("claim pokes for worker %q", w.ID), func() error {
+		out, next = nil, nil
+		b := &pgx.Batch{}
+		b.Queue(claimPokesSQL, now, max, leaseUntil)
+		b.Queue(nextPokeSQL)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var p store.Poke
+			var conf []byte
+			var deadline *time.Time
+			if err := rows.Scan(&p.ID, &p.TryNumber, &p.Lease, &p.RunID, &p.DAGID, &p.DAGRunID, &p.TaskID,
+				&p.LogicalDate, &p.IntervalStart, &p.IntervalEnd, &conf, &deadline); err != nil {
+				rows.Close()
+				return err
+			}
+			if conf != nil {
+				p.Conf = conf
+			}
+			if deadline != nil {
+				p.TriggerTimeout = deadline.UTC()
+			}
+			p.LogicalDate, p.IntervalStart, p.IntervalEnd = p.LogicalDate.UTC(), p.IntervalStart.UTC(), p.IntervalEnd.UTC()
+			out = append(out, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if err := br.QueryRow().Scan(&next); err != nil {
+			return err
+		}
+		return br.Close()
+	})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	s.vacuumPokes(ctx, len(out))
+	if next == nil {
+		return out, time.Time{}, nil
+	}
+	return out, next.UTC(), nil
+}
+
+// pokesStartSQL moves the instances whose poke ended their wait from
+// deferred to running under the poking worker, each a compare-and-set on
+// (deferred, try number, the poke's lease): $1 instances, $2 tries, $3
+// leases, $4 now, $5 worker, $6 host, $7 pid. The finish then ends the
+// try as any other.
+const pokesStartSQL = `
+	UPDATE task_instances t SET state = 'running', heartbeat_at = $4, worker_id = $5, hostname = $6, pid = $7,
+		next_check_at = NULL, wait_event = NULL
+	FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u(id, try, lease)
+	WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state = 'deferred'
+		AND EXISTS (SELECT 1 FROM sensor_pokes p WHERE p.ti_id = u.id AND p.lease = u.lease)
+	RETURNING t.id`
+
+// pokesEndSQL deletes the poke rows of instances ($1) whose lease is
+// still $2, returning them.
+const pokesEndSQL = `
+	DELETE FROM sensor_pokes p USING unnest($1::bigint[], $2::bigint[]) AS u(id, lease)
+	WHERE p.ti_id = u.id AND p.lease = u.lease
+	RETURNING p.ti_id`
+
+// pokesAgainSQL moves the next check of "not yet" pokes ($1 instances,
+// $2 leases, $3 next checks) under their lease.
+const pokesAgainSQL = `
+	UPDATE sensor_pokes p SET due_at = u.due
+	FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS u(id, lease, due)
+	WHERE p.ti_id = u.id AND p.lease = u.lease
+	RETURNING p.ti_id`
+
+// FinishPokes records poke results in one transaction: the final ones
+// start and finish their tries (pokesStartSQL, then the finish), the
+// requeued ones go to the task queue, and the "not yet" ones get their
+// next check (pokesAgainSQL), in that order (instances before poke rows,
+// as a deferral locks them).
+func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store.PokeResult, now time.Time) ([]store.FinishOutcome, error) {
+	if len(results) == 0 {
+		return []store.FinishOutcome{}, nil
+	}
+	if err := store.CheckPokeResults(results); err != nil {
+		return nil, err
+	}
+	order := make([]int, len(results))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+	var out []store.FinishOutcome
+	err := s.inTx(ctx, fmt.Sprintf("record %d pokes of worker %q", len(results), w.ID), func(tx pgx.Tx) error {
+		out = make([]store.FinishOutcome, len(results))
+		for i, r := range results {
+			out[i] = store.FinishOutcome{Try: r.Try}
+		}
+		var (
+			fin                  pokeArrays
+			finIdx               []int
+			back, again          pokeArrays
+			backIdx, againIdx    []int
+			againDue             []time.Time
+			finishing            []store.Result
+			finishingIdx         []int
+			startedIDs, requeued map[int64]bool
+			againApplied         map[int64]bool
+			err                  error
+		)
+		for _, i := range order {
+			r := results[i]
+			switch {
+			case r.Requeue:
+				back.add(r)
+				backIdx = append(backIdx, i)
+			case r.Result.State == state.Deferred:
+				again.add(r)
+				againIdx = append(againIdx, i)
+				againDue = append(againDue, r.Result.Deferral.NextCheckAt)
+			default:
+				fin.add(r)
+				finIdx = append(finIdx, i)
+			}
+		}
+		if len(fin.ids) > 0 {
+			if startedIDs, err = collectIDs(tx.Query(ctx, pokesStartSQL, fin.ids, fin.tries, fin.leases, now, w.ID, w.Hostname, w.PID)); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, pokesEndSQL, fin.ids, fin.leases); err != nil {
+				return err
+			}
+			for _, i := range finIdx {
+				if startedIDs[results[i].ID] {
+					res := results[i].Result
+					res.Try = results[i].Try
+					finishing, finishingIdx = append(finishing, res), append(finishingIdx, i)
+				}
+			}
+			if len(finishing) > 0 {
+				done, err := s.finishIn(ctx, tx, finishing)
+				if err != nil {
+					return err
+				}
+				for k, i := range finishingIdx {
+					out[i] = done[k]
+				}
+			}
+		}
+		if len(back.ids) > 0 {
+			if requeued, err = collectIDs(tx.Query(ctx, pokesEndSQL, back.ids, back.leases)); err != nil {
+				return err
+			}
+			var ids []int64
+			for _, id := range back.ids {
+				if requeued[id] {
+					ids = append(ids, id)
+				}
+			}
+			if _, err := requeueDeferredTries(ctx, tx, ids, back, now); err != nil {
+				return err
+			}
+			for _, i := range backIdx {
+				if requeued[results[i].ID] {
+					out[i].Applied, out[i].State = true, state.Queued
+				}
+			}
+		}
+		if len(again.ids) > 0 {
+			if againApplied, err = collectIDs(tx.Query(ctx, pokesAgainSQL, again.ids, again.leases, againDue)); err != nil {
+				return err
+			}
+			for _, i := range againIdx {
+				if againApplied[results[i].ID] {
+					out[i].Applied, out[i].State = true, state.Deferred
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// requeueDeferredTries queues again, resumed, the instances ids that are
+// deferred on the try back names for them.
+func requeueDeferredTries(ctx context.Context, tx dbtx, ids []int64, back pokeArrays, now time.Time) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tag, err := tx.Exec(ctx, `
+		UPDATE task_instances t SET state = 'queued', try_number = t.try_number - 1, queued_at = $4,
+			resumed = true, next_check_at = NULL, wait_event = NULL
+		FROM unnest($1::bigint[], $2::int[]) AS u(id, try)
+		WHERE t.id = u.id AND t.id = ANY($3) AND t.try_number = u.try AND t.state = 'deferred'`,
+		back.ids, back.tries, ids, now)
+	if err != nil {
+		return 0, err
+	}
+	n := int(tag.RowsAffected())
+	if n > 0 {
+		return n, notify(ctx, tx, store.TopicTasksReady)
+	}
+	return n, nil
+}
+
+// pokeArrays are the columns of poke results as statement arguments.
+type pokeArrays struct {
+	ids    []int64
+	tries  []int32
+	leases []int64
+}
+
+func (a *pokeArrays) add(r store.PokeResult) {
+	a.ids, a.tries, a.leases = append(a.ids, r.ID), append(a.tries, int32(r.TryNumber)), append(a.leases, r.Lease)
+}
+
+// collectIDs reads a column of instance ids.
+func collectIDs(rows pgx.Rows, err error) (map[int64]bool, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int64]bool{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
+// vacuumPokes counts n claimed pokes and, every QueueVacuumEvery of
+// them, vacuums sensor_pokes, as vacuumQueue does the queue: each poke
+// writes a row twice with a new due time, and the dead index entries,
+// oldest due first, would otherwise lie in front of every claim's scan.
+func (s *Store) vacuumPokes(ctx context.Context, n int) {
+	if s.vacuumEvery <= 0 || n == 0 || s.poked.Add(int64(n)) < s.vacuumEvery {
+		return
+	}
+	s.poked.Store(0)
+	if _, err := s.pool.Exec(ctx, "VACUUM (SKIP_LOCKED) sensor_pokes"); err != nil {
+		s.log.Warn("vacuum of sensor_pokes failed; poke claims slow down until it succeeds", "err", errText(err))
+	}
+}
