@@ -30,11 +30,11 @@ func (s *Store) ClaimPokes(ctx context.Context, wk store.Worker, max int, now, l
 		if _, err := w.exec(`DELETE FROM sensor_pokes WHERE ti_id IN (
 				SELECT p.ti_id FROM sensor_pokes p LEFT JOIN task_instances t ON t.id = p.ti_id
 				WHERE p.due_at <= ?1 AND NOT coalesce(t.state = 'deferred' AND t.try_number = p.try_number, 0)
-				ORDER BY p.due_at LIMIT ?2)`, us(now), max); err != nil {
+				ORDER BY p.due_at LIMIT ?2 + 0)`, us(now), max); err != nil {
 			return err
 		}
 		rows, err := w.query(`UPDATE sensor_pokes SET due_at = ?3, lease = lease + 1
-			WHERE ti_id IN (SELECT ti_id FROM sensor_pokes WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2)
+			WHERE ti_id IN (SELECT ti_id FROM sensor_pokes WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2 + 0)
 			RETURNING ti_id, try_number, lease`, us(now), max, us(leaseUntil))
 		if err != nil {
 			return err
