@@ -598,10 +598,10 @@ type Store interface {
 	// counted (ClaimPokes says when the next is due).
 	NextRetryAt(ctx context.Context) (t time.Time, ok bool, err error)
 	// ClaimPokes leases to worker w up to max deferred Sensor instances
-	// whose poke is due at now, in one statement, until leaseUntil (when
+	// whose poke is due at now, in one transaction, until leaseUntil (when
 	// a poke whose result was not recorded is due again), skipping rows
 	// another claim holds: two workers never get the same poke under one
-	// lease. It returns them, oldest due first, and the earliest due time
+	// lease. It returns them in instance id order, and the earliest due time
 	// of the pokes left (zero: none).
 	ClaimPokes(ctx context.Context, w Worker, max int, now, leaseUntil time.Time) ([]Poke, time.Time, error)
 	// FinishPokes records what pokes said, in one transaction: "not yet"
