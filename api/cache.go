@@ -171,8 +171,11 @@ func (a *api) cachedTaskInstances(c *tiContext, run store.Run) (*cachedRun, erro
 	e := &cachedRun{key: [2]string{run.DAGID, run.RunID}, id: run.ID, state: run.State,
 		startedAt: timeOrZero(run.StartedAt), endedAt: timeOrZero(run.EndedAt), filled: filled,
 		tis: make([]cachedTI, len(tis))}
+	if err := c.loadCallers(tis); err != nil {
+		return nil, err
+	}
 	for i, ti := range tis {
-		js := appendTaskInstance(nil, ti, run.LogicalDate, c.kind(ti.DAGID, ti.TaskID))
+		js := c.appendTI(nil, ti, run.LogicalDate)
 		e.tis[i] = cachedTI{ti: ti, json: js}
 		e.size += len(js) + 400 // the instance itself
 		e.jsonBytes += len(js) + 1

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
@@ -133,6 +134,68 @@ func TestGridCalls(t *testing.T) {
 		sq = grid("/api/v1/dags/calls/grid?limit=6")["sq"]
 		if len(sq.Calls) != 1 || sq.Calls[0] != 3 || sq.CallStates[0]["success"] != 3 || sq.States[0] == nil || *sq.States[0] != "success" {
 			t.Errorf("grid row of sq after work = %+v, want 3 successful calls", sq)
+		}
+	})
+}
+
+// TestCallsListCallers: task instance lists (a run's, listMapped and the
+// batch list, from the store and from the finished-run cache) carry each
+// call instance's caller and a deferred caller's waiting_on, as a single
+// GET does; every answer validates against the specification.
+func TestCallsListCallers(t *testing.T) {
+	forBackends(t, func(t *testing.T, backend string) {
+		ctx := context.Background()
+		e := callsEnv(t, backend)
+		e.outputs = map[string]json.RawMessage{"sq": json.RawMessage("9")}
+		e.trigger("calls", map[string]any{"dag_run_id": "r1"})
+		claimed, err := e.store.ClaimTasks(ctx, e.worker, 10, time.Now())
+		if err != nil || len(claimed) != 1 || claimed[0].TaskID != "noop" {
+			t.Fatalf("claim = %v, %v; want the noop task", claimed, err)
+		}
+		try := store.Try{ID: claimed[0].ID, TryNumber: claimed[0].TryNumber}
+		states, err := e.store.Call(ctx, store.CallBatch{Caller: try, MaxCalls: 100, Now: time.Now(),
+			Calls: []store.NewCall{{TaskID: "sq", Key: store.CallKey(json.RawMessage("3")), Arguments: json.RawMessage("3")}}})
+		if err != nil || len(states) != 1 || states[0].State != state.Queued {
+			t.Fatalf("call = %v, %v", states, err)
+		}
+		if _, err := e.store.FinishTasks(ctx, []store.Result{{Try: try, State: state.Deferred,
+			Deferral: store.Deferral{Calls: true}, EndedAt: time.Now()}}); err != nil {
+			t.Fatal(err)
+		}
+		byTask := func(list map[string]any) map[string]map[string]any {
+			out := map[string]map[string]any{}
+			for _, ti := range items(t, list, "task_instances") {
+				out[str(ti, "task_id")] = ti
+			}
+			return out
+		}
+		isCaller := func(where string, ti map[string]any) {
+			t.Helper()
+			ref, _ := ti["caller"].(map[string]any)
+			if ref == nil || str(ref, "task_id") != "noop" || num(ref, "map_index") != -1 {
+				t.Errorf("%s: caller of sq[0] = %v, want noop (-1): %v", where, ti["caller"], ti)
+			}
+		}
+		run := byTask(e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/r1/taskInstances", nil))
+		isCaller("run list", run["sq"])
+		if str(run["noop"], "state") != "deferred" || num(run["noop"], "waiting_on") != 1 || run["noop"]["caller"] != nil {
+			t.Errorf("run list: the deferred caller = %v, want waiting_on 1 and no caller", run["noop"])
+		}
+		mapped := items(t, e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/r1/taskInstances/sq/listMapped", nil), "task_instances")
+		if len(mapped) != 1 {
+			t.Fatalf("listMapped = %v", mapped)
+		}
+		isCaller("listMapped", mapped[0])
+		isCaller("batch list", byTask(e.ok(200, "POST", "/api/v1/dags/~/dagRuns/~/taskInstances/list",
+			map[string]any{"dag_ids": []string{"calls"}}))["sq"])
+
+		e.work(nil) // sq, then noop woken by it
+		done := e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/r1", nil)
+		if str(done, "state") != string(state.RunSuccess) {
+			t.Fatalf("run = %v, want success", done)
+		}
+		for range 2 { // the cache is filled, then answers
+			isCaller("finished run list", byTask(e.ok(200, "GET", "/api/v1/dags/calls/dagRuns/r1/taskInstances", nil))["sq"])
 		}
 	})
 }

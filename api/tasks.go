@@ -97,6 +97,52 @@ type tiContext struct {
 	a    *api
 	ctx  context.Context
 	dags map[string]*dag.DAG
+	// callers names the callers of call instances (by the caller's
+	// task instance id) for the caller field of lists (loadCallers).
+	callers map[int64]callRefJSON
+}
+
+// loadCallers reads, in one store read, the callers of the call instances
+// among tis that c does not know yet.
+func (c *tiContext) loadCallers(tis []store.TaskInstance) error {
+	var ids []int64
+	for _, ti := range tis {
+		if ti.CallerID == 0 {
+			continue
+		}
+		if _, ok := c.callers[ti.CallerID]; !ok && !slices.Contains(ids, ti.CallerID) {
+			ids = append(ids, ti.CallerID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	callers, err := c.a.store.TaskInstancesByID(c.ctx, ids)
+	if err != nil {
+		return err
+	}
+	if c.callers == nil {
+		c.callers = map[int64]callRefJSON{}
+	}
+	for _, x := range callers {
+		c.callers[x.ID] = callRefJSON{TaskID: x.TaskID, MapIndex: x.MapIndex}
+	}
+	return nil
+}
+
+// appendTI appends the JSON of one listed task instance: that of
+// appendTaskInstance, with the caller of a call instance (loadCallers).
+func (c *tiContext) appendTI(b []byte, ti store.TaskInstance, logicalDate time.Time) []byte {
+	b = appendTaskInstance(b, ti, logicalDate, c.kind(ti.DAGID, ti.TaskID))
+	ref, ok := c.callers[ti.CallerID]
+	if ti.CallerID == 0 || !ok {
+		return b
+	}
+	b = append(b[:len(b)-1], `,"caller":{"task_id":`...)
+	b = appendString(b, ref.TaskID)
+	b = append(b, `,"map_index":`...)
+	b = strconv.AppendInt(b, int64(ref.MapIndex), 10)
+	return append(b, "}}"...)
 }
 
 func (a *api) newTIContext(ctx context.Context) *tiContext {
@@ -159,13 +205,28 @@ func (a *api) listTaskInstances(c *tiContext, f taskFilter, p page) ([]store.Run
 }
 
 func (c *tiContext) write(w http.ResponseWriter, tis []store.RunTaskInstance, total int) error {
+	if err := c.loadRunCallers(tis); err != nil {
+		return err
+	}
 	buf := getBuffer()
 	defer putBuffer(buf)
 	*buf = c.render(*buf, tis, total)
 	return writeBody(w, *buf)
 }
 
-// render appends to b[:0] the body listing tis of total matches.
+// loadRunCallers is loadCallers for instances listed with their runs.
+func (c *tiContext) loadRunCallers(tis []store.RunTaskInstance) error {
+	plain := make([]store.TaskInstance, 0, len(tis))
+	for _, ti := range tis {
+		if ti.CallerID != 0 {
+			plain = append(plain, ti.TaskInstance)
+		}
+	}
+	return c.loadCallers(plain)
+}
+
+// render appends to b[:0] the body listing tis of total matches; the
+// callers of call instances among them are loaded (loadRunCallers).
 func (c *tiContext) render(b []byte, tis []store.RunTaskInstance, total int) []byte {
 	if need := len(tis)*tiJSONEstimate + 64; cap(b) < need {
 		b = make([]byte, 0, need)
@@ -175,7 +236,7 @@ func (c *tiContext) render(b []byte, tis []store.RunTaskInstance, total int) []b
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendTaskInstance(b, ti.TaskInstance, ti.LogicalDate, c.kind(ti.DAGID, ti.TaskID))
+		b = c.appendTI(b, ti.TaskInstance, ti.LogicalDate)
 	}
 	return appendTotal(b, total)
 }
@@ -310,6 +371,9 @@ func (a *api) runTaskInstancesBody(ctx context.Context, dagID, runID string, f t
 	f.q.DAGIDs, f.q.DAGRunIDs = []string{dagID}, []string{runID}
 	tis, total, err := a.listTaskInstances(c, f, p)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.loadRunCallers(tis); err != nil {
 		return nil, err
 	}
 	return c.render(nil, tis, total), nil

@@ -12,7 +12,8 @@ import (
 )
 
 // tryCaller is the dag.Caller of one try in a worker. Calls made since the
-// last wait are recorded together (one Store.Call); a wait on unfinished
+// last wait are recorded together (with those of the worker's other tries
+// waiting at the same time: callBatcher); a wait on unfinished
 // calls parks the try: its slot is released and its deferral recorded in
 // the next finishing batch, its goroutine waits here, heartbeats keep it,
 // and the worker's own claim of the instance (queued again by the
@@ -60,7 +61,7 @@ func (k *tryCaller) Wait(c *dag.Context, call *dag.Call) error {
 	return nil
 }
 
-// flush records the pending calls in one Store.Call and finishes those
+// flush records the pending calls (callBatcher) and finishes those
 // answered at once (final, refused).
 func (k *tryCaller) flush(c *dag.Context) error {
 	k.mu.Lock()
@@ -81,13 +82,8 @@ func (k *tryCaller) flush(c *dag.Context) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	var states []store.CallState
-	err := k.w.storeCall(func(ctx context.Context) error {
-		var e error
-		states, e = k.w.cfg.Store.Call(ctx, store.CallBatch{Caller: k.a.key, Calls: batch,
-			MaxCalls: k.d.MaxCalls(), Now: k.w.cfg.Clock.Now()})
-		return e
-	})
+	states, err := k.w.calls.call(c, k.a.claim.RunID, store.CallBatch{Caller: k.a.key, Calls: batch,
+		MaxCalls: k.d.MaxCalls(), Now: k.w.cfg.Clock.Now()})
 	if errors.Is(err, store.ErrStale) {
 		return fmt.Errorf("record calls: the try was taken away: %w", err)
 	}

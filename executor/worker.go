@@ -32,6 +32,7 @@ type Worker struct {
 	cancel context.CancelFunc
 	sub    store.Subscription
 	fin    *finisher
+	calls  *callBatcher
 
 	mu        sync.Mutex
 	active    map[int64]*activeTry // claimed and not yet settled, by task instance id
@@ -177,7 +178,9 @@ func (w *Worker) start(ctx context.Context) error {
 	w.deliverSpools()
 	w.started = true
 	w.fin = newFinisher(w)
-	w.loopsWG.Add(3)
+	w.calls = newCallBatcher(w)
+	w.loopsWG.Add(4)
+	go func() { defer w.loopsWG.Done(); w.calls.loop(w.loopsStop) }()
 	go func() { defer w.loopsWG.Done(); w.fin.loop() }()
 	go func() { defer w.loopsWG.Done(); w.heartbeatLoop() }()
 	go func() { defer w.loopsWG.Done(); w.logFlushLoop() }()

@@ -69,6 +69,13 @@ type CallState struct {
 	Cycle   bool
 }
 
+// CallAnswer answers one batch of CallMany: its calls' states, or why
+// none was recorded.
+type CallAnswer struct {
+	States []CallState
+	Err    error
+}
+
 // Caller is what the store offers a worker for calls; every Store
 // implements it.
 type Caller interface {
@@ -83,6 +90,13 @@ type Caller interface {
 	// caller's priority when it is higher. ErrStale: the caller is not
 	// running that try any more (nothing recorded).
 	Call(ctx context.Context, b CallBatch) ([]CallState, error)
+	// CallMany records the calls of several running tries in one
+	// transaction, each batch as Call would and in order (a later batch
+	// finds the call instances the earlier ones created): answer i is
+	// batch i's. A batch that is bad or whose try no longer runs (Err
+	// wraps ErrStale) records nothing and the others go on; an error
+	// returned records nothing at all.
+	CallMany(ctx context.Context, batches []CallBatch) ([]CallAnswer, error)
 	// CallResults returns the states of call instances (by id, in the
 	// order of ids; unknown ids are ErrNotFound).
 	CallResults(ctx context.Context, ids []int64) ([]CallState, error)

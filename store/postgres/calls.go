@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,26 +18,37 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-// callTx is one Call transaction, in named phases.
+// callTx records the calls of the tries of one run (or one call from
+// outside) in one transaction, in named phases: each phase handles every
+// caller at once, so a transaction costs the same round trips for one
+// caller or many.
 type callTx struct {
-	s   *Store
-	tx  pgx.Tx
-	b   store.CallBatch
-	out []store.CallState
+	s  *Store
+	tx pgx.Tx
 
-	// The caller.
 	runID, versionID int64
 	dagID            string
-	priority         int
-	isCall           bool // the caller is a call instance (it may be in a cycle)
+	runName          string
+	closed           bool // a call from outside into a finished run: no new instance
+	callers          []*caller
 
-	keys    []callKey          // distinct (callable, key), in first-call order
-	firstAt map[callKey]int    // index of the first call of each key
-	found   map[callKey]callee // existing and created call instances
+	keys    []callKey                 // distinct (callable, key), in first-call order
+	first   map[callKey]store.NewCall // the first call of each key
+	owner   map[callKey]*caller       // the caller of a key's first call
+	prio    map[callKey]int           // the highest priority among a key's callers
+	found   map[callKey]callee        // existing and created call instances
 	created int
-	refused map[callKey]string // calls not made, with why
-	cycles  map[callKey]bool
-	closed  bool // a call from outside into a finished run: no new instance
+	refused map[callKey]string // calls not made, with why (for every caller)
+}
+
+// caller is one batch of a callTx: the try making the calls.
+type caller struct {
+	b        store.CallBatch
+	out      *store.CallAnswer
+	priority int
+	isCall   bool      // a call instance (it may be in a cycle)
+	keys     []callKey // its distinct calls, in the order made
+	cycles   map[callKey]string
 }
 
 type callKey struct{ task, key string }
@@ -57,17 +69,55 @@ func (s *Store) Call(ctx context.Context, b store.CallBatch) ([]store.CallState,
 	if err := checkCalls(b); err != nil {
 		return nil, err
 	}
-	op := fmt.Sprintf("record %d calls of task instance %d try %d", len(b.Calls), b.Caller.ID, b.Caller.TryNumber)
-	var out []store.CallState
+	out, err := s.callMany(ctx, fmt.Sprintf("record %d calls of task instance %d try %d", len(b.Calls), b.Caller.ID, b.Caller.TryNumber),
+		[]store.CallBatch{b})
+	if err != nil {
+		return nil, err
+	}
+	return out[0].States, out[0].Err
+}
+
+// CallMany records the calls of several running tries in one transaction
+// (store.Caller).
+func (s *Store) CallMany(ctx context.Context, batches []store.CallBatch) ([]store.CallAnswer, error) {
+	return s.callMany(ctx, fmt.Sprintf("record the calls of %d tries", len(batches)), batches)
+}
+
+func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBatch) ([]store.CallAnswer, error) {
+	out := make([]store.CallAnswer, len(batches))
+	var todo []int
+	for i, b := range batches {
+		switch err := checkCalls(b); {
+		case err != nil:
+			out[i].Err = err
+		case len(b.Calls) == 0:
+			out[i].States = []store.CallState{}
+		default:
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return out, nil
+	}
 	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
-		c := &callTx{s: s, tx: tx, b: b}
-		if err := c.run(ctx); err != nil {
+		for _, i := range todo {
+			out[i] = store.CallAnswer{}
+		}
+		txs, err := readCallers(ctx, s, tx, batches, todo, out)
+		if err != nil {
 			return err
 		}
-		out = c.out
+		for _, c := range txs {
+			if err := c.run(ctx); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // checkCalls validates a batch before anything is written.
@@ -85,9 +135,88 @@ func checkCalls(b store.CallBatch) error {
 	return nil
 }
 
+// readCallers reads the callers of batches todo, answers those not running
+// their try (ErrStale) in out, groups the others by run (a call from
+// outside is a group of its own), and takes the runs' advisory locks in
+// run order: the calls of one run are serialised (map indexes, the cap,
+// cycles). Callers are not locked: the finishing transactions of callees
+// lock callee rows, then callers, then runs, and a call transaction writes
+// callers not at all.
+func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
+	var ids []int64
+	for _, i := range todo {
+		if batches[i].Caller.ID != 0 {
+			ids = append(ids, batches[i].Caller.ID)
+		}
+	}
+	type row struct {
+		runID, versionID int64
+		dagID, runName   string
+		priority, mi     int
+		st               state.TaskState
+		try              int
+	}
+	rows := map[int64]row{}
+	if len(ids) > 0 {
+		rs, err := tx.Query(ctx, `SELECT t.id, t.run_id, r.version_id, t.dag_id, r.run_id, t.priority, t.map_index, t.state, t.try_number
+			FROM task_instances t JOIN dag_runs r ON r.id = t.run_id WHERE t.id = ANY($1)`, ids)
+		if err != nil {
+			return nil, err
+		}
+		for rs.Next() {
+			var id int64
+			var r row
+			if err := rs.Scan(&id, &r.runID, &r.versionID, &r.dagID, &r.runName, &r.priority, &r.mi, &r.st, &r.try); err != nil {
+				rs.Close()
+				return nil, err
+			}
+			rows[id] = r
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var txs []*callTx
+	byRun := map[int64]*callTx{}
+	for _, i := range todo {
+		b := batches[i]
+		if b.Caller.ID == 0 {
+			txs = append(txs, &callTx{s: s, tx: tx, runID: b.RunID, callers: []*caller{{b: b, out: &out[i]}}})
+			continue
+		}
+		r, ok := rows[b.Caller.ID]
+		if !ok || r.st != state.Running || r.try != b.Caller.TryNumber {
+			out[i].Err = errorf("%w: task instance %d is not running try %d", store.ErrStale, b.Caller.ID, b.Caller.TryNumber)
+			continue
+		}
+		c := byRun[r.runID]
+		if c == nil {
+			c = &callTx{s: s, tx: tx, runID: r.runID, versionID: r.versionID, dagID: r.dagID, runName: r.runName}
+			byRun[r.runID] = c
+			txs = append(txs, c)
+		}
+		c.callers = append(c.callers, &caller{b: b, out: &out[i], priority: r.priority, isCall: r.mi >= 0})
+	}
+	slices.SortStableFunc(txs, func(a, b *callTx) int { return cmp.Compare(a.runID, b.runID) })
+	var runs []int64
+	for _, c := range txs {
+		if len(runs) == 0 || runs[len(runs)-1] != c.runID {
+			runs = append(runs, c.runID)
+		}
+	}
+	if len(runs) > 0 {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
+			FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, runs); err != nil {
+			return nil, err
+		}
+	}
+	return txs, nil
+}
+
 func (c *callTx) run(ctx context.Context) error {
-	for _, phase := range []func(context.Context) error{c.readCaller, c.findExisting, c.create,
-		c.refuseCycles, c.finish} {
+	for _, phase := range []func(context.Context) error{c.readRun, c.findExisting, c.create,
+		c.linkAndCheck, c.finish} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -96,54 +225,49 @@ func (c *callTx) run(ctx context.Context) error {
 	return nil
 }
 
-// readCaller checks the caller runs that try. Its row is not locked: the
-// finishing transactions of its callees lock callee rows, then callers,
-// then runs, and so does this one (the caller is not written).
-func (c *callTx) readCaller(ctx context.Context) error {
-	if c.b.Caller.ID == 0 {
-		var st state.RunState
-		err := c.tx.QueryRow(ctx, `SELECT id, version_id, dag_id, state,
-				pg_advisory_xact_lock(hashtextextended('trellis_calls', id)) IS NULL
-			FROM dag_runs WHERE id = $1`, c.b.RunID).
-			Scan(&c.runID, &c.versionID, &c.dagID, &st, new(bool))
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errorf("%w: no run %d", store.ErrNotFound, c.b.RunID)
-		}
-		c.closed = err == nil && st.Terminal()
-		return err
+// readRun reads the run of a call from outside (locked by readCallers).
+func (c *callTx) readRun(ctx context.Context) error {
+	if c.callers[0].b.Caller.ID != 0 {
+		return nil
 	}
-	var st state.TaskState
-	var try, mapIndex int
-	// The calls of one run are serialised (map indexes, the cap) by a
-	// transaction-scoped advisory lock, taken before any row lock.
-	err := c.tx.QueryRow(ctx, `SELECT t.run_id, r.version_id, t.dag_id, t.priority, t.map_index, t.state, t.try_number,
-			pg_advisory_xact_lock(hashtextextended('trellis_calls', t.run_id)) IS NULL
-		FROM task_instances t JOIN dag_runs r ON r.id = t.run_id WHERE t.id = $1`, c.b.Caller.ID).
-		Scan(&c.runID, &c.versionID, &c.dagID, &c.priority, &mapIndex, &st, &try, new(bool))
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && (st != state.Running || try != c.b.Caller.TryNumber)) {
-		return errorf("%w: task instance %d is not running try %d", store.ErrStale, c.b.Caller.ID, c.b.Caller.TryNumber)
+	var st state.RunState
+	err := c.tx.QueryRow(ctx, `SELECT version_id, dag_id, run_id, state FROM dag_runs WHERE id = $1`, c.runID).
+		Scan(&c.versionID, &c.dagID, &c.runName, &st)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errorf("%w: no run %d", store.ErrNotFound, c.runID)
 	}
-	c.isCall = mapIndex >= 0
+	c.closed = err == nil && st.Terminal()
 	return err
 }
 
-// findExisting locks the call instances the batch names that exist.
+// findExisting reads the call instances the batches name that exist. They
+// are not locked: a callee read unfinished may finish at once, which the
+// caller's deferral (waitingCounts) sees.
 func (c *callTx) findExisting(ctx context.Context) error {
-	c.firstAt, c.found = map[callKey]int{}, map[callKey]callee{}
+	c.first, c.owner, c.prio, c.found = map[callKey]store.NewCall{}, map[callKey]*caller{}, map[callKey]int{}, map[callKey]callee{}
 	var tasks, keys []string
-	for i, call := range c.b.Calls {
-		k := callKey{call.TaskID, call.Key}
-		if _, ok := c.firstAt[k]; ok {
-			continue
+	for _, cl := range c.callers {
+		mine := map[callKey]bool{}
+		for _, call := range cl.b.Calls {
+			k := callKey{call.TaskID, call.Key}
+			if !mine[k] {
+				mine[k] = true
+				cl.keys = append(cl.keys, k)
+			}
+			if p, ok := c.prio[k]; !ok || cl.priority > p {
+				c.prio[k] = cl.priority
+			}
+			if _, ok := c.first[k]; ok {
+				continue
+			}
+			c.first[k], c.owner[k] = call, cl
+			c.keys = append(c.keys, k)
+			tasks, keys = append(tasks, k.task), append(keys, k.key)
 		}
-		c.firstAt[k] = i
-		c.keys = append(c.keys, k)
-		tasks, keys = append(tasks, k.task), append(keys, k.key)
 	}
 	rows, err := c.tx.Query(ctx, `SELECT t.id, t.task_id, t.call_key, t.map_index, t.state, t.output, t.error
 		FROM task_instances t JOIN unnest($2::text[], $3::text[]) AS u(task_id, call_key)
-			ON t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key
-		ORDER BY t.id FOR NO KEY UPDATE OF t`, c.runID, tasks, keys)
+			ON t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key`, c.runID, tasks, keys)
 	if err != nil {
 		return err
 	}
@@ -164,27 +288,25 @@ func (c *callTx) readCallees(rows pgx.Rows) error {
 }
 
 // create inserts the call instances that do not exist yet, within the
-// run's cap, with the callable's retry policy and timeout and the next
-// map indexes of their callable.
+// run's cap, with the callable's retry policy and timeout, the highest
+// priority of their callers and the next map indexes of their callable.
 func (c *callTx) create(ctx context.Context) error {
+	c.refused = map[callKey]string{}
 	var missing []callKey
+	var names []string
 	for _, k := range c.keys {
 		if _, ok := c.found[k]; !ok {
 			missing = append(missing, k)
+			names = append(names, k.task)
 		}
 	}
 	if len(missing) == 0 {
 		return nil
 	}
-	var names []string
-	for _, k := range missing {
-		names = append(names, k.task)
-	}
 	// The run's count of calls, and the next map index of each callable.
 	rows, err := c.tx.Query(ctx, `SELECT v.task_id, coalesce((SELECT max(t.map_index) FROM task_instances t
 			WHERE t.run_id = $1 AND t.task_id = v.task_id AND t.map_index >= 0), -1),
-			(SELECT n_calls FROM dag_runs WHERE id = $1), v.key_template, v.key_limit,
-			(SELECT run_id FROM dag_runs WHERE id = $1)
+			(SELECT n_calls FROM dag_runs WHERE id = $1), v.key_template, v.key_limit
 		FROM dag_version_tasks v WHERE v.version_id = $2 AND v.kind = 'callable' AND v.task_id = ANY($3)`,
 		c.runID, c.versionID, names)
 	if err != nil {
@@ -197,12 +319,11 @@ func (c *callTx) create(ctx context.Context) error {
 	}
 	keyed := map[string]keyOf{}
 	nCalls := 0
-	var runName string
 	for rows.Next() {
 		var task string
 		var last int
 		var k keyOf
-		if err := rows.Scan(&task, &last, &nCalls, &k.template, &k.limit, &runName); err != nil {
+		if err := rows.Scan(&task, &last, &nCalls, &k.template, &k.limit); err != nil {
 			rows.Close()
 			return err
 		}
@@ -216,12 +337,13 @@ func (c *callTx) create(ctx context.Context) error {
 		return err
 	}
 	var tasks, keys, args []string
-	var idx []int32
+	var idx, prios []int32
 	var ckeys []*string
+	var parents []int64
 	counters, queued := map[string]int{}, map[string]int{}
-	c.refused = map[callKey]string{}
 	for _, k := range missing {
 		n, ok := next[k.task]
+		owner := c.owner[k]
 		if c.closed {
 			c.refused[k] = "the run has finished: a call into it can only find a call it made"
 			continue
@@ -230,14 +352,14 @@ func (c *callTx) create(ctx context.Context) error {
 			c.refused[k] = fmt.Sprintf("no callable %q in the DAG %q of the run", k.task, c.dagID)
 			continue
 		}
-		if nCalls+len(tasks) >= c.b.MaxCalls {
-			c.refused[k] = fmt.Sprintf("the run has reached its cap of %d calls (dag.MaxCalls)", c.b.MaxCalls)
+		if nCalls+len(tasks) >= owner.b.MaxCalls {
+			c.refused[k] = fmt.Sprintf("the run has reached its cap of %d calls (dag.MaxCalls)", owner.b.MaxCalls)
 			continue
 		}
-		arg := c.b.Calls[c.firstAt[k]].Arguments
+		arg := c.first[k].Arguments
 		var ckey *string
 		if kd, ok := keyed[k.task]; ok {
-			name, err := store.RenderCallKey(kd.template, c.dagID, k.task, runName, arg)
+			name, err := store.RenderCallKey(kd.template, c.dagID, k.task, c.runName, arg)
 			if err != nil {
 				c.refused[k] = err.Error()
 				continue
@@ -249,8 +371,9 @@ func (c *callTx) create(ctx context.Context) error {
 		next[k.task] = n + 1
 		tasks, keys = append(tasks, k.task), append(keys, k.key)
 		args = append(args, string(arg))
-		idx = append(idx, int32(n))
+		idx, prios = append(idx, int32(n)), append(prios, int32(c.prio[k]))
 		ckeys = append(ckeys, ckey)
+		parents = append(parents, owner.b.Caller.ID)
 	}
 	if len(tasks) == 0 {
 		return nil
@@ -262,15 +385,15 @@ func (c *callTx) create(ctx context.Context) error {
 		INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments, state, queued_at,
 			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			concurrency_key, limited)
-		SELECT $1, $2, u.task_id, u.call_key, nullif($3, 0), u.args::jsonb, 'queued', $4,
-			u.map_index, v.retries + 1, v.retries, greatest(v.priority, $5), v.trigger_rule, v.retry_delay_ns,
+		SELECT $1, $2, u.task_id, u.call_key, nullif(u.parent, 0), u.args::jsonb, 'queued', $3,
+			u.map_index, v.retries + 1, v.retries, greatest(v.priority, u.prio), v.trigger_rule, v.retry_delay_ns,
 			v.max_backoff_ns, v.timeout_ns, 0, u.ckey, u.ckey IS NOT NULL
-		FROM unnest($6::text[], $7::text[], $8::text[], $9::int[], $11::text[])
-			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, ord)
-		JOIN dag_version_tasks v ON v.version_id = $10 AND v.task_id = u.task_id
+		FROM unnest($4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[])
+			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, prio, parent, ord)
+		JOIN dag_version_tasks v ON v.version_id = $11 AND v.task_id = u.task_id
 		ORDER BY u.ord
 		RETURNING id, task_id, call_key, map_index, state, output, error`,
-		c.runID, c.dagID, c.b.Caller.ID, c.b.Now, c.priority, tasks, keys, args, idx, c.versionID, ckeys)
+		c.runID, c.dagID, c.callers[0].b.Now, tasks, keys, args, idx, ckeys, prios, parents, c.versionID)
 	if err != nil {
 		return err
 	}
@@ -301,87 +424,160 @@ func (c *callTx) countKeys(ctx context.Context, limits, queued map[string]int) e
 // unfinished reports whether a call instance is not final.
 func (x callee) unfinished() bool { return !x.state.Terminal() }
 
-// refuseCycles drops, as cycles, the existing unfinished calls that would
-// make the caller wait on itself or on one of its callers (a callee that
-// reaches the caller through unfinished calls). Only a call instance can
-// be in a cycle: nothing calls a static task.
-func (c *callTx) refuseCycles(ctx context.Context) error {
-	if !c.isCall {
-		return nil
-	}
-	var cands []int64
-	for _, k := range c.keys {
-		if x, ok := c.found[k]; ok && x.unfinished() && x.id != c.b.Caller.ID {
-			cands = append(cands, x.id)
-		}
-	}
-	// A callee the caller is linked to already was checked when the edge
-	// was made (by an earlier execution of the try): no new cycle.
-	var starts []int64
-	if len(cands) > 0 {
-		rows, err := c.tx.Query(ctx, `SELECT u.id FROM unnest($2::bigint[]) AS u(id)
-			WHERE NOT EXISTS (SELECT 1 FROM task_calls k WHERE k.caller_id = $1 AND k.callee_id = u.id)`,
-			c.b.Caller.ID, cands)
-		if err != nil {
-			return err
-		}
-		if starts, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
-			return err
-		}
-	}
-	cyclic := map[int64]bool{}
-	for _, k := range c.keys {
-		if x, ok := c.found[k]; ok && x.id == c.b.Caller.ID {
-			cyclic[x.id] = true
-		}
-	}
-	if len(starts) > 0 {
-		rows, err := c.tx.Query(ctx, `
-			WITH RECURSIVE r(start, id) AS (
-				SELECT s, s FROM unnest($1::bigint[]) AS s
-				UNION
-				SELECT r.start, k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
-				JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
-				WHERE r.id <> $2
-			)
-			SELECT DISTINCT start FROM r WHERE id = $2`, starts, c.b.Caller.ID)
-		if err != nil {
-			return err
-		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			cyclic[id] = true
-		}
-	}
-	if len(cyclic) == 0 {
-		return nil
-	}
-	if c.refused == nil {
-		c.refused = map[callKey]string{}
-	}
-	c.cycles = map[callKey]bool{}
-	for _, k := range c.keys {
-		x, ok := c.found[k]
-		if !ok || !cyclic[x.id] {
+// edges returns the call instances caller cl links to: its calls made and
+// not refused, in first-call order.
+func (c *callTx) edges(cl *caller) []int64 {
+	var ids []int64
+	for _, k := range cl.keys {
+		if _, ok := cl.cycles[k]; ok {
 			continue
 		}
-		path, err := c.cyclePath(ctx, x.id)
+		if x, ok := c.found[k]; ok {
+			ids = append(ids, x.id)
+		}
+	}
+	return ids
+}
+
+// linkAndCheck records the caller → callee edges of the calls made (an
+// edge recorded by an earlier try is kept as it is), refusing as cycles
+// the existing unfinished calls that would make a caller wait on itself or
+// on one of its callers (a callee that reaches the caller through
+// unfinished calls). Only a call instance can be in a cycle: nothing calls
+// a static task. A callee a caller is linked to already was checked when
+// the edge was made, and a call instance created here calls nothing yet:
+// the callers calling neither are linked at once, the others one after
+// the other, each checked against the edges of those before it.
+func (c *callTx) linkAndCheck(ctx context.Context) error {
+	if c.callers[0].b.Caller.ID == 0 {
+		return nil
+	}
+	var pairCaller, pairCallee []int64
+	for _, cl := range c.callers {
+		cl.cycles = map[callKey]string{}
+		if !cl.isCall {
+			continue
+		}
+		for _, k := range cl.keys {
+			x, ok := c.found[k]
+			if !ok || !x.unfinished() {
+				continue
+			}
+			if x.id == cl.b.Caller.ID {
+				path, err := c.cyclePath(ctx, cl.b.Caller.ID, x.id)
+				if err != nil {
+					return err
+				}
+				cl.cycles[k] = path
+				continue
+			}
+			pairCaller, pairCallee = append(pairCaller, cl.b.Caller.ID), append(pairCallee, x.id)
+		}
+	}
+	starts := map[int64][]int64{}
+	if len(pairCaller) > 0 {
+		rows, err := c.tx.Query(ctx, `SELECT u.caller, u.callee FROM unnest($1::bigint[], $2::bigint[]) AS u(caller, callee)
+			WHERE NOT EXISTS (SELECT 1 FROM task_calls k WHERE k.caller_id = u.caller AND k.callee_id = u.callee)`,
+			pairCaller, pairCallee)
 		if err != nil {
 			return err
 		}
-		c.refused[k], c.cycles[k] = path, true
-		delete(c.found, k)
+		for rows.Next() {
+			var a, b int64
+			if err := rows.Scan(&a, &b); err != nil {
+				rows.Close()
+				return err
+			}
+			starts[a] = append(starts[a], b)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	var at, later []*caller
+	for _, cl := range c.callers {
+		if len(starts[cl.b.Caller.ID]) > 0 {
+			later = append(later, cl)
+		} else {
+			at = append(at, cl)
+		}
+	}
+	if err := c.link(ctx, at); err != nil {
+		return err
+	}
+	for _, cl := range later {
+		if err := c.refuseCycles(ctx, cl, starts[cl.b.Caller.ID]); err != nil {
+			return err
+		}
+		if err := c.link(ctx, []*caller{cl}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// cyclePath names the cycle a call of instance from would close: from,
-// through unfinished calls, to the caller, and back to from.
-func (c *callTx) cyclePath(ctx context.Context, from int64) (string, error) {
-	caller := c.b.Caller.ID
+// refuseCycles refuses the calls of cl whose callees among starts reach
+// cl through unfinished calls.
+func (c *callTx) refuseCycles(ctx context.Context, cl *caller, starts []int64) error {
+	rows, err := c.tx.Query(ctx, `
+		WITH RECURSIVE r(start, id) AS (
+			SELECT s, s FROM unnest($1::bigint[]) AS s
+			UNION
+			SELECT r.start, k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
+			JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
+			WHERE r.id <> $2
+		)
+		SELECT DISTINCT start FROM r WHERE id = $2`, starts, cl.b.Caller.ID)
+	if err != nil {
+		return err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		for _, k := range cl.keys {
+			if x, ok := c.found[k]; ok && x.id == id {
+				path, err := c.cyclePath(ctx, cl.b.Caller.ID, id)
+				if err != nil {
+					return err
+				}
+				cl.cycles[k] = path
+			}
+		}
+	}
+	return nil
+}
+
+// link records the edges of callers cls in one statement.
+func (c *callTx) link(ctx context.Context, cls []*caller) error {
+	var callers, callees, distinct []int64
+	var ords []int32
+	for _, cl := range cls {
+		for i, id := range c.edges(cl) {
+			callers, callees, ords = append(callers, cl.b.Caller.ID), append(callees, id), append(ords, int32(i+1))
+		}
+		distinct = append(distinct, cl.b.Caller.ID)
+	}
+	if len(callers) == 0 {
+		return nil
+	}
+	// Positions continue after the edges each caller has: counted once per
+	// caller (a subquery per edge costs seconds for 10,000 calls).
+	_, err := c.tx.Exec(ctx, `
+		INSERT INTO task_calls (caller_id, callee_id, run_id, seq)
+		SELECT u.caller, u.callee, $1, coalesce(n.n, 0) + u.ord
+		FROM unnest($2::bigint[], $3::bigint[], $4::int[]) AS u(caller, callee, ord)
+		LEFT JOIN (SELECT caller_id, count(*) AS n FROM task_calls WHERE caller_id = ANY($5) GROUP BY caller_id) AS n
+			ON n.caller_id = u.caller
+		ON CONFLICT DO NOTHING`, c.runID, callers, callees, ords, distinct)
+	return err
+}
+
+// cyclePath names the cycle a call of instance from by caller would
+// close: from, through unfinished calls, to the caller, and back to from.
+func (c *callTx) cyclePath(ctx context.Context, caller, from int64) (string, error) {
 	path := []int64{from}
 	if from != caller {
 		rows, err := c.tx.Query(ctx, `
@@ -469,10 +665,10 @@ func bfsPath(next map[int64][]int64, a, b int64) []int64 {
 	return []int64{a, b}
 }
 
-// finish sends link, inherit and count in one round trip.
+// finish raises the priorities of unfinished callees and counts the
+// created instances, in one round trip.
 func (c *callTx) finish(ctx context.Context) error {
 	b := &pgx.Batch{}
-	c.link(b)
 	c.inherit(b)
 	c.count(b)
 	if b.Len() == 0 {
@@ -487,48 +683,27 @@ func (c *callTx) finish(ctx context.Context) error {
 	return nil
 }
 
-// link records the caller → callee edges of the calls made (again: an
-// edge recorded by an earlier try is kept as it is).
-func (c *callTx) link(b *pgx.Batch) {
-	if c.b.Caller.ID == 0 {
-		return
-	}
-	var ids []int64
-	for _, k := range c.keys {
-		if x, ok := c.found[k]; ok {
-			ids = append(ids, x.id)
-		}
-	}
-	if len(ids) == 0 {
-		return
-	}
-	b.Queue(`
-		INSERT INTO task_calls (caller_id, callee_id, run_id, seq)
-		SELECT $1, u.callee, $2, (SELECT count(*) FROM task_calls WHERE caller_id = $1) + u.ord
-		FROM unnest($3::bigint[]) WITH ORDINALITY AS u(callee, ord)
-		ON CONFLICT DO NOTHING`, c.b.Caller.ID, c.runID, ids)
-}
-
-// inherit raises the priority of the unfinished callees to the caller's,
-// so that the calls others wait on are claimed before new work of lower
-// priority.
+// inherit raises the priority of the unfinished callees to their
+// callers', so that the calls others wait on are claimed before new work
+// of lower priority. Only the rows whose priority is lower are locked.
 func (c *callTx) inherit(b *pgx.Batch) {
 	var ids []int64
+	var prios []int32
 	for _, k := range c.keys {
 		if x, ok := c.found[k]; ok && x.unfinished() {
-			ids = append(ids, x.id)
+			ids, prios = append(ids, x.id), append(prios, int32(c.prio[k]))
 		}
 	}
-	if len(ids) == 0 {
+	if len(ids) == 0 || c.callers[0].b.Caller.ID == 0 {
 		return
 	}
-	b.Queue(`UPDATE task_instances SET priority = $2
-		WHERE id = ANY($1) AND priority < $2 AND state IN `+unfinishedList, ids, c.priority)
+	b.Queue(`UPDATE task_instances t SET priority = u.prio
+		FROM unnest($1::bigint[], $2::int[]) AS u(id, prio)
+		WHERE t.id = u.id AND t.priority < u.prio AND t.state IN `+unfinishedList, ids, prios)
 }
 
 // count adds the created call instances to the run's counters (locked
-// last, after every instance, as the finishing transactions do) and wakes
-// the workers.
+// last, after every instance, as the finishing transactions do).
 func (c *callTx) count(b *pgx.Batch) {
 	if c.created == 0 {
 		return
@@ -537,20 +712,27 @@ func (c *callTx) count(b *pgx.Batch) {
 		WHERE id = $1`, c.runID, c.created)
 }
 
-// answer fills out, one state per call of the batch.
+// answer answers each caller, one state per call.
 func (c *callTx) answer() {
-	c.out = make([]store.CallState, len(c.b.Calls))
-	for i, call := range c.b.Calls {
-		k := callKey{call.TaskID, call.Key}
-		if why, ok := c.refused[k]; ok {
-			c.out[i] = store.CallState{Refused: why, Cycle: c.cycles[k]}
-			continue
+	for _, cl := range c.callers {
+		states := make([]store.CallState, len(cl.b.Calls))
+		for i, call := range cl.b.Calls {
+			k := callKey{call.TaskID, call.Key}
+			if path, ok := cl.cycles[k]; ok {
+				states[i] = store.CallState{Refused: path, Cycle: true}
+				continue
+			}
+			if why, ok := c.refused[k]; ok {
+				states[i] = store.CallState{Refused: why}
+				continue
+			}
+			x := c.found[k]
+			states[i] = store.CallState{ID: x.id, MapIndex: x.mapIndex, State: x.state, Error: x.err}
+			if x.output != nil && x.state == state.Success {
+				states[i].Output = json.RawMessage(x.output)
+			}
 		}
-		x := c.found[k]
-		c.out[i] = store.CallState{ID: x.id, MapIndex: x.mapIndex, State: x.state, Error: x.err}
-		if x.output != nil && x.state == state.Success {
-			c.out[i].Output = json.RawMessage(x.output)
-		}
+		*cl.out = store.CallAnswer{States: states}
 	}
 }
 
@@ -707,4 +889,42 @@ func (s *Store) TaskInstancesByID(ctx context.Context, ids []int64) ([]store.Tas
 		return nil, mapErr("get task instances by id", err)
 	}
 	return tis, nil
+}
+
+// rerunFailedCallsSQL queues again the call instances that failed among
+// those the instances $1 called, and among those these called in turn
+// while failed ($2 now): clearing a caller re-runs the calls it would
+// find failed, and reuses those that succeeded. Each gets its retries
+// back, as a cleared task does.
+const rerunFailedCallsSQL = `
+	WITH RECURSIVE f(id) AS (
+		SELECT k.callee_id FROM task_calls k JOIN task_instances t ON t.id = k.callee_id
+		WHERE k.caller_id = ANY($1) AND t.state IN ('failed', 'upstream_failed')
+		UNION
+		SELECT k.callee_id FROM f JOIN task_calls k ON k.caller_id = f.id
+		JOIN task_instances t ON t.id = k.callee_id AND t.state IN ('failed', 'upstream_failed')
+	), x AS MATERIALIZED (
+		SELECT t.id FROM task_instances t JOIN f ON f.id = t.id ORDER BY t.id FOR NO KEY UPDATE OF t
+	)
+	UPDATE task_instances t SET state = 'queued', queued_at = $2, max_tries = t.try_number + t.retries + 1,
+		started_at = NULL, ended_at = NULL, next_retry_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '',
+		pid = 0, output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL,
+		wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL, waiting_on = 0
+	FROM x WHERE t.id = x.id AND t.state IN ('failed', 'upstream_failed')`
+
+// rerunFailedCalls applies rerunFailedCallsSQL for the cleared instances
+// ids and returns how many call instances it queued, waking the workers.
+func rerunFailedCalls(ctx context.Context, tx dbtx, ids []int64, now time.Time) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	tag, err := tx.Exec(ctx, rerunFailedCallsSQL, ids, now)
+	if err != nil {
+		return 0, err
+	}
+	n := int(tag.RowsAffected())
+	if n > 0 {
+		return n, notify(ctx, tx, store.TopicTasksReady)
+	}
+	return 0, nil
 }

@@ -264,7 +264,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		}
 		rl := newReleaser(tx, now)
 		rl.touch(run.id, 0)
-		var waitingIDs []int64
+		var waitingIDs, clearedIDs []int64
 		for rows.Next() {
 			var id int64
 			var st, old state.TaskState
@@ -272,6 +272,7 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 				rows.Close()
 				return err
 			}
+			clearedIDs = append(clearedIDs, id)
 			if st == state.None {
 				waitingIDs = append(waitingIDs, id)
 			}
@@ -282,6 +283,11 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		rerun, err := rerunFailedCalls(ctx, tx, clearedIDs, now)
+		if err != nil {
+			return err
+		}
+		rl.touch(run.id, -rerun)
 		if _, err := tx.Exec(ctx, `
 			UPDATE task_instances t SET up_success = c.s, up_failed = c.f, up_skipped = c.k,
 				up_upstream_failed = c.u, up_removed = c.m

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
@@ -20,15 +21,8 @@ func (s *Store) Call(ctx context.Context, b store.CallBatch) ([]store.CallState,
 	if len(b.Calls) == 0 {
 		return []store.CallState{}, nil
 	}
-	for i, c := range b.Calls {
-		switch {
-		case c.TaskID == "":
-			return nil, fmt.Errorf("record calls: call %d has no callable task id", i)
-		case c.Key == "":
-			return nil, fmt.Errorf("record calls: call %d of %s has an empty key", i, c.TaskID)
-		case !json.Valid(c.Arguments):
-			return nil, fmt.Errorf("record calls: call %d of %s: the arguments are not valid JSON", i, c.TaskID)
-		}
+	if err := checkCalls(b); err != nil {
+		return nil, err
 	}
 	var out []store.CallState
 	op := fmt.Sprintf("record %d calls of task instance #%d try %d", len(b.Calls), b.Caller.ID, b.Caller.TryNumber)
@@ -39,6 +33,61 @@ func (s *Store) Call(ctx context.Context, b store.CallBatch) ([]store.CallState,
 		return err
 	})
 	return out, err
+}
+
+// CallMany records the calls of several running tries in one write
+// transaction (store.Caller), one after the other.
+func (s *Store) CallMany(ctx context.Context, batches []store.CallBatch) ([]store.CallAnswer, error) {
+	out := make([]store.CallAnswer, len(batches))
+	var todo []int
+	for i, b := range batches {
+		switch err := checkCalls(b); {
+		case err != nil:
+			out[i].Err = err
+		case len(b.Calls) == 0:
+			out[i].States = []store.CallState{}
+		default:
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return out, nil
+	}
+	err := s.write(ctx, fmt.Sprintf("record the calls of %d tries", len(todo)), func(w *txn) error {
+		for _, i := range todo {
+			c := &callTx{w: w, b: batches[i]}
+			states, err := c.run()
+			if errors.Is(err, store.ErrStale) {
+				// Found before anything of this batch was written.
+				out[i] = store.CallAnswer{Err: err}
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out[i] = store.CallAnswer{States: states}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// checkCalls validates a batch before anything is written.
+func checkCalls(b store.CallBatch) error {
+	for i, c := range b.Calls {
+		switch {
+		case c.TaskID == "":
+			return fmt.Errorf("record calls: call %d has no callable task id", i)
+		case c.Key == "":
+			return fmt.Errorf("record calls: call %d of %s has an empty key", i, c.TaskID)
+		case !json.Valid(c.Arguments):
+			return fmt.Errorf("record calls: call %d of %s: the arguments are not valid JSON", i, c.TaskID)
+		}
+	}
+	return nil
 }
 
 // callTx is one Call transaction.
@@ -381,4 +430,35 @@ func (e *engine) waitingOn(id int64) (int, error) {
 	err := e.w.queryRow(`SELECT count(*) FROM task_calls k JOIN task_instances t ON t.id = k.callee_id
 		WHERE k.caller_id = ? AND t.state IN (`+nonTerminalSQL+`)`, id).Scan(&n)
 	return n, err
+}
+
+// rerunFailedCalls queues again the call instances that failed among
+// those the cleared instances ids called, and among those these called in
+// turn while failed: clearing a caller re-runs the calls it would find
+// failed, and reuses those that succeeded. Each gets its retries back, as
+// a cleared task does. It wakes the workers when it queued any.
+func rerunFailedCalls(w *txn, ids []int64, now time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	res, err := w.exec(`
+		WITH RECURSIVE f(id) AS (
+			SELECT k.callee_id FROM task_calls k JOIN task_instances t ON t.id = k.callee_id
+			WHERE k.caller_id IN (SELECT value FROM json_each(?)) AND t.state IN ('failed', 'upstream_failed')
+			UNION
+			SELECT k.callee_id FROM f JOIN task_calls k ON k.caller_id = f.id
+			JOIN task_instances t ON t.id = k.callee_id AND t.state IN ('failed', 'upstream_failed')
+		)
+		UPDATE task_instances SET state = 'queued', queued_at = ?, max_tries = try_number + retries + 1,
+			started_at = NULL, ended_at = NULL, next_retry_at = NULL, heartbeat_at = NULL, worker_id = '', hostname = '',
+			pid = 0, output = NULL, error = '', resumed = false, deferred_state = NULL, event_payload = NULL,
+			wait_event = NULL, next_check_at = NULL, trigger_timeout = NULL, waiting_on = 0
+		WHERE id IN (SELECT id FROM f) AND state IN ('failed', 'upstream_failed')`, idList(ids), us(now))
+	if err != nil {
+		return fmt.Errorf("re-run failed calls: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n > 0 {
+		w.wake(store.TopicTasksReady)
+	}
+	return nil
 }

@@ -24,6 +24,73 @@ type engine struct {
 	runs    map[int64]*runInfo
 	touched []int64 // runs to settle, in first-touch order
 	seen    map[int64]bool
+	// rows holds the instances of a finish batch, read in one statement
+	// before its results are recorded (prefetch); each is used once. A
+	// nil entry: the instance does not exist.
+	rows map[int64]*recordRow
+}
+
+// recordRow is an instance as recording a result reads it.
+type recordRow struct {
+	a        tryRow
+	rd, mb   int64
+	cur      string
+	limited  bool
+	mapIndex int
+}
+
+const recordCols = `run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited, map_index`
+
+func scanRecordRow(sc interface{ Scan(...any) error }, dest ...any) (*recordRow, error) {
+	r := &recordRow{}
+	err := sc.Scan(append(dest, &r.a.runID, &r.a.taskID, &r.cur, &r.a.tryNumber, &r.a.maxTries, &r.rd, &r.mb, &r.limited, &r.mapIndex)...)
+	return r, err
+}
+
+// prefetch reads the instances of results in one statement, for record.
+// Recording a result changes only its own instance, except waking the
+// callers of a call instance (wakeWaiters), which drops what is left.
+func (e *engine) prefetch(results []store.Result) error {
+	if len(results) < 2 {
+		return nil
+	}
+	ids := make([]int64, len(results))
+	e.rows = make(map[int64]*recordRow, len(results))
+	for i, r := range results {
+		ids[i] = r.ID
+		e.rows[r.ID] = nil
+	}
+	rows, err := e.w.query(`SELECT id, `+recordCols+` FROM task_instances WHERE id IN (SELECT value FROM json_each(?))`, idList(ids))
+	if err != nil {
+		return fmt.Errorf("read the task instances of %d results: %w", len(results), err)
+	}
+	for rows.Next() {
+		var id int64
+		rec, err := scanRecordRow(rows, &id)
+		if err != nil {
+			rows.Close()
+			return fmt.Errorf("read the task instances of %d results: %w", len(results), err)
+		}
+		e.rows[id] = rec
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return fmt.Errorf("read the task instances of %d results: %w", len(results), err)
+	}
+	return nil
+}
+
+// recordRow returns the instance of id as record reads it (nil when it
+// does not exist): prefetched, or read now.
+func (e *engine) recordRow(id int64) (*recordRow, error) {
+	if rec, ok := e.rows[id]; ok {
+		delete(e.rows, id) // a second result for id reads what the first wrote
+		return rec, nil
+	}
+	rec, err := scanRecordRow(e.w.queryRow(`SELECT `+recordCols+` FROM task_instances WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	return rec, err
 }
 
 // runInfo is what the engine knows of one run.
@@ -347,20 +414,15 @@ type pendingRelease struct {
 // while running (restarting) is not recorded: the instance waits again.
 func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, error) {
 	out := store.FinishOutcome{Try: r.Try}
-	var a tryRow
-	var rd, mb int64
-	var cur string
-	var limited bool
-	var mapIndex int
-	err := e.w.queryRow(`SELECT run_id, task_id, state, try_number, max_tries, retry_delay_ns, max_backoff_ns, limited, map_index
-		FROM task_instances WHERE id = ?`, r.ID).Scan(&a.runID, &a.taskID, &cur, &a.tryNumber, &a.maxTries, &rd, &mb, &limited, &mapIndex)
-	if errors.Is(err, sql.ErrNoRows) {
-		return out, nil, nil
-	}
+	rec, err := e.recordRow(r.ID)
 	if err != nil {
 		return out, nil, fmt.Errorf("finish task instance #%d: %w", r.ID, err)
 	}
-	a.state, a.retryDelay, a.maxBackoff = state.TaskState(cur), time.Duration(rd), time.Duration(mb)
+	if rec == nil {
+		return out, nil, nil
+	}
+	a, limited, mapIndex := rec.a, rec.limited, rec.mapIndex
+	a.state, a.retryDelay, a.maxBackoff = state.TaskState(rec.cur), time.Duration(rec.rd), time.Duration(rec.mb)
 	out.State = a.state
 	if a.tryNumber != r.TryNumber || (a.state != state.Running && a.state != state.Restarting) {
 		return out, nil, nil
@@ -426,6 +488,7 @@ func (e *engine) record(r store.Result) (store.FinishOutcome, *pendingRelease, e
 	}
 	out.Applied, out.State = true, next
 	if mapIndex >= 0 && next.Terminal() {
+		e.rows = nil // the callers woken may have results in the batch
 		if err := e.wakeWaiters(r.ID); err != nil {
 			return out, nil, err
 		}
@@ -452,6 +515,10 @@ func (e *engine) finishBatch(results []store.Result) ([]store.FinishOutcome, err
 	}
 	out := make([]store.FinishOutcome, len(results))
 	var pending []pendingRelease
+	if err := e.prefetch(results); err != nil {
+		return nil, err
+	}
+	defer func() { e.rows = nil }()
 	for i, r := range results {
 		o, p, err := e.record(r)
 		if err != nil {

@@ -433,3 +433,41 @@ func TestMigrateWhileWriting(t *testing.T) {
 		t.Errorf("%d workers registered (%v), want 60", len(ws), err)
 	}
 }
+
+// A finish batch reads its instances in one statement; a result repeated
+// in the batch is judged on what the first one wrote (refused), results
+// for unknown instances are refused, and the others are applied and
+// release their downstream tasks.
+func TestFinishBatchRepeatedResult(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{})
+	syncRun(t, s, store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 1,
+		Tasks: []store.TaskSpec{task("a"), task("b"), task("c", "a", "b")}}, "r", t0)
+	cs, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 2, t0)
+	if err != nil || len(cs) != 2 {
+		t.Fatal(cs, err)
+	}
+	ok := func(c store.Claimed) store.Result {
+		return store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0.Add(time.Second)}
+	}
+	failed := ok(cs[0])
+	failed.State, failed.Error = state.Failed, "late"
+	ghost := ok(cs[0])
+	ghost.ID = 1 << 40
+	out, err := s.FinishTasks(t.Context(), []store.Result{ok(cs[0]), failed, ghost, ok(cs[1])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		applied bool
+		state   state.TaskState
+	}{{true, state.Success}, {false, state.Success}, {false, ""}, {true, state.Success}}
+	for i, w := range want {
+		if out[i].Applied != w.applied || out[i].State != w.state {
+			t.Errorf("outcome %d = applied %v, state %q; want %v, %q", i, out[i].Applied, out[i].State, w.applied, w.state)
+		}
+	}
+	next, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 2, t0)
+	if err != nil || len(next) != 1 || next[0].TaskID != "c" {
+		t.Fatalf("after the batch, claimed %v (err %v); want c alone", next, err)
+	}
+}

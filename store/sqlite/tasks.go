@@ -341,6 +341,9 @@ func (s *Store) ClearTasks(ctx context.Context, dagID, runID string, taskIDs []s
 		if err != nil {
 			return err
 		}
+		if err := rerunFailedCalls(w, cleared, now); err != nil {
+			return err
+		}
 		if _, err := w.exec(`UPDATE dag_runs SET state = 'running', ended_at = NULL,
 				started_at = coalesce(started_at, ?) WHERE id = ?`, us(now), ri.id); err != nil {
 			return err

@@ -486,3 +486,141 @@ func fibWorker(e *env, wk store.Worker, n int) error {
 	}
 	return fmt.Errorf("worker %s: no end", wk.ID)
 }
+
+// testCallsMany: CallMany records the calls of several tries in one
+// transaction as Call would one after the other: a call both make is one
+// instance (created by the first, with its caller) linked to both, map
+// indexes continue across the batches, two callers calling each other
+// in the same transaction close a cycle (the second is refused), a stale
+// try or a bad batch is answered on its own while the others are
+// recorded.
+func testCallsMany(t *testing.T, e *env) {
+	e.started(callsSpec("cm"), "run")
+	a := e.claimOne("a")
+	st := e.call(a, 100, nc("f", "1"), nc("g", "1"))
+	f1, g1 := e.claimID(st[0].ID), e.claimID(st[1].ID)
+	now := t0.Add(3 * time.Minute)
+	out, err := e.s.CallMany(e.ctx, []store.CallBatch{
+		{Caller: att(f1), Calls: []store.NewCall{nc("f", "2"), nc("g", "1")}, MaxCalls: 100, Now: now},
+		{Caller: att(g1), Calls: []store.NewCall{nc("f", "2"), nc("f", "1"), nc("f", "3")}, MaxCalls: 100, Now: now},
+		{Caller: store.Try{ID: a.ID, TryNumber: 9}, Calls: []store.NewCall{nc("f", "9")}, MaxCalls: 100, Now: now},
+		{Caller: att(a), Calls: []store.NewCall{{TaskID: "f", Key: "x", Arguments: []byte("{")}}, MaxCalls: 100, Now: now},
+	})
+	must(t, "CallMany", err)
+	if len(out) != 4 {
+		t.Fatalf("CallMany answered %d batches, want 4", len(out))
+	}
+	for i, n := range []int{2, 3} {
+		if out[i].Err != nil || len(out[i].States) != n {
+			t.Fatalf("batch %d: %+v", i, out[i])
+		}
+	}
+	f2, g1f1, g1f2, f3 := out[0].States[0], out[0].States[1], out[1].States[0], out[1].States[2]
+	if f2.ID == 0 || g1f2.ID != f2.ID || f2.MapIndex != 1 || f3.MapIndex != 2 || f2.State != state.Queued {
+		t.Errorf("f(2) %+v from f(1) and %+v from g(1), f(3) %+v: want one instance f[1], then f[2]", f2, g1f2, f3)
+	}
+	if g1f1.Cycle || g1f1.ID != g1.ID {
+		t.Errorf("f(1) calling g(1): %+v, want a call of instance %d", g1f1, g1.ID)
+	}
+	if c := out[1].States[1]; !c.Cycle || c.Refused != "f(1) -> g(1) -> f(1)" {
+		t.Errorf("g(1) calling f(1) in the same transaction: %+v, want the cycle f(1) -> g(1) -> f(1)", c)
+	}
+	if !errors.Is(out[2].Err, store.ErrStale) || out[3].Err == nil {
+		t.Errorf("stale batch: %v, bad batch: %v; want ErrStale and an error", out[2].Err, out[3].Err)
+	}
+	fs := e.calls("cm", "f")
+	if len(fs) != 3 || fs[1].CallerID != f1.ID {
+		t.Fatalf("instances of f: %+v, want f(1), f(2) called first by f(1), f(3)", fs)
+	}
+	for _, x := range []struct {
+		caller store.Claimed
+		want   int
+	}{{f1, 2}, {g1, 2}} {
+		callees, err := e.s.Callees(e.ctx, x.caller.ID)
+		must(t, "Callees", err)
+		if len(callees) != x.want {
+			t.Errorf("callees of %s: %d, want %d", x.caller.TaskID, len(callees), x.want)
+		}
+	}
+}
+
+// testCallsClearRerun: clearing a caller whose run failed on a failed
+// call re-runs it: the call instances that failed (and the failed ones
+// they called) are queued again with their retries back, the one that
+// succeeded is not touched and answers the re-run caller's call with its
+// result; the run then ends as the re-run calls do.
+func testCallsClearRerun(t *testing.T, e *env) {
+	e.started(callsSpec("cr"), "run")
+	a := e.claimOne("a")
+	st := e.call(a, 100, nc("f", "1"), nc("f", "2"))
+	e.finish(deferred(a, store.Deferral{Calls: true}))
+	f1 := e.claimID(st[0].ID)
+	ok := result(f1, state.Success)
+	ok.Output = []byte("10")
+	e.finish(ok)
+	f2 := e.claimID(st[1].ID)
+	g2 := e.claimID(e.call(f2, 100, nc("g", "2"))[0].ID)
+	e.finish(deferred(f2, store.Deferral{Calls: true}))
+	bad := result(g2, state.Failed)
+	bad.Error = "g failed"
+	e.finish(bad)
+	f2 = e.claimID(f2.ID)
+	bad = result(f2, state.Failed)
+	bad.Error = "call g(2) failed"
+	e.finish(bad)
+	a = e.claimID(a.ID)
+	e.finish(result(a, state.Failed))
+	e.wantRunState("cr", "run", state.RunFailed)
+
+	_, err := e.s.ClearTasks(e.ctx, "cr", "run", []string{"a"}, false, t0.Add(time.Hour))
+	must(t, "ClearTasks", err)
+	e.wantRunState("cr", "run", state.RunRunning)
+	byID := map[int64]store.TaskInstance{}
+	tis, err := e.s.TaskInstancesByID(e.ctx, []int64{f1.ID, f2.ID, g2.ID})
+	must(t, "TaskInstancesByID", err)
+	for _, ti := range tis {
+		byID[ti.ID] = ti
+	}
+	if x := byID[f1.ID]; x.State != state.Success || x.TryNumber != 1 || string(x.Output) != "10" {
+		t.Errorf("f(1), which succeeded: %s try %d output %s; want it kept", x.State, x.TryNumber, x.Output)
+	}
+	for _, id := range []int64{f2.ID, g2.ID} {
+		if x := byID[id]; x.State != state.Queued || x.Error != "" || x.MaxTries <= x.TryNumber {
+			t.Errorf("failed call %s(%s): %s, error %q, try %d of %d; want queued with its retries back",
+				x.TaskID, x.Arguments, x.State, x.Error, x.TryNumber, x.MaxTries)
+		}
+	}
+	claimed := e.claim(10)
+	want := map[int64]bool{a.ID: true, f2.ID: true, g2.ID: true}
+	if len(claimed) != 3 {
+		t.Fatalf("claimed %d after the clear, want a, f(2) and g(2)", len(claimed))
+	}
+	var a2, f22, g22 store.Claimed
+	for _, c := range claimed {
+		if !want[c.ID] {
+			t.Fatalf("claimed %s %d after the clear", c.TaskID, c.ID)
+		}
+		switch c.ID {
+		case a.ID:
+			a2 = c
+		case f2.ID:
+			f22 = c
+		default:
+			g22 = c
+		}
+	}
+	again := e.call(a2, 100, nc("f", "1"), nc("f", "2"))
+	if again[0].ID != f1.ID || again[0].State != state.Success || string(again[0].Output) != "10" {
+		t.Errorf("re-run a calling f(1): %+v, want the kept result 10", again[0])
+	}
+	if again[1].ID != f2.ID || again[1].State == state.Failed {
+		t.Errorf("re-run a calling f(2): %+v, want the re-run instance %d", again[1], f2.ID)
+	}
+	e.finish(deferred(a2, store.Deferral{Calls: true}))
+	e.call(f22, 100, nc("g", "2"))
+	e.finish(deferred(f22, store.Deferral{Calls: true}))
+	e.finish(result(g22, state.Success))
+	e.finish(result(e.claimID(f2.ID), state.Success))
+	e.finish(result(e.claimID(a.ID), state.Success))
+	e.wantRunState("cr", "run", state.RunSuccess)
+}

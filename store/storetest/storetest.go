@@ -122,6 +122,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CallsCrash", testCallsCrash},
 		{"CallsFromOutside", testCallsFromOutside},
 		{"CallsConcurrent", testCallsConcurrent},
+		{"CallsMany", testCallsMany},
+		{"CallsClearRerun", testCallsClearRerun},
 		{"SetRunState", testSetRunState},
 		{"ClearTasks", testClear},
 		{"ClearRunning", testClearRunning},
