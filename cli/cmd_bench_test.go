@@ -34,7 +34,7 @@ func TestBenchQuick(t *testing.T) {
 	pgServer := testdb.Postgres(t)
 	jsonFile := filepath.Join(t.TempDir(), "rows.json")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "bench", "--quick", "--db", "sqlite:"+sqliteDir, "--db", pgServer,
 		"--json", jsonFile, "--workers", "2")

@@ -190,7 +190,11 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
 				WHERE run_id = ? AND call_key = '' AND task_id = ?`+returning, ri.id, downstream[0])
 		} else {
-			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
+			query := e.w.query
+			if len(downstream) > bulkRows {
+				query = e.w.bulkQuery
+			}
+			rows, err = query(`UPDATE task_instances SET `+set+`
 				WHERE run_id = ? AND call_key = '' AND task_id IN (SELECT value FROM json_each(?))`+returning,
 				ri.id, idList(downstream))
 		}
@@ -261,16 +265,20 @@ func (e *engine) apply(ri *runInfo, ids []int64, next state.TaskState) error {
 		return nil
 	}
 	var err error
+	exec := e.w.exec
+	if len(ids) > bulkRows {
+		exec = e.w.bulkExec
+	}
 	switch {
 	case next == state.Queued && len(ids) == 1:
-		_, err = e.w.exec(`UPDATE task_instances SET state = 'queued', queued_at = ? WHERE id = ?`, us(e.now), ids[0])
+		_, err = exec(`UPDATE task_instances SET state = 'queued', queued_at = ? WHERE id = ?`, us(e.now), ids[0])
 	case next == state.Queued:
-		_, err = e.w.exec(`UPDATE task_instances SET state = 'queued', queued_at = ?
+		_, err = exec(`UPDATE task_instances SET state = 'queued', queued_at = ?
 			WHERE id IN (SELECT value FROM json_each(?))`, us(e.now), idList(ids))
 	case len(ids) == 1:
-		_, err = e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ? WHERE id = ?`, string(next), us(e.now), ids[0])
+		_, err = exec(`UPDATE task_instances SET state = ?, ended_at = ? WHERE id = ?`, string(next), us(e.now), ids[0])
 	default:
-		_, err = e.w.exec(`UPDATE task_instances SET state = ?, ended_at = ?
+		_, err = exec(`UPDATE task_instances SET state = ?, ended_at = ?
 			WHERE id IN (SELECT value FROM json_each(?))`, string(next), us(e.now), idList(ids))
 	}
 	if err != nil {

@@ -176,7 +176,7 @@ func createRunTx(w *txn, r store.NewRun, conf string, queuedAt time.Time) (store
 		conf, versionID, fp, r.Note, us(queuedAt)).Scan(&id); err != nil {
 		return store.Run{}, false, fmt.Errorf("insert run: %w", err)
 	}
-	if _, err := w.exec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, max_tries, retries,
+	if _, err := w.bulkExec(`INSERT INTO task_instances (run_id, dag_id, task_id, state, max_tries, retries,
 			priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			pool, pool_slots, task_key, limited)
 		SELECT ?1, ?2, t.task_id, 'none', t.retries + 1, t.retries, t.priority, t.trigger_rule, t.retry_delay_ns,

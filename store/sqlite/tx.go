@@ -104,7 +104,8 @@ func retryBusy(ctx context.Context, fn func() error) error {
 // statements. The transaction itself stays bound to ctx: database/sql
 // rolls it back when ctx ends, and each statement first checks ctx, so a
 // cancelled transaction stops at its next statement (a statement already
-// running completes; writing statements are short).
+// running completes; writing statements are short, and the few over
+// many rows are run by bulkExec and bulkQuery under ctx itself).
 type txn struct {
 	s      *Store
 	ctx    context.Context
@@ -153,6 +154,32 @@ func (w *txn) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	}
 	w.stmts[query] = st
 	return st, nil
+}
+
+// bulkRows is how many rows a statement must touch for the transaction's
+// context to interrupt it (bulkExec, bulkQuery): below, a statement ends
+// in well under a millisecond and is not worth the driver's watcher.
+const bulkRows = 256
+
+// bulkExec runs a statement over many rows (a run's creation, the
+// release of a wide fan-out) under the transaction's own context, so
+// that its end interrupts the statement instead of letting it hold the
+// write lock to its end.
+func (w *txn) bulkExec(query string, args ...any) (sql.Result, error) {
+	st, err := w.stmt(w.ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(w.ctx, args...)
+}
+
+// bulkQuery is bulkExec for a statement returning rows.
+func (w *txn) bulkQuery(query string, args ...any) (*sql.Rows, error) {
+	st, err := w.stmt(w.ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(w.ctx, args...)
 }
 
 func (w *txn) exec(query string, args ...any) (sql.Result, error) {
@@ -250,11 +277,12 @@ func (s *Store) write(ctx context.Context, op string, fn func(w *txn) error) err
 }
 
 // canceledTx says why a transaction ended early: database/sql rolls a
-// transaction back when its context is done, and the statements after
-// that fail with sql.ErrTxDone, which hides the cancellation callers
-// look for (a scheduler stopping must not log it as an error).
+// transaction back when its context is done, and what the transaction
+// runs after that fails with sql.ErrTxDone or "Rows are closed", which
+// hide the cancellation callers look for (a scheduler stopping must not
+// log it as an error; a worker retries a timed-out finish).
 func canceledTx(ctx context.Context, err error) error {
-	if ctx.Err() != nil && errors.Is(err, sql.ErrTxDone) {
+	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("%w: %w", ctx.Err(), err)
 	}
 	return err
