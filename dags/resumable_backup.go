@@ -33,7 +33,9 @@ import (
 
 // resumableJobSh is the background job of backup_generation: the
 // generation of backup_automation, then the event. It runs detached
-// (setsid), so it outlives the try that started it.
+// (setsid) and without the worker pool's mark (env -u
+// TRELLIS_WORKER_POOL), so it outlives the try that started it: the
+// supervisor kills every marked process a task leaves behind.
 const resumableJobSh = `printf '%s\n' "$$" > "$1" # detached: the task may end now
 ` + backupGenerationSh + `key="backup-generated:$run_dir"
 sha=$(cat "$work/staging/backup.tar.gz.sha256")
@@ -64,7 +66,7 @@ mkdir -p "$(dirname "$work")"
 cat > "$job" <<'JOB'
 ` + resumableJobSh + `JOB
 rm -f "$work.job.pid"
-setsid sh "$job" "$work.job.pid" > "$work.job.log" 2>&1 < /dev/null &
+env -u TRELLIS_WORKER_POOL setsid sh "$job" "$work.job.pid" > "$work.job.log" 2>&1 < /dev/null &
 # Once the job has left this task's process group, the end of the task
 # no longer kills it.
 i=0
@@ -100,7 +102,7 @@ func startTransfer(c *dag.Context) error {
 	tr := transfer{Src: src, Part: filepath.Join(dir, "backup.tar.gz.part"), Dst: filepath.Join(dir, "backup.tar.gz"),
 		SHA256: strings.TrimSpace(string(want))}
 	// The shell exits at once; the copy, detached, outlives the try.
-	cp := exec.CommandContext(c, "/bin/sh", "-c", `setsid cp "$1" "$2" < /dev/null > /dev/null 2>&1 &`, "sh", tr.Src, tr.Part)
+	cp := exec.CommandContext(c, "/bin/sh", "-c", `env -u TRELLIS_WORKER_POOL setsid cp "$1" "$2" < /dev/null > /dev/null 2>&1 &`, "sh", tr.Src, tr.Part)
 	if err := cp.Run(); err != nil {
 		return fmt.Errorf("start the copy: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,6 +58,11 @@ func testWaiting(t *testing.T, dbURL string) {
 	waitLog(t, c, base+"backup_transfer/logs/1", "text/plain", "copy started", "backup transferred")
 	if r := c.do("POST", base+"backup_generation/continue", map[string]any{}); r.status != http.StatusConflict {
 		t.Errorf("continue a finished step → %d %s, want 409", r.status, r.body)
+	}
+	// The detached jobs dropped the pool's mark: the supervisor, which
+	// kills what tasks leave behind, left them to finish.
+	if strings.Contains(srv.stderr.String(), "killed processes left behind") {
+		t.Errorf("the supervisor killed a detached job of the example:\n%s", srv.stderr)
 	}
 	eventually(t, 10*time.Second, "the event in the metrics", func() (bool, string) {
 		m := c.scrape()
