@@ -81,9 +81,13 @@ const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.
 //
 // The statement also adds the limited instances it claims to their
 // counters, one write per counter (the counter trigger leaves claims
-// alone); their rows are locked already (lp and lk, or claimCapped).
+// alone); their rows are locked already (lp and lk, or claimCapped). And
+// it moves them from task_queue to task_running itself (migration 00019:
+// the set trigger may then be off, setsOff).
 func claimSelect(ctes, update string) string {
 	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		qd AS (DELETE FROM task_queue WHERE ti_id = ANY (ARRAY(SELECT id FROM u))),
+		ri AS (INSERT INTO task_running (ti_id, dag_id) SELECT id, dag_id FROM u ON CONFLICT (ti_id) DO NOTHING),
 		pu AS (UPDATE pools p SET running = p.running + x.n
 			FROM (SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool) x
 			WHERE p.name = x.pool),
@@ -99,6 +103,18 @@ func claimSelect(ctes, update string) string {
 			t.resumed, t.deferred_state, t.event_payload
 		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`
 }
+
+// setsOff and setsOn bracket statements that keep task_queue and
+// task_running themselves (claimSelect, outcomeSQL, incrementTail) where
+// they are sent together in one round trip of one transaction: between
+// them the set trigger does not fire (migration 00019), and every other
+// writer keeps it. Their rows are not read.
+var (
+	setsOff = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true)`, read: ignoreRows}
+	setsOn  = finalQuery{sql: `SELECT set_config('trellis.sets', '', true)`, read: ignoreRows}
+)
+
+func ignoreRows(pgx.Rows) error { return nil }
 
 // ClaimTasks moves up to max queued instances to running for worker w,
 // highest priority first then oldest. The candidates are picked through
@@ -126,10 +142,12 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 		b := &pgx.Batch{}
 		b.Queue(hotPlan(max))
 		b.Queue(capsSQL)
+		b.Queue(setsOff.sql)
 		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
+		b.Queue(setsOn.sql)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
+		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, setsOff, {read: cl.readClaimed}, setsOn}); err != nil {
 			return err
 		}
 		return br.Close()
@@ -901,7 +919,7 @@ func (f *finishTx) record(ctx context.Context) error {
 	// The outcome statement locks the counters of the tries it ends
 	// before the join's increment: every finish takes a pool's counter
 	// before the hot rows of the release, in the same order.
-	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow()...)
+	qs := append([]finalQuery{setsOff, {sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow()...)
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
@@ -917,14 +935,15 @@ func (f *finishTx) record(ctx context.Context) error {
 			var err error
 			f.waitingAfter, err = f.rl.readIncrement(rows)
 			return err
-		}})
+		}}, setsOn)
 	if err := p.queryAll(ctx, qs...); err != nil {
 		return err
 	}
 	if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
 		// Sent with COMMIT, before the run's settling, once the slots the
 		// finish freed are counted.
-		p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
+		p.finals = append(p.finals, setsOff,
+			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max - len(claim.cl.out)), read: claim.cl.readClaimed}, setsOn)
 	}
 	return nil
 }
@@ -1095,6 +1114,9 @@ func (f *finishTx) settleRuns(ctx context.Context) error { return f.rl.settle(ct
 // the claim's order (pools, then keys, by name): the counter trigger
 // would otherwise lock them in row order, and two finishes could
 // deadlock.
+//
+// The tries it ends leave task_running in the same statement (migration
+// 00019: the set trigger may then be off, setsOff).
 const outcomeSQL = `
 		WITH lt AS MATERIALIZED (
 			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
@@ -1103,7 +1125,7 @@ const outcomeSQL = `
 		), lk AS MATERIALIZED (
 			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
 			ORDER BY key FOR NO KEY UPDATE
-		)
+		), o AS (
 		UPDATE task_instances t SET
 			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
 			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
@@ -1121,7 +1143,9 @@ const outcomeSQL = `
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
 		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
 			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
-		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index`
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index
+		), rd AS (DELETE FROM task_running WHERE ti_id = ANY (ARRAY(SELECT id FROM o)))
+		SELECT * FROM o`
 
 // wokeSQL reads whether the counter trigger found a slot freed where an
 // instance could not start (trellis.wake): the finish must wake claimers.
