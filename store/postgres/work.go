@@ -856,16 +856,25 @@ func (f *finishTx) fault(name string) func(context.Context) error {
 	return func(context.Context) error { return f.s.fault(name) }
 }
 
-// readPolicies reads and locks the retry policy of the failed tries.
+// readPolicies reads the retry policy of the failed tries, locking every
+// instance of the batch in id order (as a heartbeat does: locking the
+// failed ones first, then the rest with the outcomes, could deadlock).
 func (f *finishTx) readPolicies(ctx context.Context) error {
 	if len(f.failedIDs) == 0 {
 		return nil
 	}
-	slices.Sort(f.failedIDs)
+	ids := make([]int64, len(f.order))
+	for k, i := range f.order {
+		ids[k] = f.results[i].ID
+	}
 	rows, err := f.tx.Query(ctx, `SELECT id, try_number, max_tries, retry_delay_ns, max_backoff_ns
-		FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, f.failedIDs)
+		FROM task_instances WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, ids)
 	if err != nil {
 		return err
+	}
+	failed := make(map[int64]bool, len(f.failedIDs))
+	for _, id := range f.failedIDs {
+		failed[id] = true
 	}
 	for rows.Next() {
 		var id, rd, mb int64
@@ -875,7 +884,9 @@ func (f *finishTx) readPolicies(ctx context.Context) error {
 			return err
 		}
 		p.retryDelay, p.maxBackoff = time.Duration(rd), time.Duration(mb)
-		f.policies[id] = p
+		if failed[id] {
+			f.policies[id] = p
+		}
 	}
 	return rows.Err()
 }
