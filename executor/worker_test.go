@@ -510,3 +510,68 @@ func TestWorkerBigLogNote(t *testing.T) {
 		})
 	}
 }
+
+// serialCountingStore counts the claims of a store whose writes are
+// serial (SQLite): the claim transactions of their own, and the tries
+// claimed by finish transactions.
+type serialCountingStore struct {
+	store.Store
+	claimCalls     atomic.Int32
+	finishClaimed  atomic.Int32
+	finishesFilled atomic.Int32 // finishes that claimed as many as they asked for
+}
+
+func (s *serialCountingStore) SerialWrites() bool { return true }
+
+func (s *serialCountingStore) ClaimTasks(ctx context.Context, w store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	s.claimCalls.Add(1)
+	return s.Store.ClaimTasks(ctx, w, max, now)
+}
+
+func (s *serialCountingStore) FinishAndClaim(ctx context.Context, rs []store.Result, w store.Worker, max int, now time.Time) ([]store.FinishOutcome, []store.Claimed, error) {
+	out, claimed, err := s.Store.FinishAndClaim(ctx, rs, w, max, now)
+	s.finishClaimed.Add(int32(len(claimed)))
+	if max > 0 && len(claimed) == max {
+		s.finishesFilled.Add(1)
+	}
+	return out, claimed, err
+}
+
+// TestWorkerSerialStoreClaimsInFinishes: on a store whose writes take
+// turns (SQLite), a worker claims in its finish transactions even while
+// work waits in the queue, instead of in claim transactions of its own,
+// and still never runs more tries than its slots.
+func TestWorkerSerialStoreClaimsInFinishes(t *testing.T) {
+	real := openStore(t, backends[1].url(t))
+	st := &serialCountingStore{Store: real}
+	const n, slots = 120, 4
+	var running, peak atomic.Int32
+	d := dag.New("serial")
+	for i := range n {
+		d.Func(fmt.Sprintf("t%03d", i), func(*dag.Context) error {
+			now := running.Add(1)
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			running.Add(-1)
+			return nil
+		})
+	}
+	reg := dag.NewRegistry()
+	reg.Register(d)
+	syncDAGs(t, real, d)
+	newTestWorker(t, st, reg, func(c *WorkerConfig) { c.Slots = slots })
+	startRun(t, real, d, "r1", nil)
+	if run := waitRun(t, real, "serial", "r1", 60*time.Second); run.State != state.RunSuccess {
+		t.Fatalf("run = %s, want success", run.State)
+	}
+	if p := peak.Load(); p > slots {
+		t.Errorf("%d tries ran at once; the worker has %d slots", p, slots)
+	}
+	if f := st.finishesFilled.Load(); f == 0 {
+		t.Errorf("no finish claimed as many tries as it asked for while %d tasks were queued (finishes claimed %d, claim transactions %d)",
+			n, st.finishClaimed.Load(), st.claimCalls.Load())
+	}
+	if c, f := st.claimCalls.Load(), st.finishClaimed.Load(); c >= f {
+		t.Errorf("%d claim transactions of their own, %d tries claimed by finishes; want most claimed by finishes", c, f)
+	}
+}
