@@ -29,8 +29,6 @@ type finisher struct {
 	closing  bool
 	closedAt time.Time // when closing began
 	spooling bool      // the store was given up on: spool without trying
-	// committing: a batch taken from pending is being recorded.
-	committing bool
 
 	signal chan struct{} // capacity 1: pending changed or closing
 	closed chan struct{} // closed when closing begins: ends a retry wait
@@ -102,22 +100,8 @@ func (f *finisher) loop() {
 				break
 			}
 			f.commit(batch)
-			f.mu.Lock()
-			f.committing = false
-			f.mu.Unlock()
-			if f.w.serial {
-				notify(f.w.slotFreed) // the claim loop waited for this finish (busy)
-			}
 		}
 	}
-}
-
-// busy reports whether results wait to be recorded or are being
-// recorded: a finish transaction is coming.
-func (f *finisher) busy() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.pending) > 0 || f.committing
 }
 
 func (f *finisher) hasPending() bool {
@@ -130,7 +114,6 @@ func (f *finisher) take() ([]store.Result, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := min(len(f.pending), maxFinishBatchItems)
-	f.committing = n > 0
 	batch := f.pending[:n:n]
 	f.pending = f.pending[n:]
 	if len(f.pending) == 0 {

@@ -49,13 +49,6 @@ type Worker struct {
 	// next task); while claims come back full, work is waiting and the
 	// claim loop keeps claiming while finishes are in flight.
 	queueDrained atomic.Bool
-	// serial: the store runs one writing transaction at a time across all
-	// processes (serialWriter), so a claim transaction of its own waits
-	// for the same lock as a finish: finishes claim for the free slots
-	// even while work is queued, the claim loop leaves the free slots to
-	// a finish that is coming (finisher.busy), and it reserves the slots
-	// it claims for, as the finisher does.
-	serial bool
 
 	kick      chan struct{} // queued work may exist
 	pokeKick  chan struct{} // this worker scheduled a poke
@@ -102,10 +95,6 @@ type activeTry struct {
 	resume chan struct{}
 }
 
-// serialWriter is implemented by a store whose writing transactions take
-// turns across all processes (SQLite).
-type serialWriter interface{ SerialWrites() bool }
-
 // NewWorker checks cfg, fills in defaults and returns a worker ready to
 // Start.
 func NewWorker(cfg WorkerConfig) (*Worker, error) {
@@ -113,10 +102,8 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	sw, ok := c.Store.(serialWriter)
 	return &Worker{
-		cfg:    c,
-		serial: ok && sw.SerialWrites(),
+		cfg: c,
 		self: store.Worker{
 			ID:       c.ID,
 			Hostname: c.Hostname,
@@ -347,21 +334,8 @@ func (w *Worker) claimLoop() {
 			return
 		default:
 		}
-		// With serial writes, a finish coming claims for the free slots
-		// in its own transaction (reserveSlots): a claim now would only
-		// queue for the same write lock.
-		if free := w.freeSlots(); maybeWork && free > 0 && !(w.serial && w.fin.busy()) {
-			if w.serial {
-				if free = w.reserveFree(); free == 0 {
-					continue
-				}
-			}
+		if free := w.freeSlots(); maybeWork && free > 0 {
 			n, err := w.claim(free)
-			if w.serial {
-				w.mu.Lock()
-				w.reserved -= free
-				w.mu.Unlock()
-			}
 			switch {
 			case err != nil:
 				w.cfg.Logger.Warn("claim tasks", "err", err)
@@ -407,12 +381,11 @@ func (w *Worker) freeSlots() int {
 
 // reserveSlots reserves the free slots for a claim made by the finisher,
 // which the claim loop then leaves alone; none while the worker stops or
-// drains, or, unless the store's writes are serial, while work waits in
-// the queue (queueDrained is false: the claim loop claims it, alongside
-// the finishes). Release them with unreserveSlots once the claimed tries
-// are launched.
+// drains, or while work waits in the queue (queueDrained is false: the
+// claim loop claims it, alongside the finishes). Release them with
+// unreserveSlots once the claimed tries are launched.
 func (w *Worker) reserveSlots() int {
-	if !w.queueDrained.Load() && !w.serial {
+	if !w.queueDrained.Load() {
 		return 0
 	}
 	select {
@@ -420,11 +393,6 @@ func (w *Worker) reserveSlots() int {
 		return 0
 	default:
 	}
-	return w.reserveFree()
-}
-
-// reserveFree reserves the free slots (none while the worker drains).
-func (w *Worker) reserveFree() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.draining {

@@ -227,12 +227,6 @@ func escapePath(p string) string {
 // Backend returns "sqlite".
 func (s *Store) Backend() string { return "sqlite" }
 
-// SerialWrites reports that writing transactions take turns across all
-// processes (the write lock): a worker claims in its finish transactions
-// rather than in claim transactions of its own, which would wait for the
-// same lock.
-func (s *Store) SerialWrites() bool { return true }
-
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.path }
 
