@@ -257,7 +257,8 @@ type dependencyJSON struct {
 }
 
 // limitDependencies says which limits keep a queued instance waiting:
-// its pool (missing, or without room for its slots), its task's cap and
+// its pool (missing, smaller in all than its slots, or without room for
+// them now), its task's cap and
 // its concurrency key (at their limits, from saturated). pool is nil when
 // the pool does not exist. Other states wait on nothing here.
 func limitDependencies(ti store.TaskInstance, pool *store.Pool, saturated []store.KeyWait) []dependencyJSON {
@@ -271,6 +272,13 @@ func limitDependencies(ti store.TaskInstance, pool *store.Pool, saturated []stor
 	case pool == nil:
 		out = append(out, dependencyJSON{"Pool Slots Available",
 			"Tasks using non-existent pool '" + name + "' will not be scheduled until it is created"})
+	case pool.Slots >= 0 && pool.Slots < slots:
+		// Not a wait for slots to free: only a resize (or a task asking
+		// for fewer) lets it run, as Airflow's scheduler says.
+		out = append(out, dependencyJSON{"Pool Slots Available", fmt.Sprintf(
+			"Not executing: requested pool slots (%d) are greater than total pool slots (%d) of pool %s; "+
+				"it waits until the pool is resized to at least %d slots or the task asks for fewer",
+			slots, pool.Slots, name, slots)})
 	case pool.Slots >= 0 && pool.Slots-pool.RunningSlots < slots:
 		out = append(out, dependencyJSON{"Pool Slots Available", fmt.Sprintf(
 			"Not scheduling since there are %d open slots in pool %s and require %d pool slots",

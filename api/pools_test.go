@@ -97,6 +97,18 @@ func TestPools(t *testing.T) {
 		if ds := items(t, deps, "dependencies"); len(ds) != 0 {
 			t.Errorf("dependencies of a task whose pool has room = %v, want none", deps)
 		}
+		// Resized below the task's pool_slots: accepted, as Airflow does
+		// (a pool of 0 pauses its tasks); the task waits, and says why.
+		e.ok(200, "PATCH", "/api/v1/pools/warehouse", map[string]any{"slots": 2})
+		if cs, err := e.store.ClaimTasks(ctx, store.Worker{ID: "w", Hostname: "h", PID: 1, Slots: 8}, 8, now); err != nil || len(cs) != 0 {
+			t.Errorf("claimed %d (%v) with the pool smaller than the task's slots, want none", len(cs), err)
+		}
+		deps = e.ok(200, "GET", "/api/v1/dags/pooled/dagRuns/r/taskInstances/load/dependencies", nil)
+		if ds := items(t, deps, "dependencies"); len(ds) != 1 || str(ds[0], "name") != "Pool Slots Available" ||
+			!strings.Contains(str(ds[0], "reason"), "requested pool slots (3) are greater than total pool slots (2) of pool warehouse") {
+			t.Errorf("dependencies of a task needing more slots than its pool has = %v", deps)
+		}
+		e.ok(200, "PATCH", "/api/v1/pools/warehouse", map[string]any{"slots": 4})
 		wh := e.ok(200, "GET", "/api/v1/pools/warehouse", nil)
 		if num(wh, "queued_slots") != 3 || num(wh, "occupied_slots") != 3 || num(wh, "open_slots") != 1 {
 			t.Errorf("GET /pools/warehouse = %v, want 3 queued and occupied slots, 1 open", wh)
@@ -153,6 +165,9 @@ func TestLimitDependencies(t *testing.T) {
 	}{
 		{"missing pool", queued, nil, nil, []string{"non-existent pool 'p'"}},
 		{"pool full", queued, full, nil, []string{"there are 1 open slots in pool p and require 2 pool slots"}},
+		{"pool too small", queued, &store.Pool{Name: "p", Slots: 1}, nil,
+			[]string{"requested pool slots (2) are greater than total pool slots (1) of pool p"}},
+		{"pool of 0", queued, &store.Pool{Name: "p", Slots: 0}, nil, []string{"greater than total pool slots (0)"}},
 		{"room", queued, roomy, nil, nil},
 		{"keys", queued, roomy, keys, []string{"max task concurrency", "Concurrency key 'c:1' is at its limit: 2 of 2"}},
 		{"running waits on nothing", store.TaskInstance{State: "running", Pool: "p"}, nil, keys, nil},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -108,14 +109,19 @@ func (w *Worker) pokeLoop() {
 	}
 }
 
-// runPokes runs the checks of pokes, at most pokeParallel at once, and
-// returns their results.
+// runPokes runs the checks of pokes on at most pokeParallel goroutines
+// (a fixed set per batch, each taking the next check: no goroutine per
+// poke) and returns their results.
 func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeResult {
 	out := make([]store.PokeResult, len(pokes))
 	params := map[int64]map[string]any{}
 	confErr := map[int64]error{}
-	sem := make(chan struct{}, pokeParallel)
-	var wg sync.WaitGroup
+	type check struct {
+		i      int
+		task   *dag.Task
+		params map[string]any
+	}
+	checks := make([]check, 0, len(pokes))
 	for i, p := range pokes {
 		out[i] = store.PokeResult{Try: p.Try, Lease: p.Lease}
 		d := w.cfg.Registry.Lookup(p.DAGID)
@@ -141,11 +147,20 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 		if ps == nil {
 			ps = map[string]any{}
 		}
-		sem <- struct{}{}
+		checks = append(checks, check{i, task, ps})
+	}
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range min(pokeParallel, len(checks)) {
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			out[i].Result = w.poke(ctx, p, task, ps)
+			defer wg.Done()
+			for k := int(next.Add(1)) - 1; k < len(checks); k = int(next.Add(1)) - 1 {
+				c := checks[k]
+				out[c.i].Result = w.poke(ctx, pokes[c.i], c.task, c.params)
+			}
 		}()
 	}
 	wg.Wait()
@@ -154,15 +169,10 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 
 // poke runs one check of a Sensor and returns what it said as a result.
 func (w *Worker) poke(parent context.Context, p store.Poke, task *dag.Task, params map[string]any) store.Result {
-	limit := pokeMaxCheck
-	if to := task.Timeout(); to > 0 && to < limit {
-		limit = to
-	}
-	ctx, cancel := context.WithTimeout(parent, limit)
-	defer cancel()
 	log := &cappedLog{max: pokeLogBytes}
-	out := taskrun.Poke(ctx, taskrun.Try{
-		Task: task,
+	out := taskrun.Poke(parent, taskrun.Try{
+		Limit: pokeMaxCheck, // under the task's Timeout when shorter
+		Task:  task,
 		Info: dag.RunInfo{
 			DAGID: p.DAGID, RunID: p.DAGRunID, TaskID: p.TaskID, TryNumber: p.TryNumber,
 			LogicalDate: p.LogicalDate, IntervalStart: p.IntervalStart, IntervalEnd: p.IntervalEnd,

@@ -19,6 +19,7 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -71,6 +72,11 @@ type Try struct {
 	// Caller records the calls the task makes (dag.Callable.Call) and
 	// waits for them; nil means the task cannot call callables.
 	Caller dag.Caller
+	// Limit bounds the try as the task's Timeout does (a timeout when it
+	// passes) when it is shorter; not positive means no bound but the
+	// task's. A poke loop bounds each check so its batch is recorded
+	// within its lease.
+	Limit time.Duration
 }
 
 // Outcome is how a try ended.
@@ -161,7 +167,14 @@ func Poke(ctx context.Context, t Try) Outcome {
 func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 	logw := newTryLog(t.Log)
 	defer logw.close()
-	logger := slog.New(slog.NewTextHandler(logw.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var logger *slog.Logger
+	if quietDefer {
+		// A poke that says "not yet" mostly logs nothing: the handler is
+		// made on the first record.
+		logger = slog.New(&lazyText{w: logw.records()})
+	} else {
+		logger = slog.New(slog.NewTextHandler(logw.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if t.Task == nil {
 		return failed(errors.New("run try: no task given"), true)
 	}
@@ -169,7 +182,11 @@ func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 	if grace <= 0 {
 		grace = DefaultKillGrace
 	}
-	tctx, cancel := taskContext(ctx, t.Task.Timeout())
+	timeout := t.Task.Timeout()
+	if t.Limit > 0 && (timeout <= 0 || t.Limit < timeout) {
+		timeout = t.Limit
+	}
+	tctx, cancel := taskContext(ctx, timeout)
 	defer cancel()
 
 	now := t.now()
@@ -212,9 +229,35 @@ func taskContext(ctx context.Context, timeout time.Duration) (context.Context, c
 	if timeout <= 0 {
 		return context.WithCancel(ctx)
 	}
-	return context.WithTimeoutCause(ctx, timeout,
-		fmt.Errorf("%w after %v", ErrTimeout, timeout))
+	return context.WithTimeoutCause(ctx, timeout, timeoutCause(timeout))
 }
+
+// timeoutCause is the cause of a try's deadline: ErrTimeout after the
+// duration, its text made only when read.
+type timeoutCause time.Duration
+
+func (c timeoutCause) Error() string { return fmt.Sprintf("%v after %v", ErrTimeout, time.Duration(c)) }
+func (c timeoutCause) Unwrap() error { return ErrTimeout }
+
+// lazyText is a slog text handler at debug level on w, made when the
+// first record or derived logger needs it.
+type lazyText struct {
+	w    io.Writer
+	once sync.Once
+	h    slog.Handler
+}
+
+func (l *lazyText) handler() slog.Handler {
+	l.once.Do(func() { l.h = slog.NewTextHandler(l.w, &slog.HandlerOptions{Level: slog.LevelDebug}) })
+	return l.h
+}
+
+func (l *lazyText) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelDebug }
+func (l *lazyText) Handle(ctx context.Context, r slog.Record) error {
+	return l.handler().Handle(ctx, r)
+}
+func (l *lazyText) WithAttrs(as []slog.Attr) slog.Handler { return l.handler().WithAttrs(as) }
+func (l *lazyText) WithGroup(name string) slog.Handler    { return l.handler().WithGroup(name) }
 
 // stopCause returns why tctx is done: (cause, true) for the task's
 // timeout, (cause, false) for a cancellation of the parent context.

@@ -3,6 +3,7 @@ package taskrun_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -255,4 +256,28 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// TestPokeLimit: Try.Limit bounds a check as the task's Timeout does,
+// whichever is shorter, and ends it as a timeout.
+func TestPokeLimit(t *testing.T) {
+	d := dag.New("limit")
+	wait := func(c *dag.Context) (bool, error) { <-c.Done(); return false, c.Err() }
+	long := d.Sensor("long", wait, dag.PokeInterval(time.Minute), dag.Timeout(time.Hour))
+	short := d.Sensor("short", wait, dag.PokeInterval(time.Minute), dag.Timeout(30*time.Millisecond))
+	for _, c := range []struct {
+		task  *dag.Task
+		limit time.Duration
+		want  string
+	}{
+		{long, 20 * time.Millisecond, "after 20ms"},
+		{short, time.Hour, "after 30ms"},
+	} {
+		out := taskrun.Poke(context.Background(), taskrun.Try{Task: c.task, Limit: c.limit, KillGrace: time.Second,
+			Info: dag.RunInfo{DAGID: "limit", RunID: "r", TaskID: c.task.ID(), TryNumber: 1, Resumed: true}})
+		if out.State != state.Failed || !out.TimedOut || !errors.Is(out.Err, taskrun.ErrTimeout) ||
+			!strings.Contains(errString(out.Err), c.want) {
+			t.Errorf("%s with limit %v: %+v, want timed out %s", c.task.ID(), c.limit, out, c.want)
+		}
+	}
 }

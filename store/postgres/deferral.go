@@ -145,6 +145,9 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	if now.IsZero() {
 		now = s.clock.Now()
 	}
+	if err := lockBatch(ctx, tx, results); err != nil {
+		return nil, err
+	}
 	var (
 		defIdx []int
 		rest   []store.Result
@@ -295,6 +298,31 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	}
 	return out, nil
 }
+
+// lockBatch locks the running rows of every instance of a finish batch in
+// one pass in id order, as HeartbeatTasks does, before the deferrals and
+// the other outcomes are written in two passes: locking them pass by pass
+// (deferrals first) could lock a higher id before a lower one and
+// deadlock with a heartbeat of the same tries.
+func lockBatch(ctx context.Context, tx dbtx, results []store.Result) error {
+	ids := make([]int64, 0, len(results))
+	for _, r := range results {
+		ids = append(ids, r.ID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	if p, ok := tx.(*pipeTx); ok {
+		// Sent with the next statement: no round trip of its own.
+		p.queue(lockBatchSQL, ids)
+		return nil
+	}
+	_, err := tx.Exec(ctx, lockBatchSQL, ids)
+	return err
+}
+
+// lockBatchSQL locks the running rows among instances $1 in id order.
+const lockBatchSQL = `SELECT id FROM task_instances WHERE id = ANY($1) AND state IN ('running', 'restarting')
+		ORDER BY id FOR NO KEY UPDATE`
 
 // schedulePokesSQL records the next pokes of Sensors just deferred ($1
 // instances, $2 tries, $3 due times), each under a new lease.

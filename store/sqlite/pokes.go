@@ -13,6 +13,53 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
+// pokedInstances fills the instance columns of the claimed pokes (sorted
+// by id) with one statement for the batch, not one a poke.
+func pokedInstances(w *txn, pokes []store.Poke) error {
+	if len(pokes) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(pokes))
+	for i, p := range pokes {
+		ids[i] = p.ID
+	}
+	rows, err := w.query(`SELECT id, run_id, dag_id, task_id, trigger_timeout FROM task_instances
+		WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id`, idList(ids))
+	if err != nil {
+		return err
+	}
+	k := 0
+	for rows.Next() {
+		var id int64
+		var deadline sql.NullInt64
+		var p store.Poke
+		if err := rows.Scan(&id, &p.RunID, &p.DAGID, &p.TaskID, &deadline); err != nil {
+			rows.Close()
+			return err
+		}
+		for k < len(pokes) && pokes[k].ID < id {
+			k++
+		}
+		if k == len(pokes) || pokes[k].ID != id {
+			continue
+		}
+		q := &pokes[k]
+		q.RunID, q.DAGID, q.TaskID = p.RunID, p.DAGID, p.TaskID
+		if deadline.Valid {
+			q.TriggerTimeout = fromUS(deadline.Int64)
+		}
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return err
+	}
+	for _, p := range pokes {
+		if p.DAGID == "" {
+			return fmt.Errorf("claimed poke of instance %d has no instance", p.ID)
+		}
+	}
+	return nil
+}
+
 // ClaimPokes leases due pokes to worker w in one write transaction: the
 // due rows whose instance is no longer deferred on their try are deleted,
 // the others get a new lease and leaseUntil as their due time. It reads
@@ -51,17 +98,12 @@ func (s *Store) ClaimPokes(ctx context.Context, wk store.Worker, max int, now, l
 			return err
 		}
 		slices.SortFunc(out, func(a, b store.Poke) int { return cmp.Compare(a.ID, b.ID) })
+		if err := pokedInstances(w, out); err != nil {
+			return err
+		}
 		runs := map[int64]runRec{}
 		for i := range out {
 			p := &out[i]
-			var deadline sql.NullInt64
-			if err := w.queryRow(`SELECT run_id, dag_id, task_id, trigger_timeout FROM task_instances WHERE id = ?`, p.ID).Scan(
-				&p.RunID, &p.DAGID, &p.TaskID, &deadline); err != nil {
-				return err
-			}
-			if deadline.Valid {
-				p.TriggerTimeout = fromUS(deadline.Int64)
-			}
 			r, ok := runs[p.RunID]
 			if !ok {
 				var err error

@@ -315,3 +315,51 @@ func testWaitFieldsCleared(t *testing.T, e *env) {
 		}
 	}
 }
+
+// testPokesRuns: one claim of the pokes of several runs gives each poke
+// its own run's id, dates and DAG, and each run's conf once.
+func testPokesRuns(t *testing.T, e *env) {
+	sp := newSpec("pr", tk("a"), tk("b"))
+	e.sync(sp)
+	ld := map[string]time.Time{"r1": t0, "r2": t0.Add(24 * time.Hour), "r3": t0.Add(48 * time.Hour)}
+	for _, id := range []string{"r1", "r2", "r3"} {
+		if _, _, err := e.s.CreateRun(e.ctx, store.NewRun{DAGID: "pr", RunID: id, RunType: store.RunManual,
+			LogicalDate: ld[id], IntervalStart: ld[id], IntervalEnd: ld[id].Add(time.Hour), Fingerprint: sp.Fingerprint,
+			QueuedAt: t0, Conf: []byte(`{"run":"` + id + `"}`)}); err != nil {
+			t.Fatalf("CreateRun %s: %v", id, err)
+		}
+	}
+	e.start("pr")
+	due := t0.Add(10 * time.Minute)
+	var rs []store.Result
+	for _, c := range e.claim(10) {
+		rs = append(rs, pokeDeferral(c, due, time.Time{}))
+	}
+	if len(rs) != 6 {
+		t.Fatalf("claimed %d, want 6", len(rs))
+	}
+	e.finish(rs...)
+	ps, _ := e.claimPokes(10, due)
+	if len(ps) != 6 {
+		t.Fatalf("ClaimPokes = %d, want 6", len(ps))
+	}
+	confs := map[string]int{}
+	for _, p := range ps {
+		want, ok := ld[p.DAGRunID]
+		if !ok || p.DAGID != "pr" || !p.LogicalDate.Equal(want) || !p.IntervalStart.Equal(want) ||
+			!p.IntervalEnd.Equal(want.Add(time.Hour)) || !p.TriggerTimeout.IsZero() {
+			t.Errorf("poke %+v: want the dates of its run", p)
+		}
+		if p.Conf != nil {
+			confs[p.DAGRunID]++
+			if string(p.Conf) != `{"run": "`+p.DAGRunID+`"}` && string(p.Conf) != `{"run":"`+p.DAGRunID+`"}` {
+				t.Errorf("poke of run %s carries conf %s", p.DAGRunID, p.Conf)
+			}
+		}
+	}
+	for id := range ld {
+		if confs[id] != 1 {
+			t.Errorf("run %s: %d pokes carry its conf, want 1", id, confs[id])
+		}
+	}
+}
