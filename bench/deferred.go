@@ -28,16 +28,20 @@ const (
 
 // Metrics of the deferred scenario.
 const (
-	MetricDeferAllSeconds   = "defer_all_seconds"
-	MetricCPUCores          = "cpu_cores_while_deferred"
-	MetricRunningMax        = "running_slots_max_while_deferred"
-	MetricDeferredMin       = "deferred_min_while_deferred"
-	MetricEventResumeP50    = "event_resume_p50_ms"
-	MetricEventResumeP99    = "event_resume_p99_ms"
-	MetricEventResumeMax    = "event_resume_max_ms"
-	deferredWindow          = 5 * time.Second
-	deferredQuickWindow     = 2 * time.Second
-	deferredPoll            = 50 * time.Millisecond
+	MetricDeferAllSeconds = "defer_all_seconds"
+	MetricCPUCores        = "cpu_cores_while_deferred"
+	MetricRunningMax      = "running_slots_max_while_deferred"
+	MetricDeferredMin     = "deferred_min_while_deferred"
+	MetricEventResumeP50  = "event_resume_p50_ms"
+	MetricEventResumeP99  = "event_resume_p99_ms"
+	MetricEventResumeMax  = "event_resume_max_ms"
+	deferredWindow        = 5 * time.Second
+	deferredQuickWindow   = 2 * time.Second
+	deferredPoll          = 50 * time.Millisecond
+	// deferredSample is the pause between two samples of the slots in
+	// use in a CPU window: on SQLite the sampling's count queries run in
+	// this process and count in its CPU, so they are kept sparse.
+	deferredSample          = 250 * time.Millisecond
 	eventSpacing            = 10 * time.Millisecond
 	MetricSensorsDoneSecond = "sensors_done_seconds"
 	// MetricCPUCoresWorkers is the worker processes' part of
@@ -53,7 +57,13 @@ const (
 	// in intervals (read before and after it, leased ones left out).
 	MetricPokesPerSecond = "pokes_per_second"
 	MetricCPUCoresIdle   = "cpu_cores_nothing_due"
-	MetricSlotsIdle      = "slots_used_max_nothing_due"
+	// MetricCPUPerPoke is the CPU one poke costs the Trellis processes
+	// (PostgreSQL's not counted): MetricCPUCores less MetricCPUCoresIdle
+	// (what the installation spends with 10,000 tasks deferred and
+	// nothing due), per MetricPokesPerSecond. The sensors' CPU between
+	// their pokes is the idle part; this is the part the pokes add.
+	MetricCPUPerPoke = "cpu_us_per_poke"
+	MetricSlotsIdle  = "slots_used_max_nothing_due"
 	// ResumeTimed is how many events (10 ms apart) the latency is
 	// measured on; the other deferred tasks are released at once after.
 	ResumeTimed = 500
@@ -105,11 +115,16 @@ func ResumeEventKey(runID, taskID string) string { return "bench:" + runID + ":"
 // at once.
 func (h *harness) deferred(ctx context.Context) error {
 	m := h.rowsFor(ScenarioDeferred)
-	if err := h.sensors(ctx, m); err != nil {
+	cycling, pokeRate, err := h.sensors(ctx, m)
+	if err != nil {
 		return err
 	}
-	if err := h.resume(ctx, m); err != nil {
+	idle, err := h.resume(ctx, m)
+	if err != nil {
 		return err
+	}
+	if pokeRate > 0 {
+		m.add(MetricCPUPerPoke, max(cycling-idle, 0)/pokeRate*1e6, "µs/poke")
 	}
 	if err := h.stopProfile(); err != nil {
 		return err
@@ -171,7 +186,9 @@ func (h *harness) waitCount(ctx context.Context, dagID, runID string, cond func(
 	}
 }
 
-func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
+// sensors runs the bench_sensors part and returns the cores the
+// installation used while they cycled and the pokes a second.
+func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate float64, err error) {
 	n := h.cfg.Sizes.Deferred
 	window := deferredWindow
 	if n < 1000 {
@@ -179,31 +196,31 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 	}
 	dir, err := os.MkdirTemp("", "trellis-bench-sensors-")
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
 	release := filepath.Join(dir, "release")
 	conf, err := json.Marshal(map[string]string{SensorReleaseParam: release})
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	began := time.Now()
 	run, err := h.sched.TriggerRun(ctx, SensorsDAGID, scheduler.TriggerOptions{RunID: "bench", Conf: conf})
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	// Every sensor was queued and poked once: none is left that never
 	// ran (a queued sensor that deferred before keeps its start).
 	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == 0 }, state.None, state.Scheduled); err != nil {
-		return err
+		return 0, 0, err
 	}
 	if err := h.waitPokedOnce(ctx, run.RunID, n); err != nil {
-		return err
+		return 0, 0, err
 	}
 	// And every one is deferred: none still running its first try, or
 	// held by a worker's finish not yet recorded.
 	if err := h.waitCount(ctx, SensorsDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
-		return err
+		return 0, 0, err
 	}
 	deferAll := time.Since(began)
 	m.seconds(MetricDeferAllSeconds, deferAll)
@@ -211,44 +228,44 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 
 	nexts0, _, err := h.nextPokes(ctx, run.RunID)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	cpu0, err := TreeCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	self0, err := ProcCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	start := time.Now()
 	maxRunning, minDeferred := 0, n
 	for time.Since(start) < window {
 		r, err := h.countIn(ctx, SensorsDAGID, run.RunID, state.Running)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		d, err := h.countIn(ctx, SensorsDAGID, run.RunID, state.Deferred)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		maxRunning, minDeferred = max(maxRunning, r), min(minDeferred, d)
-		time.Sleep(deferredPoll)
+		time.Sleep(deferredSample)
 	}
 	cpu1, err := TreeCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	self1, err := ProcCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	elapsed := time.Since(start).Seconds()
-	cores := (cpu1 - cpu0).Seconds() / elapsed
+	cores = (cpu1 - cpu0).Seconds() / elapsed
 	workers := ((cpu1 - cpu0) - (self1 - self0)).Seconds() / elapsed
 	nexts1, overdue, err := h.nextPokes(ctx, run.RunID)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	// Each poke moves a sensor's next check one interval on; a leased
 	// next check (a poke in flight, due a minute on) is left out.
@@ -258,7 +275,7 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 			moved += t1.Sub(t0)
 		}
 	}
-	pokeRate := moved.Seconds() / SensorPoke.Seconds() / elapsed
+	pokeRate = moved.Seconds() / SensorPoke.Seconds() / elapsed
 	m.add(MetricPokesPerSecond, pokeRate, "pokes/s")
 	m.add(MetricCPUCores, cores, "cores")
 	m.add(MetricCPUCoresWorkers, workers, "cores")
@@ -271,32 +288,34 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) error {
 
 	// Released: every sensor succeeds on its next poke.
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
-		return err
+		return 0, 0, err
 	}
 	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	defer sub.Close()
 	done, err := h.waitRun(ctx, sub, SensorsDAGID, run.RunID)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	if done.State != state.RunSuccess {
-		return fmt.Errorf("run of %s ended %s", SensorsDAGID, done.State)
+		return 0, 0, fmt.Errorf("run of %s ended %s", SensorsDAGID, done.State)
 	}
 	m.seconds(MetricSensorsDoneSecond, time.Since(began))
-	return nil
+	return cores, pokeRate, nil
 }
 
-func (h *harness) resume(ctx context.Context, m *rowMaker) error {
+// resume runs the bench_resume part and returns the cores used with
+// everything deferred and nothing due.
+func (h *harness) resume(ctx context.Context, m *rowMaker) (idle float64, err error) {
 	n := h.cfg.Sizes.Resume
 	run, err := h.sched.TriggerRun(ctx, ResumeDAGID, scheduler.TriggerOptions{RunID: "bench"})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := h.waitCount(ctx, ResumeDAGID, run.RunID, func(k int) bool { return k == n }, state.Deferred); err != nil {
-		return err
+		return 0, err
 	}
 	// Nothing is due: what waiting costs.
 	window := deferredWindow
@@ -305,23 +324,23 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	}
 	cpu0, err := TreeCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, err
 	}
 	start := time.Now()
 	maxRunning := 0
 	for time.Since(start) < window {
 		r, err := h.countIn(ctx, ResumeDAGID, run.RunID, state.Running, state.Queued)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		maxRunning = max(maxRunning, r)
-		time.Sleep(deferredPoll)
+		time.Sleep(deferredSample)
 	}
 	cpu1, err := TreeCPU(os.Getpid())
 	if err != nil {
-		return err
+		return 0, err
 	}
-	idle := (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
+	idle = (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
 	m.add(MetricCPUCoresIdle, idle, "cores")
 	m.add(MetricSlotsIdle, float64(maxRunning), "tasks")
 	h.progress("over %.0f s with %d tasks deferred on events: %.4f cores (this process and its workers), at most %d queued or running",
@@ -333,10 +352,10 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 		task := taskID("r", i, n)
 		res, err := h.st.RecordEvent(ctx, store.NewEvent{Key: ResumeEventKey(run.RunID, task)})
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if res.Continued != 1 {
-			return fmt.Errorf("event for %s continued %d instances, want 1", task, res.Continued)
+			return 0, fmt.Errorf("event for %s continued %d instances, want 1", task, res.Continued)
 		}
 		received[task] = res.Event.ReceivedAt
 		if i < timed {
@@ -345,15 +364,15 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	}
 	sub, err := h.st.Listen(ctx, store.TopicRunsChanged)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer sub.Close()
 	if _, err := h.waitRun(ctx, sub, ResumeDAGID, run.RunID); err != nil {
-		return err
+		return 0, err
 	}
 	tis, _, err := h.st.ListTaskInstances(ctx, store.TaskQuery{DAGIDs: []string{ResumeDAGID}, DAGRunIDs: []string{run.RunID}})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var lat []time.Duration
 	timedIDs := map[string]bool{}
@@ -362,7 +381,7 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	}
 	for _, ti := range tis {
 		if ti.State != state.Success || ti.StartedAt == nil || ti.TryNumber != 1 {
-			return fmt.Errorf("%s: %s on try %d, want success on try 1", ti.TaskID, ti.State, ti.TryNumber)
+			return 0, fmt.Errorf("%s: %s on try %d, want success on try 1", ti.TaskID, ti.State, ti.TryNumber)
 		}
 		if timedIDs[ti.TaskID] {
 			lat = append(lat, ti.StartedAt.Sub(received[ti.TaskID]))
@@ -375,7 +394,7 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) error {
 	m.millis(MetricEventResumeMax, d.Max)
 	h.progress("%d events %v apart, each resuming its task: p50 %.1f ms, p99 %.1f ms", timed, eventSpacing,
 		float64(d.P50)/float64(time.Millisecond), float64(d.P99)/float64(time.Millisecond))
-	return nil
+	return idle, nil
 }
 
 // nextPokes reads the sensors of the run: the next check of each

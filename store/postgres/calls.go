@@ -21,10 +21,14 @@ import (
 // callTx records the calls of the tries of one run (or one call from
 // outside) in one transaction, in named phases: each phase handles every
 // caller at once, so a transaction costs the same round trips for one
-// caller or many.
+// caller or many. The transaction is pipelined (pipeTx): the writes are
+// queued and travel with the next read or with COMMIT, so a batch that
+// checks no cycle costs four round trips (the callers, the existing
+// calls, the run's lock with the numbers, and the writes with COMMIT),
+// and the run's lock is held for the last two only.
 type callTx struct {
 	s  *Store
-	tx pgx.Tx
+	tx *pipeTx
 
 	runID, versionID int64
 	dagID            string
@@ -38,6 +42,7 @@ type callTx struct {
 	prio    map[callKey]int           // the highest priority among a key's callers
 	found   map[callKey]callee        // existing and created call instances
 	created int
+	made    []callKey // the keys of the created instances, read back before COMMIT
 
 	// Read under the run's lock for the calls to create (readNumbers).
 	next    map[string]int     // the next map index of each callable
@@ -107,18 +112,28 @@ func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBat
 	if len(todo) == 0 {
 		return out, nil
 	}
-	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+	n := 0
+	for _, i := range todo {
+		n += len(batches[i].Calls)
+	}
+	var txs []*callTx
+	err := s.inPipe(ctx, op, hotPlan(n), func(p *pipeTx) error {
 		for _, i := range todo {
 			out[i] = store.CallAnswer{}
 		}
-		txs, err := readCallers(ctx, s, tx, batches, todo, out)
+		var err error
+		txs, err = readCallers(ctx, s, p, batches, todo, out)
 		if err != nil {
 			return err
 		}
-		return runCalls(ctx, tx, txs)
+		return runCalls(ctx, p, txs)
 	})
 	if err != nil {
 		return nil, err
+	}
+	// The created instances are read with COMMIT: answered once committed.
+	for _, c := range txs {
+		c.answer()
 	}
 	return out, nil
 }
@@ -145,7 +160,7 @@ func checkCalls(b store.CallBatch) error {
 // cycles). Callers are not locked: the finishing transactions of callees
 // lock callee rows, then callers, then runs, and a call transaction writes
 // callers not at all.
-func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
+func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
 	var ids []int64
 	for _, i := range todo {
 		if batches[i].Caller.ID != 0 {
@@ -213,7 +228,7 @@ func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallB
 // was missing is looked for again under the lock (another transaction may
 // have created it meanwhile), with the callables' next map indexes, in
 // the same round trip.
-func runCalls(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
+func runCalls(ctx context.Context, tx *pipeTx, txs []*callTx) error {
 	for _, c := range txs {
 		if err := c.readRun(ctx); err != nil {
 			return err
@@ -231,7 +246,6 @@ func runCalls(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 				return err
 			}
 		}
-		c.answer()
 	}
 	return nil
 }
@@ -273,7 +287,7 @@ func (c *callTx) needsLock() bool {
 // lockAndNumber locks the runs of txs that need it (needsLock), finds
 // again their missing calls and reads, for those, the run's count of
 // calls and the next map index of each callable, in one round trip.
-func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
+func lockAndNumber(ctx context.Context, tx *pipeTx, txs []*callTx) error {
 	var runs []int64
 	var locked []*callTx
 	for _, c := range txs {
@@ -288,10 +302,9 @@ func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 	if len(runs) == 0 {
 		return nil
 	}
-	b := &pgx.Batch{}
-	b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
-		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, runs)
-	var qs []*callTx
+	qs := []finalQuery{{sql: `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
+		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, args: []any{runs},
+		read: func(pgx.Rows) error { return nil }}}
 	for _, c := range locked {
 		keys, names := c.missing()
 		if len(keys) == 0 {
@@ -301,36 +314,12 @@ func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 		for i, k := range keys {
 			tasks[i], ks[i] = k.task, k.key
 		}
-		b.Queue(findCalleesSQL, c.runID, tasks, ks)
-		b.Queue(nextIndexesSQL, c.runID, c.versionID, names)
-		qs = append(qs, c)
+		qs = append(qs,
+			finalQuery{sql: findCalleesSQL, args: []any{c.runID, tasks, ks},
+				read: func(rows pgx.Rows) error { return c.readCallees(rows, false) }},
+			finalQuery{sql: nextIndexesSQL, args: []any{c.runID, c.versionID, names}, read: c.readNumbers})
 	}
-	br := tx.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return err
-	}
-	for _, c := range qs {
-		rows, err := br.Query()
-		if err != nil {
-			br.Close()
-			return err
-		}
-		if err := c.readCallees(rows, false); err != nil {
-			br.Close()
-			return err
-		}
-		rows, err = br.Query()
-		if err != nil {
-			br.Close()
-			return err
-		}
-		if err := c.readNumbers(rows); err != nil {
-			br.Close()
-			return err
-		}
-	}
-	return br.Close()
+	return tx.queryAll(ctx, qs...)
 }
 
 // readRun reads the run of a call from outside (locked by lockAndNumber
@@ -340,8 +329,13 @@ func (c *callTx) readRun(ctx context.Context) error {
 		return nil
 	}
 	var st state.RunState
-	err := c.tx.QueryRow(ctx, `SELECT version_id, dag_id, run_id, state FROM dag_runs WHERE id = $1`, c.runID).
-		Scan(&c.versionID, &c.dagID, &c.runName, &st)
+	rows, err := c.tx.Query(ctx, `SELECT version_id, dag_id, run_id, state FROM dag_runs WHERE id = $1`, c.runID)
+	if err != nil {
+		return err
+	}
+	_, err = pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (struct{}, error) {
+		return struct{}{}, r.Scan(&c.versionID, &c.dagID, &c.runName, &st)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errorf("%w: no run %d", store.ErrNotFound, c.runID)
 	}
@@ -491,7 +485,7 @@ func (c *callTx) create(ctx context.Context) error {
 	if err := c.countKeys(ctx, counters, queued); err != nil {
 		return err
 	}
-	rows, err := c.tx.Query(ctx, `
+	c.tx.queue(`
 		INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments, state, queued_at,
 			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			concurrency_key, limited)
@@ -501,14 +495,16 @@ func (c *callTx) create(ctx context.Context) error {
 		FROM unnest($4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[])
 			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, prio, parent, ord)
 		JOIN dag_version_tasks v ON v.version_id = $11 AND v.task_id = u.task_id
-		ORDER BY u.ord
-		RETURNING id, task_id, call_key, map_index, state, output, error`,
+		ORDER BY u.ord`,
 		c.runID, c.dagID, c.callers[0].b.Now, tasks, keys, args, idx, ckeys, prios, parents, c.versionID)
-	if err != nil {
-		return err
-	}
 	c.created = len(tasks)
-	return c.readCallees(rows, true)
+	for i := range tasks {
+		c.made = append(c.made, callKey{tasks[i], keys[i]})
+	}
+	// Read back with COMMIT (the answer needs their ids).
+	c.tx.beforeCommit(findCalleesSQL, []any{c.runID, tasks, keys},
+		func(rows pgx.Rows) error { return c.readCallees(rows, true) })
+	return nil
 }
 
 // countKeys makes sure the counters of the concurrency keys of new call
@@ -524,29 +520,30 @@ func (c *callTx) countKeys(ctx context.Context, limits, queued map[string]int) e
 	for i, n := range names {
 		lims[i], qs[i] = int32(limits[n]), int32(queued[n])
 	}
-	_, err := c.tx.Exec(ctx, `INSERT INTO concurrency_keys (key, lim, queued)
+	c.tx.queue(`INSERT INTO concurrency_keys (key, lim, queued)
 		SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) ORDER BY 1
 		ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, queued = concurrency_keys.queued + excluded.queued`,
 		names, lims, qs)
-	return err
+	return nil
 }
 
 // unfinished reports whether a call instance is not final.
 func (x callee) unfinished() bool { return !x.state.Terminal() }
 
-// edges returns the call instances caller cl links to: its calls made and
-// not refused, in first-call order.
-func (c *callTx) edges(cl *caller) []int64 {
-	var ids []int64
+// edges returns the calls caller cl links to: its calls made and not
+// refused (found, or created in this transaction), in first-call order.
+func (c *callTx) edges(cl *caller) []callKey {
+	var ks []callKey
 	for _, k := range cl.keys {
 		if _, ok := cl.cycles[k]; ok {
 			continue
 		}
-		if x, ok := c.found[k]; ok {
-			ids = append(ids, x.id)
+		if _, ok := c.refused[k]; ok {
+			continue
 		}
+		ks = append(ks, k)
 	}
-	return ids
+	return ks
 }
 
 // linkAndCheck records the caller → callee edges of the calls made (an
@@ -613,16 +610,13 @@ func (c *callTx) linkAndCheck(ctx context.Context) error {
 			at = append(at, cl)
 		}
 	}
-	if err := c.link(ctx, at); err != nil {
-		return err
-	}
+	c.link(at)
 	for _, cl := range later {
+		// Sent with the queued edges of the callers before it.
 		if err := c.refuseCycles(ctx, cl, starts[cl.b.Caller.ID]); err != nil {
 			return err
 		}
-		if err := c.link(ctx, []*caller{cl}); err != nil {
-			return err
-		}
+		c.link([]*caller{cl})
 	}
 	return nil
 }
@@ -660,29 +654,34 @@ func (c *callTx) refuseCycles(ctx context.Context, cl *caller, starts []int64) e
 	return nil
 }
 
-// link records the edges of callers cls in one statement.
-func (c *callTx) link(ctx context.Context, cls []*caller) error {
-	var callers, callees, distinct []int64
+// link queues the statement recording the edges of callers cls. Callees
+// are named by callable and key, found by the statement (those created in
+// this transaction have no id in Go yet).
+func (c *callTx) link(cls []*caller) {
+	var callers, distinct []int64
+	var tasks, keys []string
 	var ords []int32
 	for _, cl := range cls {
-		for i, id := range c.edges(cl) {
-			callers, callees, ords = append(callers, cl.b.Caller.ID), append(callees, id), append(ords, int32(i+1))
+		for i, k := range c.edges(cl) {
+			callers, ords = append(callers, cl.b.Caller.ID), append(ords, int32(i+1))
+			tasks, keys = append(tasks, k.task), append(keys, k.key)
 		}
 		distinct = append(distinct, cl.b.Caller.ID)
 	}
 	if len(callers) == 0 {
-		return nil
+		return
 	}
 	// Positions continue after the edges each caller has: counted once per
 	// caller (a subquery per edge costs seconds for 10,000 calls).
-	_, err := c.tx.Exec(ctx, `
+	c.tx.queue(`
 		INSERT INTO task_calls (caller_id, callee_id, run_id, seq)
-		SELECT u.caller, u.callee, $1, coalesce(n.n, 0) + u.ord
-		FROM unnest($2::bigint[], $3::bigint[], $4::int[]) AS u(caller, callee, ord)
-		LEFT JOIN (SELECT caller_id, count(*) AS n FROM task_calls WHERE caller_id = ANY($5) GROUP BY caller_id) AS n
+		SELECT u.caller, t.id, $1, coalesce(n.n, 0) + u.ord
+		FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[]) AS u(caller, task_id, call_key, ord)
+		CROSS JOIN LATERAL (SELECT t.id FROM task_instances t
+			WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t
+		LEFT JOIN (SELECT caller_id, count(*) AS n FROM task_calls WHERE caller_id = ANY($6) GROUP BY caller_id) AS n
 			ON n.caller_id = u.caller
-		ON CONFLICT DO NOTHING`, c.runID, callers, callees, ords, distinct)
-	return err
+		ON CONFLICT DO NOTHING`, c.runID, callers, tasks, keys, ords, distinct)
 }
 
 // cyclePath names the cycle a call of instance from by caller would
@@ -775,15 +774,13 @@ func bfsPath(next map[int64][]int64, a, b int64) []int64 {
 	return []int64{a, b}
 }
 
-// finish raises the priorities of unfinished callees and counts the
-// created instances, in one round trip.
+// finish queues the statements raising the priorities of unfinished
+// callees and counting the created instances (sent with COMMIT), and the
+// wake-up of the workers when instances were created.
 func (c *callTx) finish(ctx context.Context) error {
 	b := &pgx.Batch{}
 	c.inherit(b)
 	c.count(b)
-	if b.Len() == 0 {
-		return nil
-	}
 	if err := runBatch(ctx, c.tx, b); err != nil {
 		return err
 	}
