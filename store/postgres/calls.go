@@ -629,7 +629,8 @@ func (c *callTx) refuseCycles(ctx context.Context, cl *caller, starts []int64) e
 			SELECT s, s FROM unnest($1::bigint[]) AS s
 			UNION
 			SELECT r.start, k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
-			JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
+			CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
+				WHERE t.id = k.callee_id AND t.state IN `+unfinishedList+` LIMIT 1) AS t
 			WHERE r.id <> $2
 		)
 		SELECT DISTINCT start FROM r WHERE id = $2`, starts, cl.b.Caller.ID)
@@ -694,7 +695,8 @@ func (c *callTx) cyclePath(ctx context.Context, caller, from int64) (string, err
 				SELECT $1::bigint
 				UNION
 				SELECT k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
-				JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
+				CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
+					WHERE t.id = k.callee_id AND t.state IN `+unfinishedList+` LIMIT 1) AS t
 				WHERE r.id <> $2
 			)
 			SELECT k.caller_id, k.callee_id FROM task_calls k
@@ -897,20 +899,21 @@ func (s *Store) Callees(ctx context.Context, id int64) ([]store.TaskInstance, er
 // wakeWaitersSQL counts the call instances $1 that just became final off
 // the deferred callers waiting on them, and queues again those left
 // waiting on none ($2 now), their try number lowered by one (the resuming
-// claim gives it back). Callers are locked in id order, after the callees.
+// claim gives it back). Callers are locked in id order, after the callees,
+// each by a primary-key probe (a join's generic plan walked the table).
 const wakeWaitersSQL = `
-	WITH c AS (
-		SELECT caller_id, count(*)::int AS n FROM task_calls WHERE callee_id = ANY($1) GROUP BY caller_id
+	WITH c AS MATERIALIZED (
+		SELECT caller_id, count(*)::int AS n FROM task_calls WHERE callee_id = ANY($1) GROUP BY caller_id ORDER BY caller_id
 	), w AS MATERIALIZED (
-		SELECT t.id, c.n FROM task_instances t JOIN c ON c.caller_id = t.id
-		WHERE t.state = 'deferred' ORDER BY t.id FOR NO KEY UPDATE OF t
+		SELECT t.id, c.n FROM c CROSS JOIN LATERAL (SELECT t.id FROM task_instances t
+			WHERE t.id = c.caller_id AND t.state = 'deferred' LIMIT 1 FOR NO KEY UPDATE) AS t
 	)
 	UPDATE task_instances t SET
 		waiting_on = greatest(t.waiting_on - w.n, 0),
 		state = CASE WHEN t.waiting_on <= w.n THEN 'queued' ELSE 'deferred' END,
 		try_number = CASE WHEN t.waiting_on <= w.n THEN t.try_number - 1 ELSE t.try_number END,
 		queued_at = CASE WHEN t.waiting_on <= w.n THEN $2 ELSE t.queued_at END
-	FROM w WHERE t.id = w.id AND t.state = 'deferred'
+	FROM w WHERE t.id = w.id AND t.id = ANY(ARRAY(SELECT id FROM w)) AND t.state = 'deferred'
 	RETURNING t.state`
 
 // wakeWaiters applies wakeWaitersSQL for the call instances ids that
