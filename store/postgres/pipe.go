@@ -45,6 +45,15 @@ type pipeTx struct {
 	// are still queued once committed (the transaction claimed what it
 	// queued itself, maybe all of it).
 	readyIfLeft bool
+	// readyClaimed, when set (a finish that claims), reports once the
+	// statements sent with COMMIT are read that the transaction claimed
+	// every instance its release queued; released is set instead of
+	// adding TopicTasksReady to after for that release. The wake-up is
+	// then sent (with readyIfLeft's guard, in a round trip of its own)
+	// only when readyClaimed is false: a statement after COMMIT is a
+	// transaction of its own, in this backend and in every listening one.
+	readyClaimed func() bool
+	released     bool
 	// afterIf are wake-ups decided by what the statements sent with
 	// COMMIT returned: sent in a round trip of their own after it.
 	afterIf []conditionalTopic
@@ -191,7 +200,7 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	b.Queue("COMMIT")
 	for _, t := range p.after {
 		if t == store.TopicTasksReady && p.readyIfLeft {
-			b.Queue("SELECT pg_notify($1, '') WHERE "+claimableLeft, string(t))
+			b.Queue(readyIfLeftSQL, string(t))
 			continue
 		}
 		b.Queue("SELECT pg_notify($1, '')", string(t))
@@ -213,15 +222,22 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 		_ = br.Close()
 		return fmt.Errorf("commit: the transaction was rolled back (%s)", tag.String())
 	}
-	for _, t := range p.after {
+	after := p.after
+	for _, t := range after {
 		if _, err := br.Exec(); err != nil {
 			log.Warn("wake-up not sent after commit; receivers will poll", "topic", string(t), "err", errText(err))
 			break
 		}
 	}
 	_ = br.Close()
+	if t := store.TopicTasksReady; p.released && !slices.Contains(after, t) && !p.readyClaimed() {
+		after = append(after, t)
+		if _, err := p.conn.Exec(ctx, readyIfLeftSQL, string(t)); err != nil {
+			log.Warn("wake-up not sent after commit; receivers will poll", "topic", string(t), "err", errText(err))
+		}
+	}
 	for _, c := range p.afterIf {
-		if !c.send() || slices.Contains(p.after, c.topic) {
+		if !c.send() || slices.Contains(after, c.topic) {
 			continue
 		}
 		if _, err := p.conn.Exec(ctx, "SELECT pg_notify($1, '')", string(c.topic)); err != nil {
@@ -230,6 +246,10 @@ func (p *pipeTx) commit(ctx context.Context, log *slog.Logger) error {
 	}
 	return nil
 }
+
+// readyIfLeftSQL sends the TopicTasksReady wake-up ($1) only when
+// claimableLeft.
+const readyIfLeftSQL = "SELECT pg_notify($1, '') WHERE " + claimableLeft
 
 // claimableLeft is true when queued instances may be claimable: an
 // unlimited one, or a limited one in a pool with room (keys are not

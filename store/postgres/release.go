@@ -432,10 +432,14 @@ func (rl *releaser) finish(ctx context.Context) error {
 
 func (rl *releaser) notify(ctx context.Context) error {
 	var topics []store.Topic
-	if rl.queued > 0 || rl.freed {
+	p, pipe := rl.tx.(*pipeTx)
+	switch {
+	case (rl.queued > 0 || rl.freed) && pipe && p.readyClaimed != nil:
+		p.released = true // decided after the commit (pipeTx.readyClaimed)
+	case rl.queued > 0 || rl.freed:
 		topics = append(topics, store.TopicTasksReady)
 	}
-	if p, ok := rl.tx.(*pipeTx); ok && !rl.runsChanged {
+	if pipe && !rl.runsChanged {
 		// The runs ended are known once committed (settle travels with
 		// COMMIT): the wake-up for them follows then.
 		p.afterIf = append(p.afterIf, conditionalTopic{store.TopicRunsChanged, func() bool { return len(rl.ended) > 0 }})

@@ -772,6 +772,9 @@ func (s *Store) finishInClaim(ctx context.Context, tx dbtx, results []store.Resu
 		}
 	}
 	f := newFinishTx(s, tx, results, claim)
+	if p, ok := tx.(*pipeTx); ok && claim != nil {
+		p.readyClaimed = f.claimedAllQueued
+	}
 	for _, phase := range []func(context.Context) error{
 		f.readPolicies, f.record, f.appendLogs, f.reportRefused, f.wakeWaiters, f.fault(FaultFinishRecorded),
 		f.releaseDownstream, f.fault(FaultFinishReleased), f.settleRuns, f.fault(FaultFinishSettled),
@@ -849,6 +852,27 @@ func newFinishTx(s *Store, tx dbtx, results []store.Result, claim *claimPlan) *f
 func (f *finishTx) wakeWaiters(ctx context.Context) error {
 	slices.Sort(f.calls)
 	return wakeWaiters(ctx, f.tx, f.calls, f.now)
+}
+
+// claimedAllQueued reports whether the transaction's own claim took every
+// instance its release queued (a chain's next task): then nothing it
+// queued waits for another worker, and no wake-up is sent (each one costs
+// a transaction of its own, and one in every listening backend).
+// Instances others queued are woken for by their own transactions.
+func (f *finishTx) claimedAllQueued() bool {
+	if f.rl == nil || f.rl.freed {
+		return false
+	}
+	claimed := make(map[int64]bool, len(f.claim.cl.out))
+	for _, c := range f.claim.cl.out {
+		claimed[c.ID] = true
+	}
+	for id, st := range f.rl.final {
+		if st == state.Queued && !claimed[id] {
+			return false
+		}
+	}
+	return true
 }
 
 // fault is the phase that injects the failure named (tests only).
