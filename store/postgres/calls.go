@@ -21,10 +21,14 @@ import (
 // callTx records the calls of the tries of one run (or one call from
 // outside) in one transaction, in named phases: each phase handles every
 // caller at once, so a transaction costs the same round trips for one
-// caller or many.
+// caller or many. The transaction is pipelined (pipeTx): the writes are
+// queued and travel with the next read or with COMMIT, so a batch that
+// checks no cycle costs four round trips (the callers, the existing
+// calls, the run's lock with the numbers, and the writes with COMMIT),
+// and the run's lock is held for the last two only.
 type callTx struct {
 	s  *Store
-	tx pgx.Tx
+	tx *pipeTx
 
 	runID, versionID int64
 	dagID            string
@@ -38,6 +42,7 @@ type callTx struct {
 	prio    map[callKey]int           // the highest priority among a key's callers
 	found   map[callKey]callee        // existing and created call instances
 	created int
+	made    []callKey // the keys of the created instances, read back before COMMIT
 
 	// Read under the run's lock for the calls to create (readNumbers).
 	next    map[string]int     // the next map index of each callable
@@ -64,6 +69,9 @@ type callee struct {
 	state    state.TaskState
 	output   []byte
 	err      string
+	// fresh: created by this transaction, so it calls nothing yet and
+	// cannot close a cycle.
+	fresh bool
 }
 
 // Call records the calls of a running try (store.Caller).
@@ -104,18 +112,28 @@ func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBat
 	if len(todo) == 0 {
 		return out, nil
 	}
-	err := s.inTx(ctx, op, func(tx pgx.Tx) error {
+	n := 0
+	for _, i := range todo {
+		n += len(batches[i].Calls)
+	}
+	var txs []*callTx
+	err := s.inPipe(ctx, op, hotPlan(n), func(p *pipeTx) error {
 		for _, i := range todo {
 			out[i] = store.CallAnswer{}
 		}
-		txs, err := readCallers(ctx, s, tx, batches, todo, out)
+		var err error
+		txs, err = readCallers(ctx, s, p, batches, todo, out)
 		if err != nil {
 			return err
 		}
-		return runCalls(ctx, tx, txs)
+		return runCalls(ctx, p, txs)
 	})
 	if err != nil {
 		return nil, err
+	}
+	// The created instances are read with COMMIT: answered once committed.
+	for _, c := range txs {
+		c.answer()
 	}
 	return out, nil
 }
@@ -142,7 +160,7 @@ func checkCalls(b store.CallBatch) error {
 // cycles). Callers are not locked: the finishing transactions of callees
 // lock callee rows, then callers, then runs, and a call transaction writes
 // callers not at all.
-func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
+func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
 	var ids []int64
 	for _, i := range todo {
 		if batches[i].Caller.ID != 0 {
@@ -210,7 +228,7 @@ func readCallers(ctx context.Context, s *Store, tx pgx.Tx, batches []store.CallB
 // was missing is looked for again under the lock (another transaction may
 // have created it meanwhile), with the callables' next map indexes, in
 // the same round trip.
-func runCalls(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
+func runCalls(ctx context.Context, tx *pipeTx, txs []*callTx) error {
 	for _, c := range txs {
 		if err := c.readRun(ctx); err != nil {
 			return err
@@ -228,7 +246,6 @@ func runCalls(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 				return err
 			}
 		}
-		c.answer()
 	}
 	return nil
 }
@@ -270,7 +287,7 @@ func (c *callTx) needsLock() bool {
 // lockAndNumber locks the runs of txs that need it (needsLock), finds
 // again their missing calls and reads, for those, the run's count of
 // calls and the next map index of each callable, in one round trip.
-func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
+func lockAndNumber(ctx context.Context, tx *pipeTx, txs []*callTx) error {
 	var runs []int64
 	var locked []*callTx
 	for _, c := range txs {
@@ -285,10 +302,9 @@ func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 	if len(runs) == 0 {
 		return nil
 	}
-	b := &pgx.Batch{}
-	b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
-		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, runs)
-	var qs []*callTx
+	qs := []finalQuery{{sql: `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
+		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, args: []any{runs},
+		read: func(pgx.Rows) error { return nil }}}
 	for _, c := range locked {
 		keys, names := c.missing()
 		if len(keys) == 0 {
@@ -298,36 +314,12 @@ func lockAndNumber(ctx context.Context, tx pgx.Tx, txs []*callTx) error {
 		for i, k := range keys {
 			tasks[i], ks[i] = k.task, k.key
 		}
-		b.Queue(findCalleesSQL, c.runID, tasks, ks)
-		b.Queue(nextIndexesSQL, c.runID, c.versionID, names)
-		qs = append(qs, c)
+		qs = append(qs,
+			finalQuery{sql: findCalleesSQL, args: []any{c.runID, tasks, ks},
+				read: func(rows pgx.Rows) error { return c.readCallees(rows, false) }},
+			finalQuery{sql: nextIndexesSQL, args: []any{c.runID, c.versionID, names}, read: c.readNumbers})
 	}
-	br := tx.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		br.Close()
-		return err
-	}
-	for _, c := range qs {
-		rows, err := br.Query()
-		if err != nil {
-			br.Close()
-			return err
-		}
-		if err := c.readCallees(rows); err != nil {
-			br.Close()
-			return err
-		}
-		rows, err = br.Query()
-		if err != nil {
-			br.Close()
-			return err
-		}
-		if err := c.readNumbers(rows); err != nil {
-			br.Close()
-			return err
-		}
-	}
-	return br.Close()
+	return tx.queryAll(ctx, qs...)
 }
 
 // readRun reads the run of a call from outside (locked by lockAndNumber
@@ -337,8 +329,13 @@ func (c *callTx) readRun(ctx context.Context) error {
 		return nil
 	}
 	var st state.RunState
-	err := c.tx.QueryRow(ctx, `SELECT version_id, dag_id, run_id, state FROM dag_runs WHERE id = $1`, c.runID).
-		Scan(&c.versionID, &c.dagID, &c.runName, &st)
+	rows, err := c.tx.Query(ctx, `SELECT version_id, dag_id, run_id, state FROM dag_runs WHERE id = $1`, c.runID)
+	if err != nil {
+		return err
+	}
+	_, err = pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (struct{}, error) {
+		return struct{}{}, r.Scan(&c.versionID, &c.dagID, &c.runName, &st)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return errorf("%w: no run %d", store.ErrNotFound, c.runID)
 	}
@@ -375,10 +372,10 @@ func (c *callTx) findExisting(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.readCallees(rows)
+	return c.readCallees(rows, false)
 }
 
-func (c *callTx) readCallees(rows pgx.Rows) error {
+func (c *callTx) readCallees(rows pgx.Rows, fresh bool) error {
 	defer rows.Close()
 	for rows.Next() {
 		var k callKey
@@ -386,16 +383,21 @@ func (c *callTx) readCallees(rows pgx.Rows) error {
 		if err := rows.Scan(&x.id, &k.task, &k.key, &x.mapIndex, &x.state, &x.output, &x.err); err != nil {
 			return err
 		}
+		x.fresh = fresh
 		c.found[k] = x
 	}
 	return rows.Err()
 }
 
 // findCalleesSQL reads the call instances of run $1 named by the
-// (callable, key) pairs $2, $3.
+// (callable, key) pairs $2, $3: one unique-index probe per pair. (A plain
+// join let the generic plan, made while a fresh run's table was nearly
+// empty, scan all the run's instances for every batch: 10 ms a batch at
+// 16,000 instances.)
 const findCalleesSQL = `SELECT t.id, t.task_id, t.call_key, t.map_index, t.state, t.output, t.error
-	FROM task_instances t JOIN unnest($2::text[], $3::text[]) AS u(task_id, call_key)
-		ON t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key`
+	FROM unnest($2::text[], $3::text[]) AS u(task_id, call_key)
+	CROSS JOIN LATERAL (SELECT * FROM task_instances t
+		WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t`
 
 // nextIndexesSQL reads the run $1's count of calls, and the next map
 // index and key template of each callable $3 of version $2.
@@ -483,7 +485,7 @@ func (c *callTx) create(ctx context.Context) error {
 	if err := c.countKeys(ctx, counters, queued); err != nil {
 		return err
 	}
-	rows, err := c.tx.Query(ctx, `
+	c.tx.queue(`
 		INSERT INTO task_instances (run_id, dag_id, task_id, call_key, parent_ti_id, arguments, state, queued_at,
 			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			concurrency_key, limited)
@@ -493,14 +495,16 @@ func (c *callTx) create(ctx context.Context) error {
 		FROM unnest($4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[])
 			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, prio, parent, ord)
 		JOIN dag_version_tasks v ON v.version_id = $11 AND v.task_id = u.task_id
-		ORDER BY u.ord
-		RETURNING id, task_id, call_key, map_index, state, output, error`,
+		ORDER BY u.ord`,
 		c.runID, c.dagID, c.callers[0].b.Now, tasks, keys, args, idx, ckeys, prios, parents, c.versionID)
-	if err != nil {
-		return err
-	}
 	c.created = len(tasks)
-	return c.readCallees(rows)
+	for i := range tasks {
+		c.made = append(c.made, callKey{tasks[i], keys[i]})
+	}
+	// Read back with COMMIT (the answer needs their ids).
+	c.tx.beforeCommit(findCalleesSQL, []any{c.runID, tasks, keys},
+		func(rows pgx.Rows) error { return c.readCallees(rows, true) })
+	return nil
 }
 
 // countKeys makes sure the counters of the concurrency keys of new call
@@ -516,29 +520,30 @@ func (c *callTx) countKeys(ctx context.Context, limits, queued map[string]int) e
 	for i, n := range names {
 		lims[i], qs[i] = int32(limits[n]), int32(queued[n])
 	}
-	_, err := c.tx.Exec(ctx, `INSERT INTO concurrency_keys (key, lim, queued)
+	c.tx.queue(`INSERT INTO concurrency_keys (key, lim, queued)
 		SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) ORDER BY 1
 		ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, queued = concurrency_keys.queued + excluded.queued`,
 		names, lims, qs)
-	return err
+	return nil
 }
 
 // unfinished reports whether a call instance is not final.
 func (x callee) unfinished() bool { return !x.state.Terminal() }
 
-// edges returns the call instances caller cl links to: its calls made and
-// not refused, in first-call order.
-func (c *callTx) edges(cl *caller) []int64 {
-	var ids []int64
+// edges returns the calls caller cl links to: its calls made and not
+// refused (found, or created in this transaction), in first-call order.
+func (c *callTx) edges(cl *caller) []callKey {
+	var ks []callKey
 	for _, k := range cl.keys {
 		if _, ok := cl.cycles[k]; ok {
 			continue
 		}
-		if x, ok := c.found[k]; ok {
-			ids = append(ids, x.id)
+		if _, ok := c.refused[k]; ok {
+			continue
 		}
+		ks = append(ks, k)
 	}
-	return ids
+	return ks
 }
 
 // linkAndCheck records the caller → callee edges of the calls made (an
@@ -562,7 +567,7 @@ func (c *callTx) linkAndCheck(ctx context.Context) error {
 		}
 		for _, k := range cl.keys {
 			x, ok := c.found[k]
-			if !ok || !x.unfinished() {
+			if !ok || !x.unfinished() || x.fresh {
 				continue
 			}
 			if x.id == cl.b.Caller.ID {
@@ -605,16 +610,13 @@ func (c *callTx) linkAndCheck(ctx context.Context) error {
 			at = append(at, cl)
 		}
 	}
-	if err := c.link(ctx, at); err != nil {
-		return err
-	}
+	c.link(at)
 	for _, cl := range later {
+		// Sent with the queued edges of the callers before it.
 		if err := c.refuseCycles(ctx, cl, starts[cl.b.Caller.ID]); err != nil {
 			return err
 		}
-		if err := c.link(ctx, []*caller{cl}); err != nil {
-			return err
-		}
+		c.link([]*caller{cl})
 	}
 	return nil
 }
@@ -627,7 +629,8 @@ func (c *callTx) refuseCycles(ctx context.Context, cl *caller, starts []int64) e
 			SELECT s, s FROM unnest($1::bigint[]) AS s
 			UNION
 			SELECT r.start, k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
-			JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
+			CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
+				WHERE t.id = k.callee_id AND t.state IN `+unfinishedList+` LIMIT 1) AS t
 			WHERE r.id <> $2
 		)
 		SELECT DISTINCT start FROM r WHERE id = $2`, starts, cl.b.Caller.ID)
@@ -652,29 +655,34 @@ func (c *callTx) refuseCycles(ctx context.Context, cl *caller, starts []int64) e
 	return nil
 }
 
-// link records the edges of callers cls in one statement.
-func (c *callTx) link(ctx context.Context, cls []*caller) error {
-	var callers, callees, distinct []int64
+// link queues the statement recording the edges of callers cls. Callees
+// are named by callable and key, found by the statement (those created in
+// this transaction have no id in Go yet).
+func (c *callTx) link(cls []*caller) {
+	var callers, distinct []int64
+	var tasks, keys []string
 	var ords []int32
 	for _, cl := range cls {
-		for i, id := range c.edges(cl) {
-			callers, callees, ords = append(callers, cl.b.Caller.ID), append(callees, id), append(ords, int32(i+1))
+		for i, k := range c.edges(cl) {
+			callers, ords = append(callers, cl.b.Caller.ID), append(ords, int32(i+1))
+			tasks, keys = append(tasks, k.task), append(keys, k.key)
 		}
 		distinct = append(distinct, cl.b.Caller.ID)
 	}
 	if len(callers) == 0 {
-		return nil
+		return
 	}
 	// Positions continue after the edges each caller has: counted once per
 	// caller (a subquery per edge costs seconds for 10,000 calls).
-	_, err := c.tx.Exec(ctx, `
+	c.tx.queue(`
 		INSERT INTO task_calls (caller_id, callee_id, run_id, seq)
-		SELECT u.caller, u.callee, $1, coalesce(n.n, 0) + u.ord
-		FROM unnest($2::bigint[], $3::bigint[], $4::int[]) AS u(caller, callee, ord)
-		LEFT JOIN (SELECT caller_id, count(*) AS n FROM task_calls WHERE caller_id = ANY($5) GROUP BY caller_id) AS n
+		SELECT u.caller, t.id, $1, coalesce(n.n, 0) + u.ord
+		FROM unnest($2::bigint[], $3::text[], $4::text[], $5::int[]) AS u(caller, task_id, call_key, ord)
+		CROSS JOIN LATERAL (SELECT t.id FROM task_instances t
+			WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t
+		LEFT JOIN (SELECT caller_id, count(*) AS n FROM task_calls WHERE caller_id = ANY($6) GROUP BY caller_id) AS n
 			ON n.caller_id = u.caller
-		ON CONFLICT DO NOTHING`, c.runID, callers, callees, ords, distinct)
-	return err
+		ON CONFLICT DO NOTHING`, c.runID, callers, tasks, keys, ords, distinct)
 }
 
 // cyclePath names the cycle a call of instance from by caller would
@@ -687,7 +695,8 @@ func (c *callTx) cyclePath(ctx context.Context, caller, from int64) (string, err
 				SELECT $1::bigint
 				UNION
 				SELECT k.callee_id FROM r JOIN task_calls k ON k.caller_id = r.id
-				JOIN task_instances t ON t.id = k.callee_id AND t.state IN `+unfinishedList+`
+				CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
+					WHERE t.id = k.callee_id AND t.state IN `+unfinishedList+` LIMIT 1) AS t
 				WHERE r.id <> $2
 			)
 			SELECT k.caller_id, k.callee_id FROM task_calls k
@@ -767,15 +776,13 @@ func bfsPath(next map[int64][]int64, a, b int64) []int64 {
 	return []int64{a, b}
 }
 
-// finish raises the priorities of unfinished callees and counts the
-// created instances, in one round trip.
+// finish queues the statements raising the priorities of unfinished
+// callees and counting the created instances (sent with COMMIT), and the
+// wake-up of the workers when instances were created.
 func (c *callTx) finish(ctx context.Context) error {
 	b := &pgx.Batch{}
 	c.inherit(b)
 	c.count(b)
-	if b.Len() == 0 {
-		return nil
-	}
 	if err := runBatch(ctx, c.tx, b); err != nil {
 		return err
 	}
@@ -792,7 +799,7 @@ func (c *callTx) inherit(b *pgx.Batch) {
 	var ids []int64
 	var prios []int32
 	for _, k := range c.keys {
-		if x, ok := c.found[k]; ok && x.unfinished() {
+		if x, ok := c.found[k]; ok && x.unfinished() && !x.fresh {
 			ids, prios = append(ids, x.id), append(prios, int32(c.prio[k]))
 		}
 	}
@@ -892,20 +899,21 @@ func (s *Store) Callees(ctx context.Context, id int64) ([]store.TaskInstance, er
 // wakeWaitersSQL counts the call instances $1 that just became final off
 // the deferred callers waiting on them, and queues again those left
 // waiting on none ($2 now), their try number lowered by one (the resuming
-// claim gives it back). Callers are locked in id order, after the callees.
+// claim gives it back). Callers are locked in id order, after the callees,
+// each by a primary-key probe (a join's generic plan walked the table).
 const wakeWaitersSQL = `
-	WITH c AS (
-		SELECT caller_id, count(*)::int AS n FROM task_calls WHERE callee_id = ANY($1) GROUP BY caller_id
+	WITH c AS MATERIALIZED (
+		SELECT caller_id, count(*)::int AS n FROM task_calls WHERE callee_id = ANY($1) GROUP BY caller_id ORDER BY caller_id
 	), w AS MATERIALIZED (
-		SELECT t.id, c.n FROM task_instances t JOIN c ON c.caller_id = t.id
-		WHERE t.state = 'deferred' ORDER BY t.id FOR NO KEY UPDATE OF t
+		SELECT t.id, c.n FROM c CROSS JOIN LATERAL (SELECT t.id FROM task_instances t
+			WHERE t.id = c.caller_id AND t.state = 'deferred' LIMIT 1 FOR NO KEY UPDATE) AS t
 	)
 	UPDATE task_instances t SET
 		waiting_on = greatest(t.waiting_on - w.n, 0),
 		state = CASE WHEN t.waiting_on <= w.n THEN 'queued' ELSE 'deferred' END,
 		try_number = CASE WHEN t.waiting_on <= w.n THEN t.try_number - 1 ELSE t.try_number END,
 		queued_at = CASE WHEN t.waiting_on <= w.n THEN $2 ELSE t.queued_at END
-	FROM w WHERE t.id = w.id AND t.state = 'deferred'
+	FROM w WHERE t.id = w.id AND t.id = ANY(ARRAY(SELECT id FROM w)) AND t.state = 'deferred'
 	RETURNING t.state`
 
 // wakeWaiters applies wakeWaitersSQL for the call instances ids that
@@ -946,8 +954,13 @@ func waitingCounts(ctx context.Context, tx dbtx, ids []int64) (map[int64]int, er
 	if len(ids) == 0 {
 		return out, nil
 	}
-	rows, err := tx.Query(ctx, `SELECT k.caller_id FROM task_calls k JOIN task_instances y ON y.id = k.callee_id
-		WHERE k.caller_id = ANY($1) AND y.state IN `+unfinishedList+` ORDER BY y.id FOR SHARE OF y`, ids)
+	// One primary-key probe per callee, in callee id order (a join's
+	// generic plan, made while the table was nearly empty, walked the
+	// whole table in id order).
+	rows, err := tx.Query(ctx, `
+		WITH k AS MATERIALIZED (SELECT caller_id, callee_id FROM task_calls WHERE caller_id = ANY($1) ORDER BY callee_id)
+		SELECT k.caller_id FROM k CROSS JOIN LATERAL (SELECT y.id FROM task_instances y
+			WHERE y.id = k.callee_id AND y.state IN `+unfinishedList+` LIMIT 1 FOR SHARE) AS y`, ids)
 	if err != nil {
 		return nil, err
 	}

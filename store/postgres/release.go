@@ -160,7 +160,9 @@ const queueNow = `({fast}::bool AND t.state = 'none' AND r.state = 'running' AND
 
 // incrementTail is what follows the fin CTE (the changes: run_id,
 // task_id, state, delta) in the increment statements; {fast}, {rules}
-// and {now} stand for their parameters.
+// and {now} stand for their parameters. The instances it queues enter
+// task_queue in the same statement (migration 00019: the set trigger may
+// then be off); one queued earlier in the transaction is there already.
 const incrementTail = `, inc AS MATERIALIZED (
 		SELECT f.run_id, d.task_id,
 			coalesce(sum(f.delta) FILTER (WHERE f.state = 'success'), 0) AS s,
@@ -185,7 +187,7 @@ const incrementTail = `, inc AS MATERIALIZED (
 			LIMIT 1 -- unique; keeps the lookup a probe per downstream task
 		) t
 		ORDER BY t.id
-	)
+	), u AS (
 	UPDATE task_instances t SET
 		up_success = t.up_success + tgt.s, up_failed = t.up_failed + tgt.fl,
 		up_skipped = t.up_skipped + tgt.sk, up_upstream_failed = t.up_upstream_failed + tgt.uf,
@@ -194,10 +196,18 @@ const incrementTail = `, inc AS MATERIALIZED (
 		queued_at = CASE WHEN ` + queueNow + ` THEN {now} ELSE t.queued_at END
 	FROM tgt JOIN dag_runs r ON r.id = tgt.run_id
 	WHERE t.id = tgt.id
-	RETURNING t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state, t.n_upstream,
+	RETURNING t.id, t.run_id, t.task_id, t.state, t.trigger_rule, r.state AS run_state, t.n_upstream,
 		t.up_success, t.up_failed, t.up_skipped, t.up_upstream_failed, t.up_removed,
 		{fast}::bool AND t.state = 'queued' AND t.queued_at = {now} AND tgt.s > 0
-			AND t.up_success = t.n_upstream AND t.trigger_rule = ANY({rules}::text[])`
+			AND t.up_success = t.n_upstream AND t.trigger_rule = ANY({rules}::text[]) AS queued,
+		t.dag_id, t.priority, t.queued_at, t.limited, t.pool, t.pool_slots, t.task_key, t.concurrency_key
+	), iq AS (
+	INSERT INTO task_queue (ti_id, dag_id, priority, queued_at, limited, pool, pool_slots, task_key, concurrency_key)
+	SELECT id, dag_id, priority, queued_at, limited, pool, pool_slots, task_key, concurrency_key FROM u WHERE queued
+	ON CONFLICT (ti_id) DO NOTHING
+	)
+	SELECT id, run_id, task_id, state, trigger_rule, run_state, n_upstream,
+		up_success, up_failed, up_skipped, up_upstream_failed, up_removed, queued FROM u`
 
 // incrementSQL adds the changes $1–$4 (run, task, state, delta) to the
 // counters of their direct downstream instances; $5 allows queueing in the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/internal/testdb"
+	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/postgres"
 	"github.com/trellis-dag/trellis/store/storetest"
@@ -204,4 +205,115 @@ func TestClaimsVacuumTheQueue(t *testing.T) {
 	if after := vacuums(); after <= before {
 		t.Errorf("task_queue vacuumed %d times after the claim, %d before: want one more", after, before)
 	}
+}
+
+// TestHotPathFiresNoTrigger claims and finishes instances, limited and
+// not, with one released downstream, the way workers do (ClaimTasks,
+// then FinishAndClaim), and checks from PostgreSQL's function counts
+// that neither the set trigger nor the counter trigger ran (migrations
+// 00019 and 00020: the statements keep the sets and counters
+// themselves), that the sets and the pool's counter are right after, and
+// that a write outside the hot path still fires the set trigger.
+func TestHotPathFiresNoTrigger(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.Postgres(t) + "&track_functions=pl"
+	s := openURL(t, url, postgres.Options{Logger: testLogger(t)})
+	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 2}); err != nil {
+		t.Fatal(err)
+	}
+	sp := store.DAGSpec{DAGID: "hot", Fingerprint: "hot-1", MaxActiveRuns: 1}
+	for i := range 4 {
+		ts := store.TaskSpec{TaskID: fmt.Sprintf("t%d", i), Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, RetryDelay: time.Second}
+		if i%2 == 1 {
+			ts.Pool, ts.PoolSlots = "p", 1
+		}
+		sp.Tasks = append(sp.Tasks, ts)
+	}
+	sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: "join", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess,
+		RetryDelay: time.Second, Upstream: []string{"t0", "t1", "t2", "t3"}})
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "hot", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
+		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, "hot", t0); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close() // its connections report their function counts as they end
+	before := hotPathCalls(t, url)
+	s = openURL(t, url, postgres.Options{Logger: testLogger(t)})
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	cs, err := s.ClaimTasks(ctx, w, 10, t0)
+	if err != nil || len(cs) != 4 {
+		t.Fatalf("ClaimTasks = %d instances, %v; want the 4 roots", len(cs), err)
+	}
+	rs := make([]store.Result, len(cs))
+	for i, c := range cs {
+		rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
+	}
+	_, next, err := s.FinishAndClaim(ctx, rs, w, 10, t0.Add(time.Second))
+	if err != nil || len(next) != 1 || next[0].TaskID != "join" {
+		t.Fatalf("FinishAndClaim claimed %v, %v; want the join", next, err)
+	}
+	_ = s.Close()
+	after := hotPathCalls(t, url)
+	for f, n := range after {
+		if n != before[f] {
+			t.Errorf("%s ran %d times on the hot path, want none", f, n-before[f])
+		}
+	}
+	// The join, claimed, put back to queued by a plain UPDATE: the set
+	// trigger keeps the sets, and is counted.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE task_instances SET state = 'queued' WHERE task_id = 'join'"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close(ctx)
+	if n := hotPathCalls(t, url)["task_set_update"] - after["task_set_update"]; n != 1 {
+		t.Errorf("task_set_update ran %d times for a write outside the hot path, want 1", n)
+	}
+}
+
+// hotPathCalls checks that the sets and the counter of pool p are right,
+// and returns how often the set and counter triggers have run (with
+// track_functions on) in the schema of url, as its closed connections
+// reported.
+func hotPathCalls(t *testing.T, url string) map[string]int64 {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if dq, dr, err := taskSetDiff(ctx, conn); err != nil || dq != 0 || dr != 0 {
+		t.Errorf("sets out of step: queue %d, running %d rows (%v)", dq, dr, err)
+	}
+	var running int
+	if err := conn.QueryRow(ctx, `SELECT p.running - coalesce((SELECT count(*) FROM task_running r
+			JOIN task_instances t ON t.id = r.ti_id WHERE t.pool = p.name AND t.limited), 0)
+		FROM pools p WHERE name = 'p'`).Scan(&running); err != nil || running != 0 {
+		t.Errorf("pool p counts %d more running than run (%v), want 0", running, err)
+	}
+	rows, err := conn.Query(ctx, `SELECT funcname, calls FROM pg_stat_user_functions
+		WHERE schemaname = current_schema() AND funcname IN ('task_set_update', 'trellis_count_limits')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{"task_set_update": 0, "trellis_count_limits": 0}
+	for rows.Next() {
+		var f string
+		var n int64
+		if err := rows.Scan(&f, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[f] = n
+	}
+	return out
 }

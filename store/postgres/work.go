@@ -81,24 +81,64 @@ const claimSet = `UPDATE task_instances t SET state = 'running', try_number = t.
 //
 // The statement also adds the limited instances it claims to their
 // counters, one write per counter (the counter trigger leaves claims
-// alone); their rows are locked already (lp and lk, or claimCapped).
+// alone); their rows are locked already (lp and lk, or claimCapped). And
+// it moves them from task_queue to task_running itself (migration 00019:
+// the set trigger may then be off, setsOff).
 func claimSelect(ctes, update string) string {
+	return claimSelectFreeing(ctes, update, false)
+}
+
+// claimSelectFreeing is claimSelect; with freeing, the CTEs include fp
+// and fk (freedCTEs), and the counters also give back the slots freed,
+// in the same write, setting trellis.wake (as the counter trigger would)
+// where a slot freed was one an instance could not start for want of:
+// a pool that had no room for another like it, a key at its limit.
+func claimSelectFreeing(ctes, update string, freeing bool) string {
+	poolFreed, keyFreed, poolWake, keyWake := "", "", "true", "true"
+	if freeing {
+		poolFreed = ` UNION ALL SELECT pool, -n FROM fp`
+		keyFreed = ` UNION ALL SELECT key, -n, 0 FROM fk`
+		poolWake = `CASE WHEN EXISTS (SELECT 1 FROM fp WHERE fp.pool = p.name AND p.slots >= 0 AND p.running + fp.big > p.slots)
+				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
+		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim)
+				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
+	}
 	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		qd AS (DELETE FROM task_queue WHERE ti_id = ANY (ARRAY(SELECT id FROM u))),
+		ri AS (INSERT INTO task_running (ti_id, dag_id) SELECT id, dag_id FROM u ON CONFLICT (ti_id) DO NOTHING),
 		pu AS (UPDATE pools p SET running = p.running + x.n
-			FROM (SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool) x
-			WHERE p.name = x.pool),
+			FROM (SELECT pool, sum(n) AS n FROM (
+				SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool` + poolFreed + `) y GROUP BY pool) x
+			WHERE p.name = x.pool AND ` + poolWake + `),
 		ku AS (UPDATE concurrency_keys k SET running = k.running + x.n, queued = k.queued - x.q
-			FROM (SELECT key, count(*) AS n, sum(q) AS q FROM (
-				SELECT task_key AS key, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM u
+			FROM (SELECT key, sum(n) AS n, sum(q) AS q FROM (
+				SELECT task_key AS key, 1 AS n, CASE WHEN concurrency_key IS NULL THEN 1 ELSE 0 END AS q FROM u
 				WHERE limited AND task_key IS NOT NULL
 				UNION ALL
-				SELECT concurrency_key, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL) y GROUP BY key) x
-			WHERE k.key = x.key)
+				SELECT concurrency_key, 1, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL` + keyFreed + `) y GROUP BY key) x
+			WHERE k.key = x.key AND ` + keyWake + `)
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
 			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns,
 			t.resumed, t.deferred_state, t.event_payload
 		FROM u AS t JOIN dag_runs r ON r.id = t.run_id`
 }
+
+// setsOff and setsOn bracket statements that keep task_queue and
+// task_running themselves (claimSelect, outcomeSQL, incrementTail) where
+// they are sent together in one round trip of one transaction: between
+// them the set trigger does not fire (migration 00019), and every other
+// writer keeps it. Their rows are not read.
+//
+// hotOff also turns the counter trigger off (migration 00020), for
+// outcomeHotSQL alone: limitsOn follows it.
+var (
+	setsOff  = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true)`, read: ignoreRows}
+	setsOn   = finalQuery{sql: `SELECT set_config('trellis.sets', '', true)`, read: ignoreRows}
+	hotOff   = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true), set_config('trellis.limits', 'off', true)`, read: ignoreRows}
+	limitsOn = finalQuery{sql: `SELECT set_config('trellis.limits', '', true)`, read: ignoreRows}
+)
+
+func ignoreRows(pgx.Rows) error { return nil }
 
 // ClaimTasks moves up to max queued instances to running for worker w,
 // highest priority first then oldest. The candidates are picked through
@@ -126,10 +166,12 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 		b := &pgx.Batch{}
 		b.Queue(hotPlan(max))
 		b.Queue(capsSQL)
+		b.Queue(setsOff.sql)
 		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
+		b.Queue(setsOn.sql)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}}); err != nil {
+		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, setsOff, {read: cl.readClaimed}, setsOn}); err != nil {
 			return err
 		}
 		return br.Close()
@@ -164,20 +206,45 @@ const capsSQL = `SELECT d.dag_id, d.max_active_tasks, (SELECT count(*) FROM task
 // of its counters stays within its limit: never above a limit, and the
 // best candidate that fits is always taken. claimSelect adds the claimed
 // instances to the counters.
-var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
+var fastClaimSQL = fastClaim(false)
+
+// fastClaimFreeingSQL is fastClaimSQL in the transaction of a finish
+// whose outcome statement left the counters alone (outcomeHotSQL): $6
+// are the limited instances whose tries it ended. Their slots count as
+// free for the claim, and the claim gives them back to the counters in
+// the write that adds what it takes (one write per counter; with $1 = 0
+// it only gives them back). So a pool's counter is locked from this
+// statement, sent with COMMIT, to the commit, not from the outcome.
+var fastClaimFreeingSQL = fastClaim(true)
+
+// fastClaim returns fastClaimSQL, or fastClaimFreeingSQL with freeing.
+func fastClaim(freeing bool) string {
+	ctes, lc := "", limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+			AND EXISTS (SELECT 1 FROM task_queue WHERE limited)`)
+	poolsOf, keysOf := `SELECT pool FROM lc`, `SELECT task_key FROM lc UNION SELECT concurrency_key FROM lc`
+	poolRunning, taskRunning, keyRunning := "lp.running", "tk.running", "ck.running"
+	if freeing {
+		ctes = freedCTEs
+		lc = freedRunning.Replace(lc)
+		poolsOf += ` UNION SELECT pool FROM fp`
+		keysOf += ` UNION SELECT key FROM fk`
+		poolRunning = "(lp.running - coalesce((SELECT n FROM fp WHERE fp.pool = lp.name), 0))"
+		taskRunning = "(tk.running - coalesce((SELECT n FROM fk WHERE fk.key = tk.key), 0))"
+		keyRunning = "(ck.running - coalesce((SELECT n FROM fk WHERE fk.key = ck.key), 0))"
+	}
+	return claimSelectFreeing(ctes+`q AS MATERIALIZED (
 		SELECT ti_id, priority, queued_at FROM task_queue
 			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
 		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED),
-	lc AS MATERIALIZED (`+limitedCandidates(`AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-			AND EXISTS (SELECT 1 FROM task_queue WHERE limited)`)+`),
+	lc AS MATERIALIZED (`+lc+`),
 	lp AS MATERIALIZED (
-		SELECT name, slots, running FROM pools WHERE name IN (SELECT pool FROM lc)
+		SELECT name, slots, running FROM pools WHERE name IN (`+poolsOf+`)
 		ORDER BY name FOR NO KEY UPDATE),
 	lk AS MATERIALIZED (
 		SELECT key, lim, running FROM concurrency_keys
-		WHERE key IN (SELECT task_key FROM lc UNION SELECT concurrency_key FROM lc)
+		WHERE key IN (`+keysOf+`)
 		ORDER BY key FOR NO KEY UPDATE),
 	ok AS (
 		SELECT w.id, w.priority, w.queued_at FROM (
@@ -189,15 +256,53 @@ var fastClaimSQL = claimSelect(`q AS MATERIALIZED (
 		JOIN lp ON lp.name = w.pool
 		LEFT JOIN lk tk ON tk.key = w.task_key
 		LEFT JOIN lk ck ON ck.key = w.concurrency_key
-		WHERE (lp.slots < 0 OR lp.running + w.pool_used <= lp.slots)
-			AND (w.task_key IS NULL OR tk.running + w.task_used <= tk.lim)
-			AND (w.concurrency_key IS NULL OR ck.running + w.key_used <= ck.lim)),
+		WHERE (lp.slots < 0 OR `+poolRunning+` + w.pool_used <= lp.slots)
+			AND (w.task_key IS NULL OR `+taskRunning+` + w.task_used <= tk.lim)
+			AND (w.concurrency_key IS NULL OR `+keyRunning+` + w.key_used <= ck.lim)),
 	pick AS (
 		SELECT id FROM (SELECT ti_id AS id, priority, queued_at FROM q UNION ALL SELECT id, priority, queued_at FROM ok) a
 		ORDER BY priority DESC, queued_at, id
 		LIMIT $1),
 	c AS MATERIALIZED (
 		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT id FROM pick)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`, freeing)
+}
+
+// freedCTEs read the limited instances $6 whose tries the transaction
+// ended (fr), and what they free per pool (fp: slots, and the largest
+// instance's) and per key (fk).
+const freedCTEs = `fr AS MATERIALIZED (
+		SELECT pool, pool_slots, task_key, concurrency_key FROM task_instances WHERE id = ANY ($6::bigint[]) AND limited),
+	fp AS MATERIALIZED (SELECT pool, sum(pool_slots)::int AS n, max(pool_slots) AS big FROM fr GROUP BY pool),
+	fk AS MATERIALIZED (
+		SELECT key, count(*)::int AS n FROM (
+			SELECT task_key AS key FROM fr WHERE task_key IS NOT NULL
+			UNION ALL
+			SELECT concurrency_key FROM fr WHERE concurrency_key IS NOT NULL) y
+		GROUP BY key),
+	`
+
+// freedRunning makes limitedCandidates read each counter's running count
+// less what fp and fk free.
+var freedRunning = strings.NewReplacer(
+	"tk.running", "(tk.running - coalesce((SELECT n FROM fk WHERE fk.key = tk.key), 0))",
+	"p.running", "(p.running - coalesce((SELECT n FROM fp WHERE fp.pool = p.name), 0))",
+	"k.running", "(k.running - coalesce((SELECT n FROM fk WHERE fk.key = k.key), 0))")
+
+// earlyClaimSQL is the claim a finish sends before its release's
+// increment (finishInClaim), when it may not lock a counter yet: the
+// best unlimited instances ($1 at most) that rank before every queued
+// limited one (priority above theirs); fastClaimFreeingSQL, with COMMIT,
+// claims the rest in claim order. $2–$5 as in fastClaimSQL.
+var earlyClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+				AND priority > coalesce((SELECT max(priority) FROM task_queue WHERE limited), -2147483648)
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
 // limitedCols are what the claim reads of a limited candidate t (a queue
@@ -691,6 +796,7 @@ type finishTx struct {
 	first     map[int64]int // the result that counts for each instance; later ones are duplicates
 	order     []int         // those results in instance id order, the order rows are written in
 	failedIDs []int64       // instances whose try failed and may be retried
+	freedIDs  []int64       // limited instances whose try the outcome statement ended
 	policies  map[int64]policy
 
 	// What the outcome statement applied.
@@ -842,6 +948,9 @@ func (f *finishTx) readOutcomes(rows pgx.Rows) error {
 			// pipeline decides with wokeSQL instead).
 			f.rl.freed = f.rl.freed || limited
 		}
+		if limited {
+			f.freedIDs = append(f.freedIDs, id)
+		}
 		f.applied[id], f.runOf[id], f.taskOf[id] = st, run, task
 		switch {
 		case st == state.None:
@@ -898,13 +1007,15 @@ func (f *finishTx) record(ctx context.Context) error {
 		rows.Close()
 		return err
 	}
-	// The outcome statement locks the counters of the tries it ends
-	// before the join's increment: every finish takes a pool's counter
-	// before the hot rows of the release, in the same order.
-	qs := append([]finalQuery{{sql: outcomeSQL, args: args, read: f.readOutcomes}}, f.countNow()...)
+	// The counters of the tries ended are given back with COMMIT, by
+	// fastClaimFreeingSQL, not by the outcome statement: a pool's counter
+	// is locked from there to the commit, after the release's hot rows
+	// (a join every finish of a fan-in increments), in that order, and
+	// this round trip's claim (earlyClaimSQL) locks none.
+	qs := []finalQuery{hotOff, {sql: outcomeHotSQL, args: args, read: f.readOutcomes}, limitsOn}
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
-			finalQuery{sql: fastClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+			finalQuery{sql: earlyClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
 	}
 	// The final log chunks go before the increment: the join a fan-in's
 	// finishes all increment stays locked from its increment to the
@@ -917,14 +1028,25 @@ func (f *finishTx) record(ctx context.Context) error {
 			var err error
 			f.waitingAfter, err = f.rl.readIncrement(rows)
 			return err
-		}})
+		}}, setsOn)
 	if err := p.queryAll(ctx, qs...); err != nil {
 		return err
 	}
-	if claim != nil && claim.cl.capped == 0 && len(claim.cl.out) < claim.max {
-		// Sent with COMMIT, before the run's settling, once the slots the
-		// finish freed are counted.
-		p.beforeCommit(fastClaimSQL, claim.args(claim.max-len(claim.cl.out)), claim.cl.readClaimed)
+	// Sent with COMMIT, before the run's settling: the claim of the
+	// slots left, which also gives back the counters of the tries ended.
+	left, cargs, read := 0, []any{0, f.now, "", "", 0}, ignoreRows
+	if claim != nil {
+		if claim.cl.capped == 0 {
+			left = claim.max - len(claim.cl.out)
+		}
+		cargs, read = claim.args(left), claim.cl.readClaimed
+	}
+	if left > 0 || len(f.freedIDs) > 0 {
+		freed := append([]int64{}, f.freedIDs...)
+		p.finals = append(p.finals, setsOff, finalQuery{sql: fastClaimFreeingSQL, args: append(cargs, freed), read: read}, setsOn)
+	}
+	if len(f.freedIDs) > 0 {
+		p.finals = append(p.finals, f.countNow()...)
 	}
 	return nil
 }
@@ -1095,6 +1217,9 @@ func (f *finishTx) settleRuns(ctx context.Context) error { return f.rl.settle(ct
 // the claim's order (pools, then keys, by name): the counter trigger
 // would otherwise lock them in row order, and two finishes could
 // deadlock.
+//
+// The tries it ends leave task_running in the same statement (migration
+// 00019: the set trigger may then be off, setsOff).
 const outcomeSQL = `
 		WITH lt AS MATERIALIZED (
 			SELECT pool, task_key, concurrency_key FROM task_instances WHERE id = ANY($1) AND limited
@@ -1103,7 +1228,24 @@ const outcomeSQL = `
 		), lk AS MATERIALIZED (
 			SELECT key FROM concurrency_keys WHERE key IN (SELECT task_key FROM lt UNION SELECT concurrency_key FROM lt)
 			ORDER BY key FOR NO KEY UPDATE
-		)
+		), o AS (` + outcomeUpdate + `
+			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index
+		), rd AS (DELETE FROM task_running WHERE ti_id = ANY (ARRAY(SELECT id FROM o)))
+		SELECT * FROM o`
+
+// outcomeHotSQL is outcomeSQL for a finish whose counters
+// fastClaimFreeingSQL updates, with COMMIT: it locks none, and runs with
+// the counter trigger off (limitsOff). Its parameters and rows are
+// outcomeSQL's.
+const outcomeHotSQL = `
+		WITH o AS (` + outcomeUpdate + `
+		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index
+		), rd AS (DELETE FROM task_running WHERE ti_id = ANY (ARRAY(SELECT id FROM o)))
+		SELECT * FROM o`
+
+// outcomeUpdate is the compare-and-set of outcomeSQL, without RETURNING.
+const outcomeUpdate = `
 		UPDATE task_instances t SET
 			state = CASE WHEN t.state = 'restarting' THEN 'none' ELSE u.state END,
 			ended_at = CASE WHEN t.state = 'restarting' THEN NULL ELSE u.ended_at END,
@@ -1119,9 +1261,7 @@ const outcomeSQL = `
 		FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::timestamptz[],
 				$8::timestamptz[])
 			AS u(id, try, state, ended_at, output, error, next_retry_at, started_at)
-		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')
-			AND (SELECT count(*) FROM lp) + (SELECT count(*) FROM lk) >= 0
-		RETURNING t.id, t.run_id, t.task_id, t.state, t.limited, t.map_index`
+		WHERE t.id = u.id AND t.id = ANY($1) AND t.try_number = u.try AND t.state IN ('running', 'restarting')`
 
 // wokeSQL reads whether the counter trigger found a slot freed where an
 // instance could not start (trellis.wake): the finish must wake claimers.

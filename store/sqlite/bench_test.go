@@ -168,3 +168,76 @@ func BenchmarkReleaseWide(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkWideFinishAndClaim replays what one worker of the wide
+// benchmark asks of the store: runs of root → 10,000 tasks → join,
+// finished in batches of batch results (each with a short log, as a Func
+// task's try sends) by FinishAndClaim, which claims as many again in the
+// same transaction. One op is one task instance claimed and finished;
+// cpu-µs/task is the process's CPU per op (the run creations and the
+// claims that begin each run left out), which the machine's load moves
+// less than the wall clock.
+func BenchmarkWideFinishAndClaim(b *testing.B) {
+	for _, batch := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			ctx := context.Background()
+			s := benchStore(b)
+			sp := fanSpec("wide", 10_000)
+			if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+				b.Fatal(err)
+			}
+			t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			w := store.Worker{ID: "bench", Hostname: "h", PID: 1}
+			log := []byte("2026-01-01T00:00:00Z INFO task done dag=bench_wide task=t00001\n")
+			runs := 0
+			var held []store.Claimed
+			var cpu, setupCPU time.Duration
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			for done := 0; done < b.N; {
+				if len(held) == 0 {
+					b.StopTimer()
+					c0 := cpuTime()
+					cs, err := s.ClaimTasks(ctx, w, batch, t0)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if len(cs) == 0 {
+						ld := t0.Add(time.Duration(runs) * time.Hour)
+						if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("r%d", runs),
+							RunType: store.RunManual, LogicalDate: ld, Fingerprint: sp.Fingerprint}); err != nil {
+							b.Fatal(err)
+						}
+						if _, err := s.StartRuns(ctx, sp.DAGID, ld); err != nil {
+							b.Fatal(err)
+						}
+						runs++
+					}
+					held = cs
+					setupCPU += cpuTime() - c0
+					b.StartTimer()
+					continue
+				}
+				rs := make([]store.Result, len(held))
+				for i, c := range held {
+					rs[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success,
+						StartedAt: t0, EndedAt: t0, Log: log}
+				}
+				out, cs, err := s.FinishAndClaim(ctx, rs, w, batch, t0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, o := range out {
+					if !o.Applied {
+						b.Fatalf("finish not applied: %+v", o)
+					}
+				}
+				done += len(rs)
+				held = cs
+			}
+			cpu = cpuTime() - cpu0 - setupCPU
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/task")
+		})
+	}
+}

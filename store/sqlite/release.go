@@ -147,7 +147,14 @@ type finished struct {
 	was state.TaskState
 	// skip lists direct downstream tasks to skip (an unfollowed branch).
 	skip map[string]bool
+	// n is how many instances this stands for (0 means 1): consecutive
+	// results of a batch that moved the same counter of one and the same
+	// downstream task are released together (releaseGroup).
+	n int
 }
+
+// count returns how many instances f stands for.
+func (f finished) count() int { return max(f.n, 1) }
 
 // release propagates the final states in done through run ri: for each
 // direct downstream instance it moves the counters, and an instance still
@@ -168,11 +175,11 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 		set := ""
 		switch {
 		case inc != "" && dec != "":
-			set = inc + ` = ` + inc + ` + 1, ` + dec + ` = ` + dec + ` - 1`
+			set = inc + ` = ` + inc + ` + ?3, ` + dec + ` = ` + dec + ` - ?3`
 		case inc != "":
-			set = inc + ` = ` + inc + ` + 1`
+			set = inc + ` = ` + inc + ` + ?3`
 		default:
-			set = dec + ` = ` + dec + ` - 1`
+			set = dec + ` = ` + dec + ` - ?3`
 		}
 		downstream := ri.st.downstream(f.taskID)
 		if len(downstream) == 0 {
@@ -186,17 +193,18 @@ func (e *engine) release(ri *runInfo, done ...finished) error {
 			rows *sql.Rows
 			err  error
 		)
+		n := f.count()
 		if len(downstream) == 1 {
 			rows, err = e.w.query(`UPDATE task_instances SET `+set+`
-				WHERE run_id = ? AND call_key = '' AND task_id = ?`+returning, ri.id, downstream[0])
+				WHERE run_id = ?1 AND call_key = '' AND task_id = ?2`+returning, ri.id, downstream[0], n)
 		} else {
 			query := e.w.query
 			if len(downstream) > bulkRows {
 				query = e.w.bulkQuery
 			}
 			rows, err = query(`UPDATE task_instances SET `+set+`
-				WHERE run_id = ? AND call_key = '' AND task_id IN (SELECT value FROM json_each(?))`+returning,
-				ri.id, idList(downstream))
+				WHERE run_id = ?1 AND call_key = '' AND task_id IN (SELECT value FROM json_each(?2))`+returning,
+				ri.id, idList(downstream), n)
 		}
 		if err != nil {
 			return fmt.Errorf("count upstream of the tasks after %q: %w", f.taskID, err)
@@ -541,22 +549,27 @@ func (e *engine) finishBatch(results []store.Result) ([]store.FinishOutcome, err
 	if err := e.w.s.fault(FaultFinishRecorded); err != nil {
 		return nil, err
 	}
-	for _, p := range pending {
+	for i := 0; i < len(pending); {
+		p := pending[i]
 		e.touch(p.ri.id)
-		if p.restarted {
-			if err := e.evaluate(p.ri, p.f.taskID); err != nil {
+		if !p.restarted {
+			f := p.f
+			f.n = releaseGroup(pending[i:])
+			if err := e.release(p.ri, f); err != nil {
 				return nil, err
 			}
-			var cur string
-			if err := e.w.queryRow(`SELECT state FROM task_instances WHERE id = ?`, out[p.index].ID).Scan(&cur); err != nil {
-				return nil, err
-			}
-			out[p.index].State = state.TaskState(cur)
+			i += f.n
 			continue
 		}
-		if err := e.release(p.ri, p.f); err != nil {
+		i++
+		if err := e.evaluate(p.ri, p.f.taskID); err != nil {
 			return nil, err
 		}
+		var cur string
+		if err := e.w.queryRow(`SELECT state FROM task_instances WHERE id = ?`, out[p.index].ID).Scan(&cur); err != nil {
+			return nil, err
+		}
+		out[p.index].State = state.TaskState(cur)
 	}
 	if err := e.w.s.fault(FaultFinishReleased); err != nil {
 		return nil, err
@@ -568,6 +581,37 @@ func (e *engine) finishBatch(results []store.Result) ([]store.FinishOutcome, err
 		return nil, err
 	}
 	return out, nil
+}
+
+// releaseGroup returns how many of the pending releases ps, from the
+// first, can be released together: the same run, no branch skips, the
+// same final state reached for the first time, and one and the same sole
+// downstream task, e.g. the tasks of a fan-out finishing into their join.
+// Released together, they move its counter once by their number: every
+// trigger rule decides k upstream instances reaching one state counted at
+// once as counted one by one (TestReleaseGroupDecidesAsOneByOne), and with
+// one downstream task nothing released in between can reach it (no
+// cycles).
+func releaseGroup(ps []pendingRelease) int {
+	p := ps[0]
+	if len(p.f.skip) > 0 || p.f.was != "" {
+		return 1
+	}
+	down, ok := p.ri.st.soleDownstream(p.f.taskID)
+	if !ok {
+		return 1
+	}
+	n := 1
+	for _, q := range ps[1:] {
+		if q.restarted || q.ri != p.ri || len(q.f.skip) > 0 || q.f.state != p.f.state || q.f.was != p.f.was {
+			break
+		}
+		if d, ok := p.ri.st.soleDownstream(q.f.taskID); !ok || d != down {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // branchSkips returns the direct downstream tasks of a Branch task to skip

@@ -1,8 +1,10 @@
 package sqlite_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 	"github.com/trellis-dag/trellis/store/sqlite"
@@ -469,5 +472,91 @@ func TestFinishBatchRepeatedResult(t *testing.T) {
 	next, err := s.ClaimTasks(t.Context(), store.Worker{ID: "w"}, 2, t0)
 	if err != nil || len(next) != 1 || next[0].TaskID != "c" {
 		t.Fatalf("after the batch, claimed %v (err %v); want c alone", next, err)
+	}
+}
+
+// TestFinishBatchFanIn finishes several upstream tasks of two joins in
+// one batch, each result with its output and log: consecutive results
+// reaching one state move their join's counter once by their number
+// (releaseGroup), and each join is queued exactly when its last upstream
+// task is counted.
+func TestFinishBatchFanIn(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{})
+	j := task("j", "a", "b", "c", "d")
+	k := task("k", "e", "f", "g")
+	k.TriggerRule = dag.AllDone
+	syncRun(t, s, store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 1,
+		Tasks: []store.TaskSpec{task("a"), task("b"), task("c"), task("d"), j, task("e"), task("f"), task("g"), k}}, "r", t0)
+	w := store.Worker{ID: "w"}
+	cs, err := s.ClaimTasks(t.Context(), w, 10, t0)
+	if err != nil || len(cs) != 7 {
+		t.Fatal(cs, err)
+	}
+	byTask := map[string]store.Claimed{}
+	for _, c := range cs {
+		byTask[c.TaskID] = c
+	}
+	big := bytes.Repeat([]byte("x"), 100<<10) // beyond what a batch queues
+	result := func(id string, st state.TaskState) store.Result {
+		c := byTask[id]
+		log := []byte("log of " + id + "\n\x00\xff")
+		if id == "g" {
+			log = big
+		}
+		return store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: st, EndedAt: t0.Add(time.Second),
+			Output: json.RawMessage(`{"task":"` + id + `"}`), Log: log}
+	}
+	claimed := func(want ...string) {
+		t.Helper()
+		next, err := s.ClaimTasks(t.Context(), w, 10, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range next {
+			got = append(got, c.TaskID)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("claimed %q; want %q", got, want)
+		}
+	}
+	// j waits for d; k's upstream tasks end in three states.
+	out, err := s.FinishTasks(t.Context(), []store.Result{result("a", state.Success), result("b", state.Success),
+		result("e", state.Success), result("f", state.Failed), result("c", state.Success), result("g", state.Success)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range out {
+		if !o.Applied {
+			t.Errorf("outcome %d not applied: %+v", i, o)
+		}
+	}
+	claimed("k")
+	if _, err := s.FinishTasks(t.Context(), []store.Result{result("d", state.Success)}); err != nil {
+		t.Fatal(err)
+	}
+	claimed("j")
+	for _, id := range []string{"a", "b", "c", "d", "e", "f", "g"} {
+		ti, err := s.GetTaskInstance(t.Context(), "d", "r", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := state.Success
+		if id == "f" {
+			want = state.UpForRetry
+			if byTask[id].MaxTries <= 1 {
+				want = state.Failed
+			}
+		}
+		if ti.State != want || string(ti.Output) != `{"task":"`+id+`"}` || ti.EndedAt == nil || !ti.EndedAt.Equal(t0.Add(time.Second)) {
+			t.Errorf("%s: state %s, output %s, ended %v; want %s, its output, %v", id, ti.State, ti.Output, ti.EndedAt, want, t0.Add(time.Second))
+		}
+		log, err := s.ReadLog(t.Context(), "d", "r", id, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantLog := result(id, state.Success).Log; !bytes.Equal(log, wantLog) {
+			t.Errorf("%s: log of %d bytes %q…; want %d bytes %q…", id, len(log), log[:min(len(log), 20)], len(wantLog), wantLog[:min(len(wantLog), 20)])
+		}
 	}
 }

@@ -81,6 +81,19 @@ func (st *structure) downstream(id string) []string {
 	return st.names(st.down.of(i))
 }
 
+// soleDownstream returns the number of the only direct downstream task
+// of id; false when id has none, several, or is unknown.
+func (st *structure) soleDownstream(id string) (int32, bool) {
+	i, ok := st.index[id]
+	if !ok {
+		return 0, false
+	}
+	if d := st.down.of(i); len(d) == 1 {
+		return d[0], true
+	}
+	return 0, false
+}
+
 // upstream returns the direct upstream task ids of id.
 func (st *structure) upstream(id string) []string {
 	i, ok := st.index[id]
