@@ -28,16 +28,20 @@ const (
 
 // Metrics of the deferred scenario.
 const (
-	MetricDeferAllSeconds   = "defer_all_seconds"
-	MetricCPUCores          = "cpu_cores_while_deferred"
-	MetricRunningMax        = "running_slots_max_while_deferred"
-	MetricDeferredMin       = "deferred_min_while_deferred"
-	MetricEventResumeP50    = "event_resume_p50_ms"
-	MetricEventResumeP99    = "event_resume_p99_ms"
-	MetricEventResumeMax    = "event_resume_max_ms"
-	deferredWindow          = 5 * time.Second
-	deferredQuickWindow     = 2 * time.Second
-	deferredPoll            = 50 * time.Millisecond
+	MetricDeferAllSeconds = "defer_all_seconds"
+	MetricCPUCores        = "cpu_cores_while_deferred"
+	MetricRunningMax      = "running_slots_max_while_deferred"
+	MetricDeferredMin     = "deferred_min_while_deferred"
+	MetricEventResumeP50  = "event_resume_p50_ms"
+	MetricEventResumeP99  = "event_resume_p99_ms"
+	MetricEventResumeMax  = "event_resume_max_ms"
+	deferredWindow        = 5 * time.Second
+	deferredQuickWindow   = 2 * time.Second
+	deferredPoll          = 50 * time.Millisecond
+	// deferredSample is the pause between two samples of the slots in
+	// use in a CPU window: on SQLite the sampling's count queries run in
+	// this process and count in its CPU, so they are kept sparse.
+	deferredSample          = 250 * time.Millisecond
 	eventSpacing            = 10 * time.Millisecond
 	MetricSensorsDoneSecond = "sensors_done_seconds"
 	// MetricCPUCoresWorkers is the worker processes' part of
@@ -59,7 +63,7 @@ const (
 	// nothing due), per MetricPokesPerSecond. The sensors' CPU between
 	// their pokes is the idle part; this is the part the pokes add.
 	MetricCPUPerPoke = "cpu_us_per_poke"
-	MetricSlotsIdle      = "slots_used_max_nothing_due"
+	MetricSlotsIdle  = "slots_used_max_nothing_due"
 	// ResumeTimed is how many events (10 ms apart) the latency is
 	// measured on; the other deferred tasks are released at once after.
 	ResumeTimed = 500
@@ -246,7 +250,7 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 			return 0, 0, err
 		}
 		maxRunning, minDeferred = max(maxRunning, r), min(minDeferred, d)
-		time.Sleep(deferredPoll)
+		time.Sleep(deferredSample)
 	}
 	cpu1, err := TreeCPU(os.Getpid())
 	if err != nil {
@@ -330,7 +334,7 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) (idle float64, err er
 			return 0, err
 		}
 		maxRunning = max(maxRunning, r)
-		time.Sleep(deferredPoll)
+		time.Sleep(deferredSample)
 	}
 	cpu1, err := TreeCPU(os.Getpid())
 	if err != nil {

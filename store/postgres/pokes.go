@@ -19,9 +19,13 @@ import (
 // cleared, marked, deleted) is deleted instead. The run's columns (DAG,
 // run id, dates, conf) go with the first poke of each run only (NULL on
 // the others, copied in Go): fewer values to send and decode per poke.
+// The instance's columns come from the due scan, which reads each
+// instance through its key already (a second join would hash the whole
+// table when it is small).
 const claimPokesSQL = `
 	WITH due AS MATERIALIZED (
-		SELECT p.ti_id, coalesce(t.state = 'deferred' AND t.try_number = p.try_number, false) AS live
+		SELECT p.ti_id, coalesce(t.state = 'deferred' AND t.try_number = p.try_number, false) AS live,
+			t.run_id, t.task_id, t.dag_id, t.trigger_timeout
 		FROM sensor_pokes p LEFT JOIN task_instances t ON t.id = p.ti_id
 		WHERE p.due_at <= $1
 		ORDER BY p.due_at
@@ -36,10 +40,10 @@ const claimPokesSQL = `
 		CASE WHEN first THEN dag_id END, CASE WHEN first THEN dag_run_id END,
 		CASE WHEN first THEN logical_date END, CASE WHEN first THEN interval_start END,
 		CASE WHEN first THEN interval_end END, CASE WHEN first THEN conf END
-	FROM (SELECT u.ti_id, u.try_number, u.lease, t.run_id, t.task_id, t.trigger_timeout, t.dag_id,
+	FROM (SELECT u.ti_id, u.try_number, u.lease, d.run_id, d.task_id, d.trigger_timeout, d.dag_id,
 			r.run_id AS dag_run_id, r.logical_date, r.interval_start, r.interval_end, r.conf,
-			row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 AS first
-		FROM u JOIN task_instances t ON t.id = u.ti_id JOIN dag_runs r ON r.id = t.run_id) x
+			row_number() OVER (PARTITION BY d.run_id ORDER BY d.ti_id) = 1 AS first
+		FROM u JOIN due d ON d.ti_id = u.ti_id JOIN dag_runs r ON r.id = d.run_id) x
 	ORDER BY ti_id`
 
 // nextPokeSQL is the earliest due time of the poke rows (leases

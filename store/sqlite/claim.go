@@ -67,15 +67,16 @@ func (s *Store) ClaimTasks(ctx context.Context, wk store.Worker, max int, now ti
 
 // claimIn is ClaimTasks inside the write transaction w.
 //
-// Whether a limited instance is queued is asked of the index of queued
-// limited instances by name: without statistics the planner prefers the
-// index of all queued instances and reads every one of them (10,000 rows
-// per claim while a wide run's tasks wait).
+// Whether a limited instance, or one of a DAG with MaxActiveTasks, is
+// queued is asked of the indexes of queued limited instances and of
+// queued instances by DAG by name: without statistics the planner prefers
+// the index of all queued instances and reads every one of them (10,000
+// rows per claim while a wide run's tasks wait).
 func claimIn(w *txn, wk store.Worker, max int, now time.Time) ([]store.Claimed, error) {
 	var capped, limited bool
 	if err := w.queryRow(`SELECT EXISTS (SELECT 1 FROM dags d WHERE d.max_active_tasks > 0
-		AND EXISTS (SELECT 1 FROM task_instances t WHERE t.dag_id = d.dag_id
-			AND t.state IN ('queued', 'running', 'restarting') AND t.state = 'queued')),
+		AND EXISTS (SELECT 1 FROM task_instances t INDEXED BY task_instances_dag_queued
+			WHERE t.dag_id = d.dag_id AND t.state = 'queued')),
 		EXISTS (SELECT 1 FROM task_instances INDEXED BY task_instances_claim_limited
 			WHERE state = 'queued' AND limited)`).Scan(&capped, &limited); err != nil {
 		return nil, err

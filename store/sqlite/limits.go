@@ -90,8 +90,7 @@ func chooseLimited(w *txn, limit int) ([]int64, error) {
 	a := store.NewAdmitter(nil)
 	var saturated []string
 	rows, err := w.query(`SELECT d.dag_id, d.max_active_tasks - (SELECT count(*) FROM task_instances t
-			WHERE t.dag_id = d.dag_id AND t.state IN ('queued', 'running', 'restarting')
-				AND t.state IN ('running', 'restarting'))
+			INDEXED BY task_instances_running WHERE t.state IN ('running', 'restarting') AND t.dag_id = d.dag_id)
 		FROM dags d WHERE d.max_active_tasks > 0`)
 	if err != nil {
 		return nil, err
