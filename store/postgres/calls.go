@@ -43,6 +43,10 @@ type callTx struct {
 	found   map[callKey]callee        // existing and created call instances
 	created int
 	made    []callKey // the keys of the created instances, read back before COMMIT
+	// pre are the existing instances of the calls of callers in this run,
+	// read with the callers (prefound); findExisting reads them otherwise.
+	pre      map[callKey]callee
+	prefound bool
 
 	// Read under the run's lock for the calls to create (readNumbers).
 	next    map[string]int     // the next map index of each callable
@@ -153,13 +157,13 @@ func checkCalls(b store.CallBatch) error {
 	return nil
 }
 
-// readCallers reads the callers of batches todo, answers those not running
-// their try (ErrStale) in out, groups the others by run (a call from
-// outside is a group of its own), and takes the runs' advisory locks in
-// run order: the calls of one run are serialised (map indexes, the cap,
-// cycles). Callers are not locked: the finishing transactions of callees
-// lock callee rows, then callers, then runs, and a call transaction writes
-// callers not at all.
+// readCallers reads the callers of batches todo and, in the same round
+// trip, the existing instances of their calls; answers those not running
+// their try (ErrStale) in out, and groups the others by run (a call from
+// outside is a group of its own), sorted by run (lockAndNumber locks the
+// runs in that order). Callers are not locked: the finishing transactions
+// of callees lock callee rows, then callers, then runs, and a call
+// transaction writes callers not at all.
 func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.CallBatch, todo []int, out []store.CallAnswer) ([]*callTx, error) {
 	var ids []int64
 	for _, i := range todo {
@@ -175,23 +179,55 @@ func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.Call
 		try              int
 	}
 	rows := map[int64]row{}
+	// The calls' existing instances are looked for in the same round trip,
+	// in each caller's run (findExisting uses them).
+	pre := map[int64]map[callKey]callee{}
 	if len(ids) > 0 {
-		rs, err := tx.Query(ctx, `SELECT t.id, t.run_id, r.version_id, t.dag_id, r.run_id, t.priority, t.map_index, t.state, t.try_number
-			FROM task_instances t JOIN dag_runs r ON r.id = t.run_id WHERE t.id = ANY($1)`, ids)
-		if err != nil {
-			return nil, err
-		}
-		for rs.Next() {
-			var id int64
-			var r row
-			if err := rs.Scan(&id, &r.runID, &r.versionID, &r.dagID, &r.runName, &r.priority, &r.mi, &r.st, &r.try); err != nil {
-				rs.Close()
-				return nil, err
+		var callers []int64
+		var tasks, keys []string
+		for _, i := range todo {
+			b := batches[i]
+			if b.Caller.ID == 0 {
+				continue
 			}
-			rows[id] = r
+			for _, call := range b.Calls {
+				callers, tasks, keys = append(callers, b.Caller.ID), append(tasks, call.TaskID), append(keys, call.Key)
+			}
 		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
+		err := tx.queryAll(ctx, finalQuery{
+			sql: `SELECT t.id, t.run_id, r.version_id, t.dag_id, r.run_id, t.priority, t.map_index, t.state, t.try_number
+				FROM task_instances t JOIN dag_runs r ON r.id = t.run_id WHERE t.id = ANY($1)`,
+			args: []any{ids},
+			read: func(rs pgx.Rows) error {
+				for rs.Next() {
+					var id int64
+					var r row
+					if err := rs.Scan(&id, &r.runID, &r.versionID, &r.dagID, &r.runName, &r.priority, &r.mi, &r.st, &r.try); err != nil {
+						return err
+					}
+					rows[id] = r
+				}
+				return nil
+			},
+		}, finalQuery{
+			sql: findByCallersSQL, args: []any{callers, tasks, keys},
+			read: func(rs pgx.Rows) error {
+				for rs.Next() {
+					var run int64
+					var k callKey
+					var x callee
+					if err := rs.Scan(&run, &x.id, &k.task, &k.key, &x.mapIndex, &x.state, &x.output, &x.err); err != nil {
+						return err
+					}
+					if pre[run] == nil {
+						pre[run] = map[callKey]callee{}
+					}
+					pre[run][k] = x
+				}
+				return nil
+			},
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -210,7 +246,8 @@ func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.Call
 		}
 		c := byRun[r.runID]
 		if c == nil {
-			c = &callTx{s: s, tx: tx, runID: r.runID, versionID: r.versionID, dagID: r.dagID, runName: r.runName}
+			c = &callTx{s: s, tx: tx, runID: r.runID, versionID: r.versionID, dagID: r.dagID, runName: r.runName,
+				pre: pre[r.runID], prefound: true}
 			byRun[r.runID] = c
 			txs = append(txs, c)
 		}
@@ -368,6 +405,14 @@ func (c *callTx) findExisting(ctx context.Context) error {
 			tasks, keys = append(tasks, k.task), append(keys, k.key)
 		}
 	}
+	if c.prefound {
+		for _, k := range c.keys {
+			if x, ok := c.pre[k]; ok {
+				c.found[k] = x
+			}
+		}
+		return nil
+	}
 	rows, err := c.tx.Query(ctx, findCalleesSQL, c.runID, tasks, keys)
 	if err != nil {
 		return err
@@ -398,6 +443,15 @@ const findCalleesSQL = `SELECT t.id, t.task_id, t.call_key, t.map_index, t.state
 	FROM unnest($2::text[], $3::text[]) AS u(task_id, call_key)
 	CROSS JOIN LATERAL (SELECT * FROM task_instances t
 		WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t`
+
+// findByCallersSQL reads the call instances named by the (callable, key)
+// pairs $2, $3 in the run of the caller $1 of each: probes by id, then by
+// key.
+const findByCallersSQL = `SELECT c.run_id, t.id, t.task_id, t.call_key, t.map_index, t.state, t.output, t.error
+	FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(caller, task_id, call_key)
+	CROSS JOIN LATERAL (SELECT c.run_id FROM task_instances c WHERE c.id = u.caller LIMIT 1) AS c
+	CROSS JOIN LATERAL (SELECT * FROM task_instances t
+		WHERE t.run_id = c.run_id AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t`
 
 // nextIndexesSQL reads the run $1's count of calls, and the next map
 // index and key template of each callable $3 of version $2.
