@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -50,14 +49,10 @@ type callTx struct {
 	prefound bool
 
 	// Read under the run's lock for the calls to create (readNumbers).
-	next   map[string]int   // the next map index of each callable
-	next0  map[string]int   // next as read
-	keyed  map[string]keyOf // the callables with a concurrency key
-	nCalls int              // the run's count of calls
-	// optimistic: next and nCalls were read without the run's lock, which
-	// is taken with the writes (lockAndNumber, create).
-	optimistic bool
-	refused    map[callKey]string // calls not made, with why (for every caller)
+	next    map[string]int     // the next map index of each callable
+	keyed   map[string]keyOf   // the callables with a concurrency key
+	nCalls  int                // the run's count of calls
+	refused map[callKey]string // calls not made, with why (for every caller)
 }
 
 // caller is one batch of a callTx: the try making the calls.
@@ -126,9 +121,7 @@ func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBat
 		n += len(batches[i].Calls)
 	}
 	var txs []*callTx
-	tries := 0
 	err := s.inPipe(ctx, op, hotPlan(n), func(p *pipeTx) error {
-		tries++
 		for _, i := range todo {
 			out[i] = store.CallAnswer{}
 		}
@@ -137,8 +130,7 @@ func (s *Store) callMany(ctx context.Context, op string, batches []store.CallBat
 		if err != nil {
 			return err
 		}
-		// A try run again holds the run's lock from the numbers on.
-		return runCalls(ctx, p, txs, tries == 1)
+		return runCalls(ctx, p, txs)
 	})
 	if err != nil {
 		return nil, err
@@ -272,9 +264,8 @@ func readCallers(ctx context.Context, s *Store, tx *pipeTx, batches []store.Call
 // or may close a cycle are then locked together, in run order, and what
 // was missing is looked for again under the lock (another transaction may
 // have created it meanwhile), with the callables' next map indexes, in
-// the same round trip; when optimistic, calls that only create instances
-// take the lock with their writes instead (lockAndNumber).
-func runCalls(ctx context.Context, tx *pipeTx, txs []*callTx, optimistic bool) error {
+// the same round trip.
+func runCalls(ctx context.Context, tx *pipeTx, txs []*callTx) error {
 	for _, c := range txs {
 		if err := c.readRun(ctx); err != nil {
 			return err
@@ -283,7 +274,7 @@ func runCalls(ctx context.Context, tx *pipeTx, txs []*callTx, optimistic bool) e
 			return err
 		}
 	}
-	if err := lockAndNumber(ctx, tx, txs, optimistic); err != nil {
+	if err := lockAndNumber(ctx, tx, txs); err != nil {
 		return err
 	}
 	for _, c := range txs {
@@ -307,20 +298,14 @@ func (c *callTx) missing() (keys []callKey, tasks []string) {
 }
 
 // needsLock reports whether the calls of c must hold the run's lock:
-// they create instances, or needsCheck.
+// they create instances, come from outside, or some caller that is a call
+// instance found an unfinished callee (a possible cycle, checked against
+// the edges committed before).
 func (c *callTx) needsLock() bool {
-	if m, _ := c.missing(); len(m) > 0 {
+	if len(c.callers) > 0 && c.callers[0].b.Caller.ID == 0 {
 		return true
 	}
-	return c.needsCheck()
-}
-
-// needsCheck reports whether the calls of c must read under the run's
-// lock what they find: they come from outside (the run's state), or some
-// caller that is a call instance found an unfinished callee (a possible
-// cycle, checked against the edges committed before).
-func (c *callTx) needsCheck() bool {
-	if len(c.callers) > 0 && c.callers[0].b.Caller.ID == 0 {
+	if m, _ := c.missing(); len(m) > 0 {
 		return true
 	}
 	for _, cl := range c.callers {
@@ -339,71 +324,25 @@ func (c *callTx) needsCheck() bool {
 // lockAndNumber locks the runs of txs that need it (needsLock), finds
 // again their missing calls and reads, for those, the run's count of
 // calls and the next map index of each callable, in one round trip.
-//
-// When optimistic and no tx needsCheck, the numbers and the missing calls
-// are read without the lock (the numbers first) and the lock is queued
-// with the writes, so that it is held for no client round trip: create
-// then checks under it that what was missing still is and the cap still
-// holds (callsUnchangedSQL), and the INSERT numbers the instances after
-// the callable's last map index at that time. When the check fails, the
-// transaction fails as a serialization failure and runs again with the
-// lock taken here.
-func lockAndNumber(ctx context.Context, tx *pipeTx, txs []*callTx, optimistic bool) error {
+func lockAndNumber(ctx context.Context, tx *pipeTx, txs []*callTx) error {
+	var runs []int64
 	var locked []*callTx
 	for _, c := range txs {
-		if c.needsLock() {
-			locked = append(locked, c)
-			optimistic = optimistic && !c.needsCheck()
+		if !c.needsLock() {
+			continue
 		}
-	}
-	if len(locked) == 0 {
-		return nil
-	}
-	if optimistic {
-		if err := tx.queryAll(ctx, numberQueries(locked, true)...); err != nil {
-			return err
-		}
-		var runs []int64
-		for _, c := range locked {
-			if c.needsCheck() {
-				// A missing call was found unfinished meanwhile: read it
-				// again under the lock.
-				return lockAndNumber(ctx, tx, txs, false)
-			}
-			if m, _ := c.missing(); len(m) > 0 && (len(runs) == 0 || runs[len(runs)-1] != c.runID) {
-				runs = append(runs, c.runID)
-			}
-		}
-		if len(runs) == 0 {
-			return nil
-		}
-		tx.queue(lockRunsSQL, runs)
-		for _, c := range locked {
-			c.optimistic = true
-		}
-		return nil
-	}
-	var runs []int64
-	for _, c := range locked {
+		locked = append(locked, c)
 		if len(runs) == 0 || runs[len(runs)-1] != c.runID {
 			runs = append(runs, c.runID)
 		}
 	}
-	qs := []finalQuery{{sql: lockRunsSQL, args: []any{runs}, read: func(pgx.Rows) error { return nil }}}
-	return tx.queryAll(ctx, append(qs, numberQueries(locked, false)...)...)
-}
-
-// lockRunsSQL takes the run's lock of the runs $1, in id order.
-const lockRunsSQL = `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
-		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`
-
-// numberQueries finds again the missing calls of txs and reads their
-// runs' numbers (nextIndexesSQL); numbersFirst reads the numbers before,
-// so that without the lock a call created between the two statements is
-// either found or counted.
-func numberQueries(txs []*callTx, numbersFirst bool) []finalQuery {
-	var qs []finalQuery
-	for _, c := range txs {
+	if len(runs) == 0 {
+		return nil
+	}
+	qs := []finalQuery{{sql: `SELECT pg_advisory_xact_lock(hashtextextended('trellis_calls', id))
+		FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS x`, args: []any{runs},
+		read: func(pgx.Rows) error { return nil }}}
+	for _, c := range locked {
 		keys, names := c.missing()
 		if len(keys) == 0 {
 			continue
@@ -412,16 +351,12 @@ func numberQueries(txs []*callTx, numbersFirst bool) []finalQuery {
 		for i, k := range keys {
 			tasks[i], ks[i] = k.task, k.key
 		}
-		find := finalQuery{sql: findCalleesSQL, args: []any{c.runID, tasks, ks},
-			read: func(rows pgx.Rows) error { return c.readCallees(rows, false) }}
-		number := finalQuery{sql: nextIndexesSQL, args: []any{c.runID, c.versionID, names}, read: c.readNumbers}
-		if numbersFirst {
-			qs = append(qs, number, find)
-		} else {
-			qs = append(qs, find, number)
-		}
+		qs = append(qs,
+			finalQuery{sql: findCalleesSQL, args: []any{c.runID, tasks, ks},
+				read: func(rows pgx.Rows) error { return c.readCallees(rows, false) }},
+			finalQuery{sql: nextIndexesSQL, args: []any{c.runID, c.versionID, names}, read: c.readNumbers})
 	}
-	return qs
+	return tx.queryAll(ctx, qs...)
 }
 
 // readRun reads the run of a call from outside (locked by lockAndNumber
@@ -533,7 +468,7 @@ type keyOf struct {
 // readNumbers reads the rows of nextIndexesSQL.
 func (c *callTx) readNumbers(rows pgx.Rows) error {
 	defer rows.Close()
-	c.next, c.next0, c.keyed = map[string]int{}, map[string]int{}, map[string]keyOf{}
+	c.next, c.keyed = map[string]int{}, map[string]keyOf{}
 	for rows.Next() {
 		var task string
 		var last int
@@ -542,7 +477,6 @@ func (c *callTx) readNumbers(rows pgx.Rows) error {
 			return err
 		}
 		c.next[task] = last + 1
-		c.next0[task] = last + 1
 		if k.template != "" {
 			c.keyed[task] = k
 		}
@@ -565,7 +499,6 @@ func (c *callTx) create(ctx context.Context) error {
 	var ckeys []*string
 	var parents []int64
 	counters, queued := map[string]int{}, map[string]int{}
-	capped, maxCalls := false, math.MaxInt
 	for _, k := range missing {
 		n, ok := next[k.task]
 		owner := c.owner[k]
@@ -579,7 +512,6 @@ func (c *callTx) create(ctx context.Context) error {
 		}
 		if nCalls+len(tasks) >= owner.b.MaxCalls {
 			c.refused[k] = fmt.Sprintf("the run has reached its cap of %d calls (dag.MaxCalls)", owner.b.MaxCalls)
-			capped = true
 			continue
 		}
 		arg := c.first[k].Arguments
@@ -595,21 +527,14 @@ func (c *callTx) create(ctx context.Context) error {
 			queued[name]++
 		}
 		next[k.task] = n + 1
-		if owner.b.MaxCalls < maxCalls {
-			maxCalls = owner.b.MaxCalls
-		}
 		tasks, keys = append(tasks, k.task), append(keys, k.key)
 		args = append(args, string(arg))
-		// The INSERT adds the callable's next map index.
-		idx, prios = append(idx, int32(n-c.next0[k.task])), append(prios, int32(c.prio[k]))
+		idx, prios = append(idx, int32(n)), append(prios, int32(c.prio[k]))
 		ckeys = append(ckeys, ckey)
 		parents = append(parents, owner.b.Caller.ID)
 	}
 	if len(tasks) == 0 {
 		return nil
-	}
-	if c.optimistic {
-		c.tx.queue(callsUnchangedSQL, c.runID, capped, c.nCalls, len(tasks), maxCalls, tasks, keys)
 	}
 	if err := c.countKeys(ctx, counters, queued); err != nil {
 		return err
@@ -619,9 +544,7 @@ func (c *callTx) create(ctx context.Context) error {
 			map_index, max_tries, retries, priority, trigger_rule, retry_delay_ns, max_backoff_ns, timeout_ns, n_upstream,
 			concurrency_key, limited)
 		SELECT $1, $2, u.task_id, u.call_key, nullif(u.parent, 0), u.args::jsonb, 'queued', $3,
-			coalesce((SELECT max(t.map_index) FROM task_instances t
-				WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.map_index >= 0), -1) + 1 + u.map_index,
-			v.retries + 1, v.retries, greatest(v.priority, u.prio), v.trigger_rule, v.retry_delay_ns,
+			u.map_index, v.retries + 1, v.retries, greatest(v.priority, u.prio), v.trigger_rule, v.retry_delay_ns,
 			v.max_backoff_ns, v.timeout_ns, 0, u.ckey, u.ckey IS NOT NULL
 		FROM unnest($4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::int[], $10::bigint[])
 			WITH ORDINALITY AS u(task_id, call_key, args, map_index, ckey, prio, parent, ord)
@@ -637,17 +560,6 @@ func (c *callTx) create(ctx context.Context) error {
 		func(rows pgx.Rows) error { return c.readCallees(rows, true) })
 	return nil
 }
-
-// callsUnchangedSQL checks, under the run $1's lock, that the decisions
-// made on numbers read without it hold: the calls $6, $7 to create do not
-// exist, and the run's count of calls is still $3 when some were refused
-// by the cap (capped $2), else leaves room for the $4 created within the
-// cap $5.
-const callsUnchangedSQL = `SELECT trellis_calls_unchanged(
-	(SELECT CASE WHEN $2 THEN n_calls = $3 ELSE n_calls + $4 <= $5 END FROM dag_runs WHERE id = $1)
-	AND NOT EXISTS (SELECT 1 FROM unnest($6::text[], $7::text[]) AS u(task_id, call_key)
-		CROSS JOIN LATERAL (SELECT 1 FROM task_instances t
-			WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.call_key = u.call_key LIMIT 1) AS t))`
 
 // countKeys makes sure the counters of the concurrency keys of new call
 // instances exist with their limits and counts those instances as queued
