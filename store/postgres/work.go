@@ -98,9 +98,10 @@ func claimSelectFreeing(ctes, update string, freeing bool) string {
 	if freeing {
 		poolFreed = ` UNION ALL SELECT pool, -n FROM fp`
 		keyFreed = ` UNION ALL SELECT key, -n, 0 FROM fk`
-		poolWake = `CASE WHEN EXISTS (SELECT 1 FROM fp WHERE fp.pool = p.name AND p.slots >= 0 AND p.running + fp.big > p.slots)
+		poolWake = `CASE WHEN EXISTS (SELECT 1 FROM fp WHERE fp.pool = p.name AND p.slots >= 0 AND p.running + fp.big > p.slots
+					AND p.running + x.n + fp.big <= p.slots)
 				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
-		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim)
+		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim AND k.running + x.n < k.lim)
 				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
 	}
 	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
