@@ -26,6 +26,7 @@ type finisher struct {
 
 	mu       sync.Mutex
 	pending  []store.Result
+	held     []bool // pending[i] holds its try's slot (Worker.reserved) for the claim of its finish
 	closing  bool
 	closedAt time.Time // when closing began
 	spooling bool      // the store was given up on: spool without trying
@@ -64,9 +65,16 @@ func newFinisher(w *Worker) *finisher {
 }
 
 // submit queues r for the next commit.
-func (f *finisher) submit(r store.Result) {
+func (f *finisher) submit(r store.Result) { f.add(r, false) }
+
+// submitHeld queues r, whose try's slot the caller reserved (under
+// Worker.mu) for the claim of r's finish; the finish releases it.
+func (f *finisher) submitHeld(r store.Result) { f.add(r, true) }
+
+func (f *finisher) add(r store.Result, held bool) {
 	f.mu.Lock()
 	f.pending = append(f.pending, r)
+	f.held = append(f.held, held)
 	f.mu.Unlock()
 	notify(f.signal)
 }
@@ -92,14 +100,14 @@ func (f *finisher) loop() {
 				t := f.w.cfg.Clock.NewTimer(d)
 				<-t.C()
 			}
-			batch, closing := f.take()
+			batch, held, closing := f.take()
 			if len(batch) == 0 {
 				if closing {
 					return
 				}
 				break
 			}
-			f.commit(batch)
+			f.commit(batch, held)
 		}
 	}
 }
@@ -110,16 +118,24 @@ func (f *finisher) hasPending() bool {
 	return len(f.pending) > 0
 }
 
-func (f *finisher) take() ([]store.Result, bool) {
+// take returns the next batch, how many slots its results hold, and
+// whether the finisher is closing.
+func (f *finisher) take() ([]store.Result, int, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := min(len(f.pending), maxFinishBatchItems)
 	batch := f.pending[:n:n]
-	f.pending = f.pending[n:]
-	if len(f.pending) == 0 {
-		f.pending = nil
+	held := 0
+	for _, h := range f.held[:n] {
+		if h {
+			held++
+		}
 	}
-	return batch, f.closing
+	f.pending, f.held = f.pending[n:], f.held[n:]
+	if len(f.pending) == 0 {
+		f.pending, f.held = nil, nil
+	}
+	return batch, held, f.closing
 }
 
 // giveUp reports whether a stopping worker stops waiting for the store:
@@ -163,10 +179,10 @@ func (f *finisher) wait(d time.Duration) bool {
 	return false
 }
 
-// commit records batch, retrying and splitting on errors, then tells the
-// worker which results are settled.
-func (f *finisher) commit(batch []store.Result) {
-	outcomes, drained, err := f.finish(batch)
+// commit records batch, whose results hold held slots, retrying and
+// splitting on errors, then tells the worker which results are settled.
+func (f *finisher) commit(batch []store.Result, held int) {
+	outcomes, drained, err := f.finish(batch, held)
 	if err != nil && unavailable(err) {
 		f.spool(batch, err)
 		f.w.settled(batch, nil, true)
@@ -175,7 +191,7 @@ func (f *finisher) commit(batch []store.Result) {
 	if err != nil && len(batch) > 1 {
 		f.w.cfg.Logger.Warn("finish batch failed; recording results one by one", "results", len(batch), "err", err)
 		for _, r := range batch {
-			f.commit([]store.Result{r})
+			f.commit([]store.Result{r}, 0)
 		}
 		return
 	}
@@ -226,8 +242,15 @@ func (f *finisher) spool(batch []store.Result, cause error) {
 // for the worker's free slots and launches them (FinishAndClaim): a task
 // released by the batch starts without a claim transaction of its own.
 // drained reports that the claim took fewer tries than it asked for, so
-// nothing claimable was left queued.
-func (f *finisher) finish(batch []store.Result) (outcomes []store.FinishOutcome, drained bool, err error) {
+// nothing claimable was left queued. The held slots of the batch's tries
+// are claimed for in the first attempt (unless the worker stops or
+// drains) and released after it.
+func (f *finisher) finish(batch []store.Result, held int) (outcomes []store.FinishOutcome, drained bool, err error) {
+	release := func() {
+		f.w.unreserveSlots(held)
+		held = 0
+	}
+	defer release()
 	backoff := finishFirstBackoff
 	failures := 0 // other than the store being unavailable
 	outage := false
@@ -240,17 +263,22 @@ func (f *finisher) finish(batch []store.Result) (outcomes []store.FinishOutcome,
 			claimed []store.Claimed
 		)
 		slots := f.w.reserveSlots()
+		ask := slots
+		if held > 0 && f.w.mayClaim() {
+			ask += held
+		}
 		err = f.w.storeCall(func(ctx context.Context) error {
 			var e error
-			out, claimed, e = f.w.cfg.Store.FinishAndClaim(ctx, batch, f.w.self, slots, f.w.cfg.Clock.Now())
+			out, claimed, e = f.w.cfg.Store.FinishAndClaim(ctx, batch, f.w.self, ask, f.w.cfg.Clock.Now())
 			return e
 		})
-		drained := len(claimed) < slots
-		if slots > 0 && err == nil {
+		drained := len(claimed) < ask
+		if ask > 0 && err == nil {
 			f.w.queueDrained.Store(drained) // before the tries start, as in Worker.claim
 		}
 		f.w.launchAll(claimed)
 		f.w.unreserveSlots(slots)
+		release()
 		if err == nil {
 			if outage {
 				f.w.cfg.Logger.Info("database reachable again; results recorded", "results", len(batch))

@@ -403,6 +403,19 @@ func (w *Worker) reserveSlots() int {
 	return n
 }
 
+// mayClaim reports whether the finisher may claim for the slots its
+// results hold: not while the worker stops or drains.
+func (w *Worker) mayClaim() bool {
+	select {
+	case <-w.stopping:
+		return false
+	default:
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.draining
+}
+
 // unreserveSlots releases n reserved slots and lets the claim loop look
 // at them again.
 func (w *Worker) unreserveSlots(n int) {
@@ -543,7 +556,16 @@ func (w *Worker) runTry(a *activeTry) {
 		// w.mu before it closes the finisher, so nothing is submitted
 		// after that.
 		res.Log = final
-		w.fin.submit(res)
+		if holdsLimit(a.claim) {
+			// Its slot stays reserved for its finish, which claims for it
+			// in the same transaction (finisher.finish): the claim loop
+			// would find the limit's slot still taken until that commit,
+			// and the finish would then wake every worker for it.
+			w.reserved++
+			w.fin.submitHeld(res)
+		} else {
+			w.fin.submit(res)
+		}
 		final = nil
 	}
 	if !a.abandoned && len(final) > 0 {
@@ -554,6 +576,15 @@ func (w *Worker) runTry(a *activeTry) {
 	}
 	w.mu.Unlock()
 	notify(w.slotFreed)
+}
+
+// holdsLimit reports whether c takes a slot of a pool or a concurrency
+// key, given back only when its finish commits (store.TaskSpec.Limited;
+// a task cap alone or a limited default_pool are not seen here: their
+// finishes free the worker slot at once, as unlimited ones do, so that
+// the claim loop reuses it without waiting for the finish).
+func holdsLimit(c store.Claimed) bool {
+	return (c.Pool != "" && c.Pool != dag.DefaultPool) || c.PoolSlots > 1 || c.ConcurrencyKey != ""
 }
 
 // groupStopWait is how long a try whose Shell command was killed by a

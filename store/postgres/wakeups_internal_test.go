@@ -117,3 +117,71 @@ func TestChainEdgeSendsNoWakeUp(t *testing.T) {
 		t.Errorf("ClaimTasks after t2 = %v, %v; want the other of x and y", left, err)
 	}
 }
+
+// TestFullPoolRefilledSendsNoWakeUp finishes a try of a full pool of one
+// slot while another instance waits for it: a finish whose claim takes
+// the slot back leaves the pool full, so it must send no wake-up (each
+// one costs a transaction in every listening backend, and claims that
+// find the pool full: `trellis bench --scenario pool` 0.44 → 0.14
+// transactions/task with the executor keeping a try's slot for its
+// finish); a finish that claims nothing leaves the slot free and must
+// send one.
+func TestFullPoolRefilledSendsNoWakeUp(t *testing.T) {
+	ctx := context.Background()
+	nc := &notifyCounter{}
+	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: nc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 1}); err != nil {
+		t.Fatal(err)
+	}
+	sp := store.DAGSpec{DAGID: "pooled", Fingerprint: "pooled-1", MaxActiveRuns: 1}
+	for _, id := range []string{"a", "b", "c"} {
+		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess,
+			RetryDelay: time.Second, Pool: "p", PoolSlots: 1})
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "pooled", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
+		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, "pooled", t0); err != nil {
+		t.Fatal(err)
+	}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	cs, err := s.ClaimTasks(ctx, w, 4, t0)
+	if err != nil || len(cs) != 1 {
+		t.Fatalf("ClaimTasks = %d instances, %v; want 1 (a pool of one slot)", len(cs), err)
+	}
+	step := func(c store.Claimed, max int) ([]store.Claimed, int64) {
+		t.Helper()
+		before := nc.n.Load()
+		r := store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
+		_, next, err := s.FinishAndClaim(ctx, []store.Result{r}, w, max, t0)
+		if err != nil {
+			t.Fatalf("FinishAndClaim(%s): %v", c.TaskID, err)
+		}
+		return next, nc.n.Load() - before
+	}
+	next, n := step(cs[0], 1)
+	if len(next) != 1 {
+		t.Fatalf("finishing %s with one slot claimed %v, want one of the others", cs[0].TaskID, next)
+	}
+	if n != 0 {
+		t.Errorf("finishing %s, whose claim took the pool's slot back, sent %d wake-up statements, want 0", cs[0].TaskID, n)
+	}
+	if _, n := step(next[0], 0); n != 1 {
+		t.Errorf("finishing %s without a claim, which freed the slot the third waits for, sent %d wake-up statements, want 1", next[0].TaskID, n)
+	}
+	if left, err := s.ClaimTasks(ctx, w, 4, t0); err != nil || len(left) != 1 {
+		t.Errorf("ClaimTasks after = %v, %v; want the third", left, err)
+	}
+}

@@ -92,15 +92,18 @@ func claimSelect(ctes, update string) string {
 // and fk (freedCTEs), and the counters also give back the slots freed,
 // in the same write, setting trellis.wake (as the counter trigger would)
 // where a slot freed was one an instance could not start for want of:
-// a pool that had no room for another like it, a key at its limit.
+// a pool that had no room for another like it, a key at its limit —
+// and only when the counter still has room after the claim's own takes
+// (a finish that takes its freed slot back leaves nothing to wake for).
 func claimSelectFreeing(ctes, update string, freeing bool) string {
 	poolFreed, keyFreed, poolWake, keyWake := "", "", "true", "true"
 	if freeing {
 		poolFreed = ` UNION ALL SELECT pool, -n FROM fp`
 		keyFreed = ` UNION ALL SELECT key, -n, 0 FROM fk`
-		poolWake = `CASE WHEN EXISTS (SELECT 1 FROM fp WHERE fp.pool = p.name AND p.slots >= 0 AND p.running + fp.big > p.slots)
+		poolWake = `CASE WHEN EXISTS (SELECT 1 FROM fp WHERE fp.pool = p.name AND p.slots >= 0 AND p.running + fp.big > p.slots
+					AND p.running + x.n < p.slots)
 				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
-		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim)
+		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim AND k.running + x.n < k.lim)
 				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
 	}
 	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
