@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"testing"
 	"time"
@@ -216,7 +217,8 @@ func TestClaimsVacuumTheQueue(t *testing.T) {
 // that a write outside the hot path still fires the set trigger.
 func TestHotPathFiresNoTrigger(t *testing.T) {
 	ctx := context.Background()
-	url := testdb.Postgres(t) + "&track_functions=pl"
+	url, _ := appName(t) // closed connections are told apart by their application_name
+	url += "&track_functions=pl"
 	s := openURL(t, url, postgres.Options{Logger: testLogger(t)})
 	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 2}); err != nil {
 		t.Fatal(err)
@@ -292,6 +294,28 @@ func hotPathCalls(t *testing.T, url string) map[string]int64 {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	// A closed connection's backend reports its counts as it exits, after
+	// the client has gone: wait until no other backend of url's
+	// application_name is left and the counts have stopped moving.
+	var last map[string]int64
+	for deadline, stable := time.Now().Add(20*time.Second), 0; stable < 3; {
+		var others int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = current_setting('application_name') AND pid <> pg_backend_pid()`).Scan(&others); err != nil {
+			t.Fatal(err)
+		}
+		now := triggerCalls(t, conn)
+		if others == 0 && maps.Equal(now, last) {
+			stable++
+		} else {
+			stable = 0
+		}
+		last = now
+		if time.Now().After(deadline) {
+			t.Fatalf("the trigger counts did not settle in 20 s (%d other backends left)", others)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if dq, dr, err := taskSetDiff(ctx, conn); err != nil || dq != 0 || dr != 0 {
 		t.Errorf("sets out of step: queue %d, running %d rows (%v)", dq, dr, err)
 	}
@@ -301,11 +325,19 @@ func hotPathCalls(t *testing.T, url string) map[string]int64 {
 		FROM pools p WHERE name = 'p'`).Scan(&running); err != nil || running != 0 {
 		t.Errorf("pool p counts %d more running than run (%v), want 0", running, err)
 	}
-	rows, err := conn.Query(ctx, `SELECT funcname, calls FROM pg_stat_user_functions
+	return last
+}
+
+// triggerCalls reads how often the set and counter triggers have run in
+// conn's schema, as backends have reported it.
+func triggerCalls(t *testing.T, conn *pgx.Conn) map[string]int64 {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT funcname, calls FROM pg_stat_user_functions
 		WHERE schemaname = current_schema() AND funcname IN ('task_set_update', 'trellis_count_limits')`)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
 	out := map[string]int64{"task_set_update": 0, "trellis_count_limits": 0}
 	for rows.Next() {
 		var f string
@@ -314,6 +346,9 @@ func hotPathCalls(t *testing.T, url string) map[string]int64 {
 			t.Fatal(err)
 		}
 		out[f] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
