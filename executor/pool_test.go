@@ -335,7 +335,7 @@ func testPoolMemoryLimit(t *testing.T, bin string) {
 	if ti := tasksOf(t, st, d.ID(), "r1")["hog"]; ti.State != state.Failed || !strings.Contains(ti.Error, "died twice") {
 		t.Errorf("hog under a 256 MiB limit = %s (%q), want failed after killing two workers", ti.State, ti.Error)
 	}
-	waitCond(t, 10*time.Second, "two worker restarts", func() bool { return p.Restarts() >= 2 })
+	waitCond(t, 60*time.Second, "two worker restarts", func() bool { return p.Restarts() >= 2 })
 	p.Stop()
 
 	newTestPool(t, bin, url, st, env, logs, func(c *PoolConfig) { c.Processes = 1 })
