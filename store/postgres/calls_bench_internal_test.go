@@ -8,58 +8,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/trellis-dag/trellis/dag"
-	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
-
-// roundTrips is a pgx tracer counting the round trips to the server: a
-// statement sent alone or a batch (a pipeline) is one.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	r.n.Add(1)
-	return ctx
-}
-func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
 
 // BenchmarkCallNew records, per op, one Call of two new calls by a call
 // instance (fib_nodedup's step): ns/op is the call transaction's latency
 // with no contention, round_trips/op what it costs under load.
 func BenchmarkCallNew(b *testing.B) {
 	ctx := context.Background()
-	rt := &roundTrips{}
-	s, err := Open(ctx, testdb.Postgres(b), Options{tracer: rt})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
+	var trips atomic.Int64
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	sp := store.DAGSpec{DAGID: "calls", Fingerprint: "c1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{
 		{TaskID: "a", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess},
 		{TaskID: "f", Kind: dag.KindCallable, TriggerRule: dag.AllSuccess}}}
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
-		b.Fatal(err)
-	}
-	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "calls", RunID: "r", RunType: store.RunManual,
-		LogicalDate: t0, IntervalStart: t0, IntervalEnd: t0, Fingerprint: "c1", QueuedAt: t0}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := s.StartRuns(ctx, "calls", t0); err != nil {
-		b.Fatal(err)
-	}
+	s := tracedRun(b, &stmtTracer{trip: func() { trips.Add(1) }}, sp, t0)
 	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
 	claim := func() store.Claimed {
 		cs, err := s.ClaimTasks(ctx, w, 1, t0)
@@ -78,7 +42,7 @@ func BenchmarkCallNew(b *testing.B) {
 	try := store.Try{ID: caller.ID, TryNumber: caller.TryNumber}
 	n := 0
 	b.ResetTimer()
-	before := rt.n.Load()
+	before := trips.Load()
 	for b.Loop() {
 		calls := make([]store.NewCall, 2)
 		for i := range calls {
@@ -90,5 +54,5 @@ func BenchmarkCallNew(b *testing.B) {
 			b.Fatalf("Call: %v %+v", err, st)
 		}
 	}
-	b.ReportMetric(float64(rt.n.Load()-before)/float64(b.N), "round_trips/op")
+	b.ReportMetric(float64(trips.Load()-before)/float64(b.N), "round_trips/op")
 }

@@ -27,7 +27,7 @@ const callKeyIndex = "task_instances_run_id_task_id_call_key_key"
 func TestCallPlans(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{seen: map[string]bool{}}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: rec})
+	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: &stmtTracer{stmt: rec.add}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,19 +40,6 @@ func (r *recorder) add(sql string) {
 	}
 }
 
-func (r *recorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	r.add(d.SQL)
-	return ctx
-}
-func (r *recorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (r *recorder) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-func (r *recorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
-	r.add(d.SQL)
-}
-func (r *recorder) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
-
 // bigTables are the tables that grow with the work done.
 var bigTables = []string{"task_instances", "task_logs", "task_log_chunks", "dag_runs", "dag_version_tasks"}
 
@@ -70,7 +57,7 @@ var bigTables = []string{"task_instances", "task_logs", "task_log_chunks", "dag_
 func TestHotPlans(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{seen: map[string]bool{}}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: rec})
+	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: &stmtTracer{stmt: rec.add}})
 	if err != nil {
 		t.Fatal(err)
 	}

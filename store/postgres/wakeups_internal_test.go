@@ -8,36 +8,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/trellis-dag/trellis/dag"
-	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
 
-// notifyCounter is a pgx tracer counting the statements sent that call
-// pg_notify.
-type notifyCounter struct{ n atomic.Int64 }
+// notifyCounter returns a tracer counting into n the statements sent
+// that call pg_notify.
+func notifyCounter(n *atomic.Int64) *stmtTracer {
+	return &stmtTracer{stmt: func(sql string) {
+		if strings.Contains(sql, "pg_notify") {
+			n.Add(1)
+		}
+	}}
+}
 
-func (c *notifyCounter) add(sql string) {
-	if strings.Contains(sql, "pg_notify") {
-		c.n.Add(1)
+// finishStep finishes c's try as a success for w, claiming up to max, and
+// returns what it claimed and how many wake-up statements (counted in n)
+// it sent.
+func finishStep(t *testing.T, s *Store, n *atomic.Int64, w store.Worker, c store.Claimed, max int, at time.Time) ([]store.Claimed, int64) {
+	t.Helper()
+	before := n.Load()
+	r := store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: at}
+	_, next, err := s.FinishAndClaim(context.Background(), []store.Result{r}, w, max, at)
+	if err != nil {
+		t.Fatalf("FinishAndClaim(%s): %v", c.TaskID, err)
 	}
+	return next, n.Load() - before
 }
-
-func (c *notifyCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	c.add(d.SQL)
-	return ctx
-}
-func (c *notifyCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (c *notifyCounter) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-func (c *notifyCounter) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
-	c.add(d.SQL)
-}
-func (c *notifyCounter) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
 // TestChainEdgeSendsNoWakeUp walks a line t0 → t1 → t2 → {x, y} the way a
 // worker does (FinishAndClaim) and counts the wake-up statements sent. A
@@ -48,15 +46,7 @@ func (c *notifyCounter) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatch
 // leaves a released instance unclaimed must send one.
 func TestChainEdgeSendsNoWakeUp(t *testing.T) {
 	ctx := context.Background()
-	nc := &notifyCounter{}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	var notifies atomic.Int64
 	sp := store.DAGSpec{DAGID: "line", Fingerprint: "line-1", MaxActiveRuns: 1}
 	for i, id := range []string{"t0", "t1", "t2", "x", "y"} {
 		ts := store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, RetryDelay: time.Second}
@@ -66,32 +56,15 @@ func TestChainEdgeSendsNoWakeUp(t *testing.T) {
 		sp.Tasks = append(sp.Tasks, ts)
 	}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "line", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
-		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.StartRuns(ctx, "line", t0); err != nil {
-		t.Fatal(err)
-	}
+	s := tracedRun(t, notifyCounter(&notifies), sp, t0)
 	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
 	cs, err := s.ClaimTasks(ctx, w, 4, t0)
 	if err != nil || len(cs) != 1 {
 		t.Fatalf("ClaimTasks = %d instances, %v; want t0", len(cs), err)
 	}
-	// step finishes c, claiming up to max, and returns what it claimed and
-	// how many wake-up statements it sent.
 	step := func(c store.Claimed, max int) ([]store.Claimed, int64) {
 		t.Helper()
-		before := nc.n.Load()
-		r := store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
-		_, next, err := s.FinishAndClaim(ctx, []store.Result{r}, w, max, t0)
-		if err != nil {
-			t.Fatalf("FinishAndClaim(%s): %v", c.TaskID, err)
-		}
-		return next, nc.n.Load() - before
+		return finishStep(t, s, &notifies, w, c, max, t0)
 	}
 	c := cs[0]
 	for _, want := range []string{"t1", "t2"} {
@@ -128,34 +101,14 @@ func TestChainEdgeSendsNoWakeUp(t *testing.T) {
 // send one.
 func TestFullPoolRefilledSendsNoWakeUp(t *testing.T) {
 	ctx := context.Background()
-	nc := &notifyCounter{}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 1}); err != nil {
-		t.Fatal(err)
-	}
+	var notifies atomic.Int64
 	sp := store.DAGSpec{DAGID: "pooled", Fingerprint: "pooled-1", MaxActiveRuns: 1}
 	for _, id := range []string{"a", "b", "c"} {
 		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess,
 			RetryDelay: time.Second, Pool: "p", PoolSlots: 1})
 	}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "pooled", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
-		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.StartRuns(ctx, "pooled", t0); err != nil {
-		t.Fatal(err)
-	}
+	s := tracedRun(t, notifyCounter(&notifies), sp, t0, store.PoolSpec{Name: "p", Slots: 1})
 	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
 	cs, err := s.ClaimTasks(ctx, w, 4, t0)
 	if err != nil || len(cs) != 1 {
@@ -163,13 +116,7 @@ func TestFullPoolRefilledSendsNoWakeUp(t *testing.T) {
 	}
 	step := func(c store.Claimed, max int) ([]store.Claimed, int64) {
 		t.Helper()
-		before := nc.n.Load()
-		r := store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Success, EndedAt: t0}
-		_, next, err := s.FinishAndClaim(ctx, []store.Result{r}, w, max, t0)
-		if err != nil {
-			t.Fatalf("FinishAndClaim(%s): %v", c.TaskID, err)
-		}
-		return next, nc.n.Load() - before
+		return finishStep(t, s, &notifies, w, c, max, t0)
 	}
 	next, n := step(cs[0], 1)
 	if len(next) != 1 {
