@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
-	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
@@ -27,18 +26,13 @@ const callKeyIndex = "task_instances_run_id_task_id_call_key_key"
 func TestCallPlans(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{seen: map[string]bool{}}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: &stmtTracer{stmt: rec.add}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s := tracedStore(t, &stmtTracer{stmt: rec.add})
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(s.Migrate(ctx))
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	sp := store.DAGSpec{DAGID: "calls", Fingerprint: "c1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{
 		{TaskID: "a", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess},

@@ -57,14 +57,7 @@ var bigTables = []string{"task_instances", "task_logs", "task_log_chunks", "dag_
 func TestHotPlans(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{seen: map[string]bool{}}
-	s, err := Open(ctx, testdb.Postgres(t), Options{tracer: &stmtTracer{stmt: rec.add}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := tracedStore(t, &stmtTracer{stmt: rec.add})
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	task := func(id string, up ...string) store.TaskSpec {
 		return store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, Retries: 1, RetryDelay: time.Second, Upstream: up}
@@ -112,7 +105,7 @@ func TestHotPlans(t *testing.T) {
 	}
 	// Deferrals: on an event (one kept already continues it at once), on
 	// time; the event, the due sweep and the continue call.
-	_, err = s.RecordEvent(ctx, store.NewEvent{Key: "early", At: t0})
+	_, err := s.RecordEvent(ctx, store.NewEvent{Key: "early", At: t0})
 	must(err)
 	cs, err := s.ClaimTasks(ctx, w, 20, t0)
 	must(err)

@@ -46,10 +46,9 @@ func (r *stmtTracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.Trace
 }
 func (r *stmtTracer) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
-// tracedRun opens a migrated store of its own schema traced by tr, creates
-// pools, records sp, and creates and starts its run "r" at t0 (its roots
-// queued).
-func tracedRun(tb testing.TB, tr *stmtTracer, sp store.DAGSpec, t0 time.Time, pools ...store.PoolSpec) *Store {
+// tracedStore opens a migrated store of its own schema traced by tr,
+// closed when the test ends.
+func tracedStore(tb testing.TB, tr *stmtTracer) *Store {
 	tb.Helper()
 	ctx := context.Background()
 	s, err := Open(ctx, testdb.Postgres(tb), Options{tracer: tr})
@@ -60,6 +59,16 @@ func tracedRun(tb testing.TB, tr *stmtTracer, sp store.DAGSpec, t0 time.Time, po
 	if err := s.Migrate(ctx); err != nil {
 		tb.Fatal(err)
 	}
+	return s
+}
+
+// tracedRun opens a migrated store of its own schema traced by tr, creates
+// pools, records sp, and creates and starts its run "r" at t0 (its roots
+// queued).
+func tracedRun(tb testing.TB, tr *stmtTracer, sp store.DAGSpec, t0 time.Time, pools ...store.PoolSpec) *Store {
+	tb.Helper()
+	ctx := context.Background()
+	s := tracedStore(tb, tr)
 	for _, p := range pools {
 		if _, err := s.CreatePool(ctx, p); err != nil {
 			tb.Fatal(err)

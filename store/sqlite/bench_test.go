@@ -62,14 +62,7 @@ func BenchmarkClaimFinish(b *testing.B) {
 			w := store.Worker{ID: "bench", Hostname: "h", PID: 1}
 			runs := 0
 			newRun := func() {
-				ld := t0.Add(time.Duration(runs) * time.Hour)
-				if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("r%d", runs),
-					RunType: store.RunManual, LogicalDate: ld, Fingerprint: sp.Fingerprint}); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := s.StartRuns(ctx, sp.DAGID, ld); err != nil {
-					b.Fatal(err)
-				}
+				startBenchRun(b, s, sp, t0, runs)
 				runs++
 			}
 			b.ResetTimer()
@@ -103,6 +96,22 @@ func BenchmarkClaimFinish(b *testing.B) {
 			b.ReportMetric(float64(done)/b.Elapsed().Seconds(), "tasks/s")
 		})
 	}
+}
+
+// startBenchRun creates run "r<n>" of sp, n hours after t0, and starts it
+// (its root queued); it returns the run's logical date.
+func startBenchRun(b *testing.B, s *sqlite.Store, sp store.DAGSpec, t0 time.Time, n int) time.Time {
+	b.Helper()
+	ctx := context.Background()
+	ld := t0.Add(time.Duration(n) * time.Hour)
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("r%d", n),
+		RunType: store.RunManual, LogicalDate: ld, Fingerprint: sp.Fingerprint}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, ld); err != nil {
+		b.Fatal(err)
+	}
+	return ld
 }
 
 // BenchmarkCreateRun creates (and starts) runs of fan DAGs of 10,000 and
@@ -143,14 +152,7 @@ func BenchmarkReleaseWide(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		b.StopTimer()
-		ld := t0.Add(time.Duration(i) * time.Hour)
-		if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("r%d", i),
-			RunType: store.RunManual, LogicalDate: ld, Fingerprint: sp.Fingerprint}); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := s.StartRuns(ctx, sp.DAGID, ld); err != nil {
-			b.Fatal(err)
-		}
+		ld := startBenchRun(b, s, sp, t0, i)
 		cs, err := s.ClaimTasks(ctx, w, 1, ld)
 		if err != nil || len(cs) != 1 {
 			b.Fatal(err, cs)
@@ -203,14 +205,7 @@ func BenchmarkWideFinishAndClaim(b *testing.B) {
 						b.Fatal(err)
 					}
 					if len(cs) == 0 {
-						ld := t0.Add(time.Duration(runs) * time.Hour)
-						if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: fmt.Sprintf("r%d", runs),
-							RunType: store.RunManual, LogicalDate: ld, Fingerprint: sp.Fingerprint}); err != nil {
-							b.Fatal(err)
-						}
-						if _, err := s.StartRuns(ctx, sp.DAGID, ld); err != nil {
-							b.Fatal(err)
-						}
+						startBenchRun(b, s, sp, t0, runs)
 						runs++
 					}
 					held = cs
