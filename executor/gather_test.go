@@ -167,3 +167,33 @@ func TestWorkerGathersHeldTries(t *testing.T) {
 		})
 	}
 }
+
+// TestWorkerDoesNotGatherUnlimitedTries: a try without a limit frees its
+// slot at once, and its result is not held back for the tries launched
+// with it (on a fake clock that does not move, a wait would never end).
+func TestWorkerDoesNotGatherUnlimitedTries(t *testing.T) {
+	real := openStore(t, backends[0].url(t))
+	st := &recordingStore{Store: real}
+	started, release := make(chan struct{}), make(chan struct{})
+	d := dag.New("nogather")
+	d.Func("quick", func(*dag.Context) error { return nil })
+	d.Func("slow", func(*dag.Context) error {
+		close(started)
+		<-release
+		return nil
+	})
+	reg := dag.NewRegistry()
+	reg.Register(d)
+	syncDAGs(t, real, d)
+	fc := clock.NewFake(time.Now().UTC().Truncate(time.Millisecond))
+	newTestWorker(t, st, reg, func(c *WorkerConfig) { c.Clock = fc })
+	t.Cleanup(func() { close(release) }) // before the worker stops
+	startRun(t, real, d, "r1", nil)
+	waitFor(t, started, 30*time.Second, "slow to start")
+	waitCond(t, 30*time.Second, "quick's finish", func() bool {
+		return tasksOf(t, real, "nogather", "r1")["quick"].State == state.Success
+	})
+	if got := st.calls(); len(got) == 0 || got[0] != 1 {
+		t.Errorf("finish calls %v, want quick's result alone first", got)
+	}
+}
