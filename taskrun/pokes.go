@@ -299,7 +299,7 @@ func (f *pokeFrame) check(tctx context.Context) Outcome {
 	if fn == nil {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
-	c := dag.NewContext(tctx, f.t.Info, &f.logger, &f.outs).WithLazyEnv(f.env)
+	c := dag.NewLazyEnvContext(tctx, f.t.Info, &f.logger, &f.outs, f.env)
 	ok, err := callCheck(c, fn, f.log.records())
 	if tctx.Err() != nil {
 		if cause, timedOut := stopCause(tctx); timedOut {

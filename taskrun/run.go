@@ -296,9 +296,9 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 	}
 	outs := &tryOutputs{under: t.Outputs, self: t.Info.TaskID}
 	defer outs.close()
-	info := t.Info
-	info.Env = TaskEnv(t, nil, nil)
-	c := dag.NewContext(tctx, info, logger, outs)
+	// The environment is made if the function reads it (Getenv): most
+	// never do, and it is a good part of a short try's cost.
+	c := dag.NewLazyEnvContext(tctx, t.Info, logger, outs, func() []string { return TaskEnv(t, nil, nil) })
 	if t.Caller != nil {
 		c = c.WithCaller(t.Caller)
 	}
