@@ -121,7 +121,9 @@ var waitWhileSucceeding = func() []string {
 // is no call: a refused report, a restart or a call waiter's wake-up
 // needs Go. It keeps the runs of the instances and how many each
 // finished in trellis.settle_runs and trellis.settle_n, for
-// settleFusedSQL. Its parameters and rows are outcomeSQL's.
+// settleFusedSQL, and the limited ones, whose slots it frees, in
+// trellis.freed, for fusedClaimSQL. Its parameters and rows are
+// outcomeSQL's.
 var outcomeFusedSQL = strings.Replace(outcomeHotSQL, `
 		SELECT * FROM o`, `,
 		g AS (SELECT CASE WHEN count(*) FILTER (WHERE o.state = 'success' AND o.map_index < 0) <> cardinality($1::bigint[])
@@ -129,7 +131,9 @@ var outcomeFusedSQL = strings.Replace(outcomeHotSQL, `
 				ELSE set_config('trellis.settle_runs', coalesce((SELECT array_agg(r.run_id ORDER BY r.run_id)
 						FROM (SELECT run_id FROM o GROUP BY run_id) r), '{}')::text, true) IS NOT NULL
 					AND set_config('trellis.settle_n', coalesce((SELECT array_agg(r.n ORDER BY r.run_id)
-						FROM (SELECT run_id, count(*) AS n FROM o GROUP BY run_id) r), '{}')::text, true) IS NOT NULL END AS ok
+						FROM (SELECT run_id, count(*) AS n FROM o GROUP BY run_id) r), '{}')::text, true) IS NOT NULL
+					AND set_config('trellis.freed', coalesce((SELECT array_agg(r.id ORDER BY r.id) FROM o r WHERE r.limited),
+						'{}')::text, true) IS NOT NULL END AS ok
 			FROM o)
 		SELECT * FROM o WHERE (SELECT ok FROM g)`, 1)
 
@@ -154,9 +158,11 @@ var earlyClaimCountedSQL = strings.Replace(earlyClaimSQL, `FROM u AS t JOIN dag_
 		CROSS JOIN (SELECT set_config('trellis.early', count(*)::text, true) FROM u) e`, 1)
 
 // fusedClaimSQL is fastClaimFreeingSQL claiming $1 less what
-// earlyClaimCountedSQL claimed.
-var fusedClaimSQL = strings.ReplaceAll(fastClaimFreeingSQL, "$1",
-	`greatest($1::int - coalesce(nullif(current_setting('trellis.early', true), ''), '0')::int, 0)`)
+// earlyClaimCountedSQL claimed, and freeing the slots of the instances
+// outcomeFusedSQL kept in trellis.freed (no $6).
+var fusedClaimSQL = strings.NewReplacer("$1",
+	`greatest($1::int - coalesce(nullif(current_setting('trellis.early', true), ''), '0')::int, 0)`,
+	"$6::bigint[]", `current_setting('trellis.freed')::bigint[]`).Replace(fastClaimFreeingSQL)
 
 // settleFusedSQL is settleSQL for the runs and counts outcomeFusedSQL
 // kept; $1 and $2 are settleSQL's $3 and $4.
@@ -190,7 +196,7 @@ func (f *finishTx) fused() error {
 				f.waitingAfter, err = f.rl.readIncrement(rows)
 				return err
 			}},
-		finalQuery{sql: fusedClaimSQL, args: append(cargs, ids), read: f.readFusedClaim},
+		finalQuery{sql: fusedClaimSQL, args: cargs, read: f.readFusedClaim},
 		setsOn)
 	p.finals = append(p.finals, qs...)
 	p.finals = append(p.finals, f.countNow()...)
