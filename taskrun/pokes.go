@@ -72,9 +72,6 @@ type checkSlot struct {
 	abandoned bool
 	i         int
 	frame     *pokeFrame
-	cancel    context.CancelCauseFunc
-	ctx       context.Context
-	timeout   time.Duration
 	deadline  time.Time // of the timeout; zero: none
 	grace     time.Duration
 	graceEnd  time.Time // once stopped: when it is abandoned
@@ -118,30 +115,27 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	if grace <= 0 {
 		grace = DefaultKillGrace
 	}
-	cctx, cancel := context.WithCancelCause(b.base)
-	defer cancel(nil)
-	var tctx context.Context = cctx
 	now := time.Now()
-	var deadline time.Time
+	f.ctx.base = b.base
 	if timeout > 0 {
-		deadline = now.Add(timeout)
-		f.dctx = deadlineCtx{Context: cctx, deadline: deadline}
-		tctx = &f.dctx
+		f.ctx.deadline, f.ctx.timeout = now.Add(timeout), timeout
 	}
+	defer f.ctx.cancel(context.Canceled)
+	deadline := f.ctx.deadline
 	b.mu.Lock()
 	if b.halted != nil {
 		cause := b.halted
 		b.mu.Unlock()
 		return failed(cause, false), true
 	}
-	*s = checkSlot{active: true, i: i, frame: f, cancel: cancel, ctx: tctx, timeout: timeout, deadline: deadline, grace: grace}
+	*s = checkSlot{active: true, i: i, frame: f, deadline: deadline, grace: grace}
 	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
 		b.wake = deadline
 		b.timer.Reset(deadline.Sub(now))
 	}
 	b.mu.Unlock()
 
-	out := f.run(tctx)
+	out := f.run()
 
 	b.mu.Lock()
 	abandoned := s.abandoned
@@ -158,7 +152,7 @@ func (b *pokeBatch) halt() {
 	b.halted = cause
 	for _, s := range b.slots {
 		if s.active && !s.stopped {
-			s.cancel(cause)
+			s.frame.ctx.cancel(cause)
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 	}
@@ -191,7 +185,7 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 			continue
 		}
 		if !s.stopped && !s.deadline.IsZero() && !now.Before(s.deadline) {
-			s.cancel(timeoutCause(s.timeout))
+			s.frame.ctx.expire()
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 		if s.stopped && !now.Before(s.graceEnd) {
@@ -219,7 +213,7 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 func (b *pokeBatch) abandon(slots []*checkSlot) {
 	for _, s := range slots {
 		b.startRunner()
-		cause, timedOut := stopCause(s.ctx)
+		cause, timedOut := s.frame.ctx.stopCause()
 		out := Outcome{State: state.Failed, TimedOut: timedOut, Abandoned: true, Err: fmt.Errorf(
 			"%w; the function ignored its context for %v and was abandoned", cause, s.grace)}
 		logOutcome(&s.frame.logger, out, true)
@@ -229,14 +223,78 @@ func (b *pokeBatch) abandon(slots []*checkSlot) {
 	}
 }
 
-// deadlineCtx reports the deadline of a check whose cancellation the
-// batch's watchdog makes (no timer per check).
-type deadlineCtx struct {
-	context.Context
-	deadline time.Time
+// checkCtx is the context of one check. The batch's watchdog ends it (no
+// timer per check), and the contexts behind Done, Err and Value — a
+// cancelCtx under the batch's context and, with a timeout, a deadline
+// under it, as Run makes them — are made only when the check first calls
+// one of them: most checks never do. Made late, they are made ended, with
+// the cause already given (a deadline in the past ends at once), so Err,
+// context.Cause and derived contexts show what they would have.
+type checkCtx struct {
+	base     context.Context // without cancellation: cancel ends the check
+	deadline time.Time       // zero: none
+	timeout  time.Duration
+
+	mu       sync.Mutex
+	inner    context.Context
+	stop     context.CancelCauseFunc // of the cancelCtx under inner's deadline
+	stopTime context.CancelFunc      // of the deadline
+	cause    error                   // set once ended
 }
 
-func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *checkCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+func (c *checkCtx) Done() <-chan struct{}       { return c.ctx().Done() }
+func (c *checkCtx) Err() error                  { return c.ctx().Err() }
+func (c *checkCtx) Value(key any) any           { return c.ctx().Value(key) }
+
+func (c *checkCtx) ctx() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner == nil {
+		c.inner, c.stop = context.WithCancelCause(c.base)
+		if c.cause != nil && !errors.Is(c.cause, ErrTimeout) {
+			c.stop(c.cause)
+		}
+		if !c.deadline.IsZero() {
+			c.inner, c.stopTime = context.WithDeadlineCause(c.inner, c.deadline, timeoutCause(c.timeout))
+		}
+	}
+	return c.inner
+}
+
+// cancel ends the context with cause (the worker halts, the check is
+// over); the first cause stays.
+func (c *checkCtx) cancel(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause == nil {
+		c.cause = cause
+	}
+	if c.stop != nil {
+		c.stop(cause)
+	}
+	if c.stopTime != nil {
+		c.stopTime()
+	}
+}
+
+// expire ends the context as its deadline does, unless it ended already:
+// contexts made from it have their own deadline.
+func (c *checkCtx) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause == nil {
+		c.cause = timeoutCause(c.timeout)
+	}
+}
+
+// stopCause returns why the context ended, as the package's stopCause
+// does, without making its contexts; nil when it has not.
+func (c *checkCtx) stopCause() (error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause, c.cause != nil && errors.Is(c.cause, ErrTimeout)
+}
 
 // pokeFrame is what one poke needs, in one allocation.
 type pokeFrame struct {
@@ -245,7 +303,7 @@ type pokeFrame struct {
 	lazy   lazyText
 	logger slog.Logger
 	outs   tryOutputs
-	dctx   deadlineCtx
+	ctx    checkCtx
 	def    Deferral
 }
 
@@ -270,10 +328,10 @@ func (f *pokeFrame) close() {
 // env is the poke's environment, made when the check reads it.
 func (f *pokeFrame) env() []string { return TaskEnv(f.t, nil, nil) }
 
-// run runs the check on this goroutine under tctx and returns the
-// poke's outcome, as Run would for the try of a Sensor continued by
-// time, its "not yet" not logged.
-func (f *pokeFrame) run(tctx context.Context) Outcome {
+// run runs the check on this goroutine and returns the poke's outcome,
+// as Run would for the try of a Sensor continued by time, its "not yet"
+// not logged.
+func (f *pokeFrame) run() Outcome {
 	t := &f.t
 	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
 		return failed(errors.New("poke: the task is not a Sensor"), true)
@@ -283,7 +341,7 @@ func (f *pokeFrame) run(tctx context.Context) Outcome {
 		f.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
 		return out
 	}
-	out := f.check(tctx)
+	out := f.check()
 	if out.State == state.Deferred {
 		f.def = deferral(t, *out.Deferral, now)
 		out.Deferral = &f.def
@@ -293,16 +351,19 @@ func (f *pokeFrame) run(tctx context.Context) Outcome {
 }
 
 // check calls the Sensor's check and says what it answered.
-func (f *pokeFrame) check(tctx context.Context) Outcome {
+func (f *pokeFrame) check() Outcome {
 	task := f.t.Task
 	fn := task.SensorFn()
 	if fn == nil {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
-	c := dag.NewLazyEnvContext(tctx, f.t.Info, &f.logger, &f.outs, f.env)
+	c := dag.NewLazyEnvContext(&f.ctx, f.t.Info, &f.logger, &f.outs, f.env)
 	ok, err := callCheck(c, fn, f.log.records())
-	if tctx.Err() != nil {
-		if cause, timedOut := stopCause(tctx); timedOut {
+	if d, has := f.ctx.Deadline(); has && !time.Now().Before(d) {
+		f.ctx.expire() // as a timer would have by now
+	}
+	if cause, timedOut := f.ctx.stopCause(); cause != nil {
+		if timedOut {
 			if err != nil {
 				cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 			}

@@ -86,12 +86,12 @@ func TestPokesHalt(t *testing.T) {
 	halt := errors.New("worker halts")
 	ctx, cancel := context.WithCancelCause(context.Background())
 	var calls atomic.Int32
-	var cause error
+	var cause, err error
 	s := d.Sensor("s", func(c *dag.Context) (bool, error) {
 		if calls.Add(1) == 1 {
 			cancel(halt)
 			<-c.Done()
-			cause = context.Cause(c)
+			cause, err = context.Cause(c), c.Err()
 			return false, nil
 		}
 		return true, nil
@@ -101,8 +101,8 @@ func TestPokesHalt(t *testing.T) {
 		tries[i] = taskrun.Try{Task: s, Info: info("s"), Limit: time.Minute}
 	}
 	outs := pokeAll(t, ctx, 1, tries)
-	if !errors.Is(cause, halt) {
-		t.Errorf("the running check's context ended with %v, want %v", cause, halt)
+	if !errors.Is(cause, halt) || !errors.Is(err, context.Canceled) {
+		t.Errorf("the running check's context ended with %v (cause %v), want canceled by %v", err, cause, halt)
 	}
 	if o := outs[0]; o.State != state.Deferred || o.TimedOut {
 		t.Errorf("the running check = %+v, want its own answer (deferred)", o)
@@ -119,25 +119,37 @@ func TestPokesHalt(t *testing.T) {
 
 // TestPokesDeadline: a check's context reports its deadline (start plus
 // the shorter of Limit and the task's Timeout) and, once it passes, ends
-// with a cause that wraps ErrTimeout.
+// as a deadline does (DeadlineExceeded) with a cause that wraps
+// ErrTimeout — whether the check waited on it or first looked at it
+// after the deadline.
 func TestPokesDeadline(t *testing.T) {
 	d := dag.New("deadline")
 	var got time.Time
 	var ok bool
-	var cause error
-	s := d.Sensor("s", func(c *dag.Context) (bool, error) {
+	var cause, err error
+	wait := d.Sensor("wait", func(c *dag.Context) (bool, error) {
 		got, ok = c.Deadline()
 		<-c.Done()
-		cause = context.Cause(c)
+		cause, err = context.Cause(c), c.Err()
 		return false, nil
 	}, dag.PokeInterval(time.Minute), dag.Timeout(time.Hour))
+	late := d.Sensor("late", func(c *dag.Context) (bool, error) {
+		time.Sleep(60 * time.Millisecond)
+		cause, err = context.Cause(c), c.Err()
+		return false, nil
+	}, dag.PokeInterval(time.Minute))
 	before := time.Now()
-	out := taskrun.Poke(context.Background(), taskrun.Try{Task: s, Info: info("s"), Limit: 30 * time.Millisecond})
+	out := taskrun.Poke(context.Background(), taskrun.Try{Task: wait, Info: info("wait"), Limit: 30 * time.Millisecond})
 	after := time.Now()
 	if !ok || got.Before(before.Add(30*time.Millisecond)) || got.After(after.Add(30*time.Millisecond)) {
 		t.Errorf("deadline %v (set %v), want 30ms after the check started (%v – %v)", got, ok, before, after)
 	}
-	if !errors.Is(cause, taskrun.ErrTimeout) || !out.TimedOut || out.State != state.Failed {
-		t.Errorf("cause %v, outcome %+v; want a timeout", cause, out)
+	if !errors.Is(cause, taskrun.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !out.TimedOut || out.State != state.Failed {
+		t.Errorf("waiting check: cause %v, err %v, outcome %+v; want a timeout", cause, err, out)
+	}
+	cause, err = nil, nil
+	out = taskrun.Poke(context.Background(), taskrun.Try{Task: late, Info: info("late"), Limit: 20 * time.Millisecond, KillGrace: time.Minute})
+	if !errors.Is(cause, taskrun.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !out.TimedOut || out.Abandoned {
+		t.Errorf("check looking after its deadline: cause %v, err %v, outcome %+v; want a timeout, not abandoned", cause, err, out)
 	}
 }
