@@ -94,6 +94,8 @@ type Store struct {
 	vacuumEvery int64        // QueueVacuumEvery
 	claimed     atomic.Int64 // instances claimed since the last vacuum of the queue tables
 	poked       atomic.Int64 // pokes claimed since the last vacuum of sensor_pokes
+	fusedSkip   atomic.Int64 // fusable finishes to send the usual way (fusedPause)
+	fusedMisses atomic.Int64 // fused finishes aborted by their guards in a row
 }
 
 var _ store.Store = (*Store)(nil)

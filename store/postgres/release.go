@@ -397,21 +397,8 @@ func (rl *releaser) settle(ctx context.Context) error {
 		deltas[i] = int32(rl.runs[id])
 	}
 	args := []any{ids, deltas, rl.now, failingLeafStates}
-	read := func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id int64
-			var out *string
-			if err := rows.Scan(&id, &out); err != nil {
-				return err
-			}
-			if out != nil {
-				rl.ended[id] = state.RunState(*out)
-			}
-		}
-		return rows.Err()
-	}
 	if p, ok := rl.tx.(*pipeTx); ok {
-		p.beforeCommit(settleSQL, args, read)
+		p.beforeCommit(settleSQL, args, rl.readSettled)
 		return nil
 	}
 	rows, err := rl.tx.Query(ctx, settleSQL, args...)
@@ -419,7 +406,22 @@ func (rl *releaser) settle(ctx context.Context) error {
 		return err
 	}
 	defer rows.Close()
-	return read(rows)
+	return rl.readSettled(rows)
+}
+
+// readSettled reads the rows of settleSQL: the runs it ended.
+func (rl *releaser) readSettled(rows pgx.Rows) error {
+	for rows.Next() {
+		var id int64
+		var out *string
+		if err := rows.Scan(&id, &out); err != nil {
+			return err
+		}
+		if out != nil {
+			rl.ended[id] = state.RunState(*out)
+		}
+	}
+	return rows.Err()
 }
 
 // finish settles the touched runs and queues the wake-ups.

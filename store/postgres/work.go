@@ -699,17 +699,37 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 	if max > batch {
 		batch = max
 	}
-	err := s.inPipe(ctx, op, hotPlan(batch), func(tx *pipeTx) error {
-		cl = claimRead{}
-		var plan *claimPlan
-		if max > 0 {
-			plan = &claimPlan{w: w, max: max, now: now, cl: &cl}
-			tx.readyIfLeft = true
+	run := func(fused bool) func(tx *pipeTx) error {
+		return func(tx *pipeTx) error {
+			cl = claimRead{}
+			var plan *claimPlan
+			if max > 0 {
+				plan = &claimPlan{w: w, max: max, now: now, cl: &cl}
+				tx.readyIfLeft = true
+			}
+			if !fused {
+				var err error
+				out, err = s.finishInClaim(ctx, tx, results, plan)
+				return err
+			}
+			f := newFinishTx(s, tx, results, plan)
+			if plan != nil {
+				tx.readyClaimed = f.claimedAllQueued
+			}
+			out = f.out
+			return f.fused()
 		}
-		var err error
-		out, err = s.finishInClaim(ctx, tx, results, plan)
-		return err
-	})
+	}
+	var err error
+	if fusable(results) && s.hook.Load() == nil && s.tryFused() {
+		err = s.finishFused(ctx, op, hotPlan(batch), run(true))
+		s.fusedDone(errors.Is(err, errNeedsGo))
+		if errors.Is(err, errNeedsGo) {
+			err = s.inPipe(ctx, op, hotPlan(batch), run(false))
+		}
+	} else {
+		err = s.inPipe(ctx, op, hotPlan(batch), run(false))
+	}
 	if err != nil {
 		return nil, nil, err
 	}
