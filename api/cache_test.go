@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"testing"
 	"time"
 
@@ -101,4 +102,25 @@ func TestCachedListsMatchUncached(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The finished-run cache stays within cacheMaxBytes however many runs
+// are put in it, keeping the most recently put.
+func TestRunCacheStaysUnderItsCap(t *testing.T) {
+	c := newRunCache(time.Hour, time.Now)
+	const size, n = cacheMaxBytes / 10, 1000
+	for i := range n {
+		c.put(&cachedRun{key: [2]string{"d", strconv.Itoa(i)}, size: size}, c.generation())
+		if c.bytes > cacheMaxBytes || len(c.entries) != c.lru.Len() {
+			t.Fatalf("after %d runs: %d bytes in %d entries (%d listed), cap %d", i+1, c.bytes, len(c.entries), c.lru.Len(), cacheMaxBytes)
+		}
+	}
+	if len(c.entries) != 10 {
+		t.Errorf("%d entries kept, want the 10 that fit", len(c.entries))
+	}
+	for i := n - 10; i < n; i++ {
+		if _, ok := c.entries[[2]string{"d", strconv.Itoa(i)}]; !ok {
+			t.Errorf("run %d, among the last put, was evicted", i)
+		}
+	}
 }

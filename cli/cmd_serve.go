@@ -29,6 +29,7 @@ type serveFlags struct {
 	killGrace           time.Duration
 	spoolDir            string
 	memory              memSize
+	memoryLimit         memLimit
 	zombieThreshold     time.Duration
 	zombieCheckInterval time.Duration
 	workerDeadAfter     time.Duration
@@ -82,6 +83,8 @@ tasks at once.`,
 	fs.DurationVar(&f.grace, "grace", executor.DefaultGrace, "on shutdown, how long running tasks may finish before they are stopped and queued again")
 	fs.DurationVar(&f.killGrace, "kill-grace", executor.DefaultKillGrace, "wait between SIGTERM and SIGKILL when stopping a shell task")
 	fs.Var(&f.memory, "worker-memory", "cap each worker process's memory (data segment, RLIMIT_DATA; Linux) at this size, e.g. 2GiB; a task going over kills its worker, and a try doing so twice in a row is failed (default no limit)")
+	f.memoryLimit = memLimit{auto: true}
+	fs.Var(&f.memoryLimit, "memory-limit", "soft limit on the memory of serve and its worker processes together, e.g. 512MiB: each process's Go runtime gets an equal share and collects garbage more often near it (nothing is killed; --worker-memory, when given, sets the workers' own); auto = 3/4 of the memory available (cgroup limit or RAM), 0 = none; a GOMEMLIMIT in the environment wins (env "+envMemoryLimit+")")
 	fs.StringVar(&f.spoolDir, "spool-dir", "", "folder where a worker stopping while the database is unavailable keeps the results it could not record, delivered at the next start (default $XDG_STATE_HOME/trellis/spool or ~/.local/state/trellis/spool; - for none)")
 	fs.DurationVar(&f.zombieThreshold, "zombie-threshold", scheduler.DefaultZombieThreshold,
 		"fail a running task whose last heartbeat is older than this")
@@ -108,6 +111,13 @@ func (f *serveFlags) resolve(cmd *cobra.Command, a *app) error {
 				return usagef("environment variable %s=%q is not a number", envWorkerSlots, v)
 			}
 			f.slots = n
+		}
+	}
+	if !cmd.Flags().Changed("memory-limit") && a.lookupEnv != nil {
+		if v, ok := a.lookupEnv(envMemoryLimit); ok && v != "" {
+			if err := f.memoryLimit.Set(v); err != nil {
+				return usagef("environment variable %s: %v", envMemoryLimit, err)
+			}
 		}
 	}
 	switch {
@@ -236,6 +246,16 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 	if a.workerArgs != nil {
 		childArgs = a.workerArgs
 	}
+	workerEnv := append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
+		a.workerEnv...)
+	_, gomemlimit := os.LookupEnv(envGoMemLimit) // the runtime reads the real environment, and the workers inherit it
+	if share := serveMemoryShare(f.memoryLimit, availableMemory, a.config.Workers, gomemlimit); share > 0 {
+		debug.SetMemoryLimit(share)
+		// Appended last: a child's environment keeps the last value of a
+		// variable, and the pool adds its own after these for --worker-memory.
+		workerEnv = append(workerEnv, envGoMemLimit+"="+strconv.FormatInt(share, 10))
+		a.logger.Info("serve: soft memory limit per process", "bytes", share, "processes", a.config.Workers+1)
+	}
 	pool, err := executor.NewPool(executor.PoolConfig{
 		Store:       st,
 		DatabaseURL: a.config.DatabaseURL,
@@ -245,8 +265,7 @@ func (a *app) startServer(ctx context.Context, st store.Store, f serveFlags) (*s
 		Processes:   a.config.Workers,
 		Slots:       f.slots,
 		Args:        childArgs,
-		Env: append([]string{"TRELLIS_LOG_LEVEL=" + a.config.LogLevel.String(), "TRELLIS_LOG_FORMAT=" + a.config.LogFormat},
-			a.workerEnv...),
+		Env:         workerEnv,
 		Stdout:      a.stderr,
 		Stderr:      a.stderr,
 		Grace:       f.grace,

@@ -33,15 +33,15 @@ func (d *DAG) MaxCalls() int {
 // own call instance, even with the same arguments as another call of the
 // run. Without it, calls with the same canonical arguments in one run are
 // one call instance whose result every caller gets.
-func NoDedup() TaskOption { return func(t *Task) { t.noDedup = true } }
+func NoDedup() TaskOption { return func(t *Task) { t.setM().noDedup = true } }
 
 // Dedup reports whether calls of a callable with the same arguments in one
 // run share one call instance.
-func (t *Task) Dedup() bool { return !t.noDedup }
+func (t *Task) Dedup() bool { return !t.m().noDedup }
 
 // CallFn returns the function of a callable task, on JSON arguments and
 // result (nil for other kinds).
-func (t *Task) CallFn() func(*Context, json.RawMessage) (json.RawMessage, error) { return t.call }
+func (t *Task) CallFn() func(*Context, json.RawMessage) (json.RawMessage, error) { return t.m().call }
 
 // Callable is a task that other tasks of its DAG call at run time with
 // arguments of type In, getting a result of type Out: Pynenc's tasks that
@@ -66,7 +66,7 @@ func NewCallable[In, Out any](d *DAG, id string, fn func(*Context, In) (Out, err
 	if fn == nil {
 		d.addIssue(id, "NewCallable has a nil function")
 	} else {
-		t.call = func(c *Context, args json.RawMessage) (json.RawMessage, error) {
+		t.setM().call = func(c *Context, args json.RawMessage) (json.RawMessage, error) {
 			var in In
 			if err := json.Unmarshal(args, &in); err != nil {
 				return nil, Permanent(fmt.Errorf("arguments %s of callable %q: %w", args, id, err))

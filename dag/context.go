@@ -77,6 +77,14 @@ func (c *Context) WithLazyEnv(f func() []string) *Context {
 	return &cc
 }
 
+// NewLazyEnvContext is NewContext with WithLazyEnv(env), made in one
+// step.
+func NewLazyEnvContext(ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO, env func() []string) *Context {
+	c := NewContext(ctx, info, logger, io)
+	c.lazy = &lazyEnv{f: env}
+	return c
+}
+
 // NewContext returns a Context for one task try. The executor and the
 // `dags test` runner call it; DAG authors receive one.
 func NewContext(ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO) *Context {

@@ -40,7 +40,7 @@ type DAG struct {
 	eventKeySet     bool
 
 	tasks  []*Task
-	byID   map[string]*Task
+	byID   taskIndex    // the first task added with each id
 	issues []buildIssue // problems found while building, reported by Validate
 
 	parseOnce sync.Once
@@ -64,7 +64,7 @@ type Option func(*DAG)
 // New returns a DAG with the given id and options. The id must match
 // ^[A-Za-z0-9_.-]{1,250}$; a bad id is reported by Validate.
 func New(id string, opts ...Option) *DAG {
-	d := &DAG{id: id, maxActiveRuns: DefaultMaxActiveRuns, byID: map[string]*Task{}}
+	d := &DAG{id: id, maxActiveRuns: DefaultMaxActiveRuns}
 	for _, o := range opts {
 		if o != nil {
 			o(d)
@@ -163,10 +163,10 @@ func (d *DAG) Params() map[string]any { return maps.Clone(d.params) }
 func (d *DAG) Tasks() []*Task { return slices.Clone(d.tasks) }
 
 // Task returns the first task added with the given id, or nil.
-func (d *DAG) Task(id string) *Task { return d.byID[id] }
+func (d *DAG) Task(id string) *Task { return d.byID.find(d.tasks, id) }
 
 func (d *DAG) addTask(id string, kind Kind, opts []TaskOption) *Task {
-	t := &Task{dag: d, index: len(d.tasks), id: id, kind: kind, retryDelay: DefaultRetryDelay, trigger: AllSuccess}
+	t := &Task{dag: d, index: int32(len(d.tasks)), id: id, kind: codeOf(kind)}
 	for _, o := range d.defaultTaskOpts {
 		if o != nil {
 			o(t)
@@ -178,9 +178,7 @@ func (d *DAG) addTask(id string, kind Kind, opts []TaskOption) *Task {
 		}
 	}
 	d.tasks = append(d.tasks, t)
-	if _, dup := d.byID[id]; !dup {
-		d.byID[id] = t
-	}
+	d.byID.add(d.tasks, len(d.tasks)-1)
 	return t
 }
 
@@ -198,7 +196,7 @@ func (d *DAG) Func(id string, fn func(*Context) error, opts ...TaskOption) *Task
 // exit 99 skipped, anything else failed.
 func (d *DAG) Shell(id, command string, opts ...TaskOption) *Task {
 	t := d.addTask(id, KindShell, opts)
-	t.command = command
+	t.setO().command = command
 	if command == "" {
 		d.addIssue(id, "Shell has an empty command")
 	}
@@ -218,7 +216,7 @@ type HTTPRequest struct {
 func (d *DAG) HTTP(id string, req HTTPRequest, opts ...TaskOption) *Task {
 	t := d.addTask(id, KindHTTP, opts)
 	req.Header = maps.Clone(req.Header)
-	t.http = &req
+	t.setM().http = &req
 	if req.URL == "" {
 		d.addIssue(id, "HTTP has an empty URL")
 	}
@@ -229,7 +227,7 @@ func (d *DAG) HTTP(id string, req HTTPRequest, opts ...TaskOption) *Task {
 // tasks to follow; every other direct downstream task is skipped.
 func (d *DAG) Branch(id string, fn func(*Context) ([]string, error), opts ...TaskOption) *Task {
 	t := d.addTask(id, KindBranch, opts)
-	t.branch = fn
+	t.setM().branch = fn
 	if fn == nil {
 		d.addIssue(id, "Branch has a nil function")
 	}

@@ -22,10 +22,11 @@ func Env(vars map[string]string) TaskOption {
 		if len(vars) == 0 {
 			return
 		}
-		if t.env == nil {
-			t.env = make(map[string]string, len(vars))
+		m := t.setM()
+		if m.env == nil {
+			m.env = make(map[string]string, len(vars))
 		}
-		maps.Copy(t.env, vars)
+		maps.Copy(m.env, vars)
 	}
 }
 
@@ -36,8 +37,8 @@ func Env(vars map[string]string) TaskOption {
 func InheritEnv(names ...string) TaskOption {
 	return func(t *Task) {
 		for _, n := range names {
-			if !slices.Contains(t.inherit, n) {
-				t.inherit = append(t.inherit, n)
+			if m := t.setM(); !slices.Contains(m.inherit, n) {
+				m.inherit = append(m.inherit, n)
 			}
 		}
 	}
@@ -53,11 +54,11 @@ func TaskMetrics() Option { return func(d *DAG) { d.taskMetrics = true } }
 func (d *DAG) TaskMetrics() bool { return d.taskMetrics }
 
 // Env returns a copy of the variables set with Env (nil when none).
-func (t *Task) Env() map[string]string { return maps.Clone(t.env) }
+func (t *Task) Env() map[string]string { return maps.Clone(t.m().env) }
 
 // InheritEnv returns the names of the worker's variables passed on to the
 // task, in the order given.
-func (t *Task) InheritEnv() []string { return slices.Clone(t.inherit) }
+func (t *Task) InheritEnv() []string { return slices.Clone(t.m().inherit) }
 
 // envNameProblem says what is wrong with a variable name, "" if nothing.
 func envNameProblem(name string) string {
@@ -74,14 +75,14 @@ func envNameProblem(name string) string {
 
 // validateEnv reports the problems of the task's Env and InheritEnv.
 func (t *Task) validateEnv(problem func(format string, args ...any)) {
-	for _, k := range slices.Sorted(maps.Keys(t.env)) {
+	for _, k := range slices.Sorted(maps.Keys(t.m().env)) {
 		if p := envNameProblem(k); p != "" {
 			problem("Env: %s", p)
-		} else if strings.IndexByte(t.env[k], 0) >= 0 {
+		} else if strings.IndexByte(t.m().env[k], 0) >= 0 {
 			problem("Env: the value of %s contains a NUL byte", k)
 		}
 	}
-	for _, n := range t.inherit {
+	for _, n := range t.m().inherit {
 		if p := envNameProblem(n); p != "" {
 			problem("InheritEnv: %s", p)
 		}

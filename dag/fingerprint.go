@@ -77,18 +77,18 @@ func (e *fpEncoder) int(n int64) { e.buf = binary.BigEndian.AppendUint64(e.buf, 
 // reused between calls and returned.
 func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	e.str(t.id)
-	e.str(string(t.kind))
-	if t.noDedup {
+	e.str(string(t.Kind()))
+	if t.m().noDedup {
 		// Only callables have it; other tasks' encoding is unchanged.
 		e.str("nodedup")
 	}
-	e.str(string(t.trigger))
-	e.int(int64(t.retries))
-	e.int(int64(t.retryDelay))
-	e.int(int64(t.maxBackoff))
-	e.int(int64(t.timeout))
-	e.int(int64(t.priority))
-	e.str(t.command)
+	e.str(string(t.o().trigger))
+	e.int(int64(t.o().retries))
+	e.int(int64(t.o().retryDelay))
+	e.int(int64(t.o().maxBackoff))
+	e.int(int64(t.o().timeout))
+	e.int(int64(t.o().priority))
+	e.str(t.o().command)
 	e.str(t.req().Method)
 	e.str(t.req().URL)
 	e.str(t.req().Body)
@@ -115,13 +115,13 @@ func (e *fpEncoder) task(t *Task, scratch []string) []string {
 	// without any keeps the encoding (and fingerprint) it had before
 	// limits existed. NUL cannot start a task id, so the section is never
 	// read as the next task.
-	if t.pool != "" || t.PoolSlots() != 1 || t.maxActive != 0 || t.keySet {
+	if t.m().pool != "" || t.PoolSlots() != 1 || t.m().maxActive != 0 || t.m().keySet {
 		e.str("\x00limits")
-		e.str(t.pool)
+		e.str(t.m().pool)
 		e.int(int64(t.PoolSlots()))
-		e.int(int64(t.maxActive))
-		e.str(t.keyTemplate)
-		e.int(int64(t.keyLimit))
+		e.int(int64(t.m().maxActive))
+		e.str(t.m().keyTemplate)
+		e.int(int64(t.m().keyLimit))
 	}
 	return scratch
 }

@@ -204,7 +204,7 @@ func (d *DAG) cycles() [][]*Task {
 	}
 	// Stable, so self-loops (listed first) stay ahead of larger cycles
 	// through the same task.
-	slices.SortStableFunc(out, func(a, b []*Task) int { return a[0].index - b[0].index })
+	slices.SortStableFunc(out, func(a, b []*Task) int { return int(a[0].index) - int(b[0].index) })
 	return out
 }
 
@@ -218,10 +218,10 @@ func (d *DAG) shortestCycle(start int, c int32, comp, parent, seen []int32) []*T
 		u := queue[0]
 		queue = queue[1:]
 		for _, w := range d.tasks[u].downstream {
-			if w.dag != d || w.index == u || comp[w.index] != c {
+			if w.dag != d || int(w.index) == u || comp[w.index] != c {
 				continue // other DAG, self-loop (reported apart) or other component
 			}
-			if w.index == start {
+			if int(w.index) == start {
 				var rev []*Task
 				for x := u; x != start; x = int(parent[x]) {
 					rev = append(rev, d.tasks[x])
@@ -235,7 +235,7 @@ func (d *DAG) shortestCycle(start int, c int32, comp, parent, seen []int32) []*T
 			if seen[w.index] != mark {
 				seen[w.index] = mark
 				parent[w.index] = int32(u)
-				queue = append(queue, w.index)
+				queue = append(queue, int(w.index))
 			}
 		}
 	}

@@ -31,15 +31,17 @@ const MaxKeyLength = 250
 // Pool runs the task in the named pool: the task's instances run only
 // while the pool has PoolSlots free. A pool that does not exist yet is
 // valid: instances wait queued until it is created (API or RegisterPool).
-func Pool(name string) TaskOption { return func(t *Task) { t.pool = name } }
+func Pool(name string) TaskOption { return func(t *Task) { t.setM().pool = name } }
 
 // PoolSlots sets how many slots of its pool one instance of the task
 // takes (default 1).
-func PoolSlots(n int) TaskOption { return func(t *Task) { t.poolSlots, t.poolSlotsSet = n, true } }
+func PoolSlots(n int) TaskOption {
+	return func(t *Task) { m := t.setM(); m.poolSlots, m.poolSlotsSet = n, true }
+}
 
 // MaxActive caps the instances of this task running at once, across all
 // runs of its DAG (0 = no cap).
-func MaxActive(n int) TaskOption { return func(t *Task) { t.maxActive = n } }
+func MaxActive(n int) TaskOption { return func(t *Task) { t.setM().maxActive = n } }
 
 // ConcurrencyKey puts each instance of the task under a concurrency key
 // rendered from template when the instance is created (Go text/template
@@ -49,8 +51,9 @@ func MaxActive(n int) TaskOption { return func(t *Task) { t.maxActive = n } }
 // back instances of other keys.
 func ConcurrencyKey(template string, limit int) TaskOption {
 	return func(t *Task) {
-		t.keyTemplate, t.keyLimit, t.keySet = template, limit, true
-		t.callKey, t.keyFields = false, nil
+		m := t.setM()
+		m.keyTemplate, m.keyLimit, m.keySet = template, limit, true
+		m.callKey, m.keyFields = false, nil
 	}
 }
 
@@ -61,8 +64,9 @@ func ConcurrencyKey(template string, limit int) TaskOption {
 // by their SHA-256).
 func ConcurrencyByArguments(limit int) TaskOption {
 	return func(t *Task) {
-		t.keyTemplate, t.keyLimit, t.keySet = "call:{{.DAGID}}.{{.TaskID}}:{{.CallArgs}}", limit, true
-		t.callKey, t.keyFields = true, nil
+		m := t.setM()
+		m.keyTemplate, m.keyLimit, m.keySet = "call:{{.DAGID}}.{{.TaskID}}:{{.CallArgs}}", limit, true
+		m.callKey, m.keyFields = true, nil
 	}
 }
 
@@ -76,31 +80,34 @@ func ConcurrencyByKeys(limit int, fields ...string) TaskOption {
 		for _, f := range fields {
 			tpl += " " + strconv.Quote(f)
 		}
-		t.keyTemplate, t.keyLimit, t.keySet = tpl+"}}", limit, true
-		t.callKey, t.keyFields = true, slices.Clone(fields)
-		if t.keyFields == nil {
-			t.keyFields = []string{}
+		m := t.setM()
+		m.keyTemplate, m.keyLimit, m.keySet = tpl+"}}", limit, true
+		m.callKey, m.keyFields = true, slices.Clone(fields)
+		if m.keyFields == nil {
+			m.keyFields = []string{}
 		}
 	}
 }
 
 // Pool returns the task's pool name ("" = DefaultPool).
-func (t *Task) Pool() string { return t.pool }
+func (t *Task) Pool() string { return t.m().pool }
 
 // PoolSlots returns the slots an instance takes in its pool (1 unless
 // set).
 func (t *Task) PoolSlots() int {
-	if !t.poolSlotsSet {
+	if !t.m().poolSlotsSet {
 		return 1
 	}
-	return t.poolSlots
+	return t.m().poolSlots
 }
 
 // MaxActive returns the cap on running instances of the task (0 = none).
-func (t *Task) MaxActive() int { return t.maxActive }
+func (t *Task) MaxActive() int { return t.m().maxActive }
 
 // ConcurrencyKey returns the key template and its limit ("" = none).
-func (t *Task) ConcurrencyKey() (template string, limit int) { return t.keyTemplate, t.keyLimit }
+func (t *Task) ConcurrencyKey() (template string, limit int) {
+	return t.m().keyTemplate, t.m().keyLimit
+}
 
 // KeyData is what a concurrency key template renders from.
 type KeyData struct {
@@ -256,7 +263,7 @@ func ValidatePools(decls []PoolDecl, dags ...*DAG) []Problem {
 			continue
 		}
 		for _, t := range d.tasks {
-			pool := t.pool
+			pool := t.m().pool
 			if pool == "" {
 				pool = DefaultPool
 			}
@@ -271,49 +278,49 @@ func ValidatePools(decls []PoolDecl, dags ...*DAG) []Problem {
 
 // validateLimits reports the task's bad pool, slots, cap and key.
 func (t *Task) validateLimits(problem func(format string, args ...any)) {
-	if t.pool != "" && !ValidPoolName(t.pool) {
-		problem("invalid pool name %q: must match %s", t.pool, PoolNamePattern)
+	if t.m().pool != "" && !ValidPoolName(t.m().pool) {
+		problem("invalid pool name %q: must match %s", t.m().pool, PoolNamePattern)
 	}
-	if t.poolSlotsSet && t.poolSlots < 1 {
-		problem("PoolSlots must be at least 1, got %d", t.poolSlots)
+	if t.m().poolSlotsSet && t.m().poolSlots < 1 {
+		problem("PoolSlots must be at least 1, got %d", t.m().poolSlots)
 	}
-	if t.maxActive < 0 {
-		problem("MaxActive must be 0 (no cap) or positive, got %d", t.maxActive)
+	if t.m().maxActive < 0 {
+		problem("MaxActive must be 0 (no cap) or positive, got %d", t.m().maxActive)
 	}
 	// Call instances are created by Store.Call, which renders concurrency
 	// keys but takes no pool slot and no per-task cap: refuse what would
 	// otherwise be ignored.
-	if t.kind == KindCallable && (t.pool != "" || t.poolSlotsSet || t.maxActive != 0) {
+	if t.Kind() == KindCallable && (t.m().pool != "" || t.m().poolSlotsSet || t.m().maxActive != 0) {
 		problem("Pool, PoolSlots and MaxActive apply to static tasks: limit a callable's calls with ConcurrencyByArguments or ConcurrencyByKeys")
 	}
-	if t.callKey {
+	if t.m().callKey {
 		switch {
-		case t.kind != KindCallable:
+		case t.Kind() != KindCallable:
 			problem("ConcurrencyByArguments and ConcurrencyByKeys apply to callables (NewCallable) only")
-		case t.keyLimit < 1:
-			problem("concurrency limit must be at least 1, got %d", t.keyLimit)
-		case t.keyFields != nil && len(t.keyFields) == 0:
+		case t.m().keyLimit < 1:
+			problem("concurrency limit must be at least 1, got %d", t.m().keyLimit)
+		case t.m().keyFields != nil && len(t.m().keyFields) == 0:
 			problem("ConcurrencyByKeys names no field")
 		}
-		for _, f := range t.keyFields {
+		for _, f := range t.m().keyFields {
 			if f == "" {
 				problem("ConcurrencyByKeys names an empty field")
 			}
 		}
 		return
 	}
-	if t.keySet && t.kind == KindCallable {
+	if t.m().keySet && t.Kind() == KindCallable {
 		problem("ConcurrencyKey applies to static tasks: a callable takes ConcurrencyByArguments or ConcurrencyByKeys")
 		return
 	}
-	if t.keySet {
-		if t.keyLimit < 1 {
-			problem("ConcurrencyKey limit must be at least 1, got %d", t.keyLimit)
+	if t.m().keySet {
+		if t.m().keyLimit < 1 {
+			problem("ConcurrencyKey limit must be at least 1, got %d", t.m().keyLimit)
 		}
-		if strings.TrimSpace(t.keyTemplate) == "" {
+		if strings.TrimSpace(t.m().keyTemplate) == "" {
 			problem("ConcurrencyKey template is empty")
-		} else if _, err := ParseKeyTemplate(t.keyTemplate); err != nil {
-			problem("ConcurrencyKey template %q does not parse: %v", t.keyTemplate, err)
+		} else if _, err := ParseKeyTemplate(t.m().keyTemplate); err != nil {
+			problem("ConcurrencyKey template %q does not parse: %v", t.m().keyTemplate, err)
 		}
 	}
 }

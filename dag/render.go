@@ -25,7 +25,7 @@ func WriteDOT(w io.Writer, d *DAG) error {
 		label := t.id + "\n(" + t.describe() + ")"
 		attrs := "label=" + dotQuote(label)
 		switch {
-		case t.kind == KindBranch:
+		case t.Kind() == KindBranch:
 			attrs += ", shape=diamond, style=solid"
 		case t.Waits():
 			attrs += `, style="rounded,dashed"`
@@ -48,22 +48,22 @@ func WriteDOT(w io.Writer, d *DAG) error {
 // their poke interval or approvers), with its trigger rule when not the
 // default.
 func (t *Task) describe() string {
-	s := string(t.kind)
-	switch t.kind {
+	s := string(t.Kind())
+	switch t.Kind() {
 	case KindSensor:
 		s += ", waits: poke every " + t.PokeInterval().String()
 	case KindResumable:
 		s += ", waits"
 	case KindApproval:
 		s += ", waits"
-		if len(t.approvers) > 0 {
-			s += " for " + strings.Join(t.approvers, "|")
+		if len(t.m().approvers) > 0 {
+			s += " for " + strings.Join(t.m().approvers, "|")
 		}
 	}
-	if t.trigger == AllSuccess {
+	if t.o().trigger == AllSuccess {
 		return s
 	}
-	return s + ", " + string(t.trigger)
+	return s + ", " + string(t.o().trigger)
 }
 
 // dotQuote returns s as a DOT double-quoted string.
@@ -139,12 +139,12 @@ func ToJSON(d *DAG) JSONDAG {
 	for _, t := range d.tasks {
 		j.Tasks = append(j.Tasks, JSONTask{
 			TaskID:            t.id,
-			Kind:              t.kind,
-			TriggerRule:       string(t.trigger),
-			Retries:           t.retries,
-			RetryDelaySeconds: t.retryDelay.Seconds(),
-			TimeoutSeconds:    t.timeout.Seconds(),
-			Priority:          t.priority,
+			Kind:              t.Kind(),
+			TriggerRule:       string(t.o().trigger),
+			Retries:           t.o().retries,
+			RetryDelaySeconds: t.o().retryDelay.Seconds(),
+			TimeoutSeconds:    t.o().timeout.Seconds(),
+			Priority:          t.o().priority,
 			Upstream:          ids(t.upstream),
 			Downstream:        ids(t.downstream),
 			Waits:             t.Waits(),

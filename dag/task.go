@@ -21,25 +21,44 @@ const (
 
 // Task is one node of a DAG. Create tasks with the DAG's Func, Shell, HTTP
 // and Branch methods.
+//
+// A DAG may hold hundreds of thousands of tasks in every process that
+// registers it, so a Task keeps only what every task has; what its options
+// set lives in opts, allocated by the first option that sets something
+// (a task without options shares the defaults).
 type Task struct {
 	dag        *DAG
-	index      int // position in dag.tasks
 	id         string
-	kind       Kind
 	fn         func(*Context) error
-	branch     func(*Context) ([]string, error)
-	call       func(*Context, json.RawMessage) (json.RawMessage, error)
-	noDedup    bool
-	command    string
-	http       *HTTPRequest // HTTP tasks only: the other tasks stay smaller
+	upstream   []*Task
+	downstream []*Task
+	index      int32 // position in dag.tasks
+	kind       kindCode
+	opts       *taskOpts // nil: every option at its default
+}
+
+// taskOpts holds the options of a task given any, and a Shell task's
+// command.
+type taskOpts struct {
 	retries    int
 	retryDelay time.Duration
 	maxBackoff time.Duration
 	timeout    time.Duration
 	trigger    TriggerRule
 	priority   int
-	env        map[string]string // Env
-	inherit    []string          // InheritEnv
+	command    string
+	more       *taskMore // nil: none of the rarer options
+}
+
+// taskMore holds what few tasks have: the functions and requests of the
+// other kinds, environment, limits and waiting options.
+type taskMore struct {
+	branch  func(*Context) ([]string, error)
+	call    func(*Context, json.RawMessage) (json.RawMessage, error)
+	noDedup bool
+	http    *HTTPRequest
+	env     map[string]string // Env
+	inherit []string          // InheritEnv
 	// Limits (limits.go).
 	pool         string
 	poolSlots    int
@@ -50,8 +69,6 @@ type Task struct {
 	keySet       bool
 	callKey      bool     // the key is ConcurrencyByArguments or ConcurrencyByKeys
 	keyFields    []string // ConcurrencyByKeys's fields (nil: by arguments)
-	upstream     []*Task
-	downstream   []*Task
 
 	// Waiting tasks (wait.go).
 	steps           Steps
@@ -64,29 +81,88 @@ type Task struct {
 	waitOpts        int // which of the waiting options were given
 }
 
+// defaultOpts and noMore are what o and m return for a task without
+// options. They are shared and never written: writes go through setO and
+// setM.
+var (
+	defaultOpts = taskOpts{retryDelay: DefaultRetryDelay, trigger: AllSuccess}
+	noMore      taskMore
+)
+
+// o returns the task's options for reading.
+func (t *Task) o() *taskOpts {
+	if t.opts == nil {
+		return &defaultOpts
+	}
+	return t.opts
+}
+
+// m returns the task's rarer options for reading.
+func (t *Task) m() *taskMore {
+	if t.opts == nil || t.opts.more == nil {
+		return &noMore
+	}
+	return t.opts.more
+}
+
+// setO returns the task's options for writing, allocating them (at their
+// defaults) on first use.
+func (t *Task) setO() *taskOpts {
+	if t.opts == nil {
+		o := defaultOpts
+		t.opts = &o
+	}
+	return t.opts
+}
+
+// setM returns the task's rarer options for writing, allocating them on
+// first use.
+func (t *Task) setM() *taskMore {
+	o := t.setO()
+	if o.more == nil {
+		o.more = &taskMore{}
+	}
+	return o.more
+}
+
+// kindCode is a Kind held in one byte; kinds lists them in code order.
+type kindCode uint8
+
+var kinds = [...]Kind{KindFunc, KindShell, KindHTTP, KindBranch, KindCallable, KindResumable, KindSensor, KindApproval}
+
+// codeOf returns the code of k, one of kinds.
+func codeOf(k Kind) kindCode {
+	for i, x := range kinds {
+		if x == k {
+			return kindCode(i)
+		}
+	}
+	panic("dag: unknown task kind " + string(k)) // the constructors pass only the kinds above
+}
+
 // TaskOption configures a task.
 type TaskOption func(*Task)
 
 // Retries sets how many times a failed task is tried again (default 0).
-func Retries(n int) TaskOption { return func(t *Task) { t.retries = n } }
+func Retries(n int) TaskOption { return func(t *Task) { t.setO().retries = n } }
 
 // RetryDelay sets the wait before a retry (default 10s).
-func RetryDelay(d time.Duration) TaskOption { return func(t *Task) { t.retryDelay = d } }
+func RetryDelay(d time.Duration) TaskOption { return func(t *Task) { t.setO().retryDelay = d } }
 
 // ExponentialBackoff doubles the retry delay on every try, with jitter, up
 // to max.
 func ExponentialBackoff(max time.Duration) TaskOption {
-	return func(t *Task) { t.maxBackoff = max }
+	return func(t *Task) { t.setO().maxBackoff = max }
 }
 
 // Timeout bounds one try of the task; 0 means no timeout.
-func Timeout(d time.Duration) TaskOption { return func(t *Task) { t.timeout = d } }
+func Timeout(d time.Duration) TaskOption { return func(t *Task) { t.setO().timeout = d } }
 
 // Trigger sets the trigger rule (default AllSuccess).
-func Trigger(r TriggerRule) TaskOption { return func(t *Task) { t.trigger = r } }
+func Trigger(r TriggerRule) TaskOption { return func(t *Task) { t.setO().trigger = r } }
 
 // Priority orders ready tasks: higher runs first (default 0).
-func Priority(p int) TaskOption { return func(t *Task) { t.priority = p } }
+func Priority(p int) TaskOption { return func(t *Task) { t.setO().priority = p } }
 
 // SetDownstream makes every task in ts run after t and returns t.
 //
@@ -164,23 +240,23 @@ func (t *Task) DAG() *DAG { return t.dag }
 func (t *Task) ID() string { return t.id }
 
 // Kind returns what the task runs.
-func (t *Task) Kind() Kind { return t.kind }
+func (t *Task) Kind() Kind { return kinds[t.kind] }
 
 // Fn returns the function of a Func task (nil otherwise).
 func (t *Task) Fn() func(*Context) error { return t.fn }
 
 // BranchFn returns the function of a Branch task (nil otherwise).
-func (t *Task) BranchFn() func(*Context) ([]string, error) { return t.branch }
+func (t *Task) BranchFn() func(*Context) ([]string, error) { return t.m().branch }
 
 // Command returns the command of a Shell task.
-func (t *Task) Command() string { return t.command }
+func (t *Task) Command() string { return t.o().command }
 
 // req returns the request of an HTTP task, the zero request for the others.
 func (t *Task) req() HTTPRequest {
-	if t.http == nil {
-		return HTTPRequest{}
+	if h := t.m().http; h != nil {
+		return *h
 	}
-	return *t.http
+	return HTTPRequest{}
 }
 
 // HTTPRequest returns a copy of the request of an HTTP task.
@@ -191,22 +267,22 @@ func (t *Task) HTTPRequest() HTTPRequest {
 }
 
 // Retries returns how many retries a failed task gets.
-func (t *Task) Retries() int { return t.retries }
+func (t *Task) Retries() int { return t.o().retries }
 
 // RetryDelay returns the base delay between tries.
-func (t *Task) RetryDelay() time.Duration { return t.retryDelay }
+func (t *Task) RetryDelay() time.Duration { return t.o().retryDelay }
 
 // MaxBackoff returns the cap of exponential backoff, 0 when backoff is off.
-func (t *Task) MaxBackoff() time.Duration { return t.maxBackoff }
+func (t *Task) MaxBackoff() time.Duration { return t.o().maxBackoff }
 
 // Timeout returns the per-try timeout (0 = none).
-func (t *Task) Timeout() time.Duration { return t.timeout }
+func (t *Task) Timeout() time.Duration { return t.o().timeout }
 
 // TriggerRule returns the task's trigger rule.
-func (t *Task) TriggerRule() TriggerRule { return t.trigger }
+func (t *Task) TriggerRule() TriggerRule { return t.o().trigger }
 
 // Priority returns the task's priority weight.
-func (t *Task) Priority() int { return t.priority }
+func (t *Task) Priority() int { return t.o().priority }
 
 // Upstream returns the tasks t directly depends on, in the order added.
 func (t *Task) Upstream() []*Task { return slices.Clone(t.upstream) }

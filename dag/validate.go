@@ -163,34 +163,34 @@ func (t *Task) validate(out []Problem) []Problem {
 	if !ValidID(t.id) {
 		problem("invalid task id %q: must match %s", t.id, IDPattern)
 	}
-	if first := t.dag.byID[t.id]; first != t {
+	if first := t.dag.Task(t.id); first != t {
 		problem("duplicate task id: tasks #%d and #%d both use it", first.index+1, t.index+1)
 	}
-	if t.retries < 0 {
-		problem("Retries must not be negative, got %d", t.retries)
+	if t.o().retries < 0 {
+		problem("Retries must not be negative, got %d", t.o().retries)
 	}
-	if t.retryDelay < 0 {
-		problem("RetryDelay must not be negative, got %s", t.retryDelay)
+	if t.o().retryDelay < 0 {
+		problem("RetryDelay must not be negative, got %s", t.o().retryDelay)
 	}
-	if t.maxBackoff < 0 {
-		problem("ExponentialBackoff maximum must not be negative, got %s", t.maxBackoff)
+	if t.o().maxBackoff < 0 {
+		problem("ExponentialBackoff maximum must not be negative, got %s", t.o().maxBackoff)
 	}
-	if t.timeout < 0 {
-		problem("Timeout must not be negative, got %s", t.timeout)
+	if t.o().timeout < 0 {
+		problem("Timeout must not be negative, got %s", t.o().timeout)
 	}
 	t.validateEnv(problem)
 	t.validateWait(problem)
 	t.validateLimits(problem)
-	if !t.trigger.Valid() {
-		problem("unknown trigger rule %q (want one of %v)", string(t.trigger), TriggerRules)
+	if !t.o().trigger.Valid() {
+		problem("unknown trigger rule %q (want one of %v)", string(t.o().trigger), TriggerRules)
 	}
-	if t.kind == KindCallable && (len(t.upstream) > 0 || len(t.downstream) > 0) {
+	if t.Kind() == KindCallable && (len(t.upstream) > 0 || len(t.downstream) > 0) {
 		problem("a callable has no edges: tasks call it (Callable.Call), they do not depend on it")
 	}
-	if t.noDedup && t.kind != KindCallable {
+	if t.m().noDedup && t.Kind() != KindCallable {
 		problem("NoDedup applies to callables only")
 	}
-	if t.kind == KindHTTP {
+	if t.Kind() == KindHTTP {
 		if m := t.req().Method; m != "" && !validMethod(m) {
 			problem("HTTP method %q is not a valid method token", m)
 		}

@@ -204,7 +204,7 @@ func (i RunInfo) WaitTimedOut(now time.Time) bool {
 // again). The task holds no worker slot while deferred.
 func (d *DAG) Resumable(id string, steps Steps, opts ...TaskOption) *Task {
 	t := d.addTask(id, KindResumable, opts)
-	t.steps = steps
+	t.setM().steps = steps
 	if steps.Start == nil {
 		d.addIssue(id, "Resumable has a nil Start step")
 	}
@@ -221,7 +221,7 @@ func (d *DAG) Resumable(id string, steps Steps, opts ...TaskOption) *Task {
 // SoftFail.
 func (d *DAG) Sensor(id string, check func(*Context) (bool, error), opts ...TaskOption) *Task {
 	t := d.addTask(id, KindSensor, opts)
-	t.sensor = check
+	t.setM().sensor = check
 	if check == nil {
 		d.addIssue(id, "Sensor has a nil check function")
 	}
@@ -241,29 +241,31 @@ func (d *DAG) Approval(id string, opts ...TaskOption) *Task {
 // Shell task that exits with ShellDeferExitCode without naming a wait
 // runs again.
 func PokeInterval(d time.Duration) TaskOption {
-	return func(t *Task) { t.pokeInterval = d; t.waitOpts |= optPoke }
+	return func(t *Task) { m := t.setM(); m.pokeInterval = d; m.waitOpts |= optPoke }
 }
 
 // SensorTimeout bounds how long a Sensor pokes, from its first poke
 // (default 7 days).
 func SensorTimeout(d time.Duration) TaskOption {
-	return func(t *Task) { t.sensorTimeout = d; t.waitOpts |= optSensorTimeout }
+	return func(t *Task) { m := t.setM(); m.sensorTimeout = d; m.waitOpts |= optSensorTimeout }
 }
 
 // SoftFail makes a waiting task (Sensor, Resumable, Approval, deferred
 // Shell) whose wait times out end skipped instead of failed.
-func SoftFail() TaskOption { return func(t *Task) { t.softFail = true; t.waitOpts |= optSoftFail } }
+func SoftFail() TaskOption {
+	return func(t *Task) { m := t.setM(); m.softFail = true; m.waitOpts |= optSoftFail }
+}
 
 // Approvers restricts who may approve an Approval task: the name given in
 // the continue call, or the API token's identity, must be one of names.
 func Approvers(names ...string) TaskOption {
-	return func(t *Task) { t.approvers = append(t.approvers, names...); t.waitOpts |= optApprovers }
+	return func(t *Task) { m := t.setM(); m.approvers = append(m.approvers, names...); m.waitOpts |= optApprovers }
 }
 
 // ApprovalTimeout bounds how long an Approval task waits (0, the default,
 // waits until approved).
 func ApprovalTimeout(d time.Duration) TaskOption {
-	return func(t *Task) { t.approvalTimeout = d; t.waitOpts |= optApprovalTimeout }
+	return func(t *Task) { m := t.setM(); m.approvalTimeout = d; m.waitOpts |= optApprovalTimeout }
 }
 
 // Which waiting options a task was given, to report those given to a kind
@@ -277,40 +279,40 @@ const (
 )
 
 // Steps returns the steps of a Resumable task (zero otherwise).
-func (t *Task) Steps() Steps { return t.steps }
+func (t *Task) Steps() Steps { return t.m().steps }
 
 // SensorFn returns the check function of a Sensor task (nil otherwise).
-func (t *Task) SensorFn() func(*Context) (bool, error) { return t.sensor }
+func (t *Task) SensorFn() func(*Context) (bool, error) { return t.m().sensor }
 
 // PokeInterval returns the interval between a Sensor's pokes.
 func (t *Task) PokeInterval() time.Duration {
-	if t.waitOpts&optPoke == 0 {
+	if t.m().waitOpts&optPoke == 0 {
 		return DefaultPokeInterval
 	}
-	return t.pokeInterval
+	return t.m().pokeInterval
 }
 
 // SensorTimeout returns how long a Sensor pokes at most.
 func (t *Task) SensorTimeout() time.Duration {
-	if t.waitOpts&optSensorTimeout == 0 {
+	if t.m().waitOpts&optSensorTimeout == 0 {
 		return DefaultSensorTimeout
 	}
-	return t.sensorTimeout
+	return t.m().sensorTimeout
 }
 
 // SoftFail reports whether a timed-out wait skips the task.
-func (t *Task) SoftFail() bool { return t.softFail }
+func (t *Task) SoftFail() bool { return t.m().softFail }
 
 // Approvers returns who may approve an Approval task (nil = anyone).
-func (t *Task) Approvers() []string { return slices.Clone(t.approvers) }
+func (t *Task) Approvers() []string { return slices.Clone(t.m().approvers) }
 
 // ApprovalTimeout returns how long an Approval task waits (0 = no bound).
-func (t *Task) ApprovalTimeout() time.Duration { return t.approvalTimeout }
+func (t *Task) ApprovalTimeout() time.Duration { return t.m().approvalTimeout }
 
 // Waits reports whether the task is of a kind that defers itself
 // (Resumable, Sensor, Approval); Shell tasks may defer too.
 func (t *Task) Waits() bool {
-	return t.kind == KindResumable || t.kind == KindSensor || t.kind == KindApproval
+	return t.Kind() == KindResumable || t.Kind() == KindSensor || t.Kind() == KindApproval
 }
 
 // ScheduleOnEvent makes the DAG get a run for every event with key (POST
@@ -327,43 +329,43 @@ func (d *DAG) EventKey() string { return d.eventKey }
 // validateWait adds the problems of t's waiting options.
 func (t *Task) validateWait(problem func(format string, args ...any)) {
 	wrongKind := func(name string, kinds ...Kind) {
-		problem("%s applies to %s tasks, not to a %s task", name, kindList(kinds), t.kind)
+		problem("%s applies to %s tasks, not to a %s task", name, kindList(kinds), t.Kind())
 	}
-	if t.waitOpts&optPoke != 0 {
-		if t.kind != KindSensor && t.kind != KindShell {
+	if t.m().waitOpts&optPoke != 0 {
+		if t.Kind() != KindSensor && t.Kind() != KindShell {
 			wrongKind("PokeInterval", KindSensor, KindShell)
-		} else if t.pokeInterval <= 0 {
-			problem("PokeInterval must be positive, got %v", t.pokeInterval)
+		} else if t.m().pokeInterval <= 0 {
+			problem("PokeInterval must be positive, got %v", t.m().pokeInterval)
 		}
 	}
-	if t.waitOpts&optSensorTimeout != 0 {
-		if t.kind != KindSensor {
+	if t.m().waitOpts&optSensorTimeout != 0 {
+		if t.Kind() != KindSensor {
 			wrongKind("SensorTimeout", KindSensor)
-		} else if t.sensorTimeout <= 0 {
-			problem("SensorTimeout must be positive, got %v", t.sensorTimeout)
+		} else if t.m().sensorTimeout <= 0 {
+			problem("SensorTimeout must be positive, got %v", t.m().sensorTimeout)
 		}
 	}
-	if t.waitOpts&optSoftFail != 0 && !t.Waits() && t.kind != KindShell {
+	if t.m().waitOpts&optSoftFail != 0 && !t.Waits() && t.Kind() != KindShell {
 		wrongKind("SoftFail", KindSensor, KindResumable, KindApproval, KindShell)
 	}
-	if t.waitOpts&optApprovers != 0 {
-		if t.kind != KindApproval {
+	if t.m().waitOpts&optApprovers != 0 {
+		if t.Kind() != KindApproval {
 			wrongKind("Approvers", KindApproval)
 		}
-		if len(t.approvers) == 0 {
+		if len(t.m().approvers) == 0 {
 			problem("Approvers names nobody")
 		}
-		for _, a := range t.approvers {
+		for _, a := range t.m().approvers {
 			if a == "" {
 				problem("Approvers holds an empty name")
 			}
 		}
 	}
-	if t.waitOpts&optApprovalTimeout != 0 {
-		if t.kind != KindApproval {
+	if t.m().waitOpts&optApprovalTimeout != 0 {
+		if t.Kind() != KindApproval {
 			wrongKind("ApprovalTimeout", KindApproval)
-		} else if t.approvalTimeout < 0 {
-			problem("ApprovalTimeout must not be negative, got %v", t.approvalTimeout)
+		} else if t.m().approvalTimeout < 0 {
+			problem("ApprovalTimeout must not be negative, got %v", t.m().approvalTimeout)
 		}
 	}
 }

@@ -150,9 +150,9 @@ func childReports(f *os.File, ev Events, running *atomic.Int64, log *slog.Logger
 	sc.Buffer(make([]byte, 0, 64<<10), channelMaxLine)
 	var dropped int64
 	warned := false
+	var r report
 	for sc.Scan() {
-		var r report
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		if err := parseReport(sc.Bytes(), &r); err != nil {
 			if !warned {
 				warned = true
 				log.Warn("worker process sent a malformed report; ignoring it", "err", err)
@@ -276,12 +276,13 @@ func (c *Channel) start(running func() int) {
 
 func (c *Channel) loop(running func() int) {
 	defer close(c.done)
-	enc := json.NewEncoder(c.f)
+	var line []byte
 	tick := time.NewTicker(channelStatusInterval)
 	defer tick.Stop()
 	failing := false
 	send := func(batch []Finish) {
-		err := enc.Encode(report{Finishes: batch, Running: running(), Dropped: c.dropped.Load()})
+		line = appendReport(line[:0], report{Finishes: batch, Running: running(), Dropped: c.dropped.Load()})
+		_, err := c.f.Write(line)
 		switch {
 		case err != nil && !failing:
 			failing = true

@@ -13,7 +13,9 @@ import (
 // finisher records results in batches. A result is committed at once when
 // no commit is in flight; results that arrive while one is in flight (or
 // within FinishDelay) go together into the next, so one commit carries
-// many results under load without adding latency when idle.
+// many results under load without adding latency when idle. Only tries
+// that hold a limit and were launched just before make it wait, at most
+// gatherWait, for them (gatherDeadline).
 //
 // A finished result is never given up while the worker runs: while the
 // store is unavailable (database unreachable, disk full) the commit is
@@ -100,6 +102,7 @@ func (f *finisher) loop() {
 				t := f.w.cfg.Clock.NewTimer(d)
 				<-t.C()
 			}
+			f.gather()
 			batch, held, closing := f.take()
 			if len(batch) == 0 {
 				if closing {
@@ -108,6 +111,35 @@ func (f *finisher) loop() {
 				break
 			}
 			f.commit(batch, held)
+		}
+	}
+}
+
+// gather waits, before a batch is taken, for the tries that hold a limit
+// and were just launched to return (gatherDeadline), unless the worker
+// stops.
+func (f *finisher) gather() {
+	for {
+		f.mu.Lock()
+		closing := f.closing
+		f.mu.Unlock()
+		if closing {
+			return
+		}
+		clk := f.w.cfg.Clock
+		until, ok := gatherDeadline(f.w.heldLaunches(), clk.Now())
+		if !ok {
+			return
+		}
+		t := clk.NewTimer(until.Sub(clk.Now()))
+		select {
+		case <-f.w.tryReturned:
+			t.Stop()
+		case <-t.C():
+			return
+		case <-f.closed:
+			t.Stop()
+			return
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -110,12 +109,14 @@ func (w *Worker) pokeLoop() {
 }
 
 // runPokes runs the checks of pokes on at most pokeParallel goroutines
-// (a fixed set per batch, each taking the next check: no goroutine per
-// poke) and returns their results.
+// (taskrun.Pokes: a fixed set per batch, each taking the next check; no
+// goroutine, timer or channel per poke) and returns their results.
 func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeResult {
 	out := make([]store.PokeResult, len(pokes))
 	params := map[int64]map[string]any{}
 	confErr := map[int64]error{}
+	outputs := map[int64]dag.OutputIO{}
+	var noParams map[string]any
 	type check struct {
 		i      int
 		task   *dag.Task
@@ -145,45 +146,45 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 		}
 		ps := params[p.RunID] // shared: Context.Params hands out copies
 		if ps == nil {
-			ps = map[string]any{}
+			if noParams == nil {
+				noParams = map[string]any{}
+			}
+			ps = noParams
+		}
+		if _, ok := outputs[p.RunID]; !ok {
+			outputs[p.RunID] = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID}
 		}
 		checks = append(checks, check{i, task, ps})
 	}
-	var (
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
-	for range min(pokeParallel, len(checks)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := int(next.Add(1)) - 1; k < len(checks); k = int(next.Add(1)) - 1 {
-				c := checks[k]
-				out[c.i].Result = w.poke(ctx, pokes[c.i], c.task, c.params)
-			}
-		}()
-	}
-	wg.Wait()
+	logs := make([]cappedLog, len(checks))
+	now := w.cfg.Clock.Now
+	taskrun.Pokes(ctx, len(checks), pokeParallel, func(k int) taskrun.Try {
+		c := checks[k]
+		p := &pokes[c.i]
+		logs[k].max = pokeLogBytes
+		return taskrun.Try{
+			Limit: pokeMaxCheck, // under the task's Timeout when shorter
+			Task:  c.task,
+			Info: dag.RunInfo{
+				DAGID: p.DAGID, RunID: p.DAGRunID, TaskID: p.TaskID, TryNumber: p.TryNumber,
+				LogicalDate: p.LogicalDate, IntervalStart: p.IntervalStart, IntervalEnd: p.IntervalEnd,
+				Params: c.params, Resumed: true, TriggerTimeout: p.TriggerTimeout,
+			},
+			Log:       &logs[k],
+			Outputs:   outputs[p.RunID],
+			KillGrace: w.cfg.KillGrace,
+			Env:       w.cfg.TaskEnv,
+			Now:       now,
+		}
+	}, func(k int, o taskrun.Outcome) {
+		c := checks[k]
+		out[c.i].Result = w.pokeResult(ctx, pokes[c.i], o, &logs[k])
+	})
 	return out
 }
 
-// poke runs one check of a Sensor and returns what it said as a result.
-func (w *Worker) poke(parent context.Context, p store.Poke, task *dag.Task, params map[string]any) store.Result {
-	log := &cappedLog{max: pokeLogBytes}
-	out := taskrun.Poke(parent, taskrun.Try{
-		Limit: pokeMaxCheck, // under the task's Timeout when shorter
-		Task:  task,
-		Info: dag.RunInfo{
-			DAGID: p.DAGID, RunID: p.DAGRunID, TaskID: p.TaskID, TryNumber: p.TryNumber,
-			LogicalDate: p.LogicalDate, IntervalStart: p.IntervalStart, IntervalEnd: p.IntervalEnd,
-			Params: params, Resumed: true, TriggerTimeout: p.TriggerTimeout,
-		},
-		Log:       log,
-		Outputs:   storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID},
-		KillGrace: w.cfg.KillGrace,
-		Env:       w.cfg.TaskEnv,
-		Now:       w.cfg.Clock.Now,
-	})
+// pokeResult turns what one check of a Sensor said into a result.
+func (w *Worker) pokeResult(parent context.Context, p store.Poke, out taskrun.Outcome, log *cappedLog) store.Result {
 	if out.Abandoned {
 		w.noteLeak()
 	}

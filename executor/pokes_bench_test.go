@@ -58,6 +58,72 @@ func BenchmarkRunPokes(b *testing.B) {
 	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 }
 
+// BenchmarkPokeCycle runs the whole poke cycle of a worker on 1,000
+// Sensors deferred on PostgreSQL, as the poke loop does it, one batch
+// after another: claim the due pokes (one statement), run their checks
+// (the bench's check, "not yet") and record them (one transaction). b.N
+// counts pokes; cpu-ns/op is this process's CPU per poke (the store
+// client's work included, PostgreSQL's own not: another process).
+func BenchmarkPokeCycle(b *testing.B) {
+	const n = pokeBatch
+	missing := filepath.Join(b.TempDir(), "release")
+	d := dag.New("cycle", dag.Params(map[string]any{"release_file": missing}))
+	for i := range n {
+		d.Sensor(fmt.Sprintf("s%04d", i), func(c *dag.Context) (bool, error) {
+			path, _ := c.Params()["release_file"].(string)
+			_, err := os.Stat(path)
+			return err == nil, nil
+		}, dag.PokeInterval(time.Second), dag.SensorTimeout(time.Hour))
+	}
+	reg := dag.NewRegistry()
+	reg.Register(d)
+	st := openStore(b, testdb.Postgres(b))
+	syncDAGs(b, st, d)
+	w, err := NewWorker(WorkerConfig{Store: st, Registry: reg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := st.RegisterWorker(ctx, w.self); err != nil {
+		b.Fatal(err)
+	}
+	startRun(b, st, d, "r", nil)
+	claimed, err := st.ClaimTasks(ctx, w.self, n, time.Now())
+	if err != nil || len(claimed) != n {
+		b.Fatalf("claimed %d sensors, %v; want %d", len(claimed), err, n)
+	}
+	results := make([]store.Result, n)
+	for i, c := range claimed {
+		results[i] = store.Result{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber}, State: state.Deferred, EndedAt: time.Now(),
+			Deferral: store.Deferral{Poke: true, NextCheckAt: time.Now(), TriggerTimeout: time.Now().Add(time.Hour)}}
+	}
+	if _, err := st.FinishTasks(ctx, results); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	for done := 0; done < b.N; done += n {
+		now := time.Now().Add(2 * time.Second) // every poke is due
+		pokes, _, err := st.ClaimPokes(ctx, w.self, n, now, now.Add(pokeLease))
+		if err != nil || len(pokes) != n {
+			b.Fatalf("claimed %d pokes, %v; want %d", len(pokes), err, n)
+		}
+		results := w.runPokes(ctx, pokes)
+		outs, err := st.FinishPokes(ctx, w.self, results, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, o := range outs {
+			if !o.Applied {
+				b.Fatalf("poke result not applied: %+v", o)
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
 // processCPU is the CPU time (user and system) this process used so far.
 func processCPU(b *testing.B) time.Duration {
 	var ru syscall.Rusage

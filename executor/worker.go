@@ -57,6 +57,8 @@ type Worker struct {
 	halted    chan struct{} // closed by Halt
 	leakLimit chan struct{} // closed when MaxLeaks abandoned goroutines are reached
 	done      chan struct{} // closed when Stop has finished
+	// tryReturned: a try that holds a limit returned (finisher.gather).
+	tryReturned chan struct{}
 
 	startOnce sync.Once
 	started   bool
@@ -89,6 +91,10 @@ type activeTry struct {
 	lost        bool // the store took it away: drop the result
 	interrupted bool // shutdown cancelled it: requeue unless it succeeded
 	abandoned   bool // shutdown requeued it while it still ran
+	// heldAt is when a try that holds a pool's or a key's slot
+	// (holdsLimit) was launched; zero for the others. Set before its
+	// goroutine starts.
+	heldAt time.Time
 	// parked: deferred on its calls, its goroutine waiting without a
 	// slot until the worker's claim closes resume (tryCaller).
 	parked bool
@@ -120,6 +126,8 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		done:      make(chan struct{}),
 		loopsStop: make(chan struct{}),
 		logSem:    make(chan struct{}, maxLogFlushes),
+
+		tryReturned: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -494,6 +502,9 @@ func (w *Worker) launch(c store.Claimed) bool {
 	}
 	w.active[c.ID] = a
 	w.executing++
+	if holdsLimit(c) {
+		a.heldAt = w.cfg.Clock.Now()
+	}
 	// Added under w.mu, before shutdown (which sets closing under w.mu)
 	// can wait for the tries.
 	w.tryWG.Add(1)
@@ -576,6 +587,51 @@ func (w *Worker) runTry(a *activeTry) {
 	}
 	w.mu.Unlock()
 	notify(w.slotFreed)
+	if !a.heldAt.IsZero() {
+		notify(w.tryReturned)
+	}
+}
+
+// gatherWait bounds how long the finisher waits for tries that hold a
+// limit and were launched just before it takes a batch (gatherDeadline).
+const gatherWait = time.Millisecond
+
+// gatherDeadline returns until when the finisher waits before it takes a
+// batch, given the launch times of the tries that hold a limit and still
+// run: the latest launch within gatherWait of now, plus gatherWait; false
+// when there is none. A try that holds a limit keeps its worker slot
+// until its finish commits, and that finish claims for the slot (see
+// runTry); if the finisher took its batch while the tries a claim had
+// just launched were still returning, the worker's slots would split into
+// two groups finishing in turn, each finish carrying half of them. Tries
+// that end within gatherWait of their start join the results already
+// waiting instead; longer ones cost the results waiting gatherWait at
+// most.
+func gatherDeadline(heldAt []time.Time, now time.Time) (time.Time, bool) {
+	var latest time.Time
+	for _, t := range heldAt {
+		if now.Sub(t) < gatherWait && t.After(latest) {
+			latest = t
+		}
+	}
+	if latest.IsZero() {
+		return time.Time{}, false
+	}
+	return latest.Add(gatherWait), true
+}
+
+// heldLaunches returns the launch times of the running tries that hold a
+// limit.
+func (w *Worker) heldLaunches() []time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var at []time.Time
+	for _, a := range w.active {
+		if a.running && !a.heldAt.IsZero() {
+			at = append(at, a.heldAt)
+		}
+	}
+	return at
 }
 
 // holdsLimit reports whether c takes a slot of a pool or a concurrency

@@ -150,7 +150,7 @@ type Outcome struct {
 // A try whose context is cancelled (not timed out) and that still returns
 // on its own keeps its result; one that had to be stopped is failed with
 // the context's cause.
-func Run(ctx context.Context, t Try) Outcome { return run(ctx, t, false) }
+func Run(ctx context.Context, t Try) Outcome { return run(ctx, t) }
 
 // Poke runs one poke of a Sensor for a worker's poke loop: its check, as
 // Run runs the try of a Sensor continued by time (the deadline's outcome
@@ -158,23 +158,15 @@ func Run(ctx context.Context, t Try) Outcome { return run(ctx, t, false) }
 // "not yet" writes nothing to the log: a poke loop drops the log of such
 // a poke and keeps only the one that ends the wait.
 func Poke(ctx context.Context, t Try) Outcome {
-	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
-		return failed(errors.New("poke: the task is not a Sensor"), true)
-	}
-	return run(ctx, t, true)
+	var out Outcome
+	Pokes(ctx, 1, 1, func(int) Try { return t }, func(_ int, o Outcome) { out = o })
+	return out
 }
 
-func run(ctx context.Context, t Try, quietDefer bool) Outcome {
+func run(ctx context.Context, t Try) Outcome {
 	logw := newTryLog(t.Log)
 	defer logw.close()
-	var logger *slog.Logger
-	if quietDefer {
-		// A poke that says "not yet" mostly logs nothing: the handler is
-		// made on the first record.
-		logger = slog.New(&lazyText{w: logw.records()})
-	} else {
-		logger = slog.New(slog.NewTextHandler(logw.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
+	logger := slog.New(slog.NewTextHandler(logw.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if t.Task == nil {
 		return failed(errors.New("run try: no task given"), true)
 	}
@@ -197,7 +189,7 @@ func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 	var out Outcome
 	switch t.Task.Kind() {
 	case dag.KindFunc, dag.KindBranch, dag.KindCallable, dag.KindResumable, dag.KindSensor, dag.KindApproval:
-		out = runFunc(tctx, t, logw.records(), logger, grace, quietDefer)
+		out = runFunc(tctx, t, logw.records(), logger, grace)
 	case dag.KindShell:
 		out = runShell(tctx, t, logw, logger, grace)
 	case dag.KindHTTP:
@@ -206,8 +198,16 @@ func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 		out = failed(fmt.Errorf("task %q has unknown kind %q", t.Task.ID(), t.Task.Kind()), true)
 	}
 	if out.State == state.Deferred {
-		out.Deferral = deferral(t, out.Deferral, now)
+		d := deferral(&t, *out.Deferral, now)
+		out.Deferral = &d
 	}
+	logOutcome(logger, out, false)
+	return out
+}
+
+// logOutcome writes the line that says how a try ended; with quietDefer
+// a deferral writes none (a poke's "not yet").
+func logOutcome(logger *slog.Logger, out Outcome, quietDefer bool) {
 	switch {
 	case out.State == state.Deferred && quietDefer:
 	case out.State == state.Deferred:
@@ -220,7 +220,6 @@ func run(ctx context.Context, t Try, quietDefer bool) Outcome {
 		logger.Error("task failed", "error", errText(out.Err),
 			"permanent", out.Permanent, "timed_out", out.TimedOut)
 	}
-	return out
 }
 
 // taskContext bounds ctx by the task's timeout; the deadline's cause
@@ -284,9 +283,8 @@ type funcResult struct {
 	expired bool // the try's context was done when the function returned
 }
 
-// runFunc runs a Func, Branch, Callable or waiting task's function; with
-// lazyEnv its environment is computed only when it reads it (a poke).
-func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration, lazyEnv bool) Outcome {
+// runFunc runs a Func, Branch, Callable or waiting task's function.
+func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, grace time.Duration) Outcome {
 	task := t.Task
 	fn, branch, call := task.Fn(), task.BranchFn(), task.CallFn()
 	if task.Waits() {
@@ -298,14 +296,9 @@ func runFunc(tctx context.Context, t Try, logw io.Writer, logger *slog.Logger, g
 	}
 	outs := &tryOutputs{under: t.Outputs, self: t.Info.TaskID}
 	defer outs.close()
-	info := t.Info
-	var c *dag.Context
-	if lazyEnv {
-		c = dag.NewContext(tctx, info, logger, outs).WithLazyEnv(func() []string { return TaskEnv(t, nil, nil) })
-	} else {
-		info.Env = TaskEnv(t, nil, nil)
-		c = dag.NewContext(tctx, info, logger, outs)
-	}
+	// The environment is made if the function reads it (Getenv): most
+	// never do, and it is a good part of a short try's cost.
+	c := dag.NewLazyEnvContext(tctx, t.Info, logger, outs, func() []string { return TaskEnv(t, nil, nil) })
 	if t.Caller != nil {
 		c = c.WithCaller(t.Caller)
 	}

@@ -164,8 +164,8 @@ func waitTimedOut(t Try, now time.Time) (Outcome, bool) {
 // command that named no wait checks again after its PokeInterval; the
 // next check is never after the deadline, so a timeout is noticed by the
 // same sweep that continues polls.
-func deferral(t Try, d *Deferral, now time.Time) *Deferral {
-	out := *d
+func deferral(t *Try, d Deferral, now time.Time) Deferral {
+	out := d
 	task := t.Task
 	after, timeout := d.after, d.timeout
 	switch task.Kind() {
@@ -191,7 +191,7 @@ func deferral(t Try, d *Deferral, now time.Time) *Deferral {
 	if !out.TriggerTimeout.IsZero() && (out.NextCheckAt.IsZero() || out.TriggerTimeout.Before(out.NextCheckAt)) {
 		out.NextCheckAt = out.TriggerTimeout
 	}
-	return &out
+	return out
 }
 
 // readShellWait returns the deferral a Shell command asked for in its

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
@@ -71,28 +72,34 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 		if err != nil {
 			return err
 		}
-		runs := map[int64]*store.Poke{} // the first poke of each run, with the run's columns
+		runs := map[int64]int{} // the first poke of each run in out, with the run's columns
+		// Scanned into the same variables row after row: no allocation
+		// per row but the task id's string.
+		var (
+			p                             store.Poke
+			conf                          []byte
+			deadline, logical, start, end pgtype.Timestamptz
+			dagID, runID                  pgtype.Text
+		)
 		for rows.Next() {
-			var p store.Poke
-			var conf []byte
-			var deadline, logical, start, end *time.Time
-			var dagID, runID *string
+			p, conf = store.Poke{}, nil
 			if err := rows.Scan(&p.ID, &p.TryNumber, &p.Lease, &p.RunID, &p.TaskID, &deadline,
 				&dagID, &runID, &logical, &start, &end, &conf); err != nil {
 				rows.Close()
 				return err
 			}
-			if deadline != nil {
-				p.TriggerTimeout = deadline.UTC()
+			if deadline.Valid {
+				p.TriggerTimeout = deadline.Time.UTC()
 			}
-			if first, ok := runs[p.RunID]; ok {
+			if k, ok := runs[p.RunID]; ok {
+				first := &out[k]
 				p.DAGID, p.DAGRunID = first.DAGID, first.DAGRunID
 				p.LogicalDate, p.IntervalStart, p.IntervalEnd = first.LogicalDate, first.IntervalStart, first.IntervalEnd
-			} else if dagID != nil && runID != nil && logical != nil && start != nil && end != nil {
-				p.DAGID, p.DAGRunID = *dagID, *runID
-				p.LogicalDate, p.IntervalStart, p.IntervalEnd = logical.UTC(), start.UTC(), end.UTC()
+			} else if dagID.Valid && runID.Valid && logical.Valid && start.Valid && end.Valid {
+				p.DAGID, p.DAGRunID = dagID.String, runID.String
+				p.LogicalDate, p.IntervalStart, p.IntervalEnd = logical.Time.UTC(), start.Time.UTC(), end.Time.UTC()
 				p.Conf = conf
-				runs[p.RunID] = &p
+				runs[p.RunID] = len(out)
 			} else {
 				rows.Close()
 				return fmt.Errorf("claimed poke of instance %d came without its run's columns", p.ID)
@@ -297,8 +304,8 @@ func collectIDs(rows pgx.Rows, err error) (map[int64]bool, error) {
 	}
 	defer rows.Close()
 	out := map[int64]bool{}
+	var id int64
 	for rows.Next() {
-		var id int64
 		if err := rows.Scan(&id); err != nil {
 			return nil, err
 		}

@@ -73,6 +73,24 @@ var nonTerminalSQL = func() string {
 	return strings.Join(q, ", ")
 }()
 
+// The unfinished states split by the index that holds their instances
+// (migration 00035): waiting ones (task_instances_waiting), queued
+// (task_instances_dag_queued) and running (task_instances_running).
+// Together they are every non-terminal state (TestUnfinishedStatesSplit).
+var (
+	waitingStates = []state.TaskState{state.None, state.Scheduled, state.UpForRetry, state.Deferred}
+	runningStates = []state.TaskState{state.Running, state.Restarting}
+)
+
+// sqlList writes states as an SQL IN list (constants, not user input).
+func sqlList(states []state.TaskState) string {
+	q := make([]string, len(states))
+	for i, s := range states {
+		q[i] = "'" + string(s) + "'"
+	}
+	return strings.Join(q, ", ")
+}
+
 // counterColumn returns the task_instances column counting finished
 // upstream instances in state s ("" when s is not a final state).
 func counterColumn(s state.TaskState) string {

@@ -28,3 +28,13 @@ func tryLockFile(f *os.File, exclusive bool) (ok bool, err error) {
 }
 
 func unlockFile(f *os.File) error { return syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }
+
+// lockFileWait takes an exclusive flock on f, waiting for it.
+func lockFileWait(f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}

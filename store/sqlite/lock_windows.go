@@ -26,3 +26,8 @@ func tryLockFile(f *os.File, exclusive bool) (ok bool, err error) {
 func unlockFile(f *os.File) error {
 	return windows.UnlockFileEx(windows.Handle(f.Fd()), 0, 1, 0, new(windows.Overlapped))
 }
+
+// lockFileWait locks the first byte of f exclusively, waiting for it.
+func lockFileWait(f *os.File) error {
+	return windows.LockFileEx(windows.Handle(f.Fd()), windows.LOCKFILE_EXCLUSIVE_LOCK, 0, 1, 0, new(windows.Overlapped))
+}

@@ -354,7 +354,7 @@ func (e *engine) settle() error {
 			continue
 		}
 		var unfinished bool
-		if err := e.w.queryRow(`SELECT EXISTS (SELECT 1 FROM task_instances WHERE run_id = ? AND state IN (`+nonTerminalSQL+`))`, id).Scan(&unfinished); err != nil {
+		if err := e.w.queryRow(unfinishedSQL, id, ri.dagID).Scan(&unfinished); err != nil {
 			return fmt.Errorf("settle run #%d: %w", id, err)
 		}
 		if unfinished {
@@ -383,6 +383,18 @@ func (e *engine) settle() error {
 	e.touched, e.seen = nil, map[int64]bool{}
 	return nil
 }
+
+// unfinishedSQL asks whether run ?1 (of DAG ?2) has an unfinished
+// instance through the three indexes that together hold every one
+// (waitingStates, queued by DAG, running by worker), each a probe or a
+// scan of the few running instances; no index covers all of them, which
+// every step of a task's life would rewrite (migration 00035).
+var unfinishedSQL = `SELECT EXISTS (SELECT 1 FROM task_instances INDEXED BY task_instances_waiting
+		WHERE run_id = ?1 AND state IN (` + sqlList(waitingStates) + `))
+	OR EXISTS (SELECT 1 FROM task_instances INDEXED BY task_instances_dag_queued
+		WHERE dag_id = ?2 AND run_id = ?1 AND state = 'queued')
+	OR EXISTS (SELECT 1 FROM task_instances INDEXED BY task_instances_running
+		WHERE run_id = ?1 AND state IN (` + sqlList(runningStates) + `))`
 
 func (e *engine) leafStates(ri *runInfo) ([]state.TaskState, error) {
 	rows, err := e.w.query(`SELECT state FROM task_instances WHERE run_id = ? AND call_key = ''

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -61,4 +62,23 @@ func upstreamCounts(total int) []state.Upstream {
 		}
 	}
 	return out
+}
+
+// The waiting, queued and running states of unfinishedSQL's three
+// indexes are every non-terminal state, each once: a state left out would
+// let a run end with an instance in it.
+func TestUnfinishedStatesSplit(t *testing.T) {
+	seen := map[state.TaskState]int{state.Queued: 1}
+	for _, s := range append(slices.Clone(waitingStates), runningStates...) {
+		seen[s]++
+	}
+	for _, s := range state.TaskStates {
+		want := 0
+		if !s.Terminal() {
+			want = 1
+		}
+		if seen[s] != want {
+			t.Errorf("state %s is in %d of the unfinished indexes, want %d", s, seen[s], want)
+		}
+	}
 }

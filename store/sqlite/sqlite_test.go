@@ -560,3 +560,77 @@ func TestFinishBatchFanIn(t *testing.T) {
 		}
 	}
 }
+
+// A run ends when its last unfinished instance finishes, and not before:
+// settling finds an unfinished instance of the run through three indexes
+// (waiting, queued by DAG, running by worker; migration 00035), here each
+// the only one holding an instance of the run in turn, while other runs
+// of the DAG have queued and running instances on the same worker.
+func TestRunEndsWithItsLastUnfinishedInstance(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "t.db"), sqlite.Options{})
+	a := task("a")
+	a.Retries, a.RetryDelay = 1, time.Minute
+	sp := store.DAGSpec{DAGID: "d", Fingerprint: "f", MaxActiveRuns: 3, Tasks: []store.TaskSpec{a, task("b"), task("c")}}
+	syncRun(t, s, sp, "r1", t0)
+	syncRun(t, s, sp, "r2", t0.Add(time.Hour))
+	w := store.Worker{ID: "w"}
+	claimed := map[string]store.Claimed{}
+	claim := func(max int, want ...string) {
+		t.Helper()
+		cs, err := s.ClaimTasks(t.Context(), w, max, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range cs {
+			key := c.DAGRunID + "." + c.TaskID
+			got = append(got, key)
+			claimed[key] = c
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("claimed %v, want %v", got, want)
+		}
+	}
+	finish := func(key string, st state.TaskState) {
+		t.Helper()
+		c := claimed[key]
+		out, err := s.FinishTasks(t.Context(), []store.Result{{Try: store.Try{ID: c.ID, TryNumber: c.TryNumber},
+			State: st, Error: "e", EndedAt: t0}})
+		if err != nil || !out[0].Applied {
+			t.Fatalf("finish %s: %+v, %v", key, out, err)
+		}
+	}
+	runState := func(runID string, want state.RunState, why string) {
+		t.Helper()
+		r, err := s.GetRun(t.Context(), "d", runID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.State != want {
+			t.Fatalf("run %s is %s, want %s (%s)", runID, r.State, want, why)
+		}
+	}
+	claim(4, "r1.a", "r1.b", "r1.c", "r2.a")
+	finish("r1.b", state.Success)
+	finish("r1.c", state.Success)
+	runState("r1", state.RunRunning, "a running")
+	finish("r1.a", state.Failed)
+	runState("r1", state.RunRunning, "a up for retry")
+	finish("r2.a", state.Success)
+	runState("r2", state.RunRunning, "b and c queued")
+	if n, err := s.RequeueRetries(t.Context(), t0.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("RequeueRetries = %d, %v; want r1.a queued", n, err)
+	}
+	runState("r1", state.RunRunning, "a queued again")
+	claim(1, "r1.a")
+	claim(1, "r2.b")
+	syncRun(t, s, sp, "r3", t0.Add(2*time.Hour))
+	finish("r1.a", state.Success)
+	runState("r1", state.RunSuccess, "r2's and r3's instances running and queued")
+	finish("r2.b", state.Success)
+	runState("r2", state.RunRunning, "c queued")
+	claim(1, "r2.c")
+	finish("r2.c", state.Success)
+	runState("r2", state.RunSuccess, "all done")
+	runState("r3", state.RunRunning, "all queued")
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -13,9 +14,10 @@ import (
 // busy process starve the others: a process holds an OS file lock on
 // <db>.lock around each write transaction, so BEGIN IMMEDIATE finds the
 // database free. Waiting processes register with a shared lock on
-// <db>.lock-wait and poll the lock every 50µs–500µs; a process that
-// releases the lock while others wait lets one of them in before it takes
-// the lock again (turn-taking). File locks die with their process.
+// <db>.lock-wait and wait for the lock in the kernel (its release wakes
+// them); a process that releases the lock while others wait lets one of
+// them in before it takes the lock again (turn-taking). File locks die
+// with their process.
 //
 // Within a process, one holder at a time (sem): a file lock taken twice
 // through the same open file would not exclude.
@@ -24,10 +26,14 @@ type writeLock struct {
 	lock     *os.File
 	wait     *os.File
 	courtesy bool // set by release when others waited; guarded by sem
+
+	mu     sync.Mutex
+	waits  int  // waits in the kernel running (startWait)
+	closed bool // close was called
 }
 
-// Polling pauses while waiting for the lock, and the longest a releasing
-// process defers to waiters before competing again.
+// Polling pauses while a releasing process defers to waiters, and the
+// longest it defers before competing again.
 const (
 	minLockPause = 20 * time.Microsecond
 	maxLockPause = 200 * time.Microsecond
@@ -70,8 +76,9 @@ func (l *writeLock) acquire(ctx context.Context, timeout time.Duration) (err err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	handed := false // a wait given up releases the semaphore itself
 	defer func() {
-		if err != nil {
+		if err != nil && !handed {
 			<-l.sem
 		}
 	}()
@@ -114,24 +121,64 @@ func (l *writeLock) acquire(ctx context.Context, timeout time.Duration) (err err
 	if registered {
 		defer func() { _ = unlockFile(l.wait) }()
 	}
-	var deadline time.Time
-	if timeout > 0 {
-		deadline = time.Now().Add(timeout)
+	// Wait in the kernel: the lock's release wakes this process at once,
+	// where polling slept up to 200µs with the lock free. The wait
+	// runs in a goroutine so that ctx and timeout can end it; a wait given
+	// up keeps the semaphore until it gets the lock and releases it.
+	if !l.startWait() {
+		return errors.New("write lock: closed")
 	}
-	for pause := minLockPause; ; pause = min(2*pause, maxLockPause) {
-		ok, err := tryLockFile(l.lock, true)
+	got := make(chan error, 1)
+	go func() { got <- lockFileWait(l.lock) }()
+	var expired <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case err := <-got:
+		l.endWait()
 		if err != nil {
 			return fmt.Errorf("write lock: %w", err)
 		}
-		if ok {
-			return nil
+		return nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-expired:
+		err = fmt.Errorf("%w for more than %v", errLockTimeout, timeout)
+	}
+	handed = true
+	go func() {
+		if err := <-got; err == nil {
+			_ = unlockFile(l.lock)
 		}
-		if !deadline.IsZero() && time.Now().After(deadline) {
-			return fmt.Errorf("%w for more than %v", errLockTimeout, timeout)
-		}
-		if !sleep(ctx, pause) {
-			return ctx.Err()
-		}
+		l.endWait()
+		<-l.sem
+	}()
+	return err
+}
+
+// startWait counts a wait in the kernel, which needs the lock file open
+// until it ends; false once the lock is closed.
+func (l *writeLock) startWait() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.waits++
+	return true
+}
+
+// endWait ends a wait counted by startWait, closing the files when the
+// lock was closed meanwhile.
+func (l *writeLock) endWait() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.waits--
+	if l.closed && l.waits == 0 {
+		_ = l.closeFiles()
 	}
 }
 
@@ -148,6 +195,18 @@ func (l *writeLock) release() {
 	<-l.sem
 }
 
+// close closes the lock's files, or leaves that to the last wait in the
+// kernel still running (one given up, whose holder has not released yet).
 func (l *writeLock) close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.waits > 0 {
+		return nil
+	}
+	return l.closeFiles()
+}
+
+func (l *writeLock) closeFiles() error {
 	return errors.Join(l.lock.Close(), l.wait.Close())
 }

@@ -1,0 +1,395 @@
+package taskrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/state"
+)
+
+// Pokes runs the checks of n Sensor pokes, try(i) describing the i-th,
+// on at most parallel goroutines, and calls done(i, outcome) once for
+// each, from any goroutine, before it returns. Each poke is run as Poke
+// runs it, but a check runs on one of the batch's goroutines: no
+// goroutine, channel or timer per check. One watchdog per batch cancels
+// a check's context when its timeout (the task's Timeout or Try.Limit,
+// whichever is shorter) passes or ctx ends, and abandons a check that
+// ignores that for its KillGrace: its outcome is delivered failed with
+// Abandoned set, another goroutine takes over the rest of the batch, and
+// the abandoned one is left running, writing nowhere. Checks not started
+// when ctx ends are not run: their outcome is failed with ctx's cause.
+func Pokes(ctx context.Context, n, parallel int, try func(i int) Try, done func(i int, out Outcome)) {
+	if n <= 0 {
+		return
+	}
+	b := &pokeBatch{ctx: ctx, base: context.WithoutCancel(ctx), n: n, try: try, done: done}
+	b.pending.Add(n)
+	b.timer = time.AfterFunc(time.Hour, b.watch)
+	b.timer.Stop()
+	stopHalt := context.AfterFunc(ctx, b.halt)
+	for range max(1, min(parallel, n)) {
+		b.startRunner()
+	}
+	b.pending.Wait()
+	stopHalt()
+	b.mu.Lock()
+	b.over = true
+	b.timer.Stop()
+	b.mu.Unlock()
+}
+
+// pokeBatch is one call of Pokes.
+type pokeBatch struct {
+	ctx  context.Context
+	base context.Context // ctx without its cancellation: the checks' parent
+	n    int
+	try  func(int) Try
+	done func(int, Outcome)
+
+	next    atomic.Int64   // the next check to start
+	pending sync.WaitGroup // outcomes not yet delivered
+
+	mu     sync.Mutex
+	slots  []*checkSlot // one per goroutine, abandoned ones included
+	wake   time.Time    // when the watchdog next looks (zero: never)
+	timer  *time.Timer  // the watchdog
+	halted error        // ctx's cause once it ended
+	over   bool
+}
+
+// checkSlot is the check a goroutine of a batch runs.
+type checkSlot struct {
+	active    bool // running a check
+	stopped   bool // its context was cancelled
+	abandoned bool
+	i         int
+	frame     *pokeFrame
+	deadline  time.Time // of the timeout; zero: none
+	grace     time.Duration
+	graceEnd  time.Time // once stopped: when it is abandoned
+}
+
+func (b *pokeBatch) startRunner() {
+	s := &checkSlot{}
+	b.mu.Lock()
+	b.slots = append(b.slots, s)
+	b.mu.Unlock()
+	go b.runner(s)
+}
+
+// runner runs the next check until none is left or its check is
+// abandoned.
+func (b *pokeBatch) runner(s *checkSlot) {
+	for {
+		i := int(b.next.Add(1)) - 1
+		if i >= b.n {
+			return
+		}
+		out, ok := b.check(s, i, &pokeFrame{t: b.try(i)})
+		if !ok {
+			return // the watchdog delivered its outcome and started another runner
+		}
+		b.done(i, out)
+		b.pending.Done()
+	}
+}
+
+// check runs the i-th check in slot s; false when it was abandoned
+// meanwhile.
+func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
+	f.init()
+	defer f.close()
+	timeout := f.t.Task.Timeout()
+	if f.t.Limit > 0 && (timeout <= 0 || f.t.Limit < timeout) {
+		timeout = f.t.Limit
+	}
+	grace := f.t.KillGrace
+	if grace <= 0 {
+		grace = DefaultKillGrace
+	}
+	now := time.Now()
+	f.ctx.base = b.base
+	if timeout > 0 {
+		f.ctx.deadline, f.ctx.timeout = now.Add(timeout), timeout
+	}
+	defer f.ctx.cancel(context.Canceled)
+	deadline := f.ctx.deadline
+	b.mu.Lock()
+	if b.halted != nil {
+		cause := b.halted
+		b.mu.Unlock()
+		return failed(cause, false), true
+	}
+	*s = checkSlot{active: true, i: i, frame: f, deadline: deadline, grace: grace}
+	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
+		b.wake = deadline
+		b.timer.Reset(deadline.Sub(now))
+	}
+	b.mu.Unlock()
+
+	out := f.run()
+
+	b.mu.Lock()
+	abandoned := s.abandoned
+	s.active = false
+	b.mu.Unlock()
+	return out, !abandoned
+}
+
+// halt stops the running checks when the batch's context ends.
+func (b *pokeBatch) halt() {
+	cause := context.Cause(b.ctx)
+	now := time.Now()
+	b.mu.Lock()
+	b.halted = cause
+	for _, s := range b.slots {
+		if s.active && !s.stopped {
+			s.frame.ctx.cancel(cause)
+			s.stopped, s.graceEnd = true, now.Add(s.grace)
+		}
+	}
+	abandon := b.scanLocked(now)
+	b.mu.Unlock()
+	b.abandon(abandon)
+}
+
+// watch is the watchdog: it cancels checks past their timeout and
+// abandons checks past their grace.
+func (b *pokeBatch) watch() {
+	now := time.Now()
+	b.mu.Lock()
+	abandon := b.scanLocked(now)
+	b.mu.Unlock()
+	b.abandon(abandon)
+}
+
+// scanLocked cancels the checks whose timeout passed, returns those
+// whose grace ended (no longer active) and sets the watchdog for the
+// next of either.
+func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
+	if b.over {
+		return nil
+	}
+	var abandon []*checkSlot
+	var next time.Time
+	for _, s := range b.slots {
+		if !s.active {
+			continue
+		}
+		if !s.stopped && !s.deadline.IsZero() && !now.Before(s.deadline) {
+			s.frame.ctx.expire()
+			s.stopped, s.graceEnd = true, now.Add(s.grace)
+		}
+		if s.stopped && !now.Before(s.graceEnd) {
+			s.active, s.abandoned = false, true
+			abandon = append(abandon, s)
+			continue
+		}
+		at := s.deadline
+		if s.stopped {
+			at = s.graceEnd
+		}
+		if !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
+	}
+	b.wake = next
+	if !next.IsZero() {
+		b.timer.Reset(next.Sub(now))
+	}
+	return abandon
+}
+
+// abandon delivers the outcomes of abandoned checks and replaces their
+// goroutines.
+func (b *pokeBatch) abandon(slots []*checkSlot) {
+	for _, s := range slots {
+		b.startRunner()
+		cause, timedOut := s.frame.ctx.stopCause()
+		out := Outcome{State: state.Failed, TimedOut: timedOut, Abandoned: true, Err: fmt.Errorf(
+			"%w; the function ignored its context for %v and was abandoned", cause, s.grace)}
+		logOutcome(&s.frame.logger, out, true)
+		s.frame.close()
+		b.done(s.i, out)
+		b.pending.Done()
+	}
+}
+
+// checkCtx is the context of one check. The batch's watchdog ends it (no
+// timer per check), and the contexts behind Done, Err and Value — a
+// cancelCtx under the batch's context and, with a timeout, a deadline
+// under it, as Run makes them — are made only when the check first calls
+// one of them: most checks never do. Made late, they are made ended, with
+// the cause already given (a deadline in the past ends at once), so Err,
+// context.Cause and derived contexts show what they would have.
+type checkCtx struct {
+	base     context.Context // without cancellation: cancel ends the check
+	deadline time.Time       // zero: none
+	timeout  time.Duration
+
+	mu       sync.Mutex
+	inner    context.Context
+	stop     context.CancelCauseFunc // of the cancelCtx under inner's deadline
+	stopTime context.CancelFunc      // of the deadline
+	cause    error                   // set once ended
+}
+
+func (c *checkCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+func (c *checkCtx) Done() <-chan struct{}       { return c.ctx().Done() }
+func (c *checkCtx) Err() error                  { return c.ctx().Err() }
+func (c *checkCtx) Value(key any) any           { return c.ctx().Value(key) }
+
+func (c *checkCtx) ctx() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner == nil {
+		c.inner, c.stop = context.WithCancelCause(c.base)
+		if c.cause != nil && !errors.Is(c.cause, ErrTimeout) {
+			c.stop(c.cause)
+		}
+		if !c.deadline.IsZero() {
+			c.inner, c.stopTime = context.WithDeadlineCause(c.inner, c.deadline, timeoutCause(c.timeout))
+		}
+	}
+	return c.inner
+}
+
+// cancel ends the context with cause (the worker halts, the check is
+// over); the first cause stays.
+func (c *checkCtx) cancel(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause == nil {
+		c.cause = cause
+	}
+	if c.stop != nil {
+		c.stop(cause)
+	}
+	if c.stopTime != nil {
+		c.stopTime()
+	}
+}
+
+// expire ends the context as its deadline does, unless it ended already:
+// contexts made from it have their own deadline.
+func (c *checkCtx) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause == nil {
+		c.cause = timeoutCause(c.timeout)
+	}
+}
+
+// stopCause returns why the context ended, as the package's stopCause
+// does, without making its contexts; nil when it has not.
+func (c *checkCtx) stopCause() (error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause, c.cause != nil && errors.Is(c.cause, ErrTimeout)
+}
+
+// pokeFrame is what one poke needs, in one allocation.
+type pokeFrame struct {
+	t      Try
+	log    tryLog
+	lazy   lazyText
+	logger slog.Logger
+	outs   tryOutputs
+	ctx    checkCtx
+	def    Deferral
+}
+
+func (f *pokeFrame) init() {
+	w := f.t.Log
+	if w == nil {
+		w = io.Discard
+	}
+	f.log.w = w
+	f.lazy.w = f.log.records()
+	f.logger = *slog.New(&f.lazy)
+	f.outs.under, f.outs.self = f.t.Outputs, f.t.Info.TaskID
+}
+
+// close ends the poke's log and outputs: an abandoned check writes
+// nowhere.
+func (f *pokeFrame) close() {
+	f.log.close()
+	f.outs.close()
+}
+
+// env is the poke's environment, made when the check reads it.
+func (f *pokeFrame) env() []string { return TaskEnv(f.t, nil, nil) }
+
+// run runs the check on this goroutine and returns the poke's outcome,
+// as Run would for the try of a Sensor continued by time, its "not yet"
+// not logged.
+func (f *pokeFrame) run() Outcome {
+	t := &f.t
+	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
+		return failed(errors.New("poke: the task is not a Sensor"), true)
+	}
+	now := t.now()
+	if out, ok := waitTimedOut(*t, now); ok {
+		f.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
+		return out
+	}
+	out := f.check()
+	if out.State == state.Deferred {
+		f.def = deferral(t, *out.Deferral, now)
+		out.Deferral = &f.def
+	}
+	logOutcome(&f.logger, out, true)
+	return out
+}
+
+// check calls the Sensor's check and says what it answered.
+func (f *pokeFrame) check() Outcome {
+	task := f.t.Task
+	fn := task.SensorFn()
+	if fn == nil {
+		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
+	}
+	c := dag.NewLazyEnvContext(&f.ctx, f.t.Info, &f.logger, &f.outs, f.env)
+	ok, err := callCheck(c, fn, f.log.records())
+	if d, has := f.ctx.Deadline(); has && !time.Now().Before(d) {
+		f.ctx.expire() // as a timer would have by now
+	}
+	if cause, timedOut := f.ctx.stopCause(); cause != nil {
+		if timedOut {
+			if err != nil {
+				cause = fmt.Errorf("%w (task returned: %v)", cause, err)
+			}
+			return Outcome{State: state.Failed, TimedOut: true, Err: cause}
+		}
+	}
+	switch {
+	case err != nil:
+		return classify(err)
+	case ok:
+		return Outcome{State: state.Success, Output: f.outs.value()}
+	case task.PokeInterval() >= 0:
+		f.def = Deferral{after: task.PokeInterval()}
+		return Outcome{State: state.Deferred, Deferral: &f.def}
+	}
+	return classify(c.Defer(dag.Wait{After: task.PokeInterval()}))
+}
+
+// callCheck calls a Sensor's check; a panic is an error, its value and
+// stack trace written to logw.
+func callCheck(c *dag.Context, fn func(*dag.Context) (bool, error), logw io.Writer) (ok bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			fmt.Fprintf(logw, "panic: %v\n\n%s\n", p, debug.Stack())
+			ok, err = false, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return fn(c)
+}
