@@ -190,7 +190,7 @@ func TestFusedFinishFallsBackWhenDecided(t *testing.T) {
 	}
 	// Refused: a's try again.
 	s.fusedSkip.Store(0)
-	out, _, err = s.FinishAndClaim(ctx, []store.Result{ra}, w, 0, t0)
+	out, _, err = s.FinishAndClaim(ctx, []store.Result{ra}, w, 4, t0)
 	if err != nil || len(out) != 1 || out[0].Applied || out[0].State != state.Success {
 		t.Errorf("reporting a's try again: %+v, %v; want not applied, state success", out, err)
 	}

@@ -720,8 +720,12 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 			return f.fused()
 		}
 	}
+	// Fused (one round trip) only when the finish claims: it takes the
+	// chain's next task without a round trip inside the transaction.
+	// Finishes that claim nothing (most of `wide`'s) cost PostgreSQL more
+	// CPU fused (docs/benchmarks.md, "Session 7: hotpath").
 	var err error
-	if fusable(results) && s.hook.Load() == nil && s.tryFused() {
+	if max > 0 && fusable(results) && s.hook.Load() == nil && s.tryFused() {
 		err = s.finishFused(ctx, op, hotPlan(batch), run(true))
 		s.fusedDone(errors.Is(err, errNeedsGo))
 		if errors.Is(err, errNeedsGo) {
