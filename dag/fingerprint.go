@@ -103,7 +103,7 @@ func (e *fpEncoder) task(t *Task, scratch []string) []string {
 		e.str(t.req().Header[k])
 	}
 	scratch = scratch[:0]
-	for _, w := range t.downstream {
+	for _, w := range t.downTasks() {
 		scratch = append(scratch, w.id)
 	}
 	slices.Sort(scratch)

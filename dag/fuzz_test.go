@@ -196,13 +196,22 @@ func hasEdge(d *DAG, from, to string) bool {
 		if t.id != from {
 			continue
 		}
-		for _, w := range t.downstream {
+		for _, w := range t.downTasks() {
 			if w.id == to {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// ids returns the ids of ts.
+func ids(ts []*Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.id
+	}
+	return out
 }
 
 // checkOrder asserts order holds every task once, each after its upstream.
@@ -219,7 +228,7 @@ func checkOrder(t *testing.T, d *DAG, order []*Task) {
 		pos[x] = i
 	}
 	for _, x := range d.tasks {
-		for _, w := range x.downstream {
+		for _, w := range x.downTasks() {
 			if pos[w] <= pos[x] {
 				t.Fatalf("edge %s -> %s goes backwards in %v", x.id, w.id, ids(order))
 			}

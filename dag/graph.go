@@ -33,10 +33,8 @@ func (d *DAG) TopologicalOrder() ([]*Task, error) {
 	n := len(d.tasks)
 	indeg := make([]int32, n)
 	for _, t := range d.tasks {
-		for _, w := range t.downstream {
-			if w.dag == d {
-				indeg[w.index]++
-			}
+		for _, p := range t.downstream {
+			indeg[p]++
 		}
 	}
 	var ready minHeap
@@ -49,12 +47,9 @@ func (d *DAG) TopologicalOrder() ([]*Task, error) {
 	for len(ready) > 0 {
 		t := d.tasks[ready.pop()]
 		order = append(order, t)
-		for _, w := range t.downstream {
-			if w.dag != d {
-				continue
-			}
-			if indeg[w.index]--; indeg[w.index] == 0 {
-				ready.push(int32(w.index))
+		for _, p := range t.downstream {
+			if indeg[p]--; indeg[p] == 0 {
+				ready.push(p)
 			}
 		}
 	}
@@ -115,10 +110,8 @@ func (d *DAG) acyclic() bool {
 	n := len(d.tasks)
 	indeg := make([]int32, n)
 	for _, t := range d.tasks {
-		for _, w := range t.downstream {
-			if w.dag == d {
-				indeg[w.index]++
-			}
+		for _, p := range t.downstream {
+			indeg[p]++
 		}
 	}
 	stack := make([]int32, 0, n)
@@ -132,12 +125,9 @@ func (d *DAG) acyclic() bool {
 		i := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		placed++
-		for _, w := range d.tasks[i].downstream {
-			if w.dag != d {
-				continue
-			}
-			if indeg[w.index]--; indeg[w.index] == 0 {
-				stack = append(stack, int32(w.index))
+		for _, p := range d.tasks[i].downstream {
+			if indeg[p]--; indeg[p] == 0 {
+				stack = append(stack, p)
 			}
 		}
 	}
@@ -167,8 +157,8 @@ func (d *DAG) cycles() [][]*Task {
 	}
 	var out [][]*Task
 	for _, t := range d.tasks {
-		for _, w := range t.downstream {
-			if w == t {
+		for _, p := range t.downstream {
+			if p == t.index {
 				out = append(out, []*Task{t})
 			}
 		}
@@ -217,11 +207,12 @@ func (d *DAG) shortestCycle(start int, c int32, comp, parent, seen []int32) []*T
 	for len(queue) > 0 {
 		u := queue[0]
 		queue = queue[1:]
-		for _, w := range d.tasks[u].downstream {
-			if w.dag != d || int(w.index) == u || comp[w.index] != c {
-				continue // other DAG, self-loop (reported apart) or other component
+		for _, p := range d.tasks[u].downstream {
+			w := int(p)
+			if w == u || comp[w] != c {
+				continue // self-loop (reported apart) or other component
 			}
-			if int(w.index) == start {
+			if w == start {
 				var rev []*Task
 				for x := u; x != start; x = int(parent[x]) {
 					rev = append(rev, d.tasks[x])
@@ -232,10 +223,10 @@ func (d *DAG) shortestCycle(start int, c int32, comp, parent, seen []int32) []*T
 				}
 				return rev
 			}
-			if seen[w.index] != mark {
-				seen[w.index] = mark
-				parent[w.index] = int32(u)
-				queue = append(queue, int(w.index))
+			if seen[w] != mark {
+				seen[w] = mark
+				parent[w] = int32(u)
+				queue = append(queue, w)
 			}
 		}
 	}
@@ -274,14 +265,14 @@ func (g taskGraph) Node(id int64) graph.Node {
 // copy: gonum may reorder what an iterator hands out.
 func (g taskGraph) Nodes() graph.Nodes { return iterator.NewOrderedNodes(slices.Clone(g.nodes)) }
 
-func (g taskGraph) neighbours(ts []*Task, self int64) graph.Nodes {
-	if len(ts) == 0 {
+func (g taskGraph) neighbours(ps []int32, self int64) graph.Nodes {
+	if len(ps) == 0 {
 		return graph.Empty
 	}
-	nodes := make([]graph.Node, 0, len(ts))
-	for _, w := range ts {
-		if w.dag == g.d && int64(w.index) != self {
-			nodes = append(nodes, g.nodes[w.index])
+	nodes := make([]graph.Node, 0, len(ps))
+	for _, p := range ps {
+		if int64(p) != self {
+			nodes = append(nodes, g.nodes[p])
 		}
 	}
 	return iterator.NewOrderedNodes(nodes)
@@ -308,13 +299,7 @@ func (g taskGraph) HasEdgeFromTo(uid, vid int64) bool {
 	if !g.valid(uid) || !g.valid(vid) || uid == vid {
 		return false
 	}
-	v := g.d.tasks[vid]
-	for _, w := range g.d.tasks[uid].downstream {
-		if w == v {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(g.d.tasks[uid].downstream, int32(vid))
 }
 
 // HasEdgeBetween reports whether there is an edge either way.

@@ -33,7 +33,7 @@ func WriteDOT(w io.Writer, d *DAG) error {
 		fmt.Fprintf(bw, "\t%s [%s];\n", dotQuote(t.id), attrs)
 	}
 	for _, t := range d.tasks {
-		for _, v := range t.downstream {
+		for _, v := range t.downTasks() {
 			fmt.Fprintf(bw, "\t%s -> %s;\n", dotQuote(t.id), dotQuote(v.id))
 		}
 	}
@@ -145,11 +145,11 @@ func ToJSON(d *DAG) JSONDAG {
 			RetryDelaySeconds: t.o().retryDelay.Seconds(),
 			TimeoutSeconds:    t.o().timeout.Seconds(),
 			Priority:          t.o().priority,
-			Upstream:          ids(t.upstream),
-			Downstream:        ids(t.downstream),
+			Upstream:          t.idsAt(t.upstream),
+			Downstream:        t.idsAt(t.downstream),
 			Waits:             t.Waits(),
 		})
-		for _, v := range t.downstream {
+		for _, v := range t.downTasks() {
 			j.Edges = append(j.Edges, JSONEdge{From: t.id, To: v.id})
 		}
 	}
@@ -224,7 +224,7 @@ func (p textPrinter) print(t *Task, indent, branch, cont string) {
 	}
 	p.w.WriteString("\n")
 	p.shown[t.index] = true
-	for i, v := range t.downstream {
+	for i, v := range t.downTasks() {
 		if i == len(t.downstream)-1 {
 			p.print(v, indent+cont, "└── ", "    ")
 		} else {

@@ -3,6 +3,7 @@ package dag
 import (
 	"encoding/json"
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 	"time"
@@ -30,8 +31,8 @@ type Task struct {
 	dag        *DAG
 	id         string
 	fn         func(*Context) error
-	upstream   []*Task
-	downstream []*Task
+	upstream   []int32 // positions in dag.tasks (no pointers: cheaper to hold and to scan)
+	downstream []int32
 	index      int32 // position in dag.tasks
 	kind       kindCode
 	opts       *taskOpts // nil: every option at its default
@@ -223,14 +224,14 @@ func link(self, up, down *Task) {
 	}
 	// Search the shorter list: fan-out and fan-in stay linear.
 	if len(up.downstream) <= len(down.upstream) {
-		if slices.Contains(up.downstream, down) {
+		if slices.Contains(up.downstream, down.index) {
 			return
 		}
-	} else if slices.Contains(down.upstream, up) {
+	} else if slices.Contains(down.upstream, up.index) {
 		return
 	}
-	up.downstream = append(up.downstream, down)
-	down.upstream = append(down.upstream, up)
+	up.downstream = append(up.downstream, down.index)
+	down.upstream = append(down.upstream, up.index)
 }
 
 // DAG returns the DAG the task belongs to.
@@ -285,21 +286,43 @@ func (t *Task) TriggerRule() TriggerRule { return t.o().trigger }
 func (t *Task) Priority() int { return t.o().priority }
 
 // Upstream returns the tasks t directly depends on, in the order added.
-func (t *Task) Upstream() []*Task { return slices.Clone(t.upstream) }
+func (t *Task) Upstream() []*Task { return t.tasksAt(t.upstream) }
 
 // Downstream returns the tasks directly depending on t, in the order added.
-func (t *Task) Downstream() []*Task { return slices.Clone(t.downstream) }
+func (t *Task) Downstream() []*Task { return t.tasksAt(t.downstream) }
 
 // UpstreamIDs returns the ids of Upstream.
-func (t *Task) UpstreamIDs() []string { return ids(t.upstream) }
+func (t *Task) UpstreamIDs() []string { return t.idsAt(t.upstream) }
 
 // DownstreamIDs returns the ids of Downstream.
-func (t *Task) DownstreamIDs() []string { return ids(t.downstream) }
+func (t *Task) DownstreamIDs() []string { return t.idsAt(t.downstream) }
 
-func ids(ts []*Task) []string {
-	out := make([]string, len(ts))
-	for i, t := range ts {
-		out[i] = t.id
+// tasksAt returns the tasks of t's DAG at positions ps.
+func (t *Task) tasksAt(ps []int32) []*Task {
+	out := make([]*Task, len(ps))
+	for i, p := range ps {
+		out[i] = t.dag.tasks[p]
 	}
 	return out
+}
+
+// idsAt returns the ids of the tasks of t's DAG at positions ps.
+func (t *Task) idsAt(ps []int32) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = t.dag.tasks[p].id
+	}
+	return out
+}
+
+// downTasks ranges over the direct downstream tasks, in the order added,
+// with their place in that order.
+func (t *Task) downTasks() iter.Seq2[int, *Task] {
+	return func(yield func(int, *Task) bool) {
+		for i, p := range t.downstream {
+			if !yield(i, t.dag.tasks[p]) {
+				return
+			}
+		}
+	}
 }
