@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -146,12 +147,28 @@ const pokesEndSQL = `
 	RETURNING p.ti_id`
 
 // pokesAgainSQL moves the next check of "not yet" pokes ($1 instances,
-// $2 leases, $3 next checks) under their lease.
+// $2 leases, $3 next checks in microseconds since 1970) under their
+// lease. The arrays come as text (int8Array): one string per batch
+// instead of an encoded value per element, for the statement every poke
+// of every sensor goes through.
 const pokesAgainSQL = `
-	UPDATE sensor_pokes p SET due_at = u.due
-	FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS u(id, lease, due)
+	UPDATE sensor_pokes p SET due_at = 'epoch'::timestamptz + u.due * interval '1 microsecond'
+	FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[]) AS u(id, lease, due)
 	WHERE p.ti_id = u.id AND p.lease = u.lease
 	RETURNING p.ti_id`
+
+// int8Array writes vs as the text of a PostgreSQL bigint[].
+func int8Array(vs []int64) string {
+	b := make([]byte, 0, 2+len(vs)*12)
+	b = append(b, '{')
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, v, 10)
+	}
+	return string(append(b, '}'))
+}
 
 // FinishPokes records poke results in one transaction: the final ones
 // start and finish their tries (pokesStartSQL, then the finish), the
@@ -181,7 +198,7 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 			finIdx               []int
 			back, again          pokeArrays
 			backIdx, againIdx    []int
-			againDue             []time.Time
+			againDue             []int64
 			finishing            []store.Result
 			finishingIdx         []int
 			startedIDs, requeued map[int64]bool
@@ -197,7 +214,7 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 			case r.Result.State == state.Deferred:
 				again.add(r)
 				againIdx = append(againIdx, i)
-				againDue = append(againDue, r.Result.Deferral.NextCheckAt)
+				againDue = append(againDue, r.Result.Deferral.NextCheckAt.UnixMicro())
 			default:
 				fin.add(r)
 				finIdx = append(finIdx, i)
@@ -247,7 +264,7 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 			}
 		}
 		if len(again.ids) > 0 {
-			if againApplied, err = collectIDs(tx.Query(ctx, pokesAgainSQL, again.ids, again.leases, againDue)); err != nil {
+			if againApplied, err = collectIDs(tx.Query(ctx, pokesAgainSQL, int8Array(again.ids), int8Array(again.leases), int8Array(againDue))); err != nil {
 				return err
 			}
 			for _, i := range againIdx {

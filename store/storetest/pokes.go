@@ -109,7 +109,7 @@ func testPokes(t *testing.T, e *env) {
 	for _, p := range ps {
 		byTask[p.TaskID] = p
 	}
-	next := first.Add(time.Minute)
+	next := first.Add(time.Minute + 123456*time.Microsecond) // kept to the microsecond
 	out := e.finishPokes(first, notYet(byTask["s1"], next), notYet(byTask["s2"], next), notYet(byTask["s3"], next))
 	for _, o := range out {
 		if !o.Applied || o.State != state.Deferred {
