@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -426,14 +427,27 @@ func TestServeListenAddress(t *testing.T) {
 	}
 
 	// With --insecure-no-auth it serves, on every interface; a second
-	// SIGTERM during the shutdown halts it.
-	srv := startTrellis(t, env, "serve", "--addr", "0.0.0.0:0", "--insecure-no-auth", "--workers", "1")
+	// SIGTERM during the shutdown halts it. The server is the multihost
+	// command (the same command line with a DAG whose tasks sleep as long
+	// as the run's conf says): its tasks still run in the grace period
+	// when the second signal comes, so the shutdown cannot end first.
+	bin, err := buildCommand("multihostbin", "github.com/trellis-dag/trellis/e2e/internal/multihostbin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startServing(t, launchCmd(t, exec.Command(bin, "serve", "--addr", "0.0.0.0:0", "--insecure-no-auth", "--workers", "1"), env))
 	u, err := url.Parse(srv.url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, "http://127.0.0.1:"+u.Port(), "")
-	c.ok(http.StatusOK, "GET", "/api/v1/dags", nil)
+	c.ok(http.StatusOK, "POST", "/api/v1/dags/multihost/dagRuns", map[string]any{
+		"dag_run_id": "slow", "conf": map[string]any{"sleep": "1h", "effects": filepath.Join(dir, "effects")}})
+	eventually(t, 60*time.Second, "a task of the run sleeps", func() (bool, string) {
+		r := c.ok(http.StatusOK, "GET", "/api/v1/dags/multihost/dagRuns/slow/taskInstances?state=running", nil)
+		n, _ := r["total_entries"].(float64)
+		return n > 0, fmt.Sprint(n, " running")
+	})
 	stopAndCheck(t, srv, "sqlite:"+db, 1, true)
 }
 
