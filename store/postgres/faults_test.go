@@ -359,10 +359,20 @@ func TestListenReconnects(t *testing.T) {
 		}
 	}
 	wait("after reconnect")
+	// The terminated backend may still be listed while it exits, and a
+	// notification of another test on the same database may have woken
+	// the receiver before the reconnect: wait for another listening one.
 	var newPid int
-	if err := admin(t).QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'`,
-		name).Scan(&newPid); err != nil || newPid == pid {
-		t.Fatalf("no new listening backend (pid %d, was %d): %v", newPid, pid, err)
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		err := admin(t).QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%' AND pid <> $2`,
+			name, pid).Scan(&newPid)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, pgx.ErrNoRows) || time.Now().After(deadline) {
+			t.Fatalf("no new listening backend (the old one was %d): %v", pid, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err := s.SyncDAGs(ctx, []store.DAGSpec{{DAGID: "l", Fingerprint: "l1", MaxActiveRuns: 1}}); err != nil {
 		t.Fatal(err)
