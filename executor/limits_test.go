@@ -477,10 +477,18 @@ func testLimitsWorkerSIGKILL(t *testing.T, bin, url string) {
 	})
 
 	// The whole host dies at once: stop both processes, then kill them,
-	// so that neither sees the other die.
+	// so that neither sees the other die. kill(2) returns before a
+	// process has stopped (its threads stop as each next enters the
+	// kernel): wait for every thread to be stopped, or the pool process
+	// may still see its child die and put the tries back itself.
 	tree := processTree(t, remote.cmd.Process.Pid)
 	for _, pid := range tree {
 		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	for _, pid := range tree {
+		waitCond(t, 30*time.Second, fmt.Sprintf("every thread of process %d to stop", pid), func() bool {
+			return allThreadsStopped(t, pid)
+		})
 	}
 	for _, pid := range slices.Backward(tree) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -512,6 +520,9 @@ func testLimitsWorkerSIGKILL(t *testing.T, bin, url string) {
 
 	s.wantSuccess(t, pool.ID(), "r1", 3*time.Minute)
 	sampler.check(t)
+	if strings.Contains(remote.out.String(), "put back the tries of a dead worker") {
+		t.Errorf("the killed pool process put its worker's tries back before it died, so the host did not die at once; its output:\n%s", remote.out.String())
+	}
 	tis := tasksOf(t, s.st, pool.ID(), "r1")
 	for _, h := range held {
 		ti := tis[h.TaskID]
@@ -523,4 +534,29 @@ func testLimitsWorkerSIGKILL(t *testing.T, bin, url string) {
 	s.wantPoolIdle(t, testdags.LimitPoolName, 3)
 	local.Stop()
 	s.env.assertNothingLeft(t)
+}
+
+// allThreadsStopped reports whether every thread of process pid is
+// stopped (state T, or t when traced).
+func allThreadsStopped(t *testing.T, pid int) bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("list threads of %d: %v", pid, err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			return false // a thread exiting: look again
+		}
+		p, err := parseStat(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != 'T' && p.State != 't' {
+			return false
+		}
+	}
+	return len(entries) > 0
 }
