@@ -77,6 +77,20 @@ func (c *fusedCounts) tracer() *stmtTracer {
 // and claims what it released (it fails if the finish goes back to two
 // round trips, or the fused statements lose a claim or a count).
 // The finish that ends the run also sends the run's wake-up.
+// claimRoots claims the run's two roots, a and b, for w, by task id.
+func claimRoots(t *testing.T, s *Store, w store.Worker, now time.Time) map[string]store.Claimed {
+	t.Helper()
+	cs, err := s.ClaimTasks(context.Background(), w, 2, now)
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("ClaimTasks = %v, %v; want a and b", cs, err)
+	}
+	byTask := map[string]store.Claimed{}
+	for _, c := range cs {
+		byTask[c.TaskID] = c
+	}
+	return byTask
+}
+
 func TestFusedFinishInOneRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	var n fusedCounts
@@ -88,14 +102,7 @@ func TestFusedFinishInOneRoundTrip(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := tracedRun(t, n.tracer(), sp, t0)
 	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
-	cs, err := s.ClaimTasks(ctx, w, 2, t0)
-	if err != nil || len(cs) != 2 {
-		t.Fatalf("ClaimTasks = %v, %v; want a and b", cs, err)
-	}
-	byTask := map[string]store.Claimed{}
-	for _, c := range cs {
-		byTask[c.TaskID] = c
-	}
+	byTask := claimRoots(t, s, w, t0)
 	step := func(c store.Claimed, trips int64, want ...string) []store.Claimed {
 		t.Helper()
 		before := n.trips.Load()
@@ -154,14 +161,7 @@ func TestFusedFinishFallsBackWhenDecided(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s := tracedRun(t, n.tracer(), sp, t0)
 	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
-	cs, err := s.ClaimTasks(ctx, w, 2, t0)
-	if err != nil || len(cs) != 2 {
-		t.Fatalf("ClaimTasks = %v, %v; want a and b", cs, err)
-	}
-	byTask := map[string]store.Claimed{}
-	for _, c := range cs {
-		byTask[c.TaskID] = c
-	}
+	byTask := claimRoots(t, s, w, t0)
 	b := byTask["b"]
 	if _, err := s.FinishTasks(ctx, []store.Result{{Try: store.Try{ID: b.ID, TryNumber: b.TryNumber}, State: state.Failed,
 		Permanent: true, EndedAt: t0}}); err != nil {

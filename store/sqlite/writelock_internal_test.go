@@ -25,6 +25,20 @@ func twoLocks(t *testing.T) (*writeLock, *writeLock) {
 	return a, b
 }
 
+// aHoldsBGivesUp opens two locks on one database; a takes the lock and
+// b's wait for it times out (a wait given up, still running).
+func aHoldsBGivesUp(t *testing.T) (*writeLock, *writeLock) {
+	t.Helper()
+	a, b := twoLocks(t)
+	if err := a.acquire(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.acquire(context.Background(), time.Millisecond); !errors.Is(err, errLockTimeout) {
+		t.Fatalf("b.acquire with a holding the lock: %v, want errLockTimeout", err)
+	}
+	return a, b
+}
+
 // A process waiting in the kernel gets the lock when its holder releases
 // it, and the holder then waits its turn.
 func TestWriteLockWaiterGetsLockOnRelease(t *testing.T) {
@@ -69,14 +83,8 @@ func TestWriteLockWaiterGetsLockOnRelease(t *testing.T) {
 // and releases the lock it gets later: neither process is left locked
 // out, and the process that gave up can take the lock again.
 func TestWriteLockAbandonedWaitReleases(t *testing.T) {
-	a, b := twoLocks(t)
+	a, b := aHoldsBGivesUp(t)
 	ctx := context.Background()
-	if err := a.acquire(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.acquire(ctx, time.Millisecond); !errors.Is(err, errLockTimeout) {
-		t.Fatalf("b.acquire with a holding the lock: %v, want errLockTimeout", err)
-	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if err := b.acquire(cctx, 0); !errors.Is(err, context.Canceled) {
@@ -98,14 +106,8 @@ func TestWriteLockAbandonedWaitReleases(t *testing.T) {
 // Closing a lock while a given-up wait still runs leaves its files open
 // for that wait, which then closes them.
 func TestWriteLockCloseDuringAbandonedWait(t *testing.T) {
-	a, b := twoLocks(t)
+	a, b := aHoldsBGivesUp(t)
 	ctx := context.Background()
-	if err := a.acquire(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.acquire(ctx, time.Millisecond); !errors.Is(err, errLockTimeout) {
-		t.Fatalf("b.acquire with a holding the lock: %v, want errLockTimeout", err)
-	}
 	if err := b.close(); err != nil {
 		t.Fatal(err)
 	}
