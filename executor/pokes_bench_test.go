@@ -15,14 +15,10 @@ import (
 	"github.com/trellis-dag/trellis/store"
 )
 
-// BenchmarkRunPokes runs the checks of batches of 1,000 pokes as the
-// poke loop does, with the check of `trellis bench`'s sensors (a param
-// read and a stat of a file that does not exist): the worker's CPU and
-// allocations per poke without the store (b.N counts pokes).
-func BenchmarkRunPokes(b *testing.B) {
-	const n = pokeBatch
-	missing := filepath.Join(b.TempDir(), "release")
-	d := dag.New("pokes", dag.Params(map[string]any{"release_file": ""}))
+// sensorsDAG is n sensors that poke every second until the file named by
+// their param release_file exists (the run's conf may set it).
+func sensorsDAG(id, release string, n int) *dag.DAG {
+	d := dag.New(id, dag.Params(map[string]any{"release_file": release}))
 	for i := range n {
 		d.Sensor(fmt.Sprintf("s%04d", i), func(c *dag.Context) (bool, error) {
 			path, _ := c.Params()["release_file"].(string)
@@ -30,6 +26,17 @@ func BenchmarkRunPokes(b *testing.B) {
 			return err == nil, nil
 		}, dag.PokeInterval(time.Second), dag.SensorTimeout(time.Hour))
 	}
+	return d
+}
+
+// BenchmarkRunPokes runs the checks of batches of 1,000 pokes as the
+// poke loop does, with the check of `trellis bench`'s sensors (a param
+// read and a stat of a file that does not exist): the worker's CPU and
+// allocations per poke without the store (b.N counts pokes).
+func BenchmarkRunPokes(b *testing.B) {
+	const n = pokeBatch
+	missing := filepath.Join(b.TempDir(), "release")
+	d := sensorsDAG("pokes", "", n)
 	reg := dag.NewRegistry()
 	reg.Register(d)
 	w, err := NewWorker(WorkerConfig{Store: openStore(b, testdb.SQLite(b)), Registry: reg})
@@ -67,14 +74,7 @@ func BenchmarkRunPokes(b *testing.B) {
 func BenchmarkPokeCycle(b *testing.B) {
 	const n = pokeBatch
 	missing := filepath.Join(b.TempDir(), "release")
-	d := dag.New("cycle", dag.Params(map[string]any{"release_file": missing}))
-	for i := range n {
-		d.Sensor(fmt.Sprintf("s%04d", i), func(c *dag.Context) (bool, error) {
-			path, _ := c.Params()["release_file"].(string)
-			_, err := os.Stat(path)
-			return err == nil, nil
-		}, dag.PokeInterval(time.Second), dag.SensorTimeout(time.Hour))
-	}
+	d := sensorsDAG("cycle", missing, n)
 	reg := dag.NewRegistry()
 	reg.Register(d)
 	st := openStore(b, testdb.Postgres(b))
