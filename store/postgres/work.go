@@ -135,11 +135,13 @@ func claimSelectFreeing(ctes, update string, freeing bool) string {
 // hotOff also turns the counter trigger off (migration 00020), for
 // outcomeHotSQL alone: limitsOn follows it.
 var (
-	setsOff  = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true)`, read: ignoreRows}
+	setsOff  = finalQuery{sql: `SELECT ` + setsOffCall, read: ignoreRows}
 	setsOn   = finalQuery{sql: `SELECT set_config('trellis.sets', '', true)`, read: ignoreRows}
 	hotOff   = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true), set_config('trellis.limits', 'off', true)`, read: ignoreRows}
 	limitsOn = finalQuery{sql: `SELECT set_config('trellis.limits', '', true)`, read: ignoreRows}
 )
+
+const setsOffCall = `set_config('trellis.sets', 'off', true)`
 
 func ignoreRows(pgx.Rows) error { return nil }
 
@@ -159,31 +161,82 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 		return []store.Claimed{}, nil
 	}
 	op := fmt.Sprintf("claim tasks for worker %q", w.ID)
-	// One round trip: the caps, and the claim for when no DAG is capped
-	// (guarded in SQL, so it claims nothing when one is).
+	// One round trip: the caps, the claim for when no DAG is capped
+	// (guarded in SQL, so it claims nothing when one is), and whether a
+	// limited instance is queued. While none was at the last claim, the
+	// claim is lightClaimSQL, which takes only what ranks above every
+	// queued limited instance; when it comes back short and one is queued
+	// now, fastClaimSQL claims the rest in a second round trip.
 	var cl claimRead
-	// Retried like a transaction: claims lock counters, and a deadlock
-	// with a finish that frees several of them is possible.
-	err := s.retry(ctx, op, func() error {
-		cl = claimRead{}
-		b := &pgx.Batch{}
-		b.Queue(hotPlan(max))
-		b.Queue(capsSQL)
-		b.Queue(setsOff.sql)
-		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
-		b.Queue(setsOn.sql)
-		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, setsOff, {read: cl.readClaimed}, setsOn}); err != nil {
-			return err
+	light := !s.limitedQueued.Load()
+	err := s.claimFast(ctx, op, &cl, light, w, max, now)
+	if err == nil && light && cl.limited && cl.capped == 0 && len(cl.out) < max {
+		more := claimRead{}
+		if err = s.claimFast(ctx, op, &more, false, w, max-len(cl.out), now); err == nil {
+			cl.out = append(cl.out, more.out...)
 		}
-		return br.Close()
-	})
+	}
 	if err != nil {
 		return nil, err
 	}
 	return s.completeClaim(ctx, op, &cl, w, max, now)
 }
+
+// claimFast sends the caps, the claim (lightClaimSQL when light,
+// fastClaimSQL otherwise) and limitedQueuedSQL in one round trip, reads
+// them into cl and keeps whether a limited instance is queued for the
+// next claim.
+func (s *Store) claimFast(ctx context.Context, op string, cl *claimRead, light bool, w store.Worker, max int, now time.Time) error {
+	claim := fastClaimSQL
+	if light {
+		claim = lightClaimSQL
+	}
+	// Retried like a transaction: claims lock counters, and a deadlock
+	// with a finish that frees several of them is possible. The batch is
+	// one implicit transaction: the set trigger stays off (setsOff, set
+	// with the planner settings) to its end.
+	err := s.retry(ctx, op, func() error {
+		*cl = claimRead{}
+		b := &pgx.Batch{}
+		b.Queue(hotPlanSetsOff(max))
+		b.Queue(capsSQL)
+		b.Queue(claim, max, now, w.ID, w.Hostname, w.PID)
+		b.Queue(limitedQueuedSQL)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}, {read: cl.readLimited}}); err != nil {
+			return err
+		}
+		return br.Close()
+	})
+	if err == nil {
+		s.limitedQueued.Store(cl.limited)
+	}
+	return err
+}
+
+// limitedQueuedSQL reads whether a limited instance is queued.
+const limitedQueuedSQL = `SELECT EXISTS (SELECT 1 FROM task_queue WHERE limited)`
+
+// lightClaimSQL is the claim of ClaimTasks while no limited instance is
+// queued: fastClaimSQL without its limited part, whose plan nodes cost
+// PostgreSQL executor start-up on every claim even when never run
+// (docs/benchmarks.md, "Session 8: sets"). It takes the best unlimited
+// instances ($1 at most) that rank above every queued limited one
+// (priority above theirs, if any), when no DAG is capped: always a
+// prefix of what fastClaimSQL would take, so it never claims out of
+// order; ClaimTasks claims the rest with fastClaimSQL when a limited
+// instance is queued. $2–$5 as in fastClaimSQL.
+var lightClaimSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+				AND (priority > (SELECT max(priority) FROM task_queue WHERE limited)) IS NOT FALSE
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
@@ -352,11 +405,22 @@ func limitedCandidates(guard string) string {
 // poolHasRoom: the pool of instance t exists and has room for it.
 const poolHasRoom = `EXISTS (SELECT 1 FROM pools p WHERE p.name = t.pool AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots))`
 
-// claimRead collects the answers to capsSQL and fastClaimSQL.
+// claimRead collects the answers to capsSQL, fastClaimSQL and
+// limitedQueuedSQL.
 type claimRead struct {
 	capped    int      // DAGs with a cap
 	saturated []string // capped DAGs at their cap
 	out       []store.Claimed
+	limited   bool // a limited instance is queued
+}
+
+func (c *claimRead) readLimited(rows pgx.Rows) error {
+	for rows.Next() {
+		if err := rows.Scan(&c.limited); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 func (c *claimRead) readCaps(rows pgx.Rows) error {
