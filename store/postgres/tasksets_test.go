@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"regexp"
 	"testing"
 	"time"
@@ -353,4 +354,52 @@ func triggerCalls(t *testing.T, conn *pgx.Conn) map[string]int64 {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestLightClaimLeavesNothingBehind claims on a fresh store, which sends
+// the claim without the limited part (lightClaimSQL) until it has seen a
+// limited instance queued: with a limited instance ranking between two
+// unlimited ones, one ClaimTasks must still take all three in claim
+// order (the light claim stops above the limited one, fastClaimSQL takes
+// the rest); and once no limited instance is queued, the light claim
+// must take an instance of the lowest priority there is.
+func TestLightClaimLeavesNothingBehind(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 5}); err != nil {
+		t.Fatal(err)
+	}
+	task := func(id string, priority int, pool string) store.TaskSpec {
+		return store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, RetryDelay: time.Second,
+			Priority: priority, Pool: pool}
+	}
+	sp := store.DAGSpec{DAGID: "light", Fingerprint: "light-1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{
+		task("a", 20, ""), task("b", 10, "p"), task("c", 1, ""), task("d", math.MinInt32, "")}}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "light", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
+		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, "light", t0); err != nil {
+		t.Fatal(err)
+	}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	ids := func(cs []store.Claimed) []string {
+		out := []string{}
+		for _, c := range cs {
+			out = append(out, c.TaskID)
+		}
+		return out
+	}
+	cs, err := s.ClaimTasks(ctx, w, 3, t0)
+	if got := fmt.Sprint(ids(cs)); err != nil || got != "[a b c]" {
+		t.Fatalf("first ClaimTasks(3) = %s, %v; want [a b c]", got, err)
+	}
+	cs, err = s.ClaimTasks(ctx, w, 3, t0)
+	if got := fmt.Sprint(ids(cs)); err != nil || got != "[d]" {
+		t.Fatalf("second ClaimTasks(3) = %s, %v; want [d]", got, err)
+	}
 }
