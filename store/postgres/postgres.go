@@ -96,6 +96,12 @@ type Store struct {
 	poked       atomic.Int64 // pokes claimed since the last vacuum of sensor_pokes
 	fusedSkip   atomic.Int64 // fusable finishes to send the usual way (fusedPause)
 	fusedMisses atomic.Int64 // fused finishes aborted by their guards in a row
+	// Hints for the next fused finish, from the claims before it: no
+	// limited instance queued or running at the last look, so it claims
+	// with lightClaimSQL; the last claim came back short, so it sends no
+	// early claim. Wrong hints cost time, never correctness.
+	lightClaim   atomic.Bool
+	queueDrained atomic.Bool
 }
 
 var _ store.Store = (*Store)(nil)
