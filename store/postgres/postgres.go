@@ -99,6 +99,12 @@ type Store struct {
 	// limitedQueued: a limited instance was queued at the last claim
 	// (ClaimTasks then sends fastClaimSQL, else lightClaimSQL).
 	limitedQueued atomic.Bool
+	// Hints for the next fused finish, from the claims before it: no
+	// limited instance queued or running at the last look, so it claims
+	// with lightClaimSQL; the last claim came back short, so it sends no
+	// early claim. Wrong hints cost time, never correctness.
+	lightClaim   atomic.Bool
+	queueDrained atomic.Bool
 }
 
 var _ store.Store = (*Store)(nil)
