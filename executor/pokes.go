@@ -23,7 +23,9 @@ import (
 const (
 	// pokeBatch is the most pokes one claim takes.
 	pokeBatch = 1000
-	// pokeParallel bounds the checks running at once in a worker.
+	// pokeParallel bounds the checks running at once in a worker: they
+	// run one after another on one goroutine, and on more (up to this
+	// many) only while some take long (taskrun.Pokes).
 	pokeParallel = 64
 	// pokeLease is how long a claimed poke is held: a poke whose result
 	// was not recorded by then (its worker died) is due again.
@@ -108,9 +110,9 @@ func (w *Worker) pokeLoop() {
 	}
 }
 
-// runPokes runs the checks of pokes on at most pokeParallel goroutines
-// (taskrun.Pokes: a fixed set per batch, each taking the next check; no
-// goroutine, timer or channel per poke) and returns their results.
+// runPokes runs the checks of pokes on one goroutine, or on up to
+// pokeParallel while some are slow (taskrun.Pokes: no goroutine, timer or
+// channel per poke), and returns their results.
 func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeResult {
 	out := make([]store.PokeResult, len(pokes))
 	params := map[int64]map[string]any{}
