@@ -65,15 +65,11 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 	)
 	// Rows are read into a scratch slice kept between claims and copied
 	// out at their number: no slice grown by doubling per claim.
-	scratch := pokeScratch.Get().(*[]store.Poke)
-	defer func() {
-		clear(*scratch)
-		*scratch = (*scratch)[:0]
-		pokeScratch.Put(scratch)
-	}()
+	scratch := pokeScratch.get()
+	defer func() { pokeScratch.put(scratch) }()
 	err := s.retry(ctx, fmt.Sprintf("claim pokes for worker %q", w.ID), func() error {
-		out, next = (*scratch)[:0], nil
-		defer func() { *scratch = out }()
+		out, next = scratch[:0], nil
+		defer func() { scratch = out }()
 		b := &pgx.Batch{}
 		b.Queue(claimPokesSQL, now, max, leaseUntil)
 		b.Queue(nextPokeSQL)
@@ -141,8 +137,33 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 	return out, next.UTC(), nil
 }
 
-// pokeScratch holds the slices ClaimPokes reads rows into.
-var pokeScratch = sync.Pool{New: func() any { return new([]store.Poke) }}
+// pokeScratch keeps a slice ClaimPokes reads rows into (a poke loop
+// claims one batch at a time; a sync.Pool would drop it at every other
+// collection, which these batches cause often).
+var pokeScratch scratchPokes
+
+type scratchPokes struct {
+	mu   sync.Mutex
+	kept []store.Poke
+}
+
+func (k *scratchPokes) get() []store.Poke {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := k.kept
+	k.kept = nil
+	return s
+}
+
+// put keeps s, emptied (no strings held), unless a larger one is kept.
+func (k *scratchPokes) put(s []store.Poke) {
+	clear(s)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if cap(s) > cap(k.kept) {
+		k.kept = s[:0]
+	}
+}
 
 // pokesStartSQL moves the instances whose poke ended their wait from
 // deferred to running under the poking worker, each a compare-and-set on
