@@ -227,15 +227,17 @@ func (s *Store) claimFast(ctx context.Context, op string, cl *claimRead, light b
 const limitedQueuedSQL = `SELECT EXISTS (SELECT 1 FROM task_queue WHERE limited)`
 
 // claimAboveLimitedSQL is the claim of ClaimTasks while no limited instance is
-// queued: fastClaimSQL without its limited part, whose plan nodes cost
-// PostgreSQL executor start-up on every claim even when never run
-// (docs/benchmarks.md, "Session 8: sets"). It takes the best unlimited
-// instances ($1 at most) that rank above every queued limited one
-// (priority above theirs, if any), when no DAG is capped: always a
-// prefix of what fastClaimSQL would take, so it never claims out of
-// order; ClaimTasks claims the rest with fastClaimSQL when a limited
-// instance is queued. $2–$5 as in fastClaimSQL.
-var claimAboveLimitedSQL = claimSelect(`q AS MATERIALIZED (
+// queued: fastClaimSQL without its limited part and without the counter
+// updates, whose plan nodes cost PostgreSQL executor start-up on every
+// claim even when never run (docs/benchmarks.md, "Session 8: sets"). It
+// takes the best unlimited instances ($1 at most) that rank above every
+// queued limited one (priority above theirs, if any), when no DAG is
+// capped: always a prefix of what fastClaimSQL would take, so it never
+// claims out of order; ClaimTasks claims the rest with fastClaimSQL when
+// a limited instance is queued. An instance made limited since its queue
+// row was read is left queued (c; its queue row is limited by then), so
+// no counter needs writing. $2–$5 as in fastClaimSQL.
+var claimAboveLimitedSQL = claimSelectCounting(`q AS MATERIALIZED (
 		SELECT ti_id FROM task_queue
 			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
 				AND (priority > (SELECT max(priority) FROM task_queue WHERE limited)) IS NOT FALSE
@@ -243,8 +245,8 @@ var claimAboveLimitedSQL = claimSelect(`q AS MATERIALIZED (
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED),
 	c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
-		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued' AND NOT limited
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`, "")
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
