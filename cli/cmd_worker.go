@@ -214,6 +214,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	if err != nil {
 		return usagef("worker --child is started by `trellis worker` and `trellis serve`: %v", err)
 	}
+	executor.ApplyChildProcs(cfg, a.lookupEnv)
 	// RunChild and the Worker label their own lines with worker=<id>; the
 	// lines logged here get it from this logger.
 	logger := a.logger.With("worker", cfg.WorkerID)
