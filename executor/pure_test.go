@@ -91,6 +91,8 @@ func TestRunParams(t *testing.T) {
 		{"no conf", "", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"null", "null", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"empty object", "{}", map[string]any{"a": 1.0, "b": "x"}, false},
+		{"empty object with spaces", " { } ", map[string]any{"a": 1.0, "b": "x"}, false},
+		{"spaces", " \n", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"overlay", `{"b":"y","c":[1]}`, map[string]any{"a": 1.0, "b": "y", "c": []any{1.0}}, false},
 		{"array", `[1,2]`, nil, true},
 		{"string", `"s"`, nil, true},
