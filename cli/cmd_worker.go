@@ -235,6 +235,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	}
 	defer st.Close()
 	releaseStartupGarbage() // building the DAGs' registry
+	defer executor.KeepGCHeadroom(executor.ChildGCHeadroom, a.lookupEnv)()
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
 	// that as the graceful stop and runs the worker on a context of its
