@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -350,6 +351,14 @@ func (w *Worker) claimLoop() {
 				maybeWork = false // retried on the next wake-up or poll
 			case n < free:
 				maybeWork = false
+			case n > 0:
+				// Let the tries just launched run before the slots
+				// still free are claimed: tries that end at once free
+				// theirs, and one claim takes them all. Claiming at once
+				// split the slots for good into two groups claimed in
+				// turn, each while the other ran (twice the claims, each
+				// a transaction). It yields once; it does not wait.
+				runtime.Gosched()
 			}
 			continue
 		}
