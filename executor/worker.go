@@ -488,6 +488,8 @@ func (w *Worker) launch(c store.Claimed) bool {
 	ctx, cancel := context.WithCancel(w.ctx)
 	a := &activeTry{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
 	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, logRoom(w.cfg.MaxLogBytes), func(err error) {
+		// Through a: a closure over c would copy the whole claim.
+		c := &a.claim
 		w.cfg.Logger.Warn("task log lost", "dag_id", c.DAGID, "run_id", c.DAGRunID, "task_id", c.TaskID, "try", c.TryNumber, "err", err)
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}
