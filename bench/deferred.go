@@ -230,6 +230,9 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 	if err != nil {
 		return 0, 0, err
 	}
+	// The window counts Trellis's CPU, not the memory sampler's.
+	h.rss.Pause()
+	defer h.rss.Resume()
 	cpu0, err := TreeCPU(os.Getpid())
 	if err != nil {
 		return 0, 0, err
@@ -260,6 +263,7 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 	if err != nil {
 		return 0, 0, err
 	}
+	h.rss.Resume()
 	elapsed := time.Since(start).Seconds()
 	cores = (cpu1 - cpu0).Seconds() / elapsed
 	workers := ((cpu1 - cpu0) - (self1 - self0)).Seconds() / elapsed
@@ -277,14 +281,15 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 	}
 	pokeRate = moved.Seconds() / SensorPoke.Seconds() / elapsed
 	m.add(MetricPokesPerSecond, pokeRate, "pokes/s")
-	m.add(MetricCPUCores, cores, "cores")
-	m.add(MetricCPUCoresWorkers, workers, "cores")
+	m.add(MetricCPUCores, cores, UnitCores)
+	m.add(MetricCPUCoresWorkers, workers, UnitCores)
 	m.add(MetricRunningMax, float64(maxRunning), "tasks")
 	m.add(MetricDeferredMin, float64(minDeferred), "tasks")
 	m.millis(MetricPokeOverdue, overdue)
-	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores (this process and its workers; the workers %.3f), "+
-		"at most %d running, at least %d deferred; about %.0f pokes/s; then the most overdue next check was %v late",
-		window.Seconds(), n, SensorPoke, cores, workers, maxRunning, minDeferred, pokeRate, overdue)
+	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores = %.1f %% of one core, the whole cycle (target ≤ 5 %%; "+
+		"this process and its workers, the workers %.3f), at most %d running, at least %d deferred; about %.0f pokes/s; "+
+		"then the most overdue next check was %v late",
+		window.Seconds(), n, SensorPoke, cores, cores*100, workers, maxRunning, minDeferred, pokeRate, overdue)
 
 	// Released: every sensor succeeds on its next poke.
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
@@ -322,6 +327,8 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) (idle float64, err er
 	if n < 1000 {
 		window = deferredQuickWindow
 	}
+	h.rss.Pause()
+	defer h.rss.Resume()
 	cpu0, err := TreeCPU(os.Getpid())
 	if err != nil {
 		return 0, err
@@ -341,7 +348,8 @@ func (h *harness) resume(ctx context.Context, m *rowMaker) (idle float64, err er
 		return 0, err
 	}
 	idle = (cpu1 - cpu0).Seconds() / time.Since(start).Seconds()
-	m.add(MetricCPUCoresIdle, idle, "cores")
+	h.rss.Resume()
+	m.add(MetricCPUCoresIdle, idle, UnitCores)
 	m.add(MetricSlotsIdle, float64(maxRunning), "tasks")
 	h.progress("over %.0f s with %d tasks deferred on events: %.4f cores (this process and its workers), at most %d queued or running",
 		window.Seconds(), n, idle, maxRunning)

@@ -28,6 +28,9 @@ type Sampler struct {
 	peakPSS  atomic.Uint64
 	samples  atomic.Int64
 
+	mu     sync.Mutex // held by a periodic sample; guards paused
+	paused bool
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -58,7 +61,7 @@ func (s *Sampler) Start() {
 			case <-s.stop:
 				return
 			case <-t.C:
-				s.sample()
+				s.tick()
 			}
 		}
 	}()
@@ -77,6 +80,35 @@ func (s *Sampler) Stop() {
 // sample could be taken (false where /proc is not available).
 func (s *Sampler) Peak() (Memory, bool) {
 	return Memory{RSS: s.peakRSS.Load(), PSS: s.peakPSS.Load()}, s.samples.Load() > 0
+}
+
+// tick takes a periodic sample unless paused.
+func (s *Sampler) tick() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.paused {
+		s.sample()
+	}
+}
+
+// Pause takes a sample and stops the periodic ones until Resume: a CPU
+// measurement of the tree leaves out the sampler's reads of
+// smaps_rollup (the kernel walks each process's page tables), which
+// cost the bench process about 0.02 cores at the 200 ms interval. When
+// Pause returns no periodic sample is running.
+func (s *Sampler) Pause() {
+	s.mu.Lock()
+	s.paused = true
+	s.mu.Unlock()
+	s.sample()
+}
+
+// Resume takes a sample and starts the periodic ones again.
+func (s *Sampler) Resume() {
+	s.sample()
+	s.mu.Lock()
+	s.paused = false
+	s.mu.Unlock()
 }
 
 // Sample takes a sample now, in addition to the periodic ones: a short

@@ -102,3 +102,25 @@ func TestTreeFindsGrandchildren(t *testing.T) {
 		}
 	}
 }
+
+// TestSamplerPause: Pause and Resume each take a sample, and between
+// them the periodic samples are skipped (a CPU window leaves the
+// sampler's reads out).
+func TestSamplerPause(t *testing.T) {
+	s := NewSampler(os.Getpid(), rssInterval) // not started: ticks by hand
+	s.tick()
+	if n := s.samples.Load(); n != 1 {
+		t.Fatalf("a tick took %d samples, want 1", n)
+	}
+	s.Pause()
+	s.tick()
+	s.tick()
+	if n := s.samples.Load(); n != 2 {
+		t.Errorf("%d samples after Pause and two ticks, want 2 (Pause's own)", n)
+	}
+	s.Resume()
+	s.tick()
+	if n := s.samples.Load(); n != 4 {
+		t.Errorf("%d samples after Resume and a tick, want 4", n)
+	}
+}

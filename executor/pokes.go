@@ -23,7 +23,9 @@ import (
 const (
 	// pokeBatch is the most pokes one claim takes.
 	pokeBatch = 1000
-	// pokeParallel bounds the checks running at once in a worker.
+	// pokeParallel bounds the checks running at once in a worker: they
+	// run one after another on one goroutine, and on more (up to this
+	// many) only while some take long (taskrun.Pokes).
 	pokeParallel = 64
 	// pokeLease is how long a claimed poke is held: a poke whose result
 	// was not recorded by then (its worker died) is due again.
@@ -108,21 +110,23 @@ func (w *Worker) pokeLoop() {
 	}
 }
 
-// runPokes runs the checks of pokes on at most pokeParallel goroutines
-// (taskrun.Pokes: a fixed set per batch, each taking the next check; no
-// goroutine, timer or channel per poke) and returns their results.
+// runPokes runs the checks of pokes on one goroutine, or on up to
+// pokeParallel while some are slow (taskrun.Pokes: no goroutine, timer or
+// channel per poke), and returns their results.
 func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeResult {
-	out := make([]store.PokeResult, len(pokes))
+	bufs := &w.pokeBufs
+	bufs.turn ^= 1
+	out := resize(bufs.results[bufs.turn], len(pokes))
+	bufs.results[bufs.turn] = out
 	params := map[int64]map[string]any{}
 	confErr := map[int64]error{}
 	outputs := map[int64]dag.OutputIO{}
 	var noParams map[string]any
-	type check struct {
-		i      int
-		task   *dag.Task
-		params map[string]any
-	}
-	checks := make([]check, 0, len(pokes))
+	checks := bufs.checks[:0]
+	defer func() {
+		clear(checks) // no task or params kept past the batch
+		bufs.checks = checks[:0]
+	}()
 	for i, p := range pokes {
 		out[i] = store.PokeResult{Try: p.Try, Lease: p.Lease}
 		d := w.cfg.Registry.Lookup(p.DAGID)
@@ -154,14 +158,15 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 		if _, ok := outputs[p.RunID]; !ok {
 			outputs[p.RunID] = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID}
 		}
-		checks = append(checks, check{i, task, ps})
+		checks = append(checks, pokeCheck{i, task, ps})
 	}
-	logs := make([]cappedLog, len(checks))
+	logs := resize(bufs.logs, len(checks))
+	bufs.logs = logs
 	now := w.cfg.Clock.Now
 	taskrun.Pokes(ctx, len(checks), pokeParallel, func(k int) taskrun.Try {
 		c := checks[k]
 		p := &pokes[c.i]
-		logs[k].max = pokeLogBytes
+		logs[k] = cappedLog{max: pokeLogBytes}
 		return taskrun.Try{
 			Limit: pokeMaxCheck, // under the task's Timeout when shorter
 			Task:  c.task,
@@ -181,6 +186,34 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 		out[c.i].Result = w.pokeResult(ctx, pokes[c.i], o, &logs[k])
 	})
 	return out
+}
+
+// pokeBuffers are the slices of the poke loop's batches, kept from one
+// batch to the next instead of made per batch: two of results (a batch's
+// results are recorded while the next batch runs, and the loop waits for
+// that record before the batch after), the checks and their logs (a log's
+// bytes go with the results; the next batch starts a new one).
+type pokeBuffers struct {
+	results [2][]store.PokeResult
+	turn    int
+	checks  []pokeCheck
+	logs    []cappedLog
+}
+
+// pokeCheck is a poke whose check this worker runs: pokes[i], its task
+// and the run's params.
+type pokeCheck struct {
+	i      int
+	task   *dag.Task
+	params map[string]any
+}
+
+// resize returns s with length n, reusing its array when large enough.
+func resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }
 
 // pokeResult turns what one check of a Sensor said into a result.

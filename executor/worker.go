@@ -72,6 +72,8 @@ type Worker struct {
 	logSem    chan struct{}  // bounds concurrent log sends
 	loopsWG   sync.WaitGroup
 	loopsStop chan struct{}
+
+	pokeBufs pokeBuffers // the poke loop's
 }
 
 // maxLogFlushes bounds the log sends in flight, so that they never take

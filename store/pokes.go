@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/trellis-dag/trellis/state"
 )
@@ -12,12 +13,21 @@ import (
 // not an outcome, a "not yet" without its next check, an output that is
 // not JSON.
 func CheckPokeResults(results []PokeResult) error {
-	seen := make(map[int64]bool, len(results))
+	// Twice reported: equal neighbours once sorted (no map per batch).
+	ids := make([]int64, len(results))
 	for i, r := range results {
-		if seen[r.ID] {
-			return fmt.Errorf("record pokes: result %d: instance %d is reported twice", i, r.ID)
+		ids[i] = r.ID
+	}
+	slices.Sort(ids)
+	for k := 1; k < len(ids); k++ {
+		if ids[k] != ids[k-1] {
+			continue
 		}
-		seen[r.ID] = true
+		first := slices.IndexFunc(results, func(r PokeResult) bool { return r.ID == ids[k] })
+		i := first + 1 + slices.IndexFunc(results[first+1:], func(r PokeResult) bool { return r.ID == ids[k] })
+		return fmt.Errorf("record pokes: result %d: instance %d is reported twice", i, ids[k])
+	}
+	for i, r := range results {
 		if r.Requeue {
 			continue
 		}

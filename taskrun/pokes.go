@@ -16,28 +16,38 @@ import (
 )
 
 // Pokes runs the checks of n Sensor pokes, try(i) describing the i-th,
-// on at most parallel goroutines, and calls done(i, outcome) once for
-// each, from any goroutine, before it returns. Each poke is run as Poke
-// runs it, but a check runs on one of the batch's goroutines: no
-// goroutine, channel or timer per check. One watchdog per batch cancels
-// a check's context when its timeout (the task's Timeout or Try.Limit,
-// whichever is shorter) passes or ctx ends, and abandons a check that
-// ignores that for its KillGrace: its outcome is delivered failed with
-// Abandoned set, another goroutine takes over the rest of the batch, and
-// the abandoned one is left running, writing nowhere. Checks not started
-// when ctx ends are not run: their outcome is failed with ctx's cause.
+// and calls done(i, outcome) once for each, from any goroutine, before it
+// returns. Each poke is run as Poke runs it, but no goroutine, channel or
+// timer is made per check: the checks run one after another on one
+// goroutine, and on up to parallel goroutines when some are slow — every
+// pokeSpread while the batch runs, each check that has been running since
+// the last look gets one more goroutine beside it taking the next checks,
+// so a check that waits (a request, a query) holds up the rest for about
+// that long and a thousand checks that do not wait cost one goroutine, and
+// no hand-off of the processor, between them. One watchdog per batch (the
+// same timer) cancels a check's context when its timeout (the task's
+// Timeout or Try.Limit, whichever is shorter) passes or ctx ends, and
+// abandons a check that ignores that for its KillGrace: its outcome is
+// delivered failed with Abandoned set, another goroutine takes over the
+// rest of the batch, and the abandoned one is left running, writing
+// nowhere. Checks not started when ctx ends are not run: their outcome is
+// failed with ctx's cause.
 func Pokes(ctx context.Context, n, parallel int, try func(i int) Try, done func(i int, out Outcome)) {
 	if n <= 0 {
 		return
 	}
-	b := &pokeBatch{ctx: ctx, base: context.WithoutCancel(ctx), n: n, try: try, done: done}
+	b := &pokeBatch{ctx: ctx, base: context.WithoutCancel(ctx), n: n, parallel: max(1, min(parallel, n)), try: try, done: done}
 	b.pending.Add(n)
 	b.timer = time.AfterFunc(time.Hour, b.watch)
 	b.timer.Stop()
 	stopHalt := context.AfterFunc(ctx, b.halt)
-	for range max(1, min(parallel, n)) {
-		b.startRunner()
+	b.mu.Lock()
+	b.startRunnerLocked()
+	if b.parallel > 1 {
+		b.wake = time.Now().Add(pokeSpread)
+		b.timer.Reset(pokeSpread)
 	}
+	b.mu.Unlock()
 	b.pending.Wait()
 	stopHalt()
 	b.mu.Lock()
@@ -46,23 +56,31 @@ func Pokes(ctx context.Context, n, parallel int, try func(i int) Try, done func(
 	b.mu.Unlock()
 }
 
+// pokeSpread is how long a check of a batch runs before the batch's
+// watchdog starts another goroutine beside it (while fewer than the
+// batch's parallel run and checks are left): it looks this often while
+// the batch runs.
+const pokeSpread = 2 * time.Millisecond
+
 // pokeBatch is one call of Pokes.
 type pokeBatch struct {
-	ctx  context.Context
-	base context.Context // ctx without its cancellation: the checks' parent
-	n    int
-	try  func(int) Try
-	done func(int, Outcome)
+	ctx      context.Context
+	base     context.Context // ctx without its cancellation: the checks' parent
+	n        int
+	parallel int // the most goroutines running checks at once
+	try      func(int) Try
+	done     func(int, Outcome)
 
 	next    atomic.Int64   // the next check to start
 	pending sync.WaitGroup // outcomes not yet delivered
 
-	mu     sync.Mutex
-	slots  []*checkSlot // one per goroutine, abandoned ones included
-	wake   time.Time    // when the watchdog next looks (zero: never)
-	timer  *time.Timer  // the watchdog
-	halted error        // ctx's cause once it ended
-	over   bool
+	mu      sync.Mutex
+	slots   []*checkSlot // one per goroutine, abandoned ones included
+	runners int          // goroutines started and not abandoned
+	wake    time.Time    // when the watchdog next looks (zero: never)
+	timer   *time.Timer  // the watchdog
+	halted  error        // ctx's cause once it ended
+	over    bool
 }
 
 // checkSlot is the check a goroutine of a batch runs.
@@ -75,13 +93,15 @@ type checkSlot struct {
 	deadline  time.Time // of the timeout; zero: none
 	grace     time.Duration
 	graceEnd  time.Time // once stopped: when it is abandoned
+	seq       uint64    // counts the checks started in the slot
+	seen      uint64    // seq when the watchdog last looked
 }
 
-func (b *pokeBatch) startRunner() {
+// startRunnerLocked starts a goroutine taking the batch's next checks.
+func (b *pokeBatch) startRunnerLocked() {
 	s := &checkSlot{}
-	b.mu.Lock()
 	b.slots = append(b.slots, s)
-	b.mu.Unlock()
+	b.runners++
 	go b.runner(s)
 }
 
@@ -128,7 +148,8 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 		b.mu.Unlock()
 		return failed(cause, false), true
 	}
-	*s = checkSlot{active: true, i: i, frame: f, deadline: deadline, grace: grace}
+	s.active, s.stopped, s.i, s.frame, s.deadline, s.grace, s.graceEnd = true, false, i, f, deadline, grace, time.Time{}
+	s.seq++
 	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
 		b.wake = deadline
 		b.timer.Reset(deadline.Sub(now))
@@ -201,6 +222,11 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 			next = at
 		}
 	}
+	if b.spreadLocked() {
+		if at := now.Add(pokeSpread); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
 	b.wake = next
 	if !next.IsZero() {
 		b.timer.Reset(next.Sub(now))
@@ -208,11 +234,39 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 	return abandon
 }
 
+// spreadLocked starts a goroutine beside each check that has run since
+// the watchdog last looked (within parallel and the checks left), and
+// says whether to look again: checks are left to start and more
+// goroutines could take them.
+func (b *pokeBatch) spreadLocked() bool {
+	if b.halted != nil {
+		return false
+	}
+	left := b.n - int(b.next.Load())
+	for _, s := range b.slots {
+		if left <= 0 || b.runners >= b.parallel {
+			break
+		}
+		if !s.active || s.stopped {
+			continue
+		}
+		if s.seq == s.seen {
+			b.startRunnerLocked()
+			left--
+		}
+		s.seen = s.seq
+	}
+	return left > 0 && b.runners < b.parallel
+}
+
 // abandon delivers the outcomes of abandoned checks and replaces their
 // goroutines.
 func (b *pokeBatch) abandon(slots []*checkSlot) {
 	for _, s := range slots {
-		b.startRunner()
+		b.mu.Lock()
+		b.runners--
+		b.startRunnerLocked()
+		b.mu.Unlock()
 		cause, timedOut := s.frame.ctx.stopCause()
 		out := Outcome{State: state.Failed, TimedOut: timedOut, Abandoned: true, Err: fmt.Errorf(
 			"%w; the function ignored its context for %v and was abandoned", cause, s.grace)}

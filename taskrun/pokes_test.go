@@ -153,3 +153,46 @@ func TestPokesDeadline(t *testing.T) {
 		t.Errorf("check looking after its deadline: cause %v, err %v, outcome %+v; want a timeout, not abandoned", cause, err, out)
 	}
 }
+
+// TestPokesSpread: checks that wait get goroutines beside them, up to
+// parallel — here four checks that each wait until all four run at once
+// — and never more than parallel run at once.
+func TestPokesSpread(t *testing.T) {
+	const parallel = 4
+	d := dag.New("spread")
+	var running, most atomic.Int32
+	all := make(chan struct{})
+	var once sync.Once
+	s := d.Sensor("s", func(c *dag.Context) (bool, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		if n == parallel {
+			once.Do(func() { close(all) })
+		}
+		select {
+		case <-all:
+			return true, nil
+		case <-c.Done():
+			return false, context.Cause(c)
+		}
+	}, dag.PokeInterval(time.Minute))
+	tries := make([]taskrun.Try, 2*parallel)
+	for i := range tries {
+		tries[i] = taskrun.Try{Task: s, Info: info("s"), Limit: time.Minute}
+	}
+	outs := pokeAll(t, context.Background(), parallel, tries)
+	for i, o := range outs {
+		if o.State != state.Success {
+			t.Errorf("check %d = %+v, want success once %d ran at once", i, o, parallel)
+		}
+	}
+	if m := most.Load(); m != parallel {
+		t.Errorf("at most %d checks ran at once, want %d", m, parallel)
+	}
+}

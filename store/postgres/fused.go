@@ -28,10 +28,24 @@ import (
 // errNeedsGo is a fused finish aborted by its guards.
 var errNeedsGo = errors.New("finish needs decisions in Go")
 
+// errNeedsLimits is a fused finish with the light claim aborted by its
+// look (lookLightSQL).
+var errNeedsLimits = errors.New("claim needs its limited branches")
+
 // needsGo reports whether err is the error of trellis_needs_go().
-func needsGo(err error) bool {
+func needsGo(err error) bool { return pgCode(err) == "TR001" }
+
+// needsLimits reports whether err is the error of trellis_needs_limits()
+// (migration 00050).
+func needsLimits(err error) bool { return pgCode(err) == "TR002" }
+
+// pgCode returns the SQLSTATE of err, "" when it is no server error.
+func pgCode(err error) string {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "TR001"
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
 }
 
 // fusable reports whether a batch of results may be finished fused:
@@ -83,12 +97,17 @@ func (s *Store) fusedDone(miss bool) {
 
 // finishFused runs a fused finish in a transaction of its own: one
 // round trip, retried on deadlocks like inPipe; errNeedsGo when its
-// guards aborted it.
+// guards aborted it, errNeedsLimits when the light claim's look did
+// (the store then expects limits in play: lightClaim is false).
 func (s *Store) finishFused(ctx context.Context, op, plan string, fn func(p *pipeTx) error) error {
 	return s.retry(ctx, op, func() error {
 		err := s.pipeOnce(ctx, plan, fn)
 		if needsGo(err) {
 			return &storeError{errNeedsGo}
+		}
+		if needsLimits(err) {
+			s.lightClaim.Store(false)
+			return &storeError{errNeedsLimits}
 		}
 		return err
 	})
@@ -160,9 +179,51 @@ var earlyClaimCountedSQL = strings.Replace(earlyClaimSQL, `FROM u AS t JOIN dag_
 // fusedClaimSQL is fastClaimFreeingSQL claiming $1 less what
 // earlyClaimCountedSQL claimed, and freeing the slots of the instances
 // outcomeFusedSQL kept in trellis.freed (no $6).
-var fusedClaimSQL = strings.NewReplacer("$1",
-	`greatest($1::int - coalesce(nullif(current_setting('trellis.early', true), ''), '0')::int, 0)`,
+var fusedClaimSQL = strings.NewReplacer("$1", earlyLeft,
 	"$6::bigint[]", `current_setting('trellis.freed')::bigint[]`).Replace(fastClaimFreeingSQL)
+
+// lightClaimSQL is fusedClaimSQL without the limited branches: the
+// unlimited queued instances, best first ($1 less what
+// earlyClaimCountedSQL claimed), none while a DAG has a MaxActiveTasks
+// cap (completeClaim then claims within the caps, as after
+// fusedClaimSQL). It is equivalent to fusedClaimSQL when no limited
+// instance is queued and the batch freed no slot, which a fused finish
+// expects from its store's last look (Store.lightClaim) and
+// lookLightSQL checks after it. It writes no counter: an instance made
+// limited since its queue row was read is left queued (c).
+var lightClaimSQL = strings.Replace(claimSelectCounting(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued' AND NOT limited
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`, ""),
+	"$1", earlyLeft, 1)
+
+// earlyLeft is what a fused claim may take: $1 less what
+// earlyClaimCountedSQL claimed, if it was sent.
+const earlyLeft = `greatest($1::int - coalesce(nullif(current_setting('trellis.early', true), ''), '0')::int, 0)`
+
+// limitsInPlay is whether a limited instance is queued or running (a
+// pool's or key's counter counts the running ones).
+const limitsInPlay = `EXISTS (SELECT 1 FROM task_queue WHERE limited)
+		OR EXISTS (SELECT 1 FROM pools WHERE running > 0) OR EXISTS (SELECT 1 FROM concurrency_keys WHERE running > 0)`
+
+// lookSQL is wokeSQL that also reads whether limits are in play after
+// the fused claim: the store's choice of claim for its next fused
+// finish (Store.lightClaim).
+const lookSQL = `SELECT coalesce(current_setting('trellis.wake', true), '') = 'on', ` + limitsInPlay
+
+// lookLightSQL is lookSQL after lightClaimSQL. It aborts the transaction
+// (trellis_needs_limits, migration 00050) when the light claim was not
+// equivalent to fusedClaimSQL: the outcome statement freed slots (which
+// only fusedClaimSQL gives back), or a limited instance is queued (which
+// fusedClaimSQL might have claimed, before what the light claim took).
+const lookLightSQL = `SELECT coalesce(current_setting('trellis.wake', true), '') = 'on',
+	CASE WHEN current_setting('trellis.freed') <> '{}' OR EXISTS (SELECT 1 FROM task_queue WHERE limited)
+		THEN trellis_needs_limits() ELSE ` + limitsInPlay + ` END`
 
 // settleFusedSQL is settleSQL for the runs and counts outcomeFusedSQL
 // kept; $1 and $2 are settleSQL's $3 and $4.
@@ -172,8 +233,12 @@ var settleFusedSQL = strings.NewReplacer(
 	"$3", "$1", "$4", "$2").Replace(settleSQL)
 
 // fused places every statement of the finish before COMMIT (see above);
-// what they return is read once committed.
-func (f *finishTx) fused() error {
+// what they return is read once committed. With light, the claim is
+// lightClaimSQL, checked by lookLightSQL. The early claim is left out
+// when the store's last claim came back short (Store.queueDrained): it
+// would find nothing, and the claim after the increment takes what it
+// would have.
+func (f *finishTx) fused(light bool) error {
 	p := f.tx.(*pipeTx)
 	args, ids := f.outcomeArgs()
 	f.rl = newReleaser(f.tx, f.now)
@@ -182,9 +247,15 @@ func (f *finishTx) fused() error {
 	qs := []finalQuery{hotOff, {sql: outcomeFusedSQL, args: args, read: f.readFusedOutcomes}, limitsOn}
 	cargs := []any{0, f.now, "", "", 0}
 	if claim != nil {
-		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
-			finalQuery{sql: earlyClaimCountedSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps})
+		if !f.s.queueDrained.Load() {
+			qs = append(qs, finalQuery{sql: earlyClaimCountedSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
+		}
 		cargs = claim.args(claim.max)
+	}
+	claimSQL, look := fusedClaimSQL, lookSQL
+	if light {
+		claimSQL, look = lightClaimSQL, lookLightSQL
 	}
 	if q, ok := f.recordedLogs(); ok {
 		qs = append(qs, q)
@@ -196,10 +267,10 @@ func (f *finishTx) fused() error {
 				f.waitingAfter, err = f.rl.readIncrement(rows)
 				return err
 			}},
-		finalQuery{sql: fusedClaimSQL, args: cargs, read: f.readFusedClaim},
+		finalQuery{sql: claimSQL, args: cargs, read: f.readFusedClaim},
 		setsOn)
 	p.finals = append(p.finals, qs...)
-	p.finals = append(p.finals, f.countNow()...)
+	p.finals = append(p.finals, f.countNowLooking(look)...)
 	p.beforeCommit(settleFusedSQL, []any{f.now, failingLeafStates}, f.rl.readSettled)
 	if p.readyClaimed != nil {
 		p.released = true // decided once committed (pipeTx.readyClaimed)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,8 +63,13 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 		out  []store.Poke
 		next *time.Time
 	)
+	// Rows are read into a scratch slice kept between claims and copied
+	// out at their number: no slice grown by doubling per claim.
+	scratch := pokeScratch.get()
+	defer func() { pokeScratch.put(scratch) }()
 	err := s.retry(ctx, fmt.Sprintf("claim pokes for worker %q", w.ID), func() error {
-		out, next = nil, nil
+		out, next = scratch[:0], nil
+		defer func() { scratch = out }()
 		b := &pgx.Batch{}
 		b.Queue(claimPokesSQL, now, max, leaseUntil)
 		b.Queue(nextPokeSQL)
@@ -119,11 +125,44 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	if len(out) == 0 {
+		out = nil
+	} else {
+		out = slices.Clone(out)
+	}
 	s.vacuumPokes(ctx, len(out))
 	if next == nil {
 		return out, time.Time{}, nil
 	}
 	return out, next.UTC(), nil
+}
+
+// pokeScratch keeps a slice ClaimPokes reads rows into (a poke loop
+// claims one batch at a time; a sync.Pool would drop it at every other
+// collection, which these batches cause often).
+var pokeScratch scratchPokes
+
+type scratchPokes struct {
+	mu   sync.Mutex
+	kept []store.Poke
+}
+
+func (k *scratchPokes) get() []store.Poke {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := k.kept
+	k.kept = nil
+	return s
+}
+
+// put keeps s, emptied (no strings held), unless a larger one is kept.
+func (k *scratchPokes) put(s []store.Poke) {
+	clear(s)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if cap(s) > cap(k.kept) {
+		k.kept = s[:0]
+	}
 }
 
 // pokesStartSQL moves the instances whose poke ended their wait from
@@ -148,14 +187,17 @@ const pokesEndSQL = `
 
 // pokesAgainSQL moves the next check of "not yet" pokes ($1 instances,
 // $2 leases, $3 next checks in microseconds since 1970) under their
-// lease. The arrays come as text (int8Array): one string per batch
-// instead of an encoded value per element, for the statement every poke
-// of every sensor goes through.
+// lease, and returns the instances whose lease had changed (not moved;
+// usually none: no row to send and read per poke). The arrays come as
+// text (int8Array): one string per batch instead of an encoded value per
+// element, for the statement every poke of every sensor goes through.
 const pokesAgainSQL = `
-	UPDATE sensor_pokes p SET due_at = 'epoch'::timestamptz + u.due * interval '1 microsecond'
-	FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[]) AS u(id, lease, due)
-	WHERE p.ti_id = u.id AND p.lease = u.lease
-	RETURNING p.ti_id`
+	WITH moved AS (
+		UPDATE sensor_pokes p SET due_at = 'epoch'::timestamptz + u.due * interval '1 microsecond'
+		FROM unnest($1::text::bigint[], $2::text::bigint[], $3::text::bigint[]) AS u(id, lease, due)
+		WHERE p.ti_id = u.id AND p.lease = u.lease
+		RETURNING p.ti_id)
+	SELECT id FROM unnest($1::text::bigint[]) AS id WHERE id NOT IN (SELECT ti_id FROM moved)`
 
 // int8Array writes vs as the text of a PostgreSQL bigint[].
 func int8Array(vs []int64) string {
@@ -174,13 +216,17 @@ func int8Array(vs []int64) string {
 // start and finish their tries (pokesStartSQL, then the finish), the
 // requeued ones go to the task queue, and the "not yet" ones get their
 // next check (pokesAgainSQL), in that order (instances before poke rows,
-// as a deferral locks them).
+// as a deferral locks them). A batch of "not yet" only — most batches —
+// is the one statement, without BEGIN and COMMIT.
 func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store.PokeResult, now time.Time) ([]store.FinishOutcome, error) {
 	if len(results) == 0 {
 		return []store.FinishOutcome{}, nil
 	}
 	if err := store.CheckPokeResults(results); err != nil {
 		return nil, err
+	}
+	if !slices.ContainsFunc(results, func(r store.PokeResult) bool { return r.Requeue || r.Result.State != state.Deferred }) {
+		return s.pokesAgain(ctx, w, results)
 	}
 	order := make([]int, len(results))
 	for i := range order {
@@ -202,7 +248,7 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 			finishing            []store.Result
 			finishingIdx         []int
 			startedIDs, requeued map[int64]bool
-			againApplied         map[int64]bool
+			againMissed          map[int64]bool
 			err                  error
 		)
 		for _, i := range order {
@@ -264,11 +310,11 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 			}
 		}
 		if len(again.ids) > 0 {
-			if againApplied, err = collectIDs(tx.Query(ctx, pokesAgainSQL, int8Array(again.ids), int8Array(again.leases), int8Array(againDue))); err != nil {
+			if againMissed, err = collectIDs(tx.Query(ctx, pokesAgainSQL, int8Array(again.ids), int8Array(again.leases), int8Array(againDue))); err != nil {
 				return err
 			}
 			for _, i := range againIdx {
-				if againApplied[results[i].ID] {
+				if !againMissed[results[i].ID] {
 					out[i].Applied, out[i].State = true, state.Deferred
 				}
 			}
@@ -277,6 +323,45 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// pokesAgain records a batch of "not yet" results alone: pokesAgainSQL,
+// one statement (its own transaction), the rows in id order as in
+// FinishPokes's transaction.
+func (s *Store) pokesAgain(ctx context.Context, w store.Worker, results []store.PokeResult) ([]store.FinishOutcome, error) {
+	ids, leases, due := make([]int64, len(results)), make([]int64, len(results)), make([]int64, len(results))
+	for i, r := range results {
+		ids[i], leases[i], due[i] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
+	}
+	if !slices.IsSorted(ids) {
+		order := make([]int, len(results))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
+		for k, i := range order {
+			r := results[i]
+			ids[k], leases[k], due[k] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
+		}
+	}
+	idText, leaseText, dueText := int8Array(ids), int8Array(leases), int8Array(due)
+	var missed map[int64]bool
+	err := s.retry(ctx, fmt.Sprintf("record %d pokes of worker %q", len(results), w.ID), func() error {
+		var err error
+		missed, err = collectIDs(s.pool.Query(ctx, pokesAgainSQL, idText, leaseText, dueText))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.FinishOutcome, len(results))
+	for i, r := range results {
+		out[i].Try = r.Try
+		if !missed[r.ID] {
+			out[i].Applied, out[i].State = true, state.Deferred
+		}
 	}
 	return out, nil
 }

@@ -96,6 +96,15 @@ type Store struct {
 	poked       atomic.Int64 // pokes claimed since the last vacuum of sensor_pokes
 	fusedSkip   atomic.Int64 // fusable finishes to send the usual way (fusedPause)
 	fusedMisses atomic.Int64 // fused finishes aborted by their guards in a row
+	// limitedQueued: a limited instance was queued at the last claim
+	// (ClaimTasks then sends fastClaimSQL, else lightClaimSQL).
+	limitedQueued atomic.Bool
+	// Hints for the next fused finish, from the claims before it: no
+	// limited instance queued or running at the last look, so it claims
+	// with lightClaimSQL; the last claim came back short, so it sends no
+	// early claim. Wrong hints cost time, never correctness.
+	lightClaim   atomic.Bool
+	queueDrained atomic.Bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -406,6 +415,12 @@ const (
 	set_config('enable_seqscan', 'off', true)`
 	smallBatch = 64
 )
+
+// hotPlanSetsOff returns hotPlan(n) that also turns the set trigger off
+// (setsOff) for the rest of the transaction.
+func hotPlanSetsOff(n int) string {
+	return hotPlan(n) + `, ` + setsOffCall
+}
 
 // hotPlan returns the planner settings for a batch of n rows.
 func hotPlan(n int) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"regexp"
 	"testing"
 	"time"
@@ -211,9 +212,9 @@ func TestClaimsVacuumTheQueue(t *testing.T) {
 // TestHotPathFiresNoTrigger claims and finishes instances, limited and
 // not, with one released downstream, the way workers do (ClaimTasks,
 // then FinishAndClaim), and checks from PostgreSQL's function counts
-// that neither the set trigger nor the counter trigger ran (migrations
-// 00019 and 00020: the statements keep the sets and counters
-// themselves), that the sets and the pool's counter are right after, and
+// that neither the set trigger nor the counter trigger ran, nor the
+// functions of their WHEN clauses (migrations 00019, 00020 and 00045: the
+// statements keep the sets and counters themselves), that the sets and the pool's counter are right after, and
 // that a write outside the hot path still fires the set trigger.
 func TestHotPathFiresNoTrigger(t *testing.T) {
 	ctx := context.Background()
@@ -328,17 +329,19 @@ func hotPathCalls(t *testing.T, url string) map[string]int64 {
 	return last
 }
 
-// triggerCalls reads how often the set and counter triggers have run in
-// conn's schema, as backends have reported it.
+// triggerCalls reads how often the set and counter triggers and the
+// functions of their WHEN clauses have run in conn's schema, as backends
+// have reported it.
 func triggerCalls(t *testing.T, conn *pgx.Conn) map[string]int64 {
 	t.Helper()
 	rows, err := conn.Query(context.Background(), `SELECT funcname, calls FROM pg_stat_user_functions
-		WHERE schemaname = current_schema() AND funcname IN ('task_set_update', 'trellis_count_limits')`)
+		WHERE schemaname = current_schema()
+			AND funcname IN ('task_set_update', 'trellis_count_limits', 'trellis_set_moves', 'trellis_limits_move')`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	out := map[string]int64{"task_set_update": 0, "trellis_count_limits": 0}
+	out := map[string]int64{"task_set_update": 0, "trellis_count_limits": 0, "trellis_set_moves": 0, "trellis_limits_move": 0}
 	for rows.Next() {
 		var f string
 		var n int64
@@ -351,4 +354,52 @@ func triggerCalls(t *testing.T, conn *pgx.Conn) map[string]int64 {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestLightClaimLeavesNothingBehind claims on a fresh store, which sends
+// the claim without the limited part (lightClaimSQL) until it has seen a
+// limited instance queued: with a limited instance ranking between two
+// unlimited ones, one ClaimTasks must still take all three in claim
+// order (the light claim stops above the limited one, fastClaimSQL takes
+// the rest); and once no limited instance is queued, the light claim
+// must take an instance of the lowest priority there is.
+func TestLightClaimLeavesNothingBehind(t *testing.T) {
+	ctx := context.Background()
+	s := open(t)
+	if _, err := s.CreatePool(ctx, store.PoolSpec{Name: "p", Slots: 5}); err != nil {
+		t.Fatal(err)
+	}
+	task := func(id string, priority int, pool string) store.TaskSpec {
+		return store.TaskSpec{TaskID: id, Kind: dag.KindFunc, TriggerRule: dag.AllSuccess, RetryDelay: time.Second,
+			Priority: priority, Pool: pool}
+	}
+	sp := store.DAGSpec{DAGID: "light", Fingerprint: "light-1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{
+		task("a", 20, ""), task("b", 10, "p"), task("c", 1, ""), task("d", math.MinInt32, "")}}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "light", RunID: "r", RunType: store.RunManual, LogicalDate: t0,
+		IntervalStart: t0, IntervalEnd: t0, Fingerprint: sp.Fingerprint, QueuedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, "light", t0); err != nil {
+		t.Fatal(err)
+	}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	ids := func(cs []store.Claimed) []string {
+		out := []string{}
+		for _, c := range cs {
+			out = append(out, c.TaskID)
+		}
+		return out
+	}
+	cs, err := s.ClaimTasks(ctx, w, 3, t0)
+	if got := fmt.Sprint(ids(cs)); err != nil || got != "[a b c]" {
+		t.Fatalf("first ClaimTasks(3) = %s, %v; want [a b c]", got, err)
+	}
+	cs, err = s.ClaimTasks(ctx, w, 3, t0)
+	if got := fmt.Sprint(ids(cs)); err != nil || got != "[d]" {
+		t.Fatalf("second ClaimTasks(3) = %s, %v; want [d]", got, err)
+	}
 }

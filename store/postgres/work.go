@@ -110,9 +110,7 @@ func claimSelectFreeing(ctes, update string, freeing bool) string {
 		keyWake = `CASE WHEN EXISTS (SELECT 1 FROM fk WHERE fk.key = k.key AND k.running >= k.lim AND k.running + x.n < k.lim)
 				THEN set_config('trellis.wake', 'on', true) IS NOT NULL ELSE true END`
 	}
-	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
-		qd AS (DELETE FROM task_queue WHERE ti_id = ANY (ARRAY(SELECT id FROM u))),
-		ri AS (INSERT INTO task_running (ti_id, dag_id) SELECT id, dag_id FROM u ON CONFLICT (ti_id) DO NOTHING),
+	counters := `,
 		pu AS (UPDATE pools p SET running = p.running + x.n
 			FROM (SELECT pool, sum(n) AS n FROM (
 				SELECT pool, sum(pool_slots) AS n FROM u WHERE limited GROUP BY pool` + poolFreed + `) y GROUP BY pool) x
@@ -123,7 +121,17 @@ func claimSelectFreeing(ctes, update string, freeing bool) string {
 				WHERE limited AND task_key IS NOT NULL
 				UNION ALL
 				SELECT concurrency_key, 1, 1 FROM u WHERE limited AND concurrency_key IS NOT NULL` + keyFreed + `) y GROUP BY key) x
-			WHERE k.key = x.key AND ` + keyWake + `)
+			WHERE k.key = x.key AND ` + keyWake + `)`
+	return claimSelectCounting(ctes, update, counters)
+}
+
+// claimSelectCounting is claimSelect with counters, the CTEs (each
+// after a comma) that keep the limits' counters; lightClaimSQL, which
+// claims no limited instance, has none.
+func claimSelectCounting(ctes, update, counters string) string {
+	return `WITH ` + ctes + ` u AS (` + update + ` RETURNING t.*),
+		qd AS (DELETE FROM task_queue WHERE ti_id = ANY (ARRAY(SELECT id FROM u))),
+		ri AS (INSERT INTO task_running (ti_id, dag_id) SELECT id, dag_id FROM u ON CONFLICT (ti_id) DO NOTHING)` + counters + `
 		SELECT ` + tiCols + `, r.logical_date, r.interval_start, r.interval_end,
 			CASE WHEN row_number() OVER (PARTITION BY t.run_id ORDER BY t.id) = 1 THEN r.conf END, t.timeout_ns,
 			t.resumed, t.deferred_state, t.event_payload
@@ -139,11 +147,13 @@ func claimSelectFreeing(ctes, update string, freeing bool) string {
 // hotOff also turns the counter trigger off (migration 00020), for
 // outcomeHotSQL alone: limitsOn follows it.
 var (
-	setsOff  = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true)`, read: ignoreRows}
+	setsOff  = finalQuery{sql: `SELECT ` + setsOffCall, read: ignoreRows}
 	setsOn   = finalQuery{sql: `SELECT set_config('trellis.sets', '', true)`, read: ignoreRows}
 	hotOff   = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true), set_config('trellis.limits', 'off', true)`, read: ignoreRows}
 	limitsOn = finalQuery{sql: `SELECT set_config('trellis.limits', '', true)`, read: ignoreRows}
 )
+
+const setsOffCall = `set_config('trellis.sets', 'off', true)`
 
 func ignoreRows(pgx.Rows) error { return nil }
 
@@ -163,31 +173,82 @@ func (s *Store) ClaimTasks(ctx context.Context, w store.Worker, max int, now tim
 		return []store.Claimed{}, nil
 	}
 	op := fmt.Sprintf("claim tasks for worker %q", w.ID)
-	// One round trip: the caps, and the claim for when no DAG is capped
-	// (guarded in SQL, so it claims nothing when one is).
+	// One round trip: the caps, the claim for when no DAG is capped
+	// (guarded in SQL, so it claims nothing when one is), and whether a
+	// limited instance is queued. While none was at the last claim, the
+	// claim is claimAboveLimitedSQL, which takes only what ranks above every
+	// queued limited instance; when it comes back short and one is queued
+	// now, fastClaimSQL claims the rest in a second round trip.
 	var cl claimRead
-	// Retried like a transaction: claims lock counters, and a deadlock
-	// with a finish that frees several of them is possible.
-	err := s.retry(ctx, op, func() error {
-		cl = claimRead{}
-		b := &pgx.Batch{}
-		b.Queue(hotPlan(max))
-		b.Queue(capsSQL)
-		b.Queue(setsOff.sql)
-		b.Queue(fastClaimSQL, max, now, w.ID, w.Hostname, w.PID)
-		b.Queue(setsOn.sql)
-		br := s.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, setsOff, {read: cl.readClaimed}, setsOn}); err != nil {
-			return err
+	light := !s.limitedQueued.Load()
+	err := s.claimFast(ctx, op, &cl, light, w, max, now)
+	if err == nil && light && cl.limited && cl.capped == 0 && len(cl.out) < max {
+		more := claimRead{}
+		if err = s.claimFast(ctx, op, &more, false, w, max-len(cl.out), now); err == nil {
+			cl.out = append(cl.out, more.out...)
 		}
-		return br.Close()
-	})
+	}
 	if err != nil {
 		return nil, err
 	}
 	return s.completeClaim(ctx, op, &cl, w, max, now)
 }
+
+// claimFast sends the caps, the claim (claimAboveLimitedSQL when light,
+// fastClaimSQL otherwise) and limitedQueuedSQL in one round trip, reads
+// them into cl and keeps whether a limited instance is queued for the
+// next claim.
+func (s *Store) claimFast(ctx context.Context, op string, cl *claimRead, light bool, w store.Worker, max int, now time.Time) error {
+	claim := fastClaimSQL
+	if light {
+		claim = claimAboveLimitedSQL
+	}
+	// Retried like a transaction: claims lock counters, and a deadlock
+	// with a finish that frees several of them is possible. The batch is
+	// one implicit transaction: the set trigger stays off (setsOff, set
+	// with the planner settings) to its end.
+	err := s.retry(ctx, op, func() error {
+		*cl = claimRead{}
+		b := &pgx.Batch{}
+		b.Queue(hotPlanSetsOff(max))
+		b.Queue(capsSQL)
+		b.Queue(claim, max, now, w.ID, w.Hostname, w.PID)
+		b.Queue(limitedQueuedSQL)
+		br := s.pool.SendBatch(ctx, b)
+		defer br.Close()
+		if err := readBatch(br, 1, []finalQuery{{read: cl.readCaps}, {read: cl.readClaimed}, {read: cl.readLimited}}); err != nil {
+			return err
+		}
+		return br.Close()
+	})
+	if err == nil {
+		s.limitedQueued.Store(cl.limited)
+	}
+	return err
+}
+
+// limitedQueuedSQL reads whether a limited instance is queued.
+const limitedQueuedSQL = `SELECT EXISTS (SELECT 1 FROM task_queue WHERE limited)`
+
+// claimAboveLimitedSQL is the claim of ClaimTasks while no limited instance is
+// queued: fastClaimSQL without its limited part, whose plan nodes cost
+// PostgreSQL executor start-up on every claim even when never run
+// (docs/benchmarks.md, "Session 8: sets"). It takes the best unlimited
+// instances ($1 at most) that rank above every queued limited one
+// (priority above theirs, if any), when no DAG is capped: always a
+// prefix of what fastClaimSQL would take, so it never claims out of
+// order; ClaimTasks claims the rest with fastClaimSQL when a limited
+// instance is queued. $2–$5 as in fastClaimSQL.
+var claimAboveLimitedSQL = claimSelect(`q AS MATERIALIZED (
+		SELECT ti_id FROM task_queue
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
+				AND (priority > (SELECT max(priority) FROM task_queue WHERE limited)) IS NOT FALSE
+		ORDER BY priority DESC, queued_at, ti_id
+		LIMIT $1
+		FOR UPDATE SKIP LOCKED),
+	c AS MATERIALIZED (
+		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued'
+		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`)
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
@@ -356,11 +417,22 @@ func limitedCandidates(guard string) string {
 // poolHasRoom: the pool of instance t exists and has room for it.
 const poolHasRoom = `EXISTS (SELECT 1 FROM pools p WHERE p.name = t.pool AND (p.slots < 0 OR p.running + t.pool_slots <= p.slots))`
 
-// claimRead collects the answers to capsSQL and fastClaimSQL.
+// claimRead collects the answers to capsSQL, fastClaimSQL and
+// limitedQueuedSQL.
 type claimRead struct {
 	capped    int      // DAGs with a cap
 	saturated []string // capped DAGs at their cap
 	out       []store.Claimed
+	limited   bool // a limited instance is queued
+}
+
+func (c *claimRead) readLimited(rows pgx.Rows) error {
+	for rows.Next() {
+		if err := rows.Scan(&c.limited); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 func (c *claimRead) readCaps(rows pgx.Rows) error {
@@ -393,7 +465,21 @@ func (c *claimRead) readClaimed(rows pgx.Rows) error {
 // the caps in a transaction of its own; then it sorts the claimed
 // instances in claim order.
 func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w store.Worker, max int, now time.Time) ([]store.Claimed, error) {
+	return s.completeClaimLooked(ctx, op, cl, w, max, now, false)
+}
+
+// completeClaimLooked is completeClaim after a claim that looked whether
+// limits are in play (a fused finish's, lookSQL) when looked. It keeps
+// the store's hints for its next fused finish: a claim that came back
+// short drained the queue (queueDrained), and one that may have taken
+// limited instances without a look after it puts limits in play
+// (lightClaim false) until the next look.
+func (s *Store) completeClaimLooked(ctx context.Context, op string, cl *claimRead, w store.Worker, max int, now time.Time,
+	looked bool) ([]store.Claimed, error) {
 	out := cl.out
+	if len(out) > 0 && !looked {
+		s.lightClaim.Store(false)
+	}
 	// Caps seen but the guarded claim ran after they were all removed:
 	// its claim stands.
 	if cl.capped > 0 && len(out) == 0 {
@@ -408,7 +494,11 @@ func (s *Store) completeClaim(ctx context.Context, op string, cl *claimRead, w s
 		if err != nil {
 			return nil, err
 		}
+		if len(out) > 0 {
+			s.lightClaim.Store(false)
+		}
 	}
+	s.queueDrained.Store(len(out) < max)
 	slices.SortFunc(out, func(a, b store.Claimed) int {
 		if a.Priority != b.Priority {
 			return cmp.Compare(b.Priority, a.Priority)
@@ -722,7 +812,7 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 	if max > batch {
 		batch = max
 	}
-	run := func(fused bool) func(tx *pipeTx) error {
+	run := func(fused, light bool) func(tx *pipeTx) error {
 		return func(tx *pipeTx) error {
 			cl = claimRead{}
 			var plan *claimPlan
@@ -740,22 +830,31 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 				tx.readyClaimed = f.claimedAllQueued
 			}
 			out = f.out
-			return f.fused()
+			return f.fused(light)
 		}
 	}
 	// Fused (one round trip) only when the finish claims: it takes the
 	// chain's next task without a round trip inside the transaction.
 	// Finishes that claim nothing (most of `wide`'s) cost PostgreSQL more
 	// CPU fused (docs/benchmarks.md, "Session 7: hotpath").
+	// The light claim when the store's last look found no limits in
+	// play; its look aborts it otherwise, and it runs again with the
+	// full claim.
 	var err error
+	looked := false
 	if max > 0 && fusable(results) && s.hook.Load() == nil && s.tryFused() {
-		err = s.finishFused(ctx, op, hotPlan(batch), run(true))
+		light := s.lightClaim.Load()
+		err = s.finishFused(ctx, op, hotPlan(batch), run(true, light))
+		if light && errors.Is(err, errNeedsLimits) {
+			err = s.finishFused(ctx, op, hotPlan(batch), run(true, false))
+		}
 		s.fusedDone(errors.Is(err, errNeedsGo))
+		looked = err == nil
 		if errors.Is(err, errNeedsGo) {
-			err = s.inPipe(ctx, op, hotPlan(batch), run(false))
+			err = s.inPipe(ctx, op, hotPlan(batch), run(false, false))
 		}
 	} else {
-		err = s.inPipe(ctx, op, hotPlan(batch), run(false))
+		err = s.inPipe(ctx, op, hotPlan(batch), run(false, false))
 	}
 	if err != nil {
 		return nil, nil, err
@@ -763,7 +862,7 @@ func (s *Store) FinishAndClaim(ctx context.Context, results []store.Result, w st
 	if max <= 0 {
 		return out, []store.Claimed{}, nil
 	}
-	claimed, err := s.completeClaim(ctx, op, &cl, w, max, now)
+	claimed, err := s.completeClaimLooked(ctx, op, &cl, w, max, now, looked)
 	if err != nil {
 		// The results are recorded: an error now would make the caller
 		// report them again. The claim within caps failed; what it left
@@ -1129,7 +1228,12 @@ func (f *finishTx) record(ctx context.Context) error {
 // statement freed was one somebody waited for, and arranges the wake-up
 // of claimers after the commit then, unless the finisher's own claim came
 // back short (nothing claimable left).
-func (f *finishTx) countNow() []finalQuery {
+func (f *finishTx) countNow() []finalQuery { return f.countNowLooking(wokeSQL) }
+
+// countNowLooking is countNow with sql: wokeSQL, or lookSQL or
+// lookLightSQL, whose second column (limits in play) sets the store's
+// lightClaim.
+func (f *finishTx) countNowLooking(sql string) []finalQuery {
 	f.tx.(*pipeTx).afterIf = append(f.tx.(*pipeTx).afterIf, conditionalTopic{store.TopicTasksReady, func() bool {
 		if !f.woke {
 			return false
@@ -1138,11 +1242,19 @@ func (f *finishTx) countNow() []finalQuery {
 		return c == nil || len(c.cl.out) >= c.max
 	}})
 	return []finalQuery{
-		{sql: wokeSQL, read: func(rows pgx.Rows) error {
+		{sql: sql, read: func(rows pgx.Rows) error {
 			for rows.Next() {
-				if err := rows.Scan(&f.woke); err != nil {
+				if sql == wokeSQL {
+					if err := rows.Scan(&f.woke); err != nil {
+						return err
+					}
+					continue
+				}
+				var limits bool
+				if err := rows.Scan(&f.woke, &limits); err != nil {
 					return err
 				}
+				f.s.lightClaim.Store(!limits)
 			}
 			return rows.Err()
 		}},

@@ -130,8 +130,8 @@ func testPokes(t *testing.T, e *env) {
 	}
 	stale := notYet(byTask["s3"], next)
 	stale.Lease--
-	if o := e.finishPokes(next, stale); o[0].Applied {
-		t.Errorf("a stale lease was applied: %+v", o[0])
+	if o := e.finishPokes(next, stale, notYet(byTask["s2"], next)); o[0].Applied || !o[1].Applied || o[1].State != state.Deferred {
+		t.Errorf("a stale lease and a current one: %+v, want the stale one not applied, the current one deferred", o)
 	}
 	out = e.finishPokes(next, pokeDone(byTask["s1"], state.Success), pokeDone(byTask["s2"], state.Failed),
 		store.PokeResult{Try: byTask["s3"].Try, Lease: byTask["s3"].Lease, Requeue: true})
