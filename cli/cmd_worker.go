@@ -214,6 +214,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	if err != nil {
 		return usagef("worker --child is started by `trellis worker` and `trellis serve`: %v", err)
 	}
+	executor.ApplyChildProcs(cfg, a.lookupEnv)
 	// RunChild and the Worker label their own lines with worker=<id>; the
 	// lines logged here get it from this logger.
 	logger := a.logger.With("worker", cfg.WorkerID)
@@ -234,6 +235,7 @@ func (a *app) runWorkerChild(ctx context.Context) error {
 	}
 	defer st.Close()
 	releaseStartupGarbage() // building the DAGs' registry
+	defer executor.KeepGCHeadroom(executor.ChildGCHeadroom, a.lookupEnv)()
 	// The command's context ends on the first signal, even one that
 	// arrives before RunChild installs its own handler: RunChild takes
 	// that as the graceful stop and runs the worker on a context of its

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -34,6 +35,9 @@ const (
 	EnvMaxLeaks          = "TRELLIS_WORKER_MAX_LEAKS"
 	EnvPollInterval      = "TRELLIS_WORKER_POLL_INTERVAL"
 	EnvSpoolDir          = "TRELLIS_WORKER_SPOOL_DIR"
+	// EnvProcs is how many CPUs the child's Go runtime runs goroutines on
+	// at once (its GOMAXPROCS; see ApplyChildProcs).
+	EnvProcs = "TRELLIS_WORKER_PROCS"
 	// EnvParentPID is the supervisor's pid; a child whose parent changed
 	// knows the supervisor died.
 	EnvParentPID = "TRELLIS_WORKER_PARENT_PID"
@@ -71,6 +75,9 @@ type ChildConfig struct {
 	SpoolDir          string
 	ParentPID         int
 	Pool              string
+	// Procs is the child's GOMAXPROCS (ApplyChildProcs); 0 leaves the
+	// runtime's default.
+	Procs int
 }
 
 // IsChild reports whether this process was started by a Pool as a worker
@@ -95,6 +102,7 @@ func (c ChildConfig) Env() []string {
 		EnvSpoolDir + "=" + c.SpoolDir,
 		EnvParentPID + "=" + strconv.Itoa(c.ParentPID),
 		EnvPool + "=" + c.Pool,
+		EnvProcs + "=" + strconv.Itoa(c.Procs),
 	}
 }
 
@@ -141,6 +149,7 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 	c.Slots = num(EnvSlots)
 	c.MaxLeaks = num(EnvMaxLeaks)
 	c.ParentPID = num(EnvParentPID)
+	c.Procs = num(EnvProcs)
 	c.HeartbeatInterval = dur(EnvHeartbeatInterval)
 	c.Grace = dur(EnvGrace)
 	c.KillGrace = dur(EnvKillGrace)
@@ -148,10 +157,39 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 	if c.Slots < 0 {
 		problems = append(problems, fmt.Errorf("%s=%d, want at least 1", EnvSlots, c.Slots))
 	}
+	if c.Procs < 0 {
+		problems = append(problems, fmt.Errorf("%s=%d, want at least 1", EnvProcs, c.Procs))
+	}
 	if len(problems) > 0 {
 		return ChildConfig{}, fmt.Errorf("worker child environment: %w", errors.Join(problems...))
 	}
 	return c, nil
+}
+
+// childProcs returns the GOMAXPROCS of each of processes worker children
+// of a supervisor whose runtime uses procs CPUs: an equal share, rounded
+// up, so that together they use every CPU. Left to its default, each
+// child's runtime would size itself to every CPU: with one child per CPU
+// the children keep CPUs² runnable contexts between them, and the idle
+// ones spin looking for work and wake each other's threads at every
+// hand-off (a no-op try lasts microseconds), CPU that the scheduler, the
+// database and the other children need (docs/benchmarks.md, "Session 8:
+// gocpu"). A task that computes in parallel gets the share, not the host.
+func childProcs(procs, processes int) int {
+	if procs < 1 || processes < 1 {
+		return 0
+	}
+	return (procs + processes - 1) / processes
+}
+
+// ApplyChildProcs sets this worker child's GOMAXPROCS to c.Procs, unless
+// GOMAXPROCS is in its environment (lookup: os.LookupEnv), which the
+// runtime applied already and which wins, or c.Procs is 0.
+func ApplyChildProcs(c ChildConfig, lookup func(string) (string, bool)) {
+	if _, set := lookup("GOMAXPROCS"); set || c.Procs < 1 {
+		return
+	}
+	runtime.GOMAXPROCS(c.Procs)
 }
 
 // ChildOptions are what the worker-child role needs besides its

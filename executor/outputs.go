@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,10 +49,23 @@ func runParams(defaults map[string]any, conf json.RawMessage) (map[string]any, e
 	if params == nil {
 		params = map[string]any{}
 	}
+	if emptyConf(conf) {
+		return params, nil // most runs': nothing to decode
+	}
 	overlay, err := dag.ParseConf(conf)
 	if err != nil {
 		return nil, fmt.Errorf("run conf: %w", err)
 	}
 	maps.Copy(params, overlay)
 	return params, nil
+}
+
+// emptyConf reports whether conf overlays nothing: empty, JSON null or
+// an empty object.
+func emptyConf(conf json.RawMessage) bool {
+	switch string(bytes.TrimSpace(conf)) {
+	case "", "null", "{}":
+		return true
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -90,6 +91,8 @@ func TestRunParams(t *testing.T) {
 		{"no conf", "", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"null", "null", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"empty object", "{}", map[string]any{"a": 1.0, "b": "x"}, false},
+		{"empty object with spaces", " { } ", map[string]any{"a": 1.0, "b": "x"}, false},
+		{"spaces", " \n", map[string]any{"a": 1.0, "b": "x"}, false},
 		{"overlay", `{"b":"y","c":[1]}`, map[string]any{"a": 1.0, "b": "y", "c": []any{1.0}}, false},
 		{"array", `[1,2]`, nil, true},
 		{"string", `"s"`, nil, true},
@@ -117,7 +120,7 @@ func TestChildConfigEnvRoundTrip(t *testing.T) {
 	in := ChildConfig{
 		WorkerID: "h-1-w0.0", Slots: 7, Hostname: "h",
 		HeartbeatInterval: 250 * time.Millisecond, Grace: 3 * time.Second, KillGrace: time.Second,
-		PollInterval: 2 * time.Second, MaxLeaks: 2, ParentPID: 99, Pool: "99-abc",
+		PollInterval: 2 * time.Second, MaxLeaks: 2, ParentPID: 99, Pool: "99-abc", Procs: 3,
 	}
 	env := map[string]string{}
 	for _, kv := range in.Env() {
@@ -130,18 +133,53 @@ func TestChildConfigEnvRoundTrip(t *testing.T) {
 	}
 }
 
+func TestChildProcs(t *testing.T) {
+	for _, tc := range []struct{ procs, processes, want int }{
+		{2, 2, 1}, // one child per CPU (the default): one each
+		{8, 8, 1},
+		{8, 1, 8}, // a single child gets every CPU
+		{8, 3, 3}, // rounded up: together they use all 8
+		{2, 4, 1}, // more children than CPUs: never below 1
+		{0, 2, 0}, // unknown: the runtime's default
+		{4, 0, 0},
+	} {
+		if got := childProcs(tc.procs, tc.processes); got != tc.want {
+			t.Errorf("childProcs(%d CPUs, %d children) = %d, want %d", tc.procs, tc.processes, got, tc.want)
+		}
+	}
+}
+
+func TestApplyChildProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	unset := func(string) (string, bool) { return "", false }
+	ApplyChildProcs(ChildConfig{Procs: before + 1}, func(k string) (string, bool) { return "5", k == "GOMAXPROCS" })
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("with GOMAXPROCS in the environment, GOMAXPROCS = %d, want it left at %d", got, before)
+	}
+	ApplyChildProcs(ChildConfig{}, unset)
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("with Procs 0, GOMAXPROCS = %d, want it left at %d", got, before)
+	}
+	ApplyChildProcs(ChildConfig{Procs: before + 1}, unset)
+	if got := runtime.GOMAXPROCS(0); got != before+1 {
+		t.Errorf("GOMAXPROCS = %d, want Procs %d", got, before+1)
+	}
+}
+
 func TestChildConfigFromEnvErrors(t *testing.T) {
 	env := map[string]string{
 		EnvSlots:     "many",
 		EnvGrace:     "soon",
 		EnvKillGrace: "-1s",
+		EnvProcs:     "-2",
 	}
 	_, err := ChildConfigFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err == nil {
 		t.Fatal("ChildConfigFromEnv accepted a broken environment")
 	}
 	for _, want := range []string{EnvChild + " is not set",
-		EnvSlots + `="many"`, EnvGrace + `="soon"`, EnvKillGrace + `="-1s"`} {
+		EnvSlots + `="many"`, EnvGrace + `="soon"`, EnvKillGrace + `="-1s"`, EnvProcs + "=-2"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

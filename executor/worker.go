@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -352,6 +353,14 @@ func (w *Worker) claimLoop() {
 				maybeWork = false // retried on the next wake-up or poll
 			case n < free:
 				maybeWork = false
+			case n > 0:
+				// Let the tries just launched run before the slots
+				// still free are claimed: tries that end at once free
+				// theirs, and one claim takes them all. Claiming at once
+				// split the slots for good into two groups claimed in
+				// turn, each while the other ran (twice the claims, each
+				// a transaction). It yields once; it does not wait.
+				runtime.Gosched()
 			}
 			continue
 		}
@@ -481,6 +490,8 @@ func (w *Worker) launch(c store.Claimed) bool {
 	ctx, cancel := context.WithCancel(w.ctx)
 	a := &activeTry{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
 	a.log = newTaskLog(w.ctx, limitSink(w.logSem, storeLogSink(w.cfg.Store, key)), w.cfg.LogFlushBytes, logRoom(w.cfg.MaxLogBytes), func(err error) {
+		// Through a: a closure over c would copy the whole claim.
+		c := &a.claim
 		w.cfg.Logger.Warn("task log lost", "dag_id", c.DAGID, "run_id", c.DAGRunID, "task_id", c.TaskID, "try", c.TryNumber, "err", err)
 	})
 	a.outputs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: c.RunID}

@@ -40,9 +40,13 @@ func fixTI(ti *store.TaskInstance, output []byte) {
 	if len(ti.Arguments) == 0 {
 		ti.Arguments = nil
 	}
-	ti.QueuedAt, ti.StartedAt, ti.EndedAt = utcp(ti.QueuedAt), utcp(ti.StartedAt), utcp(ti.EndedAt)
-	ti.NextRetryAt, ti.HeartbeatAt = utcp(ti.NextRetryAt), utcp(ti.HeartbeatAt)
-	ti.NextCheckAt, ti.TriggerTimeout = utcp(ti.NextCheckAt), utcp(ti.TriggerTimeout)
+	// The times were just scanned, each into a new time of its own:
+	// converted where they are.
+	for _, t := range [...]*time.Time{ti.QueuedAt, ti.StartedAt, ti.EndedAt, ti.NextRetryAt, ti.HeartbeatAt, ti.NextCheckAt, ti.TriggerTimeout} {
+		if t != nil {
+			*t = t.UTC()
+		}
+	}
 }
 
 func scanTI(row pgx.Row) (store.TaskInstance, error) {
@@ -450,8 +454,11 @@ func (c *claimRead) readCaps(rows pgx.Rows) error {
 
 // readClaimed adds the claimed instances of rows to out.
 func (c *claimRead) readClaimed(rows pgx.Rows) error {
-	cs, err := collectClaimed(rows)
-	c.out = append(c.out, cs...)
+	n := len(c.out)
+	var err error
+	if c.out, err = appendClaimed(c.out, rows); err != nil {
+		c.out = c.out[:n]
+	}
 	return err
 }
 
@@ -705,21 +712,37 @@ func readRoom(ctx context.Context, tx pgx.Tx, room map[string]int, sql string, a
 }
 
 func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
+	return appendClaimed([]store.Claimed{}, rows)
+}
+
+// appendClaimed appends the claimed instances of rows (claimSelect's
+// columns) to out. Every row is scanned into the same variables, which
+// are copied into out: the scan allocates only what it reads (strings,
+// times, JSON), not the variables and their pointers once per row.
+func appendClaimed(out []store.Claimed, rows pgx.Rows) ([]store.Claimed, error) {
 	defer rows.Close()
-	out := []store.Claimed{}
-	confs := map[int64]json.RawMessage{}
+	first := len(out)
+	var confs map[int64]json.RawMessage
+	var (
+		c                            store.Claimed
+		output, conf, saved, payload []byte
+		timeout                      int64
+	)
+	dest := append(tiDest(&c.TaskInstance, &output), &c.LogicalDate, &c.IntervalStart, &c.IntervalEnd, &conf, &timeout,
+		&c.Resumed, &saved, &payload)
 	for rows.Next() {
-		var c store.Claimed
-		var output, conf, saved, payload []byte
-		var timeout int64
-		dest := append(tiDest(&c.TaskInstance, &output), &c.LogicalDate, &c.IntervalStart, &c.IntervalEnd, &conf, &timeout,
-			&c.Resumed, &saved, &payload)
+		// The scan sets every destination (nil for NULL), and the byte
+		// slices it sets are new ones: nothing of the row before is kept.
+		c = store.Claimed{}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, err
+			return out, err
 		}
 		fixTI(&c.TaskInstance, output)
 		c.LogicalDate, c.IntervalStart, c.IntervalEnd = utc(c.LogicalDate), utc(c.IntervalStart), utc(c.IntervalEnd)
 		if conf != nil {
+			if confs == nil {
+				confs = map[int64]json.RawMessage{}
+			}
 			confs[c.RunID] = json.RawMessage(conf)
 		}
 		c.Timeout = time.Duration(timeout)
@@ -732,9 +755,9 @@ func collectClaimed(rows pgx.Rows) ([]store.Claimed, error) {
 		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return out, err
 	}
-	for i := range out {
+	for i := first; i < len(out); i++ {
 		out[i].Conf = confs[out[i].RunID]
 	}
 	return out, nil
