@@ -242,3 +242,55 @@ func TestRunParams(t *testing.T) {
 		t.Error("RunParams changed the defaults")
 	}
 }
+
+// TestLookupReusesStartsDAGs: before Start every lookup derives the DAG
+// afresh; after it, a DAG of the registry is the one Start validated and
+// fingerprinted (not derived again on every trigger), and a DAG registered
+// after Start is still derived and recorded on its first trigger.
+func TestLookupReusesStartsDAGs(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		clk := clock.NewFake(time.Date(2026, 1, 1, 5, 20, 0, 0, time.UTC))
+		st := b.open(t, clk)
+		m := dag.New("m")
+		m.Shell("t", "true")
+		reg := registry(m)
+		s := New(Config{Store: st, Registry: reg, Clock: clk})
+
+		a, err := s.lookup("m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := s.lookup("m"); again == a {
+			t.Fatal("before Start, lookup returned the same derivation twice")
+		}
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Stop)
+		started, err := s.lookup("m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if started != s.infos["m"] || started.fingerprint != m.Fingerprint() {
+			t.Fatalf("after Start, lookup derived the DAG again (%p, Start's %p)", started, s.infos["m"])
+		}
+		if _, err := s.TriggerRun(ctx, "m", TriggerOptions{RunID: "r1"}); err != nil {
+			t.Fatal(err)
+		}
+
+		late := dag.New("late")
+		late.Shell("t", "true")
+		reg.Register(late)
+		info, err := s.lookup("late")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.d != late || info.fingerprint != late.Fingerprint() {
+			t.Fatalf("a DAG registered after Start: %+v", info)
+		}
+		if r, err := s.TriggerRun(ctx, "late", TriggerOptions{RunID: "r1"}); err != nil || r.DAGID != "late" {
+			t.Fatalf("trigger a DAG registered after Start: %+v, %v", r, err)
+		}
+	})
+}

@@ -184,9 +184,12 @@ type Scheduler struct {
 	mu      sync.Mutex
 	started bool
 	stopped bool
-	cancel  context.CancelFunc
-	sub     store.Subscription
-	wg      sync.WaitGroup
+	// infos are the registry's DAGs as Start derived them (validated, with
+	// their fingerprints), by id; lookup reuses them. Nil before Start.
+	infos  map[string]*dagInfo
+	cancel context.CancelFunc
+	sub    store.Subscription
+	wg     sync.WaitGroup
 
 	// Channels between the goroutines of a started scheduler.
 	work        chan []*entry
@@ -400,7 +403,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	lp.apply(rows)
 	kp := newKeeper(s, sub, rows, pending)
 
-	s.started, s.cancel, s.sub = true, cancel, sub
+	s.started, s.cancel, s.sub, s.infos = true, cancel, sub, infos
 	s.wg.Add(2 + s.cfg.FireConcurrency)
 	go func() { defer s.wg.Done(); lp.run(runCtx) }()
 	go func() { defer s.wg.Done(); kp.run(runCtx) }()
