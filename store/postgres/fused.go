@@ -244,7 +244,7 @@ func (f *finishTx) fused(light bool) error {
 	f.rl = newReleaser(f.tx, f.now)
 	f.speculate = true
 	claim := f.claim
-	qs := hotOffFirst(p, finalQuery{sql: outcomeFusedSQL, args: args, read: f.readFusedOutcomes}, limitsOn)
+	qs := []finalQuery{hotOff, {sql: outcomeFusedSQL, args: args, read: f.readFusedOutcomes}, limitsOn}
 	cargs := []any{0, f.now, "", "", 0}
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps})
@@ -267,12 +267,11 @@ func (f *finishTx) fused(light bool) error {
 				f.waitingAfter, err = f.rl.readIncrement(rows)
 				return err
 			}},
-		finalQuery{sql: claimSQL, args: cargs, read: f.readFusedClaim})
+		finalQuery{sql: claimSQL, args: cargs, read: f.readFusedClaim},
+		setsOn)
 	p.finals = append(p.finals, qs...)
-	// No setsOn: the look and the settling write no task_instances row.
-	p.setsOffLeft = true
 	p.finals = append(p.finals, f.countNowLooking(look)...)
-	p.beforeCommitNoTasks(settleFusedSQL, []any{f.now, failingLeafStates}, f.rl.readSettled)
+	p.beforeCommit(settleFusedSQL, []any{f.now, failingLeafStates}, f.rl.readSettled)
 	if p.readyClaimed != nil {
 		p.released = true // decided once committed (pipeTx.readyClaimed)
 	} else {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -58,27 +57,6 @@ type pipeTx struct {
 	// afterIf are wake-ups decided by what the statements sent with
 	// COMMIT returned: sent in a round trip of their own after it.
 	afterIf []conditionalTopic
-	// setsOffLeft: the set trigger was left off (trellis.sets, setsOff)
-	// by the statements sent or placed last. setsOn goes ahead of the
-	// next statement queued, sent or placed before COMMIT, except those
-	// placed with beforeCommitNoTasks; COMMIT ends the setting, so a
-	// finish whose last statement before it is the runs' settling sends
-	// no setsOn at all.
-	setsOffLeft bool
-}
-
-// resumeSets places setsOn where the next statement queued or sent goes,
-// when the set trigger was left off (setsOffLeft); in finals when final.
-func (p *pipeTx) resumeSets(final bool) {
-	if !p.setsOffLeft {
-		return
-	}
-	p.setsOffLeft = false
-	if final {
-		p.finals = append(p.finals, setsOn)
-		return
-	}
-	p.queued = append(p.queued, queuedStmt{sql: setsOn.sql})
 }
 
 // conditionalTopic is a wake-up to send after the commit when send says
@@ -99,44 +77,17 @@ type finalQuery struct {
 // beforeCommit adds a statement to send with COMMIT, its rows read by
 // read (which must not close them).
 func (p *pipeTx) beforeCommit(sql string, args []any, read func(pgx.Rows) error) {
-	p.resumeSets(true)
 	p.finals = append(p.finals, finalQuery{sql: sql, args: args, read: read})
-}
-
-// beforeCommitNoTasks is beforeCommit for a statement that writes no
-// task_instances row (so fires none of its triggers): it may run with
-// the set trigger off.
-func (p *pipeTx) beforeCommitNoTasks(sql string, args []any, read func(pgx.Rows) error) {
-	p.finals = append(p.finals, finalQuery{sql: sql, args: args, read: read})
-}
-
-// foldIntoPreamble appends calls (set_config calls, each after a comma)
-// to the planner settings statement inPipe queued, when nothing else was
-// queued, placed before COMMIT or sent since: the settings then take effect at the same point
-// of the transaction, without a statement of their own (each costs
-// PostgreSQL a bind and an execute). It reports whether it did.
-func (p *pipeTx) foldIntoPreamble(calls string) bool {
-	if p.begun || p.preamble < 2 || len(p.queued) != p.preamble || len(p.finals) != 0 {
-		return false
-	}
-	q := &p.queued[p.preamble-1]
-	if !strings.HasPrefix(q.sql, "SELECT set_config(") || len(q.args) != 0 {
-		return false
-	}
-	q.sql += ", " + calls
-	return true
 }
 
 // queue adds a statement to send with the next one.
 func (p *pipeTx) queue(sql string, args ...any) {
-	p.resumeSets(false)
 	p.queued = append(p.queued, queuedStmt{sql: sql, args: args})
 }
 
 // send sends the queued statements and sql in one pipeline and checks
 // the queued ones; the caller reads sql's result from br and closes it.
 func (p *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
-	p.resumeSets(false)
 	b := &pgx.Batch{}
 	for _, q := range p.queued {
 		b.Queue(q.sql, q.args...)
@@ -156,7 +107,6 @@ func (p *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchRes
 
 // Query runs sql after the queued statements, in the same round trip.
 func (p *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	p.resumeSets(false)
 	if len(p.queued) == 0 {
 		return p.conn.Query(ctx, sql, args...)
 	}
@@ -175,7 +125,6 @@ func (p *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 // queryAll runs the queued statements and qs in one round trip, giving
 // each statement's rows to its read (which must not close them).
 func (p *pipeTx) queryAll(ctx context.Context, qs ...finalQuery) error {
-	p.resumeSets(false)
 	b := &pgx.Batch{}
 	for _, q := range p.queued {
 		b.Queue(q.sql, q.args...)
@@ -220,7 +169,6 @@ func readBatch(br pgx.BatchResults, n int, qs []finalQuery) error {
 
 // Exec runs sql after the queued statements, in the same round trip.
 func (p *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	p.resumeSets(false)
 	if len(p.queued) == 0 {
 		return p.conn.Exec(ctx, sql, args...)
 	}

@@ -398,7 +398,7 @@ func (rl *releaser) settle(ctx context.Context) error {
 	}
 	args := []any{ids, deltas, rl.now, failingLeafStates}
 	if p, ok := rl.tx.(*pipeTx); ok {
-		p.beforeCommitNoTasks(settleSQL, args, rl.readSettled)
+		p.beforeCommit(settleSQL, args, rl.readSettled)
 		return nil
 	}
 	rows, err := rl.tx.Query(ctx, settleSQL, args...)

@@ -149,24 +149,11 @@ func claimSelectCounting(ctes, update, counters string) string {
 var (
 	setsOff  = finalQuery{sql: `SELECT ` + setsOffCall, read: ignoreRows}
 	setsOn   = finalQuery{sql: `SELECT set_config('trellis.sets', '', true)`, read: ignoreRows}
-	hotOff   = finalQuery{sql: `SELECT ` + hotOffCalls, read: ignoreRows}
+	hotOff   = finalQuery{sql: `SELECT set_config('trellis.sets', 'off', true), set_config('trellis.limits', 'off', true)`, read: ignoreRows}
 	limitsOn = finalQuery{sql: `SELECT set_config('trellis.limits', '', true)`, read: ignoreRows}
 )
 
 const setsOffCall = `set_config('trellis.sets', 'off', true)`
-
-// hotOffCalls are hotOff's settings.
-const hotOffCalls = setsOffCall + `, set_config('trellis.limits', 'off', true)`
-
-// hotOffFirst returns qs after hotOff: hotOff folded into the planner
-// settings statement when nothing was sent since (pipeTx.foldIntoPreamble),
-// else as a statement of its own before qs.
-func hotOffFirst(p *pipeTx, qs ...finalQuery) []finalQuery {
-	if p.foldIntoPreamble(hotOffCalls) {
-		return qs
-	}
-	return append([]finalQuery{hotOff}, qs...)
-}
 
 func ignoreRows(pgx.Rows) error { return nil }
 
@@ -1200,7 +1187,7 @@ func (f *finishTx) record(ctx context.Context) error {
 	// is locked from there to the commit, after the release's hot rows
 	// (a join every finish of a fan-in increments), in that order, and
 	// this round trip's claim (earlyClaimSQL) locks none.
-	qs := hotOffFirst(p, finalQuery{sql: outcomeHotSQL, args: args, read: f.readOutcomes}, limitsOn)
+	qs := []finalQuery{hotOff, {sql: outcomeHotSQL, args: args, read: f.readOutcomes}, limitsOn}
 	if claim != nil {
 		qs = append(qs, finalQuery{sql: capsSQL, read: claim.cl.readCaps},
 			finalQuery{sql: earlyClaimSQL, args: claim.args(claim.max), read: claim.cl.readClaimed})
@@ -1216,11 +1203,10 @@ func (f *finishTx) record(ctx context.Context) error {
 			var err error
 			f.waitingAfter, err = f.rl.readIncrement(rows)
 			return err
-		}})
+		}}, setsOn)
 	if err := p.queryAll(ctx, qs...); err != nil {
 		return err
 	}
-	p.setsOffLeft = true // setsOn only ahead of a statement that needs it
 	// Sent with COMMIT, before the run's settling: the claim of the
 	// slots left, which also gives back the counters of the tries ended.
 	left, cargs, read := 0, []any{0, f.now, "", "", 0}, ignoreRows
