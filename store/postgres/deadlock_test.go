@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"testing"
 	"time"
@@ -86,25 +87,14 @@ func finishLocksInIDOrder(t *testing.T, hiState state.TaskState, d store.Deferra
 		finished <- done{out, err}
 	}()
 	// Wait until the finish waits for the lower row.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		var waiting bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1
-			AND pid <> pg_backend_pid() AND wait_event_type = 'Lock')`, name).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			break
-		}
+	waitForLockWait(ctx, t, tx, name, func() bool {
 		select {
 		case got := <-finished:
 			t.Fatalf("the finish ended while the lower row was locked elsewhere: %+v, %v", got.out, got.err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the finish never waited for the lower row")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '20s'`); err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +110,144 @@ func finishLocksInIDOrder(t *testing.T, hiState state.TaskState, d store.Deferra
 	}
 	if !got.out[0].Applied || got.out[0].State != state.Success || !got.out[1].Applied || got.out[1].State != hiState {
 		t.Errorf("outcomes %+v, want success and %s applied", got.out, hiState)
+	}
+	select {
+	case <-h.seen:
+		t.Errorf("the finish was retried (a deadlock): %s", h)
+	default:
+	}
+}
+
+// waitForLockWait returns once another session of application name waits
+// for a lock, calling ended (which fails the test if the session's work
+// ended meanwhile) between looks.
+func waitForLockWait(ctx context.Context, t *testing.T, tx pgx.Tx, name string, ended func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var waiting bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1
+			AND pid <> pg_backend_pid() AND wait_event_type = 'Lock')`, name).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting || ended() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the finish never waited for the lower row")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestFinishLocksCalleesInIDOrder: a finish that defers a caller on its
+// calls locks the callees it counts and its own rows in one pass in id
+// order. f(2) calls f(1), created before it (a deduplicated call: a lower
+// id). Another connection, standing for a second worker finishing f(1)
+// and deferring a caller of f(2) (so: in id order), locks f(1), lets the
+// finish of f(2)'s deferral wait, then locks f(2). A finish that locked
+// f(2) before counting f(1) holds it by then: deadlock (40P01), which
+// PostgreSQL notices only after deadlock_timeout (~1 s a fib run).
+func TestFinishLocksCalleesInIDOrder(t *testing.T) {
+	ctx := context.Background()
+	u, name := appName(t)
+	h := &signalHandler{want: "transaction retried", seen: make(chan struct{})}
+	s := openURL(t, u, postgres.Options{Logger: slog.New(h)})
+	sp := store.DAGSpec{DAGID: "dlc", Fingerprint: "dlc-v1", MaxActiveRuns: 1, Tasks: []store.TaskSpec{
+		{TaskID: "a", Kind: dag.KindFunc, TriggerRule: dag.AllSuccess},
+		{TaskID: "f", Kind: dag.KindCallable, TriggerRule: dag.AllSuccess},
+	}}
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: "dlc", RunID: "r", RunType: store.RunManual,
+		LogicalDate: bt0, IntervalStart: bt0, IntervalEnd: bt0, Fingerprint: sp.Fingerprint, QueuedAt: bt0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, "dlc", bt0); err != nil {
+		t.Fatal(err)
+	}
+	w := store.Worker{ID: "w", Hostname: "h", PID: 1}
+	claim := func(n int) []store.Claimed {
+		t.Helper()
+		cs, err := s.ClaimTasks(ctx, w, 10, bt0)
+		if err != nil || len(cs) != n {
+			t.Fatalf("claimed %d, %v; want %d", len(cs), err, n)
+		}
+		return cs
+	}
+	call := func(caller store.Try, args ...string) []store.CallState {
+		t.Helper()
+		var calls []store.NewCall
+		for _, a := range args {
+			calls = append(calls, store.NewCall{TaskID: "f", Key: a, Arguments: json.RawMessage(a)})
+		}
+		st, err := s.Call(ctx, store.CallBatch{Caller: caller, Calls: calls, MaxCalls: 100, Now: bt0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	a := claim(1)[0]
+	made := call(store.Try{ID: a.ID, TryNumber: a.TryNumber}, "1", "2")
+	f1, f2 := made[0].ID, made[1].ID
+	if f1 >= f2 {
+		t.Fatalf("f(1) %d, f(2) %d: want f(1) created first", f1, f2)
+	}
+	tries := map[int64]store.Try{}
+	for _, c := range claim(2) {
+		tries[c.ID] = store.Try{ID: c.ID, TryNumber: c.TryNumber}
+	}
+	if st := call(tries[f2], "1"); st[0].ID != f1 {
+		t.Fatalf("f(2) calling f(1) made %+v, want the call instance %d", st[0], f1)
+	}
+
+	other, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	lock := `SELECT id FROM task_instances WHERE id = $1 FOR NO KEY UPDATE`
+	if _, err := tx.Exec(ctx, lock, f1); err != nil {
+		t.Fatal(err)
+	}
+	type done struct {
+		out []store.FinishOutcome
+		err error
+	}
+	finished := make(chan done, 1)
+	go func() {
+		out, err := s.FinishTasks(ctx, []store.Result{{Try: tries[f2], State: state.Deferred, EndedAt: bt0,
+			Deferral: store.Deferral{Calls: true}}})
+		finished <- done{out, err}
+	}()
+	waitForLockWait(ctx, t, tx, name, func() bool {
+		select {
+		case got := <-finished:
+			t.Fatalf("the finish ended while its callee was locked elsewhere: %+v, %v", got.out, got.err)
+		default:
+		}
+		return false
+	})
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '20s'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, lock, f2); err != nil {
+		t.Fatalf("locking the caller after its callee, in id order: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := <-finished
+	if got.err != nil {
+		t.Fatalf("FinishTasks: %v", got.err)
+	}
+	if !got.out[0].Applied || got.out[0].State != state.Deferred {
+		t.Errorf("outcome %+v, want the deferral applied", got.out[0])
 	}
 	select {
 	case <-h.seen:

@@ -299,30 +299,56 @@ func (s *Store) finishWithDeferrals(ctx context.Context, tx dbtx, results []stor
 	return out, nil
 }
 
-// lockBatch locks the running rows of every instance of a finish batch in
-// one pass in id order, as HeartbeatTasks does, before the deferrals and
-// the other outcomes are written in two passes: locking them pass by pass
-// (deferrals first) could lock a higher id before a lower one and
-// deadlock with a heartbeat of the same tries.
+// lockBatch locks the running rows of every instance of a finish batch,
+// and the unfinished callees of its callers deferred on calls (which
+// waitingCounts counts), in one pass in id order, as HeartbeatTasks does:
+// locking them pass by pass (the batch, then the callees) could lock a
+// higher id before a lower one and deadlock with a heartbeat of the same
+// tries or with another worker's finish (deduplicated calls: each batch
+// holding a callee of the other's caller; PostgreSQL saw it only after its
+// deadlock_timeout, ~1 s per fib run, docs/benchmarks.md "Session 8: fib").
 func lockBatch(ctx context.Context, tx dbtx, results []store.Result) error {
 	ids := make([]int64, 0, len(results))
+	var callers []int64
 	for _, r := range results {
 		ids = append(ids, r.ID)
+		if r.State == state.Deferred && r.Deferral.Calls {
+			callers = append(callers, r.ID)
+		}
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
+	sql, args := lockBatchSQL, []any{ids}
+	if len(callers) > 0 {
+		sql, args = lockBatchCalleesSQL, []any{ids, callers}
+	}
 	if p, ok := tx.(*pipeTx); ok {
 		// Sent with the next statement: no round trip of its own.
-		p.queue(lockBatchSQL, ids)
+		p.queue(sql, args...)
 		return nil
 	}
-	_, err := tx.Exec(ctx, lockBatchSQL, ids)
+	_, err := tx.Exec(ctx, sql, args...)
 	return err
 }
 
 // lockBatchSQL locks the running rows among instances $1 in id order.
 const lockBatchSQL = `SELECT id FROM task_instances WHERE id = ANY($1) AND state IN ('running', 'restarting')
 		ORDER BY id FOR NO KEY UPDATE`
+
+// lockBatchCalleesSQL locks, in one pass in id order, the running rows
+// among instances $1 (to be written) and the unfinished callees of callers
+// $2 (to be counted: shared, as waitingCounts locks them).
+const lockBatchCalleesSQL = `
+		WITH k AS MATERIALIZED (
+			SELECT id, bool_or(own) AS own FROM (
+				SELECT unnest($1::bigint[]) AS id, true AS own
+				UNION ALL SELECT callee_id, false FROM task_calls WHERE caller_id = ANY($2::bigint[])
+			) x GROUP BY id ORDER BY id)
+		SELECT k.id FROM k
+		LEFT JOIN LATERAL (SELECT y.id FROM task_instances y
+			WHERE k.own AND y.id = k.id AND y.state IN ('running', 'restarting') FOR NO KEY UPDATE) b ON true
+		LEFT JOIN LATERAL (SELECT y.id FROM task_instances y
+			WHERE NOT k.own AND y.id = k.id AND y.state IN ` + unfinishedList + ` FOR SHARE) c ON true`
 
 // schedulePokesSQL records the next pokes of Sensors just deferred ($1
 // instances, $2 tries, $3 due times), each under a new lease.
