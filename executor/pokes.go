@@ -21,8 +21,11 @@ import (
 // check (no try, no log, no change to the instance); true, an error or
 // the deadline end the try as a finish would, with the log of that poke.
 const (
-	// pokeBatch is the most pokes one claim takes.
-	pokeBatch = 1000
+	// pokeBatch is the most pokes one claim takes: what falls due over
+	// one pokeGap at 10,000 pokes a second, so that a loop claims once
+	// per wake-up (each claim and record costs about 1 ms of worker CPU
+	// whatever its size: docs/benchmarks.md, Session 8: poke2).
+	pokeBatch = 2500
 	// pokeParallel bounds the checks running at once in a worker: they
 	// run one after another on one goroutine, and on more (up to this
 	// many) only while some take long (taskrun.Pokes).
@@ -36,8 +39,11 @@ const (
 	// pokeGap is the least time between two claims of a poke loop that
 	// found fewer than a batch due: the pokes that fall due meanwhile go
 	// in one batch, each at most pokeGap late, instead of one claim per
-	// sensor whose due times are spread over the interval.
-	pokeGap = 100 * time.Millisecond
+	// sensor whose due times are spread over the interval. A poke thus
+	// runs up to about pokeGap after its due time (as Airflow's
+	// rescheduled sensors run at the scheduler's next loop, seconds late);
+	// events do not wait for it (they resume through the scheduler).
+	pokeGap = 250 * time.Millisecond
 	// pokeLogBytes is how much of one poke's log is kept for the finish
 	// that ends the wait.
 	pokeLogBytes = 64 << 10
