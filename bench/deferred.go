@@ -272,14 +272,22 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 		return 0, 0, err
 	}
 	// Each poke moves a sensor's next check one interval on; a leased
-	// next check (a poke in flight, due a minute on) is left out.
+	// next check (a poke in flight, due a minute on) is left out, and the
+	// rate counts the sensors seen at both ends for all n (the share in
+	// flight grows with the time a poke loop holds its results).
 	var moved time.Duration
+	seen := 0
 	for id, t1 := range nexts1 {
-		if t0, ok := nexts0[id]; ok && t1.After(t0) {
-			moved += t1.Sub(t0)
+		if t0, ok := nexts0[id]; ok {
+			seen++
+			if t1.After(t0) {
+				moved += t1.Sub(t0)
+			}
 		}
 	}
-	pokeRate = moved.Seconds() / SensorPoke.Seconds() / elapsed
+	if seen > 0 {
+		pokeRate = moved.Seconds() / SensorPoke.Seconds() / elapsed * float64(n) / float64(seen)
+	}
 	m.add(MetricPokesPerSecond, pokeRate, "pokes/s")
 	m.add(MetricCPUCores, cores, UnitCores)
 	m.add(MetricCPUCoresWorkers, workers, UnitCores)

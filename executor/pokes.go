@@ -21,8 +21,11 @@ import (
 // check (no try, no log, no change to the instance); true, an error or
 // the deadline end the try as a finish would, with the log of that poke.
 const (
-	// pokeBatch is the most pokes one claim takes.
-	pokeBatch = 1000
+	// pokeBatch is the most pokes one claim takes: what falls due over
+	// one pokeGap at 10,000 pokes a second, so that a loop claims once
+	// per wake-up (each claim and record costs about 1 ms of worker CPU
+	// whatever its size: docs/benchmarks.md, Session 8: poke2).
+	pokeBatch = 2500
 	// pokeParallel bounds the checks running at once in a worker: they
 	// run one after another on one goroutine, and on more (up to this
 	// many) only while some take long (taskrun.Pokes).
@@ -36,8 +39,11 @@ const (
 	// pokeGap is the least time between two claims of a poke loop that
 	// found fewer than a batch due: the pokes that fall due meanwhile go
 	// in one batch, each at most pokeGap late, instead of one claim per
-	// sensor whose due times are spread over the interval.
-	pokeGap = 100 * time.Millisecond
+	// sensor whose due times are spread over the interval. A poke thus
+	// runs up to about pokeGap after its due time (as Airflow's
+	// rescheduled sensors run at the scheduler's next loop, seconds late);
+	// events do not wait for it (they resume through the scheduler).
+	pokeGap = 250 * time.Millisecond
 	// pokeLogBytes is how much of one poke's log is kept for the finish
 	// that ends the wait.
 	pokeLogBytes = 64 << 10
@@ -61,9 +67,21 @@ func (w *Worker) pokeLoop() {
 		}
 	}()
 	// One batch's results are recorded while the next batch is claimed
-	// and poked: the two round trips overlap.
+	// and poked: the two round trips overlap. A batch of "not yet" only
+	// (most batches) is held instead and sent with the next claim
+	// (ClaimPokesAfter: one round trip, one wake-up of the worker, for
+	// both), when that claim comes within pokeGap.
 	recording := make(chan struct{}, 1)
-	defer func() { recording <- struct{}{} }()
+	var (
+		heldPokes []store.Poke
+		held      []store.PokeResult
+	)
+	defer func() {
+		recording <- struct{}{}
+		if len(held) > 0 {
+			w.recordPokes(heldPokes, held) // stopping: one try, else their lease
+		}
+	}()
 	var last time.Time // the last claim
 	for {
 		select {
@@ -83,21 +101,22 @@ func (w *Worker) pokeLoop() {
 		wait := w.cfg.PollInterval
 		var pokes []store.Poke
 		var next time.Time
+		var outcomes []store.FinishOutcome
 		err := w.storeCall(func(ctx context.Context) error {
 			var e error
-			pokes, next, e = w.cfg.Store.ClaimPokes(ctx, w.self, pokeBatch, now, now.Add(pokeLease))
+			pokes, next, outcomes, e = w.cfg.Store.ClaimPokesAfter(ctx, w.self, held, pokeBatch, now, now.Add(pokeLease))
 			return e
 		})
-		switch {
-		case err != nil:
+		if err != nil {
 			w.cfg.Logger.Warn("claim pokes", "err", err)
-		case len(pokes) > 0:
-			results := w.runPokes(ctx, pokes)
-			recording <- struct{}{}
-			go func() {
-				defer func() { <-recording }()
-				w.recordPokes(pokes, results)
-			}()
+		}
+		if len(held) > 0 {
+			if err == nil {
+				w.pokesRecorded(heldPokes, held, outcomes)
+			} else {
+				w.recordAsync(recording, heldPokes, held) // with its own retries
+			}
+			heldPokes, held = nil, nil
 		}
 		switch {
 		case err == nil && len(pokes) == pokeBatch:
@@ -106,8 +125,41 @@ func (w *Worker) pokeLoop() {
 			// Pokes due within pokeGap of each other go together.
 			wait = min(wait, max(next.Sub(w.cfg.Clock.Now()), pokeGap))
 		}
-		t.Reset(wait)
+		if len(pokes) > 0 {
+			results := w.runPokes(ctx, pokes)
+			if wait <= pokeGap && allNotYet(results) {
+				// The buffer of results two batches back is reused by
+				// the next batch: its record must have ended.
+				recording <- struct{}{}
+				<-recording
+				heldPokes, held = pokes, results
+			} else {
+				w.recordAsync(recording, pokes, results)
+			}
+		}
+		t.Reset(max(wait-w.cfg.Clock.Now().Sub(now), 0))
 	}
+}
+
+// recordAsync records a batch's results on another goroutine, once the
+// record of the batch before has ended.
+func (w *Worker) recordAsync(recording chan struct{}, pokes []store.Poke, results []store.PokeResult) {
+	recording <- struct{}{}
+	go func() {
+		defer func() { <-recording }()
+		w.recordPokes(pokes, results)
+	}()
+}
+
+// allNotYet says whether every result is a "not yet" (ClaimPokesAfter
+// takes them).
+func allNotYet(results []store.PokeResult) bool {
+	for _, r := range results {
+		if r.Requeue || r.Result.State != state.Deferred {
+			return false
+		}
+	}
+	return true
 }
 
 // runPokes runs the checks of pokes on one goroutine, or on up to

@@ -47,3 +47,15 @@ func CheckPokeResults(results []PokeResult) error {
 	}
 	return nil
 }
+
+// CheckNotYet returns what is wrong with the results a poke loop sends
+// with its next claim (ClaimPokesAfter): CheckPokeResults's findings, or
+// a result that is not a "not yet".
+func CheckNotYet(results []PokeResult) error {
+	for i, r := range results {
+		if r.Requeue || r.Result.State != state.Deferred {
+			return fmt.Errorf("record pokes with a claim: result %d (instance %d) is not a \"not yet\"", i, r.ID)
+		}
+	}
+	return CheckPokeResults(results)
+}

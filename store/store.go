@@ -604,6 +604,14 @@ type Store interface {
 	// lease. It returns them in instance id order, and the earliest due time
 	// of the pokes left (zero: none).
 	ClaimPokes(ctx context.Context, w Worker, max int, now, leaseUntil time.Time) ([]Poke, time.Time, error)
+	// ClaimPokesAfter records notYet — poke results that are all "not
+	// yet" (an error otherwise) — as FinishPokes does, then claims as
+	// ClaimPokes: a poke loop sends a batch's "not yet" with its next
+	// claim, one round trip where the store can (PostgreSQL: one implicit
+	// transaction). The outcomes are in the order of notYet. Recording
+	// "not yet" again under the same lease is harmless, so a caller
+	// retries the whole call.
+	ClaimPokesAfter(ctx context.Context, w Worker, notYet []PokeResult, max int, now, leaseUntil time.Time) ([]Poke, time.Time, []FinishOutcome, error)
 	// FinishPokes records what pokes said, in one transaction: "not yet"
 	// moves their next checks, final outcomes end their tries as
 	// FinishTasks does (releasing downstream), requeues queue them. A

@@ -56,13 +56,36 @@ const nextPokeSQL = `SELECT min(due_at) FROM sensor_pokes`
 // ClaimPokes leases due pokes to worker w (claimPokesSQL) and reads when
 // the next is due, in one round trip (one implicit transaction).
 func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, leaseUntil time.Time) ([]store.Poke, time.Time, error) {
+	out, next, _, err := s.claimPokes(ctx, w, nil, max, now, leaseUntil)
+	return out, next, err
+}
+
+// ClaimPokesAfter records the "not yet" results notYet (pokesAgainSQL)
+// and claims (claimPokesSQL, nextPokeSQL) in one round trip: the three
+// statements go in one batch, which PostgreSQL runs as one implicit
+// transaction.
+func (s *Store) ClaimPokesAfter(ctx context.Context, w store.Worker, notYet []store.PokeResult, max int, now, leaseUntil time.Time) ([]store.Poke, time.Time, []store.FinishOutcome, error) {
+	if err := store.CheckNotYet(notYet); err != nil {
+		return nil, time.Time{}, nil, err
+	}
+	return s.claimPokes(ctx, w, notYet, max, now, leaseUntil)
+}
+
+// claimPokes is ClaimPokes, recording notYet (checked) first in the same
+// batch when there are any.
+func (s *Store) claimPokes(ctx context.Context, w store.Worker, notYet []store.PokeResult, max int, now, leaseUntil time.Time) ([]store.Poke, time.Time, []store.FinishOutcome, error) {
 	if max <= 0 {
-		return nil, time.Time{}, fmt.Errorf("claim pokes for worker %q: max is %d, want at least 1", w.ID, max)
+		return nil, time.Time{}, nil, fmt.Errorf("claim pokes for worker %q: max is %d, want at least 1", w.ID, max)
 	}
 	var (
-		out  []store.Poke
-		next *time.Time
+		out    []store.Poke
+		next   *time.Time
+		missed map[int64]bool
 	)
+	var again [3]string
+	if len(notYet) > 0 {
+		again = pokesAgainArgs(notYet)
+	}
 	// Rows are read into a scratch slice kept between claims and copied
 	// out at their number: no slice grown by doubling per claim.
 	scratch := pokeScratch.get()
@@ -71,10 +94,19 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 		out, next = scratch[:0], nil
 		defer func() { scratch = out }()
 		b := &pgx.Batch{}
+		if len(notYet) > 0 {
+			b.Queue(pokesAgainSQL, again[0], again[1], again[2])
+		}
 		b.Queue(claimPokesSQL, now, max, leaseUntil)
 		b.Queue(nextPokeSQL)
 		br := s.pool.SendBatch(ctx, b)
 		defer br.Close()
+		if len(notYet) > 0 {
+			var err error
+			if missed, err = collectIDs(br.Query()); err != nil {
+				return err
+			}
+		}
 		rows, err := br.Query()
 		if err != nil {
 			return err
@@ -123,7 +155,7 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 		return br.Close()
 	})
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, time.Time{}, nil, err
 	}
 	if len(out) == 0 {
 		out = nil
@@ -131,10 +163,14 @@ func (s *Store) ClaimPokes(ctx context.Context, w store.Worker, max int, now, le
 		out = slices.Clone(out)
 	}
 	s.vacuumPokes(ctx, len(out))
-	if next == nil {
-		return out, time.Time{}, nil
+	var outcomes []store.FinishOutcome
+	if len(notYet) > 0 {
+		outcomes = notYetOutcomes(notYet, missed)
 	}
-	return out, next.UTC(), nil
+	if next == nil {
+		return out, time.Time{}, outcomes, nil
+	}
+	return out, next.UTC(), outcomes, nil
 }
 
 // pokeScratch keeps a slice ClaimPokes reads rows into (a poke loop
@@ -331,6 +367,36 @@ func (s *Store) FinishPokes(ctx context.Context, w store.Worker, results []store
 // one statement (its own transaction), the rows in id order as in
 // FinishPokes's transaction.
 func (s *Store) pokesAgain(ctx context.Context, w store.Worker, results []store.PokeResult) ([]store.FinishOutcome, error) {
+	args := pokesAgainArgs(results)
+	var missed map[int64]bool
+	err := s.retry(ctx, fmt.Sprintf("record %d pokes of worker %q", len(results), w.ID), func() error {
+		var err error
+		missed, err = collectIDs(s.pool.Query(ctx, pokesAgainSQL, args[0], args[1], args[2]))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return notYetOutcomes(results, missed), nil
+}
+
+// notYetOutcomes are the outcomes of "not yet" results recorded by
+// pokesAgainSQL, which returned the instances missed (lease changed).
+func notYetOutcomes(results []store.PokeResult, missed map[int64]bool) []store.FinishOutcome {
+	out := make([]store.FinishOutcome, len(results))
+	for i, r := range results {
+		out[i].Try = r.Try
+		if !missed[r.ID] {
+			out[i].Applied, out[i].State = true, state.Deferred
+		}
+	}
+	return out
+}
+
+// pokesAgainArgs are pokesAgainSQL's arguments for "not yet" results:
+// instances, leases and next checks, in instance id order (the order
+// FinishPokes's transaction locks rows in).
+func pokesAgainArgs(results []store.PokeResult) [3]string {
 	ids, leases, due := make([]int64, len(results)), make([]int64, len(results)), make([]int64, len(results))
 	for i, r := range results {
 		ids[i], leases[i], due[i] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
@@ -346,24 +412,7 @@ func (s *Store) pokesAgain(ctx context.Context, w store.Worker, results []store.
 			ids[k], leases[k], due[k] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
 		}
 	}
-	idText, leaseText, dueText := int8Array(ids), int8Array(leases), int8Array(due)
-	var missed map[int64]bool
-	err := s.retry(ctx, fmt.Sprintf("record %d pokes of worker %q", len(results), w.ID), func() error {
-		var err error
-		missed, err = collectIDs(s.pool.Query(ctx, pokesAgainSQL, idText, leaseText, dueText))
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]store.FinishOutcome, len(results))
-	for i, r := range results {
-		out[i].Try = r.Try
-		if !missed[r.ID] {
-			out[i].Applied, out[i].State = true, state.Deferred
-		}
-	}
-	return out, nil
+	return [3]string{int8Array(ids), int8Array(leases), int8Array(due)}
 }
 
 // requeueDeferredTries queues again, resumed, the instances ids that are

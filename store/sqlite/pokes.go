@@ -206,3 +206,24 @@ func (s *Store) FinishPokes(ctx context.Context, wk store.Worker, results []stor
 	}
 	return out, nil
 }
+
+// ClaimPokesAfter records the "not yet" results notYet (FinishPokes),
+// then claims (ClaimPokes): two write transactions, the database being
+// in this process (no round trip to save).
+func (s *Store) ClaimPokesAfter(ctx context.Context, wk store.Worker, notYet []store.PokeResult, max int, now, leaseUntil time.Time) ([]store.Poke, time.Time, []store.FinishOutcome, error) {
+	if err := store.CheckNotYet(notYet); err != nil {
+		return nil, time.Time{}, nil, err
+	}
+	var outcomes []store.FinishOutcome
+	if len(notYet) > 0 {
+		var err error
+		if outcomes, err = s.FinishPokes(ctx, wk, notYet, now); err != nil {
+			return nil, time.Time{}, nil, err
+		}
+	}
+	ps, next, err := s.ClaimPokes(ctx, wk, max, now, leaseUntil)
+	if err != nil {
+		return nil, time.Time{}, nil, err
+	}
+	return ps, next, outcomes, nil
+}

@@ -363,3 +363,53 @@ func testPokesRuns(t *testing.T, e *env) {
 		}
 	}
 }
+
+// testPokesAfter: ClaimPokesAfter records a batch's "not yet" before it
+// claims — a poke it moves to now is claimed again by the same call,
+// under a new lease — with the outcomes in order (a stale lease not
+// applied), and the next due time counts the moved pokes; a result
+// that is not a "not yet" is refused; without results it is ClaimPokes.
+func testPokesAfter(t *testing.T, e *env) {
+	e.started(newSpec("pa", tk("s1"), tk("s2"), tk("s3")), "run")
+	first := t0.Add(10 * time.Minute)
+	var rs []store.Result
+	for _, c := range e.claim(3) {
+		rs = append(rs, pokeDeferral(c, first, time.Time{}))
+	}
+	e.finish(rs...)
+	ps, next, outs, err := e.s.ClaimPokesAfter(e.ctx, e.w, nil, 10, first, first.Add(time.Minute))
+	if err != nil || len(ps) != 3 || len(outs) != 0 || !next.Equal(first.Add(time.Minute)) {
+		t.Fatalf("ClaimPokesAfter without results = %d pokes, next %v, %d outcomes, %v; want 3, next %v, none",
+			len(ps), next, len(outs), err, first.Add(time.Minute))
+	}
+	byTask := map[string]store.Poke{}
+	for _, p := range ps {
+		byTask[p.TaskID] = p
+	}
+	now := first.Add(time.Second)
+	later := now.Add(30 * time.Second)
+	stale := notYet(byTask["s3"], now)
+	stale.Lease--
+	if _, _, _, err := e.s.ClaimPokesAfter(e.ctx, e.w, []store.PokeResult{notYet(byTask["s1"], now), pokeDone(byTask["s2"], state.Success)},
+		10, now, now.Add(time.Minute)); err == nil {
+		t.Errorf("ClaimPokesAfter took a final result")
+	}
+	ps, next, outs, err = e.s.ClaimPokesAfter(e.ctx, e.w,
+		[]store.PokeResult{notYet(byTask["s1"], now), notYet(byTask["s2"], later), stale}, 10, now, now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(outs) != 3 || !outs[0].Applied || outs[0].State != state.Deferred || !outs[1].Applied || outs[1].State != state.Deferred ||
+		outs[2].Applied || outs[0].ID != byTask["s1"].ID || outs[2].ID != byTask["s3"].ID {
+		t.Errorf("outcomes %+v, want s1 and s2 deferred, s3 (stale lease) not applied", outs)
+	}
+	if len(ps) != 1 || ps[0].TaskID != "s1" || ps[0].Lease == byTask["s1"].Lease {
+		t.Errorf("claimed %+v, want s1 again (its next check is now) under a new lease", ps)
+	}
+	if !next.Equal(later) {
+		t.Errorf("next due %v, want s2's next check %v", next, later)
+	}
+	if ti := e.ti("pa", "run", "s2"); ti.State != state.Deferred || ti.NextCheckAt == nil || !ti.NextCheckAt.Equal(later) {
+		t.Errorf("s2 after its not yet: %+v, want deferred, next check %v", ti, later)
+	}
+}

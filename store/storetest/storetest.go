@@ -151,7 +151,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeferredSweepConcurrent", testDeferredSweepConcurrent},
 		{"EventRacesDeferral", testEventRacesDeferral},
 		{"Pokes", testPokes}, {"PokesLeftBehind", testPokesLeftBehind}, {"PokesConcurrent", testPokesConcurrent},
-		{"PokesRuns", testPokesRuns},
+		{"PokesRuns", testPokesRuns}, {"PokesAfter", testPokesAfter},
 		{"WaitFieldsCleared", testWaitFieldsCleared},
 		{"PoolLimit", testPoolLimit},
 		{"TaskAndKeyLimits", testTaskAndKeyLimits},
