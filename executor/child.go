@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-dag/trellis/clock"
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/store"
+	"github.com/trellis-dag/trellis/store/dial"
 )
 
 // Environment variables through which a Pool configures its children.
@@ -167,16 +168,22 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 }
 
 // childProcs returns the GOMAXPROCS of each of processes worker children
-// of a supervisor whose runtime uses procs CPUs: an equal share, rounded
-// up, so that together they use every CPU. Left to its default, each
-// child's runtime would size itself to every CPU: with one child per CPU
-// the children keep CPUs² runnable contexts between them, and the idle
-// ones spin looking for work and wake each other's threads at every
-// hand-off (a no-op try lasts microseconds), CPU that the scheduler, the
-// database and the other children need (docs/benchmarks.md, "Session 8:
-// gocpu"). A task that computes in parallel gets the share, not the host.
-func childProcs(procs, processes int) int {
+// of a supervisor whose runtime uses procs CPUs, on the database at
+// databaseURL. On PostgreSQL, an equal share, rounded up, so that together
+// they use every CPU: left to its default, each child's runtime would size
+// itself to every CPU, and with one child per CPU the idle contexts spin
+// looking for work and wake each other's threads at every hand-off (a
+// no-op try lasts microseconds), CPU that the scheduler, the database and
+// the other children need (docs/benchmarks.md, "Session 8: gocpu"). A
+// task that computes in parallel gets the share, not the host. On SQLite
+// 0, the runtime's default: each child runs the database engine itself,
+// and held to its share `wide` lost 10-30 % (docs/benchmarks.md, "Session
+// 8 on a quiet machine").
+func childProcs(procs, processes int, databaseURL string) int {
 	if procs < 1 || processes < 1 {
+		return 0
+	}
+	if backend, _, err := dial.ParseURL(databaseURL); err != nil || backend != dial.Postgres {
 		return 0
 	}
 	return (procs + processes - 1) / processes

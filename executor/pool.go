@@ -455,7 +455,7 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		SpoolDir:          p.cfg.SpoolDir,
 		ParentPID:         os.Getpid(),
 		Pool:              p.poolID,
-		Procs:             childProcs(runtime.GOMAXPROCS(0), p.cfg.Processes),
+		Procs:             childProcs(runtime.GOMAXPROCS(0), p.cfg.Processes, p.cfg.DatabaseURL),
 	}
 	own, theirs, err := socketPair()
 	if err != nil {

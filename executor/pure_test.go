@@ -134,17 +134,25 @@ func TestChildConfigEnvRoundTrip(t *testing.T) {
 }
 
 func TestChildProcs(t *testing.T) {
-	for _, tc := range []struct{ procs, processes, want int }{
-		{2, 2, 1}, // one child per CPU (the default): one each
-		{8, 8, 1},
-		{8, 1, 8}, // a single child gets every CPU
-		{8, 3, 3}, // rounded up: together they use all 8
-		{2, 4, 1}, // more children than CPUs: never below 1
-		{0, 2, 0}, // unknown: the runtime's default
-		{4, 0, 0},
+	const pg = "postgres://db/trellis"
+	for _, tc := range []struct {
+		procs, processes int
+		url              string
+		want             int
+	}{
+		{2, 2, pg, 1}, // one child per CPU (the default): one each
+		{8, 8, pg, 1},
+		{8, 1, pg, 8}, // a single child gets every CPU
+		{8, 3, pg, 3}, // rounded up: together they use all 8
+		{2, 4, pg, 1}, // more children than CPUs: never below 1
+		{0, 2, pg, 0}, // unknown: the runtime's default
+		{4, 0, pg, 0},
+		{2, 2, "postgresql://db/trellis", 1},
+		{2, 2, "sqlite:/var/lib/trellis.db", 0}, // the engine runs in the child: every CPU
+		{2, 2, "bogus", 0},
 	} {
-		if got := childProcs(tc.procs, tc.processes); got != tc.want {
-			t.Errorf("childProcs(%d CPUs, %d children) = %d, want %d", tc.procs, tc.processes, got, tc.want)
+		if got := childProcs(tc.procs, tc.processes, tc.url); got != tc.want {
+			t.Errorf("childProcs(%d CPUs, %d children, %s) = %d, want %d", tc.procs, tc.processes, tc.url, got, tc.want)
 		}
 	}
 }
