@@ -189,18 +189,8 @@ var fusedClaimSQL = strings.NewReplacer("$1", earlyLeft,
 // fusedClaimSQL). It is equivalent to fusedClaimSQL when no limited
 // instance is queued and the batch freed no slot, which a fused finish
 // expects from its store's last look (Store.lightClaim) and
-// lookLightSQL checks after it. It writes no counter: an instance made
-// limited since its queue row was read is left queued (c).
-var lightClaimSQL = strings.Replace(claimSelectCounting(`q AS MATERIALIZED (
-		SELECT ti_id FROM task_queue
-			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-		ORDER BY priority DESC, queued_at, ti_id
-		LIMIT $1
-		FOR UPDATE SKIP LOCKED),
-	c AS MATERIALIZED (
-		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued' AND NOT limited
-		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`, ""),
-	"$1", earlyLeft, 1)
+// lookLightSQL checks after it.
+var lightClaimSQL = strings.Replace(unlimitedClaimSQL(""), "$1", earlyLeft, 1)
 
 // earlyLeft is what a fused claim may take: $1 less what
 // earlyClaimCountedSQL claimed, if it was sent.

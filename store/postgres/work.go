@@ -241,16 +241,25 @@ const limitedQueuedSQL = `SELECT EXISTS (SELECT 1 FROM task_queue WHERE limited)
 // a limited instance is queued. An instance made limited since its queue
 // row was read is left queued (c; its queue row is limited by then), so
 // no counter needs writing. $2–$5 as in fastClaimSQL.
-var claimAboveLimitedSQL = claimSelectCounting(`q AS MATERIALIZED (
+var claimAboveLimitedSQL = unlimitedClaimSQL(`
+				AND (priority > (SELECT max(priority) FROM task_queue WHERE limited)) IS NOT FALSE`)
+
+// unlimitedClaimSQL is the claim of the unlimited queued instances alone,
+// best first ($1 at most) and also meeting cond (SQL after an AND, or ""),
+// none while a DAG has a MaxActiveTasks cap: claimAboveLimitedSQL's and
+// lightClaimSQL's. It writes no counter: an instance made limited since
+// its queue row was read is left queued (c). $2–$5 as in fastClaimSQL.
+func unlimitedClaimSQL(cond string) string {
+	return claimSelectCounting(`q AS MATERIALIZED (
 		SELECT ti_id FROM task_queue
-			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)
-				AND (priority > (SELECT max(priority) FROM task_queue WHERE limited)) IS NOT FALSE
+			WHERE NOT limited AND NOT EXISTS (SELECT 1 FROM dags WHERE max_active_tasks > 0)`+cond+`
 		ORDER BY priority DESC, queued_at, ti_id
 		LIMIT $1
 		FOR UPDATE SKIP LOCKED),
 	c AS MATERIALIZED (
 		SELECT id FROM task_instances WHERE id = ANY (ARRAY(SELECT ti_id FROM q)) AND state = 'queued' AND NOT limited
 		FOR NO KEY UPDATE SKIP LOCKED),`, claimSet+` FROM c WHERE t.id = c.id`, "")
+}
 
 // capsSQL reads the DAGs with a MaxActiveTasks cap and their running
 // instances.
