@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -56,3 +57,16 @@ func procTicks(pid int) uint64 {
 	}
 	return u + s
 }
+
+// ThreadCPU returns the CPU time (user and system) used so far by the
+// calling thread; lock the goroutine to its thread around two reads.
+func ThreadCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage(RUSAGE_THREAD): %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// rusageThread is Linux's RUSAGE_THREAD, which package syscall does not name.
+const rusageThread = 1

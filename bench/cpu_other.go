@@ -18,3 +18,8 @@ func TreeCPU(int) (time.Duration, error) {
 func ProcCPU(int) (time.Duration, error) {
 	return 0, errors.New("CPU time of a process is only measured on Linux, not on " + runtime.GOOS)
 }
+
+// ThreadCPU needs Linux's RUSAGE_THREAD.
+func ThreadCPU() (time.Duration, error) {
+	return 0, errors.New("CPU time of a thread is only measured on Linux, not on " + runtime.GOOS)
+}

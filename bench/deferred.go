@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"sort"
 	"time"
 
@@ -57,6 +59,18 @@ const (
 	// in intervals (read before and after it, leased ones left out).
 	MetricPokesPerSecond = "pokes_per_second"
 	MetricCPUCoresIdle   = "cpu_cores_nothing_due"
+	// MetricCheckCPU is the CPU one call of the sensors' check costs by
+	// itself (its param read and stat), measured in the bench process
+	// (sensorCheckCPU).
+	MetricCheckCPU = "cpu_us_per_check"
+	// MetricCPUCoresChecks is the part of MetricCPUCores the checks' own
+	// work accounts for: MetricCheckCPU times MetricPokesPerSecond. It is
+	// the user's code, what any scheduler calling it would spend.
+	MetricCPUCoresChecks = "cpu_cores_checks_while_deferred"
+	// MetricCPUCoresTrellis is MetricCPUCores less MetricCPUCoresChecks:
+	// what Trellis spends to keep the sensors waiting between their pokes
+	// and to claim, call and record each poke (issue 14's target).
+	MetricCPUCoresTrellis = "cpu_cores_trellis_while_deferred"
 	// MetricCPUPerPoke is the CPU one poke costs the Trellis processes
 	// (PostgreSQL's not counted): MetricCPUCores less MetricCPUCoresIdle
 	// (what the installation spends with 10,000 tasks deferred and
@@ -76,16 +90,58 @@ func sensorsDAG(n int) *dag.DAG {
 	d := dag.New(SensorsDAGID, dag.Description("trellis bench: sensors deferred between their pokes"),
 		dag.Params(map[string]any{SensorReleaseParam: ""}))
 	for i := range n {
-		d.Sensor(taskID("s", i, n), func(c *dag.Context) (bool, error) {
-			path, _ := c.Params()[SensorReleaseParam].(string)
-			if path == "" {
-				return true, nil
-			}
-			_, err := os.Stat(path)
-			return err == nil, nil
-		}, dag.PokeInterval(SensorPoke), dag.SensorTimeout(time.Hour))
+		d.Sensor(taskID("s", i, n), sensorCheck, dag.PokeInterval(SensorPoke), dag.SensorTimeout(time.Hour))
 	}
 	return d
+}
+
+// sensorCheck is the check of the bench_sensors sensors: true once the
+// file named by the run's conf "release_file" exists (at once without
+// one).
+func sensorCheck(c *dag.Context) (bool, error) {
+	path, _ := c.Params()[SensorReleaseParam].(string)
+	if path == "" {
+		return true, nil
+	}
+	_, err := os.Stat(path)
+	return err == nil, nil
+}
+
+// Calibration of sensorCheck: checkRounds rounds of checkCalls calls.
+const (
+	checkCalls  = 20000
+	checkRounds = 5
+)
+
+// sensorCheckCPU is the CPU one call of sensorCheck costs on this machine
+// while the release file does not exist: the check's own work (its param
+// read and its stat), which any scheduler running this check would spend,
+// measured on this process's thread (the median round), without the
+// Context a poke builds around it (that is Trellis's).
+func sensorCheckCPU(release string) (time.Duration, error) {
+	c := dag.NewContext(context.Background(), dag.RunInfo{DAGID: SensorsDAGID, TaskID: "s0",
+		Params: map[string]any{SensorReleaseParam: release}}, nil, nil)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rounds := make([]time.Duration, checkRounds)
+	for r := range rounds {
+		t0, err := ThreadCPU()
+		if err != nil {
+			return 0, err
+		}
+		for range checkCalls {
+			if ok, err := sensorCheck(c); ok || err != nil {
+				return 0, fmt.Errorf("calibrating the sensors' check: it answered %v, %v before the release", ok, err)
+			}
+		}
+		t1, err := ThreadCPU()
+		if err != nil {
+			return 0, err
+		}
+		rounds[r] = (t1 - t0) / checkCalls
+	}
+	slices.Sort(rounds)
+	return rounds[len(rounds)/2], nil
 }
 
 // resumeDAG is bench_resume: n Resumable tasks, each deferred on its own
@@ -288,16 +344,26 @@ func (h *harness) sensors(ctx context.Context, m *rowMaker) (cores, pokeRate flo
 	if seen > 0 {
 		pokeRate = moved.Seconds() / SensorPoke.Seconds() / elapsed * float64(n) / float64(seen)
 	}
+	check, err := sensorCheckCPU(release)
+	if err != nil {
+		return 0, 0, err
+	}
+	checks := pokeRate * check.Seconds()
 	m.add(MetricPokesPerSecond, pokeRate, "pokes/s")
 	m.add(MetricCPUCores, cores, UnitCores)
 	m.add(MetricCPUCoresWorkers, workers, UnitCores)
+	m.add(MetricCheckCPU, float64(check)/float64(time.Microsecond), "µs/check")
+	m.add(MetricCPUCoresChecks, checks, UnitCores)
+	m.add(MetricCPUCoresTrellis, max(cores-checks, 0), UnitCores)
 	m.add(MetricRunningMax, float64(maxRunning), "tasks")
 	m.add(MetricDeferredMin, float64(minDeferred), "tasks")
 	m.millis(MetricPokeOverdue, overdue)
-	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores = %.1f %% of one core, the whole cycle (target ≤ 5 %%; "+
-		"this process and its workers, the workers %.3f), at most %d running, at least %d deferred; about %.0f pokes/s; "+
+	h.progress("over %.0f s with %d sensors poking every %v: %.3f cores = %.1f %% of one core, the whole cycle "+
+		"(this process and its workers, the workers %.3f), of which the checks' own work %.3f (%.2f µs a check) and "+
+		"Trellis %.3f = %.1f %% (target ≤ 5 %%); at most %d running, at least %d deferred; about %.0f pokes/s; "+
 		"then the most overdue next check was %v late",
-		window.Seconds(), n, SensorPoke, cores, cores*100, workers, maxRunning, minDeferred, pokeRate, overdue)
+		window.Seconds(), n, SensorPoke, cores, cores*100, workers, checks, float64(check)/float64(time.Microsecond),
+		cores-checks, (cores-checks)*100, maxRunning, minDeferred, pokeRate, overdue)
 
 	// Released: every sensor succeeds on its next poke.
 	if err := os.WriteFile(release, nil, 0o644); err != nil {
