@@ -41,9 +41,11 @@ const (
 	deferredQuickWindow   = 2 * time.Second
 	deferredPoll          = 50 * time.Millisecond
 	// deferredSample is the pause between two samples of the slots in
-	// use in a CPU window: on SQLite the sampling's count queries run in
-	// this process and count in its CPU, so they are kept sparse.
-	deferredSample          = 250 * time.Millisecond
+	// use in a CPU window: the sampling's queries run in this process and
+	// count in its CPU (and on SQLite the database's work too), so they
+	// are sparse — a poke never takes a slot, so a denser sample would
+	// see nothing more.
+	deferredSample          = time.Second
 	eventSpacing            = 10 * time.Millisecond
 	MetricSensorsDoneSecond = "sensors_done_seconds"
 	// MetricCPUCoresWorkers is the worker processes' part of
