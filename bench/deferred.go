@@ -37,9 +37,11 @@ const (
 	MetricEventResumeP50  = "event_resume_p50_ms"
 	MetricEventResumeP99  = "event_resume_p99_ms"
 	MetricEventResumeMax  = "event_resume_max_ms"
-	deferredWindow        = 5 * time.Second
-	deferredQuickWindow   = 2 * time.Second
-	deferredPoll          = 50 * time.Millisecond
+	// deferredWindow is long enough for /proc's 10 ms CPU ticks to
+	// matter little (±0.002 cores per process).
+	deferredWindow      = 10 * time.Second
+	deferredQuickWindow = 2 * time.Second
+	deferredPoll        = 50 * time.Millisecond
 	// deferredSample is the pause between two samples of the slots in
 	// use in a CPU window: the sampling's queries run in this process and
 	// count in its CPU (and on SQLite the database's work too), so they

@@ -3,6 +3,7 @@ package bench
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,8 @@ func TestSensorCheckCPU(t *testing.T) {
 
 // ThreadCPU grows with work done on the calling thread.
 func TestThreadCPU(t *testing.T) {
+	runtime.LockOSThread() // else the two reads may be of two threads
+	defer runtime.UnlockOSThread()
 	t0, err := ThreadCPU()
 	if err != nil {
 		t.Fatal(err)

@@ -134,9 +134,11 @@ measures them from the times the store records. Scenarios (default: all):
           p99 (rows of scenarios api_finished and api_running), and the
           tasks/s the load kept meanwhile
   deferred 10,000 sensors poking every second, deferred between pokes:
-          the CPU of this process and of its workers, the slots in use,
-          the pokes a second and how late the latest is, over 5 s once
-          all are deferred; then 500 tasks deferred on events,
+          the CPU of this process and of its workers (and how much of it
+          the checks' own work is), the slots in use, the pokes a second
+          and how late the latest is, over 10 s once all are deferred;
+          then 10,000 tasks deferred on events (the CPU with nothing due,
+          10 s), 500 of them
           each resumed by its event: event-to-resume latency p50 and p99
   fib     a task calls the recursive callable fibonacci(200), deduplicated
           (201 calls): seconds from the trigger to the run's success
