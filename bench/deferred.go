@@ -77,7 +77,8 @@ func sensorsDAG(n int) *dag.DAG {
 		dag.Params(map[string]any{SensorReleaseParam: ""}))
 	for i := range n {
 		d.Sensor(taskID("s", i, n), func(c *dag.Context) (bool, error) {
-			path, _ := c.Params()[SensorReleaseParam].(string)
+			v, _ := c.Param(SensorReleaseParam) // no copy of the params per poke
+			path, _ := v.(string)
 			if path == "" {
 				return true, nil
 			}
