@@ -89,7 +89,7 @@ type checkSlot struct {
 	stopped   bool // its context was cancelled
 	abandoned bool
 	i         int
-	frame     *pokeFrame
+	scope     *checkScope
 	deadline  time.Time // of the timeout; zero: none
 	grace     time.Duration
 	graceEnd  time.Time // once stopped: when it is abandoned
@@ -106,14 +106,16 @@ func (b *pokeBatch) startRunnerLocked() {
 }
 
 // runner runs the next check until none is left or its check is
-// abandoned.
+// abandoned. Its frame holds each check's Try, one check after another.
 func (b *pokeBatch) runner(s *checkSlot) {
+	f := &pokeFrame{}
 	for {
 		i := int(b.next.Add(1)) - 1
 		if i >= b.n {
 			return
 		}
-		out, ok := b.check(s, i, &pokeFrame{t: b.try(i)})
+		f.t = b.try(i)
+		out, ok := b.check(s, i, f)
 		if !ok {
 			return // the watchdog delivered its outcome and started another runner
 		}
@@ -122,12 +124,13 @@ func (b *pokeBatch) runner(s *checkSlot) {
 	}
 }
 
-// check runs the i-th check in slot s; false when it was abandoned
-// meanwhile.
+// check runs the i-th check, whose Try is in f, in slot s; false when it
+// was abandoned meanwhile.
 func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
-	f.init()
-	defer f.close()
-	timeout := f.t.Task.Timeout()
+	var timeout time.Duration
+	if f.t.Task != nil {
+		timeout = f.t.Task.Timeout()
+	}
 	if f.t.Limit > 0 && (timeout <= 0 || f.t.Limit < timeout) {
 		timeout = f.t.Limit
 	}
@@ -136,19 +139,19 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 		grace = DefaultKillGrace
 	}
 	now := time.Now()
-	f.ctx.base = b.base
+	sc := newCheckScope(b.base, &f.t)
+	defer sc.close()
 	if timeout > 0 {
-		f.ctx.deadline, f.ctx.timeout = now.Add(timeout), timeout
+		sc.ctx.deadline, sc.ctx.timeout = now.Add(timeout), timeout
 	}
-	defer f.ctx.cancel(context.Canceled)
-	deadline := f.ctx.deadline
+	deadline := sc.ctx.deadline
 	b.mu.Lock()
 	if b.halted != nil {
 		cause := b.halted
 		b.mu.Unlock()
 		return failed(cause, false), true
 	}
-	s.active, s.stopped, s.i, s.frame, s.deadline, s.grace, s.graceEnd = true, false, i, f, deadline, grace, time.Time{}
+	s.active, s.stopped, s.i, s.scope, s.deadline, s.grace, s.graceEnd = true, false, i, sc, deadline, grace, time.Time{}
 	s.seq++
 	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
 		b.wake = deadline
@@ -156,7 +159,7 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	}
 	b.mu.Unlock()
 
-	out := f.run()
+	out := f.run(sc, now)
 
 	b.mu.Lock()
 	abandoned := s.abandoned
@@ -173,7 +176,7 @@ func (b *pokeBatch) halt() {
 	b.halted = cause
 	for _, s := range b.slots {
 		if s.active && !s.stopped {
-			s.frame.ctx.cancel(cause)
+			s.scope.ctx.cancel(cause)
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 	}
@@ -206,7 +209,7 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 			continue
 		}
 		if !s.stopped && !s.deadline.IsZero() && !now.Before(s.deadline) {
-			s.frame.ctx.expire()
+			s.scope.ctx.expire()
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 		if s.stopped && !now.Before(s.graceEnd) {
@@ -267,11 +270,11 @@ func (b *pokeBatch) abandon(slots []*checkSlot) {
 		b.runners--
 		b.startRunnerLocked()
 		b.mu.Unlock()
-		cause, timedOut := s.frame.ctx.stopCause()
+		cause, timedOut := s.scope.ctx.stopCause()
 		out := Outcome{State: state.Failed, TimedOut: timedOut, Abandoned: true, Err: fmt.Errorf(
 			"%w; the function ignored its context for %v and was abandoned", cause, s.grace)}
-		logOutcome(&s.frame.logger, out, true)
-		s.frame.close()
+		logOutcome(&s.scope.logger, out, true)
+		s.scope.close()
 		b.done(s.i, out)
 		b.pending.Done()
 	}
@@ -342,6 +345,29 @@ func (c *checkCtx) expire() {
 	}
 }
 
+// end ends the context once its check returned — expired first when its
+// deadline passed (as a timer would have by now), then cancelled — and
+// returns why it had ended, as stopCause would have just before: one
+// lock for the three.
+func (c *checkCtx) end(now time.Time) (error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause == nil && !c.deadline.IsZero() && !now.Before(c.deadline) {
+		c.cause = timeoutCause(c.timeout)
+	}
+	cause := c.cause
+	if c.cause == nil {
+		c.cause = context.Canceled
+	}
+	if c.stop != nil {
+		c.stop(context.Canceled)
+	}
+	if c.stopTime != nil {
+		c.stopTime()
+	}
+	return cause, cause != nil && errors.Is(cause, ErrTimeout)
+}
+
 // stopCause returns why the context ended, as the package's stopCause
 // does, without making its contexts; nil when it has not.
 func (c *checkCtx) stopCause() (error, bool) {
@@ -350,90 +376,117 @@ func (c *checkCtx) stopCause() (error, bool) {
 	return c.cause, c.cause != nil && errors.Is(c.cause, ErrTimeout)
 }
 
-// pokeFrame is what one poke needs, in one allocation.
+// pokeFrame is a runner's: the Try of its current check, reused from
+// one check to the next. Nothing a check's function is given points into
+// it, so reusing it cannot show one check's state to another.
 type pokeFrame struct {
-	t      Try
-	log    tryLog
-	lazy   lazyText
-	logger slog.Logger
-	outs   tryOutputs
+	t Try
+}
+
+// checkScope is everything one check's function can reach — its
+// dag.Context and, through it, the check's context, logger, log, outputs
+// and environment — with its deferral, made for each check in one
+// allocation. It is never reused: no rule can tell that a function let
+// go of what it was given (it may keep its *dag.Context in a variable, or
+// hand it to a goroutine that already runs, without calling anything), and
+// a Context kept past its check must go on showing that check's params
+// and ids, its ended context, a closed log and outputs — never the next
+// check's. Materialising the inner context (Done, Err, Value) or starting
+// goroutines are only some of the ways a check keeps them.
+type checkScope struct {
+	c      dag.Context
 	ctx    checkCtx
+	logger slog.Logger
+	lazy   lazyText
+	log    tryLog
+	outs   tryOutputs
 	def    Deferral
+
+	// What Environ needs beside the Context's info, and what it made.
+	task    *dag.Task
+	extra   []string
+	envOnce sync.Once
+	env     []string
 }
 
-func (f *pokeFrame) init() {
-	w := f.t.Log
-	if w == nil {
-		w = io.Discard
+// newCheckScope makes the scope of the check of t, its context under
+// base.
+func newCheckScope(base context.Context, t *Try) *checkScope {
+	sc := &checkScope{task: t.Task, extra: t.Env}
+	sc.log.w = t.Log
+	if sc.log.w == nil {
+		sc.log.w = io.Discard
 	}
-	f.log.w = w
-	f.lazy.w = f.log.records()
-	f.logger = *slog.New(&f.lazy)
-	f.outs.under, f.outs.self = f.t.Outputs, f.t.Info.TaskID
+	sc.lazy.log = &sc.log
+	sc.logger = *slog.New(&sc.lazy)
+	sc.outs.under, sc.outs.self = t.Outputs, t.Info.TaskID
+	sc.ctx.base = base
+	dag.InitContext(&sc.c, &sc.ctx, t.Info, &sc.logger, &sc.outs, sc)
+	return sc
 }
 
-// close ends the poke's log and outputs: an abandoned check writes
-// nowhere.
-func (f *pokeFrame) close() {
-	f.log.close()
-	f.outs.close()
+// Environ is the check's environment, made when it first reads it
+// (Getenv): most checks never do.
+func (sc *checkScope) Environ(info *dag.RunInfo) []string {
+	sc.envOnce.Do(func() { sc.env = TaskEnv(Try{Task: sc.task, Env: sc.extra, Info: *info}, nil, nil) })
+	return sc.env
 }
 
-// env is the poke's environment, made when the check reads it.
-func (f *pokeFrame) env() []string { return TaskEnv(f.t, nil, nil) }
+// close ends the check's log and outputs: an abandoned check, or a
+// function that kept its Context, writes nowhere.
+func (sc *checkScope) close() {
+	sc.log.close()
+	sc.outs.close()
+}
 
 // run runs the check on this goroutine and returns the poke's outcome,
 // as Run would for the try of a Sensor continued by time, its "not yet"
-// not logged.
-func (f *pokeFrame) run() Outcome {
+// not logged; now is when the check started.
+func (f *pokeFrame) run(sc *checkScope, now time.Time) Outcome {
 	t := &f.t
 	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
 		return failed(errors.New("poke: the task is not a Sensor"), true)
 	}
-	now := t.now()
-	if out, ok := waitTimedOut(*t, now); ok {
-		f.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
+	if t.Now != nil {
+		now = t.Now()
+	}
+	if out, ok := waitTimedOut(t, now); ok {
+		sc.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
 		return out
 	}
-	out := f.check()
+	out := f.check(sc)
 	if out.State == state.Deferred {
-		f.def = deferral(t, *out.Deferral, now)
-		out.Deferral = &f.def
+		sc.def = deferral(t, *out.Deferral, now)
+		out.Deferral = &sc.def
 	}
-	logOutcome(&f.logger, out, true)
+	logOutcome(&sc.logger, out, true)
 	return out
 }
 
 // check calls the Sensor's check and says what it answered.
-func (f *pokeFrame) check() Outcome {
+func (f *pokeFrame) check(sc *checkScope) Outcome {
 	task := f.t.Task
 	fn := task.SensorFn()
 	if fn == nil {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
-	c := dag.NewLazyEnvContext(&f.ctx, f.t.Info, &f.logger, &f.outs, f.env)
-	ok, err := callCheck(c, fn, f.log.records())
-	if d, has := f.ctx.Deadline(); has && !time.Now().Before(d) {
-		f.ctx.expire() // as a timer would have by now
-	}
-	if cause, timedOut := f.ctx.stopCause(); cause != nil {
-		if timedOut {
-			if err != nil {
-				cause = fmt.Errorf("%w (task returned: %v)", cause, err)
-			}
-			return Outcome{State: state.Failed, TimedOut: true, Err: cause}
+	ok, err := callCheck(&sc.c, fn, sc.log.records())
+	if cause, timedOut := sc.ctx.end(time.Now()); timedOut {
+		if err != nil {
+			cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 		}
+		return Outcome{State: state.Failed, TimedOut: true, Err: cause}
 	}
 	switch {
 	case err != nil:
 		return classify(err)
 	case ok:
-		return Outcome{State: state.Success, Output: f.outs.value()}
+		return Outcome{State: state.Success, Output: sc.outs.value()}
 	case task.PokeInterval() >= 0:
-		f.def = Deferral{after: task.PokeInterval()}
-		return Outcome{State: state.Deferred, Deferral: &f.def}
+		sc.def = Deferral{after: task.PokeInterval()}
+		return Outcome{State: state.Deferred, Deferral: &sc.def}
 	}
-	return classify(c.Defer(dag.Wait{After: task.PokeInterval()}))
+	return classify(sc.c.Defer(dag.Wait{After: task.PokeInterval()}))
 }
 
 // callCheck calls a Sensor's check; a panic is an error, its value and
