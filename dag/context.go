@@ -58,8 +58,7 @@ type Context struct {
 	logger *slog.Logger
 	io     OutputIO
 	calls  Caller
-	lazy   *lazyEnv  // when set, the environment Getenv reads
-	envs   EnvSource // when set (InitContext), the environment Getenv reads
+	envs   EnvSource // when set, the environment Getenv reads
 }
 
 // EnvSource gives the environment of the try a Context made by
@@ -76,12 +75,17 @@ type lazyEnv struct {
 	env  []string
 }
 
+func (l *lazyEnv) Environ(*RunInfo) []string {
+	l.once.Do(func() { l.env = l.f() })
+	return l.env
+}
+
 // WithLazyEnv returns a copy of c whose environment (Getenv) is computed
 // by f on first use instead of RunInfo.Env: for a runner that calls many
 // short functions (a worker's Sensor pokes) most of which never read it.
 func (c *Context) WithLazyEnv(f func() []string) *Context {
 	cc := *c
-	cc.lazy = &lazyEnv{f: f}
+	cc.envs = &lazyEnv{f: f}
 	return &cc
 }
 
@@ -89,7 +93,7 @@ func (c *Context) WithLazyEnv(f func() []string) *Context {
 // step.
 func NewLazyEnvContext(ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO, env func() []string) *Context {
 	c := NewContext(ctx, info, logger, io)
-	c.lazy = &lazyEnv{f: env}
+	c.envs = &lazyEnv{f: env}
 	return c
 }
 
@@ -164,11 +168,7 @@ func (c *Context) Param(key string) (any, bool) {
 // worker process, so use Getenv rather than os.Getenv for these.
 func (c *Context) Getenv(key string) string {
 	env := c.info.Env
-	switch l := c.lazy; {
-	case l != nil:
-		l.once.Do(func() { l.env = l.f() })
-		env = l.env
-	case c.envs != nil:
+	if c.envs != nil {
 		env = c.envs.Environ(&c.info)
 	}
 	for _, kv := range env {

@@ -292,11 +292,28 @@ type checkCtx struct {
 	deadline time.Time       // zero: none
 	timeout  time.Duration
 
-	mu       sync.Mutex
+	mu    sync.Mutex
+	made  *madeCtx // once made
+	cause error    // set once ended
+}
+
+// madeCtx holds the contexts of a checkCtx once made (apart: most checks
+// never make them, and the checkCtx is made for every check).
+type madeCtx struct {
 	inner    context.Context
 	stop     context.CancelCauseFunc // of the cancelCtx under inner's deadline
 	stopTime context.CancelFunc      // of the deadline
-	cause    error                   // set once ended
+}
+
+// end ends the made contexts, the cancelCtx with cause; m may be nil.
+func (m *madeCtx) end(cause error) {
+	if m == nil {
+		return
+	}
+	m.stop(cause)
+	if m.stopTime != nil {
+		m.stopTime()
+	}
 }
 
 func (c *checkCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
@@ -307,16 +324,18 @@ func (c *checkCtx) Value(key any) any           { return c.ctx().Value(key) }
 func (c *checkCtx) ctx() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.inner == nil {
-		c.inner, c.stop = context.WithCancelCause(c.base)
+	if c.made == nil {
+		m := &madeCtx{}
+		m.inner, m.stop = context.WithCancelCause(c.base)
 		if c.cause != nil && !errors.Is(c.cause, ErrTimeout) {
-			c.stop(c.cause)
+			m.stop(c.cause)
 		}
 		if !c.deadline.IsZero() {
-			c.inner, c.stopTime = context.WithDeadlineCause(c.inner, c.deadline, timeoutCause(c.timeout))
+			m.inner, m.stopTime = context.WithDeadlineCause(m.inner, c.deadline, timeoutCause(c.timeout))
 		}
+		c.made = m
 	}
-	return c.inner
+	return c.made.inner
 }
 
 // cancel ends the context with cause (the worker halts, the check is
@@ -327,12 +346,7 @@ func (c *checkCtx) cancel(cause error) {
 	if c.cause == nil {
 		c.cause = cause
 	}
-	if c.stop != nil {
-		c.stop(cause)
-	}
-	if c.stopTime != nil {
-		c.stopTime()
-	}
+	c.made.end(cause)
 }
 
 // expire ends the context as its deadline does, unless it ended already:
@@ -359,12 +373,7 @@ func (c *checkCtx) end(now time.Time) (error, bool) {
 	if c.cause == nil {
 		c.cause = context.Canceled
 	}
-	if c.stop != nil {
-		c.stop(context.Canceled)
-	}
-	if c.stopTime != nil {
-		c.stopTime()
-	}
+	c.made.end(context.Canceled)
 	return cause, cause != nil && errors.Is(cause, ErrTimeout)
 }
 
@@ -403,10 +412,9 @@ type checkScope struct {
 	def    Deferral
 
 	// What Environ needs beside the Context's info, and what it made.
-	task    *dag.Task
-	extra   []string
-	envOnce sync.Once
-	env     []string
+	task  *dag.Task
+	extra []string
+	env   atomic.Pointer[[]string]
 }
 
 // newCheckScope makes the scope of the check of t, its context under
@@ -427,9 +435,14 @@ func newCheckScope(base context.Context, t *Try) *checkScope {
 
 // Environ is the check's environment, made when it first reads it
 // (Getenv): most checks never do.
+// Two at once may both make it; one is kept.
 func (sc *checkScope) Environ(info *dag.RunInfo) []string {
-	sc.envOnce.Do(func() { sc.env = TaskEnv(Try{Task: sc.task, Env: sc.extra, Info: *info}, nil, nil) })
-	return sc.env
+	if env := sc.env.Load(); env != nil {
+		return *env
+	}
+	env := TaskEnv(Try{Task: sc.task, Env: sc.extra, Info: *info}, nil, nil)
+	sc.env.CompareAndSwap(nil, &env)
+	return *sc.env.Load()
 }
 
 // close ends the check's log and outputs: an abandoned check, or a
