@@ -363,10 +363,11 @@ func (c *checkCtx) expire() {
 // deadline passed (as a timer would have by now), then cancelled — and
 // returns why it had ended, as stopCause would have just before: one
 // lock for the three.
-func (c *checkCtx) end(now time.Time) (error, bool) {
+func (c *checkCtx) end() (error, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cause == nil && !c.deadline.IsZero() && !now.Before(c.deadline) {
+	// Until reads only the monotonic clock: the deadline has its reading.
+	if c.cause == nil && !c.deadline.IsZero() && time.Until(c.deadline) <= 0 {
 		c.cause = timeoutCause(c.timeout)
 	}
 	cause := c.cause
@@ -484,7 +485,7 @@ func (f *pokeFrame) check(sc *checkScope) Outcome {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
 	ok, err := callCheck(&sc.c, fn, sc.log.records())
-	if cause, timedOut := sc.ctx.end(time.Now()); timedOut {
+	if cause, timedOut := sc.ctx.end(); timedOut {
 		if err != nil {
 			cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 		}
