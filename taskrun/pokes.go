@@ -24,7 +24,8 @@ import (
 // the last look gets one more goroutine beside it taking the next checks,
 // so a check that waits (a request, a query) holds up the rest for about
 // that long and a thousand checks that do not wait cost one goroutine, and
-// no hand-off of the processor, between them. One watchdog per batch (the
+// no hand-off of the processor, between them; each check costs one
+// allocation (checkScope). One watchdog per batch (the
 // same timer) cancels a check's context when its timeout (the task's
 // Timeout or Try.Limit, whichever is shorter) passes or ctx ends, and
 // abandons a check that ignores that for its KillGrace: its outcome is
@@ -435,8 +436,8 @@ func newCheckScope(base context.Context, t *Try) *checkScope {
 }
 
 // Environ is the check's environment, made when it first reads it
-// (Getenv): most checks never do.
-// Two at once may both make it; one is kept.
+// (Getenv): most checks never do. Two reading it at once may both make
+// it; one is kept.
 func (sc *checkScope) Environ(info *dag.RunInfo) []string {
 	if env := sc.env.Load(); env != nil {
 		return *env

@@ -286,3 +286,16 @@ func TestPokesKeptContext(t *testing.T) {
 		}
 	}
 }
+
+// TestPokesNoTask: a poke without a task fails permanently (it is not a
+// Sensor) instead of panicking, and the rest of the batch runs.
+func TestPokesNoTask(t *testing.T) {
+	s := dag.New("none").Sensor("s", func(*dag.Context) (bool, error) { return true, nil })
+	outs := pokeAll(t, context.Background(), 1, []taskrun.Try{{Info: info("x")}, {Task: s, Info: info("s")}})
+	if o := outs[0]; o.State != state.Failed || !o.Permanent {
+		t.Errorf("poke without a task = %+v, want failed permanently", o)
+	}
+	if o := outs[1]; o.State != state.Success {
+		t.Errorf("poke after it = %+v, want success", o)
+	}
+}
