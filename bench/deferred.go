@@ -103,7 +103,8 @@ func sensorsDAG(n int) *dag.DAG {
 // file named by the run's conf "release_file" exists (at once without
 // one).
 func sensorCheck(c *dag.Context) (bool, error) {
-	path, _ := c.Params()[SensorReleaseParam].(string)
+	v, _ := c.Param(SensorReleaseParam) // no copy of the params per poke
+	path, _ := v.(string)
 	if path == "" {
 		return true, nil
 	}

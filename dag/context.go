@@ -58,7 +58,14 @@ type Context struct {
 	logger *slog.Logger
 	io     OutputIO
 	calls  Caller
-	lazy   *lazyEnv // when set, the environment Getenv reads
+	envs   EnvSource // when set, the environment Getenv reads
+}
+
+// EnvSource gives the environment of the try a Context made by
+// InitContext belongs to: Environ is called with the Context's RunInfo on
+// each Getenv, so it should compute the environment once and keep it.
+type EnvSource interface {
+	Environ(info *RunInfo) []string
 }
 
 // lazyEnv is an environment computed on its first use.
@@ -68,12 +75,17 @@ type lazyEnv struct {
 	env  []string
 }
 
+func (l *lazyEnv) Environ(*RunInfo) []string {
+	l.once.Do(func() { l.env = l.f() })
+	return l.env
+}
+
 // WithLazyEnv returns a copy of c whose environment (Getenv) is computed
 // by f on first use instead of RunInfo.Env: for a runner that calls many
 // short functions (a worker's Sensor pokes) most of which never read it.
 func (c *Context) WithLazyEnv(f func() []string) *Context {
 	cc := *c
-	cc.lazy = &lazyEnv{f: f}
+	cc.envs = &lazyEnv{f: f}
 	return &cc
 }
 
@@ -81,7 +93,7 @@ func (c *Context) WithLazyEnv(f func() []string) *Context {
 // step.
 func NewLazyEnvContext(ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO, env func() []string) *Context {
 	c := NewContext(ctx, info, logger, io)
-	c.lazy = &lazyEnv{f: env}
+	c.envs = &lazyEnv{f: env}
 	return c
 }
 
@@ -92,6 +104,19 @@ func NewContext(ctx context.Context, info RunInfo, logger *slog.Logger, io Outpu
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Context{Context: ctx, info: info, logger: logger, io: io}
+}
+
+// InitContext sets *c to a Context for one task try, as NewContext
+// returns one, whose environment (Getenv) env gives when not nil (instead
+// of info.Env): for a runner that keeps each try's Context inside a
+// structure of its own, made with the try's other parts in one
+// allocation (a worker's Sensor pokes), rather than allocating it apart.
+// *c is overwritten, so it must be a Context no task has been given.
+func InitContext(c *Context, ctx context.Context, info RunInfo, logger *slog.Logger, io OutputIO, env EnvSource) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	*c = Context{Context: ctx, info: info, logger: logger, io: io, envs: env}
 }
 
 // WithCaller returns a copy of c whose calls of callables go to k (the
@@ -123,8 +148,18 @@ func (c *Context) DataInterval() (start, end time.Time) {
 }
 
 // Params returns a copy of the run's params: the DAG's Params overlaid by
-// the run's conf.
+// the run's conf. To read one param, Param does without the copy.
 func (c *Context) Params() map[string]any { return maps.Clone(c.info.Params) }
+
+// Param returns the run's param key (as Params()[key] would, the DAG's
+// Params overlaid by the run's conf) and whether it is set, without
+// copying the params: for checks that run often, such as a Sensor's. The
+// value is shared with the run's other tasks: a map or slice in it must
+// not be modified.
+func (c *Context) Param(key string) (any, bool) {
+	v, ok := c.info.Params[key]
+	return v, ok
+}
 
 // Getenv returns the value of the variable key in the task's environment:
 // the variables set with Env, those inherited with InheritEnv, the safe
@@ -133,9 +168,8 @@ func (c *Context) Params() map[string]any { return maps.Clone(c.info.Params) }
 // worker process, so use Getenv rather than os.Getenv for these.
 func (c *Context) Getenv(key string) string {
 	env := c.info.Env
-	if l := c.lazy; l != nil {
-		l.once.Do(func() { l.env = l.f() })
-		env = l.env
+	if c.envs != nil {
+		env = c.envs.Environ(&c.info)
 	}
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok && k == key {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-dag/trellis/clock"
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
@@ -207,14 +208,21 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 			}
 			ps = noParams
 		}
-		if _, ok := outputs[p.RunID]; !ok {
-			outputs[p.RunID] = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID}
+		outs, ok := outputs[p.RunID]
+		if !ok {
+			outs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID}
+			outputs[p.RunID] = outs
 		}
-		checks = append(checks, pokeCheck{i, task, ps})
+		checks = append(checks, pokeCheck{i, task, ps, outs})
 	}
 	logs := resize(bufs.logs, len(checks))
 	bufs.logs = logs
+	// On the real clock a check's deferral reads the time its check
+	// started (Try.Now nil) rather than the clock once more.
 	now := w.cfg.Clock.Now
+	if _, wall := w.cfg.Clock.(clock.Real); wall {
+		now = nil
+	}
 	taskrun.Pokes(ctx, len(checks), pokeParallel, func(k int) taskrun.Try {
 		c := checks[k]
 		p := &pokes[c.i]
@@ -228,7 +236,7 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 				Params: c.params, Resumed: true, TriggerTimeout: p.TriggerTimeout,
 			},
 			Log:       &logs[k],
-			Outputs:   outputs[p.RunID],
+			Outputs:   c.outputs,
 			KillGrace: w.cfg.KillGrace,
 			Env:       w.cfg.TaskEnv,
 			Now:       now,
@@ -252,12 +260,13 @@ type pokeBuffers struct {
 	logs    []cappedLog
 }
 
-// pokeCheck is a poke whose check this worker runs: pokes[i], its task
-// and the run's params.
+// pokeCheck is a poke whose check this worker runs: pokes[i], its task,
+// the run's params and its outputs.
 type pokeCheck struct {
-	i      int
-	task   *dag.Task
-	params map[string]any
+	i       int
+	task    *dag.Task
+	params  map[string]any
+	outputs dag.OutputIO
 }
 
 // resize returns s with length n, reusing its array when large enough.

@@ -21,7 +21,8 @@ func sensorsDAG(id, release string, n int) *dag.DAG {
 	d := dag.New(id, dag.Params(map[string]any{"release_file": release}))
 	for i := range n {
 		d.Sensor(fmt.Sprintf("s%04d", i), func(c *dag.Context) (bool, error) {
-			path, _ := c.Params()["release_file"].(string)
+			v, _ := c.Param("release_file")
+			path, _ := v.(string)
 			_, err := os.Stat(path)
 			return err == nil, nil
 		}, dag.PokeInterval(time.Second), dag.SensorTimeout(time.Hour))

@@ -3,7 +3,10 @@ package taskrun_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/trellis-dag/trellis/dag"
 	"github.com/trellis-dag/trellis/state"
@@ -48,4 +51,46 @@ func BenchmarkRunDAGChain(b *testing.B) {
 			b.Fatalf("%v %v", err, res.State)
 		}
 	}
+}
+
+// BenchmarkPokes measures taskrun's own cost per Sensor check: batches of
+// 1,000 pokes, as a worker's poke loop makes them, of a check that says
+// "not yet" at once (b.N counts pokes; cpu-ns/op is the process's CPU
+// per poke, the collector's included).
+func BenchmarkPokes(b *testing.B) {
+	const n = 1000
+	d := dag.New("d")
+	task := d.Sensor("s", func(*dag.Context) (bool, error) { return false, nil },
+		dag.PokeInterval(time.Second), dag.SensorTimeout(time.Hour))
+	try := taskrun.Try{Task: task, Info: info("s"), Limit: 20 * time.Second}
+	try.Info.Resumed, try.Info.TriggerTimeout = true, time.Now().Add(time.Hour)
+	try.Info.Params = map[string]any{"release_file": "/nonexistent"}
+	ctx := context.Background()
+	tryOf := func(int) taskrun.Try { return try }
+	var bad atomic.Int64
+	done := func(_ int, o taskrun.Outcome) {
+		if o.State != state.Deferred {
+			bad.Add(1)
+		}
+	}
+	b.ReportAllocs()
+	cpu0 := processCPU(b)
+	b.ResetTimer()
+	for left := b.N; left > 0; left -= n {
+		taskrun.Pokes(ctx, min(n, left), 64, tryOf, done)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	if bad.Load() > 0 {
+		b.Fatalf("%d pokes did not defer", bad.Load())
+	}
+}
+
+// processCPU is the CPU time (user and system) this process used so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

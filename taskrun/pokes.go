@@ -24,7 +24,8 @@ import (
 // the last look gets one more goroutine beside it taking the next checks,
 // so a check that waits (a request, a query) holds up the rest for about
 // that long and a thousand checks that do not wait cost one goroutine, and
-// no hand-off of the processor, between them. One watchdog per batch (the
+// no hand-off of the processor, between them; each check costs one
+// allocation (checkScope). One watchdog per batch (the
 // same timer) cancels a check's context when its timeout (the task's
 // Timeout or Try.Limit, whichever is shorter) passes or ctx ends, and
 // abandons a check that ignores that for its KillGrace: its outcome is
@@ -89,7 +90,7 @@ type checkSlot struct {
 	stopped   bool // its context was cancelled
 	abandoned bool
 	i         int
-	frame     *pokeFrame
+	scope     *checkScope
 	deadline  time.Time // of the timeout; zero: none
 	grace     time.Duration
 	graceEnd  time.Time // once stopped: when it is abandoned
@@ -106,14 +107,16 @@ func (b *pokeBatch) startRunnerLocked() {
 }
 
 // runner runs the next check until none is left or its check is
-// abandoned.
+// abandoned. Its frame holds each check's Try, one check after another.
 func (b *pokeBatch) runner(s *checkSlot) {
+	f := &pokeFrame{}
 	for {
 		i := int(b.next.Add(1)) - 1
 		if i >= b.n {
 			return
 		}
-		out, ok := b.check(s, i, &pokeFrame{t: b.try(i)})
+		f.t = b.try(i)
+		out, ok := b.check(s, i, f)
 		if !ok {
 			return // the watchdog delivered its outcome and started another runner
 		}
@@ -122,12 +125,13 @@ func (b *pokeBatch) runner(s *checkSlot) {
 	}
 }
 
-// check runs the i-th check in slot s; false when it was abandoned
-// meanwhile.
+// check runs the i-th check, whose Try is in f, in slot s; false when it
+// was abandoned meanwhile.
 func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
-	f.init()
-	defer f.close()
-	timeout := f.t.Task.Timeout()
+	var timeout time.Duration
+	if f.t.Task != nil {
+		timeout = f.t.Task.Timeout()
+	}
 	if f.t.Limit > 0 && (timeout <= 0 || f.t.Limit < timeout) {
 		timeout = f.t.Limit
 	}
@@ -136,19 +140,19 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 		grace = DefaultKillGrace
 	}
 	now := time.Now()
-	f.ctx.base = b.base
+	sc := newCheckScope(b.base, &f.t)
+	defer sc.close()
 	if timeout > 0 {
-		f.ctx.deadline, f.ctx.timeout = now.Add(timeout), timeout
+		sc.ctx.deadline, sc.ctx.timeout = now.Add(timeout), timeout
 	}
-	defer f.ctx.cancel(context.Canceled)
-	deadline := f.ctx.deadline
+	deadline := sc.ctx.deadline
 	b.mu.Lock()
 	if b.halted != nil {
 		cause := b.halted
 		b.mu.Unlock()
 		return failed(cause, false), true
 	}
-	s.active, s.stopped, s.i, s.frame, s.deadline, s.grace, s.graceEnd = true, false, i, f, deadline, grace, time.Time{}
+	s.active, s.stopped, s.i, s.scope, s.deadline, s.grace, s.graceEnd = true, false, i, sc, deadline, grace, time.Time{}
 	s.seq++
 	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
 		b.wake = deadline
@@ -156,7 +160,7 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	}
 	b.mu.Unlock()
 
-	out := f.run()
+	out := f.run(sc, now)
 
 	b.mu.Lock()
 	abandoned := s.abandoned
@@ -173,7 +177,7 @@ func (b *pokeBatch) halt() {
 	b.halted = cause
 	for _, s := range b.slots {
 		if s.active && !s.stopped {
-			s.frame.ctx.cancel(cause)
+			s.scope.ctx.cancel(cause)
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 	}
@@ -206,7 +210,7 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 			continue
 		}
 		if !s.stopped && !s.deadline.IsZero() && !now.Before(s.deadline) {
-			s.frame.ctx.expire()
+			s.scope.ctx.expire()
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 		if s.stopped && !now.Before(s.graceEnd) {
@@ -267,11 +271,11 @@ func (b *pokeBatch) abandon(slots []*checkSlot) {
 		b.runners--
 		b.startRunnerLocked()
 		b.mu.Unlock()
-		cause, timedOut := s.frame.ctx.stopCause()
+		cause, timedOut := s.scope.ctx.stopCause()
 		out := Outcome{State: state.Failed, TimedOut: timedOut, Abandoned: true, Err: fmt.Errorf(
 			"%w; the function ignored its context for %v and was abandoned", cause, s.grace)}
-		logOutcome(&s.frame.logger, out, true)
-		s.frame.close()
+		logOutcome(&s.scope.logger, out, true)
+		s.scope.close()
 		b.done(s.i, out)
 		b.pending.Done()
 	}
@@ -289,11 +293,28 @@ type checkCtx struct {
 	deadline time.Time       // zero: none
 	timeout  time.Duration
 
-	mu       sync.Mutex
+	mu    sync.Mutex
+	made  *madeCtx // once made
+	cause error    // set once ended
+}
+
+// madeCtx holds the contexts of a checkCtx once made (apart: most checks
+// never make them, and the checkCtx is made for every check).
+type madeCtx struct {
 	inner    context.Context
 	stop     context.CancelCauseFunc // of the cancelCtx under inner's deadline
 	stopTime context.CancelFunc      // of the deadline
-	cause    error                   // set once ended
+}
+
+// end ends the made contexts, the cancelCtx with cause; m may be nil.
+func (m *madeCtx) end(cause error) {
+	if m == nil {
+		return
+	}
+	m.stop(cause)
+	if m.stopTime != nil {
+		m.stopTime()
+	}
 }
 
 func (c *checkCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
@@ -304,16 +325,18 @@ func (c *checkCtx) Value(key any) any           { return c.ctx().Value(key) }
 func (c *checkCtx) ctx() context.Context {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.inner == nil {
-		c.inner, c.stop = context.WithCancelCause(c.base)
+	if c.made == nil {
+		m := &madeCtx{}
+		m.inner, m.stop = context.WithCancelCause(c.base)
 		if c.cause != nil && !errors.Is(c.cause, ErrTimeout) {
-			c.stop(c.cause)
+			m.stop(c.cause)
 		}
 		if !c.deadline.IsZero() {
-			c.inner, c.stopTime = context.WithDeadlineCause(c.inner, c.deadline, timeoutCause(c.timeout))
+			m.inner, m.stopTime = context.WithDeadlineCause(m.inner, c.deadline, timeoutCause(c.timeout))
 		}
+		c.made = m
 	}
-	return c.inner
+	return c.made.inner
 }
 
 // cancel ends the context with cause (the worker halts, the check is
@@ -324,12 +347,7 @@ func (c *checkCtx) cancel(cause error) {
 	if c.cause == nil {
 		c.cause = cause
 	}
-	if c.stop != nil {
-		c.stop(cause)
-	}
-	if c.stopTime != nil {
-		c.stopTime()
-	}
+	c.made.end(cause)
 }
 
 // expire ends the context as its deadline does, unless it ended already:
@@ -342,6 +360,25 @@ func (c *checkCtx) expire() {
 	}
 }
 
+// end ends the context once its check returned — expired first when its
+// deadline passed (as a timer would have by now), then cancelled — and
+// returns why it had ended, as stopCause would have just before: one
+// lock for the three.
+func (c *checkCtx) end() (error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Until reads only the monotonic clock: the deadline has its reading.
+	if c.cause == nil && !c.deadline.IsZero() && time.Until(c.deadline) <= 0 {
+		c.cause = timeoutCause(c.timeout)
+	}
+	cause := c.cause
+	if c.cause == nil {
+		c.cause = context.Canceled
+	}
+	c.made.end(context.Canceled)
+	return cause, cause != nil && errors.Is(cause, ErrTimeout)
+}
+
 // stopCause returns why the context ended, as the package's stopCause
 // does, without making its contexts; nil when it has not.
 func (c *checkCtx) stopCause() (error, bool) {
@@ -350,90 +387,121 @@ func (c *checkCtx) stopCause() (error, bool) {
 	return c.cause, c.cause != nil && errors.Is(c.cause, ErrTimeout)
 }
 
-// pokeFrame is what one poke needs, in one allocation.
+// pokeFrame is a runner's: the Try of its current check, reused from
+// one check to the next. Nothing a check's function is given points into
+// it, so reusing it cannot show one check's state to another.
 type pokeFrame struct {
-	t      Try
-	log    tryLog
-	lazy   lazyText
-	logger slog.Logger
-	outs   tryOutputs
+	t Try
+}
+
+// checkScope is everything one check's function can reach — its
+// dag.Context and, through it, the check's context, logger, log, outputs
+// and environment — with its deferral, made for each check in one
+// allocation. It is never reused: no rule can tell that a function let
+// go of what it was given (it may keep its *dag.Context in a variable, or
+// hand it to a goroutine that already runs, without calling anything), and
+// a Context kept past its check must go on showing that check's params
+// and ids, its ended context, a closed log and outputs — never the next
+// check's. Materialising the inner context (Done, Err, Value) or starting
+// goroutines are only some of the ways a check keeps them.
+type checkScope struct {
+	c      dag.Context
 	ctx    checkCtx
+	logger slog.Logger
+	lazy   lazyText
+	log    tryLog
+	outs   tryOutputs
 	def    Deferral
+
+	// What Environ needs beside the Context's info, and what it made.
+	task  *dag.Task
+	extra []string
+	env   atomic.Pointer[[]string]
 }
 
-func (f *pokeFrame) init() {
-	w := f.t.Log
-	if w == nil {
-		w = io.Discard
+// newCheckScope makes the scope of the check of t, its context under
+// base.
+func newCheckScope(base context.Context, t *Try) *checkScope {
+	sc := &checkScope{task: t.Task, extra: t.Env}
+	sc.log.w = t.Log
+	if sc.log.w == nil {
+		sc.log.w = io.Discard
 	}
-	f.log.w = w
-	f.lazy.w = f.log.records()
-	f.logger = *slog.New(&f.lazy)
-	f.outs.under, f.outs.self = f.t.Outputs, f.t.Info.TaskID
+	sc.lazy.log = &sc.log
+	sc.logger = *slog.New(&sc.lazy)
+	sc.outs.under, sc.outs.self = t.Outputs, t.Info.TaskID
+	sc.ctx.base = base
+	dag.InitContext(&sc.c, &sc.ctx, t.Info, &sc.logger, &sc.outs, sc)
+	return sc
 }
 
-// close ends the poke's log and outputs: an abandoned check writes
-// nowhere.
-func (f *pokeFrame) close() {
-	f.log.close()
-	f.outs.close()
+// Environ is the check's environment, made when it first reads it
+// (Getenv): most checks never do. Two reading it at once may both make
+// it; one is kept.
+func (sc *checkScope) Environ(info *dag.RunInfo) []string {
+	if env := sc.env.Load(); env != nil {
+		return *env
+	}
+	env := TaskEnv(Try{Task: sc.task, Env: sc.extra, Info: *info}, nil, nil)
+	sc.env.CompareAndSwap(nil, &env)
+	return *sc.env.Load()
 }
 
-// env is the poke's environment, made when the check reads it.
-func (f *pokeFrame) env() []string { return TaskEnv(f.t, nil, nil) }
+// close ends the check's log and outputs: an abandoned check, or a
+// function that kept its Context, writes nowhere.
+func (sc *checkScope) close() {
+	sc.log.close()
+	sc.outs.close()
+}
 
 // run runs the check on this goroutine and returns the poke's outcome,
 // as Run would for the try of a Sensor continued by time, its "not yet"
-// not logged.
-func (f *pokeFrame) run() Outcome {
+// not logged; now is when the check started.
+func (f *pokeFrame) run(sc *checkScope, now time.Time) Outcome {
 	t := &f.t
 	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
 		return failed(errors.New("poke: the task is not a Sensor"), true)
 	}
-	now := t.now()
-	if out, ok := waitTimedOut(*t, now); ok {
-		f.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
+	if t.Now != nil {
+		now = t.Now()
+	}
+	if out, ok := waitTimedOut(t, now); ok {
+		sc.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
 		return out
 	}
-	out := f.check()
+	out := f.check(sc)
 	if out.State == state.Deferred {
-		f.def = deferral(t, *out.Deferral, now)
-		out.Deferral = &f.def
+		sc.def = deferral(t, *out.Deferral, now)
+		out.Deferral = &sc.def
 	}
-	logOutcome(&f.logger, out, true)
+	logOutcome(&sc.logger, out, true)
 	return out
 }
 
 // check calls the Sensor's check and says what it answered.
-func (f *pokeFrame) check() Outcome {
+func (f *pokeFrame) check(sc *checkScope) Outcome {
 	task := f.t.Task
 	fn := task.SensorFn()
 	if fn == nil {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
 	}
-	c := dag.NewLazyEnvContext(&f.ctx, f.t.Info, &f.logger, &f.outs, f.env)
-	ok, err := callCheck(c, fn, f.log.records())
-	if d, has := f.ctx.Deadline(); has && !time.Now().Before(d) {
-		f.ctx.expire() // as a timer would have by now
-	}
-	if cause, timedOut := f.ctx.stopCause(); cause != nil {
-		if timedOut {
-			if err != nil {
-				cause = fmt.Errorf("%w (task returned: %v)", cause, err)
-			}
-			return Outcome{State: state.Failed, TimedOut: true, Err: cause}
+	ok, err := callCheck(&sc.c, fn, sc.log.records())
+	if cause, timedOut := sc.ctx.end(); timedOut {
+		if err != nil {
+			cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 		}
+		return Outcome{State: state.Failed, TimedOut: true, Err: cause}
 	}
 	switch {
 	case err != nil:
 		return classify(err)
 	case ok:
-		return Outcome{State: state.Success, Output: f.outs.value()}
+		return Outcome{State: state.Success, Output: sc.outs.value()}
 	case task.PokeInterval() >= 0:
-		f.def = Deferral{after: task.PokeInterval()}
-		return Outcome{State: state.Deferred, Deferral: &f.def}
+		sc.def = Deferral{after: task.PokeInterval()}
+		return Outcome{State: state.Deferred, Deferral: &sc.def}
 	}
-	return classify(c.Defer(dag.Wait{After: task.PokeInterval()}))
+	return classify(sc.c.Defer(dag.Wait{After: task.PokeInterval()}))
 }
 
 // callCheck calls a Sensor's check; a panic is an error, its value and

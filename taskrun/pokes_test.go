@@ -3,6 +3,7 @@ package taskrun_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,5 +195,107 @@ func TestPokesSpread(t *testing.T) {
 	}
 	if m := most.Load(); m != parallel {
 		t.Errorf("at most %d checks ran at once, want %d", m, parallel)
+	}
+}
+
+// TestPokesKeptContext: checks run one after another on one goroutine,
+// each keeping what it was given past its end — its *dag.Context in a
+// variable and in a goroutine (without calling anything on it while it
+// runs), and the context.Context behind it, made during the check (Done)
+// or not. What each kept goes on showing its own check, never the next
+// one's: its ids, params and environment, a context ended when its check
+// ended, a log that takes nothing more and outputs that refuse writes.
+// Each outcome's deferral stays its own too.
+func TestPokesKeptContext(t *testing.T) {
+	const n = 6
+	d := dag.New("kept")
+	type kept struct {
+		c      *dag.Context
+		done   <-chan struct{} // made during the check (odd checks)
+		fromGo chan string     // what the goroutine saw once released
+	}
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var prev *dag.Context
+	var prevSeen []string // TaskID of the kept Context, read by the next check
+	keeps := make([]kept, n)
+	tasks := make([]*dag.Task, n)
+	for i := range n {
+		tasks[i] = d.Sensor(fmt.Sprintf("s%d", i), func(c *dag.Context) (bool, error) {
+			mu.Lock()
+			if prev != nil {
+				prevSeen = append(prevSeen, prev.TaskID())
+			}
+			prev = c
+			mu.Unlock()
+			k := kept{c: c, fromGo: make(chan string, 1)}
+			if i%2 == 1 {
+				k.done = c.Done()
+			}
+			go func() {
+				<-release
+				p, _ := c.Param("i")
+				k.fromGo <- fmt.Sprintf("%s %v %s %v", c.TaskID(), p, c.Getenv("TRELLIS_TASK_ID"), c.Err())
+			}()
+			keeps[i] = k
+			return false, nil
+		}, dag.PokeInterval(time.Duration(i+1)*time.Second))
+	}
+	tries := make([]taskrun.Try, n)
+	logs := make([]syncBuffer, n)
+	for i := range tries {
+		tries[i] = taskrun.Try{Task: tasks[i], Info: info(fmt.Sprintf("s%d", i)), Log: &logs[i], Limit: time.Minute}
+		tries[i].Info.Params = map[string]any{"i": i}
+	}
+	before := time.Now()
+	outs := pokeAll(t, context.Background(), 1, tries)
+	for i, o := range outs {
+		if o.State != state.Deferred || o.Deferral == nil {
+			t.Fatalf("check %d = %+v, want deferred", i, o)
+		}
+		if next := o.Deferral.NextCheckAt.Sub(before); next < time.Duration(i+1)*time.Second || next > time.Duration(i+1)*time.Second+time.Minute {
+			t.Errorf("check %d: next check %v after the batch started, want its own interval %v", i, next, time.Duration(i+1)*time.Second)
+		}
+	}
+	for i, want := range prevSeen {
+		if want != fmt.Sprintf("s%d", i) {
+			t.Errorf("check %d read the Context check %d kept: task %q, want s%d", i+1, i, want, i)
+		}
+	}
+	close(release)
+	for i, k := range keeps {
+		if got, want := <-k.fromGo, fmt.Sprintf("s%d %d s%d %v", i, i, i, context.Canceled); got != want {
+			t.Errorf("goroutine of check %d saw %q, want %q", i, got, want)
+		}
+		if k.c.TaskID() != fmt.Sprintf("s%d", i) || k.c.Err() == nil {
+			t.Errorf("kept Context of check %d: task %q, err %v; want its own, ended", i, k.c.TaskID(), k.c.Err())
+		}
+		if k.done != nil {
+			select {
+			case <-k.done:
+			default:
+				t.Errorf("check %d: Done made during the check is still open", i)
+			}
+		}
+		k.c.Logger().Info("written after the check")
+		if err := k.c.SetOutput(i); err == nil {
+			t.Errorf("check %d: SetOutput after the check succeeded", i)
+		}
+		if strings.Contains(logs[i].String(), "after the check") {
+			t.Errorf("check %d: a kept Context still wrote to its log:\n%s", i, logs[i].String())
+		}
+	}
+}
+
+// TestPokesNoTask: a poke without a task fails permanently (it is not a
+// Sensor) instead of panicking, and the rest of the batch runs.
+func TestPokesNoTask(t *testing.T) {
+	s := dag.New("none").Sensor("s", func(*dag.Context) (bool, error) { return true, nil })
+	outs := pokeAll(t, context.Background(), 1, []taskrun.Try{{Info: info("x")}, {Task: s, Info: info("s")}})
+	if o := outs[0]; o.State != state.Failed || !o.Permanent {
+		t.Errorf("poke without a task = %+v, want failed permanently", o)
+	}
+	if o := outs[1]; o.State != state.Success {
+		t.Errorf("poke after it = %+v, want success", o)
 	}
 }

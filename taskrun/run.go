@@ -182,7 +182,7 @@ func run(ctx context.Context, t Try) Outcome {
 	defer cancel()
 
 	now := t.now()
-	if out, ok := waitTimedOut(t, now); ok {
+	if out, ok := waitTimedOut(&t, now); ok {
 		logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
 		return out
 	}
@@ -238,16 +238,16 @@ type timeoutCause time.Duration
 func (c timeoutCause) Error() string { return fmt.Sprintf("%v after %v", ErrTimeout, time.Duration(c)) }
 func (c timeoutCause) Unwrap() error { return ErrTimeout }
 
-// lazyText is a slog text handler at debug level on w, made when the
-// first record or derived logger needs it.
+// lazyText is a slog text handler at debug level on log's records, made
+// when the first record or derived logger needs it.
 type lazyText struct {
-	w    io.Writer
+	log  *tryLog
 	once sync.Once
 	h    slog.Handler
 }
 
 func (l *lazyText) handler() slog.Handler {
-	l.once.Do(func() { l.h = slog.NewTextHandler(l.w, &slog.HandlerOptions{Level: slog.LevelDebug}) })
+	l.once.Do(func() { l.h = slog.NewTextHandler(l.log.records(), &slog.HandlerOptions{Level: slog.LevelDebug}) })
 	return l.h
 }
 

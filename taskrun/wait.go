@@ -148,7 +148,7 @@ func approve(c *dag.Context, task *dag.Task) error {
 // waitTimedOut returns the outcome of a try that continues a wait whose
 // deadline has passed without an event: failed without retries, or
 // skipped with SoftFail. The task's code is not run.
-func waitTimedOut(t Try, now time.Time) (Outcome, bool) {
+func waitTimedOut(t *Try, now time.Time) (Outcome, bool) {
 	if t.Task == nil || !t.Info.WaitTimedOut(now) || t.Info.EventPayload != nil {
 		return Outcome{}, false
 	}
