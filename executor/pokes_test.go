@@ -82,3 +82,66 @@ func TestWorkerPokesSensors(t *testing.T) {
 		})
 	}
 }
+
+// TestPokeStandby: beside a poking worker, a standby worker's poke loop
+// leaves the pokes to it (it claims only pokes left pokeGap overdue, and
+// the poking worker claims every pokeGap); once the poking worker stops,
+// the standby takes the sensor over. Each worker has its own registry, so
+// the checks count which worker poked.
+func TestPokeStandby(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			st := openStore(t, be.url(t))
+			var poker, standby atomic.Int32
+			sensor := func(n *atomic.Int32) (*dag.DAG, *dag.Registry) {
+				d := dag.New("standby")
+				// Due every 200 ms; the poking worker looks every 100 ms
+				// (its PollInterval: with one sensor, the next due time it
+				// reads at a claim is the lease of the poke claimed), so it
+				// takes each poke within about 100 ms of its due time,
+				// 150 ms before the standby may.
+				d.Sensor("s", func(*dag.Context) (bool, error) { n.Add(1); return false, nil },
+					dag.PokeInterval(200*time.Millisecond), dag.SensorTimeout(time.Hour))
+				reg := dag.NewRegistry()
+				reg.Register(d)
+				return d, reg
+			}
+			d, pokerReg := sensor(&poker)
+			_, standbyReg := sensor(&standby)
+			syncDAGs(t, st, d)
+			defer retrier(t, st)()
+			const poll = 400 * time.Millisecond
+			p := newTestWorker(t, st, pokerReg, func(c *WorkerConfig) { c.PollInterval = 100 * time.Millisecond })
+			newTestWorker(t, st, standbyReg, func(c *WorkerConfig) { c.PokeStandby, c.PollInterval = true, poll })
+			startRun(t, st, d, "r", nil)
+
+			// Whichever worker ran the first try, the standby claims as a
+			// poking worker for PollInterval+pokeGap after (it scheduled
+			// the first poke); past that only the poking worker pokes.
+			deadline := time.Now().Add(10 * time.Second)
+			for poker.Load() < 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the poking worker poked %d times in 10 s (standby %d)", poker.Load(), standby.Load())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(poll + pokeGap)
+			p0, s0 := poker.Load(), standby.Load()
+			time.Sleep(2 * time.Second)
+			p1, s1 := poker.Load(), standby.Load()
+			if p1-p0 < 4 || s1 > s0 {
+				t.Fatalf("over 2 s beside a poking worker: the poking worker poked %d times, the standby %d; want at least 4 and 0",
+					p1-p0, s1-s0)
+			}
+
+			// The poking worker stops: the standby pokes.
+			p.Stop()
+			for deadline = time.Now().Add(10 * time.Second); standby.Load() < s1+3; {
+				if time.Now().After(deadline) {
+					t.Fatalf("after the poking worker stopped, the standby poked %d times in 10 s, want 3", standby.Load()-s1)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}

@@ -456,6 +456,9 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		ParentPID:         os.Getpid(),
 		Pool:              p.poolID,
 		Procs:             childProcs(runtime.GOMAXPROCS(0), p.cfg.Processes, p.cfg.DatabaseURL),
+		// The first child pokes; the others claim only what it leaves
+		// overdue: one batch a wake-up instead of one per child.
+		PokeStandby: index > 0,
 	}
 	own, theirs, err := socketPair()
 	if err != nil {

@@ -121,6 +121,7 @@ func TestChildConfigEnvRoundTrip(t *testing.T) {
 		WorkerID: "h-1-w0.0", Slots: 7, Hostname: "h",
 		HeartbeatInterval: 250 * time.Millisecond, Grace: 3 * time.Second, KillGrace: time.Second,
 		PollInterval: 2 * time.Second, MaxLeaks: 2, ParentPID: 99, Pool: "99-abc", Procs: 3,
+		PokeStandby: true,
 	}
 	env := map[string]string{}
 	for _, kv := range in.Env() {
