@@ -440,9 +440,10 @@ func (p *Pool) spawn(index, gen int) (*child, error) {
 	return r.c, r.err
 }
 
-func (p *Pool) startChild(index, gen int) (*child, error) {
+// childConfig is what child slot index, generation gen, is told.
+func (p *Pool) childConfig(index, gen int) ChildConfig {
 	id := fmt.Sprintf("%s-%d-w%d.%d", p.cfg.Hostname, os.Getpid(), index, gen)
-	cc := ChildConfig{
+	return ChildConfig{
 		WorkerID:          id,
 		DatabaseURL:       p.cfg.DatabaseURL,
 		Slots:             p.cfg.Slots,
@@ -460,6 +461,11 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		// overdue: one batch a wake-up instead of one per child.
 		PokeStandby: index > 0,
 	}
+}
+
+func (p *Pool) startChild(index, gen int) (*child, error) {
+	cc := p.childConfig(index, gen)
+	id := cc.WorkerID
 	own, theirs, err := socketPair()
 	if err != nil {
 		return nil, fmt.Errorf("start worker process %s: %w", id, err)
