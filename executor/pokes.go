@@ -21,11 +21,13 @@ import (
 // check (no try, no log, no change to the instance); true, an error or
 // the deadline end the try as a finish would, with the log of that poke.
 const (
-	// pokeBatch is the most pokes one claim takes: what falls due over
-	// one pokeGap at 10,000 pokes a second, so that a loop claims once
-	// per wake-up (each claim and record costs about 1 ms of worker CPU
-	// whatever its size: docs/benchmarks.md, Session 8: poke2).
-	pokeBatch = 2500
+	// pokeBatch is the most pokes one claim takes: twice what falls due
+	// over one pokeGap at 10,000 pokes a second, so that a loop claims
+	// once per wake-up (each claim and record costs about 1 ms of worker
+	// CPU whatever its size: docs/benchmarks.md, Session 8: poke2) even
+	// when one worker process of a pool takes every poke (PokeStandby)
+	// and wakes late.
+	pokeBatch = 5000
 	// pokeParallel bounds the checks running at once in a worker: they
 	// run one after another on one goroutine, and on more (up to this
 	// many) only while some take long (taskrun.Pokes).
