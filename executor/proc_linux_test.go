@@ -54,3 +54,23 @@ func TestChildrenFromTasks(t *testing.T) {
 		t.Error("childrenFromTasks of a process that does not exist said ok")
 	}
 }
+
+// BenchmarkChildrenOf: one listing of this process's children from the
+// kernel's per-thread lists and by reading every process's stat (what
+// the pool's reaper does every ReapInterval).
+func BenchmarkChildrenOf(b *testing.B) {
+	b.Run("tasks", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok := childrenFromTasks(os.Getpid()); !ok {
+				b.Skip("no lists of children")
+			}
+		}
+	})
+	b.Run("scan", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := childrenByScan(os.Getpid()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
