@@ -269,7 +269,9 @@ func (c *Channel) EventsDropped(n int) { c.dropped.Add(int64(n)) }
 
 // start sends reports until Close: each carries the finishes queued so far
 // (up to channelBatch) and running(); without finishes, one every
-// channelStatusInterval.
+// channelStatusInterval when running() or the drop count changed since the
+// last report (none while nothing changes: no write, and no wake-up of the
+// pool, every second).
 func (c *Channel) start(running func() int) {
 	c.startOnce.Do(func() { go c.loop(running) })
 }
@@ -280,9 +282,19 @@ func (c *Channel) loop(running func() int) {
 	tick := time.NewTicker(channelStatusInterval)
 	defer tick.Stop()
 	failing := false
+	// The counts the pool last got: none yet.
+	sentRunning, sentDropped := -1, int64(0)
 	send := func(batch []Finish) {
-		line = appendReport(line[:0], report{Finishes: batch, Running: running(), Dropped: c.dropped.Load()})
+		r := report{Finishes: batch, Running: running(), Dropped: c.dropped.Load()}
+		if len(batch) == 0 && r.Running == sentRunning && r.Dropped == sentDropped {
+			return // a status report with nothing new
+		}
+		line = appendReport(line[:0], r)
 		_, err := c.f.Write(line)
+		sentRunning, sentDropped = r.Running, r.Dropped
+		if err != nil {
+			sentRunning = -1 // say it again
+		}
 		switch {
 		case err != nil && !failing:
 			failing = true

@@ -1,7 +1,10 @@
 package executor
 
 import (
+	"bufio"
+	"errors"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,5 +140,57 @@ func TestLoadChildErrors(t *testing.T) {
 				t.Error("LoadChild accepted it")
 			}
 		})
+	}
+}
+
+// TestChannelStatusOnChange: without finishes, a child reports its
+// running count once it changed, and nothing while it stays the same (no
+// write, and no wake-up of the pool, every channelStatusInterval).
+func TestChannelStatusOnChange(t *testing.T) {
+	p, child, err := NewChannelPair("sqlite:x.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	fd, err := syscall.Dup(int(child.Fd()))
+	_ = child.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{EnvChild: "w-test", EnvChannelFD: strconv.Itoa(fd)}
+	_, ch, err := LoadChild(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	var running atomic.Int64
+	running.Store(2)
+	ch.start(func() int { return int(running.Load()) })
+	sc := bufio.NewScanner(p)
+	next := func(within time.Duration) (report, bool) {
+		t.Helper()
+		_ = p.SetReadDeadline(time.Now().Add(within))
+		if !sc.Scan() {
+			if !errors.Is(sc.Err(), os.ErrDeadlineExceeded) {
+				t.Fatalf("read a report: %v", sc.Err())
+			}
+			sc = bufio.NewScanner(p) // a scanner stops at its first error
+			return report{}, false
+		}
+		var r report
+		if err := parseReport(sc.Bytes(), &r); err != nil {
+			t.Fatalf("report %q: %v", sc.Bytes(), err)
+		}
+		return r, true
+	}
+	if r, ok := next(channelStatusInterval + time.Second); !ok || r.Running != 2 {
+		t.Fatalf("first status report %+v (%v), want running 2", r, ok)
+	}
+	if r, ok := next(2*channelStatusInterval + 500*time.Millisecond); ok {
+		t.Fatalf("a status report %+v while nothing changed", r)
+	}
+	running.Store(3)
+	if r, ok := next(channelStatusInterval + time.Second); !ok || r.Running != 3 {
+		t.Fatalf("status report %+v (%v) after the count changed, want running 3", r, ok)
 	}
 }

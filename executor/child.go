@@ -35,7 +35,10 @@ const (
 	EnvKillGrace         = "TRELLIS_WORKER_KILL_GRACE"
 	EnvMaxLeaks          = "TRELLIS_WORKER_MAX_LEAKS"
 	EnvPollInterval      = "TRELLIS_WORKER_POLL_INTERVAL"
-	EnvSpoolDir          = "TRELLIS_WORKER_SPOOL_DIR"
+	// EnvPokeStandby is "1" for a child whose poke loop stands by
+	// (WorkerConfig.PokeStandby).
+	EnvPokeStandby = "TRELLIS_WORKER_POKE_STANDBY"
+	EnvSpoolDir    = "TRELLIS_WORKER_SPOOL_DIR"
 	// EnvProcs is how many CPUs the child's Go runtime runs goroutines on
 	// at once (its GOMAXPROCS; see ApplyChildProcs).
 	EnvProcs = "TRELLIS_WORKER_PROCS"
@@ -79,6 +82,9 @@ type ChildConfig struct {
 	// Procs is the child's GOMAXPROCS (ApplyChildProcs); 0 leaves the
 	// runtime's default.
 	Procs int
+	// PokeStandby: the child's poke loop stands by for another child's
+	// (WorkerConfig.PokeStandby).
+	PokeStandby bool
 }
 
 // IsChild reports whether this process was started by a Pool as a worker
@@ -91,6 +97,10 @@ func IsChild() bool {
 // Env returns the environment variables that carry c, all but its
 // DatabaseURL.
 func (c ChildConfig) Env() []string {
+	standby := "0"
+	if c.PokeStandby {
+		standby = "1"
+	}
 	return []string{
 		EnvChild + "=" + c.WorkerID,
 		EnvSlots + "=" + strconv.Itoa(c.Slots),
@@ -104,6 +114,7 @@ func (c ChildConfig) Env() []string {
 		EnvParentPID + "=" + strconv.Itoa(c.ParentPID),
 		EnvPool + "=" + c.Pool,
 		EnvProcs + "=" + strconv.Itoa(c.Procs),
+		EnvPokeStandby + "=" + standby,
 	}
 }
 
@@ -155,6 +166,13 @@ func ChildConfigFromEnv(lookup func(string) (string, bool)) (ChildConfig, error)
 	c.Grace = dur(EnvGrace)
 	c.KillGrace = dur(EnvKillGrace)
 	c.PollInterval = dur(EnvPollInterval)
+	switch v := str(EnvPokeStandby, false); v {
+	case "", "0":
+	case "1":
+		c.PokeStandby = true
+	default:
+		problems = append(problems, fmt.Errorf("%s=%q, want 0 or 1", EnvPokeStandby, v))
+	}
 	if c.Slots < 0 {
 		problems = append(problems, fmt.Errorf("%s=%d, want at least 1", EnvSlots, c.Slots))
 	}
@@ -270,6 +288,7 @@ func RunChild(ctx context.Context, opts ChildOptions) int {
 		Grace:             c.Grace,
 		KillGrace:         c.KillGrace,
 		PollInterval:      c.PollInterval,
+		PokeStandby:       c.PokeStandby,
 		MaxLeaks:          c.MaxLeaks,
 		SpoolDir:          c.SpoolDir,
 		Events:            events,

@@ -83,6 +83,13 @@ type WorkerConfig struct {
 	KillGrace time.Duration
 	// PollInterval is the safety poll of the claim loop.
 	PollInterval time.Duration
+	// PokeStandby makes the poke loop stand by for the workers that poke:
+	// it claims only pokes already pokeGap overdue (those a poking worker
+	// would have claimed), every PollInterval while it finds none, every
+	// pokeGap while it does (see pokeLoop). A Pool sets it on every child
+	// but the first, so that one process takes whole batches while the
+	// others sleep.
+	PokeStandby bool
 	// FinishDelay, when positive, holds a finished result this long so
 	// that more results share its commit. Results that finish while a
 	// commit is in flight are always coalesced into the next one.

@@ -22,11 +22,13 @@ import (
 // check (no try, no log, no change to the instance); true, an error or
 // the deadline end the try as a finish would, with the log of that poke.
 const (
-	// pokeBatch is the most pokes one claim takes: what falls due over
-	// one pokeGap at 10,000 pokes a second, so that a loop claims once
-	// per wake-up (each claim and record costs about 1 ms of worker CPU
-	// whatever its size: docs/benchmarks.md, Session 8: poke2).
-	pokeBatch = 2500
+	// pokeBatch is the most pokes one claim takes: twice what falls due
+	// over one pokeGap at 10,000 pokes a second, so that a loop claims
+	// once per wake-up (each claim and record costs about 1 ms of worker
+	// CPU whatever its size: docs/benchmarks.md, Session 8: poke2) even
+	// when one worker process of a pool takes every poke (PokeStandby)
+	// and wakes late.
+	pokeBatch = 5000
 	// pokeParallel bounds the checks running at once in a worker: they
 	// run one after another on one goroutine, and on more (up to this
 	// many) only while some take long (taskrun.Pokes).
@@ -54,6 +56,20 @@ const (
 // until the next poke is due (at least pokeGap, at most PollInterval:
 // pokes deferred by other workers are found then), or until this worker
 // schedules one.
+//
+// With PokeStandby it stands by for the worker that pokes: it claims only
+// the pokes already pokeGap overdue — those the poking worker, claiming
+// every pokeGap, has left (it is busy, slow or gone) — every PollInterval
+// while it finds none and every pokeGap while it does; so a poke is at
+// most about pokeGap late while the poking worker keeps up, and the
+// standby takes over within PollInterval when it does not. Each wake-up
+// of a process costs a fixed share of CPU whatever its batch (the Go
+// runtime's sysmon polls for a millisecond after each; docs/benchmarks.md,
+// "Session 9: cycle"), so one worker taking whole batches while the
+// others sleep costs less than all taking a share at each their own
+// wake-up. For PollInterval after this worker schedules a poke it claims
+// as a poking worker does: by then the poking worker has claimed once and
+// read the new poke's due time.
 func (w *Worker) pokeLoop() {
 	t := w.cfg.Clock.NewTimer(0)
 	defer t.Stop()
@@ -83,13 +99,17 @@ func (w *Worker) pokeLoop() {
 			w.recordPokes(heldPokes, held) // stopping: one try, else their lease
 		}
 	}()
-	var last time.Time // the last claim
+	var last time.Time  // the last claim
+	var eager time.Time // with PokeStandby: claim as a poking worker until then
 	for {
 		select {
 		case <-w.stopping:
 			return
 		case <-t.C():
 		case <-w.pokeKick:
+			if w.cfg.PokeStandby {
+				eager = w.cfg.Clock.Now().Add(w.cfg.PollInterval + pokeGap)
+			}
 			// Look soon, but not more often than every pokeGap.
 			t.Stop()
 			if gap := pokeGap - w.cfg.Clock.Now().Sub(last); gap > 0 {
@@ -99,13 +119,18 @@ func (w *Worker) pokeLoop() {
 		}
 		now := w.cfg.Clock.Now()
 		last = now
+		standby := w.cfg.PokeStandby && !now.Before(eager)
+		due := now
+		if standby {
+			due = now.Add(-pokeGap)
+		}
 		wait := w.cfg.PollInterval
 		var pokes []store.Poke
 		var next time.Time
 		var outcomes []store.FinishOutcome
 		err := w.storeCall(func(ctx context.Context) error {
 			var e error
-			pokes, next, outcomes, e = w.cfg.Store.ClaimPokesAfter(ctx, w.self, held, pokeBatch, now, now.Add(pokeLease))
+			pokes, next, outcomes, e = w.cfg.Store.ClaimPokesAfter(ctx, w.self, held, pokeBatch, due, now.Add(pokeLease))
 			return e
 		})
 		if err != nil {
@@ -122,6 +147,11 @@ func (w *Worker) pokeLoop() {
 		switch {
 		case err == nil && len(pokes) == pokeBatch:
 			wait = 0 // a full batch: more are due now
+		case standby && len(pokes) > 0:
+			wait = pokeGap // the poking worker leaves pokes overdue: help
+		case standby:
+			// The poking worker keeps up (or nothing is due): its next
+			// due times are not this loop's.
 		case err == nil && !next.IsZero():
 			// Pokes due within pokeGap of each other go together.
 			wait = min(wait, max(next.Sub(w.cfg.Clock.Now()), pokeGap))

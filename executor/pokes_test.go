@@ -82,3 +82,72 @@ func TestWorkerPokesSensors(t *testing.T) {
 		})
 	}
 }
+
+// TestPokeStandby: beside a poking worker, a standby worker's poke loop
+// leaves the pokes to it (it claims only pokes left pokeGap overdue, and
+// the poking worker claims often enough to leave none); once the poking
+// worker stops, the standby takes the sensors over. Each worker has its
+// own registry, so the checks count which worker poked. (Without the
+// standby, the second worker would claim the pokes due at each of its
+// wake-ups, every pokeGap: a share of them.)
+func TestPokeStandby(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			st := openStore(t, be.url(t))
+			var poker, standby atomic.Int32
+			const sensors = 20
+			sensor := func(n *atomic.Int32) (*dag.DAG, *dag.Registry) {
+				d := dag.New("standby")
+				// Each due every 200 ms (100 pokes a second in all); the
+				// poking worker looks every 50 ms (its PollInterval), so
+				// it takes each poke within about 50 ms of its due time,
+				// 200 ms before the standby may.
+				for i := range sensors {
+					d.Sensor(fmt.Sprintf("s%d", i), func(*dag.Context) (bool, error) { n.Add(1); return false, nil },
+						dag.PokeInterval(200*time.Millisecond), dag.SensorTimeout(time.Hour))
+				}
+				reg := dag.NewRegistry()
+				reg.Register(d)
+				return d, reg
+			}
+			d, pokerReg := sensor(&poker)
+			_, standbyReg := sensor(&standby)
+			syncDAGs(t, st, d)
+			defer retrier(t, st)()
+			const poll = 400 * time.Millisecond
+			p := newTestWorker(t, st, pokerReg, func(c *WorkerConfig) { c.PollInterval = 50 * time.Millisecond })
+			newTestWorker(t, st, standbyReg, func(c *WorkerConfig) { c.PokeStandby, c.PollInterval = true, poll })
+			startRun(t, st, d, "r", nil)
+
+			// Whichever worker ran a first try, the standby claims as a
+			// poking worker for PollInterval+pokeGap after (it scheduled
+			// the first poke); past that only the poking worker pokes.
+			deadline := time.Now().Add(10 * time.Second)
+			for poker.Load() < 2*sensors {
+				if time.Now().After(deadline) {
+					t.Fatalf("the poking worker poked %d times in 10 s (standby %d)", poker.Load(), standby.Load())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(poll + pokeGap)
+			p0, s0 := poker.Load(), standby.Load()
+			time.Sleep(2 * time.Second)
+			p1, s1 := poker.Load(), standby.Load()
+			// A poke or two of the standby are let pass: pokes the poking
+			// worker left 250 ms overdue on a loaded machine are its.
+			if p1-p0 < 40 || s1-s0 > 2 {
+				t.Fatalf("over 2 s beside a poking worker: the poking worker poked %d times, the standby %d; want at least 40 and at most 2",
+					p1-p0, s1-s0)
+			}
+
+			// The poking worker stops: the standby pokes.
+			p.Stop()
+			for deadline = time.Now().Add(10 * time.Second); standby.Load() < s1+2*sensors; {
+				if time.Now().After(deadline) {
+					t.Fatalf("after the poking worker stopped, the standby poked %d times in 10 s, want %d", standby.Load()-s1, 2*sensors)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}

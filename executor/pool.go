@@ -440,9 +440,10 @@ func (p *Pool) spawn(index, gen int) (*child, error) {
 	return r.c, r.err
 }
 
-func (p *Pool) startChild(index, gen int) (*child, error) {
+// childConfig is what child slot index, generation gen, is told.
+func (p *Pool) childConfig(index, gen int) ChildConfig {
 	id := fmt.Sprintf("%s-%d-w%d.%d", p.cfg.Hostname, os.Getpid(), index, gen)
-	cc := ChildConfig{
+	return ChildConfig{
 		WorkerID:          id,
 		DatabaseURL:       p.cfg.DatabaseURL,
 		Slots:             p.cfg.Slots,
@@ -456,7 +457,15 @@ func (p *Pool) startChild(index, gen int) (*child, error) {
 		ParentPID:         os.Getpid(),
 		Pool:              p.poolID,
 		Procs:             childProcs(runtime.GOMAXPROCS(0), p.cfg.Processes, p.cfg.DatabaseURL),
+		// The first child pokes; the others claim only what it leaves
+		// overdue: one batch a wake-up instead of one per child.
+		PokeStandby: index > 0,
 	}
+}
+
+func (p *Pool) startChild(index, gen int) (*child, error) {
+	cc := p.childConfig(index, gen)
+	id := cc.WorkerID
 	own, theirs, err := socketPair()
 	if err != nil {
 		return nil, fmt.Errorf("start worker process %s: %w", id, err)

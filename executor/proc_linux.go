@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,8 +32,57 @@ func becomeSubreaper() error {
 	return nil
 }
 
-// childrenOf lists the processes whose parent is ppid.
+// childrenOf lists the processes whose parent is ppid: from the kernel's
+// list of each of its threads' children (/proc/PID/task/TID/children) when
+// the kernel keeps them, a few small reads; else by reading the stat of
+// every process of the machine. A child that starts or exits during the
+// call may be missed (the lists are not a snapshot); the supervisor scans
+// again every ReapInterval.
 func childrenOf(ppid int) ([]procInfo, error) {
+	if out, ok := childrenFromTasks(ppid); ok {
+		return out, nil
+	}
+	return childrenByScan(ppid)
+}
+
+// childrenFromTasks reads the children of ppid from the lists of its
+// threads (a process re-parented to a subreaper goes to one of its
+// threads); ok is false when the kernel has no such lists
+// (CONFIG_PROC_CHILDREN) or ppid is gone.
+func childrenFromTasks(ppid int) (out []procInfo, ok bool) {
+	dir := filepath.Join("/proc", strconv.Itoa(ppid), "task")
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, false
+	}
+	listed := false
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "children"))
+		if err != nil {
+			continue // the thread exited meanwhile, or no lists at all (below)
+		}
+		listed = true
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join("/proc", f, "stat"))
+			if err != nil {
+				continue // exited meanwhile
+			}
+			p, err := parseStat(b)
+			if err != nil || p.PID != pid || p.PPID != ppid {
+				continue
+			}
+			out = append(out, p)
+		}
+	}
+	return out, listed
+}
+
+// childrenByScan finds the children of ppid in the stat of every process.
+func childrenByScan(ppid int) ([]procInfo, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/trellis-dag/trellis/internal/testdb"
 	"os/exec"
 	"reflect"
 	"runtime"
@@ -121,6 +122,7 @@ func TestChildConfigEnvRoundTrip(t *testing.T) {
 		WorkerID: "h-1-w0.0", Slots: 7, Hostname: "h",
 		HeartbeatInterval: 250 * time.Millisecond, Grace: 3 * time.Second, KillGrace: time.Second,
 		PollInterval: 2 * time.Second, MaxLeaks: 2, ParentPID: 99, Pool: "99-abc", Procs: 3,
+		PokeStandby: true,
 	}
 	env := map[string]string{}
 	for _, kv := range in.Env() {
@@ -177,17 +179,19 @@ func TestApplyChildProcs(t *testing.T) {
 
 func TestChildConfigFromEnvErrors(t *testing.T) {
 	env := map[string]string{
-		EnvSlots:     "many",
-		EnvGrace:     "soon",
-		EnvKillGrace: "-1s",
-		EnvProcs:     "-2",
+		EnvSlots:       "many",
+		EnvGrace:       "soon",
+		EnvKillGrace:   "-1s",
+		EnvProcs:       "-2",
+		EnvPokeStandby: "yes",
 	}
 	_, err := ChildConfigFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err == nil {
 		t.Fatal("ChildConfigFromEnv accepted a broken environment")
 	}
 	for _, want := range []string{EnvChild + " is not set",
-		EnvSlots + `="many"`, EnvGrace + `="soon"`, EnvKillGrace + `="-1s"`, EnvProcs + "=-2"} {
+		EnvSlots + `="many"`, EnvGrace + `="soon"`, EnvKillGrace + `="-1s"`, EnvProcs + "=-2",
+		EnvPokeStandby + `="yes"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -388,5 +392,23 @@ func TestChildEnviron(t *testing.T) {
 	}
 	if got := connEnviron(environ); !reflect.DeepEqual(got, []string{"PGPASSWORD=pw", "PGSSLMODE=require"}) {
 		t.Errorf("connEnviron = %q", got)
+	}
+}
+
+// TestPoolChildPokeStandby: a pool's first child pokes, the others stand
+// by (WorkerConfig.PokeStandby), whatever their generation.
+func TestPoolChildPokeStandby(t *testing.T) {
+	p, err := NewPool(PoolConfig{Store: openStore(t, testdb.SQLite(t)), DatabaseURL: "sqlite:x.db", Processes: 3,
+		Executable: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		index, gen int
+		standby    bool
+	}{{0, 0, false}, {0, 4, false}, {1, 0, true}, {2, 1, true}} {
+		if got := p.childConfig(tc.index, tc.gen).PokeStandby; got != tc.standby {
+			t.Errorf("child %d.%d: PokeStandby %v, want %v", tc.index, tc.gen, got, tc.standby)
+		}
 	}
 }

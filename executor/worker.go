@@ -53,6 +53,7 @@ type Worker struct {
 
 	kick      chan struct{} // queued work may exist
 	pokeKick  chan struct{} // this worker scheduled a poke
+	logWake   chan struct{} // a try was launched: its log may need flushing
 	slotFreed chan struct{} // a try returned
 	stopping  chan struct{} // closed when Stop begins
 	halted    chan struct{} // closed by Halt
@@ -122,6 +123,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		active:    map[int64]*activeTry{},
 		kick:      make(chan struct{}, 1),
 		pokeKick:  make(chan struct{}, 1),
+		logWake:   make(chan struct{}, 1),
 		slotFreed: make(chan struct{}, 1),
 		stopping:  make(chan struct{}),
 		halted:    make(chan struct{}),
@@ -486,6 +488,7 @@ func (w *Worker) launchAll(claimed []store.Claimed) {
 // launch starts the goroutine of one claimed try; false when the worker
 // is shutting down (nothing started).
 func (w *Worker) launch(c store.Claimed) bool {
+	notify(w.logWake)
 	key := store.Try{ID: c.ID, TryNumber: c.TryNumber}
 	ctx, cancel := context.WithCancel(w.ctx)
 	a := &activeTry{claim: c, key: key, ctx: ctx, cancel: cancel, running: true}
@@ -872,18 +875,34 @@ func (w *Worker) heartbeat() {
 	}
 }
 
-// logFlushLoop sends buffered task log output every LogFlushInterval.
+// logFlushLoop sends buffered task log output every LogFlushInterval
+// while tries run. While none runs its timer is off (no wake-up of the
+// process every LogFlushInterval for nothing, as while only Sensors'
+// pokes cycle: pokes keep their logs themselves); launching a try wakes
+// it (logWake).
 func (w *Worker) logFlushLoop() {
 	t := w.cfg.Clock.NewTimer(w.cfg.LogFlushInterval)
 	defer t.Stop()
+	armed := true
 	for {
+		var tick <-chan time.Time
+		if armed {
+			tick = t.C()
+		}
 		select {
 		case <-w.loopsStop:
 			return
-		case <-t.C():
+		case <-w.logWake:
+			if !armed {
+				armed = true
+				t.Reset(w.cfg.LogFlushInterval)
+			}
+		case <-tick:
 			w.mu.Lock()
 			logs := make([]*taskLog, 0, len(w.active))
+			running := false
 			for _, a := range w.active {
+				running = running || a.running
 				if a.running && a.log.pending() {
 					logs = append(logs, a.log)
 				}
@@ -892,7 +911,10 @@ func (w *Worker) logFlushLoop() {
 			for _, l := range logs {
 				l.flush()
 			}
-			t.Reset(w.cfg.LogFlushInterval)
+			// A try launched after the look above has sent logWake.
+			if armed = running; armed {
+				t.Reset(w.cfg.LogFlushInterval)
+			}
 		}
 	}
 }

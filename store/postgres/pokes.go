@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,15 +238,39 @@ const pokesAgainSQL = `
 
 // int8Array writes vs as the text of a PostgreSQL bigint[].
 func int8Array(vs []int64) string {
-	b := make([]byte, 0, 2+len(vs)*12)
-	b = append(b, '{')
-	for i, v := range vs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, v, 10)
+	var a int8ArrayText
+	a.grow(len(vs), 12)
+	for _, v := range vs {
+		a.add(v)
 	}
-	return string(append(b, '}'))
+	return a.text()
+}
+
+// int8ArrayText builds the text of a PostgreSQL bigint[] in one buffer
+// that becomes the string (strings.Builder: no copy at the end).
+type int8ArrayText struct {
+	b strings.Builder
+}
+
+// grow makes room for n values of about digits characters each.
+func (a *int8ArrayText) grow(n, digits int) { a.b.Grow(2 + n*(digits+1)) }
+
+func (a *int8ArrayText) add(v int64) {
+	if a.b.Len() == 0 {
+		a.b.WriteByte('{')
+	} else {
+		a.b.WriteByte(',')
+	}
+	var d [20]byte
+	a.b.Write(strconv.AppendInt(d[:0], v, 10))
+}
+
+func (a *int8ArrayText) text() string {
+	if a.b.Len() == 0 {
+		return "{}"
+	}
+	a.b.WriteByte('}')
+	return a.b.String()
 }
 
 // FinishPokes records poke results in one transaction: the final ones
@@ -397,22 +422,32 @@ func notYetOutcomes(results []store.PokeResult, missed map[int64]bool) []store.F
 // instances, leases and next checks, in instance id order (the order
 // FinishPokes's transaction locks rows in).
 func pokesAgainArgs(results []store.PokeResult) [3]string {
-	ids, leases, due := make([]int64, len(results)), make([]int64, len(results)), make([]int64, len(results))
-	for i, r := range results {
-		ids[i], leases[i], due[i] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
+	// Claims come in id order (claimPokesSQL), so results usually do:
+	// the three arrays are written straight from them.
+	var ids, leases, due int8ArrayText
+	ids.grow(len(results), 8)
+	leases.grow(len(results), 2)
+	due.grow(len(results), 16)
+	add := func(r *store.PokeResult) {
+		ids.add(r.ID)
+		leases.add(r.Lease)
+		due.add(r.Result.Deferral.NextCheckAt.UnixMicro())
 	}
-	if !slices.IsSorted(ids) {
+	if slices.IsSortedFunc(results, func(a, b store.PokeResult) int { return cmp.Compare(a.ID, b.ID) }) {
+		for i := range results {
+			add(&results[i])
+		}
+	} else {
 		order := make([]int, len(results))
 		for i := range order {
 			order[i] = i
 		}
 		slices.SortFunc(order, func(a, b int) int { return cmp.Compare(results[a].ID, results[b].ID) })
-		for k, i := range order {
-			r := results[i]
-			ids[k], leases[k], due[k] = r.ID, r.Lease, r.Result.Deferral.NextCheckAt.UnixMicro()
+		for _, i := range order {
+			add(&results[i])
 		}
 	}
-	return [3]string{int8Array(ids), int8Array(leases), int8Array(due)}
+	return [3]string{ids.text(), leases.text(), due.text()}
 }
 
 // requeueDeferredTries queues again, resumed, the instances ids that are
