@@ -63,19 +63,9 @@ func childrenFromTasks(ppid int) (out []procInfo, ok bool) {
 		}
 		listed = true
 		for _, f := range strings.Fields(string(b)) {
-			pid, err := strconv.Atoi(f)
-			if err != nil {
-				continue
+			if p, ok := childStat(f, ppid); ok {
+				out = append(out, p)
 			}
-			b, err := os.ReadFile(filepath.Join("/proc", f, "stat"))
-			if err != nil {
-				continue // exited meanwhile
-			}
-			p, err := parseStat(b)
-			if err != nil || p.PID != pid || p.PPID != ppid {
-				continue
-			}
-			out = append(out, p)
 		}
 	}
 	return out, listed
@@ -89,21 +79,30 @@ func childrenByScan(ppid int) ([]procInfo, error) {
 	}
 	var out []procInfo
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+		if p, ok := childStat(e.Name(), ppid); ok {
+			out = append(out, p)
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue // exited meanwhile
-		}
-		p, err := parseStat(b)
-		if err != nil || p.PID != pid || p.PPID != ppid {
-			continue
-		}
-		out = append(out, p)
 	}
 	return out, nil
+}
+
+// childStat reads the stat of process name (a /proc entry); ok is false
+// when name is not a process, it exited meanwhile or ppid is not its
+// parent.
+func childStat(name string, ppid int) (procInfo, bool) {
+	pid, err := strconv.Atoi(name)
+	if err != nil {
+		return procInfo{}, false
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", name, "stat"))
+	if err != nil {
+		return procInfo{}, false
+	}
+	p, err := parseStat(b)
+	if err != nil || p.PID != pid || p.PPID != ppid {
+		return procInfo{}, false
+	}
+	return p, true
 }
 
 // processEnvironHas reports whether process pid was started with the
