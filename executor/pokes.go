@@ -158,6 +158,11 @@ func (w *Worker) pokeLoop() {
 		}
 		if len(pokes) > 0 {
 			results := w.runPokes(ctx, pokes)
+			if at := earliestNext(results); !standby && !at.IsZero() {
+				// The store's next due time counts these pokes' leases,
+				// not the next checks they just chose.
+				wait = min(wait, max(at.Sub(w.cfg.Clock.Now()), pokeGap))
+			}
 			if wait <= pokeGap && allNotYet(results) {
 				// The buffer of results two batches back is reused by
 				// the next batch: its record must have ended.
@@ -180,6 +185,21 @@ func (w *Worker) recordAsync(recording chan struct{}, pokes []store.Poke, result
 		defer func() { <-recording }()
 		w.recordPokes(pokes, results)
 	}()
+}
+
+// earliestNext is the earliest next check among the "not yet" results
+// (zero when there is none).
+func earliestNext(results []store.PokeResult) time.Time {
+	var at time.Time
+	for _, r := range results {
+		if r.Requeue || r.Result.State != state.Deferred {
+			continue
+		}
+		if n := r.Result.Deferral.NextCheckAt; !n.IsZero() && (at.IsZero() || n.Before(at)) {
+			at = n
+		}
+	}
+	return at
 }
 
 // allNotYet says whether every result is a "not yet" (ClaimPokesAfter

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -79,6 +80,43 @@ func TestWorkerPokesSensors(t *testing.T) {
 				t.Errorf("the log of three keeps a \"not yet\" poke:\n%s", log)
 			}
 			waitLog(t, st, "sensors", "r", "flaky", 1, "the check broke")
+		})
+	}
+}
+
+// TestSparseSensorPokedOnTime: a lone sensor is poked again about its
+// interval after each poke, not at the poke loop's PollInterval (the
+// store's next due time is then the lease of the poke in flight, a
+// minute on).
+func TestSparseSensorPokedOnTime(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			st := openStore(t, be.url(t))
+			var mu sync.Mutex
+			var at []time.Time
+			d := dag.New("sparse")
+			d.Sensor("lone", func(*dag.Context) (bool, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				at = append(at, time.Now())
+				return len(at) == 4, nil
+			}, dag.PokeInterval(100*time.Millisecond))
+			reg := dag.NewRegistry()
+			reg.Register(d)
+			syncDAGs(t, st, d)
+			newTestWorker(t, st, reg, func(c *WorkerConfig) { c.PollInterval = 5 * time.Second })
+			startRun(t, st, d, "r", nil)
+			if run := waitRun(t, st, "sparse", "r", 30*time.Second); run.State != state.RunSuccess {
+				t.Fatalf("run %s, want success", run.State)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			// Interval + pokeGap + a claim: well under the 5 s PollInterval.
+			for i := 2; i < len(at); i++ {
+				if gap := at[i].Sub(at[i-1]); gap > 2*time.Second {
+					t.Errorf("poke %d came %v after the one before, want about 100 ms + pokeGap (not PollInterval)", i+1, gap)
+				}
+			}
 		})
 	}
 }
