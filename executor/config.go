@@ -84,7 +84,7 @@ type WorkerConfig struct {
 	// PollInterval is the safety poll of the claim loop.
 	PollInterval time.Duration
 	// PokeStandby makes the poke loop stand by for the workers that poke:
-	// it claims only pokes already pokeGap overdue (those a poking worker
+	// it claims only pokes already pokeStandbyLate overdue (those a poking worker
 	// would have claimed), every PollInterval while it finds none, every
 	// pokeGap while it does (see pokeLoop). A Pool sets it on every child
 	// but the first, so that one process takes whole batches while the

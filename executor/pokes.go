@@ -47,6 +47,13 @@ const (
 	// rescheduled sensors run at the scheduler's next loop, seconds late);
 	// events do not wait for it (they resume through the scheduler).
 	pokeGap = 250 * time.Millisecond
+	// pokeStandbyLate is how overdue a poke must be before a standby poke
+	// loop (PokeStandby) takes it: well over what a poking worker that
+	// keeps up leaves (pokeGap, its claim's round trip and the batch
+	// before), so that the standby does not take, batch after batch, the
+	// few pokes due just before each of the poking worker's claims, and
+	// wake every pokeGap to do it.
+	pokeStandbyLate = 2 * pokeGap
 	// pokeLogBytes is how much of one poke's log is kept for the finish
 	// that ends the wait.
 	pokeLogBytes = 64 << 10
@@ -58,11 +65,11 @@ const (
 // schedules one.
 //
 // With PokeStandby it stands by for the worker that pokes: it claims only
-// the pokes already pokeGap overdue — those the poking worker, claiming
-// every pokeGap, has left (it is busy, slow or gone) — every PollInterval
-// while it finds none and every pokeGap while it does; so a poke is at
-// most about pokeGap late while the poking worker keeps up, and the
-// standby takes over within PollInterval when it does not. Each wake-up
+// the pokes already pokeStandbyLate overdue — those the poking worker,
+// claiming every pokeGap, has left (it is busy, slow or gone) — every
+// PollInterval while it finds none and every pokeGap while it does; so a
+// poke is at most about pokeGap late while the poking worker keeps up,
+// and the standby takes over within PollInterval when it does not. Each wake-up
 // of a process costs a fixed share of CPU whatever its batch (the Go
 // runtime's sysmon polls for a millisecond after each; docs/benchmarks.md,
 // "Session 9: cycle"), so one worker taking whole batches while the
@@ -122,7 +129,7 @@ func (w *Worker) pokeLoop() {
 		standby := w.cfg.PokeStandby && !now.Before(eager)
 		due := now
 		if standby {
-			due = now.Add(-pokeGap)
+			due = now.Add(-pokeStandbyLate)
 		}
 		wait := w.cfg.PollInterval
 		var pokes []store.Poke

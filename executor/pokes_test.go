@@ -122,7 +122,7 @@ func TestSparseSensorPokedOnTime(t *testing.T) {
 }
 
 // TestPokeStandby: beside a poking worker, a standby worker's poke loop
-// leaves the pokes to it (it claims only pokes left pokeGap overdue, and
+// leaves the pokes to it (it claims only pokes left pokeStandbyLate overdue, and
 // the poking worker claims often enough to leave none); once the poking
 // worker stops, the standby takes the sensors over. Each worker has its
 // own registry, so the checks count which worker poked. (Without the
@@ -172,7 +172,7 @@ func TestPokeStandby(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			p1, s1 := poker.Load(), standby.Load()
 			// A poke or two of the standby are let pass: pokes the poking
-			// worker left 250 ms overdue on a loaded machine are its.
+			// worker left pokeStandbyLate overdue on a loaded machine are its.
 			if p1-p0 < 40 || s1-s0 > 2 {
 				t.Fatalf("over 2 s beside a poking worker: the poking worker poked %d times, the standby %d; want at least 40 and at most 2",
 					p1-p0, s1-s0)
