@@ -7,11 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
@@ -20,16 +18,18 @@ import (
 // claimPokesSQL leases ($3 until, under a new lease) up to $2 poke rows
 // due at $1, through the due index, skipping rows another claim holds.
 // A due row whose instance is no longer deferred on its try (continued,
-// cleared, marked, deleted) is deleted instead. The run's columns (DAG,
-// run id, dates, conf) go with the first poke of each run only (NULL on
-// the others, copied in Go): fewer values to send and decode per poke.
-// The instance's columns come from the due scan, which reads each
-// instance through its key already (a second join would hash the whole
-// table when it is small).
+// cleared, marked, deleted) is deleted instead. The claimed pokes come
+// back as one row of arrays in instance id order (instance, try, lease,
+// run, task id, deadline), then the arrays of their runs' columns (id,
+// DAG, run id, dates, conf), each run once: one row of a few arrays to
+// read in Go instead of a row of twelve values per poke. The instance's
+// columns come from the due scan, which reads each instance through its
+// key already (a second join would hash the whole table when it is
+// small).
 const claimPokesSQL = `
 	WITH due AS MATERIALIZED (
 		SELECT p.ti_id, coalesce(t.state = 'deferred' AND t.try_number = p.try_number, false) AS live,
-			t.run_id, t.task_id, t.dag_id, t.trigger_timeout
+			t.run_id, t.task_id, t.trigger_timeout
 		FROM sensor_pokes p LEFT JOIN task_instances t ON t.id = p.ti_id
 		WHERE p.due_at <= $1
 		ORDER BY p.due_at
@@ -39,16 +39,17 @@ const claimPokesSQL = `
 	u AS (
 		UPDATE sensor_pokes p SET due_at = $3, lease = p.lease + 1 FROM due
 		WHERE p.ti_id = due.ti_id AND due.live
-		RETURNING p.ti_id, p.try_number, p.lease)
-	SELECT ti_id, try_number, lease, run_id, task_id, trigger_timeout,
-		CASE WHEN first THEN dag_id END, CASE WHEN first THEN dag_run_id END,
-		CASE WHEN first THEN logical_date END, CASE WHEN first THEN interval_start END,
-		CASE WHEN first THEN interval_end END, CASE WHEN first THEN conf END
-	FROM (SELECT u.ti_id, u.try_number, u.lease, d.run_id, d.task_id, d.trigger_timeout, d.dag_id,
-			r.run_id AS dag_run_id, r.logical_date, r.interval_start, r.interval_end, r.conf,
-			row_number() OVER (PARTITION BY d.run_id ORDER BY d.ti_id) = 1 AS first
-		FROM u JOIN due d ON d.ti_id = u.ti_id JOIN dag_runs r ON r.id = d.run_id) x
-	ORDER BY ti_id`
+		RETURNING p.ti_id, p.try_number, p.lease),
+	c AS MATERIALIZED (
+		SELECT u.ti_id, u.try_number, u.lease, d.run_id, d.task_id, d.trigger_timeout
+		FROM u JOIN due d ON d.ti_id = u.ti_id JOIN dag_runs r ON r.id = d.run_id
+		ORDER BY u.ti_id)
+	SELECT p.*, r.*
+	FROM (SELECT array_agg(ti_id), array_agg(try_number), array_agg(lease), array_agg(run_id),
+			array_agg(task_id), array_agg(trigger_timeout) FROM c) p,
+		(SELECT array_agg(id), array_agg(dag_id), array_agg(run_id), array_agg(logical_date),
+			array_agg(interval_start), array_agg(interval_end), array_agg(conf::text)
+		FROM dag_runs WHERE id IN (SELECT run_id FROM c)) r`
 
 // nextPokeSQL is the earliest due time of the poke rows (leases
 // included: a lease that runs out is due again).
@@ -87,13 +88,9 @@ func (s *Store) claimPokes(ctx context.Context, w store.Worker, notYet []store.P
 	if len(notYet) > 0 {
 		again = pokesAgainArgs(notYet)
 	}
-	// Rows are read into a scratch slice kept between claims and copied
-	// out at their number: no slice grown by doubling per claim.
-	scratch := pokeScratch.get()
-	defer func() { pokeScratch.put(scratch) }()
+	cols := pokeColumnsKept.get()
+	defer pokeColumnsKept.put(cols)
 	err := s.retry(ctx, fmt.Sprintf("claim pokes for worker %q", w.ID), func() error {
-		out, next = scratch[:0], nil
-		defer func() { scratch = out }()
 		b := &pgx.Batch{}
 		if len(notYet) > 0 {
 			b.Queue(pokesAgainSQL, again[0], again[1], again[2])
@@ -112,41 +109,18 @@ func (s *Store) claimPokes(ctx context.Context, w store.Worker, notYet []store.P
 		if err != nil {
 			return err
 		}
-		runs := map[int64]int{} // the first poke of each run in out, with the run's columns
-		// Scanned into the same variables row after row: no allocation
-		// per row but the task id's string.
-		var (
-			p                             store.Poke
-			conf                          []byte
-			deadline, logical, start, end pgtype.Timestamptz
-			dagID, runID                  pgtype.Text
-		)
-		for rows.Next() {
-			p, conf = store.Poke{}, nil
-			if err := rows.Scan(&p.ID, &p.TryNumber, &p.Lease, &p.RunID, &p.TaskID, &deadline,
-				&dagID, &runID, &logical, &start, &end, &conf); err != nil {
-				rows.Close()
+		if !rows.Next() {
+			rows.Close()
+			if err := rows.Err(); err != nil {
 				return err
 			}
-			if deadline.Valid {
-				p.TriggerTimeout = deadline.Time.UTC()
-			}
-			if k, ok := runs[p.RunID]; ok {
-				first := &out[k]
-				p.DAGID, p.DAGRunID = first.DAGID, first.DAGRunID
-				p.LogicalDate, p.IntervalStart, p.IntervalEnd = first.LogicalDate, first.IntervalStart, first.IntervalEnd
-			} else if dagID.Valid && runID.Valid && logical.Valid && start.Valid && end.Valid {
-				p.DAGID, p.DAGRunID = dagID.String, runID.String
-				p.LogicalDate, p.IntervalStart, p.IntervalEnd = logical.Time.UTC(), start.Time.UTC(), end.Time.UTC()
-				p.Conf = conf
-				runs[p.RunID] = len(out)
-			} else {
-				rows.Close()
-				return fmt.Errorf("claimed poke of instance %d came without its run's columns", p.ID)
-			}
-			out = append(out, p)
+			return fmt.Errorf("claim of pokes returned no row")
 		}
+		err = cols.read(rows)
 		rows.Close()
+		if err != nil {
+			return err
+		}
 		if err := rows.Err(); err != nil {
 			return err
 		}
@@ -158,10 +132,8 @@ func (s *Store) claimPokes(ctx context.Context, w store.Worker, notYet []store.P
 	if err != nil {
 		return nil, time.Time{}, nil, err
 	}
-	if len(out) == 0 {
-		out = nil
-	} else {
-		out = slices.Clone(out)
+	if out, err = cols.pokes(); err != nil {
+		return nil, time.Time{}, nil, err
 	}
 	s.vacuumPokes(ctx, len(out))
 	var outcomes []store.FinishOutcome
@@ -172,34 +144,6 @@ func (s *Store) claimPokes(ctx context.Context, w store.Worker, notYet []store.P
 		return out, time.Time{}, outcomes, nil
 	}
 	return out, next.UTC(), outcomes, nil
-}
-
-// pokeScratch keeps a slice ClaimPokes reads rows into (a poke loop
-// claims one batch at a time; a sync.Pool would drop it at every other
-// collection, which these batches cause often).
-var pokeScratch scratchPokes
-
-type scratchPokes struct {
-	mu   sync.Mutex
-	kept []store.Poke
-}
-
-func (k *scratchPokes) get() []store.Poke {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	s := k.kept
-	k.kept = nil
-	return s
-}
-
-// put keeps s, emptied (no strings held), unless a larger one is kept.
-func (k *scratchPokes) put(s []store.Poke) {
-	clear(s)
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if cap(s) > cap(k.kept) {
-		k.kept = s[:0]
-	}
 }
 
 // pokesStartSQL moves the instances whose poke ended their wait from
@@ -489,11 +433,14 @@ func collectIDs(rows pgx.Rows, err error) (map[int64]bool, error) {
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[int64]bool{}
+	var out map[int64]bool // nil while empty (usually): no map per call
 	var id int64
 	for rows.Next() {
 		if err := rows.Scan(&id); err != nil {
 			return nil, err
+		}
+		if out == nil {
+			out = map[int64]bool{}
 		}
 		out[id] = true
 	}
