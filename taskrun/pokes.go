@@ -2,6 +2,7 @@ package taskrun
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -140,7 +141,7 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 		grace = DefaultKillGrace
 	}
 	now := time.Now()
-	sc := newCheckScope(b.base, &f.t)
+	sc := newCheckScope(&b.base, &f.t, f.extraEnv())
 	defer sc.close()
 	if timeout > 0 {
 		sc.ctx.deadline, sc.ctx.timeout = now.Add(timeout), timeout
@@ -289,8 +290,8 @@ func (b *pokeBatch) abandon(slots []*checkSlot) {
 // the cause already given (a deadline in the past ends at once), so Err,
 // context.Cause and derived contexts show what they would have.
 type checkCtx struct {
-	base     context.Context // without cancellation: cancel ends the check
-	deadline time.Time       // zero: none
+	base     *context.Context // without cancellation (the batch's): cancel ends the check
+	deadline time.Time        // zero: none
 	timeout  time.Duration
 
 	mu    sync.Mutex
@@ -327,7 +328,7 @@ func (c *checkCtx) ctx() context.Context {
 	defer c.mu.Unlock()
 	if c.made == nil {
 		m := &madeCtx{}
-		m.inner, m.stop = context.WithCancelCause(c.base)
+		m.inner, m.stop = context.WithCancelCause(*c.base)
 		if c.cause != nil && !errors.Is(c.cause, ErrTimeout) {
 			m.stop(c.cause)
 		}
@@ -391,47 +392,77 @@ func (c *checkCtx) stopCause() (error, bool) {
 // one check to the next. Nothing a check's function is given points into
 // it, so reusing it cannot show one check's state to another.
 type pokeFrame struct {
-	t Try
+	t    Try
+	env  *[]string  // a copy of the last Try.Env, shared while checks give the same slice
+	defs []Deferral // the block the next checks' deferrals are taken from
+}
+
+// extraEnv returns a pointer to t.Env for the check's scope (8 bytes
+// there instead of 24), made anew only when the slice changes.
+func (f *pokeFrame) extraEnv() *[]string {
+	e := f.t.Env
+	if f.env == nil || len(*f.env) != len(e) || cap(*f.env) != cap(e) || (len(e) > 0 && &(*f.env)[0] != &e[0]) {
+		f.env = new([]string)
+		*f.env = e
+	}
+	return f.env
+}
+
+// deferralBlock is how many deferrals a frame allocates at once.
+const deferralBlock = 32
+
+// newDeferral returns a Deferral for one outcome, never given to another:
+// taken from a block, one allocation per deferralBlock checks rather than
+// 104 bytes more in each checkScope.
+func (f *pokeFrame) newDeferral() *Deferral {
+	if len(f.defs) == 0 {
+		f.defs = make([]Deferral, deferralBlock)
+	}
+	d := &f.defs[0]
+	f.defs = f.defs[1:]
+	return d
 }
 
 // checkScope is everything one check's function can reach — its
 // dag.Context and, through it, the check's context, logger, log, outputs
-// and environment — with its deferral, made for each check in one
-// allocation. It is never reused: no rule can tell that a function let
-// go of what it was given (it may keep its *dag.Context in a variable, or
-// hand it to a goroutine that already runs, without calling anything), and
-// a Context kept past its check must go on showing that check's params
-// and ids, its ended context, a closed log and outputs — never the next
-// check's. Materialising the inner context (Done, Err, Value) or starting
-// goroutines are only some of the ways a check keeps them.
+// and environment — made for each check in one allocation. It is never
+// reused: no rule can tell that a function let go of what it was given
+// (it may keep its *dag.Context in a variable, or hand it to a goroutine
+// that already runs, without calling anything), and a Context kept past
+// its check must go on showing that check's params and ids, its ended
+// context, a closed log and outputs — never the next check's.
+// Materialising the inner context (Done, Err, Value) or starting
+// goroutines are only some of the ways a check keeps them. It is kept
+// within 480 bytes (a size class without a malloc header): what only
+// some checks use is behind pointers made when first used.
 type checkScope struct {
 	c      dag.Context
 	ctx    checkCtx
-	logger slog.Logger
-	lazy   lazyText
-	log    tryLog
-	outs   tryOutputs
-	def    Deferral
+	logger slog.Logger                      // its handler is the scope's scopeText
+	text   atomic.Pointer[slog.TextHandler] // made on the first record
+	log    tryLog                           // its lock and closed flag also guard the outputs
+
+	// The outputs (as scopeOutputs): the run's, and the check's own.
+	under dag.OutputIO
+	own   *json.RawMessage
 
 	// What Environ needs beside the Context's info, and what it made.
 	task  *dag.Task
-	extra []string
+	extra *[]string
 	env   atomic.Pointer[[]string]
 }
 
 // newCheckScope makes the scope of the check of t, its context under
-// base.
-func newCheckScope(base context.Context, t *Try) *checkScope {
-	sc := &checkScope{task: t.Task, extra: t.Env}
+// *base, the extra environment *extra (t.Env).
+func newCheckScope(base *context.Context, t *Try, extra *[]string) *checkScope {
+	sc := &checkScope{task: t.Task, extra: extra, under: t.Outputs}
 	sc.log.w = t.Log
 	if sc.log.w == nil {
 		sc.log.w = io.Discard
 	}
-	sc.lazy.log = &sc.log
-	sc.logger = *slog.New(&sc.lazy)
-	sc.outs.under, sc.outs.self = t.Outputs, t.Info.TaskID
+	sc.logger = *slog.New((*scopeText)(sc))
 	sc.ctx.base = base
-	dag.InitContext(&sc.c, &sc.ctx, t.Info, &sc.logger, &sc.outs, sc)
+	dag.InitContext(&sc.c, &sc.ctx, t.Info, &sc.logger, (*scopeOutputs)(sc), sc)
 	return sc
 }
 
@@ -442,16 +473,76 @@ func (sc *checkScope) Environ(info *dag.RunInfo) []string {
 	if env := sc.env.Load(); env != nil {
 		return *env
 	}
-	env := TaskEnv(Try{Task: sc.task, Env: sc.extra, Info: *info}, nil, nil)
+	env := TaskEnv(Try{Task: sc.task, Env: *sc.extra, Info: *info}, nil, nil)
 	sc.env.CompareAndSwap(nil, &env)
 	return *sc.env.Load()
 }
 
 // close ends the check's log and outputs: an abandoned check, or a
 // function that kept its Context, writes nowhere.
-func (sc *checkScope) close() {
-	sc.log.close()
-	sc.outs.close()
+func (sc *checkScope) close() { sc.log.close() }
+
+// scopeText is a check's slog handler: text at debug level on its log's
+// records, the handler made when the first record or derived logger
+// needs it (two at once may both make one; one is kept).
+type scopeText checkScope
+
+func (h *scopeText) handler() slog.Handler {
+	if t := h.text.Load(); t != nil {
+		return t
+	}
+	h.text.CompareAndSwap(nil, slog.NewTextHandler(h.log.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return h.text.Load()
+}
+
+func (h *scopeText) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelDebug }
+func (h *scopeText) Handle(ctx context.Context, r slog.Record) error {
+	return h.handler().Handle(ctx, r)
+}
+func (h *scopeText) WithAttrs(as []slog.Attr) slog.Handler { return h.handler().WithAttrs(as) }
+func (h *scopeText) WithGroup(name string) slog.Handler    { return h.handler().WithGroup(name) }
+
+// scopeOutputs is a check's dag.OutputIO, as tryOutputs is a try's:
+// SetOutput keeps the value for the outcome, Output reads other tasks'
+// outputs (and the check's own from memory); both fail once the log is
+// closed.
+type scopeOutputs checkScope
+
+func (o *scopeOutputs) SetOutput(b []byte) error {
+	v := append(json.RawMessage(nil), b...)
+	o.log.mu.Lock()
+	defer o.log.mu.Unlock()
+	if o.log.closed {
+		return errTryOver
+	}
+	o.own = &v
+	return nil
+}
+
+func (o *scopeOutputs) Output(taskID string) ([]byte, error) {
+	o.log.mu.Lock()
+	closed, own := o.log.closed, o.own
+	o.log.mu.Unlock()
+	if closed {
+		return nil, errTryOver
+	}
+	if own != nil && taskID == o.c.TaskID() {
+		return *own, nil
+	}
+	if o.under == nil {
+		return nil, dag.ErrNoOutput
+	}
+	return o.under.Output(taskID)
+}
+
+// value is the check's output; nil when it set none.
+func (o *scopeOutputs) value() json.RawMessage {
+	o.log.mu.Lock()
+	defer o.log.mu.Unlock()
+	if o.own == nil {
+		return nil
+	}
+	return *o.own
 }
 
 // run runs the check on this goroutine and returns the poke's outcome,
@@ -469,39 +560,45 @@ func (f *pokeFrame) run(sc *checkScope, now time.Time) Outcome {
 		sc.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
 		return out
 	}
-	out := f.check(sc)
+	out, notYet := f.check(sc)
+	if notYet {
+		d := f.newDeferral()
+		*d = deferral(t, Deferral{after: t.Task.PokeInterval()}, now)
+		return Outcome{State: state.Deferred, Deferral: d}
+	}
 	if out.State == state.Deferred {
-		sc.def = deferral(t, *out.Deferral, now)
-		out.Deferral = &sc.def
+		d := f.newDeferral()
+		*d = deferral(t, *out.Deferral, now)
+		out.Deferral = d
 	}
 	logOutcome(&sc.logger, out, true)
 	return out
 }
 
-// check calls the Sensor's check and says what it answered.
-func (f *pokeFrame) check(sc *checkScope) Outcome {
+// check calls the Sensor's check and says what it answered; notYet when
+// it said "not yet" with the task's PokeInterval (out is then unset).
+func (f *pokeFrame) check(sc *checkScope) (out Outcome, notYet bool) {
 	task := f.t.Task
 	fn := task.SensorFn()
 	if fn == nil {
-		return failed(fmt.Errorf("task %q has no function", task.ID()), true)
+		return failed(fmt.Errorf("task %q has no function", task.ID()), true), false
 	}
 	ok, err := callCheck(&sc.c, fn, sc.log.records())
 	if cause, timedOut := sc.ctx.end(); timedOut {
 		if err != nil {
 			cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 		}
-		return Outcome{State: state.Failed, TimedOut: true, Err: cause}
+		return Outcome{State: state.Failed, TimedOut: true, Err: cause}, false
 	}
 	switch {
 	case err != nil:
-		return classify(err)
+		return classify(err), false
 	case ok:
-		return Outcome{State: state.Success, Output: sc.outs.value()}
+		return Outcome{State: state.Success, Output: (*scopeOutputs)(sc).value()}, false
 	case task.PokeInterval() >= 0:
-		sc.def = Deferral{after: task.PokeInterval()}
-		return Outcome{State: state.Deferred, Deferral: &sc.def}
+		return Outcome{}, true
 	}
-	return classify(sc.c.Defer(dag.Wait{After: task.PokeInterval()}))
+	return classify(sc.c.Defer(dag.Wait{After: task.PokeInterval()})), false
 }
 
 // callCheck calls a Sensor's check; a panic is an error, its value and
