@@ -38,8 +38,8 @@ func Pokes(ctx context.Context, n, parallel int, try func(i int) Try, done func(
 	if n <= 0 {
 		return
 	}
-	b := &pokeBatch{ctx: ctx, base: context.WithoutCancel(ctx), n: n, parallel: max(1, min(parallel, n)), try: try, done: done}
-	b.pending.Add(n)
+	b := &pokeBatch{ctx: ctx, base: context.WithoutCancel(ctx), n: n, parallel: max(1, min(parallel, n)), try: try, done: done,
+		left: n, over: make(chan struct{})}
 	b.timer = time.AfterFunc(time.Hour, b.watch)
 	b.timer.Stop()
 	stopHalt := context.AfterFunc(ctx, b.halt)
@@ -50,10 +50,9 @@ func Pokes(ctx context.Context, n, parallel int, try func(i int) Try, done func(
 		b.timer.Reset(pokeSpread)
 	}
 	b.mu.Unlock()
-	b.pending.Wait()
+	<-b.over
 	stopHalt()
 	b.mu.Lock()
-	b.over = true
 	b.timer.Stop()
 	b.mu.Unlock()
 }
@@ -73,30 +72,39 @@ type pokeBatch struct {
 	try      func(int) Try
 	done     func(int, Outcome)
 
-	next    atomic.Int64   // the next check to start
-	pending sync.WaitGroup // outcomes not yet delivered
+	next atomic.Int64  // the next check to start
+	over chan struct{} // closed once every outcome was delivered
 
 	mu      sync.Mutex
+	left    int          // outcomes not yet delivered and counted
 	slots   []*checkSlot // one per goroutine, abandoned ones included
 	runners int          // goroutines started and not abandoned
 	wake    time.Time    // when the watchdog next looks (zero: never)
 	timer   *time.Timer  // the watchdog
 	halted  error        // ctx's cause once it ended
-	over    bool
 }
+
+// States of a checkSlot: the runner makes it active under the batch's
+// lock and idle without it (a compare-and-swap, which fails once the
+// watchdog abandoned the check).
+const (
+	slotIdle int32 = iota
+	slotActive
+	slotAbandoned
+)
 
 // checkSlot is the check a goroutine of a batch runs.
 type checkSlot struct {
-	active    bool // running a check
-	stopped   bool // its context was cancelled
-	abandoned bool
-	i         int
-	scope     *checkScope
-	deadline  time.Time // of the timeout; zero: none
-	grace     time.Duration
-	graceEnd  time.Time // once stopped: when it is abandoned
-	seq       uint64    // counts the checks started in the slot
-	seen      uint64    // seq when the watchdog last looked
+	state    atomic.Int32
+	stopped  bool // its context was cancelled
+	owed     int  // outcomes the runner delivered and has not counted in left
+	i        int
+	scope    *checkScope
+	deadline time.Time // of the timeout; zero: none
+	grace    time.Duration
+	graceEnd time.Time // once stopped: when it is abandoned
+	seq      uint64    // counts the checks started in the slot
+	seen     uint64    // seq when the watchdog last looked
 }
 
 // startRunnerLocked starts a goroutine taking the batch's next checks.
@@ -109,11 +117,15 @@ func (b *pokeBatch) startRunnerLocked() {
 
 // runner runs the next check until none is left or its check is
 // abandoned. Its frame holds each check's Try, one check after another.
+// The outcomes it delivers are counted at its next lock of the batch.
 func (b *pokeBatch) runner(s *checkSlot) {
 	f := &pokeFrame{}
 	for {
 		i := int(b.next.Add(1)) - 1
 		if i >= b.n {
+			b.mu.Lock()
+			b.countLocked(s)
+			b.mu.Unlock()
 			return
 		}
 		f.t = b.try(i)
@@ -122,7 +134,22 @@ func (b *pokeBatch) runner(s *checkSlot) {
 			return // the watchdog delivered its outcome and started another runner
 		}
 		b.done(i, out)
-		b.pending.Done()
+		s.owed++
+	}
+}
+
+// countLocked counts the outcomes s delivered (and, with s nil, one the
+// watchdog delivered), and ends the batch once all were.
+func (b *pokeBatch) countLocked(s *checkSlot) {
+	n := 1
+	if s != nil {
+		n, s.owed = s.owed, 0
+	}
+	if n > 0 {
+		b.left -= n
+		if b.left == 0 {
+			close(b.over)
+		}
 	}
 }
 
@@ -148,12 +175,14 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	}
 	deadline := sc.ctx.deadline
 	b.mu.Lock()
+	b.countLocked(s)
 	if b.halted != nil {
 		cause := b.halted
 		b.mu.Unlock()
 		return failed(cause, false), true
 	}
-	s.active, s.stopped, s.i, s.scope, s.deadline, s.grace, s.graceEnd = true, false, i, sc, deadline, grace, time.Time{}
+	s.stopped, s.i, s.scope, s.deadline, s.grace, s.graceEnd = false, i, sc, deadline, grace, time.Time{}
+	s.state.Store(slotActive)
 	s.seq++
 	if !deadline.IsZero() && (b.wake.IsZero() || deadline.Before(b.wake)) {
 		b.wake = deadline
@@ -162,12 +191,7 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	b.mu.Unlock()
 
 	out := f.run(sc, now)
-
-	b.mu.Lock()
-	abandoned := s.abandoned
-	s.active = false
-	b.mu.Unlock()
-	return out, !abandoned
+	return out, s.state.CompareAndSwap(slotActive, slotIdle)
 }
 
 // halt stops the running checks when the batch's context ends.
@@ -177,7 +201,7 @@ func (b *pokeBatch) halt() {
 	b.mu.Lock()
 	b.halted = cause
 	for _, s := range b.slots {
-		if s.active && !s.stopped {
+		if s.state.Load() == slotActive && !s.stopped {
 			s.scope.ctx.cancel(cause)
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
@@ -201,13 +225,13 @@ func (b *pokeBatch) watch() {
 // whose grace ended (no longer active) and sets the watchdog for the
 // next of either.
 func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
-	if b.over {
+	if b.left == 0 {
 		return nil
 	}
 	var abandon []*checkSlot
 	var next time.Time
 	for _, s := range b.slots {
-		if !s.active {
+		if s.state.Load() != slotActive {
 			continue
 		}
 		if !s.stopped && !s.deadline.IsZero() && !now.Before(s.deadline) {
@@ -215,8 +239,9 @@ func (b *pokeBatch) scanLocked(now time.Time) []*checkSlot {
 			s.stopped, s.graceEnd = true, now.Add(s.grace)
 		}
 		if s.stopped && !now.Before(s.graceEnd) {
-			s.active, s.abandoned = false, true
-			abandon = append(abandon, s)
+			if s.state.CompareAndSwap(slotActive, slotAbandoned) {
+				abandon = append(abandon, s)
+			}
 			continue
 		}
 		at := s.deadline
@@ -252,7 +277,7 @@ func (b *pokeBatch) spreadLocked() bool {
 		if left <= 0 || b.runners >= b.parallel {
 			break
 		}
-		if !s.active || s.stopped {
+		if s.state.Load() != slotActive || s.stopped {
 			continue
 		}
 		if s.seq == s.seen {
@@ -278,7 +303,9 @@ func (b *pokeBatch) abandon(slots []*checkSlot) {
 		logOutcome(&s.scope.logger, out, true)
 		s.scope.close()
 		b.done(s.i, out)
-		b.pending.Done()
+		b.mu.Lock()
+		b.countLocked(nil)
+		b.mu.Unlock()
 	}
 }
 
