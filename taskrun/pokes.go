@@ -26,7 +26,8 @@ import (
 // so a check that waits (a request, a query) holds up the rest for about
 // that long and a thousand checks that do not wait cost one goroutine, and
 // no hand-off of the processor, between them; each check costs one
-// allocation (checkScope). One watchdog per batch (the
+// allocation (checkScope) and its "not yet" a slot of a block of
+// deferrals. One watchdog per batch (the
 // same timer) cancels a check's context when its timeout (the task's
 // Timeout or Try.Limit, whichever is shorter) passes or ctx ends, and
 // abandons a check that ignores that for its KillGrace: its outcome is
@@ -169,7 +170,6 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	}
 	now := time.Now()
 	sc := newCheckScope(&b.base, &f.t, f.extraEnv())
-	defer sc.close()
 	if timeout > 0 {
 		sc.ctx.deadline, sc.ctx.timeout = now.Add(timeout), timeout
 	}
@@ -179,6 +179,7 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	if b.halted != nil {
 		cause := b.halted
 		b.mu.Unlock()
+		sc.close()
 		return failed(cause, false), true
 	}
 	s.stopped, s.i, s.scope, s.deadline, s.grace, s.graceEnd = false, i, sc, deadline, grace, time.Time{}
@@ -190,7 +191,10 @@ func (b *pokeBatch) check(s *checkSlot, i int, f *pokeFrame) (Outcome, bool) {
 	}
 	b.mu.Unlock()
 
-	out := f.run(sc, now)
+	out, closed := f.run(sc, now)
+	if !closed {
+		sc.close()
+	}
 	return out, s.state.CompareAndSwap(slotActive, slotIdle)
 }
 
@@ -321,9 +325,9 @@ type checkCtx struct {
 	deadline time.Time        // zero: none
 	timeout  time.Duration
 
-	mu    sync.Mutex
 	made  *madeCtx // once made
 	cause error    // set once ended
+	log   tryLog   // the check's log, whose lock also guards made and cause
 }
 
 // madeCtx holds the contexts of a checkCtx once made (apart: most checks
@@ -351,8 +355,8 @@ func (c *checkCtx) Err() error                  { return c.ctx().Err() }
 func (c *checkCtx) Value(key any) any           { return c.ctx().Value(key) }
 
 func (c *checkCtx) ctx() context.Context {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.log.mu.Lock()
+	defer c.log.mu.Unlock()
 	if c.made == nil {
 		m := &madeCtx{}
 		m.inner, m.stop = context.WithCancelCause(*c.base)
@@ -370,8 +374,8 @@ func (c *checkCtx) ctx() context.Context {
 // cancel ends the context with cause (the worker halts, the check is
 // over); the first cause stays.
 func (c *checkCtx) cancel(cause error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.log.mu.Lock()
+	defer c.log.mu.Unlock()
 	if c.cause == nil {
 		c.cause = cause
 	}
@@ -381,8 +385,8 @@ func (c *checkCtx) cancel(cause error) {
 // expire ends the context as its deadline does, unless it ended already:
 // contexts made from it have their own deadline.
 func (c *checkCtx) expire() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.log.mu.Lock()
+	defer c.log.mu.Unlock()
 	if c.cause == nil {
 		c.cause = timeoutCause(c.timeout)
 	}
@@ -390,11 +394,12 @@ func (c *checkCtx) expire() {
 
 // end ends the context once its check returned — expired first when its
 // deadline passed (as a timer would have by now), then cancelled — and
-// returns why it had ended, as stopCause would have just before: one
-// lock for the three.
-func (c *checkCtx) end() (error, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// returns why it had ended, as stopCause would have just before; with
+// quiet (nothing more is logged) it closes the log and outputs too unless
+// the deadline passed: one lock for all.
+func (c *checkCtx) end(quiet bool) (error, bool) {
+	c.log.mu.Lock()
+	defer c.log.mu.Unlock()
 	// Until reads only the monotonic clock: the deadline has its reading.
 	if c.cause == nil && !c.deadline.IsZero() && time.Until(c.deadline) <= 0 {
 		c.cause = timeoutCause(c.timeout)
@@ -404,14 +409,18 @@ func (c *checkCtx) end() (error, bool) {
 		c.cause = context.Canceled
 	}
 	c.made.end(context.Canceled)
-	return cause, cause != nil && errors.Is(cause, ErrTimeout)
+	timedOut := cause != nil && errors.Is(cause, ErrTimeout)
+	if quiet && !timedOut {
+		c.log.closed = true
+	}
+	return cause, timedOut
 }
 
 // stopCause returns why the context ended, as the package's stopCause
 // does, without making its contexts; nil when it has not.
 func (c *checkCtx) stopCause() (error, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.log.mu.Lock()
+	defer c.log.mu.Unlock()
 	return c.cause, c.cause != nil && errors.Is(c.cause, ErrTimeout)
 }
 
@@ -464,10 +473,9 @@ func (f *pokeFrame) newDeferral() *Deferral {
 // some checks use is behind pointers made when first used.
 type checkScope struct {
 	c      dag.Context
-	ctx    checkCtx
+	ctx    checkCtx                         // with the check's log, whose lock and closed flag guard the outputs too
 	logger slog.Logger                      // its handler is the scope's scopeText
 	text   atomic.Pointer[slog.TextHandler] // made on the first record
-	log    tryLog                           // its lock and closed flag also guard the outputs
 
 	// The outputs (as scopeOutputs): the run's, and the check's own.
 	under dag.OutputIO
@@ -483,9 +491,9 @@ type checkScope struct {
 // *base, the extra environment *extra (t.Env).
 func newCheckScope(base *context.Context, t *Try, extra *[]string) *checkScope {
 	sc := &checkScope{task: t.Task, extra: extra, under: t.Outputs}
-	sc.log.w = t.Log
-	if sc.log.w == nil {
-		sc.log.w = io.Discard
+	sc.ctx.log.w = t.Log
+	if sc.ctx.log.w == nil {
+		sc.ctx.log.w = io.Discard
 	}
 	sc.logger = *slog.New((*scopeText)(sc))
 	sc.ctx.base = base
@@ -507,7 +515,7 @@ func (sc *checkScope) Environ(info *dag.RunInfo) []string {
 
 // close ends the check's log and outputs: an abandoned check, or a
 // function that kept its Context, writes nowhere.
-func (sc *checkScope) close() { sc.log.close() }
+func (sc *checkScope) close() { sc.ctx.log.close() }
 
 // scopeText is a check's slog handler: text at debug level on its log's
 // records, the handler made when the first record or derived logger
@@ -518,7 +526,7 @@ func (h *scopeText) handler() slog.Handler {
 	if t := h.text.Load(); t != nil {
 		return t
 	}
-	h.text.CompareAndSwap(nil, slog.NewTextHandler(h.log.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.text.CompareAndSwap(nil, slog.NewTextHandler(h.ctx.log.records(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	return h.text.Load()
 }
 
@@ -537,9 +545,9 @@ type scopeOutputs checkScope
 
 func (o *scopeOutputs) SetOutput(b []byte) error {
 	v := append(json.RawMessage(nil), b...)
-	o.log.mu.Lock()
-	defer o.log.mu.Unlock()
-	if o.log.closed {
+	o.ctx.log.mu.Lock()
+	defer o.ctx.log.mu.Unlock()
+	if o.ctx.log.closed {
 		return errTryOver
 	}
 	o.own = &v
@@ -547,9 +555,9 @@ func (o *scopeOutputs) SetOutput(b []byte) error {
 }
 
 func (o *scopeOutputs) Output(taskID string) ([]byte, error) {
-	o.log.mu.Lock()
-	closed, own := o.log.closed, o.own
-	o.log.mu.Unlock()
+	o.ctx.log.mu.Lock()
+	closed, own := o.ctx.log.closed, o.own
+	o.ctx.log.mu.Unlock()
 	if closed {
 		return nil, errTryOver
 	}
@@ -564,8 +572,8 @@ func (o *scopeOutputs) Output(taskID string) ([]byte, error) {
 
 // value is the check's output; nil when it set none.
 func (o *scopeOutputs) value() json.RawMessage {
-	o.log.mu.Lock()
-	defer o.log.mu.Unlock()
+	o.ctx.log.mu.Lock()
+	defer o.ctx.log.mu.Unlock()
 	if o.own == nil {
 		return nil
 	}
@@ -574,24 +582,25 @@ func (o *scopeOutputs) value() json.RawMessage {
 
 // run runs the check on this goroutine and returns the poke's outcome,
 // as Run would for the try of a Sensor continued by time, its "not yet"
-// not logged; now is when the check started.
-func (f *pokeFrame) run(sc *checkScope, now time.Time) Outcome {
+// not logged, and whether it closed the scope's log; now is when the
+// check started.
+func (f *pokeFrame) run(sc *checkScope, now time.Time) (Outcome, bool) {
 	t := &f.t
 	if t.Task == nil || t.Task.Kind() != dag.KindSensor {
-		return failed(errors.New("poke: the task is not a Sensor"), true)
+		return failed(errors.New("poke: the task is not a Sensor"), true), false
 	}
 	if t.Now != nil {
 		now = t.Now()
 	}
 	if out, ok := waitTimedOut(t, now); ok {
 		sc.logger.Warn("the wait timed out", "deadline", t.Info.TriggerTimeout.Format(time.RFC3339Nano))
-		return out
+		return out, false
 	}
 	out, notYet := f.check(sc)
 	if notYet {
 		d := f.newDeferral()
 		*d = deferral(t, Deferral{after: t.Task.PokeInterval()}, now)
-		return Outcome{State: state.Deferred, Deferral: d}
+		return Outcome{State: state.Deferred, Deferral: d}, true
 	}
 	if out.State == state.Deferred {
 		d := f.newDeferral()
@@ -599,19 +608,21 @@ func (f *pokeFrame) run(sc *checkScope, now time.Time) Outcome {
 		out.Deferral = d
 	}
 	logOutcome(&sc.logger, out, true)
-	return out
+	return out, false
 }
 
 // check calls the Sensor's check and says what it answered; notYet when
-// it said "not yet" with the task's PokeInterval (out is then unset).
+// it said "not yet" with the task's PokeInterval (out is then unset, the
+// log closed).
 func (f *pokeFrame) check(sc *checkScope) (out Outcome, notYet bool) {
 	task := f.t.Task
 	fn := task.SensorFn()
 	if fn == nil {
 		return failed(fmt.Errorf("task %q has no function", task.ID()), true), false
 	}
-	ok, err := callCheck(&sc.c, fn, sc.log.records())
-	if cause, timedOut := sc.ctx.end(); timedOut {
+	ok, err := callCheck(&sc.c, fn, sc.ctx.log.records())
+	quiet := err == nil && !ok && task.PokeInterval() >= 0
+	if cause, timedOut := sc.ctx.end(quiet); timedOut {
 		if err != nil {
 			cause = fmt.Errorf("%w (task returned: %v)", cause, err)
 		}
@@ -622,7 +633,7 @@ func (f *pokeFrame) check(sc *checkScope) (out Outcome, notYet bool) {
 		return classify(err), false
 	case ok:
 		return Outcome{State: state.Success, Output: (*scopeOutputs)(sc).value()}, false
-	case task.PokeInterval() >= 0:
+	case quiet:
 		return Outcome{}, true
 	}
 	return classify(sc.c.Defer(dag.Wait{After: task.PokeInterval()})), false
