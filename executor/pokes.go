@@ -226,7 +226,8 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 	var (
 		lastDAG  string
 		d        *dag.DAG
-		run      = int64(-1)
+		haveRun  bool
+		run      int64
 		runCheck pokeCheck
 		runErr   error
 		runs     map[int64]pokeRun
@@ -240,7 +241,7 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 	for i := range pokes {
 		p := &pokes[i]
 		out[i] = store.PokeResult{Try: p.Try, Lease: p.Lease}
-		if d == nil || p.DAGID != lastDAG {
+		if i == 0 || p.DAGID != lastDAG {
 			d, lastDAG = w.cfg.Registry.Lookup(p.DAGID), p.DAGID
 		}
 		var task *dag.Task
@@ -253,14 +254,14 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 			out[i].Requeue = true
 			continue
 		}
-		if p.RunID != run {
-			if run >= 0 {
+		if !haveRun || p.RunID != run {
+			if haveRun {
 				if runs == nil {
 					runs = map[int64]pokeRun{}
 				}
 				runs[run] = pokeRun{runCheck, runErr}
 			}
-			run = p.RunID
+			haveRun, run = true, p.RunID
 			if r, ok := runs[run]; ok {
 				runCheck, runErr = r.check, r.err
 			} else {
