@@ -96,9 +96,9 @@ const (
 
 // checkSlot is the check a goroutine of a batch runs.
 type checkSlot struct {
-	state    atomic.Int32
-	stopped  bool // its context was cancelled
-	owed     int  // outcomes the runner delivered and has not counted in left
+	state    atomic.Int32 // slotIdle, slotActive or slotAbandoned
+	stopped  bool         // its context was cancelled
+	owed     int          // outcomes the runner delivered and has not counted in left
 	i        int
 	scope    *checkScope
 	deadline time.Time // of the timeout; zero: none
