@@ -228,18 +228,29 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 	bufs.turn ^= 1
 	out := resize(bufs.results[bufs.turn], len(pokes))
 	bufs.results[bufs.turn] = out
-	params := map[int64]map[string]any{}
-	confErr := map[int64]error{}
-	outputs := map[int64]dag.OutputIO{}
-	var noParams map[string]any
+	// A batch is mostly the pokes of one DAG and one run, consecutive:
+	// the last DAG and run are kept, and the maps hold the others.
+	var (
+		lastDAG  string
+		d        *dag.DAG
+		haveRun  bool
+		run      int64
+		runCheck pokeCheck
+		runErr   error
+		runs     map[int64]pokeRun
+		noParams map[string]any
+	)
 	checks := bufs.checks[:0]
 	defer func() {
 		clear(checks) // no task or params kept past the batch
 		bufs.checks = checks[:0]
 	}()
-	for i, p := range pokes {
+	for i := range pokes {
+		p := &pokes[i]
 		out[i] = store.PokeResult{Try: p.Try, Lease: p.Lease}
-		d := w.cfg.Registry.Lookup(p.DAGID)
+		if i == 0 || p.DAGID != lastDAG {
+			d, lastDAG = w.cfg.Registry.Lookup(p.DAGID), p.DAGID
+		}
 		var task *dag.Task
 		if d != nil {
 			task = d.Task(p.TaskID)
@@ -250,27 +261,37 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 			out[i].Requeue = true
 			continue
 		}
-		if _, ok := params[p.RunID]; !ok && p.Conf != nil {
-			params[p.RunID], confErr[p.RunID] = runParams(d.Params(), p.Conf)
+		if !haveRun || p.RunID != run {
+			if haveRun {
+				if runs == nil {
+					runs = map[int64]pokeRun{}
+				}
+				runs[run] = pokeRun{runCheck, runErr}
+			}
+			haveRun, run = true, p.RunID
+			if r, ok := runs[run]; ok {
+				runCheck, runErr = r.check, r.err
+			} else {
+				runCheck, runErr = pokeCheck{outputs: storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: run}}, nil
+			}
 		}
-		if err := confErr[p.RunID]; err != nil {
+		if runCheck.params == nil && runErr == nil && p.Conf != nil {
+			runCheck.params, runErr = runParams(d.Params(), p.Conf)
+		}
+		if runErr != nil {
 			out[i].Result = store.Result{Try: p.Try, State: state.Failed, Permanent: true,
-				Error: fmt.Sprintf("run %q of DAG %q: %v", p.DAGRunID, p.DAGID, err), EndedAt: w.cfg.Clock.Now()}
+				Error: fmt.Sprintf("run %q of DAG %q: %v", p.DAGRunID, p.DAGID, runErr), EndedAt: w.cfg.Clock.Now()}
 			continue
 		}
-		ps := params[p.RunID] // shared: Context.Params hands out copies
-		if ps == nil {
+		c := runCheck // shared params: Context.Params hands out copies
+		if c.params == nil {
 			if noParams == nil {
 				noParams = map[string]any{}
 			}
-			ps = noParams
+			c.params = noParams
 		}
-		outs, ok := outputs[p.RunID]
-		if !ok {
-			outs = storeOutputs{st: w.cfg.Store, ctx: w.ctx, runID: p.RunID}
-			outputs[p.RunID] = outs
-		}
-		checks = append(checks, pokeCheck{i, task, ps, outs})
+		c.i, c.task = i, task
+		checks = append(checks, c)
 	}
 	logs := resize(bufs.logs, len(checks))
 	bufs.logs = logs
@@ -299,8 +320,8 @@ func (w *Worker) runPokes(ctx context.Context, pokes []store.Poke) []store.PokeR
 			Now:       now,
 		}
 	}, func(k int, o taskrun.Outcome) {
-		c := checks[k]
-		out[c.i].Result = w.pokeResult(ctx, pokes[c.i], o, &logs[k])
+		i := checks[k].i
+		w.pokeResult(ctx, &out[i].Result, &pokes[i], &o, &logs[k])
 	})
 	return out
 }
@@ -326,6 +347,13 @@ type pokeCheck struct {
 	outputs dag.OutputIO
 }
 
+// pokeRun is what runPokes keeps of a run: its params and outputs (in
+// check), or why its conf cannot be used.
+type pokeRun struct {
+	check pokeCheck
+	err   error
+}
+
 // resize returns s with length n, reusing its array when large enough.
 func resize[T any](s []T, n int) []T {
 	if cap(s) < n {
@@ -334,26 +362,32 @@ func resize[T any](s []T, n int) []T {
 	return s[:n]
 }
 
-// pokeResult turns what one check of a Sensor said into a result.
-func (w *Worker) pokeResult(parent context.Context, p store.Poke, out taskrun.Outcome, log *cappedLog) store.Result {
+// pokeResult sets *res to the result of what one check of a Sensor
+// said. A "not yet" gets no EndedAt: the stores keep only its next check.
+func (w *Worker) pokeResult(parent context.Context, res *store.Result, p *store.Poke, out *taskrun.Outcome, log *cappedLog) {
 	if out.Abandoned {
 		w.noteLeak()
 	}
-	res := store.Result{Try: p.Try, State: out.State, Permanent: out.Permanent, EndedAt: w.cfg.Clock.Now()}
+	*res = store.Result{Try: p.Try, State: out.State, Permanent: out.Permanent}
 	if parent.Err() != nil {
 		// Interrupted by the worker's halt, not an answer: due again now,
 		// for another worker.
-		res.State, res.Permanent = state.Deferred, false
+		res.State, res.Permanent, res.EndedAt = state.Deferred, false, w.cfg.Clock.Now()
 		res.Deferral = store.Deferral{Poke: true, NextCheckAt: res.EndedAt}
-		return res
+		return
 	}
+	if out.State == state.Deferred && out.Deferral != nil {
+		res.Deferral = store.Deferral{Poke: true, NextCheckAt: out.Deferral.NextCheckAt, TriggerTimeout: out.Deferral.TriggerTimeout}
+		if out.Err != nil {
+			res.Error = out.Err.Error()
+		}
+		return // "not yet": its log is dropped
+	}
+	res.EndedAt = w.cfg.Clock.Now()
 	if out.Err != nil {
 		res.Error = out.Err.Error()
 	}
 	switch {
-	case out.State == state.Deferred && out.Deferral != nil:
-		res.Deferral = store.Deferral{Poke: true, NextCheckAt: out.Deferral.NextCheckAt, TriggerTimeout: out.Deferral.TriggerTimeout}
-		return res // "not yet": its log is dropped
 	case out.State == state.Deferred, out.State != state.Success && out.State != state.Skipped && out.State != state.Failed:
 		res.State, res.Permanent = state.Failed, true
 		res.Error = fmt.Sprintf("sensor check ended %q without saying what it waits for (error: %s)", out.State, res.Error)
@@ -364,7 +398,6 @@ func (w *Worker) pokeResult(parent context.Context, p store.Poke, out taskrun.Ou
 		res.Output = out.Output
 	}
 	res.Log = log.bytes()
-	return res
 }
 
 // noteLeak counts a check goroutine abandoned after ignoring its

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/state"
+	"github.com/trellis-dag/trellis/store"
 )
 
 // TestWorkerPokesSensors: a real worker runs Sensors through its poke
@@ -187,5 +190,69 @@ func TestPokeStandby(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestRunPokesRuns: in a batch that mixes runs (one coming back after
+// another), a run whose conf is not an object and a DAG this binary
+// lacks, each check reads its own run's params, the bad run's pokes fail
+// permanently and the unknown DAG's are requeued. A "not yet" has its
+// next check and no EndedAt (no store keeps it); a final result has one.
+func TestRunPokesRuns(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]any{}
+	d := dag.New("runs", dag.Params(map[string]any{"x": "default"}))
+	for _, id := range []string{"a", "b"} {
+		d.Sensor(id, func(c *dag.Context) (bool, error) {
+			v, _ := c.Param("x")
+			mu.Lock()
+			seen[c.RunID()+"/"+c.TaskID()] = v
+			mu.Unlock()
+			return false, nil
+		}, dag.PokeInterval(time.Second))
+	}
+	reg := dag.NewRegistry()
+	reg.Register(d)
+	w, err := NewWorker(WorkerConfig{Store: openStore(t, testdb.SQLite(t)), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	poke := func(id, run int64, dagID, task, conf string) store.Poke {
+		p := store.Poke{Try: store.Try{ID: id, TryNumber: 1}, Lease: 1, RunID: run, DAGID: dagID,
+			DAGRunID: fmt.Sprintf("r%d", run), TaskID: task, TriggerTimeout: time.Now().Add(time.Hour)}
+		if conf != "" {
+			p.Conf = []byte(conf)
+		}
+		return p
+	}
+	pokes := []store.Poke{
+		poke(1, 1, "runs", "a", `{"x": "one"}`),
+		poke(2, 2, "runs", "a", `{"x": "two"}`),
+		poke(3, 1, "runs", "b", ""),
+		poke(4, 3, "runs", "a", `[1]`),
+		poke(5, 3, "runs", "b", ""),
+		poke(6, 4, "gone", "a", `{}`),
+		poke(7, 2, "runs", "b", ""),
+	}
+	res := w.runPokes(context.Background(), pokes)
+	want := map[string]any{"r1/a": "one", "r2/a": "two", "r1/b": "one", "r2/b": "two"}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("checks read params %v, want %v", seen, want)
+	}
+	for i, r := range res {
+		switch id := pokes[i].ID; id {
+		case 1, 2, 3, 7:
+			if r.Requeue || r.Result.State != state.Deferred || r.Result.Deferral.NextCheckAt.IsZero() || !r.Result.EndedAt.IsZero() {
+				t.Errorf("poke %d = %+v, want a \"not yet\" with its next check and no EndedAt", id, r)
+			}
+		case 4, 5:
+			if r.Result.State != state.Failed || !r.Result.Permanent || r.Result.EndedAt.IsZero() || !strings.Contains(r.Result.Error, `run "r3"`) {
+				t.Errorf("poke %d = %+v, want failed permanently for its run's conf, with EndedAt", id, r)
+			}
+		case 6:
+			if !r.Requeue {
+				t.Errorf("poke %d = %+v, want requeued", id, r)
+			}
+		}
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"os"
 	"runtime/debug"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
@@ -237,26 +236,6 @@ type timeoutCause time.Duration
 
 func (c timeoutCause) Error() string { return fmt.Sprintf("%v after %v", ErrTimeout, time.Duration(c)) }
 func (c timeoutCause) Unwrap() error { return ErrTimeout }
-
-// lazyText is a slog text handler at debug level on log's records, made
-// when the first record or derived logger needs it.
-type lazyText struct {
-	log  *tryLog
-	once sync.Once
-	h    slog.Handler
-}
-
-func (l *lazyText) handler() slog.Handler {
-	l.once.Do(func() { l.h = slog.NewTextHandler(l.log.records(), &slog.HandlerOptions{Level: slog.LevelDebug}) })
-	return l.h
-}
-
-func (l *lazyText) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelDebug }
-func (l *lazyText) Handle(ctx context.Context, r slog.Record) error {
-	return l.handler().Handle(ctx, r)
-}
-func (l *lazyText) WithAttrs(as []slog.Attr) slog.Handler { return l.handler().WithAttrs(as) }
-func (l *lazyText) WithGroup(name string) slog.Handler    { return l.handler().WithGroup(name) }
 
 // stopCause returns why tctx is done: (cause, true) for the task's
 // timeout, (cause, false) for a cancellation of the parent context.
