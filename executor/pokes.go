@@ -22,12 +22,12 @@ import (
 // check (no try, no log, no change to the instance); true, an error or
 // the deadline end the try as a finish would, with the log of that poke.
 const (
-	// pokeBatch is the most pokes one claim takes: twice what falls due
-	// over one pokeGap at 10,000 pokes a second, so that a loop claims
-	// once per wake-up (each claim and record costs about 1 ms of worker
-	// CPU whatever its size: docs/benchmarks.md, Session 8: poke2) even
-	// when one worker process of a pool takes every poke (PokeStandby)
-	// and wakes late.
+	// pokeBatch is the most pokes one claim takes: what falls due over
+	// one pokeGap at 10,000 pokes a second, so that a loop claims once per
+	// wake-up (each claim and record costs about 1 ms of worker CPU
+	// whatever its size: docs/benchmarks.md, Session 8: poke2) even when
+	// one worker process of a pool takes every poke (PokeStandby); a full
+	// batch claims again at once.
 	pokeBatch = 5000
 	// pokeParallel bounds the checks running at once in a worker: they
 	// run one after another on one goroutine, and on more (up to this
@@ -45,8 +45,12 @@ const (
 	// sensor whose due times are spread over the interval. A poke thus
 	// runs up to about pokeGap after its due time (as Airflow's
 	// rescheduled sensors run at the scheduler's next loop, seconds late);
-	// events do not wait for it (they resume through the scheduler).
-	pokeGap = 250 * time.Millisecond
+	// events do not wait for it (they resume through the scheduler). Each
+	// wake-up of the poking process costs a few milliseconds of CPU
+	// whatever its batch (docs/benchmarks.md, Session 10), so this bounds
+	// the cost of many sensors: 500 ms against 250 ms took 10,000 sensors
+	// on a 1 s interval from about 0.055 to 0.043 cores.
+	pokeGap = 500 * time.Millisecond
 	// pokeStandbyLate is how overdue a poke must be before a standby poke
 	// loop (PokeStandby) takes it: well over what a poking worker that
 	// keeps up leaves (pokeGap, its claim's round trip and the batch
