@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/cputime"
 	"github.com/trellis-dag/trellis/internal/testdb"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
@@ -53,7 +53,7 @@ func BenchmarkRunPokes(b *testing.B) {
 	pokes[0].Conf = conf
 	ctx := context.Background()
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu := cputime.Start(b)
 	b.ResetTimer()
 	for done := 0; done < b.N; done += n {
 		for _, r := range w.runPokes(ctx, pokes) {
@@ -62,8 +62,7 @@ func BenchmarkRunPokes(b *testing.B) {
 			}
 		}
 	}
-	b.StopTimer()
-	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	cpu.Report()
 }
 
 // BenchmarkPokeCycle runs the whole poke cycle of a worker on 1,000
@@ -102,7 +101,7 @@ func BenchmarkPokeCycle(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu := cputime.Start(b)
 	b.ResetTimer()
 	for done := 0; done < b.N; done += n {
 		now := time.Now().Add(2 * time.Second) // every poke is due
@@ -121,15 +120,5 @@ func BenchmarkPokeCycle(b *testing.B) {
 			}
 		}
 	}
-	b.StopTimer()
-	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
-}
-
-// processCPU is the CPU time (user and system) this process used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	cpu.Report()
 }

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/cputime"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/taskrun"
 )
@@ -74,23 +74,13 @@ func BenchmarkPokes(b *testing.B) {
 		}
 	}
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu := cputime.Start(b)
 	b.ResetTimer()
 	for left := b.N; left > 0; left -= n {
 		taskrun.Pokes(ctx, min(n, left), 64, tryOf, done)
 	}
-	b.StopTimer()
-	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	cpu.Report()
 	if bad.Load() > 0 {
 		b.Fatalf("%d pokes did not defer", bad.Load())
 	}
-}
-
-// processCPU is the CPU time (user and system) this process used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

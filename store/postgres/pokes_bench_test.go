@@ -3,11 +3,11 @@ package postgres_test
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trellis-dag/trellis/dag"
+	"github.com/trellis-dag/trellis/internal/cputime"
 	"github.com/trellis-dag/trellis/state"
 	"github.com/trellis-dag/trellis/store"
 )
@@ -52,7 +52,7 @@ func BenchmarkClaimPokesAfter(b *testing.B) {
 	}
 	notYet := make([]store.PokeResult, 0, n)
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu := cputime.Start(b)
 	b.ResetTimer()
 	for done := 0; done < b.N; done += n {
 		now := time.Now()
@@ -71,15 +71,5 @@ func BenchmarkClaimPokesAfter(b *testing.B) {
 				Deferral: store.Deferral{Poke: true, NextCheckAt: now}}})
 		}
 	}
-	b.StopTimer()
-	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
-}
-
-// processCPU is the CPU time (user and system) this process used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	cpu.Report()
 }
