@@ -47,9 +47,8 @@ const (
 	// rescheduled sensors run at the scheduler's next loop, seconds late);
 	// events do not wait for it (they resume through the scheduler). Each
 	// wake-up of the poking process costs a few milliseconds of CPU
-	// whatever its batch (docs/benchmarks.md, Session 10), so this bounds
-	// the cost of many sensors: 500 ms against 250 ms took 10,000 sensors
-	// on a 1 s interval from about 0.055 to 0.043 cores.
+	// whatever its batch, so the gap bounds what many sensors cost
+	// (docs/benchmarks.md, "Session 10: the poke cycle's wake-ups").
 	pokeGap = 500 * time.Millisecond
 	// pokeStandbyLate is how overdue a poke must be before a standby poke
 	// loop (PokeStandby) takes it: well over what a poking worker that
@@ -73,8 +72,9 @@ const (
 // claiming every pokeGap, has left (it is busy, slow or gone) — every
 // PollInterval while it finds none and every pokeGap while it does; so a
 // poke is at most about pokeGap late while the poking worker keeps up,
-// and the standby takes over within PollInterval when it does not. Each wake-up
-// of a process costs a fixed share of CPU whatever its batch (the Go
+// and the standby takes over within PollInterval + pokeStandbyLate when
+// it does not. Each wake-up of a process costs a fixed share of CPU
+// whatever its batch (the Go
 // runtime's sysmon polls for a millisecond after each; docs/benchmarks.md,
 // "Session 9: cycle"), so one worker taking whole batches while the
 // others sleep costs less than all taking a share at each their own
