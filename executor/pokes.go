@@ -74,11 +74,10 @@ const (
 // poke is at most about pokeGap late while the poking worker keeps up,
 // and the standby takes over within PollInterval + pokeStandbyLate when
 // it does not. Each wake-up of a process costs a fixed share of CPU
-// whatever its batch (the Go
-// runtime's sysmon polls for a millisecond after each; docs/benchmarks.md,
-// "Session 9: cycle"), so one worker taking whole batches while the
-// others sleep costs less than all taking a share at each their own
-// wake-up. For PollInterval after this worker schedules a poke it claims
+// whatever its batch (the Go runtime's sysmon polls for a millisecond
+// after each; docs/benchmarks.md, "Session 9: cycle"), so one worker
+// taking whole batches while the others sleep costs less than all taking
+// a share at each their own wake-up. For PollInterval after this worker schedules a poke it claims
 // as a poking worker does: by then the poking worker has claimed once and
 // read the new poke's due time.
 func (w *Worker) pokeLoop() {
