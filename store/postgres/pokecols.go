@@ -246,6 +246,7 @@ func (c *pokeColumns) pokes() ([]store.Poke, error) {
 		return nil, nil
 	}
 	out := make([]store.Poke, n)
+	runAt := c.runIndex()
 	seen := make([]bool, m) // the run's conf went with a poke
 	k := -1                 // the run of the poke before
 	for i := range out {
@@ -253,7 +254,7 @@ func (c *pokeColumns) pokes() ([]store.Poke, error) {
 		p.ID, p.TryNumber, p.Lease, p.RunID = c.ids[i], int(c.tries[i]), c.leases[i], c.runs[i]
 		p.TaskID, p.TriggerTimeout = c.tasks[i], c.timeouts[i]
 		if k < 0 || c.runIDs[k] != p.RunID {
-			if k = slices.Index(c.runIDs, p.RunID); k < 0 {
+			if k = runAt(p.RunID); k < 0 {
 				return nil, fmt.Errorf("claimed poke of instance %d came without its run's columns", p.ID)
 			}
 		}
@@ -271,7 +272,7 @@ func (c *pokeColumns) pokes() ([]store.Poke, error) {
 		slices.SortFunc(out, func(a, b store.Poke) int { return cmp.Compare(a.ID, b.ID) })
 		clear(seen)
 		for i := range out {
-			k := slices.Index(c.runIDs, out[i].RunID)
+			k := runAt(out[i].RunID)
 			out[i].Conf = nil
 			if !seen[k] {
 				seen[k] = true
@@ -280,4 +281,23 @@ func (c *pokeColumns) pokes() ([]store.Poke, error) {
 		}
 	}
 	return out, nil
+}
+
+// runIndex returns a function giving the position of a run in runIDs
+// (-1: none): a scan when the claim holds few runs, a map when it holds
+// many (sensors each of their own run), so that a claim stays linear.
+func (c *pokeColumns) runIndex() func(int64) int {
+	if len(c.runIDs) <= 16 {
+		return func(id int64) int { return slices.Index(c.runIDs, id) }
+	}
+	at := make(map[int64]int, len(c.runIDs))
+	for k, id := range c.runIDs {
+		at[id] = k
+	}
+	return func(id int64) int {
+		if k, ok := at[id]; ok {
+			return k
+		}
+		return -1
+	}
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -115,5 +116,53 @@ func TestArrayOfMalformed(t *testing.T) {
 	var err error
 	if arrayOf(nil, good, oidInt4, &err, func(b []byte) int32 { return 0 }); err == nil {
 		t.Error("int8[] read as int4[]: no error")
+	}
+}
+
+// TestPokeColumnsManyRuns: with more runs than a scan looks through
+// (runIndex's map), pokes of interleaved runs get their own run's
+// columns, and each run's conf goes with its first poke only.
+func TestPokeColumnsManyRuns(t *testing.T) {
+	const runs, per = 40, 3
+	c := &pokeColumns{taskIDs: map[string]string{}}
+	for r := range runs {
+		id := int64(1000 + r)
+		c.runIDs = append(c.runIDs, id)
+		c.dags = append(c.dags, "d")
+		c.runNames = append(c.runNames, fmt.Sprintf("run-%d", id))
+		at := time.Date(2026, 1, 1, 0, 0, r, 0, time.UTC)
+		c.logical, c.starts, c.ends = append(c.logical, at), append(c.starts, at), append(c.ends, at)
+		c.confs = append(c.confs, []byte(fmt.Sprintf(`{"r":%d}`, id)))
+	}
+	// Instances in id order, their runs interleaved: run k's pokes are
+	// instances k, k+runs, k+2·runs.
+	for i := range runs * per {
+		c.ids = append(c.ids, int64(i+1))
+		c.tries, c.leases = append(c.tries, 1), append(c.leases, 1)
+		c.runs = append(c.runs, int64(1000+i%runs))
+		c.tasks, c.timeouts = append(c.tasks, fmt.Sprintf("t%d", i)), append(c.timeouts, time.Time{})
+	}
+	out, err := c.pokes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	confs := map[int64]int{}
+	for i, p := range out {
+		if p.ID != int64(i+1) || p.DAGRunID != fmt.Sprintf("run-%d", p.RunID) || p.LogicalDate.Second() != int(p.RunID-1000) {
+			t.Fatalf("poke %d: instance %d of run %d got run id %q, logical date %v", i, p.ID, p.RunID, p.DAGRunID, p.LogicalDate)
+		}
+		if p.Conf != nil {
+			if want := fmt.Sprintf(`{"r":%d}`, p.RunID); string(p.Conf) != want || i >= runs {
+				t.Fatalf("poke %d (instance %d, run %d) got conf %s, want %s on the run's first poke only", i, p.ID, p.RunID, p.Conf, want)
+			}
+			confs[p.RunID]++
+		}
+	}
+	if len(confs) != runs {
+		t.Fatalf("%d runs got their conf, want %d", len(confs), runs)
+	}
+	c.runs[0] = 9999 // a run the claim did not return
+	if _, err := c.pokes(); err == nil {
+		t.Fatal("a poke of a run without its columns: no error")
 	}
 }
