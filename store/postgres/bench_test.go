@@ -38,6 +38,21 @@ func benchStore(b *testing.B) *postgres.Store {
 	return open(b)
 }
 
+// startOneRun records sp and starts one manual run "r" of it at bt0.
+func startOneRun(b *testing.B, s *postgres.Store, sp store.DAGSpec) {
+	ctx := context.Background()
+	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
+		b.Fatal(err)
+	}
+	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
+		LogicalDate: bt0, IntervalStart: bt0, IntervalEnd: bt0, Fingerprint: sp.Fingerprint, QueuedAt: bt0}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.StartRuns(ctx, sp.DAGID, bt0); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func benchCreateRun(b *testing.B, width, depth int) {
 	s := benchStore(b)
 	ctx := context.Background()

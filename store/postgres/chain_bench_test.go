@@ -35,16 +35,7 @@ func benchChainStep(b *testing.B, claimInFinish bool) {
 	s := benchStore(b)
 	ctx := context.Background()
 	sp := chainSpec("chain", b.N)
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
-		b.Fatal(err)
-	}
-	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
-		LogicalDate: bt0, IntervalStart: bt0, IntervalEnd: bt0, Fingerprint: sp.Fingerprint, QueuedAt: bt0}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := s.StartRuns(ctx, sp.DAGID, bt0); err != nil {
-		b.Fatal(err)
-	}
+	startOneRun(b, s, sp)
 	wk := store.Worker{ID: "w", Hostname: "bench", PID: 1}
 	line := []byte("task ran\n")
 	b.ResetTimer()

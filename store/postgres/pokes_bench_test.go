@@ -24,16 +24,7 @@ func BenchmarkClaimPokesAfter(b *testing.B) {
 	for i := range n {
 		sp.Tasks = append(sp.Tasks, store.TaskSpec{TaskID: fmt.Sprintf("s%04d", i), Kind: dag.KindSensor, TriggerRule: dag.AllSuccess})
 	}
-	if err := s.SyncDAGs(ctx, []store.DAGSpec{sp}); err != nil {
-		b.Fatal(err)
-	}
-	if _, _, err := s.CreateRun(ctx, store.NewRun{DAGID: sp.DAGID, RunID: "r", RunType: store.RunManual,
-		LogicalDate: bt0, IntervalStart: bt0, IntervalEnd: bt0, Fingerprint: sp.Fingerprint, QueuedAt: bt0}); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := s.StartRuns(ctx, sp.DAGID, bt0); err != nil {
-		b.Fatal(err)
-	}
+	startOneRun(b, s, sp)
 	w := store.Worker{ID: "poker", Hostname: "bench", PID: 1}
 	if err := s.RegisterWorker(ctx, w); err != nil {
 		b.Fatal(err)
